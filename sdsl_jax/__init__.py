@@ -1,0 +1,1 @@
+"""sdsl-jax: speculative decoding scaling laws as differentiable JAX functions."""
