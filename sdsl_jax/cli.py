@@ -1,0 +1,306 @@
+"""The ``sdsl`` command line: plan a draft size, refit the linear rule.
+
+Every user mistake ends in one line on stderr that names the argument (or the
+file, row and column) and exit status 2; no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from typing import Sequence
+
+EXIT_USAGE = 2
+PLAN_KEYS = ("draft_params", "cost_ratio", "draft_perplexity", "target_perplexity",
+             "acceptance", "lookahead", "integer_lookahead", "speedup", "integer_speedup",
+             "tokens_per_flop", "integer_tokens_per_flop", "pays", "extrapolated", "at_bound")
+INPUT_KEYS = ("target_params", "target_tokens", "draft_tokens")
+CHUNK_ROWS = 65536
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for; reported as one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage dump
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _count(text: str) -> float:
+    from sdsl_jax.quantities import parse_count
+    try:
+        return parse_count(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from sdsl_jax import acceptance, pretraining
+
+    parser = _Parser(prog="sdsl", description=(
+        "Speculative decoding scaling laws: choose a draft model size before training it."))
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add_laws(cmd):
+        cmd.add_argument("--pretraining-law", default=pretraining.DEFAULT_PRESET,
+                         choices=sorted(pretraining.PRESETS),
+                         help="preset for L(N, D) (default: %(default)s)")
+        cmd.add_argument("--acceptance-law", default=acceptance.DEFAULT_PRESET,
+                         choices=sorted(acceptance.PRESETS),
+                         help="preset for alpha = A x + B y + C (default: %(default)s)")
+        cmd.add_argument("--method", default="bracket", choices=("bracket", "gradient"),
+                         help="N* solver (default: %(default)s)")
+
+    plan = commands.add_parser("plan", help="the throughput-optimal draft size for a target",
+                               description=(
+        "Predict the throughput-optimal draft size N* for a target model, with the "
+        "acceptance, lookahead and speedup it implies. Numbers accept suffixes: "
+        "70e9, 70B, 15T, 125M."))
+    plan.add_argument("--target-params", type=_count, metavar="M", help="target parameters, e.g. 70B")
+    plan.add_argument("--target-tokens", type=_count, metavar="D'",
+                      help="tokens the target was trained on, e.g. 15T")
+    plan.add_argument("--draft-tokens", type=_count, metavar="D",
+                      help="tokens the draft is trained on (default: the target's)")
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+    plan.add_argument("--csv", metavar="FILE", help=(
+        "plan many configurations: a CSV with columns target_params, target_tokens and "
+        "optionally draft_tokens"))
+    plan.add_argument("--out", metavar="FILE", help="with --csv: write results here (default: stdout)")
+    plan.add_argument("--resume", action="store_true",
+                      help="with --out: keep the rows already written and continue after them")
+    plan.add_argument("--overwrite", action="store_true", help="with --out: replace an existing file")
+    add_laws(plan)
+
+    rule = commands.add_parser("rule", help="refit the linear rule N* ~= a M + b to the planner",
+                               description=(
+        "Fit N* ~= a M + b (+ c log D) over a grid of targets and data sizes and "
+        "print it beside the paper's 2.71e-3 M + 87M."))
+    rule.add_argument("--min-target-params", type=_count, default=13e9, metavar="M")
+    rule.add_argument("--max-target-params", type=_count, default=110e9, metavar="M")
+    rule.add_argument("--tokens", type=_count, nargs="+", default=[3e11, 1e12, 3e12, 15e12],
+                      metavar="D", help="training-token counts (draft and target alike)")
+    rule.add_argument("--points", type=int, default=24, help="targets on the log grid")
+    rule.add_argument("--json", action="store_true")
+    add_laws(rule)
+    return parser
+
+
+def _finite_or_none(value):
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _plan_records(plan, inputs) -> list[dict]:
+    import numpy as np
+    columns = {key: np.ravel(np.asarray(getattr(plan, key))) for key in PLAN_KEYS}
+    n = len(columns["draft_params"])
+    records = []
+    for i in range(n):
+        record = {key: float(np.ravel(inputs[key])[i]) for key in INPUT_KEYS}
+        for key in PLAN_KEYS:
+            value = columns[key][i]
+            record[key] = bool(value) if value.dtype == bool else _finite_or_none(value)
+        records.append(record)
+    return records
+
+
+def _laws(args):
+    from sdsl_jax import acceptance, pretraining
+    return dict(pretraining_law=pretraining.pretraining_law(args.pretraining_law),
+                acceptance_law=acceptance.acceptance_law(args.acceptance_law),
+                method=args.method)
+
+
+def _print_plan(record: dict, args) -> None:
+    from sdsl_jax.linear_rule import published_rule
+    from sdsl_jax.quantities import format_count as fc
+    m = record["target_params"]
+    print(f"Target: {fc(m)} parameters trained on {fc(record['target_tokens'])} tokens; "
+          f"draft trained on {fc(record['draft_tokens'])} tokens")
+    print(f"Laws: pre-training {args.pretraining_law}, acceptance {args.acceptance_law}")
+    print()
+    if not record["pays"]:
+        print("  Speculative decoding does not pay for this target under these laws:")
+        print("  no draft size gives a speedup above 1. Decode with the target alone.")
+        return
+    rows = [
+        ("optimal draft size N*", f"{fc(record['draft_params'])} parameters "
+                                  f"(N*/M = {record['cost_ratio']:.3e})"),
+        ("draft perplexity", f"{record['draft_perplexity']:.4g}"),
+        ("target perplexity", f"{record['target_perplexity']:.4g}"),
+        ("acceptance alpha", f"{record['acceptance']:.4f}"),
+        ("lookahead, continuous", f"{record['lookahead']:.3f}"),
+        ("lookahead, integer", f"{record['integer_lookahead']:.0f}"),
+        ("speedup", f"{record['speedup']:.3f}x  (integer lookahead: {record['integer_speedup']:.3f}x)"),
+        ("tokens per FLOP", f"{record['tokens_per_flop']:.4g}  (target alone: {1 / (2 * m):.4g})"),
+        ("paper's rule 2.71e-3 M + 87M", f"{fc(float(published_rule(m)))} parameters"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+    if record["extrapolated"]:
+        print("\nnote: the acceptance law left [0, 1) at N* and was clipped; "
+              "the perplexities are outside the range it was fitted on.")
+    if record["at_bound"]:
+        print("\nnote: N* sits at the end of the searched range N/M in [1e-8, 1].")
+
+
+def _read_configs(path: str, default_draft_tokens):
+    """(rows, columns): parsed numbers, each error naming file, row and column."""
+    from sdsl_jax.quantities import parse_count
+    try:
+        handle = open(path, newline="")
+    except OSError as err:
+        raise UsageError(f"sdsl plan: --csv: cannot read {path}: {err.strerror}") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        for required in ("target_params", "target_tokens"):
+            if required not in header:
+                raise UsageError(f"{path}: missing column {required!r} (found {header})")
+        columns = {key: [] for key in INPUT_KEYS}
+        for line, row in enumerate(reader, start=2):
+            for key in INPUT_KEYS:
+                text = row.get(key)
+                if key == "draft_tokens" and (text is None or text.strip() == ""):
+                    value = default_draft_tokens if default_draft_tokens else columns["target_tokens"][-1]
+                else:
+                    if text is None:
+                        raise UsageError(f"{path}: row {line}, column {key}: missing value")
+                    try:
+                        value = parse_count(text)
+                    except ValueError as err:
+                        raise UsageError(f"{path}: row {line}, column {key}: {err}") from None
+                columns[key].append(value)
+    if not columns["target_params"]:
+        raise UsageError(f"{path}: no rows")
+    return columns
+
+
+def _rows_already_written(path: str) -> int:
+    """Complete rows in an output file from an earlier, interrupted run."""
+    with open(path, newline="") as handle:
+        text = handle.read()
+    # A row cut off mid-write has no newline yet: drop it and rewrite it.
+    complete = text[: text.rfind("\n") + 1]
+    with open(path, "w", newline="") as handle:
+        handle.write(complete)
+    return max(0, complete.count("\n") - 1)
+
+
+def _plan_csv(args) -> int:
+    import numpy as np
+    from tqdm import tqdm
+    from sdsl_jax import planner
+
+    columns = _read_configs(args.csv, args.draft_tokens)
+    total = len(columns["target_params"])
+    done = 0
+    if args.out:
+        if os.path.exists(args.out) and not (args.resume or args.overwrite):
+            raise UsageError(f"sdsl plan: --out: {args.out} exists; pass --resume to continue it "
+                             "or --overwrite to replace it")
+        if args.resume and os.path.exists(args.out):
+            done = _rows_already_written(args.out)
+        handle = open(args.out, "a" if done else "w", newline="")
+    else:
+        handle = sys.stdout
+    writer = csv.DictWriter(handle, fieldnames=list(INPUT_KEYS) + list(PLAN_KEYS))
+    if not done:
+        writer.writeheader()
+    laws = _laws(args)
+    arrays = {key: np.asarray(values, np.float64) for key, values in columns.items()}
+    with tqdm(total=total, initial=done, unit="config", disable=None, file=sys.stderr) as bar:
+        for start in range(done, total, CHUNK_ROWS):
+            stop = min(start + CHUNK_ROWS, total)
+            # Pad the last chunk to a full one so every chunk reuses one compilation.
+            chunk = {key: np.resize(values[start:stop], CHUNK_ROWS) for key, values in arrays.items()}
+            plan = planner.optimal_draft_size(chunk["target_params"], chunk["draft_tokens"],
+                                              chunk["target_tokens"], **laws)
+            records = _plan_records(plan, chunk)[: stop - start]
+            writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in records)
+            handle.flush()  # results land as they are produced; a kill loses one chunk at most
+            bar.update(stop - start)
+    if handle is not sys.stdout:
+        handle.close()
+        print(f"wrote {total} configurations to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _plan(args) -> int:
+    if args.csv:
+        if args.target_params or args.target_tokens:
+            raise UsageError("sdsl plan: --csv takes the configurations from the file; "
+                             "drop --target-params/--target-tokens")
+        return _plan_csv(args)
+    if args.out or args.resume or args.overwrite:
+        raise UsageError("sdsl plan: --out, --resume and --overwrite go with --csv")
+    for flag, value in (("--target-params", args.target_params), ("--target-tokens", args.target_tokens)):
+        if value is None:
+            raise UsageError(f"sdsl plan: argument {flag} is required (or give --csv FILE)")
+    from sdsl_jax import planner
+    draft_tokens = args.draft_tokens if args.draft_tokens else args.target_tokens
+    inputs = dict(target_params=args.target_params, target_tokens=args.target_tokens,
+                  draft_tokens=draft_tokens)
+    plan = planner.optimal_draft_size(args.target_params, draft_tokens, args.target_tokens, **_laws(args))
+    record = _plan_records(plan, inputs)[0]
+    if args.json:
+        record.update(pretraining_law=args.pretraining_law, acceptance_law=args.acceptance_law)
+        print(json.dumps(record))
+    else:
+        _print_plan(record, args)
+    return 0
+
+
+def _rule(args) -> int:
+    import numpy as np
+    from sdsl_jax import linear_rule
+
+    if args.points < 2:
+        raise UsageError("sdsl rule: argument --points: must be at least 2")
+    if args.min_target_params >= args.max_target_params:
+        raise UsageError("sdsl rule: argument --max-target-params: must exceed --min-target-params")
+    m = np.geomspace(args.min_target_params, args.max_target_params, args.points)[:, None]
+    tokens = np.asarray(args.tokens)[None, :]
+    laws = _laws(args)
+    plain = linear_rule.fit_linear_rule(m, tokens, tokens, **laws)
+    with_log = linear_rule.fit_linear_rule(m, tokens, tokens, with_log_tokens=True, **laws)
+    if args.json:
+        print(json.dumps({"linear": dict(plain), "with_log_tokens": dict(with_log),
+                          "published": {"slope": linear_rule.PUBLISHED_SLOPE,
+                                        "intercept": linear_rule.PUBLISHED_INTERCEPT}}))
+        return 0
+    from sdsl_jax.quantities import format_count as fc
+    print(f"N* over M in [{fc(args.min_target_params)}, {fc(args.max_target_params)}] "
+          f"({args.points} targets) x D = D' in {{{', '.join(fc(t) for t in args.tokens)}}}")
+    print(f"  published   N* = {linear_rule.PUBLISHED_SLOPE:.3e} M + {fc(linear_rule.PUBLISHED_INTERCEPT)}")
+    print(f"  refit       N* = {plain.slope:.3e} M + {fc(plain.intercept)}"
+          f"   (R^2 {plain.r2:.4f}, worst error {plain.max_relative_error:.1%})")
+    print(f"  refit+logD  N* = {with_log.slope:.3e} M + {fc(with_log.intercept)} "
+          f"{with_log.log_tokens_coeff:+.3e} ln D   (R^2 {with_log.r2:.4f}, "
+          f"worst error {with_log.max_relative_error:.1%})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _build_parser().parse_args(argv)
+        # Planning is cheap, so the CLI always answers in float64.
+        import jax
+        jax.config.update("jax_enable_x64", True)
+        return {"plan": _plan, "rule": _rule}[args.command](args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
