@@ -147,8 +147,9 @@ def speculation_pays(acceptance: ArrayLike, cost_ratio: ArrayLike) -> jnp.ndarra
     alpha, c = _floats(acceptance, cost_ratio)
     alpha = _cap_acceptance(alpha)
     safe = jnp.where(alpha > 0, alpha, 0.5)
-    # -log(alpha)/(1 - alpha) = log1p(-r)/(-r) with r = 1 - alpha.
-    bound = safe * _log1p_rel(-(1 - safe))
+    # Above 1/2, 1 - alpha is exact and log1p(alpha - 1) keeps every digit, so
+    # the ratio is accurate all the way to alpha -> 1 (where the bound -> 1).
+    bound = safe * -_log_acceptance(safe) / (1 - safe)
     return (alpha > 0) & (c < bound)
 
 
