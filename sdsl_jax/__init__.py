@@ -5,25 +5,25 @@ throughput law, the pre-training and acceptance laws as pytrees of
 coefficients, and a vectorised, differentiable N* planner.
 """
 
-from sdsl_jax.acceptance import (
+from sdsl_jax.acceptance_law import (
     MAX_ACCEPTANCE,
     SDSL_2026,
     AcceptanceLaw,
     acceptance,
-    acceptance_law,
+    acceptance_preset,
     is_extrapolated,
     raw_acceptance,
 )
 from sdsl_jax.lambertw import lambertw, lambertw_negexp
 from sdsl_jax.linear_rule import LinearRule, fit_linear_rule, published_rule
 from sdsl_jax.planner import DraftPlan, optimal_draft_size
-from sdsl_jax.pretraining import (
+from sdsl_jax.pretraining_law import (
     BESIROGLU_2024,
     HOFFMANN_2022,
     PretrainingLaw,
     loss,
     perplexity,
-    pretraining_law,
+    pretraining_preset,
 )
 from sdsl_jax.quantities import format_count, parse_count
 from sdsl_jax.throughput import (
@@ -40,9 +40,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AcceptanceLaw", "BESIROGLU_2024", "DraftPlan", "HOFFMANN_2022", "LinearRule",
-    "MAX_ACCEPTANCE", "PretrainingLaw", "SDSL_2026", "acceptance", "acceptance_law",
+    "MAX_ACCEPTANCE", "PretrainingLaw", "SDSL_2026", "acceptance", "acceptance_preset",
     "expected_tokens", "fit_linear_rule", "format_count", "is_extrapolated", "lambertw",
     "lambertw_negexp", "loss", "optimal_draft_size", "optimal_integer_lookahead",
-    "optimal_lookahead", "optimal_speedup", "parse_count", "perplexity", "pretraining_law",
+    "optimal_lookahead", "optimal_speedup", "parse_count", "perplexity", "pretraining_preset",
     "published_rule", "raw_acceptance", "speculation_pays", "speedup", "tokens_per_flop",
 ]

@@ -40,7 +40,7 @@ def _count(text: str) -> float:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from sdsl_jax import acceptance, pretraining
+    from sdsl_jax import acceptance_law as acceptance, pretraining_law as pretraining
 
     parser = _Parser(prog="sdsl", description=(
         "Speculative decoding scaling laws: choose a draft model size before training it."))
@@ -110,9 +110,9 @@ def _plan_records(plan, inputs) -> list[dict]:
 
 
 def _laws(args):
-    from sdsl_jax import acceptance, pretraining
-    return dict(pretraining_law=pretraining.pretraining_law(args.pretraining_law),
-                acceptance_law=acceptance.acceptance_law(args.acceptance_law),
+    from sdsl_jax import acceptance_law as acceptance, pretraining_law as pretraining
+    return dict(pretraining_law=pretraining.pretraining_preset(args.pretraining_law),
+                acceptance_law=acceptance.acceptance_preset(args.acceptance_law),
                 method=args.method)
 
 
@@ -300,6 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader (head, less) left early: not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ import optax
 from jax.typing import ArrayLike
 
 from sdsl_jax import _validate
-from sdsl_jax import acceptance as acceptance_lib
-from sdsl_jax import pretraining
+from sdsl_jax import acceptance_law as acceptance_lib
+from sdsl_jax import pretraining_law as pretraining
 from sdsl_jax import throughput
 
 

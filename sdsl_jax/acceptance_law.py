@@ -57,7 +57,7 @@ PRESETS: dict[str, AcceptanceLaw] = {"sdsl2026": SDSL_2026}
 DEFAULT_PRESET = "sdsl2026"
 
 
-def acceptance_law(name: str = DEFAULT_PRESET) -> AcceptanceLaw:
+def acceptance_preset(name: str = DEFAULT_PRESET) -> AcceptanceLaw:
     """A named preset: 'sdsl2026' (the paper's joint fit)."""
     try:
         return PRESETS[name]

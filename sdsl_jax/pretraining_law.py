@@ -59,7 +59,7 @@ PRESETS: dict[str, PretrainingLaw] = {
 DEFAULT_PRESET = "besiroglu2024"
 
 
-def pretraining_law(name: str = DEFAULT_PRESET) -> PretrainingLaw:
+def pretraining_preset(name: str = DEFAULT_PRESET) -> PretrainingLaw:
     """A named preset: 'besiroglu2024' (the paper's default) or 'hoffmann2022'."""
     try:
         return PRESETS[name]
