@@ -1,0 +1,201 @@
+"""The N* planner against an independent scipy reference, and its gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import brentq
+
+import sdsl_jax as sd
+
+CONFIGS = [  # (M, D, D')
+    (70e9, 15e12, 15e12), (13e9, 3e11, 1e12), (110e9, 1e12, 18e12),
+    (7e9, 2e12, 2e12), (1e12, 1e13, 3e13), (1e9, 1e11, 1e11),
+]
+
+
+def _reference_log_draft(m, d, d_target, pre=sd.BESIROGLU_2024, acc=sd.SDSL_2026):
+    """N* by brentq on dS*/dlogN, written independently in numpy.
+
+    By the envelope theorem dS*/ds = dS/dalpha * alpha'(s) + dS/dc * c at the
+    optimal lookahead, which itself is the root of dS/dgamma (no Lambert W).
+    """
+    def loss(n, d):
+        return pre.irreducible_loss + pre.param_coeff / n ** pre.param_exponent + pre.data_coeff / d ** pre.data_exponent
+
+    y = np.exp(loss(m, d_target))
+
+    def slope(s):
+        n = np.exp(s)
+        x = np.exp(loss(n, d))
+        a = acc.draft_coeff * x + acc.target_coeff * y + acc.intercept
+        c = n / m
+        if not 0 < a < 1:
+            return np.nan  # outside the plane's range: not where the peak is
+        h = lambda g: -a ** (g + 1) * np.log(a) * (g * c + 1) - c * (1 - a ** (g + 1))
+        if h(0.0) <= 0:
+            return np.nan  # drafting does not pay here: S is flat
+        hi = 1.0
+        while h(hi) > 0:
+            hi *= 2
+        g = brentq(h, 0.0, hi, xtol=1e-15, rtol=1e-15)
+        p = a ** (g + 1)
+        e = (1 - p) / (1 - a)
+        de_da = (-(g + 1) * a ** g * (1 - a) + (1 - p)) / (1 - a) ** 2
+        ds_da = de_da / (g * c + 1)
+        ds_dc = -g * e / (g * c + 1) ** 2
+        dx_ds = x * (-pre.param_exponent * pre.param_coeff * n ** -pre.param_exponent)
+        return ds_da * acc.draft_coeff * dx_ds + ds_dc * c
+
+    grid = np.log(m) + np.linspace(np.log(1e-5), np.log(0.5), 200)
+    signs = np.array([slope(s) for s in grid])
+    k = np.flatnonzero((signs[:-1] > 0) & (signs[1:] < 0))[0]
+    return brentq(slope, grid[k], grid[k + 1], xtol=1e-14, rtol=1e-15)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return np.array([np.exp(_reference_log_draft(*cfg)) for cfg in CONFIGS])
+
+
+def _inputs(dtype):
+    return [jnp.asarray([cfg[i] for cfg in CONFIGS], dtype) for i in range(3)]
+
+
+def test_bracket_solver_matches_reference_float64(x64, reference):
+    m, d, dp = _inputs(np.float64)
+    plan = sd.optimal_draft_size(m, d, dp)
+    np.testing.assert_allclose(plan.draft_params, reference, rtol=1e-6)
+    assert bool(jnp.all(plan.pays)) and not bool(jnp.any(plan.at_bound))
+
+
+def test_gradient_solver_agrees_with_bracket_solver(x64, reference):
+    m, d, dp = _inputs(np.float64)
+    bracket = sd.optimal_draft_size(m, d, dp, method="bracket")
+    gradient = sd.optimal_draft_size(m, d, dp, method="gradient")
+    np.testing.assert_allclose(gradient.draft_params, bracket.draft_params, rtol=1e-6)
+    np.testing.assert_allclose(gradient.draft_params, reference, rtol=1e-6)
+
+
+def test_float32_solvers_within_1e3(reference):
+    m, d, dp = _inputs(np.float32)
+    for method in ("bracket", "gradient"):
+        plan = sd.optimal_draft_size(m, d, dp, method=method)
+        assert plan.draft_params.dtype == jnp.float32
+        np.testing.assert_allclose(plan.draft_params, reference, rtol=1e-3)
+
+
+def test_plan_fields_are_consistent(x64):
+    plan = sd.optimal_draft_size(70e9, 15e12, 15e12)
+    n, m = float(plan.draft_params), 70e9
+    assert float(plan.cost_ratio) == pytest.approx(n / m, rel=1e-14)
+    assert float(plan.draft_perplexity) == pytest.approx(float(sd.perplexity(sd.BESIROGLU_2024, n, 15e12)), rel=1e-13)
+    assert float(plan.target_perplexity) == pytest.approx(float(sd.perplexity(sd.BESIROGLU_2024, m, 15e12)), rel=1e-13)
+    alpha = float(sd.acceptance(sd.SDSL_2026, plan.draft_perplexity, plan.target_perplexity))
+    assert float(plan.acceptance) == pytest.approx(alpha, rel=1e-13)
+    assert float(plan.lookahead) == pytest.approx(float(sd.optimal_lookahead(alpha, n / m)), rel=1e-12)
+    assert float(plan.speedup) == pytest.approx(float(sd.speedup(alpha, plan.lookahead, n / m)), rel=1e-12)
+    assert float(plan.tokens_per_flop) == pytest.approx(
+        float(sd.tokens_per_flop(alpha, plan.lookahead, n, m)), rel=1e-12)
+    assert float(plan.integer_lookahead) == float(sd.optimal_integer_lookahead(alpha, n / m))
+    assert float(plan.integer_speedup) <= float(plan.speedup)
+    # Perturbing N* either way lowers the throughput.
+    for factor in (0.9, 1.1):
+        other = sd.optimal_speedup(sd.acceptance(sd.SDSL_2026, sd.perplexity(sd.BESIROGLU_2024, n * factor, 15e12),
+                                                 plan.target_perplexity), n * factor / m)
+        assert float(other) < float(plan.speedup)
+
+
+def test_broadcasting_and_vmap_jit(x64):
+    m = jnp.array([[13e9], [70e9], [405e9]])
+    tokens = jnp.array([[1e12, 3e12, 15e12, 40e12]])
+    plan = sd.optimal_draft_size(m, tokens, tokens)
+    assert plan.draft_params.shape == (3, 4)
+    assert all(leaf.shape == (3, 4) for leaf in jax.tree_util.tree_leaves(plan))
+    f = jax.jit(jax.vmap(lambda mm: sd.optimal_draft_size(mm, 15e12, 15e12).draft_params))
+    np.testing.assert_allclose(f(m[:, 0]), plan.draft_params[:, 2], rtol=1e-12)
+    # Larger targets want larger drafts.
+    assert bool(jnp.all(jnp.diff(plan.draft_params, axis=0) > 0))
+
+
+def _central_difference(f, x, rel=1e-4):
+    h = rel * x
+    return (f(x + h) - f(x - h)) / (2 * h)
+
+
+@pytest.mark.parametrize("argnum,name", [(0, "target_params"), (1, "draft_tokens"), (2, "target_tokens")])
+def test_draft_size_gradients_match_finite_differences(x64, argnum, name):
+    args = [70e9, 2e12, 15e12]
+
+    def n_star(*a):
+        return sd.optimal_draft_size(*a).draft_params
+
+    def throughput(*a):
+        return sd.optimal_draft_size(*a).tokens_per_flop
+
+    for f in (n_star, throughput):
+        grad = float(jax.grad(f, argnums=argnum)(*args))
+
+        def along(v):
+            moved = list(args)
+            moved[argnum] = v
+            return float(f(*moved))
+
+        fd = _central_difference(along, args[argnum])
+        assert grad == pytest.approx(fd, rel=2e-5), (f.__name__, name)
+
+
+def test_gradients_with_respect_to_every_law_coefficient(x64):
+    def n_star(pre, acc):
+        return sd.optimal_draft_size(70e9, 2e12, 15e12, pretraining_law=pre, acceptance_law=acc).draft_params
+
+    pre, acc = sd.BESIROGLU_2024, sd.SDSL_2026
+    g_pre, g_acc = jax.grad(n_star, argnums=(0, 1))(pre, acc)
+    for law, grads, which in ((pre, g_pre, 0), (acc, g_acc, 1)):
+        for field in law.keys():
+            value = float(law[field])
+
+            def along(v):
+                moved = law.replace(**{field: v})
+                return float(n_star(moved, acc) if which == 0 else n_star(pre, moved))
+
+            fd = _central_difference(along, value, rel=1e-5)
+            assert float(grads[field]) == pytest.approx(fd, rel=1e-4, abs=1e-6 * abs(fd) + 1e-3), field
+
+
+def test_no_nan_across_many_random_configurations(dtype):
+    rng = np.random.default_rng(0)
+    n = 4096
+    m = jnp.asarray(10 ** rng.uniform(8, 13, n), dtype)
+    d = jnp.asarray(10 ** rng.uniform(9, 14, n), dtype)
+    dp = jnp.asarray(10 ** rng.uniform(9, 14, n), dtype)
+    plan = jax.jit(sd.optimal_draft_size)(m, d, dp)
+    for name, leaf in plan.items():
+        if leaf.dtype != bool and name != "draft_perplexity":
+            assert bool(jnp.all(jnp.isfinite(leaf))), name
+    assert bool(jnp.all(plan.pays))
+    assert bool(jnp.all(plan.speedup >= 1)) and bool(jnp.all(plan.draft_params < m))
+
+
+def test_when_no_draft_pays_the_answer_is_no_draft(x64):
+    hopeless = sd.AcceptanceLaw(draft_coeff=-0.0067, target_coeff=0.0, intercept=0.0)
+    plan = sd.optimal_draft_size(70e9, 15e12, 15e12, acceptance_law=hopeless)
+    assert not bool(plan.pays)
+    assert float(plan.draft_params) == 0.0 and float(plan.speedup) == 1.0
+    assert float(plan.lookahead) == 0.0 and float(plan.tokens_per_flop) == pytest.approx(1 / 140e9)
+    g = jax.grad(lambda m: sd.optimal_draft_size(m, 15e12, 15e12, acceptance_law=hopeless).draft_params)(70e9)
+    assert float(g) == 0.0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(target_params=-1.0), "target_params"),
+    (dict(draft_tokens=0.0), "draft_tokens"),
+    (dict(target_tokens=float("inf")), "target_tokens"),
+    (dict(method="newton"), "method"),
+    (dict(cost_ratio_bounds=(0.5, 0.1)), "cost_ratio_bounds"),
+])
+def test_bad_input_is_named(kwargs, match):
+    args = dict(target_params=70e9, draft_tokens=15e12, target_tokens=15e12)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        sd.optimal_draft_size(**args)
