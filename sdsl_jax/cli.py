@@ -290,10 +290,11 @@ def _rule(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _build_parser().parse_args(argv)
-        # Planning is cheap, so the CLI always answers in float64.
         import jax
-        jax.config.update("jax_enable_x64", True)
-        return {"plan": _plan, "rule": _rule}[args.command](args)
+        # Planning is cheap, so the CLI always answers in float64 (scoped, so
+        # a program that calls main() keeps its own precision setting).
+        with jax.enable_x64(True):
+            return {"plan": _plan, "rule": _rule}[args.command](args)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
