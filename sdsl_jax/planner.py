@@ -330,7 +330,7 @@ def optimal_draft_size(
     dtype = jnp.result_type(target_params, draft_tokens, target_tokens, float)
     as_float = lambda v: jnp.asarray(v, dtype)
     settings = _Settings(method=method, min_cost_ratio=lo, max_cost_ratio=hi,
-                         grid_size=12, root_steps=12, lbfgs_steps=60)
+                         grid_size=12, root_steps=8, lbfgs_steps=60)
     return _plan(settings, as_float(target_params), as_float(draft_tokens),
                  as_float(target_tokens),
                  jax.tree_util.tree_map(as_float, pretraining_law),
