@@ -144,6 +144,13 @@ class _Consts:
         ln2_hi = _round_to_bits(_LN2, 32 if double else 12)
         self.ln2_hi, self.ln2_lo = f(ln2_hi), f(_LN2 - ln2_hi)
         self.inv_ln2 = f(1 / _LN2)
+        # log(1 + f) = 2 atanh(s), s = f / (2 + f), |s| <= 3 - 2 sqrt(2): the
+        # series sum_k 2 s^(2k+1) / (2k+1) is truncated below 2^-58 (2^-28).
+        n_log = 11 if double else 5
+        self.log_t = [f(Fraction(2, 2 * k + 1)) for k in range(1, n_log + 1)]
+        self.int_dtype = np.int64 if double else np.int32
+        # Bit pattern of sqrt(1/2): subtracting it centres the mantissa on 1.
+        self.sqrt_half_bits = 0x3FE6A09E667F3BCD if double else 0x3F3504F3
         # exp(f) = 1 + f + f^2 Q(f) on |f| <= ln2/2, truncation < 2^-60 (2^-28).
         n_exp = 14 if double else 8
         fact = [1]
@@ -159,12 +166,13 @@ class _Consts:
         # 0 <= t <= 0.55 (branch 0) and -1.8 <= t <= 0 (branch -1).
         n_g = {0: 20 if double else 9, -1: 25 if double else 11}
         self.g = {b: [f(Fraction(1, 2 * k + 3)) for k in range(n)] for b, n in n_g.items()}
+        self.g_rough = {b: self.g[b][:n] for b, n in ((0, 7), (-1, 8))}
         self.n_iter = 2
         self.r_near = f(_R_NEAR)
         self.kappa_near = f(-np.log1p(-_R_NEAR))
         self.r_series = {b: f(v) for b, v in _R_SERIES.items()}
         self.kappa_series = {b: f(-np.log1p(-v)) for b, v in _R_SERIES.items()}
-        # Below this |x|, W0(x) = x - x^2 + 3/2 x^3 is exact to << 1 ulp.
+        # Below this |x|, W0(x) = x - x^2 + 3/2 x^3 - 8/3 x^4 is exact to << 1 ulp.
         self.tiny_x = f(2.0**-30 if double else 2.0**-12)
         # Above this |x / w| the Veltkamp split could overflow; the quotient's
         # rounding no longer matters there anyway (1 + w is large).
@@ -181,8 +189,29 @@ def _consts(dtype):
 
 
 def _barrier(x):
-    # Stops XLA from simplifying a compensated expression symbolically.
-    return jax.lax.optimization_barrier(x)
+    # Stops XLA from simplifying a compensated expression symbolically, e.g.
+    # (x + C1) + C2 -> x + (C1 + C2) or ((1 + a) - 1) - a -> 0.  A no-op
+    # reduce_precision is opaque to the algebraic simplifier but, unlike
+    # optimization_barrier, still fuses, so it costs no extra pass over memory.
+    info = jnp.finfo(x.dtype)
+    return jax.lax.reduce_precision(x, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+
+
+def _materialize(v):
+    """Return v, computed once into its own buffer.
+
+    The evaluation ends in two outputs (w and 1 + w) that are cheap functions
+    of one state v; XLA on CPU would otherwise fuse the entire evaluation into
+    each output and run it twice.  Neither optimization_barrier nor any
+    elementwise op stops that fusion, but a conditional does.  Both branches
+    return v unchanged (the no-op reduce_precision only keeps XLA from
+    recognising the branches as identical), so the data-dependent predicate
+    never matters; under vmap the cond becomes a select, which is also fine.
+    """
+    if v.size == 0:
+        return v
+    probe = v.ravel()[0]
+    return jax.lax.cond(probe == probe, lambda a: a, _barrier, v)
 
 
 def _horner(x, coeffs):
@@ -214,7 +243,52 @@ def _two_sum(a, b):
     return s, (a - (s - bb)) + (b - bb)
 
 
-def _log1m(a_hi, a_lo):
+def _log_parts(y, c):
+    """k, f, hfsq, tail with log(y) = k log2 + f - hfsq + tail (see _log)."""
+    dtype = y.dtype
+    bits = jax.lax.bitcast_convert_type(y, c.int_dtype)
+    k = (bits - c.sqrt_half_bits) >> c.max_exp_bits
+    m = jax.lax.bitcast_convert_type(bits - (k << c.max_exp_bits), dtype)
+    f = m - 1  # exact (Sterbenz)
+    s = f * (1 / (2 + f))
+    z = s * s
+    hfsq = 0.5 * f * f
+    kf = k.astype(dtype)
+    return kf, f, hfsq, s * (hfsq + z * _horner(z, c.log_t)) + kf * c.ln2_lo
+
+
+def _log(y, c):
+    """Natural log of positive normal y, vectorised, within ~1 ulp.
+
+    XLA on CPU lowers float64 log to a scalar libm call per element, which in
+    a large fusion also forces every live vector register to be spilled around
+    each call; this version is plain arithmetic and fuses cleanly.  y is split
+    as 2^k m with m in [sqrt(1/2), sqrt(2)) by integer arithmetic on its bits,
+    then log(m) = f - f^2/2 + s (f^2/2 + T(s^2)), f = m - 1, s = f / (2 + f),
+    the rearranged atanh series; k log(2) is added in two pieces.  Zero,
+    negative, subnormal, infinite or NaN inputs give meaningless values; the
+    callers only use lanes where y is a positive normal number.
+    """
+    kf, f, hfsq, tail = _log_parts(y, c)
+    return ((tail - hfsq) + f) + kf * c.ln2_hi
+
+
+def _log_dd(y, c):
+    """log(y) as hi + lo, accurate to ~2^-60 relative (same method as _log).
+
+    Only the two additions that round in _log are made exact; the remaining
+    terms are already small.  Used for the residual of the last step, whose
+    rounding would otherwise dominate the final error.
+    """
+    kf, f, hfsq, tail = _log_parts(y, c)
+    s1, e1 = _two_sum(kf * c.ln2_hi, f)
+    s2, e2 = _two_sum(s1, -hfsq)
+    lo = (tail + e1) + e2
+    hi = _barrier(s2 + lo)
+    return hi, lo - (hi - s2)  # |s2| > |lo|: Fast2Sum renormalisation
+
+
+def _log1m(a_hi, a_lo, c):
     """log(1 - (a_hi + a_lo)) to ~1 ulp, for a_lo << a_hi < 1.
 
     y = 1 - a_hi is rounded; (y - 1) + a_hi recovers that rounding exactly and
@@ -222,7 +296,7 @@ def _log1m(a_hi, a_lo):
     not accurate enough in float64.
     """
     y = _barrier(1 - a_hi)
-    return jnp.log(y) - (((y - 1) + a_hi) + a_lo) / y
+    return _log(y, c) - (((y - 1) + a_hi) + a_lo) * (1 / y)
 
 
 def _pow2(k, dtype, c):
@@ -252,7 +326,10 @@ def _neg_exp_dd(kappa, c):
     f_lo = ((hi - f) - lo) + a_err
     s = _barrier(1 + f)
     s_err = (1 - s) + f
-    rest = s_err + f * f * _horner(f, c.exp_q) + s * f_lo
+    tail = f * f * _horner(f, c.exp_q)
+    # exp(f + f_lo) = exp(f) (1 + f_lo); f_lo reaches ~1e-13 (the rounding of
+    # -1 - kappa), so it must multiply all of exp(f), not just 1 + f.
+    rest = s_err + tail + (s + tail) * f_lo
     e_hi = _barrier(s + rest)
     e_lo = rest - (e_hi - s)
     # Two scalings keep each factor a normal number down to exp_min.
@@ -298,55 +375,101 @@ def _near_guess(r, sign, c):
     return p * _horner(p, c.mu)
 
 
-def _winitzki(l):
+def _winitzki(l, c):
     """Branch-0 guess from l = log1p(x); within ~3% for r >= 1/2 (Winitzki 2003)."""
-    return l * (1 - jnp.log(1 + l) / (2 + l))
+    return l * (1 - _log(1 + l, c) * (1 / (2 + l)))
 
 
-def _asymptotic_m1(l1):
+def _asymptotic_m1(l1, c):
     """Branch -1 guess from l1 = log(-x) (Corless et al. 1996, eq. 4.19)."""
-    l2 = jnp.log(-l1)
-    return l1 - l2 + l2 / l1 + l2 * (l2 - 2) / (2 * l1 * l1)
+    l2 = _log(-l1, c)
+    inv_l1 = 1 / l1
+    return l1 - l2 + l2 * inv_l1 * (1 + (0.5 * l2 - 1) * inv_l1)
 
 
-def _log_quotient(x_hi, x_lo, inv_x, w, c):
-    """log((x_hi + x_lo) / w) with the quotient's rounding corrected.
+def _log_quotient_minus_w(x_hi, x_lo, inv_x, w, c):
+    """log((x_hi + x_lo) / w) - w, accurate to a small fraction of ulp(w).
 
-    q = fl(x / w) is off by up to half an ulp, which near w ~ -1/2 is worth
-    two ulp of w; the exact remainder x - q w restores it.
+    q = fl(x / w) is off by up to an ulp, which near w ~ -1/2 is worth two
+    ulp of w; the exact remainder rho = x - q w restores it.  log(q) is taken
+    in double-word precision; at the root log(q) ~ w, so log_hi - w is exact.
     """
-    q = x_hi / w
+    q = x_hi * (1 / w)
     ok = jnp.abs(q) < c.split_max
     qs = jnp.where(ok, q, 0)
     p, p_err = _two_prod(qs, w, c)
     rho = jnp.where(ok, ((x_hi - p) - p_err) + x_lo, 0)
-    return jnp.log(q) + rho * inv_x
+    l_hi, l_lo = _log_dd(q, c)
+    return (l_hi - w) + (l_lo + rho * inv_x)
 
 
-def _fsc_step(w, t, z):
-    """One Fritsch-Shafer-Crowley step on (w, t = 1 + w) given the residual z.
+def _log_diff(a_hi, a_lo, b, y, c):
+    """(a_hi + a_lo - b) - log(y) for a - b ~ log(y), with all roundings kept.
+
+    Used for the branch -1 residual log(-x) - w - log(-w) and its log-domain
+    form, where the three terms are large and nearly cancel.
+    """
+    d, d_err = _two_sum(a_hi, -b)
+    l_hi, l_lo = _log_dd(y, c)
+    return (d - l_hi) + ((d_err + a_lo) - l_lo)
+
+
+# Divisions are written as products with a reciprocal throughout: XLA on CPU
+# materialises a quotient a / b that has several users (it will not duplicate
+# an "expensive" op into several fusions), splitting the evaluation into many
+# loops over memory, whereas 1 / b fuses freely.  None of these quotients has
+# to be correctly rounded.
+
+
+def _fsc_correction(w, t, z):
+    """Fritsch-Shafer-Crowley correction w * eps for the residual z, t = 1 + w.
 
     eps = z/t (q - z)/(q - 2z) with q = 2 t (t + 2z/3); dividing q through by
     t keeps t^2 from overflowing when |w| is huge (float32, u ~ -1e30).
     """
-    a = z / t
+    a = z * (1 / t)
     m = 2 * (t + (2.0 / 3.0) * z)
-    corr = w * a * ((m - a) / (m - 2 * a))
-    return w + corr, t + corr
+    return w * a * ((m - a) * (1 / (m - 2 * a)))
 
 
-def _iterate(w, t, series, big_l, z_plain, branch, c):
-    coeffs = c.g[branch]
-    for _ in range(c.n_iter):
-        z_series = big_l - _g(jnp.where(series, t, 0), coeffs, c)
-        z = jnp.where(series, z_series, z_plain(w, t))
-        w, t = _fsc_step(w, t, z)
-    return w, t
+def _g_rough(t, coeffs):
+    """g(t) to ~1e-7 relative, enough for every step but the last."""
+    s = t * (1 / (2 - t))
+    s2 = s * s
+    return -t * s - 2 * s * s2 * _horner(s2, coeffs)
+
+
+def _iterate(w0, t0, use_t, big_l, z_plain, branch, c):
+    """FSC steps on one state per element: t = 1 + w where use_t, else w.
+
+    Near the branch point t carries the information and w = t - 1 is exact
+    enough; elsewhere w does and t = w + 1 only feeds relative quantities.
+    A single state (rather than updating both w and t) halves the work and
+    lets XLA fuse the evaluation into few loops: with two states every
+    intermediate would have consumers in two fusions and be materialised.
+
+    Only the last step needs an accurate residual: the step before it merely
+    has to land within ~1e-5, which the fourth-order step then squares twice.
+    """
+    v = jnp.where(use_t, t0, w0)
+    for i in range(c.n_iter):
+        last = i == c.n_iter - 1
+        w = jnp.where(use_t, v - 1, v)
+        t = jnp.where(use_t, v, v + 1)
+        tg = jnp.where(use_t, t, 0)
+        if last:
+            g = _g(tg, c.g[branch], c)
+        else:
+            g = _g_rough(tg, c.g_rough[branch])
+        z = jnp.where(use_t, big_l - g, z_plain(w, t, last))
+        v = v + _fsc_correction(w, t, z)
+    v = _materialize(v)
+    return jnp.where(use_t, v - 1, v), jnp.where(use_t, v, v + 1)
 
 
 def _small_x(x):
-    """W0(x) = x - x^2 + 3/2 x^3 - ..., used for |x| < tiny_x."""
-    return x - x * x * (1 - 1.5 * x)
+    """W0(x) = x - x^2 + 3/2 x^3 - 8/3 x^4 + ..., used for |x| < tiny_x."""
+    return x - x * x * (1 - x * (1.5 - x * (8.0 / 3.0)))
 
 
 # ----------------------------------------------------------------------------
@@ -376,26 +499,30 @@ def _lambertw_x_impl(x, branch):
 
     if branch == 0:
         # One log gives L = log1p(-r) (near) and log1p(x) (far guess).
-        la = _log1m(jnp.where(near, r_hi, -xs), jnp.where(near, r_lo, 0))
+        la = _log1m(jnp.where(near, r_hi, -xs), jnp.where(near, r_lo, 0), c)
         big_l = la
-        w_far = _winitzki(jnp.where(near, 0, la))
+        w_far = _winitzki(jnp.where(near, 0, la), c)
         inv_x = 1 / xs
 
-        def z_plain(w, t):
-            return _log_quotient(xs, 0, inv_x, w, c) - w
+        def z_plain(w, t, accurate):
+            if not accurate:
+                return _log(xs * (1 / w), c) - w
+            return _log_quotient_minus_w(xs, 0, inv_x, w, c)
     else:
         # One log gives L = log1p(-r) (near) and log(-x) (far).
         y = _barrier(jnp.where(near, 1 - r_hi, -xs))
-        ly = jnp.log(y)
-        big_l = ly - jnp.where(near, (((y - 1) + r_hi) + r_lo) / y, 0)
-        w_far = _asymptotic_m1(jnp.where(near, -2, ly))
+        ly, ly_lo = _log_dd(y, c)
+        big_l = ly - jnp.where(near, (((y - 1) + r_hi) + r_lo) * (1 / y), 0)
+        w_far = _asymptotic_m1(jnp.where(near, -2, ly), c)
 
-        def z_plain(w, t):
-            return (ly - w) - jnp.log(-w)
+        def z_plain(w, t, accurate):
+            if not accurate:
+                return (ly - w) - _log(-w, c)
+            return _log_diff(ly, ly_lo, w, -w, c)
 
-    w = jnp.where(near, t_near - 1, w_far)
-    t = jnp.where(near, t_near, 1 + w_far)
-    w, t = _iterate(w, t, series, big_l, z_plain, branch, c)
+    w0 = jnp.where(near, t_near - 1, w_far)
+    t0 = jnp.where(near, t_near, 1 + w_far)
+    w, t = _iterate(w0, t0, series, big_l, z_plain, branch, c)
 
     if branch == 0:
         small = _small_x(x)
@@ -420,13 +547,15 @@ def _lambertw_x_parts(x, branch):
 def _lambertw_x_parts_jvp(branch, primals, tangents):
     (x,), (dx,) = primals, tangents
     w, t = _lambertw_x_parts(x, branch)
-    # W' = W / (x (1 + W)); at x = 0 use the equivalent exp(-W) / (1 + W).
-    # The substitutes keep the unselected side finite, so its zero cotangent
+    # W' = W / (x (1 + W)) = exp(-W) / (1 + W).  The exponential form is used
+    # for |W| <= 1 (it is regular at x = 0, and x * (1 + W) can underflow for
+    # tiny x), the quotient elsewhere (exp(-W) overflows for W_-1 near 0-).
+    # Substitutes keep the unselected side finite, so its zero cotangent
     # cannot become NaN under a second differentiation.
-    at_zero = x == 0
-    x_s = jnp.where(at_zero, 1, x)
-    w_s = jnp.where(at_zero, w, 0)
-    deriv = jnp.where(at_zero, jnp.exp(-w_s) / t, w / (x_s * t))
+    small = jnp.abs(w) <= 1
+    x_s = jnp.where(small, 1, x)
+    w_s = jnp.where(small, w, 0)
+    deriv = jnp.where(small, jnp.exp(-w_s) / t, w / (x_s * t))
     dw = deriv * dx
     return (w, t), (dw, dw)
 
@@ -456,21 +585,26 @@ def _negexp_impl(kappa, branch):
         tiny = jnp.abs(x_hi) < c.tiny_x  # includes exp() underflow to 0
         xs = jnp.where(tiny, -0.25, x_hi)
         xs_lo = jnp.where(tiny, 0, x_lo)
-        w_far = _winitzki(_log1m(jnp.where(near, 0, -xs), 0))
+        w_far = _winitzki(_log1m(jnp.where(near, 0, -xs), 0, c), c)
         inv_x = 1 / xs
 
-        def z_plain(w, t):
-            return _log_quotient(xs, xs_lo, inv_x, w, c) - w
+        def z_plain(w, t, accurate):
+            if not accurate:
+                return _log(xs * (1 / w), c) - w
+            return _log_quotient_minus_w(xs, xs_lo, inv_x, w, c)
     else:
-        w_far = _asymptotic_m1(jnp.where(near, -2, -1 - ks))
+        u_hi, u_lo = _two_sum(jnp.full_like(ks, -1), -ks)
+        w_far = _asymptotic_m1(jnp.where(near, -2, u_hi), c)
 
-        def z_plain(w, t):
-            # (L - t) = log(-w) at the root; both are exact-ish and close.
-            return (big_l - t) - jnp.log(-w)
+        def z_plain(w, t, accurate):
+            # log(-x) = -1 - kappa, formed exactly as a double word.
+            if not accurate:
+                return (u_hi - w) - _log(-w, c)
+            return _log_diff(u_hi, u_lo, w, -w, c)
 
-    w = jnp.where(near, t_near - 1, w_far)
-    t = jnp.where(near, t_near, 1 + w_far)
-    w, t = _iterate(w, t, series, big_l, z_plain, branch, c)
+    w0 = jnp.where(near, t_near - 1, w_far)
+    t0 = jnp.where(near, t_near, 1 + w_far)
+    w, t = _iterate(w0, t0, series, big_l, z_plain, branch, c)
 
     if branch == 0:
         small = _small_x(x_hi)
@@ -553,9 +687,10 @@ def lambertw(x, branch=0):
     (1973) with cancellation-free residuals) is described in the module
     docstring.
 
-    Differentiable (``jax.custom_jvp``): ``W'(x) = W / (x (1 + W))``, taken as
-    ``exp(-W) / (1 + W)`` at ``x = 0``, written in terms of the primal outputs
-    so that higher derivatives follow by autodiff.
+    Differentiable (``jax.custom_jvp``): ``W'(x) = W / (x (1 + W))``, taken in
+    the equivalent form ``exp(-W) / (1 + W)`` where ``|W| <= 1`` (so ``x = 0``
+    is regular), written in terms of the primal outputs so that higher
+    derivatives follow by autodiff.  ``W'`` is infinite at the branch point.
     """
     branch = _check_branch(branch)
     x = _as_float_array(x)
