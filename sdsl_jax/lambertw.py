@@ -26,47 +26,63 @@ steps.  With the residual ``z = log(x / w) - w`` of ``log w + w = log x``::
     w  <- w (1 + eps)
 
 The iteration converges with order four, so a guess within a few percent is
-exact to rounding after two steps, and the final error is set entirely by the
-rounding in the last residual ``z``: an absolute error ``dz`` moves ``w`` by
-``|w / (1 + w)| dz``.  All the work below goes into forming ``z`` accurately.
+exact to rounding after two steps, and the final error is set by the rounding
+in the last residual: an absolute error ``dz`` moves ``w`` by
+``|w / (1 + w)| dz``.  The first step therefore uses a cheap residual and all
+the care goes into the residual of the second.
 
-*Near the branch point* ``1 + w`` is small and carries the information, so the
-iteration runs on the pair ``(w, t = 1 + w)``, both updated by the same
-correction ``w * eps`` (neither is recovered from the other by a cancelling
-subtraction), and the residual is written as::
+*Near the branch point* ``t = 1 + w`` is small and carries the information, so
+the iteration state there is ``t`` itself (``w = t - 1`` loses nothing) and the
+residual is written as::
 
     z = L - g(t),   L = log(-e x) = log1p(-r),   r = 1 + e x,
                     g(t) = log1p(-t) + t = -t^2/2 - t^3/3 - ...
 
-``r`` is formed without cancellation as ``e * ((x + hi) + lo)`` with
-``hi + lo = 1/e`` (``x + hi`` is exact near ``-1/e`` by Sterbenz' lemma; the
-product is compensated), ``L`` with a compensated ``log1p``, and ``g`` from
-its ``atanh`` series ``g = -t s - 2 s^3 (1/3 + s^2/5 + ...)``,
-``s = t / (2 - t)``, whose leading term is formed in double-word arithmetic,
-so that ``g`` keeps full *relative* precision as ``t -> 0``.  In the
-log-domain entry points ``L = -kappa`` is exact, which makes ``1 + w``
-accurate to a few ulp even for ``kappa ~ 1e-15``.
+``r`` is formed without cancellation as ``e (x + 1/e)``: ``x + hi`` is exact
+near ``-1/e`` by Sterbenz' lemma and the product with ``e`` is compensated
+(Dekker), with the ``lo`` parts of ``1/e`` and ``e`` added in.  ``L`` comes
+from a compensated ``log1p``, and ``g`` from its ``atanh`` series
+``g = -t s - 2 s^3 (1/3 + s^2/5 + ...)``, ``s = t / (2 - t)``, whose leading
+term is formed in double-word arithmetic, so that ``g`` keeps full *relative*
+precision as ``t -> 0``.  In the log-domain entry points ``L = -kappa`` is
+exact, which makes ``1 + w`` accurate to an ulp even for ``kappa ~ 1e-15``.
 
-*Away from the branch point* the residual is ``log(x / w) - w`` on branch 0,
-with the quotient corrected by its exactly computed remainder (``x / w`` is
-close to ``exp(w)``, so tiny ``|x|`` loses nothing), and
-``(log(-x) - w) - log(-w)`` on branch -1 (``x / w`` could underflow).  In
-the log domain ``x = -exp(-1 - kappa)`` is rebuilt in double-word precision
-for branch 0, and ``log(-x) = -1 - kappa`` is used directly for branch -1.
+*Away from the branch point* the state is ``w`` and the residual is
+``log(x / w) - w`` on branch 0 (``x / w`` is close to ``exp(w)``, so tiny
+``|x|`` loses nothing; the quotient is corrected by its exact remainder and
+the log taken in double-word precision) and ``(log(-x) - w) - log(-w)`` on
+branch -1 (``x / w`` could underflow), again with double-word logs and an
+exact first difference.  In the log domain ``log(-x) = -1 - kappa`` is used
+directly on branch -1, and on branch 0 ``x = -exp(-1 - kappa)`` is rebuilt in
+double-word precision (Cody-Waite reduction and a Taylor polynomial).
 
 Initial guesses: the branch-point series ``w = -1 + p - p^2/3 + 11/72 p^3 - ...``
-with ``p = +-sqrt(2 r)`` for ``r < 1/2``; otherwise Winitzki's
-``l (1 - log(1 + l) / (2 + l))``, ``l = log1p(x)``, on branch 0 and the
-asymptotic ``L1 - L2 + L2/L1 + L2 (L2 - 2) / (2 L1^2)``, ``L1 = log(-x)``,
-``L2 = log(-L1)``, on branch -1.
+(coefficients from the recurrence of Corless et al.) with ``p = +-sqrt(2 r)``
+for ``r < 1/2``; otherwise Winitzki's ``l (1 - log(1 + l) / (2 + l))``,
+``l = log1p(x)``, on branch 0 and the asymptotic expansion
+``L1 - L2 + L2/L1 + L2 (L2 - 2) / (2 L1^2)``, ``L1 = log(-x)``,
+``L2 = log(-L1)``, on branch -1.  For ``|x| < 2^-30`` (``2^-12`` in float32)
+branch 0 is the Taylor series ``x - x^2 + 3/2 x^3 - 8/3 x^4``.
 
-Floating-point caveats
-----------------------
-* Under ``jit`` XLA reassociates expressions with constants (``(x + hi) + lo``
-  becomes ``x + (hi + lo)``, ``((1 + a) - 1) - a`` becomes ``0``), so every
-  compensated step is fenced with ``jax.lax.optimization_barrier``.
-* XLA's float64 ``log1p`` and ``expm1`` on CPU are off by up to ~130 and ~4 ulp,
-  so ``log1p`` is rebuilt from ``log`` where its accuracy matters.
+Measured against mpmath (tests/test_lambertw.py, benchmarks/bench_lambertw.py)
+the error is at most 1 ulp in float64 on both branches and both entry points,
+and about 1 ulp in float32, including arguments one ulp above ``-1/e``.
+
+Floating-point and XLA notes
+----------------------------
+* Under ``jit`` XLA's algebraic simplifier rewrites compensated expressions
+  (``(x + hi) + lo`` becomes ``x + (hi + lo)``, ``((1 + a) - 1) - a``
+  becomes ``0``).  Every such step goes through :func:`_barrier`, a no-op
+  ``reduce_precision`` the simplifier cannot see through
+  (``optimization_barrier`` was not enough: it is removed before XLA's last
+  simplification passes).
+* XLA on CPU lowers float64 ``log`` to a scalar libm call per element, and
+  its float64 ``log1p`` and ``expm1`` are off by up to ~130 and ~4 ulp, so
+  ``log`` is implemented here with vectorisable arithmetic (also in
+  double-word form) and ``log1p`` is built on it.
+* Divisions are written as products with reciprocals and the two outputs are
+  split off one materialised state, which keeps XLA from cutting the
+  evaluation into many loops over memory (see :func:`_materialize`).
 * XLA on CPU flushes subnormal numbers to zero: subnormal inputs behave like
   (signed) zero and results that would be subnormal come back as zero.
 """
@@ -148,6 +164,7 @@ class _Consts:
         # series sum_k 2 s^(2k+1) / (2k+1) is truncated below 2^-58 (2^-28).
         n_log = 11 if double else 5
         self.log_t = [f(Fraction(2, 2 * k + 1)) for k in range(1, n_log + 1)]
+        self.log_t_rough = self.log_t[:4]  # ~1e-8 relative: guesses, first step
         self.int_dtype = np.int64 if double else np.int32
         # Bit pattern of sqrt(1/2): subtracting it centres the mantissa on 1.
         self.sqrt_half_bits = 0x3FE6A09E667F3BCD if double else 0x3F3504F3
@@ -169,8 +186,13 @@ class _Consts:
         self.g_rough = {b: self.g[b][:n] for b, n in ((0, 7), (-1, 8))}
         self.n_iter = 2
         self.r_near = f(_R_NEAR)
+        # The same switches as thresholds on x = (r - 1) / e and on kappa, so
+        # that the masks are plain comparisons with the input (XLA treats the
+        # reduce_precision fence inside r as expensive and would materialise
+        # every mask derived from it).
+        self.x_near = f((_R_NEAR - 1) / np.e)
+        self.x_series = {b: f((v - 1) / np.e) for b, v in _R_SERIES.items()}
         self.kappa_near = f(-np.log1p(-_R_NEAR))
-        self.r_series = {b: f(v) for b, v in _R_SERIES.items()}
         self.kappa_series = {b: f(-np.log1p(-v)) for b, v in _R_SERIES.items()}
         # Below this |x|, W0(x) = x - x^2 + 3/2 x^3 - 8/3 x^4 is exact to << 1 ulp.
         self.tiny_x = f(2.0**-30 if double else 2.0**-12)
@@ -189,10 +211,15 @@ def _consts(dtype):
 
 
 def _barrier(x):
-    # Stops XLA from simplifying a compensated expression symbolically, e.g.
-    # (x + C1) + C2 -> x + (C1 + C2) or ((1 + a) - 1) - a -> 0.  A no-op
-    # reduce_precision is opaque to the algebraic simplifier but, unlike
-    # optimization_barrier, still fuses, so it costs no extra pass over memory.
+    """x, opaque to XLA's algebraic simplifier.
+
+    Under jit XLA rewrites compensated expressions symbolically, e.g.
+    (x + C1) + C2 -> x + (C1 + C2) or ((1 + a) - 1) - a -> 0, discarding the
+    rounding error they exist to capture.  optimization_barrier is not enough:
+    it is expanded before XLA's last simplification passes (seen to fold
+    lo - ((s + lo) - s) to 0).  A reduce_precision to the type's own widths is
+    a no-op that survives to code generation and still fuses.
+    """
     info = jnp.finfo(x.dtype)
     return jax.lax.reduce_precision(x, exponent_bits=info.nexp, mantissa_bits=info.nmant)
 
@@ -243,7 +270,7 @@ def _two_sum(a, b):
     return s, (a - (s - bb)) + (b - bb)
 
 
-def _log_parts(y, c):
+def _log_parts(y, c, rough=False):
     """k, f, hfsq, tail with log(y) = k log2 + f - hfsq + tail (see _log)."""
     dtype = y.dtype
     bits = jax.lax.bitcast_convert_type(y, c.int_dtype)
@@ -254,10 +281,11 @@ def _log_parts(y, c):
     z = s * s
     hfsq = 0.5 * f * f
     kf = k.astype(dtype)
-    return kf, f, hfsq, s * (hfsq + z * _horner(z, c.log_t)) + kf * c.ln2_lo
+    coeffs = c.log_t_rough if rough else c.log_t
+    return kf, f, hfsq, s * (hfsq + z * _horner(z, coeffs)) + kf * c.ln2_lo
 
 
-def _log(y, c):
+def _log(y, c, rough=False):
     """Natural log of positive normal y, vectorised, within ~1 ulp.
 
     XLA on CPU lowers float64 log to a scalar libm call per element, which in
@@ -267,9 +295,10 @@ def _log(y, c):
     then log(m) = f - f^2/2 + s (f^2/2 + T(s^2)), f = m - 1, s = f / (2 + f),
     the rearranged atanh series; k log(2) is added in two pieces.  Zero,
     negative, subnormal, infinite or NaN inputs give meaningless values; the
-    callers only use lanes where y is a positive normal number.
+    callers only use lanes where y is a positive normal number.  rough=True
+    truncates the series at ~1e-8 relative error, for guesses and first steps.
     """
-    kf, f, hfsq, tail = _log_parts(y, c)
+    kf, f, hfsq, tail = _log_parts(y, c, rough)
     return ((tail - hfsq) + f) + kf * c.ln2_hi
 
 
@@ -291,12 +320,13 @@ def _log_dd(y, c):
 def _log1m(a_hi, a_lo, c):
     """log(1 - (a_hi + a_lo)) to ~1 ulp, for a_lo << a_hi < 1.
 
-    y = 1 - a_hi is rounded; (y - 1) + a_hi recovers that rounding exactly and
-    log(1 - a) = log(y) - (y - (1 - a)) / y to first order.  XLA's own log1p is
-    not accurate enough in float64.
+    y = 1 - a_hi is rounded; (1 - y) - a_hi recovers that rounding exactly and
+    log(1 - a) = log(y) + ((1 - a) - y) / y to first order.  (Written this
+    way round because XLA folds (y - 1) + a_hi to 0 under jit.)  XLA's own
+    log1p is not accurate enough in float64.
     """
     y = _barrier(1 - a_hi)
-    return _log(y, c) - (((y - 1) + a_hi) + a_lo) * (1 / y)
+    return _log(y, c) + (((1 - y) - a_hi) - a_lo) * (1 / y)
 
 
 def _pow2(k, dtype, c):
@@ -317,7 +347,7 @@ def _neg_exp_dd(kappa, c):
     kept exact.
     """
     dtype = kappa.dtype
-    a, a_err = _two_sum(jnp.full_like(kappa, -1), -kappa)
+    a, a_err = _two_sum(-kappa, jnp.full_like(kappa, -1))
     a = jnp.maximum(a, c.exp_min)
     k = jnp.round(a * c.inv_ln2)
     hi = a - k * c.ln2_hi  # exact: k * ln2_hi is exact and close to a
@@ -377,12 +407,12 @@ def _near_guess(r, sign, c):
 
 def _winitzki(l, c):
     """Branch-0 guess from l = log1p(x); within ~3% for r >= 1/2 (Winitzki 2003)."""
-    return l * (1 - _log(1 + l, c) * (1 / (2 + l)))
+    return l * (1 - _log(1 + l, c, rough=True) * (1 / (2 + l)))
 
 
 def _asymptotic_m1(l1, c):
     """Branch -1 guess from l1 = log(-x) (Corless et al. 1996, eq. 4.19)."""
-    l2 = _log(-l1, c)
+    l2 = _log(-l1, c, rough=True)
     inv_l1 = 1 / l1
     return l1 - l2 + l2 * inv_l1 * (1 + (0.5 * l2 - 1) * inv_l1)
 
@@ -439,7 +469,7 @@ def _g_rough(t, coeffs):
     return -t * s - 2 * s * s2 * _horner(s2, coeffs)
 
 
-def _iterate(w0, t0, use_t, big_l, z_plain, branch, c):
+def _iterate(w0, t0, use_t, big_l, z_plain, branch, c, materialize):
     """FSC steps on one state per element: t = 1 + w where use_t, else w.
 
     Near the branch point t carries the information and w = t - 1 is exact
@@ -456,15 +486,26 @@ def _iterate(w0, t0, use_t, big_l, z_plain, branch, c):
         last = i == c.n_iter - 1
         w = jnp.where(use_t, v - 1, v)
         t = jnp.where(use_t, v, v + 1)
-        tg = jnp.where(use_t, t, 0)
+        tg = jnp.where(use_t, v, 0)  # = t where used; keeps g finite elsewhere
         if last:
             g = _g(tg, c.g[branch], c)
         else:
             g = _g_rough(tg, c.g_rough[branch])
         z = jnp.where(use_t, big_l - g, z_plain(w, t, last))
         v = v + _fsc_correction(w, t, z)
-    v = _materialize(v)
+    if materialize:
+        v = _materialize(v)
     return jnp.where(use_t, v - 1, v), jnp.where(use_t, v, v + 1)
+
+
+def _nan_where(invalid, v):
+    """NaN where invalid, else v.
+
+    The NaN is made by sqrt(-1) in exactly the invalid lanes, so that a batch
+    of valid inputs creates no NaN anywhere (jax_debug_nans stays quiet).
+    """
+    one = jnp.ones_like(v)
+    return jnp.where(invalid, jnp.sqrt(jnp.where(invalid, -one, one)), v)
 
 
 def _small_x(x):
@@ -478,7 +519,6 @@ def _small_x(x):
 
 def _lambertw_x_impl(x, branch):
     c = _consts(x.dtype)
-    nan = jnp.full_like(x, np.nan)
     at_bp = x == -c.inv_e_hi
     if branch == 0:
         invalid = ~(x >= -c.inv_e_hi)  # also catches NaN
@@ -491,8 +531,8 @@ def _lambertw_x_impl(x, branch):
         xs = jnp.where(special, jnp.full_like(x, -0.25), x)
 
     r_hi, r_lo = _r_from_x(jnp.minimum(xs, 1), c)
-    near = r_hi < c.r_near
-    series = r_hi < c.r_series[branch]
+    near = xs < c.x_near
+    series = xs < c.x_series[branch]
     r_near = jnp.where(near, r_hi, c.r_near)
     sign = 1 if branch == 0 else -1
     t_near = _near_guess(r_near, sign, c)
@@ -506,26 +546,32 @@ def _lambertw_x_impl(x, branch):
 
         def z_plain(w, t, accurate):
             if not accurate:
-                return _log(xs * (1 / w), c) - w
+                return _log(xs * (1 / w), c, rough=True) - w
             return _log_quotient_minus_w(xs, 0, inv_x, w, c)
     else:
         # One log gives L = log1p(-r) (near) and log(-x) (far).
-        y = _barrier(jnp.where(near, 1 - r_hi, -xs))
+        y_near = _barrier(1 - r_hi)
+        # The rounding of y_near, as in _log1m; taken from y_near itself, not
+        # from the select below, which XLA could simplify through.
+        err_near = ((1 - y_near) - r_hi) - r_lo
+        y = jnp.where(near, y_near, -xs)
         ly, ly_lo = _log_dd(y, c)
-        big_l = ly - jnp.where(near, (((y - 1) + r_hi) + r_lo) * (1 / y), 0)
+        big_l = ly + jnp.where(near, err_near * (1 / y), 0)
         w_far = _asymptotic_m1(jnp.where(near, -2, ly), c)
 
         def z_plain(w, t, accurate):
             if not accurate:
-                return (ly - w) - _log(-w, c)
+                return (ly - w) - _log(-w, c, rough=True)
             return _log_diff(ly, ly_lo, w, -w, c)
 
     w0 = jnp.where(near, t_near - 1, w_far)
     t0 = jnp.where(near, t_near, 1 + w_far)
-    w, t = _iterate(w0, t0, series, big_l, z_plain, branch, c)
+    # lambertw() itself only needs w (XLA then drops 1 + w), so the state is
+    # not materialised here; the log-domain form is used for both outputs.
+    w, t = _iterate(w0, t0, series, big_l, z_plain, branch, c, materialize=False)
 
     if branch == 0:
-        small = _small_x(x)
+        small = _small_x(jnp.where(tiny, x, 0))
         w = jnp.where(tiny, small, w)
         t = jnp.where(tiny, 1 + small, t)
         w = jnp.where(x == jnp.inf, x, w)
@@ -535,7 +581,7 @@ def _lambertw_x_impl(x, branch):
         t = jnp.where(x == 0, -jnp.inf, t)
     w = jnp.where(at_bp, -1, w)
     t = jnp.where(at_bp, 0, t)
-    return jnp.where(invalid, nan, w), jnp.where(invalid, nan, t)
+    return _nan_where(invalid, w), _nan_where(invalid, t)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
@@ -566,7 +612,6 @@ def _lambertw_x_parts_jvp(branch, primals, tangents):
 
 def _negexp_impl(kappa, branch):
     c = _consts(kappa.dtype)
-    nan = jnp.full_like(kappa, np.nan)
     invalid = ~(kappa >= 0)
     at_bp = kappa == 0
     at_inf = kappa == jnp.inf
@@ -590,24 +635,24 @@ def _negexp_impl(kappa, branch):
 
         def z_plain(w, t, accurate):
             if not accurate:
-                return _log(xs * (1 / w), c) - w
+                return _log(xs * (1 / w), c, rough=True) - w
             return _log_quotient_minus_w(xs, xs_lo, inv_x, w, c)
     else:
-        u_hi, u_lo = _two_sum(jnp.full_like(ks, -1), -ks)
+        u_hi, u_lo = _two_sum(-ks, jnp.full_like(ks, -1))
         w_far = _asymptotic_m1(jnp.where(near, -2, u_hi), c)
 
         def z_plain(w, t, accurate):
             # log(-x) = -1 - kappa, formed exactly as a double word.
             if not accurate:
-                return (u_hi - w) - _log(-w, c)
+                return (u_hi - w) - _log(-w, c, rough=True)
             return _log_diff(u_hi, u_lo, w, -w, c)
 
     w0 = jnp.where(near, t_near - 1, w_far)
     t0 = jnp.where(near, t_near, 1 + w_far)
-    w, t = _iterate(w0, t0, series, big_l, z_plain, branch, c)
+    w, t = _iterate(w0, t0, series, big_l, z_plain, branch, c, materialize=True)
 
     if branch == 0:
-        small = _small_x(x_hi)
+        small = _small_x(jnp.where(tiny, x_hi, 0))
         w = jnp.where(tiny, small, w)
         t = jnp.where(tiny, 1 + small, t)
         w = jnp.where(at_inf, -jnp.zeros_like(w), w)
@@ -617,7 +662,7 @@ def _negexp_impl(kappa, branch):
         t = jnp.where(at_inf, -jnp.inf, t)
     w = jnp.where(at_bp, -1, w)
     t = jnp.where(at_bp, 0, t)
-    return jnp.where(invalid, nan, w), jnp.where(invalid, nan, t)
+    return _nan_where(invalid, w), _nan_where(invalid, t)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
