@@ -13,9 +13,19 @@ in N: a small draft is rejected too often, a large one costs too much.
 
 Two solvers, both pure JAX and vectorised over any broadcast shape of inputs:
 
-* ``method="bracket"`` (default): a log-spaced grid brackets the peak, the sign
-  of dS/dlogN bisects the bracket, and Newton steps on dS/dlogN (exact second
-  derivative by nested jvp) polish the root to machine precision.
+Before either runs, the range of N is cut to where the acceptance plane lies
+inside (0, cap): below it nothing pays, above it alpha is pinned and S falls
+(_acceptance_window). Two regimes the search must survive, both found by
+brute force over wide random configurations: drafting may pay only in a band
+of N narrower than any affordable grid step, and as alpha nears its cap S can
+rise again after an interior peak. So the search maximises an objective F
+that is log S* where drafting pays and the log pay margin where it does not
+(it points towards the paying band), and the top end of the range is always
+weighed against the interior peak.
+
+* ``method="bracket"`` (default): an 8-point log grid brackets the peak of F,
+  then 8 Illinois (regula falsi) steps on dF/dlogN, with bisection across
+  the edge of the paying band, reach 1e-13 relative in float64.
 * ``method="gradient"``: L-BFGS from optax on -log S over log N, one scalar
   problem per configuration under vmap, started from a coarse grid.
 
@@ -120,16 +130,75 @@ def _speedup(log_draft, ctx):
     return _speedup_and_pays(log_draft, ctx)[0]
 
 
-def _slope_and_pays(log_draft, ctx):
-    """(dS*/dlogN, pays), elementwise: the objective is elementwise in log_draft."""
-    (_, pays), (slope, _) = jax.jvp(
-        lambda s: _speedup_and_pays(s, ctx), (log_draft,), (jnp.ones_like(log_draft),))
-    return slope, pays
+def _objective_and_flat(log_draft, ctx: _Context):
+    """(F, flat) with F quasi-concave in log N and maximal where S* is.
+
+    F = log S* where drafting pays (the log keeps the slope well scaled when
+    alpha nears 1 and S* grows steeply). Where it does not, S* is flat at 1 and
+    useless for bracketing, so F continues as the log pay margin
+    log(h(alpha) / c) < 0, h(alpha) = -alpha log(alpha) / (1 - alpha) being the
+    largest cost ratio that still pays (throughput.speculation_pays). Both
+    pieces are 0 on the boundary, and the margin rises towards the band where
+    drafting pays however narrow that band is, so a coarse grid and the sign of
+    dF/dlogN find it. Only where alpha = 0 (the plane clipped below) is F flat
+    (-inf); ``flat`` marks those points.
+    """
+    alpha, _, cost_ratio = _acceptance_at(log_draft, ctx)
+    alpha = throughput._cap_acceptance(alpha)
+    _, peak, pays = throughput._optimum(alpha, cost_ratio)
+    positive = alpha > 0
+    safe = jnp.where(positive, alpha, 0.5)
+    log_margin = (jnp.log(safe * -throughput._log_acceptance(safe) / (1 - safe))
+                  - (log_draft - jnp.log(ctx.target_params)))
+    value = jnp.where(pays, jnp.log(peak), jnp.where(positive, log_margin, -jnp.inf))
+    return value, (pays, ~positive)
+
+
+def _objective(log_draft, ctx):
+    return _objective_and_flat(log_draft, ctx)[0]
+
+
+def _slope_and_flat(log_draft, ctx):
+    """(dF/dlogN, (pays, flat)), elementwise: the objective is elementwise in log_draft."""
+    (_, flags), (slope, _) = jax.jvp(
+        lambda s: _objective_and_flat(s, ctx), (log_draft,), (jnp.ones_like(log_draft),))
+    return slope, flags
 
 
 def _slope_and_curvature(log_draft, ctx):
-    slope = lambda s: _slope_and_pays(s, ctx)[0]
+    slope = lambda s: _slope_and_flat(s, ctx)[0]
     return jax.jvp(slope, (log_draft,), (jnp.ones_like(log_draft),))
+
+
+def _acceptance_window(ctx: _Context, log_lo, log_hi):
+    """Narrow [log_lo, log_hi] to the draft sizes where 0 < raw alpha < MAX.
+
+    With A < 0 acceptance rises with N. Below the size N_0 where the plane
+    crosses 0 nothing pays; above the size N_1 where it reaches the cap
+    MAX_ACCEPTANCE, alpha is constant while the cost keeps growing, so S*
+    falls. The optimum therefore lies in [N_0, N_1], and cutting the range
+    there removes the kink the clip puts into S* (a root finder on dS*/dlogN
+    crawls at a kink). Both ends are the plane and the pre-training law solved
+    for N, differentiable in every coefficient. Returns (lo, hi, capped_high).
+    """
+    acc, pre = ctx.acceptance_law, ctx.pretraining_law
+    rising = acc.draft_coeff < 0
+    rest = acc.target_coeff * ctx.target_perplexity + acc.intercept
+
+    def log_draft_at(alpha):
+        # alpha = A x + rest  ->  x;  log x = draft_data_loss + A' N**-a  ->  log N.
+        ppl = (alpha - rest) / jnp.where(rising, acc.draft_coeff, -1.0)
+        excess = jnp.log(jnp.where(ppl > 0, ppl, 1.0)) - ctx.draft_data_loss
+        ok = rising & (ppl > 0) & (excess > 0)
+        log_n = (jnp.log(pre.param_coeff) - jnp.log(jnp.where(ok, excess, 1.0))) / pre.param_exponent
+        return log_n, ok
+
+    log_zero, has_zero = log_draft_at(0.0)
+    log_cap, has_cap = log_draft_at(acceptance_lib.MAX_ACCEPTANCE)
+    lo = jnp.where(has_zero, jnp.clip(log_zero, log_lo, log_hi), log_lo)
+    capped = has_cap & (log_cap < log_hi)
+    hi = jnp.where(capped, jnp.maximum(log_cap, lo), log_hi)
+    return lo, hi, capped
 
 
 def _expand(ctx: _Context) -> _Context:
@@ -138,56 +207,71 @@ def _expand(ctx: _Context) -> _Context:
 
 
 def _grid_bracket(ctx, log_lo, log_hi, grid_size):
-    """Best point of a log-spaced grid, its neighbours, and whether it is an end."""
+    """Bracket the interior peak on a log-spaced grid.
+
+    Returns the best grid point below the top end, its two neighbours, whether
+    it is the bottom end, and the objective at the top end. The top end is
+    kept out of the argmax because S* need not be unimodal there: as the plane
+    drives alpha towards its cap, S* ~ 1 / (1 - alpha) can rise again after an
+    interior peak. The solvers find the interior peak and then compare it with
+    the top end, which is the other candidate.
+    """
     frac = jnp.linspace(0.0, 1.0, grid_size, dtype=log_lo.dtype)
     grid = log_lo[..., None] + (log_hi - log_lo)[..., None] * frac
-    values = _speedup(grid, _expand(ctx))
-    k = jnp.argmax(values, axis=-1)
+    values = _objective(grid, _expand(ctx))
+    k = jnp.argmax(values[..., :-1], axis=-1)
     pick = lambda idx: jnp.take_along_axis(
         grid, jnp.clip(idx, 0, grid_size - 1)[..., None], axis=-1)[..., 0]
-    return pick(k), pick(k - 1), pick(k + 1), k == 0, k == grid_size - 1
+    return pick(k), pick(k - 1), pick(k + 1), k == 0, values[..., -1]
+
+
+def _better_of(ctx, interior, value_hi, log_hi):
+    """The interior solution or the top end, whichever has the larger objective."""
+    return jnp.where(value_hi > _objective(interior, ctx), log_hi, interior)
 
 
 def _bracket_solve(settings: _Settings, ctx: _Context, log_lo, log_hi):
-    best, low, high, first, last = _grid_bracket(ctx, log_lo, log_hi, settings.grid_size)
-    slope_low, pays_low = _slope_and_pays(low, ctx)
-    slope_high, pays_high = _slope_and_pays(high, ctx)
-    # The grid's best point is an end of the range and S falls away from it:
-    # the optimum is that end, exactly.
+    best, low, high, first, value_hi = _grid_bracket(ctx, log_lo, log_hi, settings.grid_size)
+    slope_low, (pays_low, _) = _slope_and_flat(low, ctx)
+    slope_high, (pays_high, _) = _slope_and_flat(high, ctx)
+    # The grid's best point is the bottom end and S falls away from it: the
+    # optimum is that end, exactly.
     at_lo = first & (slope_low <= 0)
-    at_hi = last & (slope_high >= 0)
 
     def illinois(_, state):
-        low, high, g_low, g_high, flat_low, flat_high, side = state
-        secant_ok = ~flat_low & ~flat_high & (g_low > 0) & (g_high < 0)
+        low, high, g_low, g_high, pays_low, pays_high, side = state
+        # The secant only between two points where drafting pays: across the
+        # edge of the paying band F changes scale (log S* vs the log margin),
+        # and a secant through both pieces lands far from the root.
+        secant_ok = pays_low & pays_high & (g_low > 0) & (g_high < 0)
         denom = jnp.where(secant_ok, g_high - g_low, -1.0)
         secant = (low * g_high - high * g_low) / denom
         mid = jnp.where(secant_ok, jnp.clip(secant, low, high), 0.5 * (low + high))
-        slope, pays = _slope_and_pays(mid, ctx)
-        # Where drafting does not pay, S is flat at 1 and its slope says
-        # nothing; the grid's best point (where S > 1) shows the way instead.
-        go_right = jnp.where(pays, slope > 0, mid < best)
+        slope, (pays, flat) = _slope_and_flat(mid, ctx)
+        # Where alpha = 0 the objective is flat and its slope says nothing;
+        # the grid's best point shows the way instead.
+        go_right = jnp.where(flat, mid < best, slope > 0)
         # Illinois: an end kept twice in a row has its slope halved, which
         # turns regula falsi's one-sided crawl into superlinear convergence.
         g_high = jnp.where(go_right & (side > 0), 0.5 * g_high, g_high)
         g_low = jnp.where(~go_right & (side < 0), 0.5 * g_low, g_low)
         return (jnp.where(go_right, mid, low), jnp.where(go_right, high, mid),
                 jnp.where(go_right, slope, g_low), jnp.where(go_right, g_high, slope),
-                jnp.where(go_right, ~pays, flat_low), jnp.where(go_right, flat_high, ~pays),
+                jnp.where(go_right, pays, pays_low), jnp.where(go_right, pays_high, pays),
                 jnp.where(go_right, 1, -1).astype(side.dtype))
 
-    state = (low, high, slope_low, slope_high, ~pays_low, ~pays_high,
+    state = (low, high, slope_low, slope_high, pays_low, pays_high,
              jnp.zeros(low.shape, jnp.int32))
-    low, high, g_low, g_high, flat_low, flat_high, _ = jax.lax.fori_loop(
+    low, high, g_low, g_high, pays_low, pays_high, _ = jax.lax.fori_loop(
         0, settings.root_steps, illinois, state)
-    secant_ok = ~flat_low & ~flat_high & (g_low > 0) & (g_high < 0)
+    secant_ok = pays_low & pays_high & (g_low > 0) & (g_high < 0)
     secant = (low * g_high - high * g_low) / jnp.where(secant_ok, g_high - g_low, -1.0)
     root = jnp.where(secant_ok, jnp.clip(secant, low, high), 0.5 * (low + high))
-    return jnp.where(at_lo, log_lo, jnp.where(at_hi, log_hi, root))
+    return _better_of(ctx, jnp.where(at_lo, log_lo, root), value_hi, log_hi)
 
 
 def _gradient_solve(settings: _Settings, ctx: _Context, log_lo, log_hi):
-    start = _grid_bracket(ctx, log_lo, log_hi, max(4, settings.grid_size // 2))[0]
+    start, _, _, _, value_hi = _grid_bracket(ctx, log_lo, log_hi, max(4, settings.grid_size // 2))
     shape = start.shape
     flat_ctx = jax.tree_util.tree_map(
         lambda leaf: jnp.broadcast_to(leaf, shape).reshape(-1), ctx)
@@ -220,7 +304,7 @@ def _gradient_solve(settings: _Settings, ctx: _Context, log_lo, log_hi):
     lo = jnp.broadcast_to(log_lo, shape).reshape(-1)
     hi = jnp.broadcast_to(log_hi, shape).reshape(-1)
     solved = jax.vmap(solve_one)(start.reshape(-1), flat_ctx, lo, hi)
-    return solved.reshape(shape)
+    return _better_of(ctx, solved.reshape(shape), value_hi, log_hi)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
@@ -237,7 +321,7 @@ def _solve_log_draft_jvp(settings, primals, tangents):
     s = _solve_log_draft(settings, ctx, log_lo, log_hi)
     # Implicit function theorem on g(s, ctx) = dS/ds = 0:
     #   ds = -(dg/dctx . ctx_dot) / (dg/ds).
-    _, g_ctx_dot = jax.jvp(lambda c: _slope_and_pays(s, c)[0], (ctx,), (ctx_dot,))
+    _, g_ctx_dot = jax.jvp(lambda c: _slope_and_flat(s, c)[0], (ctx,), (ctx_dot,))
     _, curvature = _slope_and_curvature(s, ctx)
     interior = (s > log_lo) & (s < log_hi) & (curvature < 0)
     s_dot = -g_ctx_dot / jnp.where(interior, curvature, -1.0)
@@ -260,7 +344,8 @@ def _plan(settings: _Settings, target_params, draft_tokens, target_tokens,
     log_target = jnp.log(target_params)
     log_lo = log_target + jnp.log(settings.min_cost_ratio)
     log_hi = log_target + jnp.log(settings.max_cost_ratio)
-    log_draft = _solve_log_draft(settings, ctx, log_lo, log_hi)
+    window_lo, window_hi, capped = _acceptance_window(ctx, log_lo, log_hi)
+    log_draft = _solve_log_draft(settings, ctx, window_lo, window_hi)
 
     alpha, draft_ppl, cost_ratio = _acceptance_at(log_draft, ctx)
     gamma, speedup, pays = throughput._optimum(throughput._cap_acceptance(alpha), cost_ratio)
@@ -283,7 +368,9 @@ def _plan(settings: _Settings, target_params, draft_tokens, target_tokens,
         integer_speedup=no_draft(integer_speedup, 1.0),
         integer_tokens_per_flop=no_draft(integer_speedup, 1.0) / two_m,
         pays=pays,
-        extrapolated=pays & ((raw_alpha < 0) | (raw_alpha > acceptance_lib.MAX_ACCEPTANCE)),
+        # At N_1 the plane meets the cap; rounding may leave raw alpha a hair below it.
+        extrapolated=pays & ((raw_alpha < 0) | (raw_alpha > acceptance_lib.MAX_ACCEPTANCE)
+                             | (capped & (log_draft >= window_hi))),
         at_bound=pays & ((log_draft <= log_lo) | (log_draft >= log_hi)),
     )
 
@@ -309,7 +396,7 @@ def optimal_draft_size(
       target_tokens: D', tokens the target was trained on.
       pretraining_law: defaults to the paper's (Besiroglu et al. 2024).
       acceptance_law: defaults to the paper's joint fit.
-      method: "bracket" (grid, bisection, Newton) or "gradient" (optax L-BFGS).
+      method: "bracket" (grid, then Illinois root finding) or "gradient" (optax L-BFGS).
       cost_ratio_bounds: the searched range of N / M (static).
 
     Returns:
@@ -330,7 +417,7 @@ def optimal_draft_size(
     dtype = jnp.result_type(target_params, draft_tokens, target_tokens, float)
     as_float = lambda v: jnp.asarray(v, dtype)
     settings = _Settings(method=method, min_cost_ratio=lo, max_cost_ratio=hi,
-                         grid_size=12, root_steps=8, lbfgs_steps=60)
+                         grid_size=8, root_steps=8, lbfgs_steps=60)
     return _plan(settings, as_float(target_params), as_float(draft_tokens),
                  as_float(target_tokens),
                  jax.tree_util.tree_map(as_float, pretraining_law),

@@ -199,3 +199,77 @@ def test_bad_input_is_named(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         sd.optimal_draft_size(**args)
+
+
+# Configurations where a coarse search goes wrong, found by comparing the solver
+# with a 256-point grid over 1e6 random (M, D, D') in [1e6, 1e14] x [1e6, 1e16]^2.
+HARD_CONFIGS = [  # (M, D, D'), what makes it hard
+    (1.044e8, 1.036e9, 2.902e12),   # drafting pays only in a narrow band of N
+    (5.545e10, 8.016e7, 3.265e10),  # ... so narrow that S* peaks at 1.0009
+    (1.620e10, 2.274e12, 3.653e8),  # S* rises again as alpha nears its cap; the interior peak wins
+    (1.335e11, 1.161e8, 1.205e8),   # ... and here the end where alpha reaches the cap wins
+]
+
+
+def _brute_force_speedup(m, d, d_target, log_draft, pre=sd.BESIROGLU_2024, acc=sd.SDSL_2026):
+    """S* at each log N: alpha from the laws in numpy, gamma* by brentq on dS/dgamma."""
+    def loss(n, tokens):
+        return (pre.irreducible_loss + pre.param_coeff / n ** pre.param_exponent
+                + pre.data_coeff / tokens ** pre.data_exponent)
+
+    y = np.exp(loss(m, d_target))
+    out = []
+    for s in np.atleast_1d(log_draft):
+        n = np.exp(s)
+        a = min(max(acc.draft_coeff * np.exp(loss(n, d)) + acc.target_coeff * y + acc.intercept, 0.0),
+                sd.MAX_ACCEPTANCE)
+        c = n / m
+        h = lambda g: -a ** (g + 1) * np.log(a) * (g * c + 1) - c * (1 - a ** (g + 1))
+        if a == 0 or h(0.0) <= 0:
+            out.append(1.0)
+            continue
+        hi = 1.0
+        while h(hi) > 0:
+            hi *= 2
+        g = brentq(h, 0.0, hi, xtol=1e-13, rtol=1e-15)
+        out.append((1 - a ** (g + 1)) / (1 - a) / (g * c + 1))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("config", HARD_CONFIGS)
+def test_hard_configurations_reach_the_global_maximum(x64, config):
+    m, d, d_target = config
+    plan = sd.optimal_draft_size(*config)
+    assert bool(plan.pays)
+    grid = np.log(m) + np.linspace(np.log(1e-8), 0.0, 4001)
+    brute = _brute_force_speedup(m, d, d_target, grid)
+    best = int(np.argmax(brute))
+    ours = _brute_force_speedup(m, d, d_target, np.log(float(plan.draft_params)))[0]
+    # The solver's N* is at least as fast as the best of 4001 grid points, and
+    # lies within one grid step (0.5% in N) of it.
+    assert ours >= brute[best] * (1 - 1e-12)
+    assert abs(np.log(float(plan.draft_params)) - grid[best]) <= grid[1] - grid[0]
+    np.testing.assert_allclose(float(plan.speedup), ours, rtol=1e-9)
+
+
+def test_optimum_where_alpha_reaches_its_cap_is_flagged(x64):
+    m, d, d_target = HARD_CONFIGS[3]
+    plan = sd.optimal_draft_size(m, d, d_target)
+    assert bool(plan.extrapolated) and not bool(plan.at_bound)
+    assert float(plan.acceptance) == pytest.approx(sd.MAX_ACCEPTANCE, abs=1e-12)
+    # N* moves with the point where the plane meets the cap: its derivative in
+    # the plane's intercept is finite and negative (a higher plane reaches the
+    # cap with a smaller, cheaper draft).
+    law = lambda c: sd.AcceptanceLaw(draft_coeff=-0.0067, target_coeff=0.013, intercept=c)
+    n_star = lambda c: sd.optimal_draft_size(m, d, d_target, acceptance_law=law(c)).draft_params
+    g = float(jax.grad(n_star)(0.642))
+    fd = (float(n_star(0.642 + 1e-7)) - float(n_star(0.642 - 1e-7))) / 2e-7
+    assert np.isfinite(g) and g < 0
+    assert g == pytest.approx(fd, rel=1e-4)
+
+
+@pytest.mark.parametrize("config", HARD_CONFIGS[:3])
+def test_gradient_solver_handles_hard_configurations(x64, config):
+    bracket = sd.optimal_draft_size(*config)
+    gradient = sd.optimal_draft_size(*config, method="gradient")
+    np.testing.assert_allclose(gradient.speedup, bracket.speedup, rtol=1e-9)
