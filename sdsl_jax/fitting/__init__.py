@@ -1,0 +1,41 @@
+"""Fitting the scaling laws to a user's measurements, with uncertainty.
+
+    rows, targets = acceptance_rows(measurements)     # data.py
+    points = perplexity_points(measurements)
+    plane = fit_acceptance_law(rows)                  # acceptance.py
+    per_target = fit_per_target(rows, len(targets))
+    huber = fit_pretraining_law(...)                  # pretraining.py
+    joint = fit_joint(rows, points)                   # joint.py: both laws end to end
+    samples = bootstrap_joint(joint, rows, points, key)
+    interval = draft_size_interval(laws, M, D, D')    # uncertainty.py
+"""
+
+from sdsl_jax.fitting.acceptance import AcceptanceFit, PerTargetFit, fit_acceptance_law, fit_per_target
+from sdsl_jax.fitting.data import AcceptanceRows, PerplexityPoints, acceptance_rows, perplexity_points
+from sdsl_jax.fitting.joint import JointFit, bootstrap_joint, fit_joint
+from sdsl_jax.fitting.laws import (
+    COEFFICIENTS,
+    FittedLaws,
+    LawsFileError,
+    coefficient_vector,
+    laws_from_vector,
+    load_laws,
+    save_laws,
+)
+from sdsl_jax.fitting.pretraining import PretrainingFit, fit_pretraining_law
+from sdsl_jax.fitting.synthetic import synthetic_measurements
+from sdsl_jax.fitting.uncertainty import (
+    DraftSizeInterval,
+    draft_size_interval,
+    normal_intervals,
+    percentile_intervals,
+)
+
+__all__ = [
+    "AcceptanceFit", "AcceptanceRows", "COEFFICIENTS", "DraftSizeInterval", "FittedLaws", "JointFit",
+    "LawsFileError", "PerTargetFit", "PerplexityPoints", "PretrainingFit", "acceptance_rows",
+    "bootstrap_joint", "coefficient_vector", "draft_size_interval", "fit_acceptance_law",
+    "fit_joint", "fit_per_target", "fit_pretraining_law", "laws_from_vector", "load_laws",
+    "normal_intervals", "percentile_intervals", "perplexity_points", "save_laws",
+    "synthetic_measurements",
+]

@@ -1,0 +1,154 @@
+"""Fitted laws with their uncertainty, as one pytree and one JSON file.
+
+:class:`FittedLaws` carries the pre-training and acceptance laws a fit
+produced, the covariance of their eight coefficients (delta method) and, when
+a bootstrap ran, the resampled coefficients. The planner takes its two laws
+directly; :mod:`sdsl_jax.fitting.uncertainty` turns the rest into an interval
+on N*. The JSON file is what ``sdsl fit`` writes and ``sdsl plan --laws``
+reads; it stores every number with full precision (Python's repr).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sdsl_jax import acceptance_law as acceptance_lib
+from sdsl_jax import pretraining_law as pretraining
+
+PRETRAINING_FIELDS = ("irreducible_loss", "param_coeff", "param_exponent", "data_coeff",
+                      "data_exponent")
+ACCEPTANCE_FIELDS = ("draft_coeff", "target_coeff", "intercept")
+COEFFICIENTS = PRETRAINING_FIELDS + ACCEPTANCE_FIELDS
+FORMAT_VERSION = 1
+
+
+def coefficient_vector(pretraining_law, acceptance_law) -> jnp.ndarray:
+    """The eight coefficients in COEFFICIENTS order (leading batch axes kept)."""
+    leaves = [getattr(pretraining_law, f) for f in PRETRAINING_FIELDS]
+    leaves += [getattr(acceptance_law, f) for f in ACCEPTANCE_FIELDS]
+    return jnp.stack([jnp.asarray(v) for v in leaves], axis=-1)
+
+
+def laws_from_vector(vector):
+    """(PretrainingLaw, AcceptanceLaw) from a (..., 8) coefficient vector."""
+    vector = jnp.asarray(vector)
+    pre = pretraining.PretrainingLaw(**{f: vector[..., i] for i, f in enumerate(PRETRAINING_FIELDS)})
+    k = len(PRETRAINING_FIELDS)
+    acc = acceptance_lib.AcceptanceLaw(**{f: vector[..., k + i] for i, f in enumerate(ACCEPTANCE_FIELDS)})
+    return pre, acc
+
+
+@chex.dataclass(frozen=True)
+class FittedLaws:
+    """Laws for the planner, with what is known about their uncertainty.
+
+    Attributes:
+      pretraining_law, acceptance_law: the point estimates.
+      covariance: (8, 8) covariance of the coefficients in COEFFICIENTS order
+        (delta method), or None. Rows of coefficients the fit held fixed are 0.
+      samples: (resamples, 8) bootstrap coefficients, or None.
+    """
+
+    pretraining_law: pretraining.PretrainingLaw
+    acceptance_law: acceptance_lib.AcceptanceLaw
+    covariance: jnp.ndarray | None = None
+    samples: jnp.ndarray | None = None
+
+    @property
+    def coefficients(self) -> jnp.ndarray:
+        return coefficient_vector(self.pretraining_law, self.acceptance_law)
+
+    def standard_errors(self) -> jnp.ndarray | None:
+        if self.covariance is None:
+            return None
+        return jnp.sqrt(jnp.clip(jnp.diagonal(self.covariance), 0.0))
+
+
+def save_laws(path: str | os.PathLike, laws: FittedLaws, *, intervals: dict | None = None,
+              summary: dict | None = None) -> None:
+    """Write ``laws`` (and optional intervals and fit summary) as JSON.
+
+    Written to a temporary file and renamed, so an interrupted write never
+    leaves a truncated laws file where a good one was.
+    """
+    as_list = lambda a: None if a is None else np.asarray(a, np.float64).tolist()
+    coeffs = np.asarray(laws.coefficients, np.float64)
+    document = {
+        "format": "sdsl-jax fitted laws",
+        "version": FORMAT_VERSION,
+        "pretraining_law": {f: float(coeffs[i]) for i, f in enumerate(PRETRAINING_FIELDS)},
+        "acceptance_law": {f: float(coeffs[len(PRETRAINING_FIELDS) + i])
+                           for i, f in enumerate(ACCEPTANCE_FIELDS)},
+        "coefficient_order": list(COEFFICIENTS),
+        "covariance": as_list(laws.covariance),
+        "bootstrap_samples": as_list(laws.samples),
+        "intervals": intervals or {},
+        "summary": summary or {},
+    }
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(document, f, indent=1, allow_nan=False, default=_jsonable)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(value):
+    if isinstance(value, (np.generic, jax.Array)):
+        return np.asarray(value).item() if np.ndim(value) == 0 else np.asarray(value).tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+class LawsFileError(ValueError):
+    """A laws file that cannot be used; the message names the file and the problem."""
+
+
+def load_laws(path: str | os.PathLike, dtype=None) -> FittedLaws:
+    """Read a file written by :func:`save_laws` (or by hand: only the two laws are required)."""
+    name = os.fspath(path)
+    try:
+        with open(name) as f:
+            document = json.load(f)
+    except OSError as err:
+        raise LawsFileError(f"{name}: cannot read ({err.strerror})") from None
+    except json.JSONDecodeError as err:
+        raise LawsFileError(f"{name}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(document, dict):
+        raise LawsFileError(f"{name}: expected a JSON object with 'pretraining_law' and 'acceptance_law'")
+    dtype = dtype or jnp.result_type(float)
+    values = []
+    for section, fields in (("pretraining_law", PRETRAINING_FIELDS), ("acceptance_law", ACCEPTANCE_FIELDS)):
+        block = document.get(section)
+        if not isinstance(block, dict):
+            raise LawsFileError(f"{name}: missing the '{section}' object")
+        for field in fields:
+            value = block.get(field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise LawsFileError(f"{name}: {section}.{field} must be a finite number, got {value!r}")
+            values.append(float(value))
+    for field in ("param_coeff", "param_exponent", "data_coeff", "data_exponent"):
+        if values[COEFFICIENTS.index(field)] <= 0:
+            raise LawsFileError(f"{name}: pretraining_law.{field} must be > 0, got {values[COEFFICIENTS.index(field)]!r}")
+
+    def matrix(key, shape_check):
+        raw = document.get(key)
+        if raw is None:
+            return None
+        try:
+            arr = np.asarray(raw, np.float64)
+        except (TypeError, ValueError):
+            raise LawsFileError(f"{name}: '{key}' must be a numeric matrix") from None
+        if not shape_check(arr.shape) or not np.all(np.isfinite(arr)):
+            raise LawsFileError(f"{name}: '{key}' must be a finite matrix with 8 columns, got shape {arr.shape}")
+        return jnp.asarray(arr, dtype)
+
+    pre, acc = laws_from_vector(jnp.asarray(values, dtype))
+    return FittedLaws(pretraining_law=pre, acceptance_law=acc,
+                      covariance=matrix("covariance", lambda s: s == (8, 8)),
+                      samples=matrix("bootstrap_samples", lambda s: len(s) == 2 and s[1] == 8 and s[0] >= 2))

@@ -1,0 +1,150 @@
+"""Uncertainty of fitted coefficients, and of the N* they imply.
+
+Two routes, side by side so each can check the other:
+
+* the delta method: the covariance of the coefficients is the inverse
+  Hessian of the fit's negative log-likelihood (JAX computes it exactly),
+  mapped to natural coefficients through the Jacobian of the coordinate
+  change; an interval on log N* follows from the gradient of N* with respect
+  to the coefficients (the planner's implicit derivative). Cheap; accurate
+  when the likelihood is close to quadratic over the interval.
+* the bootstrap: resample the measurements with replacement (as integer
+  weights), refit each resample from the point estimate with a vmapped L-BFGS,
+  and read percentiles, of the coefficients and of N* through a vmapped
+  planner. Honest when the likelihood is skewed or the model is misspecified.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import ndtri
+
+from sdsl_jax import planner
+from sdsl_jax.fitting import laws as laws_lib
+
+METHODS = ("delta", "bootstrap")
+
+
+def delta_method_covariance(objective, theta, to_natural, free, n):
+    """(covariance of to_natural(theta), identifiable) from the objective's Hessian.
+
+    ``objective`` is a negative log-likelihood with the noise variance
+    profiled out, so its inverse Hessian is the covariance of theta. It is
+    scaled by n / (n - p), the usual degrees-of-freedom correction (with it,
+    a linear fit reproduces s^2 (X'WX)^-1 exactly). Coordinates not in
+    ``free`` were held fixed and get zero variance.
+    """
+    index = np.flatnonzero(np.asarray(free))
+    hessian = jax.hessian(objective)(theta)[np.ix_(index, index)]
+    eigenvalues = jnp.linalg.eigvalsh(hessian)
+    identifiable = eigenvalues[0] > 1e-10 * jnp.abs(eigenvalues[-1])
+    p = index.size
+    inverse = jnp.linalg.pinv(hessian) * (n / max(n - p, 1))
+    cov_theta = jnp.zeros((theta.size, theta.size), theta.dtype).at[np.ix_(index, index)].set(inverse)
+    jacobian = jax.jacobian(to_natural)(theta)
+    return jacobian @ cov_theta @ jacobian.T, identifiable
+
+
+def normal_intervals(estimate, covariance, confidence=0.95, log_scale=None):
+    """estimate +- z sigma from a covariance matrix, per coefficient.
+
+    Where ``log_scale`` (a boolean per coefficient) is set, the interval is
+    symmetric in log(coefficient) instead, estimate * exp(+- z sigma / estimate):
+    for the pre-training law's E, A and B, which the fit estimates as logs and
+    whose sampling distributions are skewed, this is the better interval and
+    never crosses zero.
+    """
+    z = ndtri(0.5 + confidence / 2)
+    sigma = jnp.sqrt(jnp.clip(jnp.diagonal(covariance), 0.0))
+    low, high = estimate - z * sigma, estimate + z * sigma
+    if log_scale is None:
+        return low, high
+    log_scale = jnp.asarray(log_scale) & (estimate > 0)
+    rel = sigma / jnp.where(log_scale, estimate, 1.0)
+    return (jnp.where(log_scale, estimate * jnp.exp(-z * rel), low),
+            jnp.where(log_scale, estimate * jnp.exp(z * rel), high))
+
+
+def percentile_intervals(samples, confidence=0.95):
+    """Equal-tailed percentiles of bootstrap samples along axis 0."""
+    tail = 100 * (1 - confidence) / 2
+    return (jnp.percentile(samples, tail, axis=0), jnp.percentile(samples, 100 - tail, axis=0))
+
+
+def resample_weights(key, n, num_resamples, dtype):
+    """(num_resamples, n) counts of how often each of n items was drawn (sums to n)."""
+    draws = jax.random.randint(key, (num_resamples, n), 0, n)
+    return jax.vmap(lambda d: jnp.bincount(d, length=n))(draws).astype(dtype)
+
+
+@chex.dataclass(frozen=True)
+class DraftSizeInterval:
+    """N* with an interval that carries the coefficients' uncertainty.
+
+    Attributes:
+      plan: the planner's answer at the point estimate of the laws.
+      low, high: the interval on N* (0 where no draft pays).
+      pays_fraction: for the bootstrap, the share of resampled laws under
+        which some draft pays (1.0 for the delta method where it pays).
+    """
+
+    plan: planner.DraftPlan
+    low: jnp.ndarray
+    high: jnp.ndarray
+    pays_fraction: jnp.ndarray
+
+
+def draft_size_interval(laws: laws_lib.FittedLaws, target_params, draft_tokens, target_tokens, *,
+                        method: str = "delta", confidence: float = 0.95,
+                        **plan_kwargs) -> DraftSizeInterval:
+    """N* for the fitted laws, with an interval from their uncertainty.
+
+    method="delta" needs ``laws.covariance``: the interval is
+    N* exp(+- z sigma) with sigma^2 = g' Sigma g, g the gradient of log N*
+    with respect to the eight coefficients (forward mode through the
+    planner's implicit derivative). method="bootstrap" needs ``laws.samples``:
+    the planner runs on every resampled pair of laws (vmapped) and the
+    interval is the equal-tailed percentile range of N*.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    plan = planner.optimal_draft_size(target_params, draft_tokens, target_tokens,
+                                      pretraining_law=laws.pretraining_law,
+                                      acceptance_law=laws.acceptance_law, **plan_kwargs)
+    if method == "delta":
+        if laws.covariance is None:
+            raise ValueError("method='delta' needs laws with a covariance (fit them, or use 'bootstrap')")
+        coeffs = laws.coefficients
+
+        def log_n_star(vector):
+            pre, acc = laws_lib.laws_from_vector(vector)
+            result = planner.optimal_draft_size(target_params, draft_tokens, target_tokens,
+                                                pretraining_law=pre, acceptance_law=acc, **plan_kwargs)
+            return jnp.log(jnp.where(result.pays, result.draft_params, 1.0))
+
+        # (..., 8): one forward-mode pass per coefficient, vectorised over configurations.
+        grads = jax.jacfwd(log_n_star)(coeffs)
+        sigma = jnp.sqrt(jnp.clip(jnp.einsum("...i,ij,...j->...", grads, laws.covariance, grads), 0.0))
+        z = ndtri(0.5 + confidence / 2)
+        low = jnp.where(plan.pays, plan.draft_params * jnp.exp(-z * sigma), 0.0)
+        high = jnp.where(plan.pays, plan.draft_params * jnp.exp(z * sigma), 0.0)
+        return DraftSizeInterval(plan=plan, low=low, high=high,
+                                 pays_fraction=plan.pays.astype(low.dtype))
+    if laws.samples is None:
+        raise ValueError("method='bootstrap' needs laws with bootstrap samples (fit with a bootstrap)")
+
+    def n_star(vector):
+        pre, acc = laws_lib.laws_from_vector(vector)
+        result = planner.optimal_draft_size(target_params, draft_tokens, target_tokens,
+                                            pretraining_law=pre, acceptance_law=acc, **plan_kwargs)
+        return result.draft_params, result.pays
+
+    draws, pays = jax.lax.map(n_star, laws.samples)
+    low, high = percentile_intervals(draws, confidence)
+    return DraftSizeInterval(plan=plan, low=low, high=high,
+                             pays_fraction=jnp.mean(pays.astype(low.dtype), axis=0))
