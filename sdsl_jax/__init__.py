@@ -2,7 +2,9 @@
 
 Choose a draft model for speculative decoding before training it: the
 throughput law, the pre-training and acceptance laws as pytrees of
-coefficients, and a vectorised, differentiable N* planner.
+coefficients, and a vectorised, differentiable N* planner; acceptance
+estimates with intervals, and fits of the laws to a user's measurements with
+uncertainty carried through to N* (sdsl_jax.fitting).
 """
 
 from sdsl_jax.acceptance_law import (
@@ -14,8 +16,25 @@ from sdsl_jax.acceptance_law import (
     is_extrapolated,
     raw_acceptance,
 )
+from sdsl_jax.acceptance_estimate import (
+    AcceptanceEstimate,
+    bootstrap_interval,
+    clopper_pearson_interval,
+    estimate_acceptance,
+    wilson_interval,
+)
+from sdsl_jax.fitting import (
+    FittedLaws,
+    draft_size_interval,
+    fit_acceptance_law,
+    fit_joint,
+    fit_pretraining_law,
+    load_laws,
+    save_laws,
+)
 from sdsl_jax.lambertw import lambertw, lambertw_negexp
 from sdsl_jax.linear_rule import LinearRule, fit_linear_rule, published_rule
+from sdsl_jax.measurements import MeasurementError, MeasurementSet, read_measurements, write_measurements
 from sdsl_jax.planner import DraftPlan, optimal_draft_size
 from sdsl_jax.pretraining_law import (
     BESIROGLU_2024,
@@ -39,6 +58,10 @@ from sdsl_jax.throughput import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AcceptanceEstimate", "FittedLaws", "MeasurementError", "MeasurementSet", "bootstrap_interval",
+    "clopper_pearson_interval", "draft_size_interval", "estimate_acceptance", "fit_acceptance_law",
+    "fit_joint", "fit_pretraining_law", "load_laws", "read_measurements", "save_laws",
+    "wilson_interval", "write_measurements",
     "AcceptanceLaw", "BESIROGLU_2024", "DraftPlan", "HOFFMANN_2022", "LinearRule",
     "MAX_ACCEPTANCE", "PretrainingLaw", "SDSL_2026", "acceptance", "acceptance_preset",
     "expected_tokens", "fit_linear_rule", "format_count", "is_extrapolated", "lambertw",

@@ -1,4 +1,4 @@
-"""The ``sdsl`` command line: plan a draft size, refit the linear rule.
+"""The ``sdsl`` command line: plan a draft size, fit the laws, refit the linear rule.
 
 Every user mistake ends in one line on stderr that names the argument (or the
 file, row and column) and exit status 2; no traceback reaches the user.
@@ -74,7 +74,31 @@ def _build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--resume", action="store_true",
                       help="with --out: keep the rows already written and continue after them")
     plan.add_argument("--overwrite", action="store_true", help="with --out: replace an existing file")
+    plan.add_argument("--laws", metavar="FILE", help=(
+        "use laws fitted by `sdsl fit` (replaces the presets) and report an interval on N*"))
+    plan.add_argument("--interval", choices=("delta", "bootstrap", "none"), default=None, help=(
+        "with --laws: how to carry the coefficients' uncertainty to N* (default: bootstrap "
+        "when the file has bootstrap samples, else delta)"))
+    plan.add_argument("--confidence", type=float, default=0.95, help="interval level (default: 0.95)")
     add_laws(plan)
+
+    fit = commands.add_parser("fit", help="fit the laws to your acceptance measurements",
+                              description=(
+        "Fit the acceptance plane, the pre-training law and both end to end to a measurement "
+        "set (CSV, JSON Lines or Parquet), print the coefficients with intervals, and write "
+        "the fitted laws for `sdsl plan --laws`."))
+    fit.add_argument("measurements", metavar="MEASUREMENTS", help="a .csv, .jsonl or .parquet file")
+    fit.add_argument("--out", metavar="FILE", help=(
+        "where to write the fitted laws (default: MEASUREMENTS with the suffix .laws.json)"))
+    fit.add_argument("--overwrite", action="store_true", help="replace an existing laws file")
+    fit.add_argument("--bootstrap", type=int, default=200, metavar="N", help=(
+        "bootstrap resamples for percentile intervals (0: delta method only; default: %(default)s)"))
+    fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
+    fit.add_argument("--weighting", choices=("auto", "interval", "equal"), default="auto", help=(
+        "weight measurements by their intervals, equally, or by intervals when all have one "
+        "(default: %(default)s)"))
+    fit.add_argument("--confidence", type=float, default=0.95, help="interval level (default: 0.95)")
+    fit.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
     rule = commands.add_parser("rule", help="refit the linear rule N* ~= a M + b to the planner",
                                description=(
@@ -111,9 +135,33 @@ def _plan_records(plan, inputs) -> list[dict]:
 
 def _laws(args):
     from sdsl_jax import acceptance_law as acceptance, pretraining_law as pretraining
+    fitted = _fitted_laws(args)
+    if fitted is not None:
+        return dict(pretraining_law=fitted.pretraining_law, acceptance_law=fitted.acceptance_law,
+                    method=args.method)
     return dict(pretraining_law=pretraining.pretraining_preset(args.pretraining_law),
                 acceptance_law=acceptance.acceptance_preset(args.acceptance_law),
                 method=args.method)
+
+
+def _fitted_laws(args):
+    """The laws file of --laws, loaded once; None without --laws."""
+    path = getattr(args, "laws", None)
+    if not path:
+        return None
+    if not hasattr(args, "_fitted"):
+        from sdsl_jax.fitting.laws import LawsFileError, load_laws
+        try:
+            args._fitted = load_laws(path)
+        except LawsFileError as err:
+            raise UsageError(f"sdsl plan: --laws: {err}") from None
+    return args._fitted
+
+
+def _laws_label(args) -> str:
+    if getattr(args, "laws", None):
+        return f"fitted, from {args.laws}"
+    return f"pre-training {args.pretraining_law}, acceptance {args.acceptance_law}"
 
 
 def _print_plan(record: dict, args) -> None:
@@ -122,7 +170,7 @@ def _print_plan(record: dict, args) -> None:
     m = record["target_params"]
     print(f"Target: {fc(m)} parameters trained on {fc(record['target_tokens'])} tokens; "
           f"draft trained on {fc(record['draft_tokens'])} tokens")
-    print(f"Laws: pre-training {args.pretraining_law}, acceptance {args.acceptance_law}")
+    print(f"Laws: {_laws_label(args)}")
     print()
     if not record["pays"]:
         print("  Speculative decoding does not pay for this target under these laws:")
@@ -131,6 +179,11 @@ def _print_plan(record: dict, args) -> None:
     rows = [
         ("optimal draft size N*", f"{fc(record['draft_params'])} parameters "
                                   f"(N*/M = {record['cost_ratio']:.3e})"),
+    ]
+    if record.get("draft_params_low") is not None:
+        rows.append((f"  {record['confidence']:.0%} interval ({record['interval']})",
+                     f"{fc(record['draft_params_low'])} to {fc(record['draft_params_high'])}"))
+    rows += [
         ("draft perplexity", f"{record['draft_perplexity']:.4g}"),
         ("target perplexity", f"{record['target_perplexity']:.4g}"),
         ("acceptance alpha", f"{record['acceptance']:.4f}"),
@@ -232,6 +285,31 @@ def _plan_csv(args) -> int:
     return 0
 
 
+def _draft_interval(args, draft_tokens) -> dict:
+    """N*'s interval under fitted laws ({} without --laws or with --interval none)."""
+    fitted = _fitted_laws(args)
+    if not 0 < args.confidence < 1:
+        raise UsageError(f"sdsl plan: argument --confidence: must lie in (0, 1), got {args.confidence}")
+    if fitted is None:
+        if args.interval not in (None, "none"):
+            raise UsageError("sdsl plan: --interval needs --laws FILE (presets carry no uncertainty)")
+        return {}
+    method = args.interval or ("bootstrap" if fitted.samples is not None else "delta")
+    if method == "none":
+        return {}
+    if method == "bootstrap" and fitted.samples is None:
+        raise UsageError(f"sdsl plan: --interval bootstrap: {args.laws} has no bootstrap samples "
+                         "(refit with `sdsl fit --bootstrap N`)")
+    if method == "delta" and fitted.covariance is None:
+        raise UsageError(f"sdsl plan: --interval delta: {args.laws} has no covariance")
+    from sdsl_jax.fitting.uncertainty import draft_size_interval
+    result = draft_size_interval(fitted, args.target_params, draft_tokens, args.target_tokens,
+                                 method=method, confidence=args.confidence, solver=args.method)
+    return dict(draft_params_low=float(result.low), draft_params_high=float(result.high),
+                interval=method, confidence=args.confidence,
+                pays_fraction=float(result.pays_fraction))
+
+
 def _plan(args) -> int:
     if args.csv:
         if args.target_params or args.target_tokens:
@@ -249,8 +327,12 @@ def _plan(args) -> int:
                   draft_tokens=draft_tokens)
     plan = planner.optimal_draft_size(args.target_params, draft_tokens, args.target_tokens, **_laws(args))
     record = _plan_records(plan, inputs)[0]
+    record.update(_draft_interval(args, draft_tokens))
     if args.json:
-        record.update(pretraining_law=args.pretraining_law, acceptance_law=args.acceptance_law)
+        if args.laws:
+            record.update(laws=args.laws)
+        else:
+            record.update(pretraining_law=args.pretraining_law, acceptance_law=args.acceptance_law)
         print(json.dumps(record))
     else:
         _print_plan(record, args)
@@ -287,6 +369,11 @@ def _rule(args) -> int:
     return 0
 
 
+def _fit(args) -> int:
+    from sdsl_jax import fit_report
+    return fit_report.run(args, UsageError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _build_parser().parse_args(argv)
@@ -294,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Planning is cheap, so the CLI always answers in float64 (scoped, so
         # a program that calls main() keeps its own precision setting).
         with jax.enable_x64(True):
-            return {"plan": _plan, "rule": _rule}[args.command](args)
+            return {"plan": _plan, "rule": _rule, "fit": _fit}[args.command](args)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -99,7 +99,7 @@ class DraftSizeInterval:
 
 def draft_size_interval(laws: laws_lib.FittedLaws, target_params, draft_tokens, target_tokens, *,
                         method: str = "delta", confidence: float = 0.95,
-                        **plan_kwargs) -> DraftSizeInterval:
+                        solver: str = "bracket", **plan_kwargs) -> DraftSizeInterval:
     """N* for the fitted laws, with an interval from their uncertainty.
 
     method="delta" needs ``laws.covariance``: the interval is
@@ -107,8 +107,10 @@ def draft_size_interval(laws: laws_lib.FittedLaws, target_params, draft_tokens, 
     with respect to the eight coefficients (forward mode through the
     planner's implicit derivative). method="bootstrap" needs ``laws.samples``:
     the planner runs on every resampled pair of laws (vmapped) and the
-    interval is the equal-tailed percentile range of N*.
+    interval is the equal-tailed percentile range of N*. ``solver`` is the
+    planner's method; other keyword arguments go to the planner too.
     """
+    plan_kwargs = dict(plan_kwargs, method=solver)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not 0 < confidence < 1:
