@@ -1,0 +1,61 @@
+"""The small pieces GPT-2 and OPT blocks are made of: layer norm, activations, dense.
+
+Each matches its PyTorch counterpart in transformers to float32 rounding:
+layer norm uses the biased variance with eps inside the square root, and the
+activation names are transformers' ``ACT2FN`` keys found in real configs.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def layer_norm(x: jax.Array, params: dict, eps: float) -> jax.Array:
+    """LayerNorm over the last axis; ``params`` may lack scale and bias (OPT's
+    ``layer_norm_elementwise_affine=False``). Statistics in at least float32."""
+    compute = jnp.promote_types(x.dtype, jnp.float32)
+    h = x.astype(compute)
+    mean = h.mean(axis=-1, keepdims=True)
+    var = jnp.square(h - mean).mean(axis=-1, keepdims=True)
+    h = (h - mean) * jax.lax.rsqrt(var + eps)
+    if "scale" in params:
+        h = h * params["scale"].astype(compute) + params["bias"].astype(compute)
+    return h.astype(x.dtype)
+
+
+def dense(x: jax.Array, params: dict) -> jax.Array:
+    """``x @ kernel (+ bias)``; kernel is [in, out]."""
+    y = x @ params["kernel"]
+    if "bias" in params:
+        y = y + params["bias"]
+    return y
+
+
+def _gelu_tanh(x):
+    return jax.nn.gelu(x, approximate=True)
+
+
+def _gelu_erf(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _quick_gelu(x):
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "gelu": _gelu_erf,
+    # The tanh approximation under its several transformers names.
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_fast": _gelu_tanh,
+    "quick_gelu": _quick_gelu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
