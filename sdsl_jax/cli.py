@@ -100,6 +100,13 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--confidence", type=float, default=0.95, help="interval level (default: 0.95)")
     fit.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
+    from sdsl_jax import train_cli
+    train = commands.add_parser("train", help="train a family of byte-level transformers",
+                                description=(
+        "Train each size of a model family on the default corpus (the Python standard "
+        "library) plus any text you name, with checkpoints; rerun to resume after a kill."))
+    train_cli.add_arguments(train)
+
     rule = commands.add_parser("rule", help="refit the linear rule N* ~= a M + b to the planner",
                                description=(
         "Fit N* ~= a M + b (+ c log D) over a grid of targets and data sizes and "
@@ -374,6 +381,11 @@ def _fit(args) -> int:
     return fit_report.run(args, UsageError)
 
 
+def _train(args) -> int:
+    from sdsl_jax import train_cli
+    return train_cli.run(args, UsageError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _build_parser().parse_args(argv)
@@ -381,7 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Planning is cheap, so the CLI always answers in float64 (scoped, so
         # a program that calls main() keeps its own precision setting).
         with jax.enable_x64(True):
-            return {"plan": _plan, "rule": _rule, "fit": _fit}[args.command](args)
+            return {"plan": _plan, "rule": _rule, "fit": _fit,
+                    "train": _train}[args.command](args)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,17 @@
+"""Small byte-level transformers for measuring acceptance: configs, model, pure functions, checkpoints.
+
+Imports flax; the rest of sdsl_jax does not need it, so nothing outside the
+decoding stack imports this package eagerly.
+"""
+
+from sdsl_jax.models.config import (FAMILIES, LEARNING_RATES, SIZES, ModelConfig, family_sizes,
+                                    model_config, param_counts)
+from sdsl_jax.models.functional import (TransformerForward, TransformerInitCache, abstract_params,
+                                        apply, as_decoder, count_params, init_params)
+from sdsl_jax.models.transformer import KVCache, Transformer, init_cache
+
+__all__ = [
+    "FAMILIES", "LEARNING_RATES", "SIZES", "ModelConfig", "family_sizes", "model_config",
+    "param_counts", "TransformerForward", "TransformerInitCache", "abstract_params", "apply",
+    "as_decoder", "count_params", "init_params", "KVCache", "Transformer", "init_cache",
+]

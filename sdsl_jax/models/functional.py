@@ -1,0 +1,100 @@
+"""The transformer as pure functions of a params pytree: what training and decoding call.
+
+nnx modules hold their weights; jit, grad and the speculative loop want pure
+functions of a pytree. ``params`` here is the plain nested dict of arrays of
+``nnx.to_pure_dict`` (orbax saves it as it is), and every function rebuilds
+the module from it with ``nnx.merge`` at trace time, which costs nothing at
+run time. The graph definition comes from the config alone, so two models of
+one size share compiled code, and the callables in a :class:`Decoder` are
+frozen dataclasses equal by config, hence hashable as the contract requires.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sdsl_jax.decoder import Decoder
+from sdsl_jax.models.config import ModelConfig
+from sdsl_jax.models.transformer import KVCache, Transformer, init_cache
+
+
+@functools.lru_cache(maxsize=None)
+def _graphdef(config: ModelConfig):
+    return nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))[0]
+
+
+def abstract_params(config: ModelConfig):
+    """The params pytree of ``config`` as ShapeDtypeStructs (a restore target)."""
+    model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+    return nnx.to_pure_dict(nnx.state(model))
+
+
+def init_params(config: ModelConfig, seed: int):
+    """Freshly initialised params of ``config``, fixed by ``seed``."""
+    return nnx.to_pure_dict(nnx.state(Transformer(config, rngs=nnx.Rngs(seed))))
+
+
+def count_params(params) -> int:
+    """The number of scalars in a params pytree."""
+    return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree.leaves(params)))
+
+
+def apply(config: ModelConfig, params, tokens, start=None, cache: KVCache | None = None):
+    """``Transformer.__call__`` as a pure function: ``(logits[B, T, V], cache)``."""
+    return nnx.merge(_graphdef(config), params)(tokens, start, cache)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerForward:
+    """The Decoder ``forward`` of a transformer of ``config``."""
+
+    config: ModelConfig
+
+    def __call__(self, params, tokens, start, cache):
+        return apply(self.config, params, tokens, start, cache)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerInitCache:
+    """The Decoder ``init_cache`` of a transformer of ``config``."""
+
+    config: ModelConfig
+
+    def __call__(self, batch_size: int, max_len: int) -> KVCache:
+        return init_cache(self.config, batch_size, max_len)
+
+
+def _pure_params(model_or_params, config: ModelConfig):
+    if isinstance(model_or_params, nnx.Module):
+        params = nnx.to_pure_dict(nnx.state(model_or_params, nnx.Param))
+    elif isinstance(model_or_params, nnx.State):
+        params = nnx.to_pure_dict(model_or_params)
+    else:
+        params = model_or_params
+    expected = abstract_params(config)
+    if jax.tree.structure(params) != jax.tree.structure(expected):
+        raise ValueError("as_decoder: the params do not have the structure of a transformer of "
+                         f"{config}")
+    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
+        if tuple(got.shape) != tuple(want.shape):
+            raise ValueError(f"as_decoder: a parameter has shape {tuple(got.shape)} where "
+                             f"{config} needs {tuple(want.shape)}")
+    return jax.tree.map(jnp.asarray, params)
+
+
+def as_decoder(model_or_params, config: ModelConfig, name: str = "transformer") -> Decoder:
+    """A :class:`Decoder` for a transformer: an nnx ``Transformer``, its ``nnx.State``,
+    or a pure params dict, with the ``config`` it was built from.
+
+    ``num_params`` is the exact count of the weights (tied embedding counted once).
+    """
+    params = _pure_params(model_or_params, config)
+    return Decoder(params=params, forward=TransformerForward(config),
+                   init_cache=TransformerInitCache(config), vocab_size=config.vocab_size,
+                   num_params=count_params(params), name=name)

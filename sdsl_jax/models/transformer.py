@@ -1,0 +1,173 @@
+"""A small decoder-only transformer in flax.nnx, with a fixed-size KV cache.
+
+Architecture (nanoGPT-sized, LLaMA-shaped): token embedding, ``num_layers``
+pre-norm blocks ``x += attn(rmsnorm(x)); x += mlp(rmsnorm(x))``, a final
+RMSNorm, and logits from the transposed embedding (tied weights: at byte
+vocabularies the embedding is a small share of the parameters anyway, and
+tying keeps the count one formula). Attention is multi-head with rotary
+position embeddings, so positions need no parameters and a row's position is
+simply ``start[b] + t``; the MLP is GELU with no biases anywhere.
+
+The cache follows the ``sdsl_jax.decoder`` contract: per layer, keys and
+values of shape ``[B, max_len, heads, head_dim]``; a call writes row ``b``'s
+new entries at positions ``start[b] .. start[b] + T - 1`` and the query at
+position ``p`` sees cache positions ``<= p`` only, so whatever sits beyond a
+row's position (rejected drafts, padding) is never read.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sdsl_jax.models.config import ModelConfig
+
+
+class KVCache(NamedTuple):
+    """Per-layer keys and values, each ``[B, max_len, num_heads, head_dim]``."""
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+
+
+def init_cache(config: ModelConfig, batch_size: int, max_len: int) -> KVCache:
+    """An all-zero cache for ``batch_size`` rows of ``max_len`` positions."""
+    if batch_size < 1 or max_len < 1:
+        raise ValueError(f"init_cache: batch_size and max_len must be >= 1, got "
+                         f"{batch_size} and {max_len}")
+    shape = (batch_size, max_len, config.num_heads, config.head_dim)
+    zeros = tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))
+    return KVCache(keys=zeros, values=tuple(jnp.zeros(shape, config.dtype)
+                                            for _ in range(config.num_layers)))
+
+
+def rotary(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
+    """Rotate channel pairs ``(i, i + h/2)`` of ``x[B, T, H, h]`` by ``position * base^(-2i/h)``."""
+    half = x.shape[-1] // 2
+    freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions[..., None].astype(jnp.float32) * freqs  # [B, T, half]
+    cos = jnp.cos(angles)[:, :, None, :].astype(x.dtype)
+    sin = jnp.sin(angles)[:, :, None, :].astype(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+
+
+class Attention(nnx.Module):
+    """Causal multi-head self-attention that reads and writes a KV cache by position."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        d = config.d_model
+        self.num_heads = config.num_heads
+        self.head_dim = config.head_dim
+        self.rope_base = config.rope_base
+        self.qkv = nnx.Linear(d, 3 * d, use_bias=False, dtype=config.dtype,
+                              param_dtype=config.dtype, rngs=rngs)
+        # Residual-branch outputs start small so depth does not blow up the stream (GPT-2).
+        self.out = nnx.Linear(d, d, use_bias=False, dtype=config.dtype, param_dtype=config.dtype,
+                              kernel_init=nnx.initializers.variance_scaling(
+                                  1.0 / (2 * config.num_layers), "fan_in", "normal"),
+                              rngs=rngs)
+
+    def __call__(self, x, positions, layer_cache=None):
+        batch, length, _ = x.shape
+        q, k, v = jnp.split(self.qkv(x).reshape(batch, length, 3 * self.num_heads, self.head_dim),
+                            3, axis=2)
+        q = rotary(q, positions, self.rope_base)
+        k = rotary(k, positions, self.rope_base)
+        if layer_cache is None:
+            keys, values, key_positions = k, v, positions
+        else:
+            cache_k, cache_v = layer_cache
+            rows = jnp.arange(batch)[:, None]
+            # mode="drop": a position past max_len is discarded, never clamped onto
+            # (and overwriting) a valid earlier position.
+            keys = cache_k.at[rows, positions].set(k.astype(cache_k.dtype), mode="drop")
+            values = cache_v.at[rows, positions].set(v.astype(cache_v.dtype), mode="drop")
+            key_positions = jnp.broadcast_to(jnp.arange(cache_k.shape[1]), (batch, cache_k.shape[1]))
+            layer_cache = (keys, values)
+        scores = jnp.einsum("bthd,bshd->bhts", q, keys) / math.sqrt(self.head_dim)
+        visible = key_positions[:, None, None, :] <= positions[:, None, :, None]
+        scores = jnp.where(visible, scores, jnp.finfo(scores.dtype).min)
+        weights = jax.nn.softmax(scores, axis=-1)
+        out = jnp.einsum("bhts,bshd->bthd", weights, values).reshape(batch, length, -1)
+        return self.out(out), layer_cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.up = nnx.Linear(config.d_model, config.d_ff, use_bias=False, dtype=config.dtype,
+                             param_dtype=config.dtype, rngs=rngs)
+        self.down = nnx.Linear(config.d_ff, config.d_model, use_bias=False, dtype=config.dtype,
+                               param_dtype=config.dtype,
+                               kernel_init=nnx.initializers.variance_scaling(
+                                   1.0 / (2 * config.num_layers), "fan_in", "normal"),
+                               rngs=rngs)
+
+    def __call__(self, x):
+        return self.down(jax.nn.gelu(self.up(x)))
+
+
+class Block(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        norm = dict(epsilon=config.norm_eps, dtype=config.dtype, param_dtype=config.dtype, rngs=rngs)
+        self.attn_norm = nnx.RMSNorm(config.d_model, **norm)
+        self.attn = Attention(config, rngs=rngs)
+        self.mlp_norm = nnx.RMSNorm(config.d_model, **norm)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x, positions, layer_cache=None):
+        attended, layer_cache = self.attn(self.attn_norm(x), positions, layer_cache)
+        x = x + attended
+        return x + self.mlp(self.mlp_norm(x)), layer_cache
+
+
+class Transformer(nnx.Module):
+    """The decoder-only language model; see the module docstring."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        # Unit-variance logits at init: the tied output layer dots a unit-RMS state
+        # with embedding rows of norm ~1.
+        self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=config.dtype,
+                               param_dtype=config.dtype,
+                               embedding_init=nnx.initializers.normal(1.0 / math.sqrt(config.d_model)),
+                               rngs=rngs)
+        self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.final_norm = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps, dtype=config.dtype,
+                                      param_dtype=config.dtype, rngs=rngs)
+
+    def __call__(self, tokens: jax.Array, start: jax.Array | None = None,
+                 cache: KVCache | None = None):
+        """Logits ``[B, T, V]`` for ``tokens[B, T]`` placed at positions ``start[b] + t``.
+
+        Without a cache the tokens attend causally among themselves (training,
+        scoring); with one they also see the cache's positions below their own,
+        and the updated cache is returned. ``start`` defaults to zeros.
+
+        Returns:
+          (logits, cache): cache is None when none was given.
+        """
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
+        batch, length = tokens.shape
+        if start is None:
+            start = jnp.zeros((batch,), jnp.int32)
+        if start.shape != (batch,):
+            raise ValueError(f"start must have shape ({batch},) to match tokens {tokens.shape}, "
+                             f"got {start.shape}")
+        positions = start.astype(jnp.int32)[:, None] + jnp.arange(length, dtype=jnp.int32)
+        x = self.embed(tokens)
+        layer_caches = []
+        for i, block in enumerate(self.blocks):
+            layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
+            x, layer_cache = block(x, positions, layer_cache)
+            layer_caches.append(layer_cache)
+        logits = self.embed.attend(self.final_norm(x))
+        if cache is None:
+            return logits, None
+        return logits, KVCache(keys=tuple(c[0] for c in layer_caches),
+                               values=tuple(c[1] for c in layer_caches))
