@@ -1,0 +1,151 @@
+r"""Exact speculative sampling: the acceptance rule and the residual distribution.
+
+One iteration has the draft's distributions q_1..q_gamma at the drafted
+positions, the drafted tokens x_1..x_gamma (x_i ~ q_i), and the target's
+distributions p_1..p_{gamma+1} from ONE forward pass over the same positions
+(Leviathan et al. 2023, Chen et al. 2023). For i = 1..gamma in turn:
+
+* accept x_i with probability min(1, p_i(x_i) / q_i(x_i));
+* at the first rejection emit a token from the residual
+  norm(max(0, p_i - q_i)) and stop;
+* if all gamma are accepted, emit a bonus token from p_{gamma+1}.
+
+Whatever q is, each emitted token is distributed as p given the prefix, so the
+output is distributed exactly as sampling from the target alone.
+
+Greedy decoding is the same rule on one-hot distributions: with p and q the
+indicator of their argmax, min(1, p/q) is 1 when the argmaxes agree and 0
+when not, the residual is the target's argmax, and the bonus is the target's
+argmax. :func:`probabilities` builds those one-hot distributions at temperature 0,
+so one code path (and one compiled loop, temperature traced) serves both.
+
+The acceptance probability of a position, averaged over the draft's token, is
+beta = sum_v min(p(v), q(v)) = 1 - TV(p, q); it is recorded for every judged
+position as the low-variance estimate of the acceptance rate alpha.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Verdict(NamedTuple):
+    """What the acceptance rule decided for one row.
+
+    Attributes:
+      num_accepted: K in [0, gamma], the accepted prefix of the drafted tokens.
+      next_token: the token emitted after them (residual sample at the first
+        rejection, bonus sample from p_{gamma+1} when all were accepted).
+      betas: float[gamma], sum_v min(p_i(v), q_i(v)) at each drafted position.
+    """
+
+    num_accepted: jax.Array
+    next_token: jax.Array
+    betas: jax.Array
+
+
+# (uniforms float[g + 1], draft_tokens int[g], draft_probs float[g, V],
+#  target_probs float[g + 1, V]) -> Verdict
+AcceptFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], Verdict]
+
+
+def probabilities(logits: jax.Array, temperature) -> jax.Array:
+    """softmax(logits / T) over the last axis; the one-hot of the argmax at T = 0.
+
+    At T = 0 the argmax is the first one on ties; the one-hot is exact, so
+    sampling from it returns the argmax.
+
+    Args:
+      logits: float[..., V].
+      temperature: T >= 0, a scalar (may be traced).
+
+    Returns:
+      float[..., V] in the logits' dtype, or float32 for narrower ones.
+    """
+    # Low-precision logits (bfloat16) are upcast: probabilities of rare tokens
+    # and the acceptance ratios need float32 resolution at least.
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    t = jnp.asarray(temperature, logits.dtype)
+    hot = t > 0
+    soft = jax.nn.softmax(logits / jnp.where(hot, t, 1.0), axis=-1)
+    greedy = jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=logits.dtype)
+    return jnp.where(hot, soft, greedy)
+
+
+def sample(uniform: jax.Array, weights: jax.Array) -> jax.Array:
+    """Inverse-CDF draw: the first v with cumsum(w)[v] > u * sum(w), for u ~ U[0, 1).
+
+    One uniform per draw (the loop draws all of a run's uniforms up front, so
+    no PRNG runs inside it). A token of weight 0 is never returned: its
+    cumulative sum equals its predecessor's, so it cannot be the first to
+    exceed the threshold. Weights need not be normalised.
+
+    Args:
+      uniform: float[...], in [0, 1).
+      weights: float[..., V], >= 0 with a positive sum.
+
+    Returns:
+      int32[...].
+    """
+    cdf = jnp.cumsum(weights, axis=-1)
+    threshold = uniform[..., None] * cdf[..., -1:]
+    above = cdf > threshold
+    # Rounding can leave u * total == total for u within 1 ulp of 1; then the
+    # last token of positive weight is the right answer.
+    last_positive = weights.shape[-1] - 1 - jnp.argmax(jnp.flip(weights > 0, axis=-1), axis=-1)
+    return jnp.where(jnp.any(above, axis=-1), jnp.argmax(above, axis=-1),
+                     last_positive).astype(jnp.int32)
+
+
+def acceptance_probability(target_probs: jax.Array, draft_probs: jax.Array) -> jax.Array:
+    """beta = sum_v min(p(v), q(v)) over the last axis: 1 - TV(p, q)."""
+    return jnp.sum(jnp.minimum(target_probs, draft_probs), axis=-1)
+
+
+def residual(target_probs: jax.Array, draft_probs: jax.Array) -> jax.Array:
+    """max(0, p - q), unnormalised; p itself where p <= q everywhere.
+
+    In exact arithmetic the residual is all zero only when p == q, and then a
+    rejection has probability 0. Rounding can still reject there; falling back
+    to p keeps the emitted token a draw from the target.
+    """
+    r = jnp.maximum(target_probs - draft_probs, 0.0)
+    return jnp.where(jnp.sum(r, axis=-1, keepdims=True) > 0, r, target_probs)
+
+
+def first_rejection(accepted: jax.Array) -> jax.Array:
+    """K = the length of the all-True prefix of a bool[gamma] vector."""
+    return jnp.sum(jnp.cumprod(accepted.astype(jnp.int32)), dtype=jnp.int32)
+
+
+def speculative_accept(uniforms: jax.Array, draft_tokens: jax.Array, draft_probs: jax.Array,
+                       target_probs: jax.Array) -> Verdict:
+    """The exact rejection rule for one row (vmap for a batch).
+
+    Args:
+      uniforms: float[gamma + 1], independent U[0, 1): one per acceptance
+        test, the last for the emitted token.
+      draft_tokens: int[gamma], x_i ~ q_i.
+      draft_probs: float[gamma, V], q_1..q_gamma.
+      target_probs: float[gamma + 1, V], p_1..p_{gamma+1}.
+
+    Returns:
+      A :class:`Verdict`. gamma = 0 is allowed: it samples one token from p_1,
+      which is plain autoregressive sampling.
+    """
+    gamma = draft_tokens.shape[0]
+    rows = jnp.arange(gamma)
+    p_x = target_probs[rows, draft_tokens]
+    q_x = draft_probs[rows, draft_tokens]
+    # u < p/q without the division; q(x) > 0 because x was drawn from q.
+    num_accepted = first_rejection(uniforms[:gamma] * q_x < p_x)
+    # A zero row for "q_{gamma+1}" makes the bonus draw max(0, p - 0) = p, so
+    # rejection and bonus are one formula indexed by K.
+    q_padded = jnp.concatenate([draft_probs, jnp.zeros_like(target_probs[:1])], axis=0)
+    r = residual(target_probs[num_accepted], q_padded[num_accepted])
+    next_token = sample(uniforms[gamma], r)
+    betas = acceptance_probability(target_probs[:gamma], draft_probs)
+    return Verdict(num_accepted, next_token, betas)
