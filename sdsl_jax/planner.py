@@ -38,7 +38,7 @@ envelope theorem.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import chex
 import jax
@@ -91,6 +91,20 @@ class DraftPlan:
     at_bound: jnp.ndarray
 
 
+class _Objective(NamedTuple):
+    """What the solvers maximise over log N (static: plain functions, hashable).
+
+    value_and_flags(log_draft, ctx) -> (F, (pays, flat)): F quasi-concave in
+    log N and maximal where the speedup is (see :func:`_objective_and_flat`).
+    log_speedup(log_draft, ctx) -> log S*: what the gradient solver maximises.
+    Elementwise in log_draft. The FLOP law is one such pair; the wall-clock
+    and compute-budget planners supply their own and reuse these solvers.
+    """
+
+    value_and_flags: Callable
+    log_speedup: Callable
+
+
 class _Settings(NamedTuple):
     """Static solver settings (hashable: they key jit's cache)."""
 
@@ -100,6 +114,7 @@ class _Settings(NamedTuple):
     grid_size: int
     root_steps: int
     lbfgs_steps: int
+    objective: _Objective
 
 
 class _Context(NamedTuple):
@@ -154,19 +169,24 @@ def _objective_and_flat(log_draft, ctx: _Context):
     return value, (pays, ~positive)
 
 
-def _objective(log_draft, ctx):
-    return _objective_and_flat(log_draft, ctx)[0]
+FLOP_OBJECTIVE = _Objective(
+    value_and_flags=_objective_and_flat,
+    log_speedup=lambda log_draft, ctx: jnp.log(_speedup(log_draft, ctx)))
 
 
-def _slope_and_flat(log_draft, ctx):
+def _objective(objective: _Objective, log_draft, ctx):
+    return objective.value_and_flags(log_draft, ctx)[0]
+
+
+def _slope_and_flat(objective: _Objective, log_draft, ctx):
     """(dF/dlogN, (pays, flat)), elementwise: the objective is elementwise in log_draft."""
     (_, flags), (slope, _) = jax.jvp(
-        lambda s: _objective_and_flat(s, ctx), (log_draft,), (jnp.ones_like(log_draft),))
+        lambda s: objective.value_and_flags(s, ctx), (log_draft,), (jnp.ones_like(log_draft),))
     return slope, flags
 
 
-def _slope_and_curvature(log_draft, ctx):
-    slope = lambda s: _slope_and_flat(s, ctx)[0]
+def _slope_and_curvature(objective: _Objective, log_draft, ctx):
+    slope = lambda s: _slope_and_flat(objective, s, ctx)[0]
     return jax.jvp(slope, (log_draft,), (jnp.ones_like(log_draft),))
 
 
@@ -206,7 +226,7 @@ def _expand(ctx: _Context) -> _Context:
     return jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf)[..., None], ctx)
 
 
-def _grid_bracket(ctx, log_lo, log_hi, grid_size):
+def _grid_bracket(objective: _Objective, ctx, log_lo, log_hi, grid_size):
     """Bracket the interior peak on a log-spaced grid.
 
     Returns the best grid point below the top end, its two neighbours, whether
@@ -218,22 +238,24 @@ def _grid_bracket(ctx, log_lo, log_hi, grid_size):
     """
     frac = jnp.linspace(0.0, 1.0, grid_size, dtype=log_lo.dtype)
     grid = log_lo[..., None] + (log_hi - log_lo)[..., None] * frac
-    values = _objective(grid, _expand(ctx))
+    values = _objective(objective, grid, _expand(ctx))
     k = jnp.argmax(values[..., :-1], axis=-1)
     pick = lambda idx: jnp.take_along_axis(
         grid, jnp.clip(idx, 0, grid_size - 1)[..., None], axis=-1)[..., 0]
     return pick(k), pick(k - 1), pick(k + 1), k == 0, values[..., -1]
 
 
-def _better_of(ctx, interior, value_hi, log_hi):
+def _better_of(objective: _Objective, ctx, interior, value_hi, log_hi):
     """The interior solution or the top end, whichever has the larger objective."""
-    return jnp.where(value_hi > _objective(interior, ctx), log_hi, interior)
+    return jnp.where(value_hi > _objective(objective, interior, ctx), log_hi, interior)
 
 
-def _bracket_solve(settings: _Settings, ctx: _Context, log_lo, log_hi):
-    best, low, high, first, value_hi = _grid_bracket(ctx, log_lo, log_hi, settings.grid_size)
-    slope_low, (pays_low, _) = _slope_and_flat(low, ctx)
-    slope_high, (pays_high, _) = _slope_and_flat(high, ctx)
+def _bracket_solve(settings: _Settings, ctx, log_lo, log_hi):
+    objective = settings.objective
+    best, low, high, first, value_hi = _grid_bracket(objective, ctx, log_lo, log_hi,
+                                                     settings.grid_size)
+    slope_low, (pays_low, _) = _slope_and_flat(objective, low, ctx)
+    slope_high, (pays_high, _) = _slope_and_flat(objective, high, ctx)
     # The grid's best point is the bottom end and S falls away from it: the
     # optimum is that end, exactly.
     at_lo = first & (slope_low <= 0)
@@ -247,7 +269,7 @@ def _bracket_solve(settings: _Settings, ctx: _Context, log_lo, log_hi):
         denom = jnp.where(secant_ok, g_high - g_low, -1.0)
         secant = (low * g_high - high * g_low) / denom
         mid = jnp.where(secant_ok, jnp.clip(secant, low, high), 0.5 * (low + high))
-        slope, (pays, flat) = _slope_and_flat(mid, ctx)
+        slope, (pays, flat) = _slope_and_flat(objective, mid, ctx)
         # Where alpha = 0 the objective is flat and its slope says nothing;
         # the grid's best point shows the way instead.
         go_right = jnp.where(flat, mid < best, slope > 0)
@@ -267,11 +289,13 @@ def _bracket_solve(settings: _Settings, ctx: _Context, log_lo, log_hi):
     secant_ok = pays_low & pays_high & (g_low > 0) & (g_high < 0)
     secant = (low * g_high - high * g_low) / jnp.where(secant_ok, g_high - g_low, -1.0)
     root = jnp.where(secant_ok, jnp.clip(secant, low, high), 0.5 * (low + high))
-    return _better_of(ctx, jnp.where(at_lo, log_lo, root), value_hi, log_hi)
+    return _better_of(objective, ctx, jnp.where(at_lo, log_lo, root), value_hi, log_hi)
 
 
-def _gradient_solve(settings: _Settings, ctx: _Context, log_lo, log_hi):
-    start, _, _, _, value_hi = _grid_bracket(ctx, log_lo, log_hi, max(4, settings.grid_size // 2))
+def _gradient_solve(settings: _Settings, ctx, log_lo, log_hi):
+    objective = settings.objective
+    start, _, _, _, value_hi = _grid_bracket(objective, ctx, log_lo, log_hi,
+                                             max(4, settings.grid_size // 2))
     shape = start.shape
     flat_ctx = jax.tree_util.tree_map(
         lambda leaf: jnp.broadcast_to(leaf, shape).reshape(-1), ctx)
@@ -280,7 +304,7 @@ def _gradient_solve(settings: _Settings, ctx: _Context, log_lo, log_hi):
     def solve_one(s0, one_ctx, lo, hi):
         def loss(s):
             s = jnp.clip(s, lo, hi)
-            return -jnp.log(_speedup(s, one_ctx))
+            return -objective.log_speedup(s, one_ctx)
 
         value_and_grad = optax.value_and_grad_from_state(loss)
 
@@ -304,11 +328,11 @@ def _gradient_solve(settings: _Settings, ctx: _Context, log_lo, log_hi):
     lo = jnp.broadcast_to(log_lo, shape).reshape(-1)
     hi = jnp.broadcast_to(log_hi, shape).reshape(-1)
     solved = jax.vmap(solve_one)(start.reshape(-1), flat_ctx, lo, hi)
-    return _better_of(ctx, solved.reshape(shape), value_hi, log_hi)
+    return _better_of(objective, ctx, solved.reshape(shape), value_hi, log_hi)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _solve_log_draft(settings: _Settings, ctx: _Context, log_lo, log_hi):
+def _solve_log_draft(settings: _Settings, ctx, log_lo, log_hi):
     if settings.method == "bracket":
         return _bracket_solve(settings, ctx, log_lo, log_hi)
     return _gradient_solve(settings, ctx, log_lo, log_hi)
@@ -321,8 +345,9 @@ def _solve_log_draft_jvp(settings, primals, tangents):
     s = _solve_log_draft(settings, ctx, log_lo, log_hi)
     # Implicit function theorem on g(s, ctx) = dS/ds = 0:
     #   ds = -(dg/dctx . ctx_dot) / (dg/ds).
-    _, g_ctx_dot = jax.jvp(lambda c: _slope_and_flat(s, c)[0], (ctx,), (ctx_dot,))
-    _, curvature = _slope_and_curvature(s, ctx)
+    objective = settings.objective
+    _, g_ctx_dot = jax.jvp(lambda c: _slope_and_flat(objective, s, c)[0], (ctx,), (ctx_dot,))
+    _, curvature = _slope_and_curvature(objective, s, ctx)
     interior = (s > log_lo) & (s < log_hi) & (curvature < 0)
     s_dot = -g_ctx_dot / jnp.where(interior, curvature, -1.0)
     # A solution pinned to an end of the range moves with that end.
@@ -417,7 +442,7 @@ def optimal_draft_size(
     dtype = jnp.result_type(target_params, draft_tokens, target_tokens, float)
     as_float = lambda v: jnp.asarray(v, dtype)
     settings = _Settings(method=method, min_cost_ratio=lo, max_cost_ratio=hi,
-                         grid_size=8, root_steps=8, lbfgs_steps=60)
+                         grid_size=8, root_steps=8, lbfgs_steps=60, objective=FLOP_OBJECTIVE)
     return _plan(settings, as_float(target_params), as_float(draft_tokens),
                  as_float(target_tokens),
                  jax.tree_util.tree_map(as_float, pretraining_law),
