@@ -118,6 +118,9 @@ def _build_parser() -> argparse.ArgumentParser:
     rule.add_argument("--points", type=int, default=24, help="targets on the log grid")
     rule.add_argument("--json", action="store_true")
     add_laws(rule)
+
+    from sdsl_jax import plot_cli
+    plot_cli.add_parser(commands)
     return parser
 
 
@@ -386,6 +389,11 @@ def _train(args) -> int:
     return train_cli.run(args, UsageError)
 
 
+def _plot(args) -> int:
+    from sdsl_jax import plot_cli
+    return plot_cli.run(args, UsageError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _build_parser().parse_args(argv)
@@ -394,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a program that calls main() keeps its own precision setting).
         with jax.enable_x64(True):
             return {"plan": _plan, "rule": _rule, "fit": _fit,
-                    "train": _train}[args.command](args)
+                    "train": _train, "plot": _plot}[args.command](args)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
