@@ -52,8 +52,8 @@ def check_forward_inputs(tokens, start, cache, vocab_size: int) -> None:
         raise ValueError(f"tokens has {tokens_shape[0]} rows but the cache was made for {batch}")
     if tokens_shape[1] > max_len:
         raise ValueError(f"tokens has {tokens_shape[1]} positions but the cache holds {max_len}")
-    if not jnp.issubdtype(jnp.asarray(tokens).dtype, jnp.integer):
-        raise ValueError(f"tokens must be integers, got dtype {jnp.asarray(tokens).dtype}")
+    if not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
+        raise ValueError(f"tokens must be integers, got dtype {jnp.result_type(tokens)}")
     if is_concrete(tokens):
         tok = np.asarray(tokens)
         if tok.size and (tok.min() < 0 or tok.max() >= vocab_size):

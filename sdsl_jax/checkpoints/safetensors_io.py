@@ -141,6 +141,7 @@ class SafetensorsCheckpoint:
         index = os.path.join(self.directory, INDEX_FILE)
         self._files: dict[str, SafetensorsFile] = {}
         self._where: dict[str, str] = {}
+        self.names_read: set[str] = set()  # lets a loader find tensors its model does not use
         if os.path.isfile(single):
             self._open(SINGLE_FILE, None)
         elif os.path.isfile(index):
@@ -184,6 +185,7 @@ class SafetensorsCheckpoint:
     def read(self, name: str) -> np.ndarray:
         if name not in self._where:
             raise CheckpointError(f"{self.directory}: the checkpoint has no tensor named {name!r}")
+        self.names_read.add(name)
         return self._files[self._where[name]].read(name)
 
 
