@@ -36,8 +36,31 @@ def abstract_params(config: ModelConfig):
 
 
 def init_params(config: ModelConfig, seed: int):
-    """Freshly initialised params of ``config``, fixed by ``seed``."""
-    return nnx.to_pure_dict(nnx.state(Transformer(config, rngs=nnx.Rngs(seed))))
+    """Freshly initialised params of ``config``, fixed by ``seed``.
+
+    Drawn with numpy from the distributions the modules' own initialisers use
+    (see transformer.py: embedding N(0, 1/d), kernels N(0, 1/fan_in), the
+    residual-branch outputs further scaled by 1/(2 layers), norm scales 1).
+    numpy needs no compilation, where initialising through jit costs seconds
+    per size on a CPU, and it gives the same weights on every backend.
+    """
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = path[-1].key
+        if name == "scale":
+            return jnp.asarray(np.ones(leaf.shape, np.float32), leaf.dtype)
+        if name == "embedding":
+            variance = 1.0 / config.d_model
+        elif name == "kernel":
+            residual_out = path[-2].key in ("out", "down")
+            variance = (1.0 / (2 * config.num_layers) if residual_out else 1.0) / leaf.shape[0]
+        else:
+            raise AssertionError(f"no initialiser for parameter {jax.tree_util.keystr(path)}")
+        sample = rng.standard_normal(leaf.shape, dtype=np.float32) * np.float32(np.sqrt(variance))
+        return jnp.asarray(sample, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, abstract_params(config))
 
 
 def count_params(params) -> int:

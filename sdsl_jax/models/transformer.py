@@ -56,6 +56,11 @@ def rotary(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
 
+def _fan_in_normal(scale: float):
+    # N(0, scale / fan_in); functional.init_params draws the same with numpy.
+    return nnx.initializers.variance_scaling(scale, "fan_in", "normal")
+
+
 class Attention(nnx.Module):
     """Causal multi-head self-attention that reads and writes a KV cache by position."""
 
@@ -65,11 +70,10 @@ class Attention(nnx.Module):
         self.head_dim = config.head_dim
         self.rope_base = config.rope_base
         self.qkv = nnx.Linear(d, 3 * d, use_bias=False, dtype=config.dtype,
-                              param_dtype=config.dtype, rngs=rngs)
+                              param_dtype=config.dtype, kernel_init=_fan_in_normal(1.0), rngs=rngs)
         # Residual-branch outputs start small so depth does not blow up the stream (GPT-2).
         self.out = nnx.Linear(d, d, use_bias=False, dtype=config.dtype, param_dtype=config.dtype,
-                              kernel_init=nnx.initializers.variance_scaling(
-                                  1.0 / (2 * config.num_layers), "fan_in", "normal"),
+                              kernel_init=_fan_in_normal(1.0 / (2 * config.num_layers)),
                               rngs=rngs)
 
     def __call__(self, x, positions, layer_cache=None):
@@ -100,11 +104,10 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.up = nnx.Linear(config.d_model, config.d_ff, use_bias=False, dtype=config.dtype,
-                             param_dtype=config.dtype, rngs=rngs)
+                             param_dtype=config.dtype, kernel_init=_fan_in_normal(1.0), rngs=rngs)
         self.down = nnx.Linear(config.d_ff, config.d_model, use_bias=False, dtype=config.dtype,
                                param_dtype=config.dtype,
-                               kernel_init=nnx.initializers.variance_scaling(
-                                   1.0 / (2 * config.num_layers), "fan_in", "normal"),
+                               kernel_init=_fan_in_normal(1.0 / (2 * config.num_layers)),
                                rngs=rngs)
 
     def __call__(self, x):
