@@ -24,6 +24,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sdsl_jax.decoder import Decoder
 
@@ -106,41 +107,48 @@ def ngram_decoder(table: jax.Array, position_bias: jax.Array | None = None,
                    vocab_size=int(table.shape[-1]), num_params=_num_params(params), name=name)
 
 
-def random_ngram_decoder(key: jax.Array, vocab_size: int, order: int, scale: float = 1.0,
+def random_ngram_decoder(seed: int, vocab_size: int, order: int, scale: float = 1.0,
                          num_positions: int = 0, name: str = "ngram") -> Decoder:
     """An n-gram decoder with i.i.d. normal logits of standard deviation ``scale``.
 
-    ``num_positions > 0`` adds a random position bias of that many rows.
+    ``num_positions > 0`` adds a random position bias of that many rows. The
+    tables are drawn with numpy from ``seed`` (toy set-up needs no compiled
+    JAX work).
     """
     if vocab_size < 1 or order < 1:
         raise ValueError(f"vocab_size and order must be >= 1, got {vocab_size}, {order}")
-    table_key, bias_key = jax.random.split(key)
-    table = scale * jax.random.normal(table_key, (vocab_size,) * order)
-    bias = (scale * jax.random.normal(bias_key, (num_positions, vocab_size))
-            if num_positions > 0 else None)
-    return ngram_decoder(table, bias, name)
+    rng = np.random.default_rng(seed)
+    table = scale * rng.normal(size=(vocab_size,) * order)
+    bias = scale * rng.normal(size=(num_positions, vocab_size)) if num_positions > 0 else None
+    dtype = jnp.result_type(float)
+    return ngram_decoder(jnp.asarray(table, dtype),
+                         None if bias is None else jnp.asarray(bias, dtype), name)
 
 
-def mlp_ngram_decoder(key: jax.Array, table: jax.Array, width: int, depth: int,
+def mlp_ngram_decoder(seed: int, table: jax.Array, width: int, depth: int,
                       mlp_scale: float = 1e-2, name: str = "mlp-ngram") -> Decoder:
     """An n-gram decoder plus a ``depth``-layer tanh MLP of ``width`` units per token.
 
     The MLP costs about 2 * depth * width**2 FLOPs per token (and reads
     depth * width**2 weights per forward), which sets the decoder's cost; its
     output is scaled by ``mlp_scale`` so the distribution stays close to the
-    table's.
+    table's. Weights are drawn with numpy from ``seed``.
     """
     if width < 1 or depth < 1:
         raise ValueError(f"width and depth must be >= 1, got {width}, {depth}")
     table = jnp.asarray(table)
     vocab_size = table.shape[-1]
-    keys = jax.random.split(key, depth + 2)
+    rng = np.random.default_rng(seed)
     dtype = table.dtype
+
+    def normal(*shape, scale=1.0):
+        return jnp.asarray(scale * rng.standard_normal(shape, dtype=np.float32), dtype)
+
     params = {
         "table": table,
-        "embed": jax.random.normal(keys[0], (vocab_size, width), dtype),
-        "mlp": [jax.random.normal(k, (width, width), dtype) / math.sqrt(width) for k in keys[2:]],
-        "readout": jax.random.normal(keys[1], (width, vocab_size), dtype) / math.sqrt(width),
+        "embed": normal(vocab_size, width),
+        "mlp": [normal(width, width, scale=1 / math.sqrt(width)) for _ in range(depth)],
+        "readout": normal(width, vocab_size, scale=1 / math.sqrt(width)),
         "mlp_scale": jnp.asarray(mlp_scale, dtype),
     }
     return Decoder(params=params, forward=ngram_forward, init_cache=init_token_cache,

@@ -247,8 +247,9 @@ def _decode(draft_params, target_params, state: DecodeState, spec: _Spec):
     def cond(s):
         return jnp.any(_active(s, spec)) & (s.step < max_steps)
 
-    state = jax.lax.while_loop(
-        cond, lambda s: _iteration(draft_params, target_params, s, spec), state)
+    if max_steps > 0:
+        state = jax.lax.while_loop(
+            cond, lambda s: _iteration(draft_params, target_params, s, spec), state)
     tokens = jax.vmap(lambda row, p: jax.lax.dynamic_slice(row, (p,), (spec.max_new_tokens,)))(
         state.sequence, state.prompt_length)
     # A row that was done after its first token finished in step 0.
