@@ -118,7 +118,10 @@ def _draw_measured(ax, measurements, laws, weighting):
     index = np.asarray(rows.target_index)
     palette = style.colors(len(targets))
     target_params = np.asarray(measurements.columns["target_params"], np.float64)
-    for k, name in enumerate(targets):
+    # Legend entries from the smallest target to the largest; k stays the fit's index.
+    by_size = sorted(range(len(targets)), key=lambda k: target_params[index == k][0])
+    for k in by_size:
+        name = targets[k]
         mine = index == k
         x, a = x_all[mine], alpha[mine]
         size = format_count(target_params[mine][0])

@@ -23,15 +23,16 @@ from sdsl_jax import acceptance_law as acceptance_lib
 from sdsl_jax import planner
 from sdsl_jax import pretraining_law as pretraining
 from sdsl_jax.fitting import laws as laws_lib
-from sdsl_jax.fitting.uncertainty import draft_size_interval
+from sdsl_jax.fitting.uncertainty import draft_size_interval, percentile_intervals
 
 INTERVALS = ("auto", "bootstrap", "delta", "none")
-# Configurations are padded to a power of two (at least this many) so that
-# figures with a few targets, a latency table and a grid of draft sizes reuse
-# a handful of compiled planners instead of compiling one per count.
+# Configurations are padded to a power of two (at least this many), and the
+# laws' coefficients are passed per configuration, so that figures with a few
+# targets, a latency table, a grid of draft sizes and a bootstrap over resampled
+# laws all reuse a handful of compiled planners instead of compiling one per count.
 _MIN_BUCKET = 16
-# Jitted so a bootstrap's lax.map over the planner compiles once per shape,
-# not on every call (eagerly, the mapped closure is traced and compiled anew).
+# Jitted so the delta method's forward-mode pass through the planner compiles
+# once per shape, not on every call.
 _interval = jax.jit(draft_size_interval, static_argnames=("method", "confidence", "solver"))
 
 
@@ -115,26 +116,52 @@ def band_label(method: str | None, laws: laws_lib.FittedLaws, confidence: float)
     return f"{confidence:.0%} band (delta method)"
 
 
+def _bucket(count: int) -> int:
+    return max(_MIN_BUCKET, 1 << (count - 1).bit_length())
+
+
+def _plan_per_configuration(vectors, target_params, draft_tokens, target_tokens, solver):
+    """The planner for configuration i under coefficient vector i; numpy leaves of length n."""
+    count = target_params.size
+    size = _bucket(count)
+    dtype = jnp.result_type(float)
+    # Padding repeats the last configuration: a valid input whose answer is dropped.
+    pad = lambda a: jnp.asarray(np.resize(a, (size,) + a.shape[1:]), dtype)
+    pre, acc = laws_lib.laws_from_vector(pad(vectors))
+    plan = planner.optimal_draft_size(pad(target_params), pad(draft_tokens), pad(target_tokens),
+                                      pretraining_law=pre, acceptance_law=acc, method=solver)
+    return jax.tree_util.tree_map(lambda a: np.asarray(a)[:count], plan)
+
+
 def plan_draft_sizes(laws: laws_lib.FittedLaws, target_params, draft_tokens, target_tokens, *,
                      method: str | None = None, confidence: float = 0.95, solver: str = "bracket"):
     """(plan, low, high) for 1-D arrays of configurations, as numpy.
 
     ``plan`` is the planner's :class:`~sdsl_jax.planner.DraftPlan` with numpy
-    leaves; ``low`` and ``high`` bound N* by ``method`` ("bootstrap",
-    "delta", via :func:`~sdsl_jax.fitting.uncertainty.draft_size_interval`),
-    or are None when ``method`` is None.
+    leaves. ``low`` and ``high`` bound N* (None when ``method`` is None):
+
+    * "bootstrap": the equal-tailed percentiles of N* over the resampled laws
+      (0 counted where a resample finds no paying draft), as
+      :func:`~sdsl_jax.fitting.uncertainty.draft_size_interval` computes them;
+      here every (resample, configuration) pair is one row of a single planner
+      call, which reuses the compiled planner;
+    * "delta": :func:`~sdsl_jax.fitting.uncertainty.draft_size_interval`.
     """
-    arrays = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, np.float64))
+    arrays = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, np.float64)).ravel()
                                    for v in (target_params, draft_tokens, target_tokens)))
     count = arrays[0].size
-    size = max(_MIN_BUCKET, 1 << (count - 1).bit_length())
-    dtype = jnp.result_type(float)
-    # Padding repeats the last configuration: a valid input whose answer is dropped.
-    padded = [jnp.asarray(np.resize(a.ravel(), size), dtype) for a in arrays]
-    trim = lambda tree: jax.tree_util.tree_map(lambda a: np.asarray(a)[:count], tree)
+    point = np.broadcast_to(np.asarray(laws.coefficients, np.float64), (count, 8))
+    plan = _plan_per_configuration(point, *arrays, solver)
     if method is None:
-        plan = planner.optimal_draft_size(*padded, pretraining_law=laws.pretraining_law,
-                                          acceptance_law=laws.acceptance_law, method=solver)
-        return trim(plan), None, None
+        return plan, None, None
+    if method == "bootstrap":
+        samples = np.asarray(laws.samples, np.float64)
+        draws = _plan_per_configuration(np.repeat(samples, count, axis=0),
+                                        *(np.tile(a, len(samples)) for a in arrays), solver)
+        n_star = draws.draft_params.reshape(len(samples), count)
+        low, high = percentile_intervals(n_star, confidence)
+        return plan, np.asarray(low, np.float64), np.asarray(high, np.float64)
+    size = _bucket(count)
+    padded = [jnp.asarray(np.resize(a, size), jnp.result_type(float)) for a in arrays]
     result = _interval(laws, *padded, method=method, confidence=confidence, solver=solver)
-    return trim(result.plan), np.asarray(result.low)[:count], np.asarray(result.high)[:count]
+    return plan, np.asarray(result.low)[:count], np.asarray(result.high)[:count]

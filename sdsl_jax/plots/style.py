@@ -146,10 +146,15 @@ def save(fig, stem: str | os.PathLike, *, dpi: int = 150) -> list[Path]:
 
 
 def band(ax, x, low, high, color, gid: str | None = None):
-    """A light fill between low and high with thin edges, so overlapping bands stay apart."""
+    """A light fill between low and high with thin edges, so overlapping bands stay apart.
+
+    With a ``gid``, the fill gets it and the edges ``gid:low`` and ``gid:high``.
+    """
     fill = ax.fill_between(x, low, high, color=color, alpha=0.12, lw=0)
-    for edge in (low, high):
-        ax.plot(x, edge, color=color, lw=0.8, alpha=0.7, ls="-")
+    for name, edge in (("low", low), ("high", high)):
+        (line,) = ax.plot(x, edge, color=color, lw=0.8, alpha=0.7, ls="-")
+        if gid is not None:
+            line.set_gid(f"{gid}:{name}")
     if gid is not None:
         fill.set_gid(gid)
     return fill
