@@ -45,13 +45,19 @@ def init_cache(config: ModelConfig, batch_size: int, max_len: int) -> KVCache:
                                             for _ in range(config.num_layers)))
 
 
-def rotary(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
-    """Rotate channel pairs ``(i, i + h/2)`` of ``x[B, T, H, h]`` by ``position * base^(-2i/h)``."""
-    half = x.shape[-1] // 2
+def rotary_tables(positions: jax.Array, head_dim: int, base: float, dtype):
+    """cos and sin of ``position * base^(-2i/h)``, each ``[B, T, 1, h/2]``; shared by all layers."""
+    half = head_dim // 2
     freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles = positions[..., None].astype(jnp.float32) * freqs  # [B, T, half]
-    cos = jnp.cos(angles)[:, :, None, :].astype(x.dtype)
-    sin = jnp.sin(angles)[:, :, None, :].astype(x.dtype)
+    angles = positions[..., None].astype(jnp.float32) * freqs
+    return (jnp.cos(angles)[:, :, None, :].astype(dtype),
+            jnp.sin(angles)[:, :, None, :].astype(dtype))
+
+
+def rotate(x: jax.Array, tables) -> jax.Array:
+    """Rotate channel pairs ``(i, i + h/2)`` of ``x[B, T, H, h]`` by the angles of ``tables``."""
+    cos, sin = tables
+    half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
@@ -68,7 +74,6 @@ class Attention(nnx.Module):
         d = config.d_model
         self.num_heads = config.num_heads
         self.head_dim = config.head_dim
-        self.rope_base = config.rope_base
         self.qkv = nnx.Linear(d, 3 * d, use_bias=False, dtype=config.dtype,
                               param_dtype=config.dtype, kernel_init=_fan_in_normal(1.0), rngs=rngs)
         # Residual-branch outputs start small so depth does not blow up the stream (GPT-2).
@@ -76,12 +81,11 @@ class Attention(nnx.Module):
                               kernel_init=_fan_in_normal(1.0 / (2 * config.num_layers)),
                               rngs=rngs)
 
-    def __call__(self, x, positions, layer_cache=None):
+    def __call__(self, x, positions, rope, layer_cache=None):
         batch, length, _ = x.shape
         q, k, v = jnp.split(self.qkv(x).reshape(batch, length, 3 * self.num_heads, self.head_dim),
                             3, axis=2)
-        q = rotary(q, positions, self.rope_base)
-        k = rotary(k, positions, self.rope_base)
+        q, k = rotate(q, rope), rotate(k, rope)
         if layer_cache is None:
             keys, values, key_positions = k, v, positions
         else:
@@ -122,8 +126,8 @@ class Block(nnx.Module):
         self.mlp_norm = nnx.RMSNorm(config.d_model, **norm)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, positions, layer_cache=None):
-        attended, layer_cache = self.attn(self.attn_norm(x), positions, layer_cache)
+    def __call__(self, x, positions, rope, layer_cache=None):
+        attended, layer_cache = self.attn(self.attn_norm(x), positions, rope, layer_cache)
         x = x + attended
         return x + self.mlp(self.mlp_norm(x)), layer_cache
 
@@ -164,10 +168,11 @@ class Transformer(nnx.Module):
                              f"got {start.shape}")
         positions = start.astype(jnp.int32)[:, None] + jnp.arange(length, dtype=jnp.int32)
         x = self.embed(tokens)
+        rope = rotary_tables(positions, self.config.head_dim, self.config.rope_base, x.dtype)
         layer_caches = []
         for i, block in enumerate(self.blocks):
             layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
-            x, layer_cache = block(x, positions, layer_cache)
+            x, layer_cache = block(x, positions, rope, layer_cache)
             layer_caches.append(layer_cache)
         logits = self.embed.attend(self.final_norm(x))
         if cache is None:
