@@ -26,6 +26,7 @@ position as the low-variance estimate of the acceptance rate alpha.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -69,10 +70,25 @@ def probabilities(logits: jax.Array, temperature) -> jax.Array:
     # and the acceptance ratios need float32 resolution at least.
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     t = jnp.asarray(temperature, logits.dtype)
-    hot = t > 0
-    soft = jax.nn.softmax(logits / jnp.where(hot, t, 1.0), axis=-1)
-    greedy = jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=logits.dtype)
-    return jnp.where(hot, soft, greedy)
+
+    def soft(logits):
+        return jax.nn.softmax(logits / jnp.where(t > 0, t, 1.0), axis=-1)
+
+    def greedy(logits):
+        return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=logits.dtype)
+
+    if t.ndim != 0:
+        raise ValueError(f"temperature must be a scalar, got shape {t.shape}")
+    # A real branch: only one of the two is computed in the loop.
+    return jax.lax.cond(t > 0, soft, greedy, logits)
+
+
+def _first_above(cdf, threshold, weights):
+    """The first index where cdf > threshold; if rounding leaves none, the last
+    index of positive weight."""
+    above = cdf > threshold[..., None]
+    last_positive = weights.shape[-1] - 1 - jnp.argmax(jnp.flip(weights > 0, axis=-1), axis=-1)
+    return jnp.where(jnp.any(above, axis=-1), jnp.argmax(above, axis=-1), last_positive)
 
 
 def sample(uniform: jax.Array, weights: jax.Array) -> jax.Array:
@@ -83,6 +99,11 @@ def sample(uniform: jax.Array, weights: jax.Array) -> jax.Array:
     cumulative sum equals its predecessor's, so it cannot be the first to
     exceed the threshold. Weights need not be normalised.
 
+    The cumulative sum is taken in two levels, over blocks of about sqrt(V)
+    tokens and then inside the chosen block: a cumulative sum over a whole
+    vocabulary is a slow sequential pass on CPU, while block sums are one
+    plain reduction.
+
     Args:
       uniform: float[...], in [0, 1).
       weights: float[..., V], >= 0 with a positive sum.
@@ -90,14 +111,19 @@ def sample(uniform: jax.Array, weights: jax.Array) -> jax.Array:
     Returns:
       int32[...].
     """
-    cdf = jnp.cumsum(weights, axis=-1)
-    threshold = uniform[..., None] * cdf[..., -1:]
-    above = cdf > threshold
-    # Rounding can leave u * total == total for u within 1 ulp of 1; then the
-    # last token of positive weight is the right answer.
-    last_positive = weights.shape[-1] - 1 - jnp.argmax(jnp.flip(weights > 0, axis=-1), axis=-1)
-    return jnp.where(jnp.any(above, axis=-1), jnp.argmax(above, axis=-1),
-                     last_positive).astype(jnp.int32)
+    vocab = weights.shape[-1]
+    size = max(1, math.isqrt(vocab - 1) + 1) if vocab > 1 else 1
+    num_blocks = -(-vocab // size)
+    padded = jnp.pad(weights, [(0, 0)] * (weights.ndim - 1) + [(0, num_blocks * size - vocab)])
+    blocks = padded.reshape(weights.shape[:-1] + (num_blocks, size))
+    block_sums = jnp.sum(blocks, axis=-1)
+    block_cdf = jnp.cumsum(block_sums, axis=-1)
+    threshold = uniform * block_cdf[..., -1]
+    b = _first_above(block_cdf, threshold, block_sums)
+    before = jnp.take_along_axis(block_cdf - block_sums, b[..., None], axis=-1)[..., 0]
+    inner = jnp.take_along_axis(blocks, b[..., None, None], axis=-2)[..., 0, :]
+    j = _first_above(before[..., None] + jnp.cumsum(inner, axis=-1), threshold, inner)
+    return (b * size + j).astype(jnp.int32)
 
 
 def acceptance_probability(target_probs: jax.Array, draft_probs: jax.Array) -> jax.Array:
