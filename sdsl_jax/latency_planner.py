@@ -67,7 +67,9 @@ from sdsl_jax import pretraining_law as pretraining
 from sdsl_jax import throughput
 
 VERIFY_MODES = ("scored", "one_step")
-NEWTON_STEPS = 10
+# 12 safeguarded Newton steps: on 3000 random problems (sharpness 2 to 64, alpha
+# 0.3 to 0.999) none lands below scipy's bounded search (xatol 1e-13); 10 missed 4.
+NEWTON_STEPS = 12
 
 
 @chex.dataclass(frozen=True)

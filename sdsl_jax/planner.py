@@ -159,12 +159,16 @@ def _objective_and_flat(log_draft, ctx: _Context):
     (-inf); ``flat`` marks those points.
     """
     alpha, _, cost_ratio = _acceptance_at(log_draft, ctx)
+    return _flop_objective_at(alpha, cost_ratio, log_draft - jnp.log(ctx.target_params))
+
+
+def _flop_objective_at(alpha, cost_ratio, log_cost_ratio):
+    """F and its flags from alpha (uncapped) and the cost ratio N / M (and its log)."""
     alpha = throughput._cap_acceptance(alpha)
     _, peak, pays = throughput._optimum(alpha, cost_ratio)
     positive = alpha > 0
     safe = jnp.where(positive, alpha, 0.5)
-    log_margin = (jnp.log(safe * -throughput._log_acceptance(safe) / (1 - safe))
-                  - (log_draft - jnp.log(ctx.target_params)))
+    log_margin = jnp.log(safe * -throughput._log_acceptance(safe) / (1 - safe)) - log_cost_ratio
     value = jnp.where(pays, jnp.log(peak), jnp.where(positive, log_margin, -jnp.inf))
     return value, (pays, ~positive)
 
