@@ -80,6 +80,23 @@ def _build_parser() -> argparse.ArgumentParser:
         "with --laws: how to carry the coefficients' uncertainty to N* (default: bootstrap "
         "when the file has bootstrap samples, else delta)"))
     plan.add_argument("--confidence", type=float, default=0.95, help="interval level (default: 0.95)")
+    wall = plan.add_argument_group("wall-clock planning (with --hardware)")
+    wall.add_argument("--hardware", metavar="NAME", help=(
+        "also find the draft size that maximises tokens per second on this accelerator "
+        "(A100, H100, H200, TPU-v5e, CPU) and print it beside the FLOP-optimal one"))
+    wall.add_argument("--batch", type=float, default=1.0, help="sequences decoded together (default: 1)")
+    wall.add_argument("--context", type=_count, default=2048.0, metavar="S", help=(
+        "cached positions each sequence attends to (default: 2048)"))
+    wall.add_argument("--draft-precision", default="bf16", help="draft weights: bf16, fp8, int4, ... (default: bf16)")
+    wall.add_argument("--target-precision", default="bf16", help="target weights (default: bf16)")
+    wall.add_argument("--kv-fraction", type=float, default=1.0, help=(
+        "key-value heads over query heads, e.g. 0.125 for 8 of 64 (default: 1)"))
+    wall.add_argument("--verify", choices=("scored", "one_step"), default="scored", help=(
+        "cost the verification as gamma+1 scored positions, or as one target step like the "
+        "FLOP law (default: scored)"))
+    wall.add_argument("--step-times", metavar="FILE", help=(
+        "calibrate the preset's efficiencies and overhead to measured step times first "
+        "(JSON Lines, e.g. from `sdsl measure`)"))
     add_laws(plan)
 
     fit = commands.add_parser("fit", help="fit the laws to your acceptance measurements",
@@ -320,11 +337,138 @@ def _draft_interval(args, draft_tokens) -> dict:
                 pays_fraction=float(result.pays_fraction))
 
 
+def _hardware(args):
+    """(accelerator, workload, calibration or None) from the --hardware options."""
+    from sdsl_jax import hardware as hw
+    try:
+        accelerator = hw.hardware_preset(args.hardware)
+    except ValueError as err:
+        raise UsageError(f"sdsl plan: --hardware: {err}") from None
+    if not (math.isfinite(args.batch) and args.batch > 0):
+        raise UsageError(f"sdsl plan: argument --batch: must be a finite number > 0, got {args.batch:g}")
+    if not (math.isfinite(args.kv_fraction) and args.kv_fraction >= 0):
+        raise UsageError(f"sdsl plan: argument --kv-fraction: must be a finite number >= 0, "
+                         f"got {args.kv_fraction:g}")
+    for flag, value in (("--draft-precision", args.draft_precision),
+                        ("--target-precision", args.target_precision)):
+        try:
+            hw.bytes_per_param(_precision(value))
+        except ValueError as err:
+            raise UsageError(f"sdsl plan: argument {flag}: {err}") from None
+    workload = hw.Workload(batch=args.batch, context=args.context, kv_fraction=args.kv_fraction)
+    calibration = None
+    if args.step_times:
+        try:
+            rows = hw.read_step_times(args.step_times)
+        except OSError as err:
+            raise UsageError(f"sdsl plan: --step-times: cannot read {args.step_times}: "
+                             f"{err.strerror}") from None
+        except ValueError as err:
+            raise UsageError(f"sdsl plan: --step-times: {err}") from None
+        calibration = hw.calibrate(accelerator, rows, workload=workload)
+        accelerator = calibration.accelerator
+    return accelerator, workload, calibration
+
+
+def _precision(text: str):
+    """'bf16' stays a name; '1.5' becomes bytes per parameter."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _wallclock_record(plan) -> dict:
+    import numpy as np
+    record = {}
+    for key in plan.keys():
+        value = np.ravel(np.asarray(plan[key]))[0]
+        record[key] = bool(value) if value.dtype == bool else _finite_or_none(value)
+    return record
+
+
+def _plan_wallclock(args, record: dict, laws: dict) -> dict:
+    """The --hardware part of `sdsl plan`: the wall-clock plan and the FLOP plan's
+    draft evaluated on the same hardware."""
+    from sdsl_jax import hardware as hw, latency_planner as lp
+    accelerator, workload, calibration = _hardware(args)
+    common = dict(hardware=accelerator, workload=workload, verify=args.verify,
+                  draft_precision=_precision(args.draft_precision),
+                  target_precision=_precision(args.target_precision),
+                  pretraining_law=laws["pretraining_law"], acceptance_law=laws["acceptance_law"])
+    inputs = (record["target_params"], record["draft_tokens"], record["target_tokens"])
+    wall = lp.optimal_draft_size_wallclock(*inputs, method=laws["method"], **common)
+    result = {"wallclock_optimal": _wallclock_record(wall)}
+    if record["pays"]:
+        flop_draft = lp.evaluate_draft_wallclock(record["draft_params"], *inputs, **common)
+        result["flop_optimal_on_hardware"] = _wallclock_record(flop_draft)
+    info = {key: float(accelerator[key]) for key in accelerator.keys()}
+    name = next((key for key, preset in hw.PRESETS.items()
+                 if preset is hw.hardware_preset(args.hardware)), args.hardware)
+    info.update(name=name, batch=args.batch, context=args.context,
+                kv_fraction=args.kv_fraction, draft_precision=args.draft_precision,
+                target_precision=args.target_precision, verify=args.verify)
+    if calibration is not None:
+        info.update(calibrated_from=args.step_times,
+                    calibration_rms_log_error=float(calibration.rms_log_error),
+                    calibration_max_relative_error=float(calibration.max_relative_error))
+    result["hardware"] = info
+    return result
+
+
+def _print_wallclock(record: dict) -> None:
+    from sdsl_jax.quantities import format_count as fc
+    info, wall = record["hardware"], record["wallclock_optimal"]
+    flop_hw = record.get("flop_optimal_on_hardware")
+    print()
+    print(f"Hardware: {info['name']}: {info['peak_flops'] / 1e12:.4g} TFLOP/s, "
+          f"{info['bandwidth'] / 1e12:.3g} TB/s at efficiencies {info['compute_efficiency']:.3g} "
+          f"(compute) and {info['bandwidth_efficiency']:.3g} (bandwidth), "
+          f"{info['overhead'] * 1e3:.3g} ms per step; batch {info['batch']:g}, "
+          f"context {info['context']:g}, {info['draft_precision']} draft, "
+          f"{info['target_precision']} target, verification {info['verify']}")
+    if "calibrated_from" in info:
+        print(f"  calibrated from {info['calibrated_from']}: rms error "
+              f"{info['calibration_rms_log_error']:.1%}, worst {info['calibration_max_relative_error']:.1%}")
+    if not wall["pays"]:
+        print("  On this hardware no draft size beats decoding with the target alone.")
+        return
+    ms = lambda v: f"{v * 1e3:.3g} ms" if v else "-"
+    rows = [("", "FLOP-optimal", "wall-clock-optimal")]
+    flop = flop_hw or {}
+    get = lambda source, key, fmt: fmt(source[key]) if source.get(key) is not None else "-"
+    rows += [
+        ("draft size N*", fc(record["draft_params"]) if record["pays"] else "-", fc(wall["draft_params"])),
+        ("N*/M", f"{record['cost_ratio']:.3e}" if record["pays"] else "-",
+         f"{wall['draft_params'] / record['target_params']:.3e}"),
+        ("acceptance alpha", f"{record['acceptance']:.4f}", f"{wall['acceptance']:.4f}"),
+        ("lookahead by the FLOP law", f"{record['integer_lookahead']:.0f}", "-"),
+        ("lookahead on this hardware", get(flop, "integer_lookahead", lambda v: f"{v:.0f}"),
+         f"{wall['integer_lookahead']:.0f}"),
+        ("  continuous", get(flop, "lookahead", lambda v: f"{v:.2f}"), f"{wall['lookahead']:.2f}"),
+        ("wall-clock speedup", get(flop, "integer_speedup", lambda v: f"{v:.3f}x"),
+         f"{wall['integer_speedup']:.3f}x"),
+        ("tokens per second", get(flop, "integer_tokens_per_second", lambda v: f"{v:.4g}"),
+         f"{wall['integer_tokens_per_second']:.4g}"),
+        ("draft step", get(flop, "draft_step_seconds", ms), ms(wall["draft_step_seconds"])),
+        ("verification step", get(flop, "verify_step_seconds", ms), ms(wall["verify_step_seconds"])),
+        ("target-only step", ms(wall["target_step_seconds"]), ms(wall["target_step_seconds"])),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for name, a, b in rows:
+        print(f"  {name:<{widths[0]}}  {a:<{widths[1]}}  {b}")
+    print("  (speedups and tokens per second at the integer lookahead; "
+          "the target alone decodes "
+          f"{info['batch'] / wall['target_step_seconds']:.4g} tokens per second)")
+
+
 def _plan(args) -> int:
     if args.csv:
         if args.target_params or args.target_tokens:
             raise UsageError("sdsl plan: --csv takes the configurations from the file; "
                              "drop --target-params/--target-tokens")
+        if args.hardware:
+            raise UsageError("sdsl plan: --hardware plans one configuration at a time; drop --csv")
         return _plan_csv(args)
     if args.out or args.resume or args.overwrite:
         raise UsageError("sdsl plan: --out, --resume and --overwrite go with --csv")
@@ -335,9 +479,12 @@ def _plan(args) -> int:
     draft_tokens = args.draft_tokens if args.draft_tokens else args.target_tokens
     inputs = dict(target_params=args.target_params, target_tokens=args.target_tokens,
                   draft_tokens=draft_tokens)
-    plan = planner.optimal_draft_size(args.target_params, draft_tokens, args.target_tokens, **_laws(args))
+    laws = _laws(args)
+    plan = planner.optimal_draft_size(args.target_params, draft_tokens, args.target_tokens, **laws)
     record = _plan_records(plan, inputs)[0]
     record.update(_draft_interval(args, draft_tokens))
+    if args.hardware:
+        record.update(_plan_wallclock(args, record, laws))
     if args.json:
         if args.laws:
             record.update(laws=args.laws)
@@ -346,6 +493,8 @@ def _plan(args) -> int:
         print(json.dumps(record))
     else:
         _print_plan(record, args)
+        if args.hardware:
+            _print_wallclock(record)
     return 0
 
 

@@ -273,25 +273,20 @@ _OBJECTIVES = {
 }
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _plan(settings: planner._Settings, scored: bool, target_params, draft_tokens, target_tokens,
-          pretraining_law, acceptance_law, accelerator, workload, draft_bytes, target_bytes):
-    target_params, draft_tokens, target_tokens = jnp.broadcast_arrays(
-        target_params, draft_tokens, target_tokens)
+def _context(target_params, draft_tokens, target_tokens, pretraining_law, acceptance_law,
+             accelerator, workload, draft_bytes, target_bytes) -> _Context:
     target_ppl = pretraining.perplexity(pretraining_law, target_params, target_tokens)
     draft_data_loss = (pretraining_law.irreducible_loss
                        + pretraining.data_term(pretraining_law, jnp.log(draft_tokens)))
     base = planner._Context(target_params, draft_data_loss, target_ppl, pretraining_law, acceptance_law)
     target_compute, target_memory = hw.roofline_times(accelerator, target_params, 1.0,
                                                       target_bytes, workload)
-    ctx = _Context(base, accelerator, workload, jnp.asarray(draft_bytes, target_params.dtype),
-                   target_compute, target_memory)
-    log_target = jnp.log(target_params)
-    log_lo = log_target + jnp.log(settings.min_cost_ratio)
-    log_hi = log_target + jnp.log(settings.max_cost_ratio)
-    window_lo, window_hi, capped = planner._acceptance_window(base, log_lo, log_hi)
-    log_draft = planner._solve_log_draft(settings, ctx, window_lo, window_hi)
+    return _Context(base, accelerator, workload, jnp.asarray(draft_bytes, target_params.dtype),
+                    target_compute, target_memory)
 
+
+def _report(ctx: _Context, log_draft, scored: bool, clipped_at_cap, at_bound) -> WallClockPlan:
+    """Every field of the plan at draft size exp(log_draft), with its best lookahead."""
     it = _iteration_at(log_draft, ctx)
     gamma = _optimal_lookahead(scored, it)
     pays = (it.acceptance > 0) & (gamma > 0)
@@ -301,15 +296,16 @@ def _plan(settings: planner._Settings, scored: bool, target_params, draft_tokens
     speedup, integer_speedup = jnp.exp(log_s(gamma)), jnp.exp(log_s(integer_gamma))
     one_step = _target_seconds(jnp.ones_like(gamma), it)
     positions = integer_gamma + 1 if scored else jnp.ones_like(gamma)
-    _, draft_ppl, _ = planner._acceptance_at(log_draft, base)
-    raw_alpha = acceptance_lib.raw_acceptance(acceptance_law, draft_ppl, target_ppl)
-    rate = workload.batch / one_step
+    _, draft_ppl, _ = planner._acceptance_at(log_draft, ctx.base)
+    raw_alpha = acceptance_lib.raw_acceptance(ctx.base.acceptance_law, draft_ppl,
+                                              ctx.base.target_perplexity)
+    rate = ctx.workload.batch / one_step
     no_draft = lambda value, fallback: jnp.where(pays, value, fallback)
     return WallClockPlan(
         draft_params=no_draft(jnp.exp(log_draft), 0.0),
         cost_ratio=no_draft(it.draft_seconds / one_step, 0.0),
         draft_perplexity=no_draft(draft_ppl, jnp.inf),
-        target_perplexity=target_ppl,
+        target_perplexity=ctx.base.target_perplexity,
         acceptance=no_draft(it.acceptance, 0.0),
         lookahead=no_draft(gamma, 0.0),
         integer_lookahead=no_draft(integer_gamma, 0.0),
@@ -322,9 +318,34 @@ def _plan(settings: planner._Settings, scored: bool, target_params, draft_tokens
         verify_step_seconds=no_draft(_target_seconds(positions, it), one_step),
         pays=pays,
         extrapolated=pays & ((raw_alpha < 0) | (raw_alpha > acceptance_lib.MAX_ACCEPTANCE)
-                             | (capped & (log_draft >= window_hi))),
-        at_bound=pays & ((log_draft <= log_lo) | (log_draft >= log_hi)),
+                             | clipped_at_cap),
+        at_bound=pays & at_bound,
     )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _plan(settings: planner._Settings, scored: bool, target_params, draft_tokens, target_tokens,
+          *laws_and_hardware):
+    target_params, draft_tokens, target_tokens = jnp.broadcast_arrays(
+        target_params, draft_tokens, target_tokens)
+    ctx = _context(target_params, draft_tokens, target_tokens, *laws_and_hardware)
+    log_target = jnp.log(target_params)
+    log_lo = log_target + jnp.log(settings.min_cost_ratio)
+    log_hi = log_target + jnp.log(settings.max_cost_ratio)
+    window_lo, window_hi, capped = planner._acceptance_window(ctx.base, log_lo, log_hi)
+    log_draft = planner._solve_log_draft(settings, ctx, window_lo, window_hi)
+    return _report(ctx, log_draft, scored, capped & (log_draft >= window_hi),
+                   (log_draft <= log_lo) | (log_draft >= log_hi))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _evaluate(scored: bool, draft_params, target_params, draft_tokens, target_tokens,
+              *laws_and_hardware):
+    draft_params, target_params, draft_tokens, target_tokens = jnp.broadcast_arrays(
+        draft_params, target_params, draft_tokens, target_tokens)
+    ctx = _context(target_params, draft_tokens, target_tokens, *laws_and_hardware)
+    no = jnp.zeros(draft_params.shape, bool)
+    return _report(ctx, jnp.log(draft_params), scored, no, no)
 
 
 def _bytes(name, precision, dtype):
@@ -335,6 +356,24 @@ def _bytes(name, precision, dtype):
             raise ValueError(f"{name}: {err}") from None
     _validate.check_positive(name, precision)
     return jnp.asarray(precision, dtype)
+
+
+def _prepare(dtype, hardware, workload, draft_precision, target_precision, verify,
+             pretraining_law, acceptance_law):
+    """Validated (scored, laws and hardware as dtype arrays), shared by both entry points."""
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+    accelerator = hw.hardware_preset(hardware) if isinstance(hardware, str) else hardware
+    workload = hw.Workload() if workload is None else workload
+    hw.check_accelerator(accelerator)
+    hw.check_workload(workload)
+    pretraining_law = pretraining.BESIROGLU_2024 if pretraining_law is None else pretraining_law
+    acceptance_law = acceptance_lib.SDSL_2026 if acceptance_law is None else acceptance_law
+    as_float = lambda tree: jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype), tree)
+    return verify == "scored", (as_float(pretraining_law), as_float(acceptance_law),
+                                as_float(accelerator), as_float(workload),
+                                _bytes("draft_precision", draft_precision, dtype),
+                                _bytes("target_precision", target_precision, dtype))
 
 
 def optimal_draft_size_wallclock(
@@ -377,28 +416,51 @@ def optimal_draft_size_wallclock(
     """
     if method not in planner.METHODS:
         raise ValueError(f"method must be one of {planner.METHODS}, got {method!r}")
-    if verify not in VERIFY_MODES:
-        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
     lo, hi = (float(b) for b in cost_ratio_bounds)
     if not 0 < lo < hi <= 1:
         raise ValueError(f"cost_ratio_bounds must satisfy 0 < low < high <= 1, got {cost_ratio_bounds}")
     _validate.check_positive("target_params", target_params)
     _validate.check_positive("draft_tokens", draft_tokens)
     _validate.check_positive("target_tokens", target_tokens)
-    accelerator = hw.hardware_preset(hardware) if isinstance(hardware, str) else hardware
-    workload = hw.Workload() if workload is None else workload
-    hw.check_accelerator(accelerator)
-    hw.check_workload(workload)
-    pretraining_law = pretraining.BESIROGLU_2024 if pretraining_law is None else pretraining_law
-    acceptance_law = acceptance_lib.SDSL_2026 if acceptance_law is None else acceptance_law
     dtype = jnp.result_type(target_params, draft_tokens, target_tokens, float)
-    as_float = lambda tree: jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype), tree)
-    scored = verify == "scored"
+    scored, rest = _prepare(dtype, hardware, workload, draft_precision, target_precision, verify,
+                            pretraining_law, acceptance_law)
     settings = planner._Settings(method=method, min_cost_ratio=lo, max_cost_ratio=hi,
                                  grid_size=8, root_steps=8, lbfgs_steps=60,
                                  objective=_OBJECTIVES[scored])
+    as_float = lambda v: jnp.asarray(v, dtype)
     return _plan(settings, scored, as_float(target_params), as_float(draft_tokens),
-                 as_float(target_tokens), as_float(pretraining_law), as_float(acceptance_law),
-                 as_float(accelerator), as_float(workload),
-                 _bytes("draft_precision", draft_precision, dtype),
-                 _bytes("target_precision", target_precision, dtype))
+                 as_float(target_tokens), *rest)
+
+
+def evaluate_draft_wallclock(
+    draft_params: ArrayLike,
+    target_params: ArrayLike,
+    draft_tokens: ArrayLike,
+    target_tokens: ArrayLike,
+    *,
+    hardware: hw.Accelerator | str,
+    workload: hw.Workload | None = None,
+    draft_precision: ArrayLike | str = "bf16",
+    target_precision: ArrayLike | str = "bf16",
+    verify: str = "scored",
+    pretraining_law: pretraining.PretrainingLaw | None = None,
+    acceptance_law: acceptance_lib.AcceptanceLaw | None = None,
+) -> WallClockPlan:
+    """What a given draft size N achieves on ``hardware``, with its best lookahead.
+
+    The same fields as :func:`optimal_draft_size_wallclock`, at N =
+    ``draft_params`` instead of N*: e.g. the wall-clock speedup of the
+    FLOP-optimal draft, to see what optimising FLOPs costs on this machine.
+    ``at_bound`` and the window part of ``extrapolated`` are False.
+    """
+    _validate.check_positive("draft_params", draft_params)
+    _validate.check_positive("target_params", target_params)
+    _validate.check_positive("draft_tokens", draft_tokens)
+    _validate.check_positive("target_tokens", target_tokens)
+    dtype = jnp.result_type(draft_params, target_params, draft_tokens, target_tokens, float)
+    scored, rest = _prepare(dtype, hardware, workload, draft_precision, target_precision, verify,
+                            pretraining_law, acceptance_law)
+    as_float = lambda v: jnp.asarray(v, dtype)
+    return _evaluate(scored, as_float(draft_params), as_float(target_params),
+                     as_float(draft_tokens), as_float(target_tokens), *rest)

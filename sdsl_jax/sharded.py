@@ -223,3 +223,48 @@ def shard_rows(rows, mesh: Mesh | None = None, *, weight_field: str = "weight"):
         return _place(host, sharding)
 
     return jax.tree_util.tree_map(place, padded), count
+
+
+@functools.lru_cache(maxsize=16)
+def _draft_size_fn(fields: tuple[str, ...], method: str):
+    from sdsl_jax import planner
+
+    def plan(target_params, draft_tokens, target_tokens, pretraining_law, acceptance_law):
+        result = planner.optimal_draft_size(target_params, draft_tokens, target_tokens,
+                                            pretraining_law=pretraining_law,
+                                            acceptance_law=acceptance_law, method=method)
+        return {name: result[name] for name in fields}
+
+    return plan
+
+
+def plan_sharded(target_params, draft_tokens, target_tokens, *, fields: Sequence[str] | None = None,
+                 pretraining_law=None, acceptance_law=None, method: str = "bracket",
+                 chunk_size: int = DEFAULT_CHUNK, mesh: Mesh | None = None, dtype=None) -> dict:
+    """:func:`sdsl_jax.optimal_draft_size` for many configurations, over every device.
+
+    Args:
+      target_params, draft_tokens, target_tokens: array-likes that broadcast together.
+      fields: which :class:`~sdsl_jax.planner.DraftPlan` fields to bring back
+        (default all; fewer fields, less to copy to the host).
+      pretraining_law, acceptance_law, method: as for :func:`sdsl_jax.optimal_draft_size`.
+      chunk_size, mesh, dtype: as for :func:`map_configs`.
+
+    Returns:
+      A dict of numpy arrays of the inputs' broadcast shape.
+    """
+    from sdsl_jax import _validate, acceptance_law as acceptance_lib, planner, pretraining_law as pretraining
+    names = tuple(planner.DraftPlan.__dataclass_fields__)
+    fields = names if fields is None else tuple(fields)
+    for name in fields:
+        if name not in names:
+            raise ValueError(f"fields: {name!r} is not a DraftPlan field; choose from {names}")
+    if method not in planner.METHODS:
+        raise ValueError(f"method must be one of {planner.METHODS}, got {method!r}")
+    for name, value in (("target_params", target_params), ("draft_tokens", draft_tokens),
+                        ("target_tokens", target_tokens)):
+        _validate.check_positive(name, value)
+    laws = (pretraining.BESIROGLU_2024 if pretraining_law is None else pretraining_law,
+            acceptance_lib.SDSL_2026 if acceptance_law is None else acceptance_law)
+    return map_configs(_draft_size_fn(fields, method), target_params, draft_tokens, target_tokens,
+                       shared=laws, chunk_size=chunk_size, mesh=mesh, dtype=dtype)
