@@ -186,7 +186,7 @@ def _plane(args, usage_error):
 def _throughput(args, usage_error):
     import numpy as np
     from sdsl_jax.plots.throughput_curves import plot_throughput
-    laws, _ = _laws(args, usage_error)
+    laws, source = _laws(args, usage_error)
     grid = None
     if args.draft_range:
         low, high = args.draft_range
@@ -198,16 +198,17 @@ def _throughput(args, usage_error):
     return plot_throughput(laws, args.target_params, args.target_tokens, args.draft_tokens,
                            draft_params=grid, metric=args.metric, interval=args.interval,
                            confidence=args.confidence, solver=args.method, points=args.points,
-                           title=args.title)
+                           laws_source=source, title=args.title)
 
 
 def _acceptance(args, usage_error):
     from sdsl_jax.plots.acceptance_curves import plot_acceptance
     if args.measurements:
         measurements = _measurements(args.measurements, usage_error)
-        laws = _laws(args, usage_error)[0] if (args.laws or args.acceptance_law) else None
-        return plot_acceptance(measurements, laws, weighting=args.weighting, title=args.title)
-    laws, _ = _laws(args, usage_error)
+        laws, source = _laws(args, usage_error) if (args.laws or args.acceptance_law) else (None, None)
+        return plot_acceptance(measurements, laws, weighting=args.weighting, laws_source=source,
+                               title=args.title)
+    laws, source = _laws(args, usage_error)
     tokens = args.target_tokens
     if len(tokens) not in (1, len(args.target_params)):
         raise usage_error(f"sdsl plot acceptance: argument --target-tokens: give one value or one per "
@@ -215,7 +216,7 @@ def _acceptance(args, usage_error):
     return plot_acceptance(None, laws, target_params=args.target_params,
                            target_tokens=tokens if len(tokens) > 1 else tokens[0],
                            draft_perplexity_range=args.draft_perplexity, interval=args.interval,
-                           confidence=args.confidence, title=args.title)
+                           confidence=args.confidence, laws_source=source, title=args.title)
 
 
 def _latency(args, usage_error):
@@ -236,13 +237,13 @@ def _latency(args, usage_error):
 
 def _draft_size(args, usage_error):
     from sdsl_jax.plots.draft_size import plot_draft_size
-    laws, _ = _laws(args, usage_error)
+    laws, source = _laws(args, usage_error)
     return plot_draft_size(laws, target_params=args.target_params, target_tokens=args.target_tokens,
                            draft_tokens=args.draft_tokens, target_params_range=args.target_params_range,
                            draft_tokens_range=args.draft_tokens_range,
                            target_tokens_range=args.target_tokens_range, points=args.points,
                            interval=args.interval, confidence=args.confidence, solver=args.method,
-                           show_rule=not args.no_rule, title=args.title)
+                           show_rule=not args.no_rule, laws_source=source, title=args.title)
 
 
 _DRAW = {"plane": _plane, "throughput": _throughput, "acceptance": _acceptance,

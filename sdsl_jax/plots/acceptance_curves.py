@@ -70,7 +70,7 @@ def _plane_line(vector, draft_perplexity, target_params, target_tokens):
 def plot_acceptance(measurements=None, laws: laws_lib.FittedLaws | None = None, *,
                     target_params=None, target_tokens=None, draft_perplexity_range=(8.0, 40.0),
                     weighting: str = "auto", interval: str = "auto", confidence: float = 0.95,
-                    title: str | None = None):
+                    laws_source: str | None = None, title: str | None = None):
     """Acceptance against draft perplexity, one line per target.
 
     Args:
@@ -82,6 +82,7 @@ def plot_acceptance(measurements=None, laws: laws_lib.FittedLaws | None = None, 
       draft_perplexity_range: the x range of the laws-only lines.
       weighting: the per-target fits' weighting ("auto", "interval", "equal").
       interval: the band for laws-only lines ("auto", "bootstrap", "delta", "none").
+      laws_source: where the laws came from, for the title and legend.
 
     Returns:
       The Figure. Per target k its Axes holds the fitted line (gid "fit:k"),
@@ -92,11 +93,13 @@ def plot_acceptance(measurements=None, laws: laws_lib.FittedLaws | None = None, 
         raise ValueError("give a measurement set, laws, or both")
     fig, (ax,) = style.new_figure(width=11.5, height=5.4)
     if measurements is not None:
-        _draw_measured(ax, measurements, laws, weighting)
+        _draw_measured(ax, measurements, laws, weighting, laws_source)
         source = f"{len(measurements)} measurements from {measurements.source}"
+        if laws is not None:
+            source += f"\ndashed: the plane of {laws_source or 'the given laws'}"
     else:
         _draw_laws(ax, laws, target_params, target_tokens, draft_perplexity_range, interval, confidence)
-        source = "predicted by the acceptance and pre-training laws"
+        source = f"predicted by {laws_source or 'the acceptance and pre-training laws'}"
     ax.set_xlabel(DRAFT_PERPLEXITY_LABEL)
     ax.set_ylabel(ACCEPTANCE_LABEL)
     style.grid(ax)
@@ -107,7 +110,7 @@ def plot_acceptance(measurements=None, laws: laws_lib.FittedLaws | None = None, 
     return fig
 
 
-def _draw_measured(ax, measurements, laws, weighting):
+def _draw_measured(ax, measurements, laws, weighting, laws_source):
     rows, targets = fit_data.acceptance_rows(measurements, weighting)
     fit = plane_fit.fit_per_target(rows, len(targets))
     slope, intercept, r2 = (np.asarray(v, np.float64) for v in (fit.draft_coeff, fit.intercept, fit.r2))
@@ -142,7 +145,7 @@ def _draw_measured(ax, measurements, laws, weighting):
             (dashed,) = ax.plot(grid, np.asarray(plane), color=palette[k], lw=1.3, ls="--")
             dashed.set_gid(f"plane:{k}")
     if laws is not None:
-        ax.plot([], [], color="gray", ls="--", lw=1.3, label="the joint plane A x + B y + C at the target's y")
+        ax.plot([], [], color="gray", ls="--", lw=1.3, label="the laws' plane A x + B y + C at the target's y")
     ax.plot([], [], "o", color="gray", label="measured, with 95% interval")
 
 

@@ -46,7 +46,7 @@ def plot_draft_size(laws: laws_lib.FittedLaws, *, target_params: float = 70e9,
                     target_params_range=(1e9, 3e11), draft_tokens_range=(1e10, 1e14),
                     target_tokens_range=(1e10, 1e14), points: int = 40, interval: str = "auto",
                     confidence: float = 0.95, solver: str = "bracket", show_rule: bool = True,
-                    title: str | None = None):
+                    laws_source: str | None = None, title: str | None = None):
     """N* and N*/M against M, D and D' (2 x 3 panels).
 
     Args:
@@ -56,6 +56,7 @@ def plot_draft_size(laws: laws_lib.FittedLaws, *, target_params: float = 70e9,
       *_range: (low, high) of each sweep.
       points: configurations per sweep.
       show_rule: draw the paper's linear rule in the M column.
+      laws_source: where the laws came from, for the title.
 
     Returns:
       The Figure. axes[j] (top row) holds N* for sweep j (gid "nstar") and
@@ -127,14 +128,14 @@ def plot_draft_size(laws: laws_lib.FittedLaws, *, target_params: float = 70e9,
         bottom.set_ylabel("cost ratio N* / M")
     if low is not None:
         axes[0].fill_between([], [], [], color="C0", alpha=0.3, label=bands.band_label(method, laws, confidence))
-        if np.any(low == 0):
-            # draft_size_interval counts a resample under which no draft pays as N* = 0.
-            fig.text(0.5, 0.005, "Where a band reaches 0, some resampled laws find that no draft "
-                     "size pays there (N* = 0).", ha="center", fontsize=8, color="dimgray")
     axes[0].legend(fontsize=8, loc="upper left")
-    fig.suptitle(title or "Throughput-optimal draft size N* as the target size and the training "
-                 "data vary\n(top: N* in parameters; bottom: N* as a fraction of the target size M)",
-                 fontsize=12)
+    heading = ("Throughput-optimal draft size N* as the target size and the training data vary"
+               "\n(top: N* in parameters; bottom: N* as a fraction of the target size M)"
+               f"\nlaws: {laws_source or 'as given'}")
+    if low is not None and np.any(low[:-1] == 0):
+        # A resample under which no draft pays counts as N* = 0 (as in draft_size_interval).
+        heading += "\nwhere a band reaches 0, some resampled laws find that no draft size pays there"
+    fig.suptitle(title or heading, fontsize=12)
     return fig
 
 

@@ -65,7 +65,7 @@ def default_draft_grid(plan_draft_params, target_params, points: int) -> np.ndar
 def plot_throughput(laws: laws_lib.FittedLaws, target_params, target_tokens, draft_tokens=None, *,
                     draft_params=None, metric: str = "speedup", interval: str = "auto",
                     confidence: float = 0.95, solver: str = "bracket", points: int = 200,
-                    title: str | None = None):
+                    laws_source: str | None = None, title: str | None = None):
     """Predicted speedup (or tokens per FLOP) against draft size N, one curve per target.
 
     Args:
@@ -78,6 +78,7 @@ def plot_throughput(laws: laws_lib.FittedLaws, target_params, target_tokens, dra
       metric: "speedup" (x over the target alone) or "tokens-per-flop".
       interval: "auto", "bootstrap", "delta" or "none".
       points: size of the default grid.
+      laws_source: where the laws came from, for the title.
 
     Returns:
       The matplotlib Figure. Its one Axes holds, per target k, a curve with
@@ -153,5 +154,6 @@ def plot_throughput(laws: laws_lib.FittedLaws, target_params, target_tokens, dra
     ax.plot([], [], "o", color="white", mec="black", mew=1.2, ms=8, label=marker_label)
     ax.legend(fontsize=8, loc="best", framealpha=0.9)
     ax.set_title(title or "Predicted throughput against draft size (speculative decoding)\n"
-                 "marker: throughput-optimal draft size N* from the planner", fontsize=11)
+                 "marker: throughput-optimal draft size N* from the planner\n"
+                 f"laws: {laws_source or 'as given'}", fontsize=11)
     return fig
