@@ -187,3 +187,15 @@ def test_bad_inputs_raise_clear_errors(params):
         models.as_decoder(params, wide)
     with pytest.raises(ValueError, match="start must have shape"):
         models.apply(CONFIG, params, jnp.zeros((2, 3), jnp.int32), jnp.zeros(3, jnp.int32))
+
+
+def test_float32_model_stays_float32_under_x64(decoder, sequences, full_logits):
+    # `sdsl` runs its commands with x64 enabled: the cache (a loop carry) and the
+    # logits must keep the model's dtype there too.
+    with jax.enable_x64(True):
+        cache = decoder.init_cache(3, MAX_LEN)
+        logits, cache = jax.jit(decoder.forward)(decoder.params, sequences[:, :8],
+                                                 jnp.zeros(3, jnp.int64), cache)
+        assert logits.dtype == jnp.float32
+        assert all(k.dtype == jnp.float32 for k in cache.keys + cache.values)
+    np.testing.assert_allclose(np.asarray(logits), full_logits[:, :8], atol=ATOL)

@@ -168,10 +168,15 @@ def test_kill_9_midway_then_rerun_resumes_from_the_checkpoint_and_matches(
     done = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
     assert CHECKPOINT_EVERY <= done[-1] < STEPS
     assert not (out / "10k" / "model.json").exists()
+    # What a kill during a save leaves: orbax's temporary directory, never a checkpoint.
+    torn = checkpoints / f"{done[-1] + CHECKPOINT_EVERY}.orbax-checkpoint-tmp-1700000000"
+    (torn / "params").mkdir(parents=True)
+    (torn / "params" / "junk").write_bytes(b"\0" * 100)
 
     assert cli.main(args) == 0        # the same command again
     err = capsys.readouterr().err
     assert f"10k: resuming from the checkpoint at step {done[-1]} of {STEPS}" in err
+    assert not torn.exists()
     resumed = ckpt.load_decoder(str(out / "10k"))
     uninterrupted = ckpt.load_decoder(str(reference[0]))
     # Batches are a function of (seed, step) and the state is restored exactly,

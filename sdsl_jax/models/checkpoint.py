@@ -53,10 +53,16 @@ def read_json(path: str) -> dict:
         raise CheckpointError(f"{path} is not valid JSON: {err}") from None
 
 
-def checkpoint_manager(model_dir: str, keep: int = 2, create: bool = True):
-    """An orbax CheckpointManager over ``model_dir/checkpoints`` (synchronous saves)."""
+def checkpoint_manager(model_dir: str, keep: int = 2, writable: bool = True):
+    """An orbax CheckpointManager over ``model_dir/checkpoints`` (synchronous saves).
+
+    A writable one removes the temporary directory of a save that was killed
+    midway; orbax never reports such a directory as a checkpoint.
+    """
     import orbax.checkpoint as ocp
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=writable,
+                                           cleanup_tmp_directories=writable,
+                                           read_only=not writable,
                                            enable_async_checkpointing=False)
     return ocp.CheckpointManager(os.path.abspath(os.path.join(model_dir, CHECKPOINT_DIR)),
                                  options=options)
@@ -104,7 +110,7 @@ def load_decoder(model_dir: str, step: int | None = None):
         raise CheckpointError(f"{config_path}: bad model config: {err}") from None
     if not os.path.isdir(os.path.join(model_dir, CHECKPOINT_DIR)):
         raise CheckpointError(f"{model_dir} has no checkpoint yet")
-    manager = checkpoint_manager(model_dir, create=False)
+    manager = checkpoint_manager(model_dir, writable=False)
     steps = manager.all_steps()
     if not steps:
         raise CheckpointError(f"{model_dir} has no checkpoint yet")
