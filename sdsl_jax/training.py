@@ -302,6 +302,7 @@ def train_model(name: str, corpus: corpus_lib.Corpus, settings: TrainSettings, m
     data_key = jax.random.fold_in(jax.random.PRNGKey(settings.seed), 1)
     train_step = make_train_step(config, settings)
     last_loss = None
+    recent = []  # device scalars since the last readout: reading them is the only sync
     timed_from = None
     disable = {True: False, False: True, None: None}[progress]  # None: on a terminal only
     with tqdm(total=settings.steps, initial=start, desc=name, unit="step", disable=disable,
@@ -310,14 +311,17 @@ def train_model(name: str, corpus: corpus_lib.Corpus, settings: TrainSettings, m
             packed, opt_state, loss = train_step(packed, opt_state, tokens, data_key,
                                                  jnp.int32(step))
             done = step + 1
+            recent.append(loss)
             if timed_from is None:  # leave compilation out of the throughput
                 jax.block_until_ready(loss)
                 timed_from = (time.perf_counter(), done)
-            if done % settings.log_every == 0 or done == settings.steps:
-                last_loss = float(loss)
+            checkpoint_now = done % settings.checkpoint_every == 0 or done == settings.steps
+            if done % settings.log_every == 0 or checkpoint_now:
+                # The mean over the steps since the last readout: one batch is noisy.
+                last_loss = sum(float(x) for x in recent) / len(recent)
+                recent.clear()
                 bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
-            if done % settings.checkpoint_every == 0 or done == settings.steps:
-                last_loss = float(loss)
+            if checkpoint_now:
                 ckpt.save_checkpoint(manager, done, packing.unpack(packed), opt_state, {
                     "step": done, "tokens": done * settings.tokens_per_step,
                     "train_loss": last_loss, "seed": settings.seed,

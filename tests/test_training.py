@@ -145,7 +145,7 @@ def test_training_reduces_validation_loss_and_writes_a_card(reference, small_cor
     assert card["params"] == models.param_counts(config)["total"] == 10336
     assert card["tokens"] == STEPS * 4 * 32
     assert card["resumed_from"] == 0
-    on_disk = json.loads((model_dir / "model.json").read_text())
+    on_disk = ckpt.load_card(str(model_dir))
     assert on_disk["validation_loss"] == card["validation_loss"]
     assert on_disk["corpus"]["fingerprint"] == small_corpus.fingerprint
     steps = sorted(int(p.name) for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit())
@@ -168,6 +168,8 @@ def test_kill_9_midway_then_rerun_resumes_from_the_checkpoint_and_matches(
     done = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
     assert CHECKPOINT_EVERY <= done[-1] < STEPS
     assert not (out / "10k" / "model.json").exists()
+    with pytest.raises(ckpt.CheckpointError, match="has not finished"):
+        ckpt.load_card(str(out / "10k"))
     # What a kill during a save leaves: orbax's temporary directory, never a checkpoint.
     torn = checkpoints / f"{done[-1] + CHECKPOINT_EVERY}.orbax-checkpoint-tmp-1700000000"
     (torn / "params").mkdir(parents=True)
@@ -197,6 +199,14 @@ def test_finished_run_is_skipped_and_changed_settings_are_refused(reference, sma
                                         checkpoint_every=CHECKPOINT_EVERY, eval_tokens=1024)
     with pytest.raises(training.TrainingError, match="different seed"):
         training.train_model("10k", small_corpus, other_seed, str(model_dir), progress=False)
+
+
+def test_load_decoder_names_what_is_missing(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="not a model directory"):
+        ckpt.load_decoder(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"model": models.SIZES["10k"].to_json()}))
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint yet"):
+        ckpt.load_decoder(str(tmp_path))
 
 
 def _one_line_error(capsys, argv, alone=True):

@@ -4,7 +4,7 @@ Imports flax; the rest of sdsl_jax does not need it, so nothing outside the
 decoding stack imports this package eagerly.
 """
 
-from sdsl_jax.models.checkpoint import CheckpointError, load_decoder
+from sdsl_jax.models.checkpoint import CheckpointError, load_card, load_decoder
 from sdsl_jax.models.config import (FAMILIES, LEARNING_RATES, SIZES, ModelConfig, family_sizes,
                                     model_config, param_counts)
 from sdsl_jax.models.functional import (TransformerForward, TransformerInitCache, abstract_params,
@@ -12,7 +12,7 @@ from sdsl_jax.models.functional import (TransformerForward, TransformerInitCache
 from sdsl_jax.models.transformer import KVCache, Transformer, init_cache
 
 __all__ = [
-    "CheckpointError", "load_decoder",
+    "CheckpointError", "load_card", "load_decoder",
     "FAMILIES", "LEARNING_RATES", "SIZES", "ModelConfig", "family_sizes", "model_config",
     "param_counts", "TransformerForward", "TransformerInitCache", "abstract_params", "apply",
     "as_decoder", "count_params", "init_params", "KVCache", "Transformer", "init_cache",

@@ -6,6 +6,19 @@ Layout of ``<out>/<size>/`` as ``sdsl train`` writes it::
   checkpoints/<s>/  orbax checkpoint at step s: params, optimizer state, metadata
   model.json        written last: params count, tokens seen, validation perplexity
 
+model.json, the card a measurement row takes its draft (or target) columns from:
+
+  name, family, model (the ModelConfig), settings, corpus (fingerprint, sizes)
+  params                total parameter count: draft_params / target_params
+  non_embedding_params  params less the V x d embedding
+  tokens                training tokens seen (steps x batch x seq_len): draft_tokens
+  perplexity            exp(validation_loss) on held-out text: per byte, since
+                        a token is a byte
+  validation_loss       mean next-byte cross-entropy in nats; bits_per_byte
+  validation_tokens     how many held-out tokens were scored
+  train_loss            mean training loss over the last logged steps
+  steps, tokens_per_second, checkpoint_step
+
 orbax writes a checkpoint into a temporary directory and renames it into
 place when complete, so a run killed mid-save leaves the previous checkpoint
 as the latest one. The JSON files are replaced atomically the same way.
@@ -85,6 +98,15 @@ def restore_checkpoint(manager, step: int, abstract_params, abstract_opt_state=N
         items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
     return restored["params"], restored.get("opt_state"), restored["metadata"]
+
+
+def load_card(model_dir: str) -> dict:
+    """The model.json of a finished ``sdsl train`` run (see the module docstring)."""
+    path = os.path.join(model_dir, CARD_FILE)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{model_dir} has no {CARD_FILE}: its training has not finished "
+                              "(rerun the same `sdsl train` command to complete it)")
+    return read_json(path)
 
 
 def load_decoder(model_dir: str, step: int | None = None):
