@@ -75,6 +75,13 @@ def ngram_forward(params: dict, tokens: jax.Array, start: jax.Array, cache: jax.
         for weight in params["mlp"]:
             x = jnp.tanh(x @ weight)
         logits = logits + params["mlp_scale"] * (x @ params["readout"])
+    if "shared_mlp" in params:
+        # One MLP pass per forward on the chunk's mean embedding: a cost that
+        # does not grow with the chunk, like a memory-bound accelerator step.
+        x = jnp.mean(params["embed"][tokens], axis=1)
+        for weight in params["shared_mlp"]:
+            x = jnp.tanh(x @ weight)
+        logits = logits + params["mlp_scale"] * (x @ params["readout"])[:, None, :]
     return logits, cache
 
 
@@ -126,13 +133,18 @@ def random_ngram_decoder(seed: int, vocab_size: int, order: int, scale: float = 
 
 
 def mlp_ngram_decoder(seed: int, table: jax.Array, width: int, depth: int,
-                      mlp_scale: float = 1e-2, name: str = "mlp-ngram") -> Decoder:
-    """An n-gram decoder plus a ``depth``-layer tanh MLP of ``width`` units per token.
+                      mlp_scale: float = 1e-2, per_token: bool = True,
+                      name: str = "mlp-ngram") -> Decoder:
+    """An n-gram decoder plus a ``depth``-layer tanh MLP of ``width`` units.
 
-    The MLP costs about 2 * depth * width**2 FLOPs per token (and reads
-    depth * width**2 weights per forward), which sets the decoder's cost; its
-    output is scaled by ``mlp_scale`` so the distribution stays close to the
-    table's. Weights are drawn with numpy from ``seed``.
+    With ``per_token`` the MLP runs on every token of a forward (about
+    2 * depth * width**2 FLOPs per token, as in a transformer on a
+    compute-bound device, where verifying gamma + 1 tokens costs more than one
+    step). Otherwise it runs once per forward on the mean embedding of the
+    chunk, so a forward costs the same for 1 or gamma + 1 tokens: the
+    memory-bound regime the throughput law assumes. Either way its output is
+    scaled by ``mlp_scale`` so the distribution stays close to the table's.
+    Weights are drawn with numpy from ``seed``.
     """
     if width < 1 or depth < 1:
         raise ValueError(f"width and depth must be >= 1, got {width}, {depth}")
@@ -147,7 +159,8 @@ def mlp_ngram_decoder(seed: int, table: jax.Array, width: int, depth: int,
     params = {
         "table": table,
         "embed": normal(vocab_size, width),
-        "mlp": [normal(width, width, scale=1 / math.sqrt(width)) for _ in range(depth)],
+        "mlp" if per_token else "shared_mlp": [
+            normal(width, width, scale=1 / math.sqrt(width)) for _ in range(depth)],
         "readout": normal(width, vocab_size, scale=1 / math.sqrt(width)),
         "mlp_scale": jnp.asarray(mlp_scale, dtype),
     }

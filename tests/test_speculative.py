@@ -61,6 +61,18 @@ def test_sample_inverts_the_cdf_exactly():
     u = (jnp.arange(m) + 0.5) / m
     counts = np.bincount(np.asarray(sample(u, jnp.broadcast_to(weights, (m, 6)))), minlength=6)
     np.testing.assert_allclose(counts / m, weights, atol=1.5 / m)
+    # Against a float64 searchsorted for vocabularies around the block size
+    # (the CDF is summed in blocks of about sqrt(V)).
+    grid = (np.arange(4000) + 0.5) / 4000
+    for vocab in (1, 2, 3, 16, 17, 130, 1000):
+        rng = np.random.default_rng(vocab)
+        w = (rng.random(vocab) * (rng.random(vocab) > 0.3)).astype(np.float32)
+        w[0] += np.float32(w.sum() == 0)
+        got = np.asarray(sample(jnp.asarray(grid, jnp.float32),
+                                jnp.broadcast_to(jnp.asarray(w), (grid.size, vocab))))
+        ref = np.searchsorted(np.cumsum(w, dtype=np.float64), grid * w.astype(np.float64).sum(),
+                              side="right")
+        assert np.sum(got != ref) <= 1 and np.all(w[got] > 0), vocab
     # Unnormalised weights and the ends of [0, 1): never a zero-weight token.
     assert int(sample(jnp.float32(0.0), 7 * weights)) == 1
     assert int(sample(jnp.nextafter(jnp.float32(1), jnp.float32(0)), weights)) == 4
@@ -189,6 +201,12 @@ def test_toy_decoder_validation_and_sizes():
     # tanh outputs are bounded by 1, so the MLP moves the logits by at most 0.01 * |readout|_1.
     bound = 0.01 * np.abs(np.asarray(dec.params["readout"])).sum(axis=0)
     assert np.all(np.abs(np.asarray(logits)) <= bound + 1e-6) and np.any(np.asarray(logits) != 0)
+    # The per-forward MLP adds one offset to every position of the chunk.
+    shared = mlp_ngram_decoder(0, np.zeros((5, 5), np.float32), width=8, depth=1, per_token=False)
+    logits, _ = jax.jit(shared.forward)(shared.params, jnp.array([[1, 2, 4]]), jnp.array([0]),
+                                        shared.init_cache(1, 4))
+    np.testing.assert_allclose(logits[0, 0], logits[0, 2])
+    assert np.any(np.asarray(logits) != 0)
 
 
 # --------------------------------------------------------------------------
