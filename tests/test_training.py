@@ -56,8 +56,9 @@ def killed_run(corpus_dir, tmp_path_factory):
     """`sdsl train` in a subprocess, killed with SIGKILL as soon as its first checkpoint lands.
 
     Started before the in-process reference run so the two compile side by
-    side; a watcher thread does the kill. Returns (args, out dir, watcher
-    result) once the kill has happened.
+    side; a watcher thread does the kill. Yields (args, out dir, watcher
+    thread, process, watcher result, log path) at once: join the watcher
+    before looking at the result.
     """
     out = tmp_path_factory.mktemp("killed") / "run"
     args = _cli_args(corpus_dir, out)
