@@ -28,12 +28,12 @@ quasi-concave and its maximiser is unique: the root of
     phi(gamma) = d/dgamma log S = L / expm1((gamma + 1) L) - D'(gamma) / D(gamma),
 
 L = -log alpha, where phi(0) > 0 (drafting pays), else 0. With a hard maximum
-D is piecewise linear and the root has a closed form on each piece (the
-Lambert W form of :mod:`sdsl_jax.throughput` with the piece's cost ratio,
-or the corner between the pieces); that answer starts a safeguarded Newton
-iteration on phi (the bracket, kept by the sign of phi, catches any step
-that leaves it). Its derivatives come from the implicit function theorem on
-phi = 0, not from the iteration.
+D is piecewise linear and the root lies on one piece (where the Lambert W form
+of :mod:`sdsl_jax.throughput` with that piece's cost ratio gives it) or at
+the corner between them; that answer, from the leading terms of W's series,
+starts a safeguarded Newton iteration on phi (the bracket, kept by the sign
+of phi, catches any step that leaves it). Its derivatives come from the
+implicit function theorem on phi = 0, not from the iteration.
 
 Limits (tests/test_latency_planner.py checks each against an independent
 brute force):
@@ -67,8 +67,9 @@ from sdsl_jax import pretraining_law as pretraining
 from sdsl_jax import throughput
 
 VERIFY_MODES = ("scored", "one_step")
-# 12 safeguarded Newton steps: on 3000 random problems (sharpness 2 to 64, alpha
-# 0.3 to 0.999) none lands below scipy's bounded search (xatol 1e-13); 10 missed 4.
+# Safeguarded Newton steps for the lookahead: on 3000 random problems (sharpness
+# 2 to 64, alpha 0.3 to 0.999, both verification modes) 10 already leave none
+# below scipy's bounded search (xatol 1e-13); 12 keep a margin.
 NEWTON_STEPS = 12
 
 
@@ -141,6 +142,21 @@ def _iteration_seconds(gamma, it: _Iteration, scored: bool):
     return gamma * it.draft_seconds + _target_seconds(positions, it)
 
 
+def _iteration_seconds_and_slope(gamma, it: _Iteration, scored: bool):
+    """(D, dD/dgamma), the slope in closed form: written out rather than taken
+    with jax.jvp, it keeps the nested derivatives the planner takes (through
+    phi, the lookahead's implicit derivative and N*'s) small to compile."""
+    seconds = _iteration_seconds(gamma, it, scored)
+    if not scored:
+        return seconds, jnp.broadcast_to(it.draft_seconds, seconds.shape)
+    # d smax(x, y) / dx = (x / smax)^(p - 1), with x = a (gamma + 1) the compute time.
+    compute = it.target_compute * (gamma + 1)
+    target = seconds - gamma * it.draft_seconds - it.overhead
+    share = jnp.where(compute > 0, jnp.exp((it.sharpness - 1) * (
+        jnp.log(jnp.where(compute > 0, compute, 1.0)) - jnp.log(target))), 0.0)
+    return seconds, it.draft_seconds + it.target_compute * share
+
+
 def _neg_log_acceptance(alpha):
     safe = jnp.where(alpha > 0, alpha, 0.5)
     return -throughput._log_acceptance(safe)
@@ -150,8 +166,7 @@ def _log_speedup_slope(gamma, it: _Iteration, scored: bool):
     """phi = d log S / d gamma (module doc)."""
     rate = _neg_log_acceptance(it.acceptance)
     tokens_slope = rate / jnp.expm1((gamma + 1) * rate)
-    seconds, seconds_slope = jax.jvp(lambda g: _iteration_seconds(g, it, scored),
-                                     (gamma,), (jnp.ones_like(gamma),))
+    seconds, seconds_slope = _iteration_seconds_and_slope(gamma, it, scored)
     return tokens_slope - seconds_slope / seconds
 
 
@@ -160,15 +175,42 @@ def _piecewise_start(it: _Iteration, scored: bool):
     alpha = it.acceptance
     if not scored:
         one_step = _target_seconds(jnp.ones_like(alpha), it)
-        return throughput._optimum(alpha, it.draft_seconds / one_step)[0]
+        return _approximate_linear_optimum(_neg_log_acceptance(alpha), it.draft_seconds / one_step)
     # Memory piece: D = gamma t_draft + (b + o); compute piece: D = gamma
-    # (t_draft + a) + (a + o). They meet at gamma + 1 = b / a.
-    a, b, o = it.target_compute, it.target_memory, it.overhead
-    gamma_memory = throughput._optimum(alpha, it.draft_seconds / (b + o))[0]
-    gamma_compute = throughput._optimum(alpha, (it.draft_seconds + a) / (a + o))[0]
-    corner = jnp.where(a > 0, jnp.maximum(b / jnp.where(a > 0, a, 1.0) - 1, 0.0), jnp.inf)
-    return jnp.where(gamma_memory <= corner, gamma_memory,
-                     jnp.where(gamma_compute >= corner, gamma_compute, corner))
+    # (t_draft + a) + (a + o). They meet at the corner gamma_k + 1 = b / a. Both
+    # pieces give log S a single peak; the signs of their slopes at the corner
+    # say which peak is the answer (or the corner itself), so one closed form
+    # (one Lambert W) is evaluated, not two.
+    a, b, o, t_draft = it.target_compute, it.target_memory, it.overhead, it.draft_seconds
+    finite = a > 0
+    corner = jnp.maximum(b / jnp.where(finite, a, 1.0) - 1, 0.0)
+    rate = _neg_log_acceptance(alpha)
+    tokens_slope = rate / jnp.expm1((corner + 1) * rate)
+    memory_slope = tokens_slope - t_draft / (corner * t_draft + b + o)
+    compute_slope = tokens_slope - (t_draft + a) / (corner * (t_draft + a) + a + o)
+    use_memory = ~finite | (memory_slope <= 0)
+    use_compute = ~use_memory & (compute_slope > 0)
+    cost_ratio = jnp.where(use_memory, t_draft / (b + o), (t_draft + a) / (a + o))
+    gamma = _approximate_linear_optimum(rate, cost_ratio)
+    return jnp.where(use_memory | use_compute, gamma, corner)
+
+
+def _approximate_linear_optimum(rate, cost_ratio):
+    """gamma* of E / (gamma c + 1) from the asymptotic series of W_{-1}, for a start.
+
+    The exact form (throughput module doc) is gamma* = log(-v) / L - 1 with
+    v = W_{-1}(-exp(-1 - kappa)), kappa = L (1 - c) / c, L = -log alpha. The
+    first terms of W_{-1}'s expansion at 0-, v ~ l1 - l2 + l2 / l1 with
+    l1 = -(1 + kappa), l2 = log(1 + kappa), are exact at kappa = 0 and
+    within a few percent beyond; Newton's method then polishes. Evaluating
+    Lambert W itself here would put its whole iteration into every nested
+    derivative the planner takes, which triples the compile time.
+    """
+    kappa = jnp.maximum(rate * (1 - cost_ratio) / cost_ratio, 0.0)
+    l1 = -(1 + kappa)
+    l2 = jnp.log1p(kappa)
+    v = l1 - l2 + l2 / l1
+    return jnp.maximum(jnp.log(-v) / rate - 1, 0.0)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
@@ -249,7 +291,7 @@ def _value_and_flags(log_draft, ctx: _Context, scored: bool):
     it = _iteration_at(log_draft, ctx)
     gamma = _optimal_lookahead(scored, it)
     zero = jnp.zeros_like(log_draft)
-    seconds, seconds_slope = jax.jvp(lambda g: _iteration_seconds(g, it, scored), (zero,), (jnp.ones_like(zero),))
+    seconds, seconds_slope = _iteration_seconds_and_slope(zero, it, scored)
     rate = _neg_log_acceptance(it.acceptance)
     margin = jnp.log(rate / jnp.expm1(rate)) - jnp.log(seconds_slope / seconds)
     positive = it.acceptance > 0
