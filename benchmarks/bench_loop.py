@@ -43,7 +43,7 @@ import numpy as np
 from sdsl_jax.acceptance_estimate import estimate_acceptance
 from sdsl_jax.speculative import loop, metrics
 from sdsl_jax.throughput import expected_tokens, speedup
-from sdsl_jax.toy_models import mlp_ngram_decoder
+from sdsl_jax.toy_models import mlp_ngram_decoder, ngram_decoder
 
 
 def make_pair(args, per_token: bool):
@@ -202,6 +202,29 @@ def bench(args, per_token: bool):
     return {"overhead": med["overhead"], "measured": measured, "law": law, "law_v": law_v}
 
 
+def bookkeeping(args):
+    """The loop's own cost per iteration, in microseconds: n-gram table models
+    (their forwards cost next to nothing) in the loop vs in the bare loop."""
+    rng = np.random.default_rng(args.seed)
+    table = 2.0 * rng.normal(size=(args.vocab,) * 2).astype(np.float32)
+    target = ngram_decoder(table)
+    draft = ngram_decoder(table + rng.normal(size=table.shape).astype(np.float32))
+    gamma = args.lookahead
+    max_len = args.prompt_len + args.max_new + gamma + 1
+    prompt = rng.integers(0, args.vocab, size=args.prompt_len).tolist()
+    bare = bare_iterations(draft, target, gamma, max_len)
+    decode_timed(draft, target, prompt, 0, gamma, args)
+    jax.block_until_ready(bare(2))
+    per_iteration = []
+    for _ in range(5 * args.repeats):
+        gen, timing = decode_timed(draft, target, prompt, 0, gamma, args)
+        steps = int(gen.num_steps)
+        per_iteration.append((timing.decode_s - timed(bare, steps)) / steps)
+    print(f"\n== bookkeeping: n-gram models, vocab {args.vocab}, lookahead {gamma}: the loop "
+          f"costs {1e6 * float(np.median(per_iteration)):.1f} us per iteration beyond its "
+          f"forward calls")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", type=int, default=128)
@@ -228,6 +251,7 @@ def main():
     CLOCK = time.process_time if use_cpu else time.perf_counter
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); clock: "
           f"{'process CPU time' if use_cpu else 'wall time'}")
+    bookkeeping(args)
     for per_token in {"per-forward": [False], "per-token": [True], "both": [False, True]}[args.cost]:
         bench(args, per_token)
 

@@ -213,7 +213,7 @@ def _iteration(draft_params, target_params, state: DecodeState, spec: _Spec) -> 
                                                state.target_cache)
     target_probs = probabilities(logits, state.temperature)
     if gamma == 0:
-        draft_probs = jnp.zeros((batch, 0, logits.shape[-1]), logits.dtype)
+        draft_probs = jnp.zeros((batch, 0, logits.shape[-1]), target_probs.dtype)
     verdict = jax.vmap(spec.accept_fn)(u[:, gamma:], draft_tokens, draft_probs, target_probs)
     k = verdict.num_accepted.astype(jnp.int32)
 
@@ -228,11 +228,14 @@ def _iteration(draft_params, target_params, state: DecodeState, spec: _Spec) -> 
     sequence = jnp.where(active[:, None], written, state.sequence)
     length = jnp.where(active, n + k + 1, n)
 
-    here = (jnp.arange(state.accepted.shape[1]) == state.iteration[:, None]) & active[:, None]
-    accepted = jnp.where(here, k[:, None], state.accepted)
+    # Record this iteration in each active row's slot; finished rows point
+    # past the end and their writes are dropped (O(B gamma), not O(B I gamma)).
+    rows = jnp.arange(batch)
+    slot = jnp.where(active, state.iteration, state.accepted.shape[1])
+    accepted = state.accepted.at[rows, slot].set(k, mode="drop")
     judged = jnp.arange(gamma) < jnp.minimum(k + 1, gamma)[:, None]
     betas_now = jnp.where(judged, verdict.betas.astype(state.betas.dtype), jnp.nan)
-    betas = jnp.where(here[..., None], betas_now[:, None, :], state.betas)
+    betas = state.betas.at[rows, slot].set(betas_now, mode="drop")
     done_now = active & (length - state.prompt_length >= spec.max_new_tokens)
     step = state.step + 1
     return state._replace(
@@ -252,7 +255,7 @@ def _decode(draft_params, target_params, state: DecodeState, spec: _Spec):
             cond, lambda s: _iteration(draft_params, target_params, s, spec), state)
     tokens = jax.vmap(lambda row, p: jax.lax.dynamic_slice(row, (p,), (spec.max_new_tokens,)))(
         state.sequence, state.prompt_length)
-    # A row that was done after its first token finished in step 0.
+    # With max_new_tokens = 1 every row is done after the prefill: step 0.
     return (tokens, state.length - state.prompt_length, state.accepted, state.betas,
             state.iteration, state.finish_step, state.step)
 
