@@ -55,30 +55,33 @@ def test_probabilities_match_softmax_and_one_hot():
 
 
 def test_sample_inverts_the_cdf_exactly():
+    draw = jax.jit(sample)
     weights = jnp.array([0.0, 0.2, 0.0, 0.5, 0.3, 0.0])
     # Midpoints of a fine grid of u: each token gets exactly its weight's share.
     m = 10_000
     u = (jnp.arange(m) + 0.5) / m
-    counts = np.bincount(np.asarray(sample(u, jnp.broadcast_to(weights, (m, 6)))), minlength=6)
+    counts = np.bincount(np.asarray(draw(u, jnp.broadcast_to(weights, (m, 6)))), minlength=6)
     np.testing.assert_allclose(counts / m, weights, atol=1.5 / m)
     # Against a float64 searchsorted for vocabularies around the block size
     # (the CDF is summed in blocks of about sqrt(V)).
     grid = (np.arange(4000) + 0.5) / 4000
-    for vocab in (1, 2, 3, 16, 17, 130, 1000):
+    for vocab in (1, 17, 1000):
         rng = np.random.default_rng(vocab)
         w = (rng.random(vocab) * (rng.random(vocab) > 0.3)).astype(np.float32)
         w[0] += np.float32(w.sum() == 0)
-        got = np.asarray(sample(jnp.asarray(grid, jnp.float32),
-                                jnp.broadcast_to(jnp.asarray(w), (grid.size, vocab))))
+        got = np.asarray(draw(jnp.asarray(grid, jnp.float32),
+                              jnp.broadcast_to(jnp.asarray(w), (grid.size, vocab))))
         ref = np.searchsorted(np.cumsum(w, dtype=np.float64), grid * w.astype(np.float64).sum(),
                               side="right")
         assert np.sum(got != ref) <= 1 and np.all(w[got] > 0), vocab
     # Unnormalised weights and the ends of [0, 1): never a zero-weight token.
-    assert int(sample(jnp.float32(0.0), 7 * weights)) == 1
-    assert int(sample(jnp.nextafter(jnp.float32(1), jnp.float32(0)), weights)) == 4
+    six = jnp.stack([7 * weights, weights, weights])
+    ends = jnp.array([0.0, float(np.nextafter(np.float32(1), np.float32(0))), 1.0])
     # u = 1 stands in for u * total rounding up to total: the fallback picks
-    # the last token of positive weight, however small.
-    assert int(sample(jnp.float32(1.0), jnp.array([0.1, 0.1, 0.1, 1e-30, 0.0]))) == 3
+    # the last token of positive weight.
+    np.testing.assert_array_equal(draw(ends, six), [1, 4, 4])
+    tiny = jnp.array([[0.1, 0.1, 0.1, 1e-30, 0.0]])
+    assert int(draw(jnp.array([1.0]), tiny)[0]) == 3
 
 
 def test_first_rejection_brute_force():
