@@ -292,7 +292,12 @@ def teacher_forced_acceptance(draft: Decoder, target: Decoder, documents, temper
     # Rounding can put a sum of betas a hair above its count; the interval
     # routine checks accepted <= trials.
     sums = np.minimum(beta_sum[used], count[used])
-    low, high = bootstrap_interval(sums, count[used].astype(np.float64),
+    # Zero-count documents are left out of the resampling, so padding to a
+    # power of two changes nothing but lets most calls share a compilation.
+    pad = (1 << max(0, int(sums.size - 1).bit_length())) - sums.size
+    sums = np.pad(sums, (0, pad))
+    counts = np.pad(count[used].astype(np.float64), (0, pad))
+    low, high = bootstrap_interval(sums, counts,
                                    jax.random.PRNGKey(0) if key is None else key,
                                    num_resamples=num_resamples, confidence=confidence)
     return TeacherForcedAcceptance(

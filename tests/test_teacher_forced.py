@@ -123,7 +123,7 @@ def test_agrees_with_the_speculative_loop(pair):
     """The loop's count estimate and teacher forcing on the loop's own (target-distributed)
     output estimate the same alpha."""
     draft, target, draft_table, target_table = pair
-    num_prompts, new = 48, 40
+    num_prompts, new = 48, 24
     prompts = jnp.zeros((num_prompts, 1), jnp.int32)
     lens = jnp.ones((num_prompts,), jnp.int32)
     gen = loop.speculative_generate(draft, target, prompts, lens, jax.random.PRNGKey(5),
@@ -135,8 +135,11 @@ def test_agrees_with_the_speculative_loop(pair):
     text = np.concatenate([np.zeros((num_prompts, 1), np.int64), np.asarray(gen.tokens)], 1)
     # Positions >= 1: the first token after the prompt is sampled, never drafted.
     tf = teacher_forced_acceptance(draft, target, text, 1.0, first_position=1, batch_size=48)
+    print(f"\nloop {float(est.acceptance):.4f} [{float(est.low):.4f}, {float(est.high):.4f}]; "
+          f"teacher-forced {tf.acceptance:.4f} [{tf.low:.4f}, {tf.high:.4f}]")
     assert max(est.low, tf.low) <= min(est.high, tf.high), (est, tf)
     truth = _analytic_alpha(draft_table, target_table, 1.0, new + 1, first_position=1)
+    print(f"analytic {truth:.4f}")
     assert tf.low <= truth <= tf.high
     assert est.low <= truth <= est.high
 
