@@ -653,8 +653,9 @@ def estimate_acceptance(accepted: ArrayLike, lookahead: ArrayLike,
     total_accepted = jnp.sum(k)
     total_trials = jnp.sum(trials)
     if _validate.is_concrete(total_trials) and not total_trials > 0:
-        raise ValueError("lookahead must be >= 1 for at least one iteration (0 only marks "
-                         "padding), got lookahead 0 for every iteration")
+        raise ValueError("no drafted position to estimate from: lookahead is 0 for every "
+                         "iteration (lookahead must be >= 1 for at least one iteration; 0 only "
+                         "marks padding)")
     dtype = _float_dtype(total_accepted, total_trials)
     acc_f = jnp.asarray(total_accepted, dtype)
     trials_f = jnp.asarray(total_trials, dtype)
