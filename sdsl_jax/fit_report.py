@@ -39,30 +39,32 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
     points = fit_data.perplexity_points(measurements)
     weighted = bool(np.ptp(np.asarray(rows.weight)) > 0)
 
-    plane = plane_fit.fit_acceptance_law(rows)
-    plane_theta = laws_lib.coefficient_vector(laws_lib.laws_from_vector(jnp.zeros(8))[0],
-                                              plane.law)[5:]
-    plane_cov, plane_ok = uncertainty.delta_method_covariance(
-        lambda c: plane_fit.plane_objective(c, rows, rows.weight), plane_theta, lambda c: c,
-        (True, True, bool(np.ptp(np.asarray(rows.target_perplexity)) > 0)), len(measurements))
+    # With one target perplexity B cannot be told from the intercept: it is
+    # held at 0 (and gets no variance) in the plane and in the joint fit.
+    target_varies = bool(np.ptp(np.asarray(rows.target_perplexity)) > 0)
+    plane = plane_fit.fit_acceptance_law(rows, use_target=target_varies)
     per_target = plane_fit.fit_per_target(rows, len(targets))
     huber = None
     if points.params.shape[0] >= 5:
         huber = pretraining_fit.fit_pretraining_law(points.params, points.tokens,
                                                     jnp.log(points.perplexity))
-    joint = joint_fit.fit_joint(rows, points, start=None if huber is None else (huber.law, plane.law))
+    joint = joint_fit.fit_joint(rows, points, start=None if huber is None else (huber.law, plane.law),
+                                fit_target_coeff=target_varies)
     coeffs = np.asarray(joint.laws.coefficients, np.float64)
     low, high = uncertainty.normal_intervals(joint.laws.coefficients, joint.laws.covariance,
                                              confidence, log_scale=_LOG_SCALE)
     samples = None
     if bootstrap > 0:
         key = jax.random.PRNGKey(seed)
+        data = joint_fit.prepare(rows, points)
         chunks = []
+        # Chunks of one size (one compiled function) so the progress bar can move.
         for start in range(0, bootstrap, BOOTSTRAP_BATCH):
             size = min(BOOTSTRAP_BATCH, bootstrap - start)
             chunk = joint_fit.bootstrap_joint(joint, rows, points, jax.random.fold_in(key, start),
                                               num_resamples=BOOTSTRAP_BATCH,
-                                              batch_size=BOOTSTRAP_BATCH)
+                                              batch_size=BOOTSTRAP_BATCH, data=data,
+                                              fit_target_coeff=target_varies)
             chunks.append(np.asarray(chunk)[:size])
             if progress is not None:
                 progress(size)
@@ -83,7 +85,7 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
             entry["bootstrap_low"] = float(np.percentile(finite[:, i], tail))
             entry["bootstrap_high"] = float(np.percentile(finite[:, i], 100 - tail))
         coefficient_table[name] = entry
-    plane_se = np.sqrt(np.clip(np.diag(np.asarray(plane_cov)), 0, None))
+    plane_se = np.sqrt(np.clip(np.diag(np.asarray(plane.covariance)), 0, None))
     report = {
         "source": measurements.source,
         "measurements": len(measurements),
@@ -95,12 +97,12 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
             "draft_coeff": float(plane.law.draft_coeff), "target_coeff": float(plane.law.target_coeff),
             "intercept": float(plane.law.intercept),
             "standard_errors": plane_se.tolist(), "r2": float(plane.r2),
-            "rms_residual": float(plane.rms_residual), "identifiable": bool(plane_ok),
+            "rms_residual": float(plane.rms_residual), "identifiable": bool(plane.identifiable),
         },
         "per_target": [
             {"target": targets[t], "measurements": int(per_target.measurements[t]),
-             "draft_coeff": float(per_target.draft_coeff[t]),
-             "intercept": float(per_target.intercept[t]),
+             "draft_coeff": _finite(per_target.draft_coeff[t]),
+             "intercept": _finite(per_target.intercept[t]),
              "r2": _finite(per_target.r2[t])}
             for t in range(len(targets))],
         "pretraining_huber": None if huber is None else {
@@ -143,6 +145,10 @@ def _print_report(report, out_path) -> None:
     width = max(len(t["target"]) for t in report["per_target"])
     for t in report["per_target"]:
         r2 = "  n/a" if t["r2"] is None else f"{t['r2']:.3f}"
+        if t["draft_coeff"] is None:
+            print(f"  {t['target']:<{width}}  {t['measurements']:>4} rows  (one draft perplexity: "
+                  "no slope to fit)")
+            continue
         print(f"  {t['target']:<{width}}  {t['measurements']:>4} rows  A_t {t['draft_coeff']: .5f}  "
               f"C_t {t['intercept']: .4f}  R^2 {r2}")
     print(f"\nBoth laws end to end (acceptance from N, D, M, D'), {level} intervals:")

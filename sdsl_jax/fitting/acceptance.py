@@ -1,6 +1,6 @@
 """Fitting the acceptance law alpha = A x + B y + C to measured acceptances.
 
-Two fits, both weighted least squares solved by L-BFGS (sdsl_jax.optimize):
+Two fits, both weighted least squares:
 
 * joint: one plane over every (draft, target) measurement, the paper's fit;
 * per target: alpha = A_t x + C_t for each target separately (within one
@@ -8,14 +8,20 @@ Two fits, both weighted least squares solved by L-BFGS (sdsl_jax.optimize):
   R^2 = 0.97-0.98 for these; they show how much the plane's single slope
   costs each target.
 
-The minimiser works on standardised perplexities, (x - mean) / std, which
-makes the problem's Hessian nearly the identity: L-BFGS then converges in a
-handful of steps to the exact least-squares solution, in float32 as well as
-float64, whatever the units of x and y. The objective it minimises is the
-concentrated Gaussian log-likelihood (n/2) log(weighted SSR / n): the same
-minimiser as least squares, and its inverse Hessian is the covariance of the
-coefficients with the noise variance estimated from the residuals (the
-textbook s^2 (X'WX)^-1), which :mod:`sdsl_jax.fitting.uncertainty` uses.
+A plane is linear in its coefficients, so the least-squares solution has a
+closed form and no iterative optimiser is needed: it is the solution of the
+3x3 normal equations, and its covariance is the textbook s^2 (X'WX)^-1. They
+are formed on standardised perplexities, (x - mean) / std, where the Gram
+matrix is [[1, rho, 0], [rho, 1, 0], [0, 0, 1]] (rho the weighted correlation
+of x and y), so the solve is as accurate in float32 as in float64 whatever
+the units of x and y, and it differentiates and vmaps like any other jnp
+function. The end-to-end fit (:mod:`sdsl_jax.fitting.joint`) profiles the
+plane out the same way.
+
+:func:`plane_objective` is the concentrated Gaussian log-likelihood
+(n/2) log(weighted SSR / n) in natural coefficients: minimised by the same
+plane, and its inverse Hessian (:func:`sdsl_jax.fitting.uncertainty.delta_method_covariance`)
+is the same covariance.
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from sdsl_jax import _validate
 from sdsl_jax import acceptance_law as acceptance_lib
 from sdsl_jax.fitting.data import AcceptanceRows
-from sdsl_jax.optimize import minimize
 
 
 @chex.dataclass(frozen=True)
@@ -41,7 +48,14 @@ class AcceptanceFit:
       weighted_r2: the same with the fit's weights.
       residuals: measured minus fitted acceptance, per row.
       rms_residual: root mean square of the residuals.
-      converged: whether the minimiser met its gradient tolerance.
+      covariance: (3, 3) covariance of (A, B, C), the textbook s^2 (X'WX)^-1
+        with s^2 = weighted SSR / (n - p), n = sum of the weights (the row
+        count for the normalised weights of fitting.data) and p the fitted
+        coefficients; B's row and column are 0 where B was held at 0.
+      identifiable: whether the data determine the plane: the draft
+        perplexities vary and are not collinear with the target's. (A target
+        perplexity that never varies is not a failure: B is then 0 and the
+        intercept absorbs it.)
     """
 
     law: acceptance_lib.AcceptanceLaw
@@ -49,7 +63,8 @@ class AcceptanceFit:
     weighted_r2: jnp.ndarray
     residuals: jnp.ndarray
     rms_residual: jnp.ndarray
-    converged: jnp.ndarray
+    covariance: jnp.ndarray
+    identifiable: jnp.ndarray
 
 
 @chex.dataclass(frozen=True)
@@ -81,26 +96,34 @@ def plane_objective(coeffs, rows: AcceptanceRows, weight):
     return concentrated_nll(ssr, jnp.sum(weight))
 
 
-def _fit_plane(rows: AcceptanceRows, weight, use_target: bool, max_steps: int):
-    """Weighted least squares for A x (+ B y) + C with standardised inputs."""
+def _fit_plane(rows: AcceptanceRows, weight, use_target: bool):
+    """((A, B, C), covariance (3, 3), identifiable) of the weighted plane."""
     x_mean, x_std = _weighted_stats(rows.draft_perplexity, weight)
     y_mean, y_std = _weighted_stats(rows.target_perplexity, weight)
     xs = (rows.draft_perplexity - x_mean) / x_std
     ys = (rows.target_perplexity - y_mean) / y_std if use_target else jnp.zeros_like(xs)
-
-    def loss(theta):
-        pred = theta[0] * xs + theta[1] * ys + theta[2]
-        return 0.5 * jnp.sum(weight * (rows.acceptance - pred) ** 2) / jnp.sum(weight)
-
-    start = jnp.zeros(3, xs.dtype).at[2].set(jnp.sum(weight * rows.acceptance) / jnp.sum(weight))
-    solution = minimize(loss, start, max_steps=max_steps)
-    theta = solution.params
-    a = theta[0] / x_std
-    b = jnp.where(use_target, theta[1] / y_std, 0.0)
-    c = theta[2] - a * x_mean - b * y_mean
-    # Converged: the gradient has shrunk to rounding relative to the data's scale.
+    design = jnp.stack([xs, ys, jnp.ones_like(xs)], axis=1)
+    total = jnp.sum(weight)
+    gram = design.T @ (weight[:, None] * design) / total
+    # A column that is identically zero (no target term, or one target) gets
+    # a 1 on its diagonal, which pins its coefficient to 0 instead of making
+    # the system singular; it is then no coefficient of the fit.
+    fitted = jnp.diagonal(gram) > 0
+    gram = gram + jnp.diag((~fitted).astype(gram.dtype))
+    theta = jnp.linalg.solve(gram, design.T @ (weight * rows.acceptance) / total)
+    ssr = jnp.sum(weight * (rows.acceptance - design @ theta) ** 2)
+    dof = jnp.maximum(total - jnp.sum(fitted), 1.0)
+    pinned = jnp.outer(fitted, fitted)
+    cov_theta = jnp.where(pinned, jnp.linalg.inv(gram), 0.0) * ssr / (dof * total)
+    # Natural coefficients: A = theta_x / sx, B = theta_y / sy, C = theta_1 - A mx - B my.
+    to_natural = jnp.array([[1 / x_std, 0.0, 0.0], [0.0, 1 / y_std, 0.0],
+                            [-x_mean / x_std, -y_mean / y_std, 1.0]], xs.dtype)
+    coeffs = to_natural @ theta
+    # The x column's spread is exactly 1 after scaling unless x never varies;
+    # x and y nearly collinear shows as a Gram eigenvalue near 0.
     eps = jnp.finfo(xs.dtype).eps
-    return a, b, c, solution.grad_norm <= 1e3 * eps
+    identifiable = fitted[0] & (jnp.linalg.eigvalsh(gram)[0] > 1e3 * eps)
+    return coeffs, to_natural @ cov_theta @ to_natural.T, identifiable
 
 
 def _r2(actual, fitted, weight):
@@ -108,36 +131,92 @@ def _r2(actual, fitted, weight):
     return 1 - jnp.sum(weight * (actual - fitted) ** 2) / jnp.sum(weight * (actual - mean) ** 2)
 
 
-@functools.partial(jax.jit, static_argnames=("max_steps",))
-def fit_acceptance_law(rows: AcceptanceRows, weight=None, *, max_steps: int = 100) -> AcceptanceFit:
+def _check_rows(rows: AcceptanceRows, weight, needed: int, what: str) -> None:
+    """Eager checks (skipped under tracing) that name what is wrong."""
+    if not isinstance(rows, AcceptanceRows):
+        raise TypeError(f"rows must be AcceptanceRows (see fitting.data.acceptance_rows), got {type(rows).__name__}")
+    if not _validate.is_concrete(rows, weight):
+        return
+    w = np.asarray(weight, np.float64)
+    if w.shape != np.shape(rows.acceptance):
+        raise ValueError(f"weight must have one entry per row, shape {np.shape(rows.acceptance)}, got {w.shape}")
+    if not np.all(np.isfinite(w) & (w >= 0)):
+        raise ValueError("weights must be finite and >= 0")
+    used = int(np.sum(w > 0))
+    if used < needed:
+        raise ValueError(f"{what} needs at least {needed} measurements with positive weight, got {used}")
+    x = np.asarray(rows.draft_perplexity)[w > 0]
+    if np.ptp(x) == 0:
+        raise ValueError(f"{what} cannot be fitted: every measurement has the same draft perplexity "
+                         f"({x[0]:g}), so the slope A is not determined; measure more than one draft")
+
+
+@functools.partial(jax.jit, static_argnames=("use_target",))
+def _fit_acceptance_law(rows, weight, use_target):
+    coeffs, covariance, identifiable = _fit_plane(rows, weight, use_target)
+    law = acceptance_lib.AcceptanceLaw(draft_coeff=coeffs[0], target_coeff=coeffs[1], intercept=coeffs[2])
+    fitted = acceptance_lib.raw_acceptance(law, rows.draft_perplexity, rows.target_perplexity)
+    residuals = rows.acceptance - fitted
+    used = (weight > 0).astype(fitted.dtype)
+    return AcceptanceFit(
+        law=law, r2=_r2(rows.acceptance, fitted, used),
+        weighted_r2=_r2(rows.acceptance, fitted, weight), residuals=residuals,
+        rms_residual=jnp.sqrt(jnp.sum(used * residuals**2) / jnp.sum(used)),
+        covariance=covariance, identifiable=identifiable)
+
+
+def fit_acceptance_law(rows: AcceptanceRows, weight=None, *, use_target: bool = True) -> AcceptanceFit:
     """The joint plane over all measurements (weights default to ``rows.weight``).
 
     ``weight`` may be given to refit the same rows with other weights (a
     bootstrap resample is a weight of how often each row was drawn); a zero
-    weight leaves a row out.
+    weight leaves a row out. ``use_target=False`` fits alpha = A x + C.
+    Works under jit, vmap (e.g. over weights) and grad (e.g. of the
+    coefficients with respect to the measured acceptances). Raises ValueError
+    for concrete input with fewer than 3 weighted rows or a single draft
+    perplexity.
     """
-    weight = rows.weight if weight is None else weight
-    a, b, c, converged = _fit_plane(rows, weight, True, max_steps)
-    law = acceptance_lib.AcceptanceLaw(draft_coeff=a, target_coeff=b, intercept=c)
-    fitted = acceptance_lib.raw_acceptance(law, rows.draft_perplexity, rows.target_perplexity)
-    residuals = rows.acceptance - fitted
-    return AcceptanceFit(
-        law=law, r2=_r2(rows.acceptance, fitted, jnp.ones_like(weight) * (weight > 0)),
-        weighted_r2=_r2(rows.acceptance, fitted, weight), residuals=residuals,
-        rms_residual=jnp.sqrt(jnp.sum((weight > 0) * residuals**2) / jnp.sum(weight > 0)),
-        converged=converged)
+    weight = rows.weight if weight is None else jnp.asarray(weight, rows.acceptance.dtype)
+    _check_rows(rows, weight, 3 if use_target else 2, "the acceptance plane")
+    return _fit_acceptance_law(rows, weight, use_target)
 
 
-@functools.partial(jax.jit, static_argnames=("num_targets", "max_steps"))
-def fit_per_target(rows: AcceptanceRows, num_targets: int, *, max_steps: int = 100) -> PerTargetFit:
-    """alpha = A_t x + C_t for every target, vmapped over targets."""
+@functools.partial(jax.jit, static_argnames=("num_targets",))
+def _fit_per_target(rows, num_targets):
+    # Per-target weighted sums in one pass (segment sums): the fits are
+    # independent 2x2 least-squares problems, so this costs O(rows), not
+    # O(rows x targets) as masking every row once per target would.
+    t, w, x, alpha = rows.target_index, rows.weight, rows.draft_perplexity, rows.acceptance
+    total = lambda v: jax.ops.segment_sum(v, t, num_segments=num_targets)
+    count = jax.ops.segment_sum(jnp.ones_like(t), t, num_segments=num_targets)
+    w_sum = total(w)
+    safe = jnp.where(w_sum > 0, w_sum, 1.0)
+    x_mean, alpha_mean = total(w * x) / safe, total(w * alpha) / safe
+    dx, dalpha = x - x_mean[t], alpha - alpha_mean[t]  # centred within each target
+    sxx, sxa = total(w * dx**2), total(w * dx * dalpha)
+    slope = jnp.where(sxx > 0, sxa / jnp.where(sxx > 0, sxx, 1.0), jnp.nan)
+    intercept = alpha_mean - slope * x_mean
+    # Unweighted R^2 within each target, as the paper reports it.
+    residual = alpha - (slope[t] * x + intercept[t])
+    plain_mean = jax.ops.segment_sum(alpha, t, num_segments=num_targets) / jnp.maximum(count, 1)
+    sst = jax.ops.segment_sum((alpha - plain_mean[t]) ** 2, t, num_segments=num_targets)
+    r2 = 1 - jax.ops.segment_sum(residual**2, t, num_segments=num_targets) / sst
+    return PerTargetFit(draft_coeff=slope, intercept=intercept, r2=r2, measurements=count)
 
-    def one(t):
-        mask = rows.target_index == t
-        weight = jnp.where(mask, rows.weight, 0.0)
-        a, _, c, _ = _fit_plane(rows, weight, False, max_steps)
-        fitted = a * rows.draft_perplexity + c
-        return a, c, _r2(rows.acceptance, fitted, mask.astype(fitted.dtype)), jnp.sum(mask)
 
-    a, c, r2, count = jax.vmap(one)(jnp.arange(num_targets))
-    return PerTargetFit(draft_coeff=a, intercept=c, r2=r2, measurements=count)
+def fit_per_target(rows: AcceptanceRows, num_targets: int) -> PerTargetFit:
+    """alpha = A_t x + C_t for every target t = 0 .. num_targets - 1.
+
+    A target whose draft perplexities never vary (one draft) gets NaN
+    coefficients: its slope is not determined. Its R^2 is NaN too, as is the
+    R^2 of a target whose acceptances are all equal.
+    """
+    if int(num_targets) < 1:
+        raise ValueError(f"num_targets must be >= 1, got {num_targets}")
+    _check_rows(rows, rows.weight, 2, "the per-target fits")
+    if _validate.is_concrete(rows.target_index):
+        index = np.asarray(rows.target_index)
+        if index.min() < 0 or index.max() >= num_targets:
+            raise ValueError(f"rows.target_index must lie in [0, {num_targets}), got values "
+                             f"{index.min()} .. {index.max()}")
+    return _fit_per_target(rows, int(num_targets))

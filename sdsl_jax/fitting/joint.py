@@ -10,18 +10,41 @@ eight coefficients,
              + (n_p / 2) log(sum_j (log L_j - log L_hat(N_j, D_j))^2 / n_p),
 
 the Gaussian log-likelihood of the measured acceptances (weighted by their
-intervals, w = 1/sigma^2) and of the measured losses (L = log perplexity of
-each distinct model), each block's noise variance profiled out. Profiling
-makes the relative weight of the two blocks a property of the data, not a
-tuning knob, and makes the inverse Hessian a covariance (delta method).
-Acceptances alone could not pin down the pre-training law (E and A trade off
-against the plane's slope); the loss points can.
+intervals, w = 1/sigma^2, normalised so that n_a = sum w is the row count)
+and of the measured losses (L = log perplexity of each distinct model), each
+block's noise variance profiled out. Profiling makes the relative weight of
+the two blocks a property of the data, not a tuning knob, and makes the
+inverse Hessian a covariance (delta method). Acceptances alone could not pin
+down the pre-training law (E and A trade off against the plane's slope); the
+loss points can.
 
-Coordinates: the pre-training law in (log E, log A, log B, a, b), as in the
-Huber fit; the plane on standardised perplexities, so every coordinate is of
-order one and L-BFGS converges quickly in float32 as in float64. The fit
-starts from the separate fits (Huber pre-training law, plane on measured
-perplexities), which are close.
+How it is solved, and why it is fast:
+
+* Coordinates. The pre-training law in (log E, log A - a c_N, log B - b c_D,
+  a, b) with log N and log D centred on the data (c_N, c_D): log A - a log N
+  is then a nearly uncorrelated pair of coordinates rather than two numbers
+  of size 20 that cancel. The plane on perplexities standardised by the
+  measured ones. Every coordinate is of order one.
+* The plane is profiled out. For a given pre-training law the predicted
+  perplexities are fixed and the plane is linear least squares, solved in
+  closed form (:func:`profiled_objective`). The search runs over five
+  coordinates, not eight; the optimum is the same point.
+* Each distinct model is evaluated once, and no step touches the rows. A
+  measurement set pairs every draft with many targets, so its rows refer to
+  a few hundred or thousand models. Every sum over rows that the plane's
+  least squares needs is a per-model (or per-pair) weighted moment of the
+  acceptances (:class:`AcceptanceMoments`, computed once per weighting in
+  O(rows)) against a per-model vector, so a step costs O(models + pairs):
+  for a full draft x target grid, a matrix-vector product.
+* L-BFGS (optax) from the separate Huber fit, then a few Newton steps
+  (quadratic convergence to the rounding floor); a bootstrap resample starts
+  at the point estimate and takes Newton steps only, a fixed count that
+  vmaps without the cost of a batched while_loop.
+
+The covariance comes from the Hessian of the full eight-coordinate objective
+at the optimum (:func:`joint_objective`, summed row by row), so it includes
+the plane; each block's variance gets its own degrees-of-freedom correction
+(:func:`sdsl_jax.fitting.uncertainty.delta_method_covariance`).
 """
 
 from __future__ import annotations
@@ -31,14 +54,17 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from sdsl_jax import acceptance_law as acceptance_lib
 from sdsl_jax.fitting import laws as laws_lib
 from sdsl_jax.fitting import pretraining as pretraining_fit
-from sdsl_jax.fitting.acceptance import concentrated_nll, fit_acceptance_law
+from sdsl_jax.fitting.acceptance import concentrated_nll
 from sdsl_jax.fitting.data import AcceptanceRows, PerplexityPoints
-from sdsl_jax.fitting.uncertainty import delta_method_covariance
-from sdsl_jax.optimize import minimize
+from sdsl_jax.fitting.uncertainty import delta_method_covariance, resample_weights
+from sdsl_jax.optimize import minimize, newton
+from sdsl_jax import acceptance_law as acceptance_lib
+
+TARGET_COEFF = 6  # index of B in theta and in laws.COEFFICIENTS
 
 
 @chex.dataclass(frozen=True)
@@ -49,6 +75,59 @@ class PlaneScales:
     draft_std: jnp.ndarray
     target_mean: jnp.ndarray
     target_std: jnp.ndarray
+
+
+@chex.dataclass(frozen=True)
+class JointData:
+    """A measurement set laid out for the end-to-end fit (see :func:`prepare`).
+
+    Models: the distinct (params, tokens) among the rows' drafts (kd of them)
+    and targets (kt), as log sizes minus the centres. Rows: the acceptance
+    and the indices of the row's draft and target model. Pairs: the distinct
+    (draft, target) model pairs (q of them; the full kd x kt grid, in
+    row-major order, when that is at most twice as many), and each row's
+    pair. Points: the loss points, with centred log sizes and log L.
+    """
+
+    draft_log_params: jnp.ndarray  # (kd,)
+    draft_log_tokens: jnp.ndarray  # (kd,)
+    target_log_params: jnp.ndarray  # (kt,)
+    target_log_tokens: jnp.ndarray  # (kt,)
+    draft_model: jnp.ndarray  # (n,) int32
+    target_model: jnp.ndarray  # (n,) int32
+    row_pair: jnp.ndarray  # (n,) int32
+    pair_draft: jnp.ndarray  # (q,) int32
+    pair_target: jnp.ndarray  # (q,) int32
+    acceptance: jnp.ndarray  # (n,)
+    point_log_params: jnp.ndarray  # (p,)
+    point_log_tokens: jnp.ndarray  # (p,)
+    point_log_loss: jnp.ndarray  # (p,) log L = log(log perplexity)
+    scales: PlaneScales
+    log_params_centre: jnp.ndarray  # ()
+    log_tokens_centre: jnp.ndarray  # ()
+
+
+@chex.dataclass(frozen=True)
+class AcceptanceMoments:
+    """Weighted moments of the acceptances that the profiled plane needs.
+
+    For weights w (a fit's, or a bootstrap resample's), with W = sum w and
+    abar the weighted mean acceptance: the weight share of each draft model,
+    target model and pair, the weighted centred acceptance summed per draft
+    and per target model, and the weighted variance of the acceptance. Every
+    sum over rows that the plane's least squares needs is one of these
+    against a per-model vector, so a step of the fit costs O(models + pairs),
+    not O(rows). Computed once per weighting, in O(rows).
+    """
+
+    total: jnp.ndarray  # W
+    mean: jnp.ndarray  # abar
+    variance: jnp.ndarray  # sum w (alpha - abar)^2 / W
+    draft_share: jnp.ndarray  # (kd,)
+    target_share: jnp.ndarray  # (kt,)
+    pair_share: jnp.ndarray  # (q,)
+    draft_moment: jnp.ndarray  # (kd,) sum over the model's rows of w (alpha - abar) / W
+    target_moment: jnp.ndarray  # (kt,)
 
 
 @chex.dataclass(frozen=True)
@@ -63,7 +142,8 @@ class JointFit:
       loss_r2: R^2 of the pre-training law on the loss points.
       loss_residuals: log L - log L_hat per loss point.
       objective: l(theta) at the optimum.
-      converged: whether L-BFGS met its gradient tolerance.
+      converged: whether L-BFGS stopped at a stationary point (gradient at
+        rounding level), not at its step limit.
       identifiable: whether the Hessian was positive definite (if not, some
         coefficient is not determined by the data and its variance is inf).
     """
@@ -90,9 +170,71 @@ def plane_scales(rows: AcceptanceRows) -> PlaneScales:
     return PlaneScales(draft_mean=dm, draft_std=ds, target_mean=tm, target_std=ts)
 
 
-def natural_coefficients(theta, scales: PlaneScales) -> jnp.ndarray:
+def prepare(rows: AcceptanceRows, points: PerplexityPoints) -> JointData:
+    """The model tables, row and pair indices and centred logs (host side, once per data set)."""
+    dtype = rows.acceptance.dtype
+    # (params, tokens) as one complex number: np.unique on a 1-D array is a
+    # plain sort, much faster than np.unique(axis=0).
+    key = lambda n, d: np.asarray(n, np.float64) + 1j * np.asarray(d, np.float64)
+    drafts, draft_model = np.unique(key(rows.draft_params, rows.draft_tokens), return_inverse=True)
+    targets, target_model = np.unique(key(rows.target_params, rows.target_tokens), return_inverse=True)
+    kd, kt = drafts.size, targets.size
+    pair_id = draft_model.astype(np.int64) * kt + target_model
+    pairs, row_pair = np.unique(pair_id, return_inverse=True)
+    if kd * kt <= 2 * pairs.size:
+        # Nearly every pair is measured (the usual design): use the full grid,
+        # so the pair sums are one matrix-vector product.
+        pairs, row_pair = np.arange(kd * kt), pair_id
+    point_log_params = np.log(np.asarray(points.params, np.float64))
+    point_log_tokens = np.log(np.asarray(points.tokens, np.float64))
+    log_params = np.concatenate([np.log(drafts.real), np.log(targets.real), point_log_params])
+    log_tokens = np.concatenate([np.log(drafts.imag), np.log(targets.imag), point_log_tokens])
+    # Centres: midway through the sizes seen, so the a- and b-times-log-size
+    # products never dwarf the coordinates they are combined with.
+    centre_params = 0.5 * (log_params.min() + log_params.max())
+    centre_tokens = 0.5 * (log_tokens.min() + log_tokens.max())
+    as_float = lambda v: jnp.asarray(v, dtype)
+    as_index = lambda v: jnp.asarray(v, jnp.int32)
+    return JointData(
+        draft_log_params=as_float(np.log(drafts.real) - centre_params),
+        draft_log_tokens=as_float(np.log(drafts.imag) - centre_tokens),
+        target_log_params=as_float(np.log(targets.real) - centre_params),
+        target_log_tokens=as_float(np.log(targets.imag) - centre_tokens),
+        draft_model=as_index(draft_model), target_model=as_index(target_model),
+        row_pair=as_index(row_pair), pair_draft=as_index(pairs // kt), pair_target=as_index(pairs % kt),
+        acceptance=rows.acceptance,
+        point_log_params=as_float(point_log_params - centre_params),
+        point_log_tokens=as_float(point_log_tokens - centre_tokens),
+        point_log_loss=as_float(np.log(np.log(np.asarray(points.perplexity, np.float64)))),
+        scales=plane_scales(rows),
+        log_params_centre=as_float(centre_params), log_tokens_centre=as_float(centre_tokens))
+
+
+def acceptance_moments(data: JointData, row_weight) -> AcceptanceMoments:
+    """The moments of :class:`AcceptanceMoments` for row weights ``row_weight`` (n,)."""
+    total = jnp.sum(row_weight)
+    share = row_weight / total
+    mean = jnp.sum(share * data.acceptance)
+    centred = share * (data.acceptance - mean)
+    kd, kt = data.draft_log_params.shape[0], data.target_log_params.shape[0]
+    by = lambda values, index, size: jax.ops.segment_sum(values, index, num_segments=size)
+    return AcceptanceMoments(
+        total=total, mean=mean, variance=jnp.sum(centred * (data.acceptance - mean)),
+        draft_share=by(share, data.draft_model, kd), target_share=by(share, data.target_model, kt),
+        pair_share=by(share, data.row_pair, data.pair_draft.shape[0]),
+        draft_moment=by(centred, data.draft_model, kd), target_moment=by(centred, data.target_model, kt))
+
+
+def _centred_to_theta(theta, data: JointData):
+    """Pre-training coordinates (log E, log A, log B, a, b) from the centred ones."""
+    return theta.at[1].add(theta[3] * data.log_params_centre).at[2].add(
+        theta[4] * data.log_tokens_centre)
+
+
+def natural_coefficients(theta, data: JointData) -> jnp.ndarray:
     """theta (fit coordinates) -> the eight coefficients in laws.COEFFICIENTS order."""
-    pre = pretraining_fit.from_theta(theta[:5])
+    scales = data.scales
+    pre = pretraining_fit.from_theta(_centred_to_theta(theta[:5], data))
     a = theta[5] / scales.draft_std
     b = theta[6] / scales.target_std
     c = theta[7] - a * scales.draft_mean - b * scales.target_mean
@@ -100,101 +242,180 @@ def natural_coefficients(theta, scales: PlaneScales) -> jnp.ndarray:
     return laws_lib.coefficient_vector(pre, acc)
 
 
-def theta_from_laws(pretraining_law, acceptance_law, scales: PlaneScales) -> jnp.ndarray:
-    pre_theta = pretraining_fit.to_theta(pretraining_law)
-    a, b, c = (jnp.asarray(getattr(acceptance_law, f)) for f in laws_lib.ACCEPTANCE_FIELDS)
+def theta_from_laws(pretraining_law, acceptance_law, data: JointData) -> jnp.ndarray:
+    """The fit's coordinates of a pair of laws (inverse of :func:`natural_coefficients`)."""
+    scales = data.scales
+    pre = pretraining_fit.to_theta(pretraining_law).astype(data.acceptance.dtype)
+    pre = pre.at[1].add(-pre[3] * data.log_params_centre).at[2].add(-pre[4] * data.log_tokens_centre)
+    a, b, c = (jnp.asarray(getattr(acceptance_law, f), pre.dtype) for f in laws_lib.ACCEPTANCE_FIELDS)
     plane = jnp.stack([a * scales.draft_std, b * scales.target_std,
                        c + a * scales.draft_mean + b * scales.target_mean])
-    return jnp.concatenate([pre_theta, plane.astype(pre_theta.dtype)])
+    return jnp.concatenate([pre, plane])
 
 
-def _predicted_acceptance(theta, rows: AcceptanceRows, scales: PlaneScales):
-    log_loss = lambda n, d: pretraining_fit.predicted_log_loss(theta[:5], jnp.log(n), jnp.log(d))
-    draft_ppl = jnp.exp(jnp.exp(log_loss(rows.draft_params, rows.draft_tokens)))
-    target_ppl = jnp.exp(jnp.exp(log_loss(rows.target_params, rows.target_tokens)))
-    return (theta[5] * (draft_ppl - scales.draft_mean) / scales.draft_std
-            + theta[6] * (target_ppl - scales.target_mean) / scales.target_std + theta[7])
+def _predictions(pre_theta, data: JointData):
+    """Standardised predicted perplexities of the draft and target models, and log L residuals of the points.
+
+    One pre-training-law evaluation over all three tables at once: the same
+    numbers as three, and a third of the graph for XLA to compile.
+    """
+    kd, kt = data.draft_log_params.shape[0], data.target_log_params.shape[0]
+    log_loss = pretraining_fit.predicted_log_loss(
+        pre_theta,
+        jnp.concatenate([data.draft_log_params, data.target_log_params, data.point_log_params]),
+        jnp.concatenate([data.draft_log_tokens, data.target_log_tokens, data.point_log_tokens]))
+    perplexity = jnp.exp(jnp.exp(log_loss[:kd + kt]))
+    scales = data.scales
+    xs = (perplexity[:kd] - scales.draft_mean) / scales.draft_std
+    ys = (perplexity[kd:] - scales.target_mean) / scales.target_std
+    return xs, ys, data.point_log_loss - log_loss[kd + kt:]
 
 
-def _loss_residuals(theta, points: PerplexityPoints):
-    predicted = pretraining_fit.predicted_log_loss(theta[:5], jnp.log(points.params),
-                                                   jnp.log(points.tokens))
-    return jnp.log(jnp.log(points.perplexity)) - predicted
+def _loss_term(loss_residual, point_weight):
+    return concentrated_nll(jnp.sum(point_weight * loss_residual**2), jnp.sum(point_weight))
 
 
-def joint_objective(theta, rows, points, scales, row_weight, point_weight):
-    """l(theta), the profiled log-likelihood of acceptances and losses (module doc)."""
-    residual = rows.acceptance - _predicted_acceptance(theta, rows, scales)
-    # Weights are normalised to mean 1, so their sum is the row count (a
-    # bootstrap's counts keep that sum too).
-    acceptance_term = concentrated_nll(jnp.sum(row_weight * residual**2), jnp.sum(row_weight))
-    loss_residual = _loss_residuals(theta, points)
-    loss_term = concentrated_nll(jnp.sum(point_weight * loss_residual**2), jnp.sum(point_weight))
-    return acceptance_term + loss_term
+def joint_objective(theta, data: JointData, row_weight, point_weight):
+    """l(theta) in all eight coordinates (module doc), summed row by row.
+
+    The reference form: the fit minimises the same function with the plane
+    profiled out (:func:`profiled_objective`); this one gives the Hessian
+    for the covariance and the residuals.
+    """
+    return _acceptance_term(theta, data, row_weight) + _loss_term(_predictions(theta[:5], data)[2],
+                                                                  point_weight)
 
 
-def _free_mask(fit_target_coeff: bool, dtype):
-    return jnp.asarray([1, 1, 1, 1, 1, 1, int(fit_target_coeff), 1], dtype)
+def _acceptance_term(theta, data: JointData, row_weight):
+    xs, ys, _ = _predictions(theta[:5], data)
+    predicted = theta[5] * xs[data.draft_model] + theta[6] * ys[data.target_model] + theta[7]
+    residual = data.acceptance - predicted
+    return concentrated_nll(jnp.sum(row_weight * residual**2), jnp.sum(row_weight))
 
 
-@functools.partial(jax.jit, static_argnames=("fit_target_coeff", "max_steps"))
-def refit(theta0, rows, points, scales, row_weight, point_weight, *,
-          fit_target_coeff: bool = True, max_steps: int = 500):
-    """Minimise l from theta0; coordinates outside the free mask stay at theta0."""
-    free = _free_mask(fit_target_coeff, theta0.dtype)
-    objective = lambda t: joint_objective(free * t + (1 - free) * theta0, rows, points, scales,
-                                          row_weight, point_weight)
-    solution = minimize(objective, theta0, max_steps=max_steps)
-    return free * solution.params + (1 - free) * theta0, solution
+def profiled_objective(pre_theta, data: JointData, moments: AcceptanceMoments, point_weight,
+                       fit_target_coeff: bool = True):
+    """min over the plane of l, from the acceptance moments: (value, plane coordinates (3,)).
+
+    With xs, ys the standardised predicted perplexities and centred
+    covariances C (2x2, of xs and ys) and c (of each with alpha), the best
+    plane has slopes C^-1 c and leaves SSR / W = var(alpha) - c' C^-1 c.
+    """
+    xs, ys, loss_residual = _predictions(pre_theta, data)
+    x_mean, y_mean = moments.draft_share @ xs, moments.target_share @ ys
+    dx, dy = xs - x_mean, ys - y_mean
+    cxx, cyy = moments.draft_share @ dx**2, moments.target_share @ dy**2
+    kd, kt = dx.shape[0], dy.shape[0]
+    if data.pair_draft.shape[0] == kd * kt:  # the full grid, row-major (see prepare)
+        cxy = dx @ (moments.pair_share.reshape(kd, kt) @ dy)
+    else:
+        cxy = jnp.sum(moments.pair_share * dx[data.pair_draft] * dy[data.pair_target])
+    cxa, cya = dx @ moments.draft_moment, dy @ moments.target_moment
+    if fit_target_coeff:
+        det = cxx * cyy - cxy**2
+        slope_x = (cyy * cxa - cxy * cya) / det
+        slope_y = (cxx * cya - cxy * cxa) / det
+    else:
+        slope_x, slope_y = cxa / cxx, jnp.zeros_like(cxa)
+    explained = slope_x * cxa + slope_y * cya
+    value = concentrated_nll(moments.total * (moments.variance - explained), moments.total)
+    plane = jnp.stack([slope_x, slope_y, moments.mean - slope_x * x_mean - slope_y * y_mean])
+    return value + _loss_term(loss_residual, point_weight), plane
+
+
+NEWTON_POLISH = 4  # Newton steps after L-BFGS (quadratic convergence: 2 usually suffice)
+
+
+@functools.partial(jax.jit, static_argnames=("fit_target_coeff", "max_steps", "newton_steps"))
+def refit(pre_theta0, data: JointData, row_weight, point_weight, *, fit_target_coeff: bool = True,
+          max_steps: int = 200, newton_steps: int = NEWTON_POLISH):
+    """Minimise l from the pre-training coordinates ``pre_theta0`` (5,), the plane profiled.
+
+    L-BFGS for up to ``max_steps`` (0 skips it: a warm start), then
+    ``newton_steps`` Newton steps. Returns (theta (8,), Solution of the
+    5-coordinate search, whose grad_norm is the Newton decrement).
+    """
+    moments = acceptance_moments(data, row_weight)
+    objective = lambda t: profiled_objective(t, data, moments, point_weight, fit_target_coeff)[0]
+    pre_theta = pre_theta0
+    if max_steps > 0:
+        pre_theta = minimize(objective, pre_theta, max_steps=max_steps).params
+    solution = newton(objective, pre_theta, steps=newton_steps)
+    _, plane = profiled_objective(solution.params, data, moments, point_weight, fit_target_coeff)
+    return jnp.concatenate([solution.params, plane]), solution
+
+
+def _check_inputs(rows, points, fit_target_coeff):
+    if not isinstance(rows, AcceptanceRows):
+        raise TypeError(f"rows must be AcceptanceRows, got {type(rows).__name__}")
+    if not isinstance(points, PerplexityPoints):
+        raise TypeError(f"points must be PerplexityPoints, got {type(points).__name__}")
+    n, p = rows.acceptance.shape[0], points.params.shape[0]
+    if n < 4:
+        raise ValueError(f"the end-to-end fit needs at least 4 acceptance measurements, got {n}")
+    if p < 5:
+        raise ValueError(f"the pre-training law has 5 coefficients; {p} loss points cannot fix them")
+    if np.ptp(np.asarray(rows.draft_perplexity)) == 0:
+        raise ValueError("every measurement has the same draft perplexity, so the acceptance "
+                         "law's draft coefficient is not determined; measure more than one draft")
+    if fit_target_coeff and np.ptp(np.asarray(rows.target_perplexity)) == 0:
+        raise ValueError("fit_target_coeff=True, but every measurement has the same target "
+                         "perplexity: the target coefficient cannot be told from the intercept")
 
 
 def fit_joint(rows: AcceptanceRows, points: PerplexityPoints, *, start=None,
-              fit_target_coeff: bool | None = None, max_steps: int = 500) -> JointFit:
+              fit_target_coeff: bool | None = None, max_steps: int = 200) -> JointFit:
     """Fit both laws end to end (module doc).
 
     Args:
       rows, points: from :func:`sdsl_jax.fitting.data.acceptance_rows` and
-        :func:`~sdsl_jax.fitting.data.perplexity_points`.
+        :func:`~sdsl_jax.fitting.data.perplexity_points`; at least 4 rows and
+        5 points.
       start: optional (PretrainingLaw, AcceptanceLaw) to start from; by
-        default the separate Huber and plane fits.
+        default the separate Huber fit (only its pre-training law is used:
+        the plane is solved exactly at every step).
       fit_target_coeff: fit B, the plane's target coefficient. By default
         only when the rows span more than one target perplexity; with one
         target B cannot be told apart from the intercept and is held at 0.
+      max_steps: L-BFGS step limit.
+
+    A host-level driver (it lays the data out once with :func:`prepare`);
+    the solve itself is one jitted call.
     """
     if fit_target_coeff is None:
-        fit_target_coeff = bool(jnp.ptp(rows.target_perplexity) > 0)
-    scales = plane_scales(rows)
+        fit_target_coeff = bool(np.ptp(np.asarray(rows.target_perplexity)) > 0)
+    _check_inputs(rows, points, fit_target_coeff)
+    data = prepare(rows, points)
     if start is None:
         pre = pretraining_fit.fit_pretraining_law(points.params, points.tokens,
                                                   jnp.log(points.perplexity)).law
-        acc = fit_acceptance_law(rows).law
     else:
-        pre, acc = start
-    theta0 = theta_from_laws(pre, acc, scales)
-    if not fit_target_coeff:
-        theta0 = theta0.at[6].set(0.0)
-    theta, solution = refit(theta0, rows, points, scales, rows.weight, jnp.ones_like(points.params),
+        pre = start[0]
+    pre_theta0 = theta_from_laws(pre, acceptance_lib.SDSL_2026, data)[:5]
+    point_weight = jnp.ones_like(data.point_log_loss)
+    theta, solution = refit(pre_theta0, data, rows.weight, point_weight,
                             fit_target_coeff=fit_target_coeff, max_steps=max_steps)
-    return _summarise(theta, solution, rows, points, scales, fit_target_coeff)
+    return _summarise(theta, solution, data, rows.weight, point_weight, fit_target_coeff)
 
 
 @functools.partial(jax.jit, static_argnums=5)
-def _summarise(theta, solution, rows, points, scales, fit_target_coeff):
-    free = (True,) * 6 + (fit_target_coeff, True)
-    objective = lambda t: joint_objective(t, rows, points, scales, rows.weight,
-                                          jnp.ones_like(points.params))
-    n = rows.acceptance.shape[0] + points.params.shape[0]
+def _summarise(theta, solution, data, row_weight, point_weight, fit_target_coeff):
+    free = tuple(i != TARGET_COEFF or fit_target_coeff for i in range(8))
+    # Two blocks, each with its own profiled variance and its own
+    # degrees-of-freedom correction (delta_method_covariance).
+    acceptance_block = lambda t: _acceptance_term(t, data, row_weight)
+    loss_block = lambda t: _loss_term(_predictions(t[:5], data)[2], point_weight)
     covariance, identifiable = delta_method_covariance(
-        objective, theta, lambda t: natural_coefficients(t, scales), free, n)
-    coeffs = natural_coefficients(theta, scales)
+        (acceptance_block, loss_block), theta, lambda t: natural_coefficients(t, data), free,
+        (jnp.sum(row_weight), jnp.sum(point_weight)))
+    coeffs = natural_coefficients(theta, data)
     pre, acc = laws_lib.laws_from_vector(coeffs)
-    predicted = _predicted_acceptance(theta, rows, scales)
-    residuals = rows.acceptance - predicted
-    sst = jnp.sum((rows.acceptance - jnp.mean(rows.acceptance)) ** 2)
-    loss_res = _loss_residuals(theta, points)
-    losses = jnp.log(points.perplexity)
-    loss_fit = jnp.exp(jnp.log(losses) - loss_res)
-    eps = jnp.finfo(theta.dtype).eps
+    xs, ys, loss_res = _predictions(theta[:5], data)
+    residuals = data.acceptance - (theta[5] * xs[data.draft_model] + theta[6] * ys[data.target_model]
+                                   + theta[7])
+    sst = jnp.sum((data.acceptance - jnp.mean(data.acceptance)) ** 2)
+    losses = jnp.exp(data.point_log_loss)
+    loss_fit = jnp.exp(data.point_log_loss - loss_res)
     return JointFit(
         laws=laws_lib.FittedLaws(pretraining_law=pre, acceptance_law=acc, covariance=covariance),
         theta=theta,
@@ -203,42 +424,61 @@ def _summarise(theta, solution, rows, points, scales, fit_target_coeff):
         loss_r2=1 - jnp.sum((losses - loss_fit) ** 2) / jnp.sum((losses - jnp.mean(losses)) ** 2),
         loss_residuals=loss_res,
         objective=solution.value,
-        converged=solution.grad_norm <= 1e4 * eps * jnp.maximum(jnp.abs(solution.value), 1.0),
+        converged=jnp.isfinite(solution.value) & (solution.grad_norm <= converged_decrement(theta.dtype)),
         identifiable=identifiable)
+
+
+def converged_decrement(dtype) -> float:
+    """Largest Newton decrement (distance to the optimum in standard errors) called converged.
+
+    1e-3 standard errors, or what rounding allows in the dtype (about 0.03
+    in float32).
+    """
+    return max(1e-3, 100 * float(np.sqrt(np.finfo(dtype).eps)))
 
 
 def bootstrap_joint(fit: JointFit, rows: AcceptanceRows, points: PerplexityPoints, key, *,
                     num_resamples: int = 1000, fit_target_coeff: bool | None = None,
-                    max_steps: int = 200, batch_size: int = 100) -> jnp.ndarray:
+                    newton_steps: int = 8, max_steps: int = 0, batch_size: int = 100,
+                    data: JointData | None = None, with_decrement: bool = False):
     """(num_resamples, 8) coefficients refitted on resampled measurements.
 
     Rows and loss points are resampled with replacement (each resample is a
-    vector of draw counts used as weights), and every resample is refitted
-    from the point estimate: warm starts converge in a few dozen L-BFGS steps.
-    Resamples run ``batch_size`` at a time under vmap (lax.map over batches
-    bounds the memory: each batch holds batch_size x rows weights).
+    vector of draw counts used as weights, times the rows' own weights), and
+    every resample is refitted from the point estimate by ``newton_steps``
+    Newton steps on the profiled objective (after up to ``max_steps`` L-BFGS
+    steps, none by default): a resample's optimum lies a standard error or so
+    from the point estimate, where Newton converges quadratically, and a
+    fixed step count vmaps efficiently. Resamples run ``batch_size`` at a
+    time under vmap (lax.map over batches bounds the memory). ``data`` may
+    pass the :func:`prepare` layout to skip recomputing it.
+    ``with_decrement=True`` also returns each resample's final Newton
+    decrement (see :func:`converged_decrement`).
     """
-    from sdsl_jax.fitting.uncertainty import resample_weights
-
     if fit_target_coeff is None:
         fit_target_coeff = bool(fit.laws.acceptance_law.target_coeff != 0)
-    scales = plane_scales(rows)
+    if num_resamples < 1 or batch_size < 1:
+        raise ValueError(f"num_resamples and batch_size must be >= 1, got {num_resamples}, {batch_size}")
+    data = prepare(rows, points) if data is None else data
     row_key, point_key = jax.random.split(key)
     dtype = fit.theta.dtype
     row_counts = resample_weights(row_key, rows.acceptance.shape[0], num_resamples, dtype)
     point_counts = resample_weights(point_key, points.params.shape[0], num_resamples, dtype)
-    return _bootstrap(fit.theta, rows, points, scales, row_counts, point_counts,
-                      fit_target_coeff=fit_target_coeff, max_steps=max_steps,
-                      batch_size=min(batch_size, num_resamples))
+    samples, decrement = _bootstrap(fit.theta, data, rows.weight, row_counts, point_counts,
+                                    fit_target_coeff=fit_target_coeff, max_steps=max_steps,
+                                    newton_steps=newton_steps, batch_size=min(batch_size, num_resamples))
+    return (samples, decrement) if with_decrement else samples
 
 
-@functools.partial(jax.jit, static_argnames=("fit_target_coeff", "max_steps", "batch_size"))
-def _bootstrap(theta, rows, points, scales, row_counts, point_counts, *, fit_target_coeff,
-               max_steps, batch_size):
+@functools.partial(jax.jit, static_argnames=("fit_target_coeff", "max_steps", "newton_steps",
+                                             "batch_size"))
+def _bootstrap(theta, data, row_weight, row_counts, point_counts, *, fit_target_coeff, max_steps,
+               newton_steps, batch_size):
     def one(counts):
         row_count, point_count = counts
-        solved, _ = refit(theta, rows, points, scales, rows.weight * row_count, point_count,
-                          fit_target_coeff=fit_target_coeff, max_steps=max_steps)
-        return natural_coefficients(solved, scales)
+        solved, solution = refit(theta[:5], data, row_weight * row_count, point_count,
+                                 fit_target_coeff=fit_target_coeff, max_steps=max_steps,
+                                 newton_steps=newton_steps)
+        return natural_coefficients(solved, data), solution.grad_norm
 
     return jax.lax.map(one, (row_counts, point_counts), batch_size=batch_size)

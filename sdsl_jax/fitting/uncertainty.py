@@ -28,21 +28,54 @@ from sdsl_jax.fitting import laws as laws_lib
 METHODS = ("delta", "bootstrap")
 
 
+def _inverse(matrix):
+    """(pseudo-inverse, full rank?) of a symmetric matrix, by its eigenvalues.
+
+    Numerical rank as numpy.linalg.matrix_rank judges it: an eigenvalue below
+    p eps of the largest is indistinguishable from 0. (Not pinv's default
+    cut-off, 10 p eps, which in float32 discards directions the data do
+    determine: a condition number of 1e5 is common in these fits.)
+    """
+    eigenvalues, vectors = jnp.linalg.eigh(matrix)
+    cutoff = matrix.shape[0] * jnp.finfo(matrix.dtype).eps * jnp.abs(eigenvalues[-1])
+    kept = eigenvalues > cutoff
+    inverse_values = jnp.where(kept, 1.0 / jnp.where(kept, eigenvalues, 1.0), 0.0)
+    return (vectors * inverse_values) @ vectors.T, eigenvalues[0] > cutoff
+
+
 def delta_method_covariance(objective, theta, to_natural, free, n):
     """(covariance of to_natural(theta), identifiable) from the objective's Hessian.
 
     ``objective`` is a negative log-likelihood with the noise variance
-    profiled out, so its inverse Hessian is the covariance of theta. It is
-    scaled by n / (n - p), the usual degrees-of-freedom correction (with it,
-    a linear fit reproduces s^2 (X'WX)^-1 exactly). Coordinates not in
-    ``free`` were held fixed and get zero variance.
+    profiled out, so its inverse Hessian is the covariance of theta, up to
+    the degrees-of-freedom correction: the profiled variance is SSR / n, and
+    the unbiased one SSR / (n - p). So the Hessian is scaled by (n - p) / n
+    (with it, a linear fit reproduces s^2 (X'WX)^-1 exactly).
+
+    The likelihood may come in blocks with a variance each (the end-to-end
+    fit's acceptances and losses): pass ``objective`` and ``n`` as equal-length
+    sequences, the blocks' negative log-likelihoods (summing to the whole)
+    and their observation counts. Each block's Hessian H_b is then scaled by
+    (n_b - p_b) / n_b, where p_b = tr(H^-1 H_b) is the share of the p
+    coefficients that block determines (its effective degrees of freedom;
+    the shares add up to p). With a single block this is the correction above.
+
+    Coordinates not in ``free`` were held fixed and get zero variance. Where
+    the Hessian is singular (``identifiable`` False) the covariance is its
+    pseudo-inverse's, finite but meaningless along the undetermined directions.
     """
+    blocks = tuple(objective) if isinstance(objective, (tuple, list)) else (objective,)
+    sizes = tuple(n) if isinstance(n, (tuple, list)) else (n,)
+    if len(blocks) != len(sizes):
+        raise ValueError(f"{len(blocks)} objective blocks but {len(sizes)} observation counts")
     index = np.flatnonzero(np.asarray(free))
-    hessian = jax.hessian(objective)(theta)[np.ix_(index, index)]
-    eigenvalues = jnp.linalg.eigvalsh(hessian)
-    identifiable = eigenvalues[0] > 1e-10 * jnp.abs(eigenvalues[-1])
-    p = index.size
-    inverse = jnp.linalg.pinv(hessian) * (n / max(n - p, 1))
+    hessians = [jax.hessian(block)(theta)[np.ix_(index, index)] for block in blocks]
+    inverse, identifiable = _inverse(sum(hessians))
+    corrected = 0
+    for hessian, size in zip(hessians, sizes):
+        dof = jnp.trace(inverse @ hessian)
+        corrected = corrected + hessian * jnp.maximum(size - dof, 1.0) / size
+    inverse, _ = _inverse(corrected)
     cov_theta = jnp.zeros((theta.size, theta.size), theta.dtype).at[np.ix_(index, index)].set(inverse)
     jacobian = jax.jacobian(to_natural)(theta)
     return jacobian @ cov_theta @ jacobian.T, identifiable
