@@ -139,21 +139,28 @@ def _log_draft_at_loss(target_loss, ctx: _Context, log_peak):
     found = (excess > 0) & (_draft_loss(log_peak, ctx) < target_loss)
     safe_excess = jnp.where(found, excess, 1.0)
 
-    def g(s):
-        return _draft_loss(s, ctx) - pre.irreducible_loss - safe_excess
+    def g(s, ctx):
+        return _draft_loss(s, ctx) - ctx.pretraining_law.irreducible_loss - safe_excess
 
-    start = (jnp.log(pre.param_coeff) - jnp.log(safe_excess)) / pre.param_exponent
-    start = jnp.where(found, jnp.minimum(start, log_peak), log_peak)
+    # The iteration runs on constants (no derivatives taken through it, so no
+    # NaN from iterates that overflow where no crossing exists and the result
+    # is discarded); the derivative comes from the final step below.
+    fixed = jax.lax.stop_gradient(ctx)
+    fixed_excess = jax.lax.stop_gradient(safe_excess)
+    start = (jnp.log(fixed.pretraining_law.param_coeff) - jnp.log(fixed_excess)) / fixed.pretraining_law.param_exponent
+    start = jnp.where(found, jnp.minimum(start, jax.lax.stop_gradient(log_peak)), 0.0)
 
     def newton(_, s):
-        value, slope = jax.jvp(g, (s,), (jnp.ones_like(s),))
+        value, slope = jax.jvp(lambda v: _draft_loss(v, fixed) - fixed.pretraining_law.irreducible_loss
+                               - fixed_excess, (s,), (jnp.ones_like(s),))
         return s - value / jnp.where(slope < 0, slope, -1.0)
 
-    s = jax.lax.fori_loop(0, WINDOW_NEWTON_STEPS, newton, jax.lax.stop_gradient(start))
+    s = jax.lax.fori_loop(0, WINDOW_NEWTON_STEPS, newton, start)
     # One more Newton step from the converged point, held constant, carries the
     # implicit-function derivative -g_theta / g_s (and changes the value by ~0).
-    s = jax.lax.stop_gradient(s)
-    value, slope = jax.jvp(g, (s,), (jnp.ones_like(s),))
+    # Where nothing was found the step is taken at a harmless point and discarded.
+    s = jnp.where(found, s, 0.0)
+    value, slope = jax.jvp(lambda v: g(v, ctx), (s,), (jnp.ones_like(s),))
     s = s - value / jnp.where(found & (slope < 0), slope, -1.0)
     return jnp.where(found, s, log_peak), found
 

@@ -233,10 +233,12 @@ def smooth_max(x, y, sharpness):
 def roofline_times(accelerator: Accelerator, params: ArrayLike, tokens_per_step: ArrayLike,
                    bytes_per_param: ArrayLike, workload: Workload):
     """(compute seconds, memory seconds) of one step, before the smooth max and overhead."""
-    compute = step_flops(params, tokens_per_step, workload) / (
-        accelerator.peak_flops * accelerator.compute_efficiency)
-    memory = step_bytes(params, bytes_per_param, workload) / (
-        accelerator.bandwidth * accelerator.bandwidth_efficiency)
+    # Divided one factor at a time, never by their product: with a peak or a
+    # bandwidth of inf (the limits), the product's derivative would be inf * 0.
+    compute = step_flops(params, tokens_per_step, workload) / accelerator.peak_flops / (
+        accelerator.compute_efficiency)
+    memory = step_bytes(params, bytes_per_param, workload) / accelerator.bandwidth / (
+        accelerator.bandwidth_efficiency)
     return compute, memory
 
 

@@ -71,6 +71,13 @@ VERIFY_MODES = ("scored", "one_step")
 # 2 to 64, alpha 0.3 to 0.999, both verification modes) 10 already leave none
 # below scipy's bounded search (xatol 1e-13); 12 keep a margin.
 NEWTON_STEPS = 12
+# Illinois steps on dF/dlogN. The FLOP planner's 8 leave N* within ~1e-10
+# here (70B target, H100, batch 8: a finite difference of N* in M is off by
+# 1e-6). Some configurations converge slowly, and which ones depends on
+# rounding (another compilation takes another path): on 101 random ones run
+# sharded over 4 devices the worst N* error was 1e-10 after 12 steps, 7e-12
+# after 16, 4e-13 after 20, 3e-14 after 24 (the noise floor).
+ROOT_STEPS = 24
 
 
 @chex.dataclass(frozen=True)
@@ -146,12 +153,13 @@ def _iteration_seconds_and_slope(gamma, it: _Iteration, scored: bool):
     """(D, dD/dgamma), the slope in closed form: written out rather than taken
     with jax.jvp, it keeps the nested derivatives the planner takes (through
     phi, the lookahead's implicit derivative and N*'s) small to compile."""
-    seconds = _iteration_seconds(gamma, it, scored)
     if not scored:
+        seconds = _iteration_seconds(gamma, it, scored)
         return seconds, jnp.broadcast_to(it.draft_seconds, seconds.shape)
     # d smax(x, y) / dx = (x / smax)^(p - 1), with x = a (gamma + 1) the compute time.
     compute = it.target_compute * (gamma + 1)
-    target = seconds - gamma * it.draft_seconds - it.overhead
+    target = hw.smooth_max(compute, it.target_memory, it.sharpness)
+    seconds = gamma * it.draft_seconds + target + it.overhead
     share = jnp.where(compute > 0, jnp.exp((it.sharpness - 1) * (
         jnp.log(jnp.where(compute > 0, compute, 1.0)) - jnp.log(target))), 0.0)
     return seconds, it.draft_seconds + it.target_compute * share
@@ -171,7 +179,7 @@ def _log_speedup_slope(gamma, it: _Iteration, scored: bool):
 
 
 def _piecewise_start(it: _Iteration, scored: bool):
-    """gamma* under the hard maximum (exact when one roofline term is 0)."""
+    """gamma* under the hard maximum, to start Newton's method (module doc)."""
     alpha = it.acceptance
     if not scored:
         one_step = _target_seconds(jnp.ones_like(alpha), it)
@@ -180,7 +188,7 @@ def _piecewise_start(it: _Iteration, scored: bool):
     # (t_draft + a) + (a + o). They meet at the corner gamma_k + 1 = b / a. Both
     # pieces give log S a single peak; the signs of their slopes at the corner
     # say which peak is the answer (or the corner itself), so one closed form
-    # (one Lambert W) is evaluated, not two.
+    # is evaluated, not two.
     a, b, o, t_draft = it.target_compute, it.target_memory, it.overhead, it.draft_seconds
     finite = a > 0
     corner = jnp.maximum(b / jnp.where(finite, a, 1.0) - 1, 0.0)
@@ -468,7 +476,7 @@ def optimal_draft_size_wallclock(
     scored, rest = _prepare(dtype, hardware, workload, draft_precision, target_precision, verify,
                             pretraining_law, acceptance_law)
     settings = planner._Settings(method=method, min_cost_ratio=lo, max_cost_ratio=hi,
-                                 grid_size=8, root_steps=8, lbfgs_steps=60,
+                                 grid_size=8, root_steps=ROOT_STEPS, lbfgs_steps=60,
                                  objective=_OBJECTIVES[scored])
     as_float = lambda v: jnp.asarray(v, dtype)
     return _plan(settings, scored, as_float(target_params), as_float(draft_tokens),

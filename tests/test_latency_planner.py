@@ -178,7 +178,7 @@ def test_gradients_match_finite_differences(x64):
         return jnp.stack([p.draft_params, p.tokens_per_second, p.lookahead])
 
     args = (70e9, 8.0, 3.35e12, 3e-4)
-    jac = jax.jacfwd(plan, argnums=(0, 1, 2, 3))(*args)
+    jac = jax.jacrev(plan, argnums=(0, 1, 2, 3))(*args)
     for i in range(4):
         h = 1e-4 * args[i]
         up, down = list(args), list(args)
@@ -186,6 +186,16 @@ def test_gradients_match_finite_differences(x64):
         down[i] -= h
         fd = (np.asarray(plan(*up)) - np.asarray(plan(*down))) / (2 * h)
         np.testing.assert_allclose(np.asarray(jac[i]), fd, rtol=1e-6, err_msg=str(i))
+
+
+def test_compute_bound_gradients_match_the_flop_law(x64):
+    # Forward mode through the limit: a bandwidth of inf must not turn into inf * 0.
+    compute_bound = H100.replace(bandwidth=jnp.inf, overhead=0.0)
+    wall = lambda m: lp.optimal_draft_size_wallclock(
+        m, TOKENS, TOKENS, hardware=compute_bound, workload=hw.Workload(context=0.0),
+        verify="one_step").draft_params
+    flop = lambda m: sd.optimal_draft_size(m, TOKENS, TOKENS).draft_params
+    assert float(jax.jacfwd(wall)(70e9)) == pytest.approx(float(jax.grad(flop)(70e9)), rel=1e-8)
 
 
 def test_evaluate_agrees_with_the_plan_at_its_own_optimum(x64, plans):
