@@ -124,6 +124,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "library) plus any text you name, with checkpoints; rerun to resume after a kill."))
     train_cli.add_arguments(train)
 
+    from sdsl_jax import measure_cli
+    measure = commands.add_parser("measure", help="measure acceptance and latency of a pair",
+                                  description=(
+        "Decode prompts with speculative sampling and with the target alone, append one JSON "
+        "line per finished prompt (rerun to resume), and summarise acceptance, speedup and "
+        "latency with intervals; the rows feed `sdsl fit`."))
+    measure_cli.add_arguments(measure)
+
     rule = commands.add_parser("rule", help="refit the linear rule N* ~= a M + b to the planner",
                                description=(
         "Fit N* ~= a M + b (+ c log D) over a grid of targets and data sizes and "
@@ -538,6 +546,11 @@ def _train(args) -> int:
     return train_cli.run(args, UsageError)
 
 
+def _measure(args) -> int:
+    from sdsl_jax import measure_cli
+    return measure_cli.run(args, UsageError)
+
+
 def _plot(args) -> int:
     from sdsl_jax import plot_cli
     return plot_cli.run(args, UsageError)
@@ -551,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a program that calls main() keeps its own precision setting).
         with jax.enable_x64(True):
             return {"plan": _plan, "rule": _rule, "fit": _fit,
-                    "train": _train, "plot": _plot}[args.command](args)
+                    "train": _train, "measure": _measure, "plot": _plot}[args.command](args)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

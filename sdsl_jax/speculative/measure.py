@@ -169,3 +169,45 @@ def measure_pair(draft: Decoder, target: Decoder, prompts: Sequence[Sequence[int
                                prompt_lengths=lengths[idx].tolist(),
                                max_new_tokens=max_new_tokens, temperature=temperature,
                                draft=draft, target=target, baseline=base, rows=rows)
+
+
+# --------------------------------------------------------------------------
+# Perplexity on the prompts (theory, section 4: x and y are measured on the
+# prompts the acceptance is measured on).
+
+
+def _prompt_nll(forward, init_cache, params, tokens, lengths):
+    batch, width = tokens.shape
+    logits, _ = forward(params, tokens, jnp.zeros((batch,), jnp.int32),
+                        init_cache(batch, width))
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.promote_types(logits.dtype, jnp.float32)))
+    picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+    # Position t predicts token t + 1; only tokens inside the prompt are scored.
+    scored = jnp.arange(1, width)[None, :] < lengths[:, None]
+    return -jnp.sum(jnp.where(scored, picked, 0.0), axis=1), jnp.sum(scored, axis=1)
+
+
+_prompt_nll_jit = jax.jit(_prompt_nll, static_argnums=(0, 1))
+
+
+def prompt_log_likelihood(decoder: Decoder, prompt_tokens, prompt_lengths):
+    """Teacher-forced negative log-likelihood of each prompt under ``decoder``.
+
+    Args:
+      prompt_tokens: int[B, P], left-aligned (see :func:`loop.pad_prompts`).
+      prompt_lengths: int[B], in [1, P].
+
+    Returns:
+      (nll, scored): float64[B] nats summed over tokens 1 .. length - 1 of
+      each prompt (each predicted from the ones before it), and int64[B] how
+      many tokens that is. exp(sum nll / sum scored) is the perplexity on the
+      prompts.
+    """
+    tokens = jnp.asarray(prompt_tokens, jnp.int32)
+    lengths = jnp.asarray(prompt_lengths, jnp.int32)
+    if tokens.ndim != 2 or lengths.shape != tokens.shape[:1]:
+        raise ValueError(f"prompt_tokens must be [B, P] and prompt_lengths [B], got shapes "
+                         f"{tokens.shape} and {lengths.shape}")
+    nll, scored = _prompt_nll_jit(decoder.forward, decoder.init_cache, decoder.params, tokens,
+                                  lengths)
+    return np.asarray(nll, np.float64), np.asarray(scored, np.int64)

@@ -100,6 +100,68 @@ def row_latencies(generation: loop.Generation, timing: Timing,
 
 
 # --------------------------------------------------------------------------
+# Step times: what one draft step and one target step cost, for the law.
+
+
+def _forward_chain(forward, params, cache, tokens, start, steps):
+    def body(_, carry):
+        cache, tokens = carry
+        logits, cache = forward(params, tokens, start, cache)
+        # Each step reads the previous step's output, so XLA can neither skip
+        # nor hoist a step.
+        return cache, jnp.argmax(logits, -1).astype(jnp.int32)
+    return jax.lax.fori_loop(0, steps, body, (cache, tokens))
+
+
+_forward_chain_jit = jax.jit(_forward_chain, static_argnums=(0,))
+
+
+def forward_step_seconds(decoder: Decoder, *, batch_size: int = 1, tokens_per_step: int = 1,
+                         context: int = 0, steps: int = 32, repeats: int = 5,
+                         clock=time.perf_counter) -> float:
+    """Median seconds of one forward step of ``decoder``, compiled and on the device.
+
+    A step feeds ``tokens_per_step`` new tokens per sequence for ``batch_size``
+    sequences that already hold ``context`` cached positions: 1 token is a
+    draft step or an autoregressive target step, lookahead + 1 tokens is a
+    verification. ``steps`` chained steps run in one compiled loop (so
+    dispatch is paid once, as in the decoding loop), ``repeats`` times after
+    a compiling call; the median per step is returned.
+    """
+    for name, value, minimum in (("batch_size", batch_size, 1), ("tokens_per_step", tokens_per_step, 1),
+                                 ("context", context, 0), ("steps", steps, 1),
+                                 ("repeats", repeats, 1)):
+        loop._check_int(name, value, minimum)
+    cache = decoder.init_cache(batch_size, context + tokens_per_step)
+    tokens = jnp.zeros((batch_size, tokens_per_step), jnp.int32)
+    start = jnp.full((batch_size,), context, jnp.int32)
+    run = lambda n: jax.block_until_ready(_forward_chain_jit(
+        decoder.forward, decoder.params, cache, tokens, start, jnp.int32(n)))
+    run(1)
+    times = []
+    for _ in range(repeats):
+        begin = clock()
+        run(steps)
+        times.append((clock() - begin) / steps)
+    return float(np.median(times))
+
+
+def law_speedup(acceptance, lookahead: int, cost_ratio, verify_cost=1.0) -> float:
+    """The speedup the throughput law predicts, E(alpha, gamma) / (gamma c + v).
+
+    ``cost_ratio`` c is one draft step over one target step; ``verify_cost`` v
+    is the verification of gamma + 1 tokens in target steps. The law (theory,
+    section 3) takes v = 1, which memory-bound accelerators come close to; a
+    CPU pays more for the wider step, and the measured v says how much.
+    """
+    # E = 1 + alpha + ... + alpha^gamma, summed as written: exact at alpha = 1
+    # and no device work (the law in sdsl_jax.throughput is the jit-able form).
+    alpha = float(acceptance)
+    expected = sum(alpha ** i for i in range(int(lookahead) + 1))
+    return expected / (lookahead * float(cost_ratio) + float(verify_cost))
+
+
+# --------------------------------------------------------------------------
 # Intervals across prompts.
 
 
