@@ -148,8 +148,8 @@ def stream_configs(fn: Callable, chunks: Iterable[Sequence[np.ndarray]], *, chun
     for chunk in chunks:
         arrays = [np.asarray(c, dtype) for c in chunk]
         count = len(arrays[0])
-        if any(len(a) != count for a in arrays) or count > size:
-            raise ValueError(f"each chunk needs columns of one length <= chunk_size ({size}), "
+        if any(len(a) != count for a in arrays) or not 0 < count <= size:
+            raise ValueError(f"each chunk needs columns of one length in [1, chunk_size = {size}], "
                              f"got lengths {[len(a) for a in arrays]}")
         if compiled is None:
             compiled = _sharded(fn, mesh)
@@ -186,8 +186,10 @@ def map_configs(fn: Callable, *columns, shared: Sequence = (), chunk_size: int =
     dtype = np.dtype(dtype or jnp.result_type(float))
     flat, shape = _columns(columns, dtype)
     total = flat[0].size
+    if total == 0:
+        raise ValueError("no configurations: the columns are empty")
     chunk_size = max(1, min(int(chunk_size), total))
-    chunks = ([c[start:start + chunk_size] for c in flat] for start in range(0, max(total, 1), chunk_size))
+    chunks = ([c[start:start + chunk_size] for c in flat] for start in range(0, total, chunk_size))
     parts = list(stream_configs(fn, chunks, chunk_size=chunk_size, shared=shared, mesh=mesh,
                                 dtype=dtype))
     joined = jax.tree_util.tree_map(lambda *leaves: np.concatenate(leaves, axis=0), *parts)

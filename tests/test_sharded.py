@@ -147,6 +147,8 @@ def test_plan_sharded_names_bad_input():
         sharded.plan_sharded([70e9], [15e12], [15e12], fields=["n_star"])
     with pytest.raises(ValueError, match="chunk_size"):
         list(sharded.stream_configs(lambda a: a, [[np.ones(10)]], chunk_size=4))
+    with pytest.raises(ValueError, match="no configurations"):
+        sharded.map_configs(lambda a: a, np.ones(0))
 
 
 def test_shard_rows_names_bad_rows():
