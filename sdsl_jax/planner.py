@@ -33,6 +33,10 @@ Derivatives of N* with respect to M, D, D' and every law coefficient come from
 the implicit function theorem on dS/dlogN = 0 (a custom_jvp), not from
 unrolling the solver; the optimal throughput's gradient then follows by the
 envelope theorem.
+
+The solvers take the objective as a static setting (:class:`_Objective`), so
+the wall-clock planner (:mod:`sdsl_jax.latency_planner`) and the
+compute-budget planner (:mod:`sdsl_jax.budget`) reuse them with their own.
 """
 
 from __future__ import annotations
