@@ -279,6 +279,22 @@ def _file_prompts(args, model: _Model, usage_error):
     return prompts, f"file:{digest[:16]}"
 
 
+def _prompts(args, model: _Model, usage_error):
+    """(prompts as token lists, the prompt set's name, the padded prompt length)."""
+    if args.prompt_file is None:
+        length = 128 if args.prompt_len is None else args.prompt_len
+        return (*_corpus_prompts(args, model, args.prompts, length, usage_error), length)
+    prompts, prompt_set = _file_prompts(args, model, usage_error)
+    longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
+    length = len(prompts[longest]) if args.prompt_len is None else args.prompt_len
+    if len(prompts[longest]) > length:
+        raise usage_error(f"sdsl measure: prompt {longest} has {len(prompts[longest])} tokens, "
+                          f"more than --prompt-len {length}")
+    if any(not p for p in prompts):
+        raise usage_error("sdsl measure: argument --prompt-file: a prompt has no tokens")
+    return prompts, prompt_set, length
+
+
 def _prompt_hash(tokens) -> str:
     return hashlib.sha256(json.dumps([int(t) for t in tokens]).encode()).hexdigest()[:16]
 
@@ -397,11 +413,12 @@ def summary_row(records: list[dict], *, confidence: float = 0.95, num_resamples:
                  for r in records], confidence)
             row.update({f"baseline_{name}": mean, f"baseline_{name}_low": _at_least_0(low),
                         f"baseline_{name}_high": high})
+    # Each run (each resumption) times the steps once; its prompts carry the times.
     steps = {key: float(np.median([r[key] for r in records]))
-             for key in ("draft_step_seconds", "target_step_seconds", "baseline_step_seconds")}
-    cost_ratio = steps["draft_step_seconds"] / steps["baseline_step_seconds"]
-    verify_cost = steps["target_step_seconds"] / steps["baseline_step_seconds"]
-    row.update(steps, cost_ratio=cost_ratio, verify_cost=verify_cost,
+             for key in ("draft_step_seconds", "target_step_seconds", "baseline_step_seconds",
+                         "cost_ratio", "verify_cost")}
+    cost_ratio, verify_cost = steps["cost_ratio"], steps["verify_cost"]
+    row.update(steps,
                predicted_speedup=metrics.law_speedup(s["acceptance"], s["lookahead"], cost_ratio),
                predicted_speedup_verify=metrics.law_speedup(s["acceptance"], s["lookahead"],
                                                             cost_ratio, verify_cost))
@@ -512,6 +529,7 @@ def _check_arguments(args, usage_error) -> None:
     at_least("--max-new-tokens", args.max_new_tokens, 2)
     at_least("--batch-size", args.batch_size, 1)
     at_least("--bootstrap", args.bootstrap, 1)
+    at_least("--seed", args.seed, 0)
     if args.prompt_file is None and args.prompts is None:
         raise usage_error("sdsl measure: argument --prompts is required (or give --prompt-file)")
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
@@ -535,12 +553,18 @@ def _check_arguments(args, usage_error) -> None:
 
 
 def _measure_steps(draft, target, lookahead: int, batch: int, context: int) -> dict:
-    """Step times of the pair at the decode's batch and mean context."""
+    """Step times of the pair at the decode's batch and mean context (medians of
+    interleaved rounds), and the ratios the law uses (medians of each round's ratio)."""
+    import numpy as np
     from sdsl_jax.speculative import metrics
-    step = lambda decoder, width: metrics.forward_step_seconds(
-        decoder, batch_size=batch, tokens_per_step=width, context=context)
-    return {"draft_step_seconds": step(draft, 1), "target_step_seconds": step(target, lookahead + 1),
-            "baseline_step_seconds": step(target, 1)}
+    t = metrics.forward_step_seconds(
+        {"draft": (draft, 1), "verify": (target, lookahead + 1), "target": (target, 1)},
+        batch_size=batch, context=context)
+    return {"draft_step_seconds": float(np.median(t["draft"])),
+            "target_step_seconds": float(np.median(t["verify"])),
+            "baseline_step_seconds": float(np.median(t["target"])),
+            "cost_ratio": float(np.median(t["draft"] / t["target"])),
+            "verify_cost": float(np.median(t["verify"] / t["target"]))}
 
 
 def _nll(model: _Model, prompts, length: int, batch: int):
@@ -577,20 +601,13 @@ def _run(args, usage_error) -> int:
     draft = _load_model(args.draft, "--draft", "--draft-tokens", args.draft_tokens, usage_error)
     target = _load_model(args.target, "--target", "--target-tokens", args.target_tokens,
                          usage_error)
-    if args.prompt_file is not None:
-        prompts, prompt_set = _file_prompts(args, target, usage_error)
-        longest = max(len(p) for p in prompts)
-        if min(len(p) for p in prompts) < 1:
-            raise usage_error("sdsl measure: argument --prompt-file: a prompt has no tokens")
-        prompt_len = longest if args.prompt_len is None else args.prompt_len
-        if longest > prompt_len:
-            i = max(range(len(prompts)), key=lambda j: len(prompts[j]))
-            raise usage_error(f"sdsl measure: prompt {i} has {longest} tokens, more than "
-                              f"--prompt-len {prompt_len}")
-    else:
-        prompt_len = 128 if args.prompt_len is None else args.prompt_len
-        prompts, prompt_set = _corpus_prompts(args, target, args.prompts, prompt_len, usage_error)
+    prompts, prompt_set, prompt_len = _prompts(args, target, usage_error)
     _check_pair(draft, target, prompt_len + args.max_new_tokens + args.lookahead + 1, usage_error)
+    vocab = target.decoder.vocab_size
+    for i, prompt in enumerate(prompts):
+        if not all(0 <= t < vocab for t in prompt):
+            raise usage_error(f"sdsl measure: prompt {i} has a token id outside the models' "
+                              f"vocabulary of {vocab} (does the tokenizer belong to them?)")
     temperature = 0.0 if args.greedy else float(args.temperature)
     settings = {
         "draft_model": draft.name, "draft_params": int(draft.decoder.num_params),

@@ -116,34 +116,53 @@ def _forward_chain(forward, params, cache, tokens, start, steps):
 _forward_chain_jit = jax.jit(_forward_chain, static_argnums=(0,))
 
 
-def forward_step_seconds(decoder: Decoder, *, batch_size: int = 1, tokens_per_step: int = 1,
-                         context: int = 0, steps: int = 32, repeats: int = 5,
-                         clock=time.perf_counter) -> float:
-    """Median seconds of one forward step of ``decoder``, compiled and on the device.
+def _chain_runner(decoder: Decoder, width: int, batch_size: int, context: int):
+    """A function of n that runs n chained steps of ``width`` tokens and waits for them."""
+    loop._check_int("tokens_per_step", width, 1)
+    cache = decoder.init_cache(batch_size, context + width)
+    tokens = jnp.zeros((batch_size, width), jnp.int32)
+    start = jnp.full((batch_size,), context, jnp.int32)
+    return lambda n: jax.block_until_ready(_forward_chain_jit(
+        decoder.forward, decoder.params, cache, tokens, start, jnp.int32(n)))
+
+
+def forward_step_seconds(chains: Mapping[str, tuple[Decoder, int]], *, batch_size: int = 1,
+                         context: int = 0, min_seconds: float = 0.02, repeats: int = 7,
+                         clock=time.perf_counter) -> dict[str, np.ndarray]:
+    """Seconds of one forward step of each named (decoder, tokens_per_step), per round.
 
     A step feeds ``tokens_per_step`` new tokens per sequence for ``batch_size``
     sequences that already hold ``context`` cached positions: 1 token is a
     draft step or an autoregressive target step, lookahead + 1 tokens is a
-    verification. ``steps`` chained steps run in one compiled loop (so
-    dispatch is paid once, as in the decoding loop), ``repeats`` times after
-    a compiling call; the median per step is returned.
+    verification. Each chain runs as one compiled loop of chained steps (so
+    dispatch is paid once, as in the decoding loop), long enough to take
+    about ``min_seconds``. The chains take turns, ``repeats`` rounds after a
+    compiling call, so a disturbance from other work on the machine hits
+    every chain of a round alike: ratios of one round's times are steadier
+    than ratios of separate medians.
+
+    Returns:
+      name -> float64[repeats], seconds per step in each round.
     """
-    for name, value, minimum in (("batch_size", batch_size, 1), ("tokens_per_step", tokens_per_step, 1),
-                                 ("context", context, 0), ("steps", steps, 1),
+    for name, value, minimum in (("batch_size", batch_size, 1), ("context", context, 0),
                                  ("repeats", repeats, 1)):
         loop._check_int(name, value, minimum)
-    cache = decoder.init_cache(batch_size, context + tokens_per_step)
-    tokens = jnp.zeros((batch_size, tokens_per_step), jnp.int32)
-    start = jnp.full((batch_size,), context, jnp.int32)
-    run = lambda n: jax.block_until_ready(_forward_chain_jit(
-        decoder.forward, decoder.params, cache, tokens, start, jnp.int32(n)))
-    run(1)
-    times = []
-    for _ in range(repeats):
+    runs = {name: _chain_runner(decoder, width, batch_size, context)
+            for name, (decoder, width) in chains.items()}
+    steps = {}
+    for name, run in runs.items():
+        run(1)  # compile
         begin = clock()
-        run(steps)
-        times.append((clock() - begin) / steps)
-    return float(np.median(times))
+        run(16)
+        per_step = max((clock() - begin) / 16, 1e-9)
+        steps[name] = int(min(max(16, math.ceil(min_seconds / per_step)), 1 << 16))
+    times = {name: np.empty(repeats) for name in runs}
+    for r in range(repeats):
+        for name, run in runs.items():
+            begin = clock()
+            run(steps[name])
+            times[name][r] = (clock() - begin) / steps[name]
+    return times
 
 
 def law_speedup(acceptance, lookahead: int, cost_ratio, verify_cost=1.0) -> float:
