@@ -110,7 +110,8 @@ class Workload:
 
 
 # Bytes per stored weight at common serving precisions.
-PRECISION_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+PRECISION_BYTES = {"fp32": 4.0, "float32": 4.0, "bf16": 2.0, "bfloat16": 2.0, "fp16": 2.0,
+                   "float16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 
 # Efficiencies and overheads of the presets are starting points, not measurements:
 # memory-bound decoding kernels typically stream weights at 70-85% of the
@@ -292,8 +293,9 @@ A measurement of one speculative run, as `sdsl measure` writes it:
   draft_params, target_params   parameter counts (numbers or '125M', '7B')
   draft_step_seconds            seconds of one draft forward step (1 new token per sequence)
   target_step_seconds           seconds of one verification step (lookahead + 1 tokens)
+  baseline_step_seconds         seconds of one target decoding step (1 token)
   lookahead                     gamma; required with target_step_seconds
-  (at least one of the two *_step_seconds; each present one becomes a row)
+  (at least one of the *_step_seconds; each present one becomes a row)
 
 or a single step:
   params, seconds               parameters and seconds of one forward step
@@ -361,15 +363,17 @@ def step_time_rows(records: Iterable[Mapping[str, Any]], *, source: str = "recor
                          _field_precision(record, ("draft_precision", "precision"), where),
                          batch, context, _field_number(record, "draft_step_seconds", where)))
             found = True
-        if record.get("target_step_seconds") is not None:
-            lookahead = _field_number(record, "lookahead", where, strictly=False)
-            rows.append((_field_number(record, "target_params", where), lookahead + 1,
-                         _field_precision(record, ("target_precision", "precision"), where),
-                         batch, context, _field_number(record, "target_step_seconds", where)))
-            found = True
+        for key, positions in (("target_step_seconds", None), ("baseline_step_seconds", 1.0)):
+            if record.get(key) is not None:
+                if positions is None:
+                    positions = _field_number(record, "lookahead", where, strictly=False) + 1
+                rows.append((_field_number(record, "target_params", where), positions,
+                             _field_precision(record, ("target_precision", "precision"), where),
+                             batch, context, _field_number(record, key, where)))
+                found = True
         if not found:
-            raise ValueError(f"{where}: no step time: give draft_step_seconds and/or "
-                             "target_step_seconds (with draft_params/target_params), or "
+            raise ValueError(f"{where}: no step time: give draft_step_seconds, target_step_seconds "
+                             "or baseline_step_seconds (with draft_params/target_params), or "
                              "params and seconds")
     if not rows:
         raise ValueError(f"{source}: no step-time records")

@@ -85,17 +85,17 @@ def test_value_of_budget_matches_finite_differences(x64, plan):
 
 
 def test_grad_through_the_planner(x64, plan):
-    def speedup(log_flops, target_params):
-        return budget.optimal_draft_under_budget(target_params, 15e12, jnp.exp(log_flops)).speedup
+    # Reverse mode, jitted, with respect to the budget and the target size at once.
+    def answer(log_flops, target_params):
+        result = budget.optimal_draft_under_budget(target_params, 15e12, jnp.exp(log_flops))
+        return jnp.stack([result.speedup, result.draft_params])
 
-    log_flops = jnp.log(jnp.asarray(CONFIGS[:, 2]))
-    grads = jax.jit(jax.vmap(jax.grad(speedup)))(log_flops, jnp.asarray(CONFIGS[:, 0]))
-    np.testing.assert_allclose(grads, plan["speedup_per_log_budget"], rtol=1e-9)
-    # The draft size's gradient with respect to the target size, by finite differences.
-    n_star = lambda m: budget.optimal_draft_under_budget(m, 15e12, 1e21).draft_params
-    g = float(jax.grad(n_star)(70e9))
-    fd = (float(n_star(70e9 * (1 + 1e-5))) - float(n_star(70e9 * (1 - 1e-5)))) / (2 * 70e9 * 1e-5)
-    assert g == pytest.approx(fd, rel=1e-6)
+    (d_log_flops, d_target) = jax.jit(jax.jacrev(answer, argnums=(0, 1)))(jnp.log(1e21), 70e9)
+    assert float(d_log_flops[0]) == pytest.approx(float(plan["speedup_per_log_budget"][1]), rel=1e-9)
+    assert float(d_log_flops[1]) == pytest.approx(float(plan["draft_params_per_log_budget"][1]), rel=1e-9)
+    n_star = lambda m: float(answer(jnp.log(1e21), m)[1])
+    fd = (n_star(70e9 * (1 + 1e-5)) - n_star(70e9 * (1 - 1e-5))) / (2 * 70e9 * 1e-5)
+    assert float(d_target[1]) == pytest.approx(fd, rel=1e-6)
 
 
 def test_when_no_draft_pays(x64):

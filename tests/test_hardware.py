@@ -196,20 +196,20 @@ def test_calibration_matches_scipy_least_squares_on_noisy_times(x64):
 def test_measure_records_become_draft_and_verify_rows(x64, tmp_path):
     records = [
         dict(draft_params="125M", target_params="7B", lookahead=4, batch=8, context=512,
-             draft_step_seconds=2e-3, target_step_seconds=2.5e-2, target_precision="fp8",
-             acceptance=0.7),  # extra keys are ignored
-        dict(draft_params=3.5e8, target_params=7e9, draft_step_seconds=3e-3),
+             draft_step_seconds=2e-3, target_step_seconds=2.5e-2, baseline_step_seconds=2.2e-2,
+             target_precision="fp8", acceptance=0.7),  # extra keys are ignored
+        dict(draft_params=3.5e8, target_params=7e9, draft_step_seconds=3e-3, precision="float32"),
         dict(params=1e9, seconds=4e-3, tokens_per_step=3),
     ]
     path = tmp_path / "steps.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
     rows = hw.read_step_times(path)
-    np.testing.assert_array_equal(rows.params, [1.25e8, 7e9, 3.5e8, 1e9])
-    np.testing.assert_array_equal(rows.tokens_per_step, [1, 5, 1, 3])
-    np.testing.assert_array_equal(rows.bytes_per_param, [2, 1, 2, 2])
-    np.testing.assert_array_equal(rows.batch, [8, 8, 1, 1])
-    np.testing.assert_array_equal(rows.context, [512, 512, 0, 0])
-    np.testing.assert_array_equal(rows.seconds, [2e-3, 2.5e-2, 3e-3, 4e-3])
+    np.testing.assert_array_equal(rows.params, [1.25e8, 7e9, 7e9, 3.5e8, 1e9])
+    np.testing.assert_array_equal(rows.tokens_per_step, [1, 5, 1, 1, 3])
+    np.testing.assert_array_equal(rows.bytes_per_param, [2, 1, 1, 4, 2])
+    np.testing.assert_array_equal(rows.batch, [8, 8, 8, 1, 1])
+    np.testing.assert_array_equal(rows.context, [512, 512, 512, 0, 0])
+    np.testing.assert_array_equal(rows.seconds, [2e-3, 2.5e-2, 2.2e-2, 3e-3, 4e-3])
 
 
 @pytest.mark.parametrize("record,match", [

@@ -47,10 +47,10 @@ FOUR_DEVICES = textwrap.dedent('''
 
     report = {"devices": jax.device_count()}
     rng = np.random.default_rng(0)
-    n = 1001  # not a multiple of 4, and three chunks of 300 plus a short one
+    n = 1000  # chunks of 299 (each padded to 300 for 4 devices), the last one of 103
     m, d, dp = (10 ** rng.uniform(lo, hi, n) for lo, hi in ((8, 13), (9, 14), (9, 14)))
 
-    plans = sharded.plan_sharded(m, d, dp, chunk_size=300)
+    plans = sharded.plan_sharded(m, d, dp, chunk_size=299)
     single = sd.optimal_draft_size(m, d, dp)
     quarters = [sd.optimal_draft_size(m[i:i + 250], d[i:i + 250], dp[i:i + 250]) for i in range(0, n, 250)]
     joined = {k: np.concatenate([np.asarray(q[k]) for q in quarters]) for k in single.keys()}
