@@ -261,19 +261,12 @@ def optimal_draft_under_budget(
       A :class:`BudgetPlan`, with the marginal value of budget. jit, vmap and
       grad work through it (gradients of N* by the implicit function theorem).
     """
-    if method not in planner.METHODS:
-        raise ValueError(f"method must be one of {planner.METHODS}, got {method!r}")
-    lo, hi = (float(b) for b in cost_ratio_bounds)
-    if not 0 < lo < hi <= 1:
-        raise ValueError(f"cost_ratio_bounds must satisfy 0 < low < high <= 1, got {cost_ratio_bounds}")
+    settings = planner._checked_settings(method, cost_ratio_bounds, _OBJECTIVE)
     _validate.check_positive("target_params", target_params)
     _validate.check_positive("target_tokens", target_tokens)
     _validate.check_positive("training_flops", training_flops)
-    pretraining_law = pretraining.BESIROGLU_2024 if pretraining_law is None else pretraining_law
-    acceptance_law = acceptance_lib.SDSL_2026 if acceptance_law is None else acceptance_law
+    pretraining_law, acceptance_law = planner._laws_or_defaults(pretraining_law, acceptance_law)
     dtype = jnp.result_type(target_params, target_tokens, training_flops, float)
     as_float = lambda tree: jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype), tree)
-    settings = planner._Settings(method=method, min_cost_ratio=lo, max_cost_ratio=hi,
-                                 grid_size=8, root_steps=8, lbfgs_steps=60, objective=_OBJECTIVE)
     return _plan(settings, jnp.log(as_float(training_flops)), as_float(target_params),
                  as_float(target_tokens), as_float(pretraining_law), as_float(acceptance_law))

@@ -417,8 +417,7 @@ def _prepare(dtype, hardware, workload, draft_precision, target_precision, verif
     workload = hw.Workload() if workload is None else workload
     hw.check_accelerator(accelerator)
     hw.check_workload(workload)
-    pretraining_law = pretraining.BESIROGLU_2024 if pretraining_law is None else pretraining_law
-    acceptance_law = acceptance_lib.SDSL_2026 if acceptance_law is None else acceptance_law
+    pretraining_law, acceptance_law = planner._laws_or_defaults(pretraining_law, acceptance_law)
     as_float = lambda tree: jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype), tree)
     return verify == "scored", (as_float(pretraining_law), as_float(acceptance_law),
                                 as_float(accelerator), as_float(workload),
@@ -464,20 +463,16 @@ def optimal_draft_size_wallclock(
       workload) come from the implicit function theorem, and those of the
       speedup by the envelope theorem.
     """
-    if method not in planner.METHODS:
-        raise ValueError(f"method must be one of {planner.METHODS}, got {method!r}")
-    lo, hi = (float(b) for b in cost_ratio_bounds)
-    if not 0 < lo < hi <= 1:
-        raise ValueError(f"cost_ratio_bounds must satisfy 0 < low < high <= 1, got {cost_ratio_bounds}")
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+    settings = planner._checked_settings(method, cost_ratio_bounds, _OBJECTIVES[verify == "scored"],
+                                         root_steps=ROOT_STEPS)
     _validate.check_positive("target_params", target_params)
     _validate.check_positive("draft_tokens", draft_tokens)
     _validate.check_positive("target_tokens", target_tokens)
     dtype = jnp.result_type(target_params, draft_tokens, target_tokens, float)
     scored, rest = _prepare(dtype, hardware, workload, draft_precision, target_precision, verify,
                             pretraining_law, acceptance_law)
-    settings = planner._Settings(method=method, min_cost_ratio=lo, max_cost_ratio=hi,
-                                 grid_size=8, root_steps=ROOT_STEPS, lbfgs_steps=60,
-                                 objective=_OBJECTIVES[scored])
     as_float = lambda v: jnp.asarray(v, dtype)
     return _plan(settings, scored, as_float(target_params), as_float(draft_tokens),
                  as_float(target_tokens), *rest)

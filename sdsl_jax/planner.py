@@ -411,6 +411,24 @@ def _plan(settings: _Settings, target_params, draft_tokens, target_tokens,
 METHODS = ("bracket", "gradient")
 
 
+def _checked_settings(method: str, cost_ratio_bounds, objective: _Objective,
+                      root_steps: int = 8) -> _Settings:
+    """Solver settings from a public function's arguments, each checked and named."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    lo, hi = (float(b) for b in cost_ratio_bounds)
+    if not 0 < lo < hi <= 1:
+        raise ValueError(f"cost_ratio_bounds must satisfy 0 < low < high <= 1, got {cost_ratio_bounds}")
+    return _Settings(method=method, min_cost_ratio=lo, max_cost_ratio=hi, grid_size=8,
+                     root_steps=root_steps, lbfgs_steps=60, objective=objective)
+
+
+def _laws_or_defaults(pretraining_law, acceptance_law):
+    """The paper's laws where none are given."""
+    return (pretraining.BESIROGLU_2024 if pretraining_law is None else pretraining_law,
+            acceptance_lib.SDSL_2026 if acceptance_law is None else acceptance_law)
+
+
 def optimal_draft_size(
     target_params: ArrayLike,
     draft_tokens: ArrayLike,
@@ -437,20 +455,13 @@ def optimal_draft_size(
       jit, vmap and grad work through it; gradients of ``draft_params`` come
       from the implicit function theorem.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    lo, hi = (float(b) for b in cost_ratio_bounds)
-    if not 0 < lo < hi <= 1:
-        raise ValueError(f"cost_ratio_bounds must satisfy 0 < low < high <= 1, got {cost_ratio_bounds}")
+    settings = _checked_settings(method, cost_ratio_bounds, FLOP_OBJECTIVE)
     _validate.check_positive("target_params", target_params)
     _validate.check_positive("draft_tokens", draft_tokens)
     _validate.check_positive("target_tokens", target_tokens)
-    pretraining_law = pretraining.BESIROGLU_2024 if pretraining_law is None else pretraining_law
-    acceptance_law = acceptance_lib.SDSL_2026 if acceptance_law is None else acceptance_law
+    pretraining_law, acceptance_law = _laws_or_defaults(pretraining_law, acceptance_law)
     dtype = jnp.result_type(target_params, draft_tokens, target_tokens, float)
     as_float = lambda v: jnp.asarray(v, dtype)
-    settings = _Settings(method=method, min_cost_ratio=lo, max_cost_ratio=hi,
-                         grid_size=8, root_steps=8, lbfgs_steps=60, objective=FLOP_OBJECTIVE)
     return _plan(settings, as_float(target_params), as_float(draft_tokens),
                  as_float(target_tokens),
                  jax.tree_util.tree_map(as_float, pretraining_law),
