@@ -56,6 +56,11 @@ from typing import Any, Callable
 SETTINGS = ("draft_model", "draft_params", "draft_tokens", "target_model", "target_params",
             "target_tokens", "lookahead", "temperature", "max_new_tokens", "prompt_len",
             "batch_size", "baseline", "seed", "prompt_set", "device")
+# What the summary reads from every line besides the settings.
+LINE_KEYS = ("prompt_id", "accepted", "accepted_per_iteration", "trials", "beta_sum",
+             "beta_count", "ttft_s", "tpot_s", "ttot_s", "draft_step_seconds",
+             "target_step_seconds", "baseline_step_seconds", "cost_ratio", "verify_cost",
+             "prompt_hash", "perplexity_source")
 ROW_FORMATS = (".jsonl", ".ndjson")
 LATENCIES = ("ttft", "tpot", "ttot")
 
@@ -326,10 +331,11 @@ def _read_runs(path: str, usage_error) -> list[dict]:
         except json.JSONDecodeError as err:
             raise usage_error(f"sdsl measure: {path}: line {number} is not JSON ({err.msg}); "
                               "is this a runs file of `sdsl measure`?") from None
-        if not isinstance(record, dict) or "prompt_id" not in record or \
-                any(key not in record for key in SETTINGS):
-            raise usage_error(f"sdsl measure: {path}: line {number} is not a record of "
-                              "`sdsl measure`; choose another --out")
+        missing = ([key for key in SETTINGS + LINE_KEYS if key not in record]
+                   if isinstance(record, dict) else ["a JSON object"])
+        if missing:
+            raise usage_error(f"sdsl measure: {path}: line {number} is not a record of this "
+                              f"`sdsl measure` (no {missing[0]!r}); choose another --out")
         records.append(record)
     return records
 
