@@ -544,6 +544,10 @@ def _check_arguments(args, usage_error) -> None:
     if not 0 < args.confidence < 1:
         raise usage_error(f"sdsl measure: argument --confidence: must lie in (0, 1), "
                           f"got {args.confidence}")
+    if args.prompt_file is not None and (args.corpus or args.no_stdlib
+                                         or args.validation_fraction is not None):
+        raise usage_error("sdsl measure: --prompt-file gives the prompts; drop --corpus, "
+                          "--no-stdlib and --validation-fraction")
     if args.no_stdlib and not args.corpus and args.prompt_file is None:
         raise usage_error("sdsl measure: --no-stdlib leaves no text: add --corpus PATH ...")
     for path in args.corpus:

@@ -395,7 +395,9 @@ def _error_cases(model_dirs, hf_dirs, corpus_dir, tmp):
           "--lookahead", 2, *ours], "--draft-tokens"),
         ([*hf, "--lookahead", 2, "--prompt-len", 60, *ours], "do not fit the draft's cache"),
         ([*pair, "--lookahead", 2, "--prompt-file", tmp / "long.txt", "--prompt-len", 10,
-          "--out", tmp / "e.jsonl"], "more than --prompt-len 10"),
+          "--out", tmp / "e.jsonl"], "prompt 1 has 41 tokens, more than --prompt-len 10"),
+        ([*pair, "--lookahead", 2, "--prompt-file", tmp / "long.txt", *ours],
+         "--prompt-file gives the prompts"),
         ([*pair, "--lookahead", 2, *ours, "--rows", tmp / "rows.csv"], "JSON Lines"),
         ([*pair, "--lookahead", 2, "--no-stdlib", "--corpus", corpus_dir, "--prompts", 2,
           "--out", tmp / "other.jsonl"], "not a record of this `sdsl measure` (no 'draft_model')"),
@@ -408,6 +410,19 @@ def test_errors_are_one_line(model_dirs, hf_dirs, corpus_dir, tmp_path, capsys):
         assert code == 2, (argv, err)
         assert message in err and err.startswith("error: ") and err.count("\n") == 1, (message, err)
         assert "Traceback" not in err and out == ""
+
+
+def test_law_speedup_is_the_throughput_law():
+    from sdsl_jax.speculative.metrics import law_speedup
+    from sdsl_jax.throughput import speedup
+    for alpha, gamma, c in ((0.0, 1, 0.5), (0.3, 2, 0.01), (0.8, 5, 0.2), (0.999, 7, 0.05),
+                            (1.0, 4, 0.1)):
+        assert law_speedup(alpha, gamma, c) == pytest.approx(float(speedup(alpha, gamma, c)),
+                                                             rel=1e-6)
+        # The measured verification cost v replaces the law's one target step.
+        assert law_speedup(alpha, gamma, c, 2.5) == pytest.approx(
+            law_speedup(alpha, gamma, c) * (gamma * c + 1) / (gamma * c + 2.5))
+    assert law_speedup(1.0, 4, 0.1) == pytest.approx(5 / 1.4)
 
 
 def test_parser_loads_no_models():

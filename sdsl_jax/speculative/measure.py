@@ -13,6 +13,11 @@ acceptance_inputs` turns records into the arrays of
 :func:`sdsl_jax.acceptance_estimate.estimate_acceptance`), the exact
 acceptance probabilities (``beta_sum`` over ``beta_count`` judged positions),
 and the latencies of :mod:`sdsl_jax.speculative.metrics`.
+
+:func:`prompt_log_likelihood` scores the prompts themselves (teacher-forced),
+for a model whose perplexity is not known otherwise (a checkpoint without an
+``sdsl train`` card): the acceptance law's x and y are perplexities on the
+prompts.
 """
 
 from __future__ import annotations
