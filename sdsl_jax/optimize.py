@@ -29,7 +29,7 @@ class Solution(NamedTuple):
 
 def minimize(loss_fn: Callable, params, *, max_steps: int = 200,
              tolerance: float | None = None, value_tolerance: float | None = None,
-             memory_size: int = 10) -> Solution:
+             memory_size: int = 10, run=True) -> Solution:
     """Minimise ``loss_fn(params)`` (a scalar) with L-BFGS from ``params``.
 
     Stops after ``max_steps``, or once the gradient's infinity norm falls to
@@ -43,7 +43,12 @@ def minimize(loss_fn: Callable, params, *, max_steps: int = 200,
     tell the next point from this one: the iterate sits at the floor that float
     rounding sets, and further steps only spin (before this rule the loop ran
     to ``max_steps`` on most fits). Pass ``value_tolerance=0`` to stop on the
-    gradient alone. Pure JAX: usable inside jit and vmap.
+    gradient alone.
+
+    ``run`` (a boolean, may be traced) False takes no step: under vmap, the
+    members that need no search (converged by other means) then cost
+    nothing, and a batch whose members all need none skips the loop.
+    Pure JAX: usable inside jit and vmap.
     """
     optimizer = optax.lbfgs(memory_size=memory_size)
     value_and_grad = optax.value_and_grad_from_state(loss_fn)
@@ -69,7 +74,7 @@ def minimize(loss_fn: Callable, params, *, max_steps: int = 200,
         scale = jnp.maximum(jnp.abs(value), 1.0)
         limit = 64 * eps * scale if tolerance is None else jnp.asarray(tolerance, dtype)
         progressing = (count < 2) | (previous - value > value_tolerance * scale)
-        return (count < max_steps) & (norm > limit) & progressing & jnp.isfinite(value)
+        return run & (count < max_steps) & (norm > limit) & progressing & jnp.isfinite(value)
 
     # The progress test needs two steps' values, so the first two steps are
     # always taken; the gradient norm starts at inf for the same reason.
@@ -101,9 +106,11 @@ def newton(loss_fn: Callable, params: jnp.ndarray, *, steps: int = 8) -> Solutio
     where the loss is not convex, and moves to the best candidate, or stays
     if none is better. ``Solution.grad_norm`` is the Newton decrement
     sqrt(g' |H|^-1 g) where the last step started (for a negative
-    log-likelihood, the distance to the optimum in standard errors).
+    log-likelihood, the distance to the optimum in standard errors);
+    ``steps=0`` takes no step and gives the decrement at ``params``.
     """
     damping = jnp.asarray(NEWTON_DAMPING, params.dtype)
+    eps = jnp.finfo(params.dtype).eps
     grad_fn = jax.grad(loss_fn)
 
     def grad_twice(x):
@@ -114,18 +121,32 @@ def newton(loss_fn: Callable, params: jnp.ndarray, *, steps: int = 8) -> Solutio
     # itself as the aux output: one reverse pass traced, not two.
     hessian_and_grad = jax.jacfwd(grad_twice, has_aux=True)
 
-    def step(x, _):
+    def decomposed(x):
         hessian, g = hessian_and_grad(x)
         eigenvalues, vectors = jnp.linalg.eigh(hessian)
         size = jnp.abs(eigenvalues)
         largest = jnp.max(size)
         size = jnp.maximum(size, 1e-12 * largest)
         projected = vectors.T @ g
+        return vectors, size, largest, projected, jnp.sqrt(jnp.sum(projected**2 / size))
+
+    if steps == 0:
+        # No step: only the decrement where the search ended.
+        return Solution(params, loss_fn(params), decomposed(params)[-1], jnp.asarray(0))
+
+    def step(x, _):
+        vectors, size, largest, projected, decrement = decomposed(x)
         steps_ = -(projected / (size + damping[:, None] * largest)) @ vectors.T
         candidates = jnp.concatenate([x + steps_, x[None]])
         values = jax.vmap(loss_fn)(candidates)
         values = jnp.where(jnp.isfinite(values), values, jnp.inf)
-        return candidates[jnp.argmin(values)], jnp.sqrt(jnp.sum(projected**2 / size))
+        # The best value, with values that rounding cannot tell from it counted
+        # as ties and won by the least damped step: near the optimum every
+        # candidate's loss is the same to the last ulps, and picking among
+        # them by value would stall at sqrt(eps) instead of converging.
+        best = jnp.min(values)
+        tied = values <= best + 8 * eps * jnp.maximum(jnp.abs(best), 1.0)
+        return candidates[jnp.argmax(tied)], decrement
 
     # One Hessian per step and none after: the decrement reported is the one
     # at the start of the last step. With quadratic convergence the result is

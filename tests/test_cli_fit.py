@@ -11,12 +11,18 @@ from sdsl_jax.fitting.synthetic import synthetic_measurements
 from sdsl_jax.measurements import write_measurements
 
 
+# The design of tests/test_fitting.py: the same shapes, so that in one pytest
+# run the fits compile once for both files.
+DESIGN = dict(num_targets=12, num_drafts=12, perplexity_noise=0.003, tokens_range=(2e9, 2e13),
+              draft_range=(5e7, 3e9))
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """One `sdsl fit --json` run (fits compile once per shape: share it)."""
     folder = tmp_path_factory.mktemp("fit")
     path = folder / "measurements.jsonl"
-    write_measurements(synthetic_measurements(num_targets=6, num_drafts=8, seed=3), path)
+    write_measurements(synthetic_measurements(seed=3, **DESIGN), path)
     return folder, path
 
 
@@ -33,7 +39,7 @@ def test_fit_writes_laws_and_reports_intervals(fitted, capsys):
     report = json.loads(out)
     laws_path = folder / "measurements.laws.json"
     assert report["laws_file"] == str(laws_path) and laws_path.exists()
-    assert report["measurements"] == 48 and report["targets"] == 6
+    assert report["measurements"] == 144 and report["targets"] == 12
     coefficients = report["end_to_end"]["coefficients"]
     assert list(coefficients) == list(COEFFICIENTS)
     for name, entry in coefficients.items():

@@ -311,12 +311,17 @@ def test_joint_fit_matches_scipy(design):
     assert np.max(np.abs(ref.objective(result.x)[1])) < 1e-4 < np.max(np.abs(ref.objective(u0)[1]))
     assert _relative(fit.laws.coefficients, ref.natural(result.x)) < 1e-6
     assert float(fit.objective) == pytest.approx(result.fun, rel=1e-12)
-    # The JAX objective in all eight coordinates agrees with the reference.
+    # The JAX objective in all eight coordinates agrees with the reference,
+    # row by row and from the acceptance moments, away from the optimum too.
     data = joint_fit.prepare(design.rows, design.points)
-    value = joint_fit.joint_objective(fit.theta, data, design.rows.weight,
-                                      jnp.ones(design.points.params.shape[0]))
-    assert float(value) == pytest.approx(ref.objective(ref.coordinates(_np(fit.laws.coefficients)))[0],
-                                         rel=1e-12)
+    point_weight = jnp.ones(design.points.params.shape[0])
+    moments = joint_fit.acceptance_moments(data, design.rows.weight)
+    for theta in (fit.theta, fit.theta + 0.01 * jnp.arange(1.0, 9.0)):
+        expected = ref.objective(ref.coordinates(_np(joint_fit.natural_coefficients(theta, data))))[0]
+        by_rows = joint_fit.joint_objective(theta, data, design.rows.weight, point_weight)
+        by_moments = sum(joint_fit.moment_objective(theta, data, moments, point_weight))
+        assert float(by_rows) == pytest.approx(expected, rel=1e-12)
+        assert float(by_moments) == pytest.approx(expected, rel=1e-12)
 
 
 def _fd_hessian(gradient, u, rel_step=1e-6):
@@ -380,15 +385,18 @@ def test_known_coefficients_are_recovered_within_their_intervals(recovery):
 
 # --- the bootstrap ----------------------------------------------------------------------
 
-RESAMPLES = 400
+RESAMPLES, CHUNK = 400, 50
 
 
 @pytest.fixture(scope="module")
 def bootstrap(design):
+    """400 resamples in chunks of 50, called as `sdsl fit` calls it (one compiled function)."""
     key = jax.random.PRNGKey(7)
-    samples, decrement = bootstrap_joint(design.joint, design.rows, design.points, key,
-                                         num_resamples=RESAMPLES, batch_size=50, with_decrement=True)
-    return key, _np(samples), _np(decrement)
+    data = joint_fit.prepare(design.rows, design.points)
+    chunks = [bootstrap_joint(design.joint, design.rows, design.points, jax.random.fold_in(key, start),
+                              num_resamples=CHUNK, batch_size=CHUNK, data=data, with_decrement=True)
+              for start in range(0, RESAMPLES, CHUNK)]
+    return key, np.concatenate([_np(c[0]) for c in chunks]), np.concatenate([_np(c[1]) for c in chunks])
 
 
 def test_bootstrap_resamples_converge(bootstrap):
@@ -398,15 +406,16 @@ def test_bootstrap_resamples_converge(bootstrap):
 
 
 def test_bootstrap_resample_matches_scipy(design, bootstrap):
-    # Rebuild resample 0's draw counts and refit it with scipy from scratch.
+    # Rebuild a resample's draw counts and refit it with scipy from scratch.
     key, samples, decrement = bootstrap
-    row_key, point_key = jax.random.split(key)
-    n, p = design.rows.acceptance.shape[0], design.points.params.shape[0]
-    row_counts = _np(resample_weights(row_key, n, RESAMPLES, jnp.float64))
-    point_counts = _np(resample_weights(point_key, p, RESAMPLES, jnp.float64))
     k = int(np.argmax(decrement < 1e-6))
-    ref = Reference(design.rows, design.points, row_weight=_np(design.rows.weight) * row_counts[k],
-                    point_weight=point_counts[k])
+    row_key, point_key = jax.random.split(jax.random.fold_in(key, k - k % CHUNK))
+    n, p = design.rows.acceptance.shape[0], design.points.params.shape[0]
+    row_counts = _np(resample_weights(row_key, n, CHUNK, jnp.float64))[k % CHUNK]
+    point_counts = _np(resample_weights(point_key, p, CHUNK, jnp.float64))[k % CHUNK]
+    assert row_counts.sum() == n and point_counts.sum() == p
+    ref = Reference(design.rows, design.points, row_weight=_np(design.rows.weight) * row_counts,
+                    point_weight=point_counts)
     result = ref.minimize(_start_coordinates(ref, design.rows, design.points))
     assert _relative(samples[k], ref.natural(result.x)) < 1e-6
 

@@ -37,9 +37,10 @@ How it is solved, and why it is fast:
   O(rows)) against a per-model vector, so a step costs O(models + pairs):
   for a full draft x target grid, a matrix-vector product.
 * L-BFGS (optax) from the separate Huber fit, then a few Newton steps
-  (quadratic convergence to the rounding floor); a bootstrap resample starts
-  at the point estimate and takes Newton steps only, a fixed count that
-  vmaps without the cost of a batched while_loop.
+  (quadratic convergence to the rounding floor). A bootstrap resample starts
+  at the point estimate with Newton steps, a fixed count that vmaps without
+  the cost of a batched while_loop, and falls back on L-BFGS only where
+  they fall short (:func:`bootstrap_joint`).
 
 The covariance comes from the Hessian of the full eight-coordinate objective
 at the optimum (:func:`joint_objective`, summed row by row), so it includes
@@ -170,21 +171,42 @@ def plane_scales(rows: AcceptanceRows) -> PlaneScales:
     return PlaneScales(draft_mean=dm, draft_std=ds, target_mean=tm, target_std=ts)
 
 
+def _distinct_models(params, tokens):
+    """(distinct (params, tokens) as complex params + 1j tokens, index of each row's model).
+
+    A sort of 64-bit hashes of the pairs, a few times faster than sorting the
+    pairs themselves on a million rows; a hash collision (checked) falls back
+    to the exact sort.
+    """
+    params = np.ascontiguousarray(params, np.float64)
+    tokens = np.ascontiguousarray(tokens, np.float64)
+    with np.errstate(over="ignore"):
+        key = params.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ tokens.view(np.uint64)
+    hashes, index = np.unique(key, return_inverse=True)
+    index = index.ravel()
+    models = np.empty(hashes.size, np.complex128)
+    models[index] = params + 1j * tokens  # any row of a model stands for it
+    if np.all(params == models.real[index]) and np.all(tokens == models.imag[index]):
+        return models, index
+    models, index = np.unique(params + 1j * tokens, return_inverse=True)
+    return models, index.ravel()
+
+
 def prepare(rows: AcceptanceRows, points: PerplexityPoints) -> JointData:
     """The model tables, row and pair indices and centred logs (host side, once per data set)."""
     dtype = rows.acceptance.dtype
-    # (params, tokens) as one complex number: np.unique on a 1-D array is a
-    # plain sort, much faster than np.unique(axis=0).
-    key = lambda n, d: np.asarray(n, np.float64) + 1j * np.asarray(d, np.float64)
-    drafts, draft_model = np.unique(key(rows.draft_params, rows.draft_tokens), return_inverse=True)
-    targets, target_model = np.unique(key(rows.target_params, rows.target_tokens), return_inverse=True)
+    drafts, draft_model = _distinct_models(rows.draft_params, rows.draft_tokens)
+    targets, target_model = _distinct_models(rows.target_params, rows.target_tokens)
     kd, kt = drafts.size, targets.size
     pair_id = draft_model.astype(np.int64) * kt + target_model
-    pairs, row_pair = np.unique(pair_id, return_inverse=True)
-    if kd * kt <= 2 * pairs.size:
+    if kd * kt <= 4 * pair_id.size:
+        present = np.bincount(pair_id, minlength=kd * kt) > 0
+    if kd * kt <= 4 * pair_id.size and kd * kt <= 2 * np.count_nonzero(present):
         # Nearly every pair is measured (the usual design): use the full grid,
         # so the pair sums are one matrix-vector product.
         pairs, row_pair = np.arange(kd * kt), pair_id
+    else:
+        pairs, row_pair = np.unique(pair_id, return_inverse=True)
     point_log_params = np.log(np.asarray(points.params, np.float64))
     point_log_tokens = np.log(np.asarray(points.tokens, np.float64))
     log_params = np.concatenate([np.log(drafts.real), np.log(targets.real), point_log_params])
@@ -293,13 +315,12 @@ def _acceptance_term(theta, data: JointData, row_weight):
     return concentrated_nll(jnp.sum(row_weight * residual**2), jnp.sum(row_weight))
 
 
-def profiled_objective(pre_theta, data: JointData, moments: AcceptanceMoments, point_weight,
-                       fit_target_coeff: bool = True):
-    """min over the plane of l, from the acceptance moments: (value, plane coordinates (3,)).
+def _covariances(pre_theta, data: JointData, moments: AcceptanceMoments):
+    """Weighted means and centred (co)variances of the standardised predicted perplexities.
 
-    With xs, ys the standardised predicted perplexities and centred
-    covariances C (2x2, of xs and ys) and c (of each with alpha), the best
-    plane has slopes C^-1 c and leaves SSR / W = var(alpha) - c' C^-1 c.
+    Returns (x_mean, y_mean, cxx, cyy, cxy, cxa, cya, loss residuals): x and y
+    the predicted draft and target perplexities per row, a the acceptance;
+    every one a sum over rows computed from per-model vectors and the moments.
     """
     xs, ys, loss_residual = _predictions(pre_theta, data)
     x_mean, y_mean = moments.draft_share @ xs, moments.target_share @ ys
@@ -311,6 +332,18 @@ def profiled_objective(pre_theta, data: JointData, moments: AcceptanceMoments, p
     else:
         cxy = jnp.sum(moments.pair_share * dx[data.pair_draft] * dy[data.pair_target])
     cxa, cya = dx @ moments.draft_moment, dy @ moments.target_moment
+    return x_mean, y_mean, cxx, cyy, cxy, cxa, cya, loss_residual
+
+
+def profiled_objective(pre_theta, data: JointData, moments: AcceptanceMoments, point_weight,
+                       fit_target_coeff: bool = True):
+    """min over the plane of l, from the acceptance moments: (value, plane coordinates (3,)).
+
+    With xs, ys the standardised predicted perplexities and centred
+    covariances C (2x2, of xs and ys) and c (of each with alpha), the best
+    plane has slopes C^-1 c and leaves SSR / W = var(alpha) - c' C^-1 c.
+    """
+    x_mean, y_mean, cxx, cyy, cxy, cxa, cya, loss_residual = _covariances(pre_theta, data, moments)
     if fit_target_coeff:
         det = cxx * cyy - cxy**2
         slope_x = (cyy * cxa - cxy * cya) / det
@@ -323,23 +356,48 @@ def profiled_objective(pre_theta, data: JointData, moments: AcceptanceMoments, p
     return value + _loss_term(loss_residual, point_weight), plane
 
 
+def moment_objective(theta, data: JointData, moments: AcceptanceMoments, point_weight):
+    """l(theta) in all eight coordinates, from the acceptance moments: (acceptance term, loss term).
+
+    The same function as :func:`joint_objective` (the weighted SSR expanded
+    about the weighted means), at O(models + pairs) a call instead of
+    O(rows): the covariance's Hessian on a million rows costs what it does
+    on a hundred.
+    """
+    x_mean, y_mean, cxx, cyy, cxy, cxa, cya, loss_residual = _covariances(theta[:5], data, moments)
+    bx, by = theta[5], theta[6]
+    offset = moments.mean - bx * x_mean - by * y_mean - theta[7]
+    ssr = (moments.variance + bx**2 * cxx + by**2 * cyy + 2 * bx * by * cxy - 2 * bx * cxa
+           - 2 * by * cya + offset**2)
+    return (concentrated_nll(moments.total * ssr, moments.total),
+            _loss_term(loss_residual, point_weight))
+
+
 NEWTON_POLISH = 4  # Newton steps after L-BFGS (quadratic convergence: 2 usually suffice)
 
 
-@functools.partial(jax.jit, static_argnames=("fit_target_coeff", "max_steps", "newton_steps"))
+@functools.partial(jax.jit, static_argnames=("fit_target_coeff", "warm_steps", "max_steps",
+                                             "newton_steps"))
 def refit(pre_theta0, data: JointData, row_weight, point_weight, *, fit_target_coeff: bool = True,
-          max_steps: int = 200, newton_steps: int = NEWTON_POLISH):
+          warm_steps: int = 0, max_steps: int = 200, newton_steps: int = NEWTON_POLISH):
     """Minimise l from the pre-training coordinates ``pre_theta0`` (5,), the plane profiled.
 
-    L-BFGS for up to ``max_steps`` (0 skips it: a warm start), then
-    ``newton_steps`` Newton steps. Returns (theta (8,), Solution of the
-    5-coordinate search, whose grad_norm is the Newton decrement).
+    ``warm_steps`` Newton steps (for a start near the optimum; 0 skips them),
+    then L-BFGS for up to ``max_steps`` (0 skips it; so does convergence of
+    the Newton steps), then ``newton_steps`` Newton steps. Returns (theta (8,), Solution of the 5-coordinate search,
+    whose grad_norm is the Newton decrement).
     """
     moments = acceptance_moments(data, row_weight)
     objective = lambda t: profiled_objective(t, data, moments, point_weight, fit_target_coeff)[0]
-    pre_theta = pre_theta0
+    pre_theta, needs_search = pre_theta0, True
+    if warm_steps > 0:
+        warm = newton(objective, pre_theta, steps=warm_steps)
+        # Where the Newton steps already converged, L-BFGS takes no step (and
+        # a vmapped batch in which all did skips it altogether).
+        pre_theta = warm.params
+        needs_search = ~(warm.grad_norm <= converged_decrement(pre_theta.dtype))
     if max_steps > 0:
-        pre_theta = minimize(objective, pre_theta, max_steps=max_steps).params
+        pre_theta = minimize(objective, pre_theta, max_steps=max_steps, run=needs_search).params
     solution = newton(objective, pre_theta, steps=newton_steps)
     _, plane = profiled_objective(solution.params, data, moments, point_weight, fit_target_coeff)
     return jnp.concatenate([solution.params, plane]), solution
@@ -403,8 +461,9 @@ def _summarise(theta, solution, data, row_weight, point_weight, fit_target_coeff
     free = tuple(i != TARGET_COEFF or fit_target_coeff for i in range(8))
     # Two blocks, each with its own profiled variance and its own
     # degrees-of-freedom correction (delta_method_covariance).
-    acceptance_block = lambda t: _acceptance_term(t, data, row_weight)
-    loss_block = lambda t: _loss_term(_predictions(t[:5], data)[2], point_weight)
+    moments = acceptance_moments(data, row_weight)
+    acceptance_block = lambda t: moment_objective(t, data, moments, point_weight)[0]
+    loss_block = lambda t: moment_objective(t, data, moments, point_weight)[1]
     covariance, identifiable = delta_method_covariance(
         (acceptance_block, loss_block), theta, lambda t: natural_coefficients(t, data), free,
         (jnp.sum(row_weight), jnp.sum(point_weight)))
@@ -439,21 +498,26 @@ def converged_decrement(dtype) -> float:
 
 def bootstrap_joint(fit: JointFit, rows: AcceptanceRows, points: PerplexityPoints, key, *,
                     num_resamples: int = 1000, fit_target_coeff: bool | None = None,
-                    newton_steps: int = 8, max_steps: int = 0, batch_size: int = 100,
-                    data: JointData | None = None, with_decrement: bool = False):
+                    warm_steps: int = 8, max_steps: int = 100, newton_steps: int = 0,
+                    batch_size: int = 100, data: JointData | None = None,
+                    with_decrement: bool = False):
     """(num_resamples, 8) coefficients refitted on resampled measurements.
 
     Rows and loss points are resampled with replacement (each resample is a
     vector of draw counts used as weights, times the rows' own weights), and
-    every resample is refitted from the point estimate by ``newton_steps``
-    Newton steps on the profiled objective (after up to ``max_steps`` L-BFGS
-    steps, none by default): a resample's optimum lies a standard error or so
-    from the point estimate, where Newton converges quadratically, and a
-    fixed step count vmaps efficiently. Resamples run ``batch_size`` at a
-    time under vmap (lax.map over batches bounds the memory). ``data`` may
-    pass the :func:`prepare` layout to skip recomputing it.
-    ``with_decrement=True`` also returns each resample's final Newton
-    decrement (see :func:`converged_decrement`).
+    every resample is refitted from the point estimate: ``warm_steps``
+    Newton steps first (a resample's optimum usually lies a standard error or
+    so away, where Newton converges quadratically), then L-BFGS for up to
+    ``max_steps`` for the resamples it left short (where the data determine
+    a coefficient poorly a resample's optimum can lie far away, or at
+    infinity), then ``newton_steps`` more (none by default: L-BFGS stops at
+    the rounding floor). Under vmap a batch runs as long as its slowest
+    member, so the Newton steps, which settle most resamples, are what keep
+    this fast: where they have, the L-BFGS stage takes no step, and a batch
+    in which all have skips it. Resamples run ``batch_size`` at a time
+    (lax.map over batches bounds the memory). ``data`` may pass the :func:`prepare` layout to skip
+    recomputing it. ``with_decrement=True`` also returns each resample's
+    final Newton decrement (see :func:`converged_decrement`).
     """
     if fit_target_coeff is None:
         fit_target_coeff = bool(fit.laws.acceptance_law.target_coeff != 0)
@@ -465,20 +529,21 @@ def bootstrap_joint(fit: JointFit, rows: AcceptanceRows, points: PerplexityPoint
     row_counts = resample_weights(row_key, rows.acceptance.shape[0], num_resamples, dtype)
     point_counts = resample_weights(point_key, points.params.shape[0], num_resamples, dtype)
     samples, decrement = _bootstrap(fit.theta, data, rows.weight, row_counts, point_counts,
-                                    fit_target_coeff=fit_target_coeff, max_steps=max_steps,
-                                    newton_steps=newton_steps, batch_size=min(batch_size, num_resamples))
+                                    fit_target_coeff=fit_target_coeff, warm_steps=warm_steps,
+                                    max_steps=max_steps, newton_steps=newton_steps,
+                                    batch_size=min(batch_size, num_resamples))
     return (samples, decrement) if with_decrement else samples
 
 
-@functools.partial(jax.jit, static_argnames=("fit_target_coeff", "max_steps", "newton_steps",
-                                             "batch_size"))
-def _bootstrap(theta, data, row_weight, row_counts, point_counts, *, fit_target_coeff, max_steps,
-               newton_steps, batch_size):
+@functools.partial(jax.jit, static_argnames=("fit_target_coeff", "warm_steps", "max_steps",
+                                             "newton_steps", "batch_size"))
+def _bootstrap(theta, data, row_weight, row_counts, point_counts, *, fit_target_coeff, warm_steps,
+               max_steps, newton_steps, batch_size):
     def one(counts):
         row_count, point_count = counts
         solved, solution = refit(theta[:5], data, row_weight * row_count, point_count,
-                                 fit_target_coeff=fit_target_coeff, max_steps=max_steps,
-                                 newton_steps=newton_steps)
+                                 fit_target_coeff=fit_target_coeff, warm_steps=warm_steps,
+                                 max_steps=max_steps, newton_steps=newton_steps)
         return natural_coefficients(solved, data), solution.grad_norm
 
     return jax.lax.map(one, (row_counts, point_counts), batch_size=batch_size)

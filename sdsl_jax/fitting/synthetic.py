@@ -16,21 +16,21 @@ import numpy as np
 
 from sdsl_jax import acceptance_law as acceptance_lib
 from sdsl_jax import pretraining_law as pretraining
+from sdsl_jax.fitting import data as fit_data
 from sdsl_jax.measurements import MeasurementSet
 
 
-def synthetic_measurements(*, num_targets: int = 8, num_drafts: int = 9, seed: int = 0,
-                           pretraining_law=pretraining.BESIROGLU_2024,
-                           acceptance_law=acceptance_lib.SDSL_2026,
-                           perplexity_noise: float = 0.01, acceptance_noise: float = 0.01,
-                           trials: int = 4000, lookahead: int = 4,
-                           target_range=(1e9, 1e11), draft_range=(1e8, 3e9),
-                           tokens_range=(1e11, 1.5e13)) -> MeasurementSet:
-    """Every draft paired with every target: num_targets x num_drafts rows.
+def synthetic_columns(*, num_targets: int = 8, num_drafts: int = 9, seed: int = 0,
+                      pretraining_law=pretraining.BESIROGLU_2024,
+                      acceptance_law=acceptance_lib.SDSL_2026,
+                      perplexity_noise: float = 0.01, acceptance_noise: float = 0.01,
+                      trials: int = 4000, lookahead: int = 4,
+                      target_range=(1e9, 1e11), draft_range=(1e8, 3e9),
+                      tokens_range=(1e11, 1.5e13), names: bool = True) -> dict:
+    """The columns of :func:`synthetic_measurements`, as numpy arrays (no validation).
 
-    perplexity_noise is the log-normal sigma on each model's perplexity;
-    acceptance_noise the normal sigma of each pair's true acceptance about the
-    plane; trials the verified positions per measurement (binomial noise).
+    ``names=False`` leaves out the model-name columns (a million f-strings
+    cost more than generating the numbers).
     """
     rng = np.random.default_rng(seed)
 
@@ -47,12 +47,41 @@ def synthetic_measurements(*, num_targets: int = 8, num_drafts: int = 9, seed: i
     truth = a * draft_ppl[d] + b * target_ppl[t] + c + rng.normal(0.0, acceptance_noise, t.size)
     truth = np.clip(truth, 0.0, 1.0)
     accepted = rng.binomial(trials, truth)
-    return MeasurementSet.from_columns(
+    columns = dict(
         draft_params=draft_params[d], target_params=target_params[t],
         draft_tokens=draft_tokens[d], target_tokens=target_tokens[t],
         draft_perplexity=draft_ppl[d], target_perplexity=target_ppl[t],
         lookahead=np.full(t.size, float(lookahead)),
-        accepted=accepted.astype(np.float64), trials=np.full(t.size, float(trials)),
-        draft_model=np.array([f"draft-{i}" for i in d], object),
-        target_model=np.array([f"target-{i}" for i in t], object),
-        source="synthetic")
+        accepted=accepted.astype(np.float64), trials=np.full(t.size, float(trials)))
+    if names:
+        columns["draft_model"] = np.array([f"draft-{i}" for i in d], object)
+        columns["target_model"] = np.array([f"target-{i}" for i in t], object)
+    else:
+        columns["target_index"] = t
+    return columns
+
+
+def synthetic_measurements(**kwargs) -> MeasurementSet:
+    """Every draft paired with every target: num_targets x num_drafts rows.
+
+    Keyword arguments as :func:`synthetic_columns`: perplexity_noise is the
+    log-normal sigma on each model's perplexity; acceptance_noise the normal
+    sigma of each pair's true acceptance about the plane; trials the verified
+    positions per measurement (binomial noise).
+    """
+    return MeasurementSet.from_columns(synthetic_columns(**kwargs), source="synthetic")
+
+
+def synthetic_fit_inputs(*, weighting: str = "auto", dtype=None, **kwargs):
+    """(AcceptanceRows, target names, PerplexityPoints) for a synthetic set, without a MeasurementSet.
+
+    The same numbers as fitting ``synthetic_measurements(**kwargs)`` through
+    :func:`~sdsl_jax.fitting.data.acceptance_rows`, minus the cell-by-cell
+    validation a MeasurementSet does: for benchmarks with a million rows.
+    """
+    columns = synthetic_columns(names=False, **kwargs)
+    target_index = columns.pop("target_index")
+    acceptance = columns["accepted"] / columns["trials"]
+    rows, targets = fit_data.rows_from_columns(columns, acceptance, np.ones(acceptance.size, bool),
+                                               target_index, weighting, dtype)
+    return rows, [f"target-{t}" for t in targets], fit_data.points_from_columns(columns, dtype)
