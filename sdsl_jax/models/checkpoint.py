@@ -27,6 +27,7 @@ as the latest one. The JSON files are replaced atomically the same way.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 
@@ -73,12 +74,21 @@ def checkpoint_manager(model_dir: str, keep: int = 2, writable: bool = True):
     midway; orbax never reports such a directory as a checkpoint.
     """
     import orbax.checkpoint as ocp
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=writable,
-                                           cleanup_tmp_directories=writable,
-                                           read_only=not writable,
-                                           enable_async_checkpointing=False)
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(model_dir, CHECKPOINT_DIR)),
-                                 options=options)
+    # A read-only manager makes orbax warn, three times, that it will not save:
+    # true by construction, and noise in every command that loads a model.
+    absl = logging.getLogger("absl")
+    level = absl.level
+    if not writable:
+        absl.setLevel(logging.ERROR)
+    try:
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=writable,
+                                               cleanup_tmp_directories=writable,
+                                               read_only=not writable,
+                                               enable_async_checkpointing=False)
+        return ocp.CheckpointManager(os.path.abspath(os.path.join(model_dir, CHECKPOINT_DIR)),
+                                     options=options)
+    finally:
+        absl.setLevel(level)
 
 
 def save_checkpoint(manager, step: int, params, opt_state, metadata: dict) -> None:
