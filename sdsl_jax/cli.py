@@ -146,6 +146,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     from sdsl_jax import plot_cli
     plot_cli.add_parser(commands)
+
+    from sdsl_jax import reproduce_cli
+    reproduce = commands.add_parser("reproduce", help="the end-to-end replication, with a report",
+                                    description=(
+        "Train a ladder of drafts and two targets on the offline corpus, fit both laws, measure "
+        "every pair, predict N* and check it against measured latency; write DIR/report.md. "
+        "Rerun to resume after a kill."))
+    reproduce_cli.add_arguments(reproduce)
     return parser
 
 
@@ -556,6 +564,11 @@ def _plot(args) -> int:
     return plot_cli.run(args, UsageError)
 
 
+def _reproduce(args) -> int:
+    from sdsl_jax import reproduce_cli
+    return reproduce_cli.run(args, UsageError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _build_parser().parse_args(argv)
@@ -564,7 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a program that calls main() keeps its own precision setting).
         with jax.enable_x64(True):
             return {"plan": _plan, "rule": _rule, "fit": _fit,
-                    "train": _train, "measure": _measure, "plot": _plot}[args.command](args)
+                    "train": _train, "measure": _measure, "plot": _plot,
+                    "reproduce": _reproduce}[args.command](args)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

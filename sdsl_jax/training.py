@@ -245,7 +245,7 @@ def _check_same_run(model_dir: str, record: dict) -> None:
 
 def train_model(name: str, corpus: corpus_lib.Corpus, settings: TrainSettings, model_dir: str,
                 *, family: str | None = None, config: ModelConfig | None = None,
-                progress: bool | None = None, log=None) -> dict:
+                progress: bool | None = None, log=None, on_checkpoint=None) -> dict:
     """Train size ``name`` into ``model_dir``, resuming from its latest checkpoint.
 
     A directory whose model.json says the run finished is left alone. A run
@@ -262,6 +262,9 @@ def train_model(name: str, corpus: corpus_lib.Corpus, settings: TrainSettings, m
       config: an architecture not in SIZES.
       progress: show a tqdm bar (None: only on a terminal).
       log: a function of one string for status lines (default: stderr).
+      on_checkpoint: called as ``on_checkpoint(step, params)`` after each
+        checkpoint is saved (e.g. to score intermediate checkpoints, which
+        are not all kept); not called for checkpoints of an earlier run.
 
     Returns:
       the card written to model.json, plus ``resumed_from`` (the step this
@@ -326,6 +329,8 @@ def train_model(name: str, corpus: corpus_lib.Corpus, settings: TrainSettings, m
                     "step": done, "tokens": done * settings.tokens_per_step,
                     "train_loss": last_loss, "seed": settings.seed,
                     "corpus": corpus.fingerprint})
+                if on_checkpoint is not None:
+                    on_checkpoint(done, packing.unpack(packed))
             bar.update(1)
     params = jax.block_until_ready(packing.unpack(packed))
     if count_params(params) != counts["total"]:

@@ -1,0 +1,183 @@
+"""Stage 6: measured latency of every draft against each target, and where its optimum falls.
+
+The latencies are the loop's (stage 3; batch 1, so per-prompt times are
+exact): TTFT, TPOT and TTOT with Student-t 95% intervals across prompts,
+tokens per second 1 / TPOT (its interval the inverted TPOT interval), and
+the speedup over the target alone (paired per prompt). The measured optimum
+of a target is the draft with the lowest mean TPOT, or the target alone
+when even that draft's speedup interval lies below 1.
+
+Two predictions are set against it:
+
+* the FLOP law (stage 5): the ladder draft with the highest predicted
+  speedup, and N* with its interval;
+* the wall-clock model: the roofline of ``preset.hardware`` with its
+  efficiencies and per-step overhead calibrated on the measured step times
+  of every pair (:func:`sdsl_jax.hardware.calibrate`), then the fitted laws
+  through :func:`sdsl_jax.latency_planner.optimal_draft_size_wallclock` for N*, and
+  the roofline's step times for the speedup of each measured draft at the
+  measured lookahead.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from sdsl_jax.reproduce.context import Context
+from sdsl_jax.reproduce.presets import params as size_params
+
+LATENCIES = ("ttft", "tpot", "ttot")
+FP32_BYTES = 4.0
+
+
+def _float(value):
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def aspect_ratio(sizes) -> float:
+    """Geometric mean width / depth of the run's models (the roofline's model shape)."""
+    from sdsl_jax.models.config import model_config
+    ratios = [model_config(s).d_model / model_config(s).num_layers for s in sizes]
+    return float(math.exp(sum(math.log(r) for r in ratios) / len(ratios)))
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return a["tpot_low"] <= b["tpot_high"] and b["tpot_low"] <= a["tpot_high"]
+
+
+def measured_optimum(rows: list[dict]) -> dict:
+    """The fastest draft of one target's rows, and whether it beats the target alone.
+
+    ``status``: "draft" (its speedup interval lies above 1), "target alone"
+    (below 1) or "tie with target alone" (it straddles 1). ``clear`` says
+    whether its TPOT interval is apart from every other draft's.
+    """
+    best = min(rows, key=lambda r: r["tpot"])
+    clear = not any(_overlap(best, r) for r in rows if r is not best)
+    low, high = best.get("speedup_low"), best.get("speedup_high")
+    if low is not None and low > 1:
+        status = "draft"
+    elif high is not None and high < 1:
+        status = "target alone"
+    else:
+        status = "tie with target alone"
+    return {"draft": best["draft"], "clear": clear, "status": status,
+            "speedup": best.get("speedup"), "speedup_low": low, "speedup_high": high}
+
+
+def run(ctx: Context) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from sdsl_jax import acceptance_law, hardware as hw, latency_planner, pretraining_law, throughput
+    from sdsl_jax.fitting.laws import load_laws
+
+    preset = ctx.preset
+    loop = ctx.run.output("measure")["loop"]
+    predicted = {p["target"]: p for p in ctx.run.output("predict")["targets"]}
+    tokens = float(preset.train_tokens)
+    context = preset.prompt_len + preset.max_new_tokens // 2
+    workload = hw.Workload(batch=1.0, context=float(context), kv_bytes_per_value=FP32_BYTES,
+                           aspect_ratio=aspect_ratio(preset.sizes()))
+
+    table = []
+    for row in loop:
+        entry = {"draft": row["draft_model"], "target": row["target_model"],
+                 "draft_params": row["draft_params"], "target_params": row["target_params"],
+                 "prompts": row["prompts"], "lookahead": row["lookahead"],
+                 "acceptance": row["acceptance"]}
+        for name in LATENCIES:
+            entry.update({name: row[name], f"{name}_low": row[f"{name}_low"],
+                          f"{name}_high": row[f"{name}_high"],
+                          f"baseline_{name}": row.get(f"baseline_{name}"),
+                          f"baseline_{name}_low": row.get(f"baseline_{name}_low"),
+                          f"baseline_{name}_high": row.get(f"baseline_{name}_high")})
+        entry["tokens_per_second"] = 1.0 / row["tpot"]
+        entry["tokens_per_second_low"] = 1.0 / row["tpot_high"]
+        entry["tokens_per_second_high"] = (1.0 / row["tpot_low"]) if row["tpot_low"] > 0 else None
+        entry["baseline_tokens_per_second"] = 1.0 / row["baseline_tpot"]
+        for key in ("speedup", "speedup_low", "speedup_high", "draft_step_seconds",
+                    "target_step_seconds", "baseline_step_seconds", "cost_ratio", "verify_cost",
+                    "predicted_speedup", "predicted_speedup_verify"):
+            entry[key] = row.get(key)
+        entry["flop_cost_ratio"] = row["draft_params"] / row["target_params"]
+        table.append(entry)
+
+    with jax.enable_x64(True):
+        laws = load_laws(os.path.join(ctx.run.root, ctx.run.output("acceptance")["laws_file"]))
+        steps = hw.step_time_rows(loop, source="measured step times")
+        calibration = hw.calibrate(hw.hardware_preset(preset.hardware), steps, workload=workload)
+        accelerator = calibration.accelerator
+        targets = sorted(preset.targets, key=size_params)
+        target_params = jnp.asarray([size_params(t) for t in targets], jnp.float64)
+        common = dict(hardware=accelerator, workload=workload, draft_precision=FP32_BYTES,
+                      target_precision=FP32_BYTES, verify="scored",
+                      pretraining_law=laws.pretraining_law, acceptance_law=laws.acceptance_law)
+        wall = latency_planner.optimal_draft_size_wallclock(target_params, tokens, tokens, **common)
+        # Each measured draft at the measured lookahead, as the roofline prices it.
+        n = jnp.asarray([e["draft_params"] for e in table], jnp.float64)
+        m = jnp.asarray([e["target_params"] for e in table], jnp.float64)
+        gamma = float(preset.lookahead)
+        step = lambda p, k: hw.step_time(accelerator, p, k, bytes_per_param=FP32_BYTES,
+                                         workload=workload)
+        t_draft, t_verify, t_target = step(n, 1.0), step(m, gamma + 1), step(m, 1.0)
+        law_alpha = acceptance_law.acceptance(
+            laws.acceptance_law, pretraining_law.perplexity(laws.pretraining_law, n, tokens),
+            pretraining_law.perplexity(laws.pretraining_law, m, tokens))
+        measured_alpha = jnp.asarray([e["acceptance"] for e in table], jnp.float64)
+        per_iteration = gamma * t_draft + t_verify
+        wall_law = throughput.expected_tokens(law_alpha, gamma) * t_target / per_iteration
+        wall_measured_alpha = throughput.expected_tokens(measured_alpha, gamma) * t_target / per_iteration
+        for i, e in enumerate(table):
+            e["roofline_draft_step_seconds"] = float(t_draft[i])
+            e["roofline_verify_step_seconds"] = float(t_verify[i])
+            e["roofline_target_step_seconds"] = float(t_target[i])
+            e["wallclock_predicted_speedup"] = float(wall_law[i])
+            e["wallclock_predicted_speedup_measured_alpha"] = float(wall_measured_alpha[i])
+            e["flop_predicted_speedup"] = float(throughput.speedup(law_alpha[i], gamma,
+                                                                   n[i] / m[i]))
+
+    accel = {key: float(accelerator[key]) for key in accelerator.keys()}
+    verdicts = []
+    for k, target in enumerate(targets):
+        rows = [e for e in table if e["target"] == target]
+        optimum = measured_optimum(rows)
+        flop = predicted[target]
+        wall_pick = max(rows, key=lambda e: e["wallclock_predicted_speedup"])
+        wall_pays = wall_pick["wallclock_predicted_speedup"] > 1.0
+        verdicts.append({
+            "target": target, "target_params": int(target_params[k]), "measured": optimum,
+            "target_alone_tpot": float(np.mean([e["baseline_tpot"] for e in rows])),
+            "flop_n_star": flop["n_star"], "flop_n_star_low": flop["n_star_low"],
+            "flop_n_star_high": flop["n_star_high"], "flop_pays": flop["pays"],
+            "flop_pick": flop["pick"], "flop_pick_pays": flop["pick_pays"],
+            "wall_n_star": _float(wall.draft_params[k]) if bool(wall.pays[k]) else None,
+            "wall_pays": bool(wall.pays[k]), "wall_speedup": _float(wall.speedup[k]),
+            "wall_lookahead": _float(wall.integer_lookahead[k]),
+            "wall_pick": wall_pick["draft"], "wall_pick_pays": bool(wall_pays),
+            "flop_draft_held": flop["pick"] == optimum["draft"],
+            "flop_pays_held": _pays_held(flop["pick_pays"], optimum["status"]),
+            "wall_draft_held": wall_pick["draft"] == optimum["draft"],
+            "wall_pays_held": _pays_held(wall_pays, optimum["status"]),
+        })
+    return {"table": table, "verdicts": verdicts, "workload": {
+                "batch": 1, "context": context, "aspect_ratio": float(workload.aspect_ratio),
+                "precision_bytes": FP32_BYTES},
+            "hardware": preset.hardware, "accelerator": accel,
+            "calibration": {"rms_log_error": float(calibration.rms_log_error),
+                            "max_relative_error": float(calibration.max_relative_error),
+                            "converged": bool(calibration.converged),
+                            "rows": int(steps.seconds.shape[0])}}
+
+
+def _pays_held(predicted_pays: bool, status: str) -> bool | None:
+    """Whether the prediction that speculation pays (or not) matches the measurement;
+    None when the measurement cannot tell (speedup interval straddles 1)."""
+    if status == "tie with target alone":
+        return None
+    return predicted_pays == (status == "draft")
