@@ -71,22 +71,33 @@ def add_arguments(parser) -> None:
         "the draft: a model directory from `sdsl train` (DIR/SIZE) or a Hugging Face GPT-2/OPT "
         "directory (config.json, safetensors weights, tokenizer files)"))
     parser.add_argument("--target", required=True, metavar="DIR", help="the target, likewise")
-    parser.add_argument("--lookahead", type=int, required=True, metavar="K",
-                        help="drafted tokens per iteration (gamma), >= 1")
+    parser.add_argument("--teacher-forced", action="store_true", help=(
+        "measure alpha without a generation loop: the exact beta = sum_v min(p, q) at every "
+        "position of held-out corpus documents (or the lines of --prompt-file), read by both "
+        "models teacher-forced, with a bootstrap interval across documents; writes --rows, "
+        "--summary or --json, no runs file"))
+    parser.add_argument("--lookahead", type=int, metavar="K", help=(
+        "drafted tokens per iteration (gamma), >= 1; required for the loop, and with "
+        "--teacher-forced only the lookahead recorded in the row (default there: 1)"))
     parser.add_argument("--prompts", type=int, metavar="N", help=(
         "number of prompts: windows of held-out corpus text, or the first N lines of "
         "--prompt-file (default there: all)"))
+    parser.add_argument("--documents", type=int, metavar="N", help=(
+        "with --teacher-forced: held-out corpus documents to read, drawn by --seed (default: "
+        "all), or the first N lines of --prompt-file (default: all)"))
     parser.add_argument("--prompt-len", type=int, metavar="L", help=(
         "tokens per prompt window (default: 128); with --prompt-file, the padded length "
-        "(default: the longest prompt)"))
-    parser.add_argument("--max-new-tokens", type=int, default=64, metavar="T",
-                        help="tokens generated per prompt, >= 2 (default: %(default)s)")
+        "(default: the longest prompt); with --teacher-forced, the window the models read "
+        "(default: 128; longer documents are read in windows overlapping by half)"))
+    parser.add_argument("--max-new-tokens", type=int, metavar="T",
+                        help="tokens generated per prompt, >= 2 (default: 64)")
     sampling = parser.add_mutually_exclusive_group()
     sampling.add_argument("--temperature", type=float, default=1.0,
                           help="sampling temperature (default: %(default)s)")
     sampling.add_argument("--greedy", action="store_true", help="greedy decoding (temperature 0)")
-    parser.add_argument("--batch-size", type=int, default=1, metavar="B", help=(
-        "prompts decoded together (default: 1, which gives exact per-prompt latencies)"))
+    parser.add_argument("--batch-size", type=int, metavar="B", help=(
+        "prompts decoded together (default: 1, which gives exact per-prompt latencies); with "
+        "--teacher-forced, windows per forward pass (default: 64)"))
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the prompt windows and the sampling (default: 0)")
     parser.add_argument("--corpus", nargs="+", default=[], metavar="PATH", help=(
@@ -98,9 +109,9 @@ def add_arguments(parser) -> None:
         "share of documents held out, as given to `sdsl train` (default: 0.05)"))
     parser.add_argument("--prompt-file", metavar="FILE",
                         help="prompts from this text file, one per line, instead of the corpus")
-    parser.add_argument("--out", required=True, metavar="RUNS.jsonl", help=(
+    parser.add_argument("--out", metavar="RUNS.jsonl", help=(
         "append one JSON line per finished prompt here; rerunning the same command skips the "
-        "prompts already in it"))
+        "prompts already in it (required for the loop)"))
     parser.add_argument("--rows", metavar="ROWS.jsonl", help=(
         "add (or replace) this pair's aggregated measurement row here, for `sdsl fit` and "
         "`sdsl plot latency`"))
@@ -206,7 +217,9 @@ def _load_model(path: str, flag: str, tokens_flag: str, tokens_text: str | None,
                   encode=lambda text: list(hf_tokenizer.encode(text).ids))
 
 
-def _check_pair(draft: _Model, target: _Model, max_len: int, usage_error) -> None:
+def _check_pair(draft: _Model, target: _Model, max_len: int, usage_error,
+                what: str = "prompt length + new tokens + lookahead + 1",
+                lower: str = "--prompt-len or --max-new-tokens") -> None:
     import jax
     if draft.kind != target.kind or draft.decoder.vocab_size != target.decoder.vocab_size:
         what = {"sdsl": "byte-level (sdsl train)", "hf": "Hugging Face"}
@@ -219,26 +232,37 @@ def _check_pair(draft: _Model, target: _Model, max_len: int, usage_error) -> Non
         try:  # shapes only: the cache's own checks run without allocating it
             jax.eval_shape(lambda: model.decoder.init_cache(1, max_len))
         except ValueError as err:
-            raise usage_error(f"sdsl measure: prompts do not fit the {role}'s cache: prompt length "
-                              f"+ new tokens + lookahead + 1 = {max_len} positions ({err}); "
-                              "lower --prompt-len or --max-new-tokens") from None
+            raise usage_error(f"sdsl measure: prompts do not fit the {role}'s cache: {what} = "
+                              f"{max_len} positions ({err}); lower {lower}") from None
 
 
 # --------------------------------------------------------------------------
 # Prompts.
 
 
-def _corpus_prompts(args, model: _Model, count: int, length: int, usage_error):
-    """Windows of held-out text; window i depends on (seed, i) alone."""
-    import numpy as np
-    from sdsl_jax import corpus as corpus_lib, tokenizer
+def _load_corpus(args, usage_error):
+    from sdsl_jax import corpus as corpus_lib
     fraction = (corpus_lib.DEFAULT_VALIDATION_FRACTION if args.validation_fraction is None
                 else args.validation_fraction)
     try:
-        corpus = corpus_lib.load_corpus(args.corpus, include_stdlib=not args.no_stdlib,
-                                        validation_fraction=fraction)
+        return corpus_lib.load_corpus(args.corpus, include_stdlib=not args.no_stdlib,
+                                      validation_fraction=fraction)
     except corpus_lib.CorpusError as err:
         raise usage_error(f"sdsl measure: {err}") from None
+
+
+def _note_other_corpus(model: _Model, corpus, what: str) -> None:
+    if model.corpus_fingerprint and model.corpus_fingerprint != corpus.fingerprint:
+        print(f"note: the {what} come from a different corpus than {model.name} was trained on "
+              "(pass the same --corpus/--no-stdlib as to `sdsl train` to draw held-out text "
+              "of that corpus)", file=sys.stderr)
+
+
+def _corpus_prompts(args, model: _Model, count: int, length: int, usage_error):
+    """Windows of held-out text; window i depends on (seed, i) alone."""
+    import numpy as np
+    from sdsl_jax import tokenizer
+    corpus = _load_corpus(args, usage_error)
     text = corpus.validation
     # A Hugging Face tokenizer reads text: take enough bytes for `length` tokens.
     width = length if model.kind == "sdsl" else 8 * length
@@ -258,10 +282,7 @@ def _corpus_prompts(args, model: _Model, count: int, length: int, usage_error):
             raise usage_error(f"sdsl measure: prompt {i}: {width} bytes of held-out text give only "
                               f"{len(ids)} tokens, fewer than --prompt-len {length}")
         prompts.append(ids[:length])
-    if model.corpus_fingerprint and model.corpus_fingerprint != corpus.fingerprint:
-        print(f"note: the prompts come from a different corpus than {model.name} was trained on "
-              "(pass the same --corpus/--no-stdlib as to `sdsl train` to draw held-out text "
-              "of that corpus)", file=sys.stderr)
+    _note_other_corpus(model, corpus, "prompts")
     return prompts, f"corpus:{corpus.fingerprint[:16]}"
 
 
@@ -275,10 +296,12 @@ def _file_prompts(args, model: _Model, usage_error):
     lines = [line for line in content.splitlines() if line.strip()]
     if not lines:
         raise usage_error(f"sdsl measure: argument --prompt-file: {args.prompt_file} has no prompts")
-    count = len(lines) if args.prompts is None else args.prompts
+    flag, asked = (("--documents", args.documents) if args.teacher_forced
+                   else ("--prompts", args.prompts))
+    count = len(lines) if asked is None else asked
     if count > len(lines):
-        raise usage_error(f"sdsl measure: argument --prompts: {args.prompt_file} has only "
-                          f"{len(lines)} prompts, {count} asked for")
+        raise usage_error(f"sdsl measure: argument {flag}: {args.prompt_file} has only "
+                          f"{len(lines)} lines, {count} asked for")
     prompts = [model.encode(line) for line in lines[:count]]
     digest = hashlib.sha256(content.encode("utf-8")).hexdigest()
     return prompts, f"file:{digest[:16]}"
@@ -398,13 +421,21 @@ def summary_row(records: list[dict], *, confidence: float = 0.95, num_resamples:
         else:  # pooled over the prompts: exp(total nats / total scored tokens)
             row[f"{role}_perplexity"] = (math.exp(sum(r[f"{role}_prompt_nll"] for r in records)
                                                   / scored) if scored else None)
-    row.update(perplexity_source=first["perplexity_source"], lookahead=first["lookahead"],
-               temperature=first["temperature"],
+    row.update(method="loop", perplexity_source=first["perplexity_source"],
+               lookahead=first["lookahead"], temperature=first["temperature"],
                prompts=s["prompts"], accepted=s["accepted"], trials=s["trials"],
                acceptance=s["acceptance"], acceptance_low=s["acceptance_low"],
                acceptance_high=s["acceptance_high"], confidence=confidence,
                beta_mean=s["beta_mean"], mean_accepted=s["mean_accepted"],
                tokens_per_iteration=s["tokens_per_iteration"])
+    # Acceptance by draft position, the test of one rate at every position,
+    # and the serving stacks' ratio (sdsl_jax.positions).
+    from sdsl_jax.positions import summarize_positions
+    accepted, lookahead, ids = metrics.acceptance_inputs(as_run)
+    row.update(summarize_positions(accepted, first["lookahead"], ids, mask=lookahead > 0,
+                                   num_prompts=len(records), confidence=confidence,
+                                   num_resamples=num_resamples,
+                                   key=jax.random.fold_in(jax.random.PRNGKey(seed), 1)))
     # Times and speedups are positive: a t interval over few, spread-out
     # prompts can reach below 0, and is clipped there.
     for name in ("speedup",) + LATENCIES:
@@ -446,8 +477,10 @@ def _write_row(path: str, row: dict, usage_error) -> None:
         except (OSError, json.JSONDecodeError) as err:
             raise usage_error(f"sdsl measure: argument --rows: cannot read {path} (line "
                               f"{number}): {err}") from None
-    # A row names its batch size "batch", as step-time records do.
-    key = lambda r: tuple(r.get("batch" if k == "batch_size" else k) for k in SETTINGS)
+    # A row names its batch size "batch", as step-time records do; a
+    # teacher-forced row never replaces the loop's row of the same pair.
+    key = lambda r: tuple(r.get("batch" if k == "batch_size" else k) for k in SETTINGS) + (
+        r.get("method", "loop"),)
     rows = [r for r in rows if not (isinstance(r, dict) and key(r) == key(row))] + [row]
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as handle:
@@ -472,16 +505,56 @@ def _interval(low, high, fmt) -> str:
     return "" if low is None or high is None else f"[{fmt(low)}, {fmt(high)}]"
 
 
-def _print_summary(row: dict, run_info: dict) -> None:
+def _print_models(row: dict) -> None:
     from sdsl_jax.quantities import format_count as fc
 
     def model(role):
+        perplexity = row[f"{role}_perplexity"]
         return (f"{row[f'{role}_model']} ({row[f'{role}_params']:,} params, "
-                f"{fc(row[f'{role}_tokens'])} tokens, perplexity {row[f'{role}_perplexity']:.4g})")
+                f"{fc(row[f'{role}_tokens'])} tokens, perplexity "
+                f"{'-' if perplexity is None else f'{perplexity:.4g}'})")
 
-    temperature = "greedy" if row["temperature"] == 0 else f"temperature {row['temperature']:g}"
     print(f"draft  {model('draft')}")
     print(f"target {model('target')}")
+
+
+def _print_table(lines, level: str) -> None:
+    """Rows of (name, value, interval, note) under a mean / interval header."""
+    widths = [max(len(line[i]) for line in lines) for i in range(3)]
+    print(f"\n  {'':<{widths[0]}}  {'mean':<{widths[1]}}  {level + ' interval':<{widths[2]}}")
+    for name, value, interval, note in lines:
+        print(f"  {name:<{widths[0]}}  {value:<{widths[1]}}  {interval:<{widths[2]}}  {note}".rstrip())
+
+
+def _position_lines(row: dict) -> list[tuple[str, str, str, str]]:
+    """Summary lines: the rate at each draft position, the i.i.d. fit test, the serving ratio."""
+    four = lambda v: "-" if v is None else f"{v:.4f}"
+    lines = []
+    for i, (rate, low, high, acc, reached) in enumerate(zip(
+            row["position_rates"], row["position_rates_low"], row["position_rates_high"],
+            row["position_accepted"], row["position_reached"]), 1):
+        lines.append((f"  at draft position {i}", four(rate),
+                      "" if low is None else _interval(low, high, four),
+                      f"{acc:,} accepted of {reached:,} reached"))
+    if row["geometric_fit_p_value"] is not None:
+        p = row["geometric_fit_p_value"]
+        verdict = ("consistent with one rate at every position (the i.i.d. law)" if p >= 0.05
+                   else "rates differ by position: the i.i.d. law misstates tokens per "
+                        "iteration; plan with `sdsl plan --position-rates`")
+        lines.append(("  i.i.d. fit test", f"p = {p:.3g}", "",
+                      f"truncated geometric at alpha {row['geometric_acceptance']:.4f}: "
+                      f"G = {row['geometric_fit_statistic']:.3g}, {row['geometric_fit_df']} df; "
+                      f"{verdict}"))
+    lines.append(("serving stacks' ratio", f"{row['serving_ratio']:.4f}", "",
+                  f"(accepted length - 1)/(budget - 1) = kept/drafted tokens, not alpha: it "
+                  f"falls as the lookahead grows at a fixed alpha (i.i.d. value "
+                  f"{row['serving_ratio_iid']:.4f})"))
+    return lines
+
+
+def _print_summary(row: dict, run_info: dict) -> None:
+    temperature = "greedy" if row["temperature"] == 0 else f"temperature {row['temperature']:g}"
+    _print_models(row)
     print(f"lookahead {row['lookahead']}, {temperature}, {row['prompts']} prompts of "
           f"{row['prompt_len']} tokens, {row['max_new_tokens']} new tokens each, batch "
           f"{row['batch']}, on {row['device']}")
@@ -496,6 +569,7 @@ def _print_summary(row: dict, run_info: dict) -> None:
         ("accepted per iteration", f"{row['mean_accepted']:.3f}", "",
          f"{row['tokens_per_iteration']:.3f} tokens per iteration"),
     ]
+    lines += _position_lines(row)
     if row.get("speedup") is not None:
         lines.append(("speedup over target alone", f"{row['speedup']:.3f}x",
                       _interval(row["speedup_low"], row["speedup_high"], lambda v: f"{v:.3f}x"),
@@ -514,10 +588,129 @@ def _print_summary(row: dict, run_info: dict) -> None:
                       _interval(row[f"{name}_low"], row[f"{name}_high"], _seconds),
                       "" if row.get(f"baseline_{name}") is None else
                       f"target alone {_seconds(row[f'baseline_{name}'])}"))
-    widths = [max(len(line[i]) for line in lines) for i in range(3)]
-    print(f"\n  {'':<{widths[0]}}  {'mean':<{widths[1]}}  {level + ' interval':<{widths[2]}}")
-    for name, value, interval, note in lines:
-        print(f"  {name:<{widths[0]}}  {value:<{widths[1]}}  {interval:<{widths[2]}}  {note}".rstrip())
+    _print_table(lines, level)
+
+
+# --------------------------------------------------------------------------
+# Teacher-forced acceptance (--teacher-forced).
+
+
+def _corpus_documents(args, model: _Model, usage_error):
+    """(token lists, prompt-set name): whole held-out documents, a --seed draw of
+    --documents of them (in name order), or all."""
+    import numpy as np
+    from sdsl_jax import tokenizer
+    corpus = _load_corpus(args, usage_error)
+    text = corpus.validation
+    # Each document is BOS followed by its bytes (sdsl_jax.corpus).
+    starts = np.flatnonzero(text == tokenizer.BOS).tolist() + [text.size]
+    total = len(starts) - 1
+    count = total if args.documents is None else args.documents
+    if count > total:
+        raise usage_error(f"sdsl measure: argument --documents: the held-out text has "
+                          f"{total} documents, {count} asked for")
+    chosen = range(total) if count == total else sorted(
+        np.random.default_rng(args.seed).choice(total, count, replace=False).tolist())
+    documents = []
+    for i in chosen:
+        piece = text[starts[i]:starts[i + 1]]
+        if model.kind == "sdsl":
+            documents.append(piece.astype(np.int64).tolist())
+        else:  # a Hugging Face tokenizer reads the text (without our BOS)
+            documents.append(model.encode(tokenizer.decode(piece)))
+    _note_other_corpus(model, corpus, "documents")
+    return documents, f"corpus:{corpus.fingerprint[:16]}"
+
+
+def _run_teacher_forced(args, usage_error) -> int:
+    import time
+
+    import jax
+    import numpy as np
+    from sdsl_jax.teacher_forced import document_windows, teacher_forced_acceptance
+
+    draft = _load_model(args.draft, "--draft", "--draft-tokens", args.draft_tokens, usage_error)
+    target = _load_model(args.target, "--target", "--target-tokens", args.target_tokens,
+                         usage_error)
+    window = 128 if args.prompt_len is None else args.prompt_len
+    _check_pair(draft, target, window, usage_error, what="the window --prompt-len",
+                lower="--prompt-len")
+    if args.prompt_file is None:
+        documents, prompt_set = _corpus_documents(args, target, usage_error)
+    else:
+        documents, prompt_set = _file_prompts(args, target, usage_error)
+    vocab = target.decoder.vocab_size
+    for i, doc in enumerate(documents):
+        if not all(0 <= t < vocab for t in doc):
+            raise usage_error(f"sdsl measure: document {i} has a token id outside the models' "
+                              f"vocabulary of {vocab} (does the tokenizer belong to them?)")
+    if all(len(doc) < 2 for doc in documents):
+        raise usage_error("sdsl measure: no document has two tokens: nothing to score")
+    temperature = 0.0 if args.greedy else float(args.temperature)
+    tokens, lengths, first, ids = document_windows(documents, window)
+    begin = time.perf_counter()
+    result = teacher_forced_acceptance(
+        draft.decoder, target.decoder, tokens, temperature, lengths=lengths,
+        first_position=first, document_ids=ids, batch_size=min(args.batch_size, len(tokens)),
+        confidence=args.confidence, num_resamples=args.bootstrap,
+        key=jax.random.PRNGKey(args.seed))
+    seconds = time.perf_counter() - begin
+    extra = {"family": draft.family, "confidence": args.confidence, "prompt_len": window,
+             "windows": int(len(tokens)), "seed": args.seed,
+             "device": jax.devices()[0].device_kind, "seconds": seconds,
+             "draft_document_perplexity": result.draft_perplexity,
+             "target_document_perplexity": result.target_perplexity}
+    row = result.measurement_row(draft_tokens=draft.tokens, target_tokens=target.tokens,
+                                 lookahead=1 if args.lookahead is None else args.lookahead,
+                                 prompt_set=prompt_set, **extra)
+    if draft.kind == "sdsl":
+        # The laws' x and y: each model's held-out perplexity from its card,
+        # as the loop's rows carry; the per-token ones on these documents stay
+        # in *_document_perplexity.
+        row.update(draft_perplexity=draft.perplexity, target_perplexity=target.perplexity,
+                   perplexity_source="validation")
+    else:
+        row["perplexity_source"] = "documents"
+    row = {key: _finite(value) if isinstance(value, float) else value
+           for key, value in row.items()}
+    _emit(args, row, usage_error, lambda: _print_teacher_forced(row, np.nanmin(
+        result.document_acceptance), np.nanmax(result.document_acceptance)))
+    return 0
+
+
+def _emit(args, row: dict, usage_error, print_text) -> None:
+    """--rows, --summary, then --json or the text summary."""
+    if args.rows:
+        _write_row(args.rows, row, usage_error)
+    if args.summary:
+        with open(args.summary, "w", encoding="utf-8") as handle:
+            json.dump(row, handle, indent=2)
+            handle.write("\n")
+    if args.json:
+        print(json.dumps(row))
+    else:
+        print_text()
+
+
+def _print_teacher_forced(row: dict, lowest: float, highest: float) -> None:
+    temperature = "greedy" if row["temperature"] == 0 else f"temperature {row['temperature']:g}"
+    _print_models(row)
+    source = "held-out" if row["prompt_set"].startswith("corpus:") else "prompt-file"
+    plural = "" if row["prompts"] == 1 else "s"
+    print(f"teacher-forced, {temperature}: {row['prompts']} {source} document{plural}, "
+          f"{row['positions']:,} positions read in windows of {row['prompt_len']} tokens, "
+          f"on {row['device']}, in {row['seconds']:.3g} s")
+    level = f"{row['confidence']:.0%}"
+    lines = [
+        ("acceptance alpha", f"{row['acceptance']:.4f}",
+         _interval(row["acceptance_low"], row["acceptance_high"], lambda v: f"{v:.4f}"),
+         f"mean exact beta = sum_v min(p, q) over every position; bootstrap over documents "
+         f"(per document {lowest:.3f} to {highest:.3f})"),
+        ("draft perplexity", f"{row['draft_document_perplexity']:.4g}", "",
+         "per token of these documents"),
+        ("target perplexity", f"{row['target_document_perplexity']:.4g}", "", ""),
+    ]
+    _print_table(lines, level)
 
 
 # --------------------------------------------------------------------------
@@ -531,13 +724,39 @@ def _check_arguments(args, usage_error) -> None:
 
     at_least("--lookahead", args.lookahead, 1)
     at_least("--prompts", args.prompts, 1)
-    at_least("--prompt-len", args.prompt_len, 2 if args.prompt_file is None else 1)
+    at_least("--documents", args.documents, 1)
+    at_least("--prompt-len", args.prompt_len,
+             2 if args.prompt_file is None or args.teacher_forced else 1)
     at_least("--max-new-tokens", args.max_new_tokens, 2)
     at_least("--batch-size", args.batch_size, 1)
     at_least("--bootstrap", args.bootstrap, 1)
     at_least("--seed", args.seed, 0)
-    if args.prompt_file is None and args.prompts is None:
-        raise usage_error("sdsl measure: argument --prompts is required (or give --prompt-file)")
+    if args.teacher_forced:
+        loop_only = [flag for flag, given in (
+            ("--out", args.out), ("--prompts", args.prompts is not None),
+            ("--max-new-tokens", args.max_new_tokens is not None),
+            ("--no-baseline", args.no_baseline)) if given]
+        if loop_only:
+            raise usage_error(f"sdsl measure: --teacher-forced runs no generation loop; drop "
+                              f"{', '.join(loop_only)} (documents: --documents N; results: "
+                              "--rows, --summary, --json)")
+        if args.bootstrap < 2:
+            raise usage_error("sdsl measure: argument --bootstrap: must be at least 2 with "
+                              "--teacher-forced")
+        args.batch_size = 64 if args.batch_size is None else args.batch_size
+    else:
+        if args.documents is not None:
+            raise usage_error("sdsl measure: --documents goes with --teacher-forced (the loop "
+                              "takes --prompts N)")
+        for flag, value in (("--lookahead", args.lookahead), ("--out", args.out)):
+            if value is None:
+                raise usage_error(f"sdsl measure: argument {flag} is required (or give "
+                                  "--teacher-forced)")
+        if args.prompt_file is None and args.prompts is None:
+            raise usage_error("sdsl measure: argument --prompts is required (or give "
+                              "--prompt-file)")
+        args.max_new_tokens = 64 if args.max_new_tokens is None else args.max_new_tokens
+        args.batch_size = 1 if args.batch_size is None else args.batch_size
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise usage_error(f"sdsl measure: argument --temperature: must be a finite number >= 0, "
                           f"got {args.temperature}")
@@ -599,7 +818,7 @@ def run(args, usage_error) -> int:
     import jax
     # Models run in float32 whatever the rest of the CLI runs in.
     with jax.enable_x64(False):
-        return _run(args, usage_error)
+        return (_run_teacher_forced if args.teacher_forced else _run)(args, usage_error)
 
 
 def _run(args, usage_error) -> int:
@@ -681,17 +900,9 @@ def _run(args, usage_error) -> int:
     row = summary_row(records, confidence=args.confidence, num_resamples=args.bootstrap,
                       seed=args.seed)
     row["runs_file"] = args.out
-    if args.rows:
-        _write_row(args.rows, row, usage_error)
-    if args.summary:
-        with open(args.summary, "w", encoding="utf-8") as handle:
-            json.dump(row, handle, indent=2)
-            handle.write("\n")
-    if args.json:
-        print(json.dumps(row))
-    else:
-        _print_summary(row, {"runs_file": args.out, "measured_now": measured_now,
-                             "from_earlier": len(prompts) - measured_now})
+    _emit(args, row, usage_error, lambda: _print_summary(
+        row, {"runs_file": args.out, "measured_now": measured_now,
+              "from_earlier": len(prompts) - measured_now}))
     return 0
 
 

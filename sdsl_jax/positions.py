@@ -331,3 +331,57 @@ def expected_serving_stack_ratio(acceptance, lookahead: int) -> jax.Array:
     lookahead = _check_lookahead(lookahead)
     a = jnp.asarray(acceptance, jnp.result_type(acceptance, float))
     return jnp.sum(a[..., None] ** jnp.arange(1, lookahead + 1), axis=-1) / lookahead
+
+
+def summarize_positions(accepted, lookahead: int, prompt_ids=None, *, mask=None,
+                        num_prompts: int | None = None, confidence: float = 0.95,
+                        num_resamples: int = 1000, key=None) -> dict:
+    """Per-position rates, the fit test and the serving stacks' ratio as plain numbers.
+
+    What ``sdsl measure`` reports and ``sdsl plot positions`` draws, for one
+    run at one lookahead (arguments as in :func:`per_position_acceptance`).
+    Host-side: it returns Python lists and floats (None where a value does
+    not exist), ready for JSON.
+
+    Returns:
+      A dict with
+        position_rates, position_rates_low, position_rates_high: lists of
+          gamma rates and their intervals (the bootstrap across prompts with
+          prompt ids, where it exists; else Wilson);
+        position_accepted, position_reached: the counts behind each rate;
+        geometric_acceptance: the i.i.d. MLE alpha_hat;
+        geometric_fit_statistic, geometric_fit_df, geometric_fit_p_value:
+          the likelihood-ratio test of the truncated geometric (None at
+          lookahead 1, where there is nothing to test);
+        serving_ratio: (accepted length - 1) / (budget - 1) of the run;
+        serving_ratio_iid: its expectation under i.i.d. acceptance at alpha_hat.
+    """
+    lookahead = _check_lookahead(lookahead)
+    rates = per_position_acceptance(accepted, lookahead, prompt_ids, mask=mask,
+                                    num_prompts=num_prompts, confidence=confidence,
+                                    num_resamples=num_resamples, key=key)
+    boot = prompt_ids is not None
+    low = np.where(boot & np.isfinite(rates.bootstrap_low), rates.bootstrap_low, rates.low)
+    high = np.where(boot & np.isfinite(rates.bootstrap_high), rates.bootstrap_high, rates.high)
+
+    def floats(values):
+        return [float(v) if np.isfinite(v) else None for v in np.asarray(values, np.float64)]
+
+    hist = np.asarray(count_histogram(accepted, lookahead, mask=mask), np.float64)
+    kk = np.arange(lookahead + 1)
+    alpha = float(np.sum(hist * kk) / np.sum(hist * np.minimum(kk + 1, lookahead)))
+    out = {"position_rates": floats(rates.rate), "position_rates_low": floats(low),
+           "position_rates_high": floats(high),
+           "position_accepted": [int(v) for v in np.asarray(rates.accepted)],
+           "position_reached": [int(v) for v in np.asarray(rates.reached)],
+           "geometric_acceptance": alpha if np.isfinite(alpha) else None,
+           "geometric_fit_statistic": None, "geometric_fit_df": None,
+           "geometric_fit_p_value": None}
+    if lookahead >= 2:
+        fit = geometric_fit_test(accepted, lookahead, mask=mask)
+        out.update(geometric_fit_statistic=float(fit.statistic), geometric_fit_df=lookahead - 1,
+                   geometric_fit_p_value=float(fit.p_value))
+    out["serving_ratio"] = float(np.sum(hist * kk) / np.sum(hist) / lookahead)
+    out["serving_ratio_iid"] = (float(expected_serving_stack_ratio(alpha, lookahead))
+                                if np.isfinite(alpha) else None)
+    return out

@@ -37,6 +37,15 @@ units: the 95% interval resamples whole documents
 bootstrap of the ratio on the logit scale), exactly as the loop's estimate
 resamples prompts.
 
+Long documents
+--------------
+A model reads a bounded context, so a document longer than it is scored in
+windows (:func:`document_windows`): windows of ``window`` tokens that
+overlap by half, each position counted once, in the window where it has at
+least ``window // 2`` tokens of context (all of them in the first window).
+The windows of one document stay one unit of the bootstrap
+(``document_ids``).
+
 The forward passes are compiled once per (decoder functions, batch shape) and
 run over the documents in batches of a fixed size (the last batch is padded
 with empty rows), with a fresh cache and ``start = 0`` per batch. The same
@@ -92,7 +101,7 @@ def _document_sums(draft_params, target_params, tokens, lengths, temperature, fi
     beta = position_acceptance(draft_logits, target_logits, temperature)  # [D, L]
     t = jnp.arange(width)
     # Position t predicts token t + 1, so the last counted position is length - 2.
-    counted = (t >= first_position) & (t < lengths[:, None] - 1)
+    counted = (t >= first_position[:, None]) & (t < lengths[:, None] - 1)
     beta_sum = jnp.sum(jnp.where(counted, beta, 0.0), axis=-1)
     count = jnp.sum(counted, axis=-1)
     nxt = jnp.concatenate([tokens[:, 1:], tokens[:, :1]], axis=1)
@@ -115,7 +124,8 @@ class TeacherForcedAcceptance:
       confidence: its level.
       temperature: T (0 = greedy).
       document_acceptance: float64[D], the mean beta of each document (NaN for
-        a document with no counted position).
+        a document with no counted position), documents in the order of
+        their sorted ``document_ids``.
       document_positions: int64[D], counted positions per document.
       positions: total counted positions.
       draft_perplexity, target_perplexity: exp(mean NLL of the next token)
@@ -215,9 +225,63 @@ def _as_batch(documents, lengths) -> tuple[np.ndarray, np.ndarray]:
     return tokens, lengths.astype(np.int64)
 
 
+def _per_row(name, value, rows, scalar=True) -> np.ndarray:
+    """An int per row from an int[rows] array, or (when ``scalar``) one int for all."""
+    arr = np.asarray(value)
+    shapes = ((), (rows,)) if scalar else ((rows,),)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer) or arr.shape not in shapes:
+        what = "an int or ints" if scalar else "ints"
+        raise ValueError(f"{name} must be {what} of shape ({rows},), got "
+                         f"{arr.dtype}{list(arr.shape)}")
+    return np.broadcast_to(arr, (rows,)).astype(np.int64)
+
+
+def document_windows(documents: Sequence[Sequence[int]], window: int):
+    """Cut documents into half-overlapping windows that count every position once.
+
+    Window j of a document starts at token j * S, S = max(1, window // 2),
+    and holds up to ``window`` tokens. Window 0 counts its positions from 0;
+    window j >= 1 counts from ``window - S - 1`` on, the first position the
+    window before could not score, so every position t = 0 .. n - 2 of a
+    document of n tokens is counted exactly once and, past the first window,
+    with at least ``window - S`` tokens of context.
+
+    Args:
+      documents: token sequences (lengths >= 0).
+      window: the tokens a model reads at once, >= 2.
+
+    Returns:
+      (tokens int32[R, window], lengths int64[R], first_position int64[R],
+      document_ids int64[R]): the arguments of :func:`teacher_forced_acceptance`.
+    """
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 2:
+        raise ValueError(f"window must be an int >= 2, got {window!r}")
+    stride = max(1, window // 2)
+    rows, lengths, first, ids = [], [], [], []
+    for d, doc in enumerate(documents):
+        doc = np.asarray(doc)
+        if doc.ndim != 1:
+            raise ValueError(f"document {d} must be a 1-D token sequence, got shape {doc.shape}")
+        n, start = doc.size, 0
+        while True:
+            piece = doc[start:start + window]
+            rows.append(np.pad(piece, (0, window - piece.size)))
+            lengths.append(piece.size)
+            first.append(0 if start == 0 else window - stride - 1)
+            ids.append(d)
+            if start + window >= n:
+                break
+            start += stride
+    if not rows:
+        raise ValueError("documents is empty")
+    return (np.stack(rows).astype(np.int32), np.asarray(lengths, np.int64),
+            np.asarray(first, np.int64), np.asarray(ids, np.int64))
+
+
 def teacher_forced_acceptance(draft: Decoder, target: Decoder, documents, temperature=1.0, *,
-                              lengths=None, first_position: int = 0, batch_size: int = 8,
-                              confidence: float = 0.95, num_resamples: int = 1000,
+                              lengths=None, first_position=0, document_ids=None,
+                              batch_size: int = 8, confidence: float = 0.95,
+                              num_resamples: int = 1000,
                               key: jax.Array | None = None) -> TeacherForcedAcceptance:
     """The acceptance alpha of a pair measured teacher-forced on documents.
 
@@ -228,8 +292,12 @@ def teacher_forced_acceptance(draft: Decoder, target: Decoder, documents, temper
       temperature: T >= 0; 0 is greedy.
       lengths: int[D], the tokens of each row of a padded batch.
       first_position: count positions t >= first_position only (e.g. the
-        last prompt position, to measure the continuations of prompts).
-      batch_size: documents per forward pass (static shapes: one compilation).
+        last prompt position, to measure the continuations of prompts); an
+        int, or int[D], one per row.
+      document_ids: int[D], which document each row belongs to (rows of one
+        id, e.g. the windows of :func:`document_windows`, are one unit of the
+        bootstrap); default: every row is its own document.
+      batch_size: rows per forward pass (static shapes: one compilation).
       confidence: level of the bootstrap interval.
       num_resamples: bootstrap resamples.
       key: PRNG key for the bootstrap (default PRNGKey(0)).
@@ -248,13 +316,21 @@ def teacher_forced_acceptance(draft: Decoder, target: Decoder, documents, temper
     t = np.asarray(jax.device_get(temperature), np.float64)
     if t.shape != () or not np.isfinite(t) or t < 0:
         raise ValueError(f"temperature must be a finite scalar >= 0, got {temperature!r}")
-    for name, value, minimum in (("first_position", first_position, 0),
-                                 ("batch_size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
     tokens, lengths = _as_batch(documents, lengths)
+    first = _per_row("first_position", first_position, tokens.shape[0])
+    if np.any(first < 0):
+        raise ValueError(f"first_position must be >= 0, got {int(first.min())}")
+    if document_ids is None:
+        ids = np.arange(tokens.shape[0])
+    else:
+        ids = _per_row("document_ids", document_ids, tokens.shape[0], scalar=False)
+        if np.any(ids < 0):
+            raise ValueError(f"document_ids must be >= 0, got {int(ids.min())}")
     inside = np.arange(tokens.shape[1]) < lengths[:, None]
     bad = inside & ((tokens < 0) | (tokens >= target.vocab_size))
     if np.any(bad):
@@ -269,6 +345,7 @@ def teacher_forced_acceptance(draft: Decoder, target: Decoder, documents, temper
     # Padding rows have length 0: no counted position, so they add nothing.
     tokens = np.concatenate([tokens, np.zeros((padded - num_docs, width), np.int32)])
     lengths = np.concatenate([lengths, np.zeros(padded - num_docs, np.int64)]).astype(np.int32)
+    first = np.concatenate([first, np.zeros(padded - num_docs, np.int64)]).astype(np.int32)
     temp = jnp.asarray(t, jnp.result_type(float))
     statics = dict(draft_forward=draft.forward, draft_init_cache=draft.init_cache,
                    target_forward=target.forward, target_init_cache=target.init_cache)
@@ -277,14 +354,17 @@ def teacher_forced_acceptance(draft: Decoder, target: Decoder, documents, temper
         parts.append(_document_sums(draft.params, target.params,
                                     jnp.asarray(tokens[s:s + batch_size]),
                                     jnp.asarray(lengths[s:s + batch_size]), temp,
-                                    jnp.int32(first_position), **statics))
+                                    jnp.asarray(first[s:s + batch_size]), **statics))
+    row_sums = [np.concatenate([np.asarray(p[i], np.float64) for p in parts])[:num_docs]
+                for i in range(4)]
+    # Rows -> documents: the windows of one document are one bootstrap unit.
+    _, doc_index = np.unique(ids, return_inverse=True)
     beta_sum, count, draft_nll, target_nll = (
-        np.concatenate([np.asarray(p[i], np.float64) for p in parts])[:num_docs]
-        for i in range(4))
+        np.bincount(doc_index, weights=x, minlength=doc_index.max() + 1) for x in row_sums)
     positions = int(count.sum())
     if positions == 0:
-        raise ValueError(f"no position to count: every document is shorter than "
-                         f"first_position + 2 = {first_position + 2} tokens")
+        raise ValueError("no position to count: every document is shorter than "
+                         "first_position + 2 tokens")
     with np.errstate(invalid="ignore", divide="ignore"):
         per_doc = np.where(count > 0, beta_sum / count, np.nan)
     used = count > 0

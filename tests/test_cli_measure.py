@@ -137,6 +137,27 @@ def test_summary_row_against_its_lines(reference):
     assert row["beta_mean"] == pytest.approx(sum(line["beta_sum"] for line in lines) / trials)
     iterations = sum(line["iterations"] for line in lines)
     assert row["mean_accepted"] == pytest.approx(accepted / iterations)
+    # Per draft position: counts of K >= i over K >= i - 1, by brute force; the
+    # fit test of one rate at every position against scipy; the serving ratio.
+    k = np.concatenate([line["accepted_per_iteration"] for line in lines])
+    reached = [int(np.sum(k >= i - 1)) for i in range(1, LOOKAHEAD + 1)]
+    kept = [int(np.sum(k >= i)) for i in range(1, LOOKAHEAD + 1)]
+    assert (row["position_reached"], row["position_accepted"]) == (reached, kept)
+    for rate, low, high, a, n in zip(row["position_rates"], row["position_rates_low"],
+                                     row["position_rates_high"], kept, reached):
+        assert rate == pytest.approx(a / n, rel=1e-6) and low <= rate <= high
+    observed = np.bincount(k, minlength=LOOKAHEAD + 1)
+    alpha = accepted / trials
+    pmf = [alpha ** j * (1 - alpha) for j in range(LOOKAHEAD)] + [alpha ** LOOKAHEAD]
+    ref = stats.power_divergence(observed, observed.sum() * np.array(pmf), ddof=1,
+                                 lambda_="log-likelihood")
+    assert row["geometric_acceptance"] == pytest.approx(alpha, rel=1e-6)
+    assert row["geometric_fit_statistic"] == pytest.approx(ref.statistic, rel=1e-3, abs=1e-6)
+    assert row["geometric_fit_p_value"] == pytest.approx(ref.pvalue, rel=1e-3, abs=1e-6)
+    assert row["geometric_fit_df"] == LOOKAHEAD - 1
+    assert row["serving_ratio"] == pytest.approx(k.sum() / (k.size * LOOKAHEAD), rel=1e-6)
+    assert row["serving_ratio_iid"] == pytest.approx(
+        sum(alpha ** i for i in range(1, LOOKAHEAD + 1)) / LOOKAHEAD, rel=1e-6)
     # Latency and speedup: Student-t intervals across prompts, as scipy gives them.
     for name, key in (("ttft", "ttft_s"), ("tpot", "tpot_s"), ("ttot", "ttot_s"),
                       ("baseline_tpot", "baseline_tpot_s"), ("speedup", "speedup")):
@@ -185,8 +206,130 @@ def test_rows_are_read_by_fit_plot_and_plan(reference):
     assert per_prompt.has_counts.all()
 
 
-def test_human_summary_greedy_and_fit_on_measured_rows(reference, model_dirs, corpus_dir,
-                                                       capsys):
+# --------------------------------------------------------------------------
+# Teacher-forced acceptance.
+
+# Windows of prompt + new tokens and one batch of them: the teacher-forced
+# passes below and the loop's text in the agreement test share one compilation.
+TF_WINDOW, TF_DOCUMENTS = PROMPT_LEN + MAX_NEW, 48
+
+
+def _held_out_lines(corpus_dir):
+    """The held-out document's non-empty lines (the prompt file of the teacher-forced run)."""
+    corpus = corpus_lib.load_corpus([str(corpus_dir)], include_stdlib=False)
+    (name,) = corpus.validation_documents
+    text = (corpus_dir / name.split("/", 1)[1]).read_text()
+    return [line for line in text.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def teacher_forced(reference, model_dirs, corpus_dir):
+    """`sdsl measure --teacher-forced` on the held-out lines, its row added to the reference
+    rows file: (its --json row, the prompt file)."""
+    folder, _, rows, _ = reference
+    prompt_file = folder / "held-out.txt"
+    prompt_file.write_text("\n".join(_held_out_lines(corpus_dir)) + "\n")
+    code = cli.main([str(a) for a in (
+        "measure", "--teacher-forced", "--draft", model_dirs["10k"], "--target",
+        model_dirs["30k"], "--prompt-file", prompt_file, "--documents", TF_DOCUMENTS,
+        "--prompt-len", TF_WINDOW, "--batch-size", TF_DOCUMENTS, "--lookahead", LOOKAHEAD,
+        "--bootstrap", 200, "--rows", rows, "--json")])
+    assert code == 0
+    return [r for r in _lines(rows) if r.get("method") == "teacher-forced"][0], prompt_file
+
+
+def test_teacher_forced_row(teacher_forced, model_dirs, corpus_dir, tmp_path):
+    from sdsl_jax import tokenizer
+    from sdsl_jax.teacher_forced import document_windows, teacher_forced_acceptance
+    row, _ = teacher_forced
+    lines = _held_out_lines(corpus_dir)[:TF_DOCUMENTS]
+    documents = [tokenizer.encode(line, bos=True) for line in lines]
+    # Every position of every document counted once, however the lines were windowed.
+    assert row["positions"] == sum(len(d) - 1 for d in documents)
+    assert row["prompts"] == TF_DOCUMENTS and row["windows"] > TF_DOCUMENTS
+    assert row["acceptance_low"] <= row["acceptance"] <= row["acceptance_high"]
+    assert 0 < row["acceptance_high"] - row["acceptance_low"] < 0.2
+    # The command's number is the library's on those windows, with the same key.
+    draft, target = (models.load_decoder(str(model_dirs[s])) for s in SIZES)
+    tokens, lengths, first, ids = document_windows(documents, TF_WINDOW)
+    direct = teacher_forced_acceptance(draft, target, tokens, 1.0, lengths=lengths,
+                                       first_position=first, document_ids=ids,
+                                       batch_size=TF_DOCUMENTS, num_resamples=200,
+                                       key=jax.random.PRNGKey(0))
+    assert row["acceptance"] == pytest.approx(direct.acceptance, rel=1e-6)
+    assert (row["acceptance_low"], row["acceptance_high"]) == pytest.approx(
+        (direct.low, direct.high), rel=1e-6)
+    assert row["target_document_perplexity"] == pytest.approx(direct.target_perplexity, rel=1e-6)
+    # A measurement row: the cards' perplexities (the laws' x and y), method and lookahead.
+    for size, role in zip(SIZES, ("draft", "target")):
+        card = models.load_card(str(model_dirs[size]))
+        assert (row[f"{role}_perplexity"], row[f"{role}_tokens"]) == (card["perplexity"],
+                                                                      card["tokens"])
+    assert (row["method"], row["lookahead"], row["temperature"]) == ("teacher-forced",
+                                                                     LOOKAHEAD, 1.0)
+    measured = read_measurements(_write_jsonl(tmp_path / "tf.jsonl", [row]))
+    assert measured.acceptance[0] == pytest.approx(row["acceptance"])
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_teacher_forced_on_the_corpus_greedy_text_summary(model_dirs, corpus_dir, capsys):
+    code, out, err = _run(capsys, [
+        "measure", "--teacher-forced", "--draft", model_dirs["10k"], "--target",
+        model_dirs["30k"], "--no-stdlib", "--corpus", corpus_dir, "--greedy",
+        "--prompt-len", TF_WINDOW, "--batch-size", TF_DOCUMENTS, "--bootstrap", 200])
+    assert code == 0, err
+    held_out = corpus_lib.load_corpus([str(corpus_dir)], include_stdlib=False).validation
+    # One held-out document (BOS + its bytes), every position of it.
+    for text in ("teacher-forced, greedy: 1 held-out document,",
+                 f"{held_out.size - 1:,} positions", "acceptance alpha", "bootstrap over documents",
+                 "target perplexity"):
+        assert text in out, (text, out)
+
+
+def test_teacher_forced_agrees_with_the_loop(model_dirs, corpus_dir, teacher_forced):
+    """On the trained pair, the loop's count estimate and teacher forcing on the loop's own
+    (target-sampled) text estimate one alpha: their intervals overlap."""
+    from sdsl_jax.acceptance_estimate import estimate_acceptance
+    from sdsl_jax.speculative import loop
+    from sdsl_jax.speculative.measure import run_records
+    from sdsl_jax.speculative.metrics import Timing, acceptance_inputs
+    from sdsl_jax.teacher_forced import teacher_forced_acceptance
+    draft, target = (models.load_decoder(str(model_dirs[s])) for s in SIZES)
+    prompts = np.stack([_prompt(corpus_dir, 7, i) for i in range(TF_DOCUMENTS)]).astype(np.int32)
+    records, generated = [], []
+    for i in range(TF_DOCUMENTS):  # batch 1, as `sdsl measure` ran: one compiled loop
+        gen = loop.speculative_generate(draft, target, jnp.asarray(prompts[i:i + 1]),
+                                        jnp.array([PROMPT_LEN], jnp.int32),
+                                        jax.random.PRNGKey(7), lookahead=LOOKAHEAD,
+                                        max_new_tokens=MAX_NEW, temperature=1.0,
+                                        row_ids=jnp.array([i]))
+        records += run_records(gen, Timing(0.0, 1.0), prompt_ids=[i], prompt_lengths=[PROMPT_LEN],
+                               max_new_tokens=MAX_NEW, temperature=1.0)
+        generated.append(np.asarray(gen.tokens[0]))
+    acc, gam, ids = acceptance_inputs(records)
+    loop_estimate = estimate_acceptance(acc, gam, ids, interval="bootstrap",
+                                        num_prompts=TF_DOCUMENTS)
+    text = np.concatenate([prompts, np.stack(generated)], axis=1)
+    # Drafted positions predict the tokens after the first new one: positions >= the
+    # prompt's length.
+    tf = teacher_forced_acceptance(draft, target, text, 1.0, first_position=PROMPT_LEN,
+                                   batch_size=TF_DOCUMENTS, num_resamples=200)
+    beta = sum(r["beta_sum"] for r in records) / sum(r["beta_count"] for r in records)
+    print(f"\nloop {float(loop_estimate.acceptance):.4f} [{float(loop_estimate.low):.4f}, "
+          f"{float(loop_estimate.high):.4f}] (mean exact beta of judged drafts {beta:.4f}); "
+          f"teacher-forced {tf.acceptance:.4f} [{tf.low:.4f}, {tf.high:.4f}]; "
+          f"teacher-forced on held-out text {teacher_forced[0]['acceptance']:.4f}")
+    assert max(float(loop_estimate.low), tf.low) <= min(float(loop_estimate.high), tf.high)
+    assert tf.low <= beta <= tf.high
+    assert abs(float(loop_estimate.acceptance) - tf.acceptance) < 0.1
+
+
+def test_human_summary_greedy_and_fit_on_measured_rows(reference, teacher_forced, model_dirs,
+                                                       corpus_dir, capsys):
     folder, _, rows, row = reference
     greedy = folder / "greedy.jsonl"
     summary = folder / "greedy-summary.json"
@@ -194,7 +337,9 @@ def test_human_summary_greedy_and_fit_on_measured_rows(reference, model_dirs, co
                                         rows, "--summary", summary))
     assert code == 0, err
     for text in ("acceptance alpha", "speedup over target alone", "law's speedup", "TTFT",
-                 "TPOT", "TTOT", "95% interval", "greedy", f"{PROMPTS} prompts measured now"):
+                 "TPOT", "TTOT", "95% interval", "greedy", f"{PROMPTS} prompts measured now",
+                 "at draft position 1", f"at draft position {LOOKAHEAD}", "i.i.d. fit test",
+                 "serving stacks' ratio", "(accepted length - 1)/(budget - 1)"):
         assert text in out, text
     greedy_row = json.loads(summary.read_text())
     assert greedy_row["temperature"] == 0.0 and f"{greedy_row['acceptance']:.4f}" in out, out
@@ -203,10 +348,12 @@ def test_human_summary_greedy_and_fit_on_measured_rows(reference, model_dirs, co
                                         rows))
     assert code == 0 and "0 prompts measured now, 5 from an earlier run" in out, out + err
     written = _lines(rows)
-    assert [r["temperature"] for r in written] == [0.0, 1.0]
-    assert written[1]["acceptance"] == row["acceptance"]
-    # `sdsl fit` reads the rows as they are, here beside synthetic pairs (a fit
-    # needs more pairs than a test can train).
+    assert [r["temperature"] for r in written] == [1.0, 0.0, 1.0]
+    # ... and keeps the teacher-forced row of the pair beside the loop's.
+    assert [r.get("method") for r in written] == ["teacher-forced", "loop", "loop"]
+    assert written[2]["acceptance"] == row["acceptance"]
+    # `sdsl fit` reads the rows as they are (the loop's and the teacher-forced one),
+    # here beside synthetic pairs (a fit needs more pairs than a test can train).
     synthetic = folder / "synthetic.jsonl"
     write_measurements(synthetic_measurements(num_targets=3, num_drafts=3, seed=1), synthetic)
     combined = folder / "combined.jsonl"
@@ -214,7 +361,7 @@ def test_human_summary_greedy_and_fit_on_measured_rows(reference, model_dirs, co
     code, out, err = _run(capsys, ["fit", combined, "--bootstrap", "0", "--json"])
     assert code == 0, err
     report = json.loads(out)
-    assert report["measurements"] == 2 + 9 and report["targets"] == 4, report
+    assert report["measurements"] == 3 + 9 and report["targets"] == 4, report
     assert "30k" in [t["target"] for t in report["per_target"]]
 
 
@@ -401,6 +548,14 @@ def _error_cases(model_dirs, hf_dirs, corpus_dir, tmp):
         ([*pair, "--lookahead", 2, *ours, "--rows", tmp / "rows.csv"], "JSON Lines"),
         ([*pair, "--lookahead", 2, "--no-stdlib", "--corpus", corpus_dir, "--prompts", 2,
           "--out", tmp / "other.jsonl"], "not a record of this `sdsl measure` (no 'draft_model')"),
+        ([*pair, *ours], "argument --lookahead is required (or give --teacher-forced)"),
+        ([*pair, "--teacher-forced", *ours], "--teacher-forced runs no generation loop; drop "
+                                             "--out, --prompts"),
+        ([*pair, "--lookahead", 2, "--documents", 3, *ours], "--documents goes with"),
+        ([*pair, "--teacher-forced", "--prompt-file", tmp / "long.txt", "--documents", 3],
+         "--documents: " + str(tmp / "long.txt") + " has only 2 lines, 3 asked for"),
+        ([*hf, "--teacher-forced", "--prompt-file", tmp / "long.txt", "--prompt-len", 80],
+         "the window --prompt-len = 80 positions"),
     ]
 
 

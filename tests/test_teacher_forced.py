@@ -11,7 +11,8 @@ from sdsl_jax.speculative import loop
 from sdsl_jax.speculative.metrics import acceptance_inputs
 from sdsl_jax.speculative.measure import run_records
 from sdsl_jax.speculative.metrics import Timing
-from sdsl_jax.teacher_forced import position_acceptance, teacher_forced_acceptance
+from sdsl_jax.teacher_forced import (document_windows, position_acceptance,
+                                     teacher_forced_acceptance)
 from sdsl_jax.toy_models import ngram_decoder, random_ngram_decoder
 
 VOCAB = 8
@@ -172,3 +173,59 @@ def test_bad_input_errors(pair):
         teacher_forced_acceptance(draft, target, np.zeros((2, 3), int), lengths=np.array([1, 4]))
     with pytest.raises(ValueError, match="empty"):
         teacher_forced_acceptance(draft, target, [])
+
+
+@pytest.mark.parametrize("window", [2, 3, 8, 9])
+def test_windows_count_every_position_once(window):
+    rng = np.random.default_rng(window)
+    docs = [rng.integers(0, VOCAB, n) for n in (0, 1, 2, window - 1, window, window + 1, 31)]
+    tokens, lengths, first, ids = document_windows(docs, window)
+    stride = max(1, window // 2)
+    for d, doc in enumerate(docs):
+        rows = np.flatnonzero(ids == d)
+        counted = []
+        for j, r in enumerate(rows):
+            start = j * stride
+            np.testing.assert_array_equal(tokens[r, :lengths[r]], doc[start:start + window])
+            # Positions first .. length - 2 of the window predict a token inside it.
+            counted += [start + t for t in range(first[r], lengths[r] - 1)]
+            if j:  # past the first window, each counted position sees >= window - stride tokens
+                assert first[r] + 1 >= window - stride
+        assert counted == list(range(max(0, doc.size - 1))), (d, counted)
+
+
+def test_windows_of_a_document_are_one_bootstrap_unit(pair):
+    """A bigram's beta depends on the current token only, so reading documents in windows
+    must give exactly the whole-document numbers, interval included."""
+    draft, target, *_ = pair
+    rng = np.random.default_rng(4)
+    docs = [rng.integers(0, VOCAB, n) for n in (40, 7, 25, 13, 2)]
+    whole = teacher_forced_acceptance(draft, target, docs, 0.9, num_resamples=200)
+    tokens, lengths, first, ids = document_windows(docs, 6)
+    # Ids need not be 0..D-1: any integers name the documents.
+    windowed = teacher_forced_acceptance(draft, target, tokens, 0.9, lengths=lengths,
+                                         first_position=first, document_ids=10 * ids + 3,
+                                         num_resamples=200)
+    assert tokens.shape[0] > len(docs)
+    np.testing.assert_allclose(windowed.document_acceptance, whole.document_acceptance,
+                               rtol=1e-5)
+    np.testing.assert_array_equal(windowed.document_positions, whole.document_positions)
+    assert windowed.documents == whole.documents == len(docs)
+    assert (windowed.acceptance, windowed.low, windowed.high) == pytest.approx(
+        (whole.acceptance, whole.low, whole.high), rel=1e-5)
+    assert windowed.draft_perplexity == pytest.approx(whole.draft_perplexity, rel=1e-5)
+
+
+def test_per_row_arguments_are_checked(pair):
+    draft, target, *_ = pair
+    batch = np.zeros((3, 4), np.int64)
+    with pytest.raises(ValueError, match=r"first_position must be an int or ints of shape \(3,\)"):
+        teacher_forced_acceptance(draft, target, batch, first_position=np.zeros(2, int))
+    with pytest.raises(ValueError, match="first_position must be >= 0"):
+        teacher_forced_acceptance(draft, target, batch, first_position=np.array([0, -1, 0]))
+    with pytest.raises(ValueError, match=r"document_ids must be ints of shape \(3,\)"):
+        teacher_forced_acceptance(draft, target, batch, document_ids=1)
+    with pytest.raises(ValueError, match="document_ids must be >= 0"):
+        teacher_forced_acceptance(draft, target, batch, document_ids=np.array([0, -2, 1]))
+    with pytest.raises(ValueError, match="window must be an int >= 2"):
+        document_windows([[1, 2]], 1)
