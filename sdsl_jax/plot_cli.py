@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-FIGURES = ("plane", "throughput", "acceptance", "latency", "draft-size")
+FIGURES = ("plane", "throughput", "acceptance", "latency", "draft-size", "positions")
 
 
 def _count(text: str) -> float:
@@ -142,6 +142,23 @@ def add_parser(commands) -> None:
     size.add_argument("--no-rule", action="store_true", help="leave out the paper's linear rule")
     common(size, "draft-size")
 
+    positions = figures.add_parser(
+        "positions", help="acceptance by draft position against the i.i.d. model",
+        description=(
+            "The acceptance rate at each draft position 1..gamma of `sdsl measure` runs, with "
+            "bootstrap intervals over prompts, against the i.i.d. (truncated geometric) model "
+            "the throughput law assumes, and the distribution of accepted drafts per iteration "
+            "with the model's goodness-of-fit test. Give several runs files (e.g. lookahead 2, "
+            "4, 8 of one pair) to draw them side by side."))
+    positions.add_argument("runs", metavar="RUNS.jsonl", nargs="+",
+                           help="runs files written by `sdsl measure --out`")
+    positions.add_argument("--confidence", type=float, default=0.95,
+                           help="interval level (default: %(default)s)")
+    positions.add_argument("--bootstrap", type=int, default=1000, metavar="R",
+                           help="bootstrap resamples of prompts (default: %(default)s)")
+    positions.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    common(positions, "positions", laws=False)
+
 
 def _laws(args, usage_error):
     """(FittedLaws, description) from --laws or the presets."""
@@ -246,8 +263,28 @@ def _draft_size(args, usage_error):
                            show_rule=not args.no_rule, laws_source=source, title=args.title)
 
 
+def _positions(args, usage_error):
+    import jax
+    from sdsl_jax.plots.positions import RunsError, plot_positions, read_runs
+    if args.bootstrap < 2:
+        raise usage_error(f"sdsl plot positions: argument --bootstrap: must be at least 2, "
+                          f"got {args.bootstrap}")
+    runs = []
+    for path in args.runs:
+        try:
+            runs.append(read_runs(path))
+        except RunsError as err:
+            raise usage_error(str(err)) from None
+        except OSError as err:
+            raise usage_error(f"{path}: cannot read ({err.strerror})") from None
+    # The runs' counts are small integers: float32 is exact enough, as in `sdsl measure`.
+    with jax.enable_x64(False):
+        return plot_positions(runs, confidence=args.confidence, num_resamples=args.bootstrap,
+                              seed=args.seed, title=args.title)
+
+
 _DRAW = {"plane": _plane, "throughput": _throughput, "acceptance": _acceptance,
-         "latency": _latency, "draft-size": _draft_size}
+         "latency": _latency, "draft-size": _draft_size, "positions": _positions}
 
 
 def run(args, usage_error) -> int:
