@@ -97,6 +97,14 @@ def _build_parser() -> argparse.ArgumentParser:
     wall.add_argument("--step-times", metavar="FILE", help=(
         "calibrate the preset's efficiencies and overhead to measured step times first "
         "(JSON Lines, e.g. from `sdsl measure`)"))
+    measured = plan.add_argument_group("the lookahead from measured per-position rates")
+    from sdsl_jax import position_plan
+    measured.add_argument("--position-rates", metavar="FILE", help=(
+        "plan the lookahead of a measured pair from its acceptance at each draft position "
+        "instead of one alpha: " + position_plan.FILE_HELP))
+    measured.add_argument("--cost-ratio", type=float, metavar="C", help=(
+        "with --position-rates: draft step over target step (default: the file's measured "
+        "cost_ratio)"))
     add_laws(plan)
 
     fit = commands.add_parser("fit", help="fit the laws to your acceptance measurements",
@@ -479,6 +487,11 @@ def _print_wallclock(record: dict) -> None:
 
 
 def _plan(args) -> int:
+    if args.position_rates:
+        from sdsl_jax import position_plan
+        return position_plan.run(args, UsageError)
+    if args.cost_ratio is not None:
+        raise UsageError("sdsl plan: --cost-ratio goes with --position-rates")
     if args.csv:
         if args.target_params or args.target_tokens:
             raise UsageError("sdsl plan: --csv takes the configurations from the file; "
