@@ -135,7 +135,7 @@ def count_histogram(accepted, lookahead: int, mask=None) -> jax.Array:
     """Counts of K = 0..lookahead over the (unmasked) iterations: float[gamma + 1]."""
     lookahead = _check_lookahead(lookahead)
     k = _check_accepted(accepted, lookahead, mask)
-    return _histogram(k, mask, lookahead)
+    return _histogram_jit(k, mask, lookahead)
 
 
 def _histogram(k, mask, lookahead):
@@ -144,6 +144,19 @@ def _histogram(k, mask, lookahead):
     if mask is not None:
         onehot = onehot * mask[..., None]
     return jnp.sum(onehot.reshape(-1, lookahead + 1), axis=0)
+
+
+# One compiled program per shape instead of a dozen small eager ones: the
+# reports call these once per run, where compiling is most of the cost.
+_histogram_jit = jax.jit(_histogram, static_argnums=2)
+
+
+@jax.jit
+def _rates_and_wilson(hist, confidence):
+    acc, reached = _rates_from_histogram(hist)
+    rate = jnp.where(reached > 0, acc / jnp.where(reached > 0, reached, 1.0), jnp.nan)
+    low, high = wilson_interval(acc, reached, confidence)
+    return rate, low, high, acc, reached
 
 
 def _rates_from_histogram(hist):
@@ -180,10 +193,8 @@ def per_position_acceptance(accepted, lookahead: int, prompt_ids=None, *, mask=N
     k = _check_accepted(accepted, lookahead, mask)
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
-    hist = _histogram(k, mask, lookahead)
-    acc, reached = _rates_from_histogram(hist)
-    rate = jnp.where(reached > 0, acc / jnp.where(reached > 0, reached, 1.0), jnp.nan)
-    low, high = wilson_interval(acc, reached, confidence)
+    hist = _histogram_jit(k, mask, lookahead)
+    rate, low, high, acc, reached = _rates_and_wilson(hist, jnp.asarray(confidence, hist.dtype))
     if prompt_ids is None:
         b_low = b_high = jnp.full_like(rate, jnp.nan)
     else:
@@ -256,7 +267,7 @@ def geometric_fit_test(accepted, lookahead: int, *, mask=None,
     if method not in FIT_METHODS:
         raise ValueError(f"method must be one of {FIT_METHODS}, got {method!r}")
     k = _check_accepted(accepted, lookahead, mask)
-    return _fit_test(_histogram(k, mask, lookahead), lookahead, method)
+    return _fit_test(_histogram_jit(k, mask, lookahead), lookahead, method)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -320,7 +331,11 @@ def serving_stack_ratio(accepted, lookahead: int, mask=None) -> jax.Array:
     """
     lookahead = _check_lookahead(lookahead)
     k = _check_accepted(accepted, lookahead, mask)
-    hist = _histogram(k, mask, lookahead)
+    return _serving_ratio(_histogram_jit(k, mask, lookahead), lookahead)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _serving_ratio(hist, lookahead):
     kk = jnp.arange(lookahead + 1, dtype=hist.dtype)
     mean_length = jnp.sum(hist * (kk + 1)) / jnp.sum(hist)
     return (mean_length - 1) / lookahead
@@ -367,6 +382,8 @@ def summarize_positions(accepted, lookahead: int, prompt_ids=None, *, mask=None,
     def floats(values):
         return [float(v) if np.isfinite(v) else None for v in np.asarray(values, np.float64)]
 
+    # The histogram's few numbers on the host: alpha_hat (as in the fit test)
+    # and the serving ratio E[K] / gamma (as serving_stack_ratio computes it).
     hist = np.asarray(count_histogram(accepted, lookahead, mask=mask), np.float64)
     kk = np.arange(lookahead + 1)
     alpha = float(np.sum(hist * kk) / np.sum(hist * np.minimum(kk + 1, lookahead)))
@@ -382,6 +399,6 @@ def summarize_positions(accepted, lookahead: int, prompt_ids=None, *, mask=None,
         out.update(geometric_fit_statistic=float(fit.statistic), geometric_fit_df=lookahead - 1,
                    geometric_fit_p_value=float(fit.p_value))
     out["serving_ratio"] = float(np.sum(hist * kk) / np.sum(hist) / lookahead)
-    out["serving_ratio_iid"] = (float(expected_serving_stack_ratio(alpha, lookahead))
+    out["serving_ratio_iid"] = (float(np.sum(alpha ** np.arange(1, lookahead + 1)) / lookahead)
                                 if np.isfinite(alpha) else None)
     return out

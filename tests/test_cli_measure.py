@@ -28,6 +28,27 @@ CORPUS_FILES = ("os.py", "argparse.py", "string.py", "textwrap.py", "shutil.py",
                 "bisect.py", "heapq.py", "functools.py", "csv.py", "glob.py", "json/decoder.py")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def quick_compiles():
+    """Compile with XLA's backend optimisations off while this module runs.
+
+    These tests check what the commands write, not how fast the code they
+    compile runs, and compiling is most of their time: tiny models, a few
+    prompts, each program run a handful of times. JAX's own switch for that
+    case cuts the compile time by about a third. It is not part of JAX's
+    compilation-cache key, so the optimisation level (which is, and which
+    the CPU backend ignores) is moved too: the executables built here stay
+    apart from those of other test modules in the same process.
+    """
+    settings = {"jax_disable_most_optimizations": True, "jax_optimization_level": "O0"}
+    saved = {name: jax.config.values[name] for name in settings}
+    for name, value in settings.items():
+        jax.config.update(name, value)
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+
+
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
     """A few standard-library modules: real text, one of them held out."""
@@ -363,6 +384,17 @@ def test_human_summary_greedy_and_fit_on_measured_rows(reference, teacher_forced
     report = json.loads(out)
     assert report["measurements"] == 3 + 9 and report["targets"] == 4, report
     assert "30k" in [t["target"] for t in report["per_target"]]
+    # `sdsl plan --position-rates` plans the lookahead from the measured summary.
+    code, out, err = _run(capsys, ["plan", "--position-rates", summary, "--json"])
+    assert code == 0, err
+    plan = json.loads(out)
+    rates = greedy_row["position_rates"]
+    rates = rates[:rates.index(None)] if None in rates else rates
+    c = greedy_row["cost_ratio"]
+    by_hand = [(1 + sum(np.prod(rates[:k]) for k in range(1, g + 1))) / (g * c + 1)
+               for g in range(len(rates) + 1)]
+    assert (plan["cost_ratio"], plan["lookahead"]) == (c, int(np.argmax(by_hand)))
+    assert plan["iid_acceptance"] == greedy_row["acceptance"]
 
 
 def test_interrupted_run_keeps_finished_prompts_and_resumes(reference, model_dirs, corpus_dir,

@@ -126,7 +126,7 @@ def plot_positions(runs: Sequence[PositionRuns], *, confidence: float = 0.95,
     import jax
 
     from sdsl_jax.plots import style
-    from sdsl_jax.positions import summarize_positions, truncated_geometric_pmf
+    from sdsl_jax.positions import summarize_positions
 
     if not runs:
         raise ValueError("no runs to draw")
@@ -158,7 +158,8 @@ def plot_positions(runs: Sequence[PositionRuns], *, confidence: float = 0.95,
         k = np.arange(gamma + 1)
         counts = np.bincount(run.accepted[run.mask], minlength=gamma + 1)
         share = counts / counts.sum()
-        expected = np.asarray(truncated_geometric_pmf(np.float64(alpha), gamma))
+        # truncated_geometric_pmf, on the host: alpha^k (1 - alpha), k < gamma; alpha^gamma.
+        expected = np.where(k < gamma, alpha ** k * (1 - alpha), alpha ** k)
         p = summary["geometric_fit_p_value"]
         fit = ("" if p is None else
                f", fit test G = {summary['geometric_fit_statistic']:.3g} "
