@@ -4,10 +4,12 @@ XLA_FLAGS must be set before JAX starts, so the four-device checks run in a
 subprocess and report back as JSON; the single-device checks run here.
 """
 
+import atexit
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import jax
@@ -86,14 +88,63 @@ FOUR_DEVICES = textwrap.dedent('''
 ''')
 
 
+def _start_four_devices():
+    """Start the four-device run at collection, so that its minute of compiling
+    runs on another core while the tests collected before this file run."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    process = subprocess.Popen([sys.executable, "-c", FOUR_DEVICES], env=env, stdout=out, stderr=err, text=True)
+    atexit.register(process.kill)  # a no-op once it has finished; stops it if its tests were deselected
+    return process, out, err
+
+
+_FOUR_DEVICES_RUN = _start_four_devices()
+
+
 @pytest.fixture(scope="module")
 def four_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", FOUR_DEVICES], env=env, capture_output=True,
-                            text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    line = next(row for row in result.stdout.splitlines() if row.startswith("REPORT"))
+    process, out, err = _FOUR_DEVICES_RUN
+    returncode = process.wait(timeout=900)
+    out.seek(0)
+    err.seek(0)
+    assert returncode == 0, err.read()[-4000:]
+    line = next(row for row in out.read().splitlines() if row.startswith("REPORT"))
     return json.loads(line[len("REPORT"):])
+
+
+def test_map_configs_broadcasts_and_chunks(x64):
+    # test_planner's grid: the direct call below shares its compilation in a session.
+    m = np.geomspace(13e9, 110e9, 6)[:, None]
+    tokens = np.array([3e11, 1e12, 3e12, 15e12])[None, :]
+    fn = lambda a, b, c: {"n": sd.optimal_draft_size(a, b, c).draft_params}
+    out = sharded.map_configs(fn, m, tokens, tokens, chunk_size=5)
+    assert out["n"].shape == (6, 4)
+    np.testing.assert_allclose(out["n"], sd.optimal_draft_size(m, tokens, tokens).draft_params, rtol=1e-13)
+    assert sharded.padded_size(1001, 4) == 1004 and sharded.padded_size(0, 4) == 4
+
+
+def test_plan_sharded_names_bad_input():
+    with pytest.raises(ValueError, match="draft_tokens"):
+        sharded.plan_sharded([70e9], [-1.0], [15e12])
+    with pytest.raises(ValueError, match="fields: 'n_star'"):
+        sharded.plan_sharded([70e9], [15e12], [15e12], fields=["n_star"])
+    with pytest.raises(ValueError, match="chunk_size"):
+        list(sharded.stream_configs(lambda a: a, [[np.ones(10)]], chunk_size=4))
+    with pytest.raises(ValueError, match="no configurations"):
+        sharded.map_configs(lambda a: a, np.ones(0))
+
+
+def test_shard_rows_names_bad_rows():
+    rows, _ = acceptance_rows(synthetic_measurements(num_targets=2, num_drafts=3, seed=0))
+    with pytest.raises(ValueError, match="no field 'w'"):
+        sharded.shard_rows(rows, weight_field="w")
+    with pytest.raises(ValueError, match="same leading length"):
+        sharded.shard_rows(rows.replace(weight=rows.weight[:2]))
+    spread, count = sharded.shard_rows(rows)
+    assert count == 6 and jax.device_count() == 1 and spread.weight.shape == (6,)
+
+
+# The four-device run's checks come last: the tests above run while it computes.
 
 
 def test_planning_is_spread_over_all_devices(four_devices):
@@ -128,34 +179,3 @@ def test_sharded_fit_equals_single_device_fit(four_devices):
     for one, four in four_devices["fit"]:
         assert four == pytest.approx(one, rel=1e-9, abs=1e-12)
     assert four_devices["fit_r2"][1] == pytest.approx(four_devices["fit_r2"][0], rel=1e-10)
-
-
-def test_map_configs_broadcasts_and_chunks(x64):
-    m = np.array([[7e9], [70e9], [405e9]])
-    tokens = np.array([[1e12, 3e12, 15e12, 40e12]])
-    fn = lambda a, b, c: {"n": sd.optimal_draft_size(a, b, c).draft_params}
-    out = sharded.map_configs(fn, m, tokens, tokens, chunk_size=5)
-    assert out["n"].shape == (3, 4)
-    np.testing.assert_allclose(out["n"], sd.optimal_draft_size(m, tokens, tokens).draft_params, rtol=1e-13)
-    assert sharded.padded_size(1001, 4) == 1004 and sharded.padded_size(0, 4) == 4
-
-
-def test_plan_sharded_names_bad_input():
-    with pytest.raises(ValueError, match="draft_tokens"):
-        sharded.plan_sharded([70e9], [-1.0], [15e12])
-    with pytest.raises(ValueError, match="fields: 'n_star'"):
-        sharded.plan_sharded([70e9], [15e12], [15e12], fields=["n_star"])
-    with pytest.raises(ValueError, match="chunk_size"):
-        list(sharded.stream_configs(lambda a: a, [[np.ones(10)]], chunk_size=4))
-    with pytest.raises(ValueError, match="no configurations"):
-        sharded.map_configs(lambda a: a, np.ones(0))
-
-
-def test_shard_rows_names_bad_rows():
-    rows, _ = acceptance_rows(synthetic_measurements(num_targets=2, num_drafts=3, seed=0))
-    with pytest.raises(ValueError, match="no field 'w'"):
-        sharded.shard_rows(rows, weight_field="w")
-    with pytest.raises(ValueError, match="same leading length"):
-        sharded.shard_rows(rows.replace(weight=rows.weight[:2]))
-    spread, count = sharded.shard_rows(rows)
-    assert count == 6 and jax.device_count() == 1 and spread.weight.shape == (6,)
