@@ -32,10 +32,28 @@ contributes beta_t. The estimate is the mean over all counted positions,
 
 a ratio of per-document totals. The positions of one document share its topic
 and style and are strongly correlated, so the documents are the independent
-units: the 95% interval resamples whole documents
-(:func:`sdsl_jax.acceptance_estimate.bootstrap_interval`, the studentized
-bootstrap of the ratio on the logit scale), exactly as the loop's estimate
-resamples prompts.
+units: the 95% interval resamples whole documents, as the loop's estimate
+resamples prompts (:func:`document_interval`).
+
+Which bootstrap: documents differ in length far more than prompts do (the
+standard library's held-out files run from 71 to 36k bytes), and one long
+document with an unusual rate then dominates the ratio. The bootstrap-t
+(``bootstrap_interval``'s default) breaks down there: resamples that miss
+that document have a tiny standard error and huge t*, so on 16 held-out
+files, every one with a mean beta of at least 0.469, it gave [0.034, 0.634]
+around 0.571. The interval here is the expanded percentile bootstrap
+(Hesterberg 2015): percentiles of the resampled ratios at the tail level
+Phi(-sqrt(m / (m - 1)) t_{m-1}) instead of (1 - level) / 2, m documents,
+which makes up for the plain percentile interval's narrowness with few
+units. By simulation (1000 runs of 16 documents, per-document rates
+~ Beta(18, 12); tests/test_teacher_forced.py checks the first row):
+
+    document sizes           studentized        plain percentile   expanded
+    log-uniform, 70-36k      0.930 (w 0.195)    0.898 (w 0.113)    0.927 (w 0.126)
+    all 2000 positions       0.947 (w 0.093)    0.924 (w 0.082)    0.945 (w 0.091)
+
+(coverage of the 95% interval, median width w): as good as the
+bootstrap-t where that works, and never absurd where it does not.
 
 Long documents
 --------------
@@ -278,6 +296,50 @@ def document_windows(documents: Sequence[Sequence[int]], window: int):
             np.asarray(first, np.int64), np.asarray(ids, np.int64))
 
 
+def document_interval(document_sums, document_positions, key, *, confidence: float = 0.95,
+                      num_resamples: int = 1000) -> tuple[float, float]:
+    """The expanded percentile bootstrap interval of sum(sums) / sum(positions) over documents.
+
+    Resamples documents (see the module docstring for why this method):
+    percentiles of the resampled ratios at the tail level
+    Phi(-sqrt(m / (m - 1)) t_{m-1, (1 + confidence) / 2}) for m documents
+    with positions, widened to contain the Wilson interval of the pooled sums
+    (the floor with one document, or none that differ).
+
+    Args:
+      document_sums: float[D], the sum of beta over each document's positions.
+      document_positions: float[D], the positions counted in each (0: left out).
+      key: PRNG key of the resampling.
+      confidence: the two-sided level.
+      num_resamples: bootstrap resamples.
+
+    Returns:
+      (low, high), floats.
+    """
+    from sdsl_jax.speculative.metrics import student_t_quantile
+    sums = np.asarray(document_sums, np.float64)
+    counts = np.asarray(document_positions, np.float64)
+    if sums.shape != counts.shape or sums.ndim != 1:
+        raise ValueError(f"document_sums and document_positions must be 1-D of one shape, got "
+                         f"{sums.shape} and {counts.shape}")
+    used = counts > 0
+    m = int(used.sum())
+    level = float(confidence)
+    if m >= 2:
+        z = math.sqrt(m / (m - 1)) * student_t_quantile((1 + level) / 2, m - 1)
+        level = math.erf(z / math.sqrt(2))  # 1 - 2 Phi(-z)
+    # Rounding can put a sum of betas a hair above its count; the interval
+    # routine checks accepted <= trials.
+    sums = np.minimum(sums[used], counts[used])
+    # Padding to a power of two (empty documents are left out of the
+    # resampling) lets most calls share a compilation.
+    pad = (1 << max(0, int(m - 1).bit_length())) - m
+    low, high = bootstrap_interval(np.pad(sums, (0, pad)), np.pad(counts[used], (0, pad)), key,
+                                   num_resamples=num_resamples, confidence=level,
+                                   method="percentile")
+    return float(low), float(high)
+
+
 def teacher_forced_acceptance(draft: Decoder, target: Decoder, documents, temperature=1.0, *,
                               lengths=None, first_position=0, document_ids=None,
                               batch_size: int = 8, confidence: float = 0.95,
@@ -367,21 +429,11 @@ def teacher_forced_acceptance(draft: Decoder, target: Decoder, documents, temper
                          "first_position + 2 tokens")
     with np.errstate(invalid="ignore", divide="ignore"):
         per_doc = np.where(count > 0, beta_sum / count, np.nan)
-    used = count > 0
     alpha = float(beta_sum.sum() / positions)
-    # Rounding can put a sum of betas a hair above its count; the interval
-    # routine checks accepted <= trials.
-    sums = np.minimum(beta_sum[used], count[used])
-    # Zero-count documents are left out of the resampling, so padding to a
-    # power of two changes nothing but lets most calls share a compilation.
-    pad = (1 << max(0, int(sums.size - 1).bit_length())) - sums.size
-    sums = np.pad(sums, (0, pad))
-    counts = np.pad(count[used].astype(np.float64), (0, pad))
-    low, high = bootstrap_interval(sums, counts,
-                                   jax.random.PRNGKey(0) if key is None else key,
-                                   num_resamples=num_resamples, confidence=confidence)
+    low, high = document_interval(beta_sum, count, jax.random.PRNGKey(0) if key is None else key,
+                                  confidence=confidence, num_resamples=num_resamples)
     return TeacherForcedAcceptance(
-        acceptance=alpha, low=min(float(low), alpha), high=max(float(high), alpha),
+        acceptance=alpha, low=min(low, alpha), high=max(high, alpha),
         confidence=float(confidence), temperature=float(t), document_acceptance=per_doc,
         document_positions=count.astype(np.int64), positions=positions,
         draft_perplexity=math.exp(draft_nll.sum() / positions),
