@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+from sdsl_jax.reproduce import chain
 from sdsl_jax.reproduce.context import Context
 from sdsl_jax.reproduce.manifest import ReproduceError
 
@@ -25,7 +26,7 @@ def run(ctx: Context) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from sdsl_jax import acceptance_law, fit_report, pretraining_law
+    from sdsl_jax import fit_report
     from sdsl_jax.fitting import laws as laws_lib
     from sdsl_jax.fitting.data import PerplexityPoints
     from sdsl_jax.measurements import MeasurementError, read_measurements
@@ -56,16 +57,14 @@ def run(ctx: Context) -> dict:
         x = np.asarray(cols["draft_perplexity"], np.float64)
         y = np.asarray(cols["target_perplexity"], np.float64)
         on_plane = plane["draft_coeff"] * x + plane["target_coeff"] * y + plane["intercept"]
-        chain = acceptance_law.acceptance(
-            laws.acceptance_law,
-            pretraining_law.perplexity(laws.pretraining_law, cols["draft_params"], cols["draft_tokens"]),
-            pretraining_law.perplexity(laws.pretraining_law, cols["target_params"], cols["target_tokens"]))
-        chain = np.asarray(chain, np.float64)
+        from_sizes = chain.evaluate(laws, cols["draft_params"], cols["target_params"],
+                                    cols["draft_tokens"], cols["target_tokens"],
+                                    cols["lookahead"])["acceptance"]
     measured = measurements.acceptance
     pairs = [{"draft": str(d), "target": str(t), "acceptance": float(a),
               "plane": float(p), "end_to_end": float(c)}
              for d, t, a, p, c in zip(measurements.draft_names, measurements.target_names,
-                                      measured, on_plane, chain)]
+                                      measured, on_plane, from_sizes)]
     se = plane["standard_errors"]
     plane_intervals = {key: {"estimate": plane[key], "low": plane[key] - Z_95 * s,
                              "high": plane[key] + Z_95 * s}

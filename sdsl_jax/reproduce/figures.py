@@ -67,6 +67,7 @@ def draw_all(root: str, preset, outputs: dict) -> dict:
     target_params = [float(size_params(t)) for t in targets]
     smallest = min(size_params(d) for d in preset.drafts)
     n_star = {t["target"]: t["n_star"] for t in outputs["predict"]["targets"]}
+    interval = "auto" if preset.figure_bands else "none"
 
     def latency():
         records = [dict(draft_model=e["draft"], target_model=e["target"],
@@ -88,14 +89,17 @@ def draw_all(root: str, preset, outputs: dict) -> dict:
                                                law_source=LAWS_SOURCE),
         "throughput": lambda: plot_throughput(
             laws, target_params, tokens, tokens, points=80, laws_source=LAWS_SOURCE,
+            interval=interval,
             draft_params=np.geomspace(smallest / 10, max(target_params), 80)),
-        "acceptance": lambda: plot_acceptance(measurements, laws, laws_source=LAWS_SOURCE),
+        "acceptance": lambda: plot_acceptance(measurements, laws, laws_source=LAWS_SOURCE,
+                                              interval=interval),
         "latency": latency,
         "draft-size": lambda: plot_draft_size(
             laws, target_params=max(target_params), target_tokens=tokens, draft_tokens=tokens,
             target_params_range=(min(target_params) / 3, max(target_params) * 30),
             draft_tokens_range=(tokens / 10, tokens * 100), target_tokens_range=(tokens / 10, tokens * 100),
-            points=16, show_rule=False, laws_source=LAWS_SOURCE),
+            points=preset.draft_size_points, interval=interval, show_rule=False,
+            laws_source=LAWS_SOURCE),
     }
     folder = os.path.join(root, "figures")
     os.makedirs(folder, exist_ok=True)

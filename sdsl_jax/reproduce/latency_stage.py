@@ -24,8 +24,11 @@ from __future__ import annotations
 import math
 import os
 
+import jax
+
+from sdsl_jax.reproduce import chain
 from sdsl_jax.reproduce.context import Context
-from sdsl_jax.reproduce.presets import params as size_params
+from sdsl_jax.reproduce.presets import architecture, params as size_params
 
 LATENCIES = ("ttft", "tpot", "ttot")
 FP32_BYTES = 4.0
@@ -40,8 +43,7 @@ def _float(value):
 
 def aspect_ratio(sizes) -> float:
     """Geometric mean width / depth of the run's models (the roofline's model shape)."""
-    from sdsl_jax.models.config import model_config
-    ratios = [model_config(s).d_model / model_config(s).num_layers for s in sizes]
+    ratios = [architecture(s).d_model / architecture(s).num_layers for s in sizes]
     return float(math.exp(sum(math.log(r) for r in ratios) / len(ratios)))
 
 
@@ -70,11 +72,10 @@ def measured_optimum(rows: list[dict]) -> dict:
 
 
 def run(ctx: Context) -> dict:
-    import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from sdsl_jax import acceptance_law, hardware as hw, latency_planner, pretraining_law, throughput
+    from sdsl_jax import hardware as hw, latency_planner
     from sdsl_jax.fitting.laws import load_laws
 
     preset = ctx.preset
@@ -106,6 +107,13 @@ def run(ctx: Context) -> dict:
                     "predicted_speedup", "predicted_speedup_verify"):
             entry[key] = row.get(key)
         entry["flop_cost_ratio"] = row["draft_params"] / row["target_params"]
+        # Where an iteration's time goes: its forward steps as timed alone,
+        # and the rest of the loop (sampling, the acceptance test, bookkeeping).
+        entry["tokens_per_iteration"] = row["tokens_per_iteration"]
+        entry["iteration_seconds"] = row["tpot"] * row["tokens_per_iteration"]
+        entry["iteration_forward_seconds"] = (row["lookahead"] * row["draft_step_seconds"]
+                                              + row["target_step_seconds"])
+        entry["baseline_forward_seconds"] = row["baseline_step_seconds"]
         table.append(entry)
 
     with jax.enable_x64(True):
@@ -120,27 +128,18 @@ def run(ctx: Context) -> dict:
                       pretraining_law=laws.pretraining_law, acceptance_law=laws.acceptance_law)
         wall = latency_planner.optimal_draft_size_wallclock(target_params, tokens, tokens, **common)
         # Each measured draft at the measured lookahead, as the roofline prices it.
-        n = jnp.asarray([e["draft_params"] for e in table], jnp.float64)
-        m = jnp.asarray([e["target_params"] for e in table], jnp.float64)
-        gamma = float(preset.lookahead)
-        step = lambda p, k: hw.step_time(accelerator, p, k, bytes_per_param=FP32_BYTES,
-                                         workload=workload)
-        t_draft, t_verify, t_target = step(n, 1.0), step(m, gamma + 1), step(m, 1.0)
-        law_alpha = acceptance_law.acceptance(
-            laws.acceptance_law, pretraining_law.perplexity(laws.pretraining_law, n, tokens),
-            pretraining_law.perplexity(laws.pretraining_law, m, tokens))
-        measured_alpha = jnp.asarray([e["acceptance"] for e in table], jnp.float64)
-        per_iteration = gamma * t_draft + t_verify
-        wall_law = throughput.expected_tokens(law_alpha, gamma) * t_target / per_iteration
-        wall_measured_alpha = throughput.expected_tokens(measured_alpha, gamma) * t_target / per_iteration
+        n = np.array([e["draft_params"] for e in table], np.float64)
+        m = np.array([e["target_params"] for e in table], np.float64)
+        law = chain.evaluate(laws, n, m, tokens, tokens, preset.lookahead)
+        measured_alpha = np.array([e["acceptance"] for e in table], np.float64)
+        priced = _roofline(accelerator, workload, jnp.asarray(n), jnp.asarray(m),
+                           float(preset.lookahead), jnp.asarray(law["acceptance"]),
+                           jnp.asarray(measured_alpha))
+        priced = {key: np.asarray(value, np.float64) for key, value in priced.items()}
         for i, e in enumerate(table):
-            e["roofline_draft_step_seconds"] = float(t_draft[i])
-            e["roofline_verify_step_seconds"] = float(t_verify[i])
-            e["roofline_target_step_seconds"] = float(t_target[i])
-            e["wallclock_predicted_speedup"] = float(wall_law[i])
-            e["wallclock_predicted_speedup_measured_alpha"] = float(wall_measured_alpha[i])
-            e["flop_predicted_speedup"] = float(throughput.speedup(law_alpha[i], gamma,
-                                                                   n[i] / m[i]))
+            for key, values in priced.items():
+                e[key] = float(values[i])
+            e["flop_predicted_speedup"] = float(law["speedup_at_lookahead"][i])
 
     accel = {key: float(accelerator[key]) for key in accelerator.keys()}
     verdicts = []
@@ -173,6 +172,25 @@ def run(ctx: Context) -> dict:
                             "max_relative_error": float(calibration.max_relative_error),
                             "converged": bool(calibration.converged),
                             "rows": int(steps.seconds.shape[0])}}
+
+
+@jax.jit
+def _roofline(accelerator, workload, draft_params, target_params, lookahead, law_alpha,
+              measured_alpha):
+    """Step times the calibrated roofline gives each pair, and the speedup they imply at the
+    measured lookahead: E(alpha, gamma) t_target(1) / (gamma t_draft + t_target(gamma + 1))."""
+    from sdsl_jax import hardware as hw, throughput
+    step = lambda p, k: hw.step_time(accelerator, p, k, bytes_per_param=FP32_BYTES,
+                                     workload=workload)
+    t_draft, t_verify = step(draft_params, 1.0), step(target_params, lookahead + 1)
+    t_target = step(target_params, 1.0)
+    iteration = lookahead * t_draft + t_verify
+    return {"roofline_draft_step_seconds": t_draft, "roofline_verify_step_seconds": t_verify,
+            "roofline_target_step_seconds": t_target,
+            "wallclock_predicted_speedup":
+                throughput.expected_tokens(law_alpha, lookahead) * t_target / iteration,
+            "wallclock_predicted_speedup_measured_alpha":
+                throughput.expected_tokens(measured_alpha, lookahead) * t_target / iteration}
 
 
 def _pays_held(predicted_pays: bool, status: str) -> bool | None:

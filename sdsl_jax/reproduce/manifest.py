@@ -59,6 +59,32 @@ def read_json(path: str):
         return json.load(handle)
 
 
+def read_jsonl(path: str) -> list[dict]:
+    """The records of a JSON Lines file that is appended to one line at a time.
+
+    A kill mid-append leaves a last line without its newline; it is cut off
+    the file (its record is recomputed by whoever wrote it). A missing file
+    has no records.
+    """
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as handle:
+        data = handle.read()
+    complete = data[:data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        with open(path, "r+b") as handle:
+            handle.truncate(len(complete))
+    return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip()]
+
+
+def append_jsonl(path: str, record: dict) -> None:
+    """Append one record as a line, flushed and synced before returning."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 

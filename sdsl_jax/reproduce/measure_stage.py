@@ -19,25 +19,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 
 from sdsl_jax.reproduce.context import Context
-from sdsl_jax.reproduce.manifest import ReproduceError
+from sdsl_jax.reproduce.manifest import ReproduceError, append_jsonl, read_jsonl
 
 RUNS_DIR = "measure"
 
 
 def _pair_name(draft: str, target: str) -> str:
     return f"{draft}-{target}"
-
-
-def _read_jsonl(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def _row_of(rows: list[dict], draft: str, target: str, prompts: int) -> dict | None:
@@ -76,7 +68,7 @@ def _teacher_forced(ctx: Context, pairs, path: str) -> list[dict]:
     from sdsl_jax.teacher_forced import teacher_forced_acceptance
 
     preset = ctx.preset
-    done = {(r["draft_model"], r["target_model"]): r for r in _read_jsonl(path)}
+    done = {(r["draft_model"], r["target_model"]): r for r in read_jsonl(path)}
     todo = [pair for pair in pairs if pair not in done]
     if todo:
         corpus = ctx.corpus()
@@ -100,10 +92,7 @@ def _teacher_forced(ctx: Context, pairs, path: str) -> list[dict]:
                         draft_tokens=preset.train_tokens, target_tokens=preset.train_tokens,
                         lookahead=preset.lookahead, prompt_set="held-out windows",
                         documents=int(len(documents)), document_length=preset.teacher_forced_length)
-                    with open(path, "a", encoding="utf-8") as handle:
-                        handle.write(json.dumps(row) + "\n")
-                        handle.flush()
-                        os.fsync(handle.fileno())
+                    append_jsonl(path, row)
                     done[(draft, target)] = row
                     ctx.log(f"  teacher-forced {draft} -> {target}: alpha {row['acceptance']:.4f} "
                             f"[{row['acceptance_low']:.4f}, {row['acceptance_high']:.4f}]")
@@ -119,7 +108,7 @@ def run(ctx: Context) -> dict:
     pairs = preset.pairs()
     rows_path = ctx.run.path(RUNS_DIR, "rows.jsonl")
     for index, (draft, target) in enumerate(pairs, 1):
-        if _row_of(_read_jsonl(rows_path), draft, target, preset.prompts) is not None:
+        if _row_of(read_jsonl(rows_path), draft, target, preset.prompts) is not None:
             ctx.log(f"  pair {index}/{len(pairs)} {draft} -> {target}: measured earlier")
             continue
         ctx.log(f"  pair {index}/{len(pairs)} {draft} -> {target}: {preset.prompts} prompts, "
@@ -129,13 +118,13 @@ def run(ctx: Context) -> dict:
         summary = ctx.run.path(RUNS_DIR, f"summary-{_pair_name(draft, target)}.txt")
         with open(summary, "w", encoding="utf-8") as handle, contextlib.redirect_stdout(handle):
             measure_cli.run(args, ReproduceError)
-        row = _row_of(_read_jsonl(rows_path), draft, target, preset.prompts)
+        row = _row_of(read_jsonl(rows_path), draft, target, preset.prompts)
         if row is None:
             raise ReproduceError(f"sdsl measure wrote no row for {draft} -> {target} to {rows_path}")
         ctx.log(f"    alpha {row['acceptance']:.4f} [{row['acceptance_low']:.4f}, "
                 f"{row['acceptance_high']:.4f}], TPOT {row['tpot'] * 1e3:.3g} ms (target alone "
                 f"{row['baseline_tpot'] * 1e3:.3g} ms)")
-    rows = _read_jsonl(rows_path)
+    rows = read_jsonl(rows_path)
     loop_rows = [_row_of(rows, d, t, preset.prompts) for d, t in pairs]
     teacher_forced = []
     if preset.teacher_forced_documents > 0:

@@ -20,15 +20,37 @@ FIELDS = ("irreducible_loss", "param_coeff", "param_exponent", "data_coeff", "da
 LOG_SCALE = (True, True, False, True, False)  # fitted as logarithms: intervals symmetric in log
 
 
-def run(ctx: Context) -> dict:
-    import jax
+def _delta_intervals(theta, params, tokens, loss):
+    """(estimate, low, high, identifiable, fitted loss) at the fitted point, in one compilation."""
     import jax.numpy as jnp
-    import numpy as np
 
     from sdsl_jax import pretraining_law
     from sdsl_jax.fitting import pretraining as pretraining_fit
     from sdsl_jax.fitting.acceptance import concentrated_nll
     from sdsl_jax.fitting.uncertainty import delta_method_covariance, normal_intervals
+
+    def nll(t):
+        residual = jnp.log(loss) - pretraining_fit.predicted_log_loss(t, jnp.log(params),
+                                                                      jnp.log(tokens))
+        return concentrated_nll(jnp.sum(residual**2), loss.size)
+
+    def natural(t):
+        law = pretraining_fit.from_theta(t)
+        return jnp.stack([jnp.asarray(getattr(law, f)) for f in FIELDS])
+
+    covariance, identifiable = delta_method_covariance(nll, theta, natural, (True,) * 5, loss.size)
+    estimate = natural(theta)
+    low, high = normal_intervals(estimate, covariance, 0.95, log_scale=jnp.asarray(LOG_SCALE))
+    fitted = pretraining_law.loss(pretraining_fit.from_theta(theta), params, tokens)
+    return estimate, low, high, identifiable, fitted
+
+
+def run(ctx: Context) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from sdsl_jax.fitting import pretraining as pretraining_fit
 
     points = ctx.run.output("train")["loss_points"]
     if len(points) < 5:
@@ -39,21 +61,8 @@ def run(ctx: Context) -> dict:
         d = jnp.asarray([p["tokens"] for p in points], jnp.float64)
         loss = jnp.asarray([p["validation_loss"] for p in points], jnp.float64)
         fit = pretraining_fit.fit_pretraining_law(n, d, loss)
-        theta = pretraining_fit.to_theta(fit.law)
-
-        def nll(t):
-            residual = jnp.log(loss) - pretraining_fit.predicted_log_loss(t, jnp.log(n), jnp.log(d))
-            return concentrated_nll(jnp.sum(residual**2), loss.size)
-
-        def natural(t):
-            law = pretraining_fit.from_theta(t)
-            return jnp.stack([jnp.asarray(getattr(law, f)) for f in FIELDS])
-
-        covariance, identifiable = delta_method_covariance(nll, theta, natural, (True,) * 5,
-                                                           loss.size)
-        estimate = natural(theta)
-        low, high = normal_intervals(estimate, covariance, 0.95, log_scale=jnp.asarray(LOG_SCALE))
-        predicted = pretraining_law.loss(fit.law, n, d)
+        estimate, low, high, identifiable, predicted = jax.jit(_delta_intervals)(
+            pretraining_fit.to_theta(fit.law), n, d, loss)
     coefficients = {f: {"estimate": float(estimate[i]), "low": _finite(low[i]),
                         "high": _finite(high[i])} for i, f in enumerate(FIELDS)}
     residuals = np.asarray(loss - predicted, np.float64)

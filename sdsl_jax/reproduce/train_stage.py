@@ -17,41 +17,18 @@ is recomputed from the checkpoint if it is still kept.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import time
 
 from sdsl_jax.reproduce.context import Context
-from sdsl_jax.reproduce.presets import params as size_params
+from sdsl_jax.reproduce.manifest import append_jsonl, read_jsonl
+from sdsl_jax.reproduce.presets import architecture, params as size_params
 
 CAVEAT = ("D varies through intermediate checkpoints of one cosine schedule per size, not "
           "separate runs trained to each D: an early checkpoint's learning rate has not been "
           "annealed, so its loss overstates what a run trained to that D would reach, which "
           "biases the data term (B, b).")
-
-
-def _read_points(path: str) -> dict:
-    points = {}
-    if not os.path.exists(path):
-        return points
-    with open(path, "rb") as handle:
-        data = handle.read()
-    complete = data[:data.rfind(b"\n") + 1]
-    if len(complete) != len(data):  # a line torn by a kill: drop it, it is recomputed
-        with open(path, "r+b") as handle:
-            handle.truncate(len(complete))
-    for line in complete.decode("utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
-            points[(record["model"], record["step"])] = record
-    return points
-
-
-def _append(path: str, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def run(ctx: Context) -> dict:
@@ -60,7 +37,6 @@ def run(ctx: Context) -> dict:
 
     from sdsl_jax import corpus as corpus_lib, training
     from sdsl_jax.models import checkpoint as ckpt
-    from sdsl_jax.models.config import model_config
     from sdsl_jax.models.functional import abstract_params
 
     preset = ctx.preset
@@ -72,13 +48,14 @@ def run(ctx: Context) -> dict:
     settings = training.TrainSettings(
         steps=preset.steps, batch_size=preset.batch_size, seq_len=preset.seq_len,
         seed=preset.seed, checkpoint_every=preset.checkpoint_every,
-        eval_tokens=preset.eval_tokens, log_every=max(1, min(10, preset.checkpoint_every)))
+        eval_tokens=preset.eval_tokens, learning_rate=preset.learning_rate,
+        log_every=max(1, min(10, preset.checkpoint_every)))
     # The windows train_model scores its final checkpoint on, so the last point
     # of each size is its card's validation loss.
     windows = corpus_lib.evaluation_windows(corpus.validation, preset.seq_len + 1,
                                             max(1, preset.eval_tokens // preset.seq_len))
     points_path = ctx.run.path("train", "loss_points.jsonl")
-    points = _read_points(points_path)
+    points = {(p["model"], p["step"]): p for p in read_jsonl(points_path)}
     family = f"reproduce-{preset.name}"
     cards = {}
 
@@ -86,11 +63,11 @@ def run(ctx: Context) -> dict:
         point = {"model": size, "step": int(step), "tokens": int(step) * preset.tokens_per_step,
                  "params": size_params(size), "validation_loss": float(loss)}
         points[(size, int(step))] = point
-        _append(points_path, point)
+        append_jsonl(points_path, point)
 
     with jax.enable_x64(False):
         for size in preset.sizes():
-            config = model_config(size)
+            config = architecture(size)
             model_dir = ctx.model_dir(size)
 
             def score(step, params, size=size, config=config):
@@ -98,10 +75,17 @@ def run(ctx: Context) -> dict:
                     record(size, step, training.validation_loss(config, params, windows,
                                                                 preset.batch_size))
 
+            ctx.log(f"  {size}: {size_params(size):,} parameters, {preset.steps} steps of "
+                    f"{preset.tokens_per_step:,} tokens")
+            began = time.perf_counter()
             card = training.train_model(size, corpus, settings, model_dir, family=family,
-                                        progress=ctx.progress, log=ctx.log, on_checkpoint=score)
+                                        config=config, progress=ctx.progress, log=ctx.log,
+                                        on_checkpoint=score)
             if card["resumed_from"] is None:
                 ctx.log(f"  {size}: already trained")
+            else:
+                ctx.log(f"  {size}: held-out loss {card['validation_loss']:.4f} nats (perplexity "
+                        f"{card['perplexity']:.3f}) in {time.perf_counter() - began:.1f} s")
             cards[size] = card
             if (size, preset.steps) not in points:
                 record(size, preset.steps, card["validation_loss"])
@@ -133,7 +117,7 @@ def run(ctx: Context) -> dict:
             "perplexity": float(card["perplexity"]), "bits_per_byte": float(card["bits_per_byte"]),
             "validation_tokens": int(card["validation_tokens"]),
             "tokens_per_second": card.get("tokens_per_second"),
-            "layers": model_config(size).num_layers, "width": model_config(size).d_model,
+            "layers": architecture(size).num_layers, "width": architecture(size).d_model,
             "dir": os.path.relpath(ctx.model_dir(size), ctx.run.root)}
     expected = len(preset.sizes()) * preset.loss_points
     return {"models": models, "loss_points": ordered, "expected_loss_points": expected,
