@@ -111,7 +111,13 @@ def no_residual(uniforms, draft_tokens, draft_probs, target_probs):
 
 def table_decoders(seed):
     """A trigram target with a position bias, a different bigram draft, and a
-    trigram draft near the target (tables from numpy: no JAX work to set up)."""
+    trigram draft near the target (tables from numpy: no JAX work to set up).
+
+    The bigram draft is stored as a trigram table that ignores the older
+    context token, with a zero position bias: the same law, in the target's
+    parameter structure, so every pair of these models runs one compiled loop
+    per shape.
+    """
     rng = np.random.default_rng(seed)
     target_table = rng.normal(size=(VOCAB,) * 3).astype(np.float32)
     bias = rng.normal(size=(16, VOCAB)).astype(np.float32)
@@ -119,7 +125,8 @@ def table_decoders(seed):
     # Correlated with the target's last-token marginal, so acceptance is
     # moderate (about 0.6) and rejections, residuals and bonuses all occur.
     draft_table = target_table.mean(axis=0) + 0.8 * rng.normal(size=(VOCAB,) * 2)
-    draft = ngram_decoder(draft_table.astype(np.float32), name="draft")
+    draft = ngram_decoder(np.broadcast_to(draft_table.astype(np.float32), (VOCAB,) * 3),
+                          np.zeros_like(bias), name="draft")
     near_table = target_table + 0.4 * rng.normal(size=target_table.shape)
     near = ngram_decoder(near_table.astype(np.float32), bias, name="near")
     return draft, target, near
