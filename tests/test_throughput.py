@@ -131,26 +131,31 @@ def _grid(dtype):
     return jnp.asarray(a.ravel()), jnp.asarray(c.ravel())
 
 
-@pytest.mark.parametrize("fn", ["optimal_lookahead", "optimal_speedup", "speedup_at_optimum",
-                                "integer", "expected_tokens", "tokens_per_flop"])
-def test_no_nan_or_inf_in_domain_values_and_gradients(dtype, fn):
+FUNCS = {
+    "optimal_lookahead": sd.optimal_lookahead,
+    "optimal_speedup": sd.optimal_speedup,
+    "speedup_at_optimum": lambda a, c: sd.speedup(a, sd.optimal_lookahead(a, c), c),
+    "integer": lambda a, c: sd.speedup(a, sd.optimal_integer_lookahead(a, c), c),
+    "expected_tokens": lambda a, c: sd.expected_tokens(a, 1.0 / c),
+    "tokens_per_flop": lambda a, c: sd.tokens_per_flop(a, 3.0, c * 7e10, 7e10) * 7e10,
+}
+
+
+@jax.jit
+def _values_and_gradients(a, c):
+    """Every function of FUNCS and its gradient in (a, c) per point: one
+    compilation per dtype instead of two per function."""
+    return {name: (f(a, c), jax.vmap(jax.grad(f, argnums=(0, 1)))(a, c)) for name, f in FUNCS.items()}
+
+
+def test_no_nan_or_inf_in_domain_values_and_gradients(dtype):
     a, c = _grid(dtype)
-    funcs = {
-        "optimal_lookahead": sd.optimal_lookahead,
-        "optimal_speedup": sd.optimal_speedup,
-        "speedup_at_optimum": lambda a, c: sd.speedup(a, sd.optimal_lookahead(a, c), c),
-        "integer": lambda a, c: sd.speedup(a, sd.optimal_integer_lookahead(a, c), c),
-        "expected_tokens": lambda a, c: sd.expected_tokens(a, 1.0 / c),
-        "tokens_per_flop": lambda a, c: sd.tokens_per_flop(a, 3.0, c * 7e10, 7e10) * 7e10,
-    }
-    f = funcs[fn]
-    values = jax.jit(f)(a, c)
-    grads = jax.jit(jax.vmap(jax.grad(f, argnums=(0, 1))))(a, c)
-    assert values.dtype == dtype
-    assert bool(jnp.all(jnp.isfinite(values))), fn
-    for g in grads:
-        assert g.dtype == dtype
-        assert bool(jnp.all(jnp.isfinite(g))), fn
+    for fn, (values, grads) in _values_and_gradients(a, c).items():
+        assert values.dtype == dtype, fn
+        assert bool(jnp.all(jnp.isfinite(values))), fn
+        for g in grads:
+            assert g.dtype == dtype, fn
+            assert bool(jnp.all(jnp.isfinite(g))), fn
 
 
 def test_optimal_lookahead_gradients_match_mpmath(x64):
@@ -175,16 +180,20 @@ def test_optimal_speedup_gradient_is_envelope(x64):
 
 
 def test_jit_and_vmap_agree_with_eager(x64):
-    a = jnp.linspace(0.1, 0.95, 7)
-    c = jnp.full(7, 0.03)
+    # The float32-vs-float64 test's points: the eager run reuses its per-op compilations.
+    a = jnp.asarray([0.3, 0.6, 0.8, 0.95, 0.99])
+    c = jnp.asarray([1e-3, 0.01, 0.05, 0.1, 0.2])
     eager = sd.optimal_lookahead(a, c)
     np.testing.assert_allclose(jax.jit(sd.optimal_lookahead)(a, c), eager, rtol=1e-14)
     np.testing.assert_allclose(jax.vmap(sd.optimal_lookahead)(a, c), eager, rtol=1e-14)
 
 
 def test_broadcasting():
-    out = sd.optimal_lookahead(jnp.linspace(0.2, 0.9, 4)[:, None], jnp.logspace(-3, -1, 3)[None, :])
+    # Under jit: one compilation (eagerly, each operation compiles once per new shape).
+    a, c = jnp.linspace(0.2, 0.9, 4), jnp.logspace(-3, -1, 3)
+    out = jax.jit(sd.optimal_lookahead)(a[:, None], c[None, :])
     assert out.shape == (4, 3)
+    np.testing.assert_array_equal(out[2], jax.jit(sd.optimal_lookahead)(jnp.full(3, a[2]), c))
 
 
 @pytest.mark.parametrize("call,name", [
