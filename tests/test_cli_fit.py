@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from sdsl_jax import cli
+from sdsl_jax import cli, fit_report
 from sdsl_jax.fitting.laws import COEFFICIENTS, load_laws
 from sdsl_jax.fitting.synthetic import synthetic_measurements
 from sdsl_jax.measurements import write_measurements
@@ -77,6 +77,116 @@ def test_fit_refuses_to_overwrite_and_plan_uses_the_laws(fitted, capsys):
     # Two routes to the same uncertainty: the widths agree within a factor of two.
     width = lambda p: np.log(p["draft_params_high"] / p["draft_params_low"])
     assert 0.5 < width(delta) / width(plan) < 2
+
+
+# --- resamples whose refit fails (regression: NaN reached the laws file) -----------------
+
+def _strict_json(path):
+    """The file's JSON, refusing NaN and infinities (which json.loads accepts by default)."""
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}, which is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def poorly_determined(tmp_path_factory):
+    """Two sets of the same shape with drafts and token counts in narrow ranges.
+
+    A bootstrap resample of such data can leave a coefficient undetermined;
+    in the first set a few resamples fail, in the second about half.
+    """
+    folder = tmp_path_factory.mktemp("poor")
+    paths = []
+    for name, seed, drafts, tokens in (("few", 3, (1e8, 1.2e8), (1e12, 1.1e12)),
+                                       ("many", 5, (1e8, 1.5e8), (1e12, 1.5e12))):
+        path = folder / f"{name}.jsonl"
+        write_measurements(synthetic_measurements(
+            seed=seed, **{**DESIGN, "draft_range": drafts, "tokens_range": tokens}), path)
+        paths.append(path)
+    return paths
+
+
+def test_failed_resamples_are_counted_and_left_out(poorly_determined, capsys):
+    path = poorly_determined[0]
+    code, out, err = _run(capsys, ["fit", str(path), "--bootstrap", "50", "--json"])
+    assert code == 0 and "Traceback" not in err
+    e2e = json.loads(out, parse_constant=lambda c: pytest.fail(f"stdout holds {c}"))["end_to_end"]
+    failed = e2e["bootstrap_failed"]
+    assert 0 < failed <= 10 and e2e["bootstrap_requested"] == 50
+    assert e2e["bootstrap_resamples"] == 50 - failed
+    assert f"bootstrap: {failed} of 50 resamples did not converge; intervals from the {50 - failed}" in err
+    document = _strict_json(path.with_suffix(".laws.json"))
+    samples = np.asarray(document["bootstrap_samples"])
+    assert samples.shape == (50 - failed, 8)
+    # The intervals are the percentiles of the resamples kept, and only of those.
+    for i, name in enumerate(COEFFICIENTS):
+        entry = e2e["coefficients"][name]
+        np.testing.assert_allclose([entry["bootstrap_low"], entry["bootstrap_high"]],
+                                   np.percentile(samples[:, i], [2.5, 97.5]), rtol=1e-12)
+    code, out, _ = _run(capsys, ["fit", str(path), "--bootstrap", "50", "--overwrite"])
+    assert code == 0 and f"bootstrap: {failed} of 50 resamples did not converge" in out
+
+
+def test_too_many_failed_resamples_leave_no_bootstrap_intervals(poorly_determined, capsys):
+    path = poorly_determined[1]
+    code, out, err = _run(capsys, ["fit", str(path), "--bootstrap", "50"])
+    assert code == 0 and "Traceback" not in err
+    assert "resamples did not converge, too many for intervals" in out
+    assert "bootstrap intervals unavailable" in out
+    document = _strict_json(path.with_suffix(".laws.json"))
+    e2e = document["summary"]["end_to_end"]
+    assert e2e["bootstrap_failed"] > 10 and e2e["bootstrap_resamples"] == 0
+    assert document["bootstrap_samples"] is None
+    for name, entry in e2e["coefficients"].items():
+        assert entry["bootstrap_low"] is None and entry["bootstrap_high"] is None
+        assert entry["delta_low"] <= entry["estimate"] <= entry["delta_high"], name
+    # The planner falls back on the delta method.
+    code, out, _ = _run(capsys, ["plan", "--laws", str(path.with_suffix(".laws.json")),
+                                 "--target-params", "70B", "--target-tokens", "15T", "--json"])
+    assert code == 0 and json.loads(out)["interval"] == "delta"
+
+
+def test_select_resamples_drops_failures_and_needs_most_to_converge():
+    rng = np.random.default_rng(0)
+    samples = rng.normal(size=(20, 8))
+    decrement = np.full(20, 1e-12)
+    samples[3, 2] = np.nan                 # a refit that diverged
+    decrement[5] = np.nan                  # a Hessian that could not be formed
+    decrement[7] = 10 * fit_report.joint_fit.RESAMPLE_TOLERANCE  # stopped short of its optimum
+    kept, converged = fit_report.select_resamples(samples, decrement)
+    assert converged == 17
+    np.testing.assert_array_equal(kept, np.delete(samples, [3, 5, 7], axis=0))
+    # 17 of 20 is above the 80% needed; 15 of 20 is not.
+    decrement[[9, 11]] = np.inf
+    kept, converged = fit_report.select_resamples(samples, decrement)
+    assert kept is None and converged == 15
+    summary = fit_report.bootstrap_summary({"bootstrap_requested": 20, "bootstrap_failed": 5,
+                                            "bootstrap_resamples": 0})
+    assert summary.startswith("bootstrap: 5 of 20 resamples did not converge") and "unavailable" in summary
+
+
+# Real rows: `sdsl train --family tiny --steps 40` (and --steps 80 for the second
+# 10k), `sdsl measure ... --rows`: three drafts, one target, four distinct models.
+REAL_ROWS = """draft_model,target_model,draft_params,target_params,draft_tokens,target_tokens,\
+draft_perplexity,target_perplexity,lookahead,accepted,trials
+10k,100k,10336,95616,20480,20480,50.3576,21.3247,2,105,222
+10k,100k,10336,95616,20480,20480,50.3576,21.3247,4,127,245
+30k,100k,32960,95616,20480,20480,30.1607,21.3247,2,134,196
+30k,100k,32960,95616,20480,20480,30.1607,21.3247,4,168,234
+10k,100k,10336,95616,40960,20480,30.5979,21.3247,3,118,161
+"""
+
+
+@pytest.mark.parametrize("lines,needle", [
+    (6, "4 loss points (distinct models) cannot fix them: measure pairs among at least 5 models"),
+    (4, "3 measurements cannot determine the acceptance plane's 3 coefficients"),
+])
+def test_a_handful_of_real_rows_is_refused_in_one_line(tmp_path, capsys, lines, needle):
+    path = tmp_path / "rows.csv"
+    path.write_text("\n".join(REAL_ROWS.splitlines()[:lines]) + "\n")
+    code, _, err = _run(capsys, ["fit", str(path)])
+    assert code == 2 and needle in err and err.count("\n") == 1
+    assert not (tmp_path / "rows.laws.json").exists()
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -435,7 +435,11 @@ TARGET = dict(target_params=70e9, draft_tokens=2e12, target_tokens=15e12)
 
 
 def _log_n_star(vector):
-    pre, acc = laws_from_vector(jnp.asarray(vector))
+    # The laws from Python floats: no eager slicing ops per call (this runs
+    # once per bootstrap resample).
+    vector = [float(v) for v in vector]
+    pre = pretraining.PretrainingLaw(**dict(zip(COEFFICIENTS[:5], vector[:5])))
+    acc = acceptance_lib.AcceptanceLaw(**dict(zip(COEFFICIENTS[5:], vector[5:])))
     plan = planner.optimal_draft_size(TARGET["target_params"], TARGET["draft_tokens"],
                                       TARGET["target_tokens"], pretraining_law=pre, acceptance_law=acc)
     assert bool(plan.pays)
@@ -488,6 +492,34 @@ def test_laws_file_round_trips_exactly(design, tmp_path):
         np.testing.assert_array_equal(_np(getattr(loaded, field)), _np(getattr(laws, field)))
     assert json.loads(path.read_text())["summary"] == {"note": "test", "value": 1.5}
     assert not (tmp_path / "laws.json.tmp").exists()
+
+
+def test_laws_file_never_holds_nan(design, tmp_path):
+    # Regression: a failed bootstrap resample (NaN) reached json.dump and the
+    # CLI died with a traceback. Non-finite laws are refused by name; a
+    # non-finite number in the summary is written as null.
+    laws = design.joint.laws
+    bad = laws.replace(samples=jnp.asarray([[np.nan] * 8, [1.0] * 8]))
+    path = tmp_path / "laws.json"
+    with pytest.raises(ValueError, match="non-finite bootstrap samples"):
+        save_laws(path, bad)
+    assert not path.exists() and not (tmp_path / "laws.json.tmp").exists()
+    with pytest.raises(ValueError, match="non-finite covariance"):
+        save_laws(path, laws.replace(covariance=laws.covariance.at[0, 0].set(jnp.inf)))
+    summary = {"r2": float("nan"), "low": np.float64(-np.inf), "ok": np.float32(0.5),
+               "list": [1.0, float("nan")], "array": np.array([np.nan, 2.0]), "flag": np.bool_(True)}
+    save_laws(path, laws, summary=summary)
+    written = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"wrote {c}"))
+    assert written["summary"] == {"r2": None, "low": None, "ok": 0.5, "list": [1.0, None],
+                                  "array": [None, 2.0], "flag": True}
+
+
+def test_resample_converged_needs_finite_coefficients_and_a_small_decrement():
+    samples = np.ones((5, 8))
+    samples[1, 4] = np.inf
+    decrement = np.array([0.0, 0.0, np.nan, 2 * joint_fit.RESAMPLE_TOLERANCE, joint_fit.RESAMPLE_TOLERANCE])
+    np.testing.assert_array_equal(joint_fit.resample_converged(samples, decrement),
+                                  [True, False, False, False, True])
 
 
 @pytest.mark.parametrize("content,needle", [

@@ -16,12 +16,13 @@ condition number of 1e5, common here, leaves float32 three digits.
 
 from sdsl_jax.fitting.acceptance import AcceptanceFit, PerTargetFit, fit_acceptance_law, fit_per_target
 from sdsl_jax.fitting.data import AcceptanceRows, PerplexityPoints, acceptance_rows, perplexity_points
-from sdsl_jax.fitting.joint import JointFit, bootstrap_joint, fit_joint
+from sdsl_jax.fitting.joint import JointFit, bootstrap_joint, fit_joint, resample_converged
 from sdsl_jax.fitting.laws import (
     COEFFICIENTS,
     FittedLaws,
     LawsFileError,
     coefficient_vector,
+    json_safe,
     laws_from_vector,
     load_laws,
     save_laws,
@@ -39,7 +40,7 @@ __all__ = [
     "AcceptanceFit", "AcceptanceRows", "COEFFICIENTS", "DraftSizeInterval", "FittedLaws", "JointFit",
     "LawsFileError", "PerTargetFit", "PerplexityPoints", "PretrainingFit", "acceptance_rows",
     "bootstrap_joint", "coefficient_vector", "draft_size_interval", "fit_acceptance_law",
-    "fit_joint", "fit_per_target", "fit_pretraining_law", "laws_from_vector", "load_laws",
-    "normal_intervals", "percentile_intervals", "perplexity_points", "save_laws",
+    "fit_joint", "fit_per_target", "fit_pretraining_law", "json_safe", "laws_from_vector", "load_laws",
+    "normal_intervals", "percentile_intervals", "perplexity_points", "resample_converged", "save_laws",
     "synthetic_fit_inputs", "synthetic_measurements",
 ]

@@ -403,7 +403,8 @@ def refit(pre_theta0, data: JointData, row_weight, point_weight, *, fit_target_c
     return jnp.concatenate([solution.params, plane]), solution
 
 
-def _check_inputs(rows, points, fit_target_coeff):
+def check_inputs(rows: AcceptanceRows, points: PerplexityPoints, fit_target_coeff: bool) -> None:
+    """Raise a ValueError that says why, if :func:`fit_joint` cannot fit these data."""
     if not isinstance(rows, AcceptanceRows):
         raise TypeError(f"rows must be AcceptanceRows, got {type(rows).__name__}")
     if not isinstance(points, PerplexityPoints):
@@ -412,7 +413,8 @@ def _check_inputs(rows, points, fit_target_coeff):
     if n < 4:
         raise ValueError(f"the end-to-end fit needs at least 4 acceptance measurements, got {n}")
     if p < 5:
-        raise ValueError(f"the pre-training law has 5 coefficients; {p} loss points cannot fix them")
+        raise ValueError(f"the pre-training law has 5 coefficients; {p} loss points (distinct "
+                         "models) cannot fix them: measure pairs among at least 5 models")
     if np.ptp(np.asarray(rows.draft_perplexity)) == 0:
         raise ValueError("every measurement has the same draft perplexity, so the acceptance "
                          "law's draft coefficient is not determined; measure more than one draft")
@@ -442,7 +444,7 @@ def fit_joint(rows: AcceptanceRows, points: PerplexityPoints, *, start=None,
     """
     if fit_target_coeff is None:
         fit_target_coeff = bool(np.ptp(np.asarray(rows.target_perplexity)) > 0)
-    _check_inputs(rows, points, fit_target_coeff)
+    check_inputs(rows, points, fit_target_coeff)
     data = prepare(rows, points)
     if start is None:
         pre = pretraining_fit.fit_pretraining_law(points.params, points.tokens,
@@ -496,28 +498,58 @@ def converged_decrement(dtype) -> float:
     return max(1e-3, 100 * float(np.sqrt(np.finfo(dtype).eps)))
 
 
+# A bootstrap resample this many of its standard errors from its optimum (its
+# Newton decrement) still counts: it moves a 95% interval's ends, about 4
+# standard errors apart, by a few percent of the width. The point fit's own
+# tolerance (converged_decrement) is stricter than rounding allows where a
+# coefficient is poorly determined: there the decrement's floor is rounding
+# noise in the gradient divided by a tiny curvature.
+RESAMPLE_TOLERANCE = 0.1
+
+
+def resample_converged(samples, decrement, tolerance: float = RESAMPLE_TOLERANCE) -> np.ndarray:
+    """Which bootstrap resamples reached their optimum: a boolean per resample.
+
+    ``samples`` (r, 8) and ``decrement`` (r,) as :func:`bootstrap_joint`
+    returns them with ``with_decrement=True``. A resample counts as converged
+    when its eight coefficients are finite and its Newton decrement is at
+    most ``tolerance`` (standard errors). One that is not has no optimum the
+    search could find (a resample that repeats a few models can leave a
+    coefficient undetermined, its optimum at infinity, or fit the loss points
+    exactly, where the profiled likelihood is unbounded): it must be counted,
+    not averaged into the intervals.
+    """
+    samples, decrement = np.asarray(samples), np.asarray(decrement)
+    with np.errstate(invalid="ignore"):
+        return (np.all(np.isfinite(samples), axis=-1) & np.isfinite(decrement)
+                & (decrement <= tolerance))
+
+
 def bootstrap_joint(fit: JointFit, rows: AcceptanceRows, points: PerplexityPoints, key, *,
                     num_resamples: int = 1000, fit_target_coeff: bool | None = None,
-                    warm_steps: int = 8, max_steps: int = 100, newton_steps: int = 0,
-                    batch_size: int = 100, data: JointData | None = None,
-                    with_decrement: bool = False):
+                    warm_steps: int = 8, max_steps: int = 200, batch_size: int = 100,
+                    data: JointData | None = None, with_decrement: bool = False):
     """(num_resamples, 8) coefficients refitted on resampled measurements.
 
     Rows and loss points are resampled with replacement (each resample is a
     vector of draw counts used as weights, times the rows' own weights), and
-    every resample is refitted from the point estimate: ``warm_steps``
-    Newton steps first (a resample's optimum usually lies a standard error or
-    so away, where Newton converges quadratically), then L-BFGS for up to
-    ``max_steps`` for the resamples it left short (where the data determine
-    a coefficient poorly a resample's optimum can lie far away, or at
-    infinity), then ``newton_steps`` more (none by default: L-BFGS stops at
-    the rounding floor). Under vmap a batch runs as long as its slowest
-    member, so the Newton steps, which settle most resamples, are what keep
-    this fast: where they have, the L-BFGS stage takes no step, and a batch
-    in which all have skips it. Resamples run ``batch_size`` at a time
-    (lax.map over batches bounds the memory). ``data`` may pass the :func:`prepare` layout to skip
-    recomputing it. ``with_decrement=True`` also returns each resample's
-    final Newton decrement (see :func:`converged_decrement`).
+    every resample is refitted from the point estimate with ``warm_steps``
+    Newton steps, vmapped (a resample's optimum usually lies a standard
+    error or so away, where Newton converges quadratically). The resamples
+    those steps leave short of :func:`converged_decrement` (where the data
+    determine a coefficient poorly a resample's optimum can lie far away, or
+    at infinity) are refitted one by one with :func:`refit`, L-BFGS for up
+    to ``max_steps`` and Newton polish, from where the Newton steps left
+    them: the function the point fit compiled (``max_steps`` as in
+    :func:`fit_joint`), so the fallback costs no compilation, and usually
+    no time, since on well-determined data few or no resamples need it. A
+    vmapped L-BFGS fallback compiled in about twice the time of the whole
+    Newton stage and ran every batch as long as its slowest member.
+    ``max_steps=0`` skips the fallback. Resamples run ``batch_size`` at a
+    time (lax.map over batches bounds the memory). ``data`` may pass the
+    :func:`prepare` layout to skip recomputing it. ``with_decrement=True``
+    also returns each resample's final Newton decrement (see
+    :func:`converged_decrement` and :func:`resample_converged`).
     """
     if fit_target_coeff is None:
         fit_target_coeff = bool(fit.laws.acceptance_law.target_coeff != 0)
@@ -528,22 +560,42 @@ def bootstrap_joint(fit: JointFit, rows: AcceptanceRows, points: PerplexityPoint
     dtype = fit.theta.dtype
     row_counts = resample_weights(row_key, rows.acceptance.shape[0], num_resamples, dtype)
     point_counts = resample_weights(point_key, points.params.shape[0], num_resamples, dtype)
-    samples, decrement = _bootstrap(fit.theta, data, rows.weight, row_counts, point_counts,
-                                    fit_target_coeff=fit_target_coeff, warm_steps=warm_steps,
-                                    max_steps=max_steps, newton_steps=newton_steps,
-                                    batch_size=min(batch_size, num_resamples))
-    return (samples, decrement) if with_decrement else samples
+    thetas, decrement = _bootstrap(fit.theta, data, rows.weight, row_counts, point_counts,
+                                   fit_target_coeff=fit_target_coeff, warm_steps=warm_steps,
+                                   batch_size=min(batch_size, num_resamples))
+    thetas, decrement = np.array(thetas), np.array(decrement)
+    with np.errstate(invalid="ignore"):
+        short = ~(decrement <= converged_decrement(dtype))
+    if max_steps > 0 and short.any():
+        row_weights = np.asarray(rows.weight)[None] * np.asarray(row_counts)
+        point_counts = np.asarray(point_counts)
+        for k in np.flatnonzero(short):
+            start = thetas[k, :5] if np.all(np.isfinite(thetas[k, :5])) else fit.theta[:5]
+            theta, solution = refit(jnp.asarray(start, dtype), data, jnp.asarray(row_weights[k]),
+                                    jnp.asarray(point_counts[k]), fit_target_coeff=fit_target_coeff,
+                                    max_steps=max_steps)
+            refined = float(solution.grad_norm)
+            # Keep whichever of the two ends is nearer its optimum.
+            if np.isfinite(refined) and not refined >= decrement[k]:
+                thetas[k], decrement[k] = np.asarray(theta), refined
+    samples = _natural_batch(jnp.asarray(thetas), data)
+    return (samples, jnp.asarray(decrement)) if with_decrement else samples
 
 
-@functools.partial(jax.jit, static_argnames=("fit_target_coeff", "warm_steps", "max_steps",
-                                             "newton_steps", "batch_size"))
+@jax.jit
+def _natural_batch(thetas, data):
+    return jax.vmap(natural_coefficients, in_axes=(0, None))(thetas, data)
+
+
+@functools.partial(jax.jit, static_argnames=("fit_target_coeff", "warm_steps", "batch_size"))
 def _bootstrap(theta, data, row_weight, row_counts, point_counts, *, fit_target_coeff, warm_steps,
-               max_steps, newton_steps, batch_size):
+               batch_size):
+    """(thetas (r, 8), Newton decrements (r,)) after ``warm_steps`` Newton steps per resample."""
     def one(counts):
         row_count, point_count = counts
         solved, solution = refit(theta[:5], data, row_weight * row_count, point_count,
                                  fit_target_coeff=fit_target_coeff, warm_steps=warm_steps,
-                                 max_steps=max_steps, newton_steps=newton_steps)
-        return natural_coefficients(solved, data), solution.grad_norm
+                                 max_steps=0, newton_steps=0)
+        return solved, solution.grad_norm
 
     return jax.lax.map(one, (row_counts, point_counts), batch_size=batch_size)

@@ -76,10 +76,22 @@ def save_laws(path: str | os.PathLike, laws: FittedLaws, *, intervals: dict | No
     """Write ``laws`` (and optional intervals and fit summary) as JSON.
 
     Written to a temporary file and renamed, so an interrupted write never
-    leaves a truncated laws file where a good one was.
+    leaves a truncated laws file where a good one was. JSON has no NaN or
+    infinity: the coefficients, covariance and samples must be finite (a
+    ValueError names the one that is not; :func:`load_laws` would refuse the
+    file), and a non-finite number in ``intervals`` or ``summary`` is written
+    as null (not available).
     """
-    as_list = lambda a: None if a is None else np.asarray(a, np.float64).tolist()
-    coeffs = np.asarray(laws.coefficients, np.float64)
+    def as_list(name, value):
+        if value is None:
+            return None
+        value = np.asarray(value, np.float64)
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"cannot save laws with non-finite {name} (NaN or infinity); "
+                             "drop the failed fits first")
+        return value.tolist()
+
+    coeffs = np.asarray(as_list("coefficients", laws.coefficients))
     document = {
         "format": "sdsl-jax fitted laws",
         "version": FORMAT_VERSION,
@@ -87,10 +99,10 @@ def save_laws(path: str | os.PathLike, laws: FittedLaws, *, intervals: dict | No
         "acceptance_law": {f: float(coeffs[len(PRETRAINING_FIELDS) + i])
                            for i, f in enumerate(ACCEPTANCE_FIELDS)},
         "coefficient_order": list(COEFFICIENTS),
-        "covariance": as_list(laws.covariance),
-        "bootstrap_samples": as_list(laws.samples),
-        "intervals": intervals or {},
-        "summary": summary or {},
+        "covariance": as_list("covariance", laws.covariance),
+        "bootstrap_samples": as_list("bootstrap samples", laws.samples),
+        "intervals": json_safe(intervals or {}),
+        "summary": json_safe(summary or {}),
     }
     tmp = f"{os.fspath(path)}.tmp"
     with open(tmp, "w") as f:
@@ -99,8 +111,30 @@ def save_laws(path: str | os.PathLike, laws: FittedLaws, *, intervals: dict | No
     os.replace(tmp, path)
 
 
+def json_safe(value):
+    """``value`` with every NaN or infinite number (Python, numpy or JAX) replaced by None.
+
+    Dicts, lists and tuples are copied recursively; numpy and JAX scalars and
+    arrays become Python numbers and lists.
+    """
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (np.generic, np.ndarray, jax.Array)):
+        value = _jsonable(value)
+        return json_safe(value) if isinstance(value, list) else _finite_or_none(value)
+    return _finite_or_none(value)
+
+
+def _finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _jsonable(value):
-    if isinstance(value, (np.generic, jax.Array)):
+    if isinstance(value, (np.generic, np.ndarray, jax.Array)):
         return np.asarray(value).item() if np.ndim(value) == 0 else np.asarray(value).tolist()
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 

@@ -12,6 +12,7 @@ verified positions, so it comes with accepted/trials counts.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from sdsl_jax import acceptance_law as acceptance_lib
@@ -37,7 +38,10 @@ def synthetic_columns(*, num_targets: int = 8, num_drafts: int = 9, seed: int = 
     def models(count, size_range):
         params = np.exp(rng.uniform(*np.log(size_range), count))
         tokens = np.exp(rng.uniform(*np.log(tokens_range), count))
-        law_ppl = np.asarray(pretraining.perplexity(pretraining_law, params, tokens), np.float64)
+        # In float64 whatever the caller's JAX precision, so that a seed gives
+        # the same data in every mode.
+        with jax.enable_x64(True):
+            law_ppl = np.asarray(pretraining.perplexity(pretraining_law, params, tokens), np.float64)
         return params, tokens, law_ppl * np.exp(rng.normal(0.0, perplexity_noise, count))
 
     target_params, target_tokens, target_ppl = models(num_targets, target_range)

@@ -16,6 +16,8 @@ Two routes, side by side so each can check the other:
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -107,8 +109,13 @@ def percentile_intervals(samples, confidence=0.95):
     return (jnp.percentile(samples, tail, axis=0), jnp.percentile(samples, 100 - tail, axis=0))
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def resample_weights(key, n, num_resamples, dtype):
-    """(num_resamples, n) counts of how often each of n items was drawn (sums to n)."""
+    """(num_resamples, n) counts of how often each of n items was drawn (sums to n).
+
+    Jitted (sizes and dtype static): one small program per size instead of a
+    randint and a vmapped bincount compiled op by op.
+    """
     draws = jax.random.randint(key, (num_resamples, n), 0, n)
     return jax.vmap(lambda d: jnp.bincount(d, length=n))(draws).astype(dtype)
 
