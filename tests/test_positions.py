@@ -14,6 +14,7 @@ from sdsl_jax.positions import (
     geometric_fit_test,
     per_position_acceptance,
     serving_stack_ratio,
+    summarize_positions,
     truncated_geometric_pmf,
 )
 
@@ -178,3 +179,25 @@ def test_bad_input_errors():
         per_position_acceptance(np.array([0, 1]), 2, np.array([0]))
     with pytest.raises(ValueError, match="Python int"):
         per_position_acceptance(np.array([0, 1]), 2.0)
+
+
+def test_summary_is_the_functions_as_plain_numbers():
+    k = simulate([0.8, 0.6, 0.5], (60,), seed=7)
+    s = summarize_positions(k, 3)  # no prompt ids: the Wilson ends
+    rates = per_position_acceptance(k, 3)
+    fit = geometric_fit_test(k, 3)
+    np.testing.assert_allclose(s["position_rates"], rates.rate, rtol=1e-6)
+    np.testing.assert_allclose(s["position_rates_low"], rates.low, rtol=1e-6)
+    np.testing.assert_allclose(s["position_rates_high"], rates.high, rtol=1e-6)
+    assert s["position_reached"] == np.asarray(rates.reached).astype(int).tolist()
+    assert s["geometric_acceptance"] == pytest.approx(float(fit.acceptance), rel=1e-6)
+    assert s["geometric_fit_p_value"] == pytest.approx(float(fit.p_value), rel=1e-5)
+    assert s["serving_ratio"] == pytest.approx(float(serving_stack_ratio(k, 3)), rel=1e-6)
+    assert s["serving_ratio_iid"] == pytest.approx(
+        float(expected_serving_stack_ratio(s["geometric_acceptance"], 3)), rel=1e-6)
+    assert all(isinstance(v, (int, float, list, type(None))) for v in s.values())
+    # Lookahead 1: nothing to test; a position never reached has no rate.
+    one = summarize_positions(np.minimum(k, 1), 1)
+    assert one["geometric_fit_p_value"] is None and one["geometric_fit_df"] is None
+    none_past_first = summarize_positions(np.zeros(5, np.int32), 2)
+    assert none_past_first["position_rates"][1] is None
