@@ -3,7 +3,8 @@
 Two goals (issue 3), both on this machine's CPU, float64:
 
   (a) the joint fit of 1e6 synthetic measurements (1000 targets x 1000 drafts) in <= 10 s;
-  (b) 1000 bootstrap resamples of a 1e4-row set (100 x 100) in <= 30 s.
+  (b) 1000 bootstrap resamples of a 1e4-row set (100 x 100) in <= 30 s;
+  (c) parity: every fit agrees with scipy.optimize on the same data to 1e-6 relative.
 
 The anchor is what a user writes without this library: scipy.optimize.minimize
 (L-BFGS-B) on the same eight-coefficient objective (the profiled Gaussian
@@ -21,6 +22,7 @@ medians over --scipy-repeats runs.
 
     python benchmarks/bench_fit.py [--targets 1000 --drafts 1000] [--boot-side 100]
         [--resamples 1000] [--scipy-resamples 20] [--repeats 3] [--scipy-repeats 1]
+        [--parity-seeds 3] [--only joint|bootstrap|parity]
 """
 
 import argparse
@@ -245,6 +247,97 @@ def bench_bootstrap(args):
     return median
 
 
+# The tests' design (tests/test_fitting.py): 12 targets x 12 drafts, 24 models
+# over wide size and token ranges, 0.3% perplexity scatter.
+PARITY_DESIGN = dict(num_targets=12, num_drafts=12, perplexity_noise=0.003,
+                     tokens_range=(2e9, 2e13), draft_range=(5e7, 3e9))
+
+
+def _huber_residuals(theta, lN, lD, lL):
+    """log L_hat - log L in the Huber fit's coordinates (log E, log A, log B, a, b)."""
+    terms = np.stack([theta[1] - theta[3] * lN, theta[2] - theta[4] * lD, np.full_like(lN, theta[0])])
+    top = terms.max(axis=0)
+    return top + np.log(np.exp(terms - top).sum(axis=0)) - lL
+
+
+def bench_parity(args):
+    """Every fit against scipy.optimize on the same data, float64, tight tolerances."""
+    from sdsl_jax.fitting import acceptance_rows, fit_per_target, perplexity_points, synthetic_measurements
+    from sdsl_jax.fitting import pretraining as pretraining_fit
+
+    print(f"\n(c) parity with scipy.optimize on the tests' design ({PARITY_DESIGN['num_targets']} targets "
+          f"x {PARITY_DESIGN['num_drafts']} drafts, float64), max relative difference of the coefficients:")
+    tight = dict(xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    figures = {}
+    for seed in range(args.parity_seeds):
+        measurements = synthetic_measurements(seed=seed, **PARITY_DESIGN)
+        rows, targets = acceptance_rows(measurements)
+        points = perplexity_points(measurements)
+        f = lambda v: np.asarray(v, np.float64)
+        x, y, alpha, w = f(rows.draft_perplexity), f(rows.target_perplexity), f(rows.acceptance), f(rows.weight)
+
+        plane = fit_acceptance_law(rows)
+        X = np.stack([x, y, np.ones_like(x)], axis=1)
+        ref = scipy.optimize.least_squares(lambda c: np.sqrt(w) * (X @ c - alpha), np.zeros(3), **tight)
+        ours = f([plane.law.draft_coeff, plane.law.target_coeff, plane.law.intercept])
+        figures.setdefault("acceptance plane, joint over targets (least_squares)", []).append(
+            rel_diff(ours, ref.x).max())
+
+        per = fit_per_target(rows, len(targets))
+        index, worst = f(rows.target_index), 0.0
+        for t in range(len(targets)):
+            mine = index == t
+            ref = scipy.optimize.least_squares(
+                lambda c: np.sqrt(w[mine]) * (c[0] * x[mine] + c[1] - alpha[mine]), np.zeros(2), **tight)
+            worst = max(worst, rel_diff([float(per.draft_coeff[t]), float(per.intercept[t])], ref.x).max())
+        figures.setdefault("acceptance plane, per target (least_squares)", []).append(worst)
+
+        N, D, L = f(points.params), f(points.tokens), np.log(f(points.perplexity))
+        huber = fit_pretraining_law(N, D, L)
+        lN, lD, lL = np.log(N), np.log(D), np.log(L)
+        # scipy from the starts the fit polishes (the best of its exponent grid), keeping the best.
+        grid, values = jax.jit(pretraining_fit.profiled_starts)(
+            jnp.asarray(lN), jnp.asarray(lD), jnp.asarray(L), jnp.ones(lN.size),
+            jnp.asarray(pretraining_fit.DEFAULT_EXPONENTS))
+        best = None
+        for start in np.asarray(grid)[np.argsort(np.asarray(values))[:pretraining_fit.DEFAULT_REFINE]]:
+            result = scipy.optimize.least_squares(lambda t: _huber_residuals(t, lN, lD, lL), start,
+                                                  loss="huber", f_scale=pretraining_fit.HUBER_DELTA,
+                                                  max_nfev=20000, **tight)
+            best = result if best is None or result.cost < best.cost else best
+        t = best.x
+        ref = np.array([np.exp(t[0]), np.exp(t[1]), t[3], np.exp(t[2]), t[4]])
+        ours = f([getattr(huber.law, name) for name in COEFFICIENTS[:5]])
+        figures.setdefault("pre-training law, Huber on log L (least_squares, huber loss)", []).append(
+            rel_diff(ours, ref).max())
+
+        joint = fit_joint(rows, points)
+        scipy_joint = ScipyJoint(rows, points)
+        result = scipy.optimize.minimize(
+            scipy_joint.objective, scipy_joint.coordinates(start_coefficients(rows, points)), jac=True,
+            method="L-BFGS-B", options=dict(ftol=1e-16, gtol=1e-12, maxiter=20000, maxcor=30))
+        figures.setdefault("end-to-end fit, all 8 coefficients (L-BFGS-B)", []).append(
+            rel_diff(np.asarray(joint.laws.coefficients), scipy_joint.natural(result.x)).max())
+
+        # Bootstrap resamples: the same draw counts refitted by scipy from scratch.
+        key = jax.random.PRNGKey(seed)
+        samples = np.asarray(bootstrap_joint(joint, rows, points, key, num_resamples=5, batch_size=5))
+        row_key, point_key = jax.random.split(key)
+        row_counts = np.asarray(resample_weights(row_key, alpha.size, 5, joint.theta.dtype))
+        point_counts = np.asarray(resample_weights(point_key, N.size, 5, joint.theta.dtype))
+        worst = 0.0
+        for k in range(5):
+            scipy_joint.set_weights(row_counts[k], point_counts[k])
+            result = scipy.optimize.minimize(
+                scipy_joint.objective, scipy_joint.coordinates(start_coefficients(rows, points)), jac=True,
+                method="L-BFGS-B", options=dict(ftol=1e-16, gtol=1e-12, maxiter=20000, maxcor=30))
+            worst = max(worst, rel_diff(samples[k], scipy_joint.natural(result.x)).max())
+        figures.setdefault("end-to-end fit of 5 bootstrap resamples (L-BFGS-B)", []).append(worst)
+    for name, values in figures.items():
+        print(f"    {name:<64} {max(values):.1e}  (worst of {len(values)} data sets)   goal <= 1e-6: "
+              f"{'met' if max(values) <= 1e-6 else 'NOT met'}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", type=int, default=1000)
@@ -255,14 +348,17 @@ def main():
     parser.add_argument("--scipy-resamples", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scipy-repeats", type=int, default=1)
-    parser.add_argument("--only", choices=("joint", "bootstrap"))
+    parser.add_argument("--parity-seeds", type=int, default=3)
+    parser.add_argument("--only", choices=("joint", "bootstrap", "parity"))
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, float64, {os.cpu_count()} CPUs; "
           f"load average {os.getloadavg()[0]:.1f}")
-    if args.only != "bootstrap":
+    if args.only in (None, "joint"):
         bench_joint(args)
-    if args.only != "joint":
+    if args.only in (None, "bootstrap"):
         bench_bootstrap(args)
+    if args.only in (None, "parity"):
+        bench_parity(args)
 
 
 if __name__ == "__main__":

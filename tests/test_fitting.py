@@ -212,6 +212,11 @@ def test_per_target_fits_match_polyfit(design):
         mine = index == t
         slope, intercept = np.polyfit(x[mine], alpha[mine], 1, w=np.sqrt(w[mine]))
         assert _relative([fit.draft_coeff[t], fit.intercept[t]], [slope, intercept]) < 1e-9
+        # scipy.optimize on the same weighted residuals: the parity goal.
+        reference = scipy.optimize.least_squares(
+            lambda c: np.sqrt(w[mine]) * (c[0] * x[mine] + c[1] - alpha[mine]), np.zeros(2),
+            xtol=1e-15, ftol=1e-15, gtol=1e-15)
+        assert _relative([fit.draft_coeff[t], fit.intercept[t]], reference.x) < 1e-6
         residual = alpha[mine] - (slope * x[mine] + intercept)
         sst = np.sum((alpha[mine] - alpha[mine].mean()) ** 2)
         assert float(fit.r2[t]) == pytest.approx(1 - np.sum(residual**2) / sst, rel=1e-9)
