@@ -8,9 +8,15 @@ def test_published_rule():
     assert float(sd.published_rule(70e9)) == pytest.approx(2.71e-3 * 70e9 + 87e6)
 
 
+# The paper's target range at the token counts of `sdsl rule`: 6 targets x 4
+# token counts, the shapes of `sdsl rule --points 6` and of test_planner's grid,
+# so one compilation of the planner serves all of them in a test session.
+TARGETS = np.geomspace(13e9, 110e9, 6)[:, None]
+TOKENS = np.array([3e11, 1e12, 3e12, 15e12])[None, :]
+
+
 def test_refit_over_the_papers_target_range_is_close_to_published(x64):
-    m = np.geomspace(13e9, 110e9, 12)[:, None]
-    tokens = np.array([3e11, 1e12, 3e12, 15e12])[None, :]
+    m, tokens = TARGETS, TOKENS
     rule = sd.fit_linear_rule(m, tokens, tokens)
     # The chain of published laws reproduces the published line to within a
     # few percent in slope and intercept.
@@ -23,8 +29,7 @@ def test_refit_over_the_papers_target_range_is_close_to_published(x64):
 
 
 def test_log_tokens_term_improves_the_fit(x64):
-    m = np.geomspace(13e9, 110e9, 8)[:, None]
-    tokens = np.array([3e11, 3e12, 30e12])[None, :]
+    m, tokens = TARGETS, TOKENS
     plain = sd.fit_linear_rule(m, tokens, tokens)
     with_log = sd.fit_linear_rule(m, tokens, tokens, with_log_tokens=True)
     assert with_log.r2 >= plain.r2
