@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import sdsl_jax as sd
+from test_planner import flop_jacobian
 
 
 def test_preset_is_the_paper_fit():
@@ -51,10 +52,12 @@ def test_planner_survives_extreme_perplexities(x64):
     # every draft better than perplexity ~22, so the planner works on the clip.
     plan = sd.optimal_draft_size(1e8, 1e9, 1e9)
     leaves = jax.tree_util.tree_leaves(plan)
-    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves if leaf.dtype != bool)
+    assert all(np.all(np.isfinite(leaf)) for leaf in leaves if leaf.dtype != bool)
     assert bool(plan.pays) and float(plan.acceptance) <= sd.MAX_ACCEPTANCE
-    grads = jax.grad(lambda m: sd.optimal_draft_size(m, 1e9, 1e9).draft_params)(1e8)
-    assert bool(jnp.isfinite(grads))
+    # Every derivative of N* and T* is finite there (test_planner's Jacobian:
+    # its compilation is shared with that file's gradient tests).
+    grads = jax.tree_util.tree_leaves(flop_jacobian(1e8, 1e9, 1e9))
+    assert all(np.all(np.isfinite(g)) for g in grads)
 
 
 def test_grad_with_respect_to_law(x64):
