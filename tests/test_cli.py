@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from sdsl_jax import cli
 from sdsl_jax.cli import PLAN_KEYS, main
 
 
@@ -55,6 +56,13 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, names):
     assert err.count("\n") == 1 and names in err and "Traceback" not in err
 
 
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """CSV planning in chunks of 2 rows instead of 65536: three rows then span
+    two chunks (the last one padded), and no test plans 65536 padded rows."""
+    monkeypatch.setattr(cli, "CHUNK_ROWS", 2)
+
+
 def _write_configs(path, rows):
     with open(path, "w", newline="") as handle:
         handle.write("target_params,target_tokens,draft_tokens\n")
@@ -62,7 +70,7 @@ def _write_configs(path, rows):
             handle.write(",".join(row) + "\n")
 
 
-def test_csv_in_csv_out(tmp_path, capsys):
+def test_csv_in_csv_out(tmp_path, capsys, small_chunks):
     src, dst = tmp_path / "configs.csv", tmp_path / "plans.csv"
     _write_configs(src, [("70B", "15T", ""), ("13e9", "1T", "300B"), ("405B", "15T", "15T")])
     code, _, err = run(capsys, "plan", "--csv", str(src), "--out", str(dst))
@@ -78,7 +86,7 @@ def test_csv_in_csv_out(tmp_path, capsys):
     assert code == 2 and "--resume" in err
 
 
-def test_csv_resume_keeps_written_rows(tmp_path, capsys):
+def test_csv_resume_keeps_written_rows(tmp_path, capsys, small_chunks):
     src, dst = tmp_path / "configs.csv", tmp_path / "plans.csv"
     _write_configs(src, [("70B", "15T", ""), ("13B", "1T", ""), ("405B", "15T", "")])
     assert run(capsys, "plan", "--csv", str(src), "--out", str(dst))[0] == 0
