@@ -104,10 +104,12 @@ def run(args, usage_error) -> int:
     else:
         alpha_source = "the pooled estimate, accepted / judged drafts"
 
+    import jax
     r = np.asarray(rates, np.float64)
-    all_speedups = np.asarray(pt.speedups(r, cost_ratio), np.float64)
-    gamma = int(pt.optimal_lookahead(r, cost_ratio))
-    iid_gamma = float(throughput.optimal_integer_lookahead(acceptance, cost_ratio))
+    all_speedups = np.asarray(jax.jit(pt.speedups)(r, cost_ratio), np.float64)
+    gamma = int(np.argmax(all_speedups))  # pt.optimal_lookahead: the first maximum
+    # One compiled program rather than the Lambert W's many small eager ones.
+    iid_gamma = float(jax.jit(throughput.optimal_integer_lookahead)(acceptance, cost_ratio))
     record = {
         "position_rates": rates, "cost_ratio": float(cost_ratio), "cost_ratio_source": source,
         "lookahead": gamma, "speedup": float(all_speedups[gamma]),

@@ -43,7 +43,7 @@ def test_equal_rates_reproduce_the_iid_law(x64):
         want = throughput.speedup(alpha[:, None], jnp.arange(gamma_max + 1.0), c)
         np.testing.assert_allclose(s, want, rtol=1e-13)
         # The best integer lookahead is the i.i.d. law's wherever that one is < 64.
-        iid = np.asarray(throughput.optimal_integer_lookahead(alpha, c))
+        iid = np.asarray(jax.jit(throughput.optimal_integer_lookahead)(alpha, c))
         inside = iid < gamma_max
         assert inside.sum() >= 3
         np.testing.assert_array_equal(np.asarray(pt.optimal_lookahead(rates, c))[inside],
