@@ -287,13 +287,14 @@ def test_cli_reports_both_optima(capsys, x64):
 
 
 def test_cli_calibrates_from_step_times(capsys, x64, tmp_path):
-    truth = H100.replace(bandwidth_efficiency=0.6, overhead=1e-3)
+    truth = {k: float(v) for k, v in H100.replace(bandwidth_efficiency=0.6, overhead=1e-3).items()}
+    # Step times from test_hardware's numpy transcription of the roofline (bf16, batch 1, context 2048).
+    step = lambda params, tokens: float(numpy_step_time(truth, params, tokens, 2.0, 1.0, 2048.0))
     rows = []
     for n, m in ((1.25e8, 7e9), (3.5e8, 7e9), (1.3e9, 13e9)):
         for k in (3, 5):
             rows.append(dict(draft_params=n, target_params=m, lookahead=k, batch=1, context=2048,
-                             draft_step_seconds=float(hw.step_time(truth, n, 1.0)),
-                             target_step_seconds=float(hw.step_time(truth, m, k + 1.0))))
+                             draft_step_seconds=step(n, 1.0), target_step_seconds=step(m, k + 1.0)))
     path = tmp_path / "steps.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     code, out, err = _run(capsys, "plan", "--target-params", "70B", "--target-tokens", "15T",
