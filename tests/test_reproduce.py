@@ -371,10 +371,19 @@ def test_cli_errors(finished, corpus_dir, tmp_path, capsys):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_a_directory_in_use_is_refused(tmp_path):
+    preset, corpus = PRESET.to_json(), {"paths": [], "include_stdlib": True}
+    first = RunDirectory.open(str(tmp_path / "run"), preset, corpus)
+    with pytest.raises(ReproduceError, match=f"in use by another `sdsl reproduce` \\(pid {os.getpid()}\\)"):
+        RunDirectory.open(str(tmp_path / "run"), preset, corpus)
+    first.close()
+    RunDirectory.open(str(tmp_path / "run"), preset, corpus).close()
+
+
 def test_changed_preset_settings_are_refused(tmp_path):
     preset = PRESET.to_json()
     corpus = {"paths": [], "include_stdlib": True}
-    RunDirectory.open(str(tmp_path / "run"), preset, corpus)
+    RunDirectory.open(str(tmp_path / "run"), preset, corpus).close()
     with pytest.raises(ReproduceError, match="steps = 24.*has 48"):
         RunDirectory.open(str(tmp_path / "run"), dict(preset, steps=48), corpus)
     (tmp_path / "bad").mkdir()

@@ -95,6 +95,13 @@ class RunDirectory:
     def __init__(self, root: str, manifest: dict):
         self.root = root
         self._manifest = manifest
+        self._lock = None  # the open lock file, held while this object lives (see _lock)
+
+    def close(self) -> None:
+        """Release the directory for another run."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     @classmethod
     def open(cls, root: str, preset: dict, corpus: dict) -> "RunDirectory":
@@ -115,6 +122,17 @@ class RunDirectory:
             os.unlink(probe)
         except OSError as err:
             raise ReproduceError(f"cannot write to {root}: {err.strerror or err}") from None
+        lock = _lock(root)
+        try:
+            run = cls._open_locked(root, preset, corpus)
+        except BaseException:
+            lock.close()
+            raise
+        run._lock = lock
+        return run
+
+    @classmethod
+    def _open_locked(cls, root: str, preset: dict, corpus: dict) -> "RunDirectory":
         path = os.path.join(root, MANIFEST)
         if os.path.exists(path):
             try:
@@ -181,6 +199,27 @@ class RunDirectory:
 
     def _save(self) -> None:
         write_json(os.path.join(self.root, MANIFEST), self._manifest)
+
+
+def _lock(root: str):
+    """An exclusive lock on ``root/.lock``: two runs writing one directory would train and
+    measure over each other. The operating system drops it when the process ends, kill -9
+    included, so a killed run never leaves a stale lock."""
+    import fcntl
+    handle = open(os.path.join(root, ".lock"), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ReproduceError(f"{root} is in use by another `sdsl reproduce` ({holder}); wait for "
+                             "it to finish, or stop it, then rerun") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle
 
 
 def _check_same(root: str, manifest: dict, preset: dict, corpus: dict) -> None:

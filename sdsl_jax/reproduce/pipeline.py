@@ -68,6 +68,13 @@ def reproduce(preset: Preset, out_dir: str, *, corpus_paths=(), include_stdlib: 
                   include_stdlib=include_stdlib, progress=progress)
     if log is not None:
         ctx.log = log
+    try:
+        return _run_stages(run, ctx, stop_after)
+    finally:
+        run.close()
+
+
+def _run_stages(run: RunDirectory, ctx: Context, stop_after: str | None) -> dict:
     ran, skipped = [], []
     total = len(STAGES)
     began = time.perf_counter()
@@ -89,5 +96,5 @@ def reproduce(preset: Preset, out_dir: str, *, corpus_paths=(), include_stdlib: 
             ran.append(stage.name)
         if stop_after == stage.name:
             break
-    report = os.path.join(out_dir, "report.md") if run.finished("report") else None
-    return {"out": out_dir, "ran": ran, "skipped": skipped, "report": report}
+    report = os.path.join(run.root, "report.md") if run.finished("report") else None
+    return {"out": run.root, "ran": ran, "skipped": skipped, "report": report}

@@ -88,7 +88,8 @@ def _why(latency: dict) -> str:
     gamma = table[0]["lookahead"]
     mean = lambda key: sum(e[key] for e in table) / len(table)
     cal = latency["calibration"]
-    return (f"The FLOP law prices a draft step at N/M = {_span(table, 'flop_cost_ratio')} of a "
+    sizes = [e["draft_params"] for e in table] + [e["target_params"] for e in table]
+    return (f"the FLOP law prices a draft step at N/M = {_span(table, 'flop_cost_ratio')} of a "
             f"target step and the verification of {gamma + 1} tokens at one target step. "
             f"Measured here, a draft step costs c = {_span(table, 'cost_ratio')} target steps and "
             f"the verification v = {_span(table, 'verify_cost')}: these small models do not run "
@@ -104,8 +105,9 @@ def _why(latency: dict) -> str:
             f"(worst {cal['max_relative_error']:.0%}), so the wall-clock planner inherits a poor "
             "step-time model as well as the missing loop cost. Both planners price forward steps "
             "only: right for large models on an accelerator at batch 1 (memory-bound steps, a "
-            "loop whose bookkeeping is negligible next to them), not for models of 10k-200k "
-            "parameters on a CPU. Timings come from a shared machine: a target-alone token "
+            "loop whose bookkeeping is negligible next to them), not for models of "
+            f"{count(min(sizes))} to {count(max(sizes))} parameters on this machine. Timings "
+            "come from a shared machine: a target-alone token "
             f"took {_span(table, 'baseline_tpot', ms)} in the different pairs' runs, so each "
             "speedup is taken per prompt against a target-alone run of the same prompt, at the "
             "same moment.")
@@ -187,7 +189,32 @@ def verdict_lines(outputs: dict, preset) -> tuple[list[str], list[dict]]:
                   + ("held." if wall_all else "did not hold either."))
     if not flop_all:
         conclusion += " Why: " + _why(latency)
-    return [conclusion, ""] + lines, summary
+    laws = _laws_held(outputs) + (". Where the prediction fails, it fails on the cost side: "
+                                  "turning acceptance into speed." if not flop_all else ".")
+    return [conclusion, "", laws, ""] + lines, summary
+
+
+def _laws_held(outputs: dict) -> str:
+    """What the run says about the laws themselves (acceptance and perplexity), in numbers."""
+    e2e = outputs["acceptance"]["report"]["end_to_end"]
+    pre = outputs["pretraining"]
+    text = (f"**The laws themselves:** the pre-training law fits the {len(pre['points'])} scored "
+            f"checkpoints with R^2 {pre['r2']:.3f}; the acceptance predicted from sizes and "
+            f"training tokens alone (both laws end to end) matches the loop's measured alpha with "
+            f"R^2 {e2e['acceptance_r2']:.3f} (rms residual {e2e['rms_residual']:.4f}) over "
+            f"{len(outputs['measure']['loop'])} pairs"
+            + (" (few pairs for the plane's 3 coefficients: a close fit is weak evidence)"
+               if len(outputs["measure"]["loop"]) < 8 else ""))
+    tf = {(r["draft_model"], r["target_model"]): r for r in outputs["measure"]["teacher_forced"]}
+    if tf:
+        gaps, overlap = [], 0
+        for r in outputs["measure"]["loop"]:
+            t = tf[(r["draft_model"], r["target_model"])]
+            gaps.append(abs(r["acceptance"] - t["acceptance"]))
+            overlap += r["acceptance_low"] <= t["acceptance_high"] and t["acceptance_low"] <= r["acceptance_high"]
+        text += (f"; the teacher-forced alpha on held-out text is within {max(gaps):.3f} of the "
+                 f"loop's, their intervals overlapping for {overlap} of {len(gaps)} pairs")
+    return text
 
 
 # --------------------------------------------------------------------------
