@@ -464,10 +464,9 @@ def _summarise(theta, solution, data, row_weight, point_weight, fit_target_coeff
     # Two blocks, each with its own profiled variance and its own
     # degrees-of-freedom correction (delta_method_covariance).
     moments = acceptance_moments(data, row_weight)
-    acceptance_block = lambda t: moment_objective(t, data, moments, point_weight)[0]
-    loss_block = lambda t: moment_objective(t, data, moments, point_weight)[1]
+    blocks = lambda t: jnp.stack(moment_objective(t, data, moments, point_weight))
     covariance, identifiable = delta_method_covariance(
-        (acceptance_block, loss_block), theta, lambda t: natural_coefficients(t, data), free,
+        blocks, theta, lambda t: natural_coefficients(t, data), free,
         (jnp.sum(row_weight), jnp.sum(point_weight)))
     coeffs = natural_coefficients(theta, data)
     pre, acc = laws_lib.laws_from_vector(coeffs)

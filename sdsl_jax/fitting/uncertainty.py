@@ -55,9 +55,11 @@ def delta_method_covariance(objective, theta, to_natural, free, n):
     (with it, a linear fit reproduces s^2 (X'WX)^-1 exactly).
 
     The likelihood may come in blocks with a variance each (the end-to-end
-    fit's acceptances and losses): pass ``objective`` and ``n`` as equal-length
-    sequences, the blocks' negative log-likelihoods (summing to the whole)
-    and their observation counts. Each block's Hessian H_b is then scaled by
+    fit's acceptances and losses): pass ``n`` as a sequence of the blocks'
+    observation counts, and ``objective`` as an equal-length sequence of the
+    blocks' negative log-likelihoods (summing to the whole), or as one
+    function returning them as a vector (one Hessian pass for all blocks,
+    half the graph to compile when the blocks share their work). Each block's Hessian H_b is then scaled by
     (n_b - p_b) / n_b, where p_b = tr(H^-1 H_b) is the share of the p
     coefficients that block determines (its effective degrees of freedom;
     the shares add up to p). With a single block this is the correction above.
@@ -66,12 +68,19 @@ def delta_method_covariance(objective, theta, to_natural, free, n):
     the Hessian is singular (``identifiable`` False) the covariance is its
     pseudo-inverse's, finite but meaningless along the undetermined directions.
     """
-    blocks = tuple(objective) if isinstance(objective, (tuple, list)) else (objective,)
     sizes = tuple(n) if isinstance(n, (tuple, list)) else (n,)
-    if len(blocks) != len(sizes):
-        raise ValueError(f"{len(blocks)} objective blocks but {len(sizes)} observation counts")
     index = np.flatnonzero(np.asarray(free))
-    hessians = [jax.hessian(block)(theta)[np.ix_(index, index)] for block in blocks]
+    if isinstance(objective, (tuple, list)):
+        if len(objective) != len(sizes):
+            raise ValueError(f"{len(objective)} objective blocks but {len(sizes)} observation counts")
+        hessians = [jax.hessian(block)(theta)[np.ix_(index, index)] for block in objective]
+    elif isinstance(n, (tuple, list)):
+        stacked = jax.hessian(objective)(theta)  # (blocks, p, p)
+        if stacked.shape[0] != len(sizes):
+            raise ValueError(f"{stacked.shape[0]} objective blocks but {len(sizes)} observation counts")
+        hessians = [stacked[b][np.ix_(index, index)] for b in range(len(sizes))]
+    else:
+        hessians = [jax.hessian(objective)(theta)[np.ix_(index, index)]]
     inverse, identifiable = _inverse(sum(hessians))
     corrected = 0
     for hessian, size in zip(hessians, sizes):
@@ -109,13 +118,15 @@ def percentile_intervals(samples, confidence=0.95):
     return (jnp.percentile(samples, tail, axis=0), jnp.percentile(samples, 100 - tail, axis=0))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def resample_weights(key, n, num_resamples, dtype):
-    """(num_resamples, n) counts of how often each of n items was drawn (sums to n).
+    """(num_resamples, n) counts of how often each of n items was drawn (sums to n)."""
+    # One small compiled program per size instead of a randint and a vmapped
+    # bincount compiled op by op; jnp.float64 and np.dtype("float64") share it.
+    return _resample_weights(key, int(n), int(num_resamples), jnp.dtype(dtype))
 
-    Jitted (sizes and dtype static): one small program per size instead of a
-    randint and a vmapped bincount compiled op by op.
-    """
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _resample_weights(key, n, num_resamples, dtype):
     draws = jax.random.randint(key, (num_resamples, n), 0, n)
     return jax.vmap(lambda d: jnp.bincount(d, length=n))(draws).astype(dtype)
 
@@ -179,14 +190,41 @@ def draft_size_interval(laws: laws_lib.FittedLaws, target_params, draft_tokens, 
                                  pays_fraction=plan.pays.astype(low.dtype))
     if laws.samples is None:
         raise ValueError("method='bootstrap' needs laws with bootstrap samples (fit with a bootstrap)")
-
-    def n_star(vector):
-        pre, acc = laws_lib.laws_from_vector(vector)
-        result = planner.optimal_draft_size(target_params, draft_tokens, target_tokens,
-                                            pretraining_law=pre, acceptance_law=acc, **plan_kwargs)
-        return result.draft_params, result.pays
-
-    draws, pays = jax.lax.map(n_star, laws.samples)
+    draws, pays = _plans_of_samples(laws.samples, plan.target_perplexity, target_params, draft_tokens,
+                                    target_tokens, plan_kwargs)
     low, high = percentile_intervals(draws, confidence)
     return DraftSizeInterval(plan=plan, low=low, high=high,
                              pays_fraction=jnp.mean(pays.astype(low.dtype), axis=0))
+
+
+SAMPLES_CHUNK = 50  # resampled laws planned per compiled call
+
+
+def _plans_of_samples(samples, like, target_params, draft_tokens, target_tokens, plan_kwargs):
+    """(N* (r, ...), pays (r, ...)): the planner under each of r resampled laws.
+
+    In chunks of SAMPLES_CHUNK (the last padded with copies of the final
+    sample, then trimmed), so that every count of resamples runs one compiled
+    function. ``like`` is an array of the configurations' broadcast shape.
+    """
+    count = samples.shape[0]
+    padded = -(-count // SAMPLES_CHUNK) * SAMPLES_CHUNK
+    samples = jnp.concatenate([samples, jnp.repeat(samples[-1:], padded - count, axis=0)])
+    dtype = jnp.result_type(samples.dtype, like.dtype)
+    args = tuple(jnp.broadcast_to(jnp.asarray(v, dtype), like.shape)
+                 for v in (target_params, draft_tokens, target_tokens))
+    chunks = [_plan_chunk(samples[start:start + SAMPLES_CHUNK], *args, tuple(sorted(plan_kwargs.items())))
+              for start in range(0, padded, SAMPLES_CHUNK)]
+    draws, pays = (jnp.concatenate(parts)[:count] for parts in zip(*chunks))
+    return draws, pays
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _plan_chunk(samples, target_params, draft_tokens, target_tokens, plan_items):
+    def n_star(vector):
+        pre, acc = laws_lib.laws_from_vector(vector)
+        result = planner.optimal_draft_size(target_params, draft_tokens, target_tokens,
+                                            pretraining_law=pre, acceptance_law=acc, **dict(plan_items))
+        return result.draft_params, result.pays
+
+    return jax.lax.map(n_star, samples)
