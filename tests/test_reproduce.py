@@ -206,7 +206,7 @@ def test_latency_verdict_follows_the_measurements(finished):
     text = _report(out)
     for v in latency["verdicts"]:
         mine = [r for r in rows if r["target_model"] == v["target"]]
-        fastest = min(mine, key=lambda r: r["tpot"])
+        fastest = max(mine, key=lambda r: r["speedup"])
         assert v["measured"]["draft"] == fastest["draft_model"]
         assert v["measured"]["speedup"] == fastest["speedup"]
         assert f"**Target {v['target']}**" in text and f"the fastest draft is **{fastest['draft_model']}**" in text
@@ -220,16 +220,15 @@ def test_latency_verdict_follows_the_measurements(finished):
 
 
 def test_measured_optimum_rules():
-    def row(draft, tpot, half, speedup, low, high):
-        return {"draft": draft, "tpot": tpot, "tpot_low": tpot - half, "tpot_high": tpot + half,
-                "speedup": speedup, "speedup_low": low, "speedup_high": high}
-    apart = [row("a", 1.0, 0.1, 1.5, 1.2, 1.8), row("b", 2.0, 0.1, 0.9, 0.8, 1.0)]
+    def row(draft, speedup, low, high):
+        return {"draft": draft, "speedup": speedup, "speedup_low": low, "speedup_high": high}
+    apart = [row("b", 0.9, 0.8, 1.0), row("a", 1.5, 1.2, 1.8)]
     assert measured_optimum(apart) == {"draft": "a", "clear": True, "status": "draft", "speedup": 1.5,
                                        "speedup_low": 1.2, "speedup_high": 1.8}
-    close = [row("a", 1.0, 0.6, 0.5, 0.4, 0.6), row("b", 1.5, 0.6, 0.4, 0.3, 0.5)]
+    close = [row("a", 0.5, 0.4, 0.6), row("b", 0.45, 0.3, 0.55)]
     assert measured_optimum(close)["status"] == "target alone"
     assert measured_optimum(close)["clear"] is False
-    straddle = [row("b", 1.0, 0.1, 1.0, 0.9, 1.1)]
+    straddle = [row("b", 1.0, 0.9, 1.1)]
     assert measured_optimum(straddle)["status"] == "tie with target alone"
 
 
@@ -268,6 +267,8 @@ def test_interrupted_measure_resumes_prompt_by_prompt(finished, corpus_dir, tmp_
     assert result["skipped"] == ["train", "pretraining"]
     assert result["ran"] == ["measure", "acceptance", "predict", "latency", "report"]
     assert any("resuming, attempt 2" in line for line in log)
+    assert any(f"{draft} -> {target}" in line and f"({PRESET.prompts - 1} measured earlier)" in line
+               for line in log)
     assert os.stat(card).st_mtime_ns == card_time
     with open(runs_path) as handle:
         now = handle.readlines()

@@ -111,10 +111,11 @@ def run(ctx: Context) -> dict:
         if _row_of(read_jsonl(rows_path), draft, target, preset.prompts) is not None:
             ctx.log(f"  pair {index}/{len(pairs)} {draft} -> {target}: measured earlier")
             continue
-        ctx.log(f"  pair {index}/{len(pairs)} {draft} -> {target}: {preset.prompts} prompts, "
-                f"lookahead {preset.lookahead}, {preset.max_new_tokens} new tokens each "
-                "(compiling the loop first)")
         args = _measure_arguments(ctx, draft, target, rows_path)
+        earlier = len(read_jsonl(args.out))
+        ctx.log(f"  pair {index}/{len(pairs)} {draft} -> {target}: {preset.prompts} prompts, "
+                f"lookahead {preset.lookahead}, {preset.max_new_tokens} new tokens each"
+                + (f" ({earlier} measured earlier)" if earlier else " (compiling the loop first)"))
         summary = ctx.run.path(RUNS_DIR, f"summary-{_pair_name(draft, target)}.txt")
         with open(summary, "w", encoding="utf-8") as handle, contextlib.redirect_stdout(handle):
             measure_cli.run(args, ReproduceError)

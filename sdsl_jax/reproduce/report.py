@@ -135,11 +135,11 @@ def verdict_lines(outputs: dict, preset) -> tuple[list[str], list[dict]]:
         rows = {e["draft"]: e for e in latency["table"] if e["target"] == t}
         best = v["measured"]
         best_row = rows[best["draft"]]
-        measured = (f"the fastest draft is **{best['draft']}** (TPOT "
-                    f"{interval(best_row['tpot'], best_row['tpot_low'], best_row['tpot_high'], ms)}"
-                    f"{'' if best['clear'] else ', within the intervals of another draft'}), at "
+        overlap = "" if best["clear"] else " (its interval overlaps another draft's)"
+        measured = (f"the fastest draft is **{best['draft']}**, at "
                     f"{interval(best['speedup'], best['speedup_low'], best['speedup_high'], speed)} "
-                    "the speed of the target alone")
+                    f"the speed of the target alone{overlap}, TPOT "
+                    f"{interval(best_row['tpot'], best_row['tpot_low'], best_row['tpot_high'], ms)}")
         if best["status"] == "target alone":
             measured += ", so **the target alone is fastest**"
         elif best["status"] == "draft":
@@ -461,7 +461,9 @@ def _held(outputs: dict, preset) -> list[str]:
                      f"{v['wall_pick']} ({speed(by_draft[v['wall_pick']]['wallclock_predicted_speedup'])})",
                      words[v["wall_draft_held"]], words[v["wall_pays_held"]]])
     return (["Each prediction is judged twice: does it name the draft that decodes fastest "
-             "(lowest mean TPOT), and does it say rightly whether that draft beats the target "
+             "(highest mean speedup over the target alone, per prompt: the target's TPOT drifts "
+             "between the pairs' runs on a shared machine), and does it say rightly whether that "
+             "draft beats the target "
              "alone (\"cannot tell\" where the measured speedup's interval contains 1). "
              f"Predicted speedups are at the measured lookahead {preset.lookahead}.", ""]
             + _table(["target", "measured fastest draft", "its measured speedup", "FLOP-law N*",
