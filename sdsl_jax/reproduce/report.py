@@ -504,7 +504,9 @@ def write(ctx: Context, outputs: dict, figures: dict) -> tuple[str, list[dict]]:
     lines += figure("throughput", "Predicted speedup against draft size, N* marked with its interval")
     lines += figure("draft-size", "N* and N*/M against M, D and D' under the fitted laws")
     lines += [f"## {SECTIONS[7]}", ""] + _latency(outputs, preset) + [""]
-    lines += figure("latency", "Measured TTFT, TPOT and TTOT against |N - N*| / M")
+    lines += figure("latency", "Measured TTFT, TPOT and TTOT against |N - N*| / M; the rings mark "
+                               "each target's lowest mean latency, which on a shared machine need "
+                               "not be the draft with the highest paired speedup (the verdict's)")
     lines += [f"## {SECTIONS[8]}", ""] + _held(outputs, preset)
     lines += ["", f"## {SECTIONS[9]}", "",
               "- `stages/<stage>.json`: every number above, as the stage wrote it; `manifest.json`: "
