@@ -40,17 +40,39 @@ def _speedup_on_budget(m, d_target, flops, log_draft):
     return np.array(out)
 
 
+@jax.jit
+def _plan_and_jacobian(target_params, target_tokens, log_flops, acceptance_law):
+    """The plan at C = exp(log_flops), with d(speedup, N*) / d(log C, M) by reverse mode.
+
+    Scalar float64 inputs: every call in this file but the float32 one is this
+    one compiled program (the planner and its reverse mode under jit), so the
+    solver is compiled once rather than once plain and once differentiated.
+    """
+    def answer(log_flops, target_params):
+        result = budget.optimal_draft_under_budget(target_params, target_tokens, jnp.exp(log_flops),
+                                                   acceptance_law=acceptance_law)
+        return jnp.stack([result.speedup, result.draft_params]), result
+
+    jacobian, plan = jax.jacrev(answer, argnums=(0, 1), has_aux=True)(log_flops, target_params)
+    return plan, jacobian
+
+
 def _plans(configs):
-    """One scalar float64 call per configuration, stacked: every scalar call in
-    this file shares one compilation, which costs far more than the calls."""
-    plans = [budget.optimal_draft_under_budget(*config) for config in configs]
-    return jax.tree_util.tree_map(lambda *leaves: np.stack([np.asarray(v) for v in leaves]), *plans)
+    """The plans at (M, D', C) rows, stacked, and the Jacobians (d/dlog C, d/dM), stacked."""
+    out = [_plan_and_jacobian(m, d_target, np.log(flops), ACC) for m, d_target, flops in configs]
+    stack = lambda *leaves: np.stack([np.asarray(v) for v in leaves])
+    return jax.tree_util.tree_map(stack, *[p for p, _ in out]), jax.tree_util.tree_map(stack, *[j for _, j in out])
 
 
 @pytest.fixture(scope="module")
-def plan():
+def plan_and_jacobian():
     with jax.enable_x64(True):
         return _plans(CONFIGS)
+
+
+@pytest.fixture(scope="module")
+def plan(plan_and_jacobian):
+    return plan_and_jacobian[0]
 
 
 def test_matches_brute_force_over_draft_size(plan):
@@ -79,8 +101,8 @@ def test_budget_is_spent_and_chinchilla_bounds_the_draft(plan):
 
 def test_value_of_budget_matches_finite_differences(x64, plan):
     h = 1e-4
-    up = _plans(CONFIGS * [1, 1, np.exp(h)])
-    down = _plans(CONFIGS * [1, 1, np.exp(-h)])
+    up, _ = _plans(CONFIGS * [1, 1, np.exp(h)])
+    down, _ = _plans(CONFIGS * [1, 1, np.exp(-h)])
     for field, name in (("speedup", "speedup_per_log_budget"),
                         ("tokens_per_flop", "tokens_per_flop_per_log_budget"),
                         ("draft_params", "draft_params_per_log_budget")):
@@ -90,23 +112,23 @@ def test_value_of_budget_matches_finite_differences(x64, plan):
     assert np.all(plan["speedup_per_log_budget"] > 0)
 
 
-def test_grad_through_the_planner(x64, plan):
-    # Reverse mode, jitted, with respect to the budget and the target size at once.
-    def answer(log_flops, target_params):
-        result = budget.optimal_draft_under_budget(target_params, 15e12, jnp.exp(log_flops))
-        return jnp.stack([result.speedup, result.draft_params])
-
-    (d_log_flops, d_target) = jax.jit(jax.jacrev(answer, argnums=(0, 1)))(jnp.log(1e21), 70e9)
-    assert float(d_log_flops[0]) == pytest.approx(float(plan["speedup_per_log_budget"][1]), rel=1e-9)
-    assert float(d_log_flops[1]) == pytest.approx(float(plan["draft_params_per_log_budget"][1]), rel=1e-9)
-    n_star = lambda m: float(answer(jnp.log(1e21), m)[1])
-    fd = (n_star(70e9 * (1 + 1e-5)) - n_star(70e9 * (1 - 1e-5))) / (2 * 70e9 * 1e-5)
-    assert float(d_target[1]) == pytest.approx(fd, rel=1e-6)
+def test_grad_through_the_planner(x64, plan_and_jacobian):
+    # Reverse mode, jitted, with respect to the budget and the target size at
+    # once, at every configuration: against the planner's own value of budget
+    # (the envelope theorem) and against central differences of N* in M.
+    plan, (d_log_flops, d_target) = plan_and_jacobian
+    np.testing.assert_allclose(d_log_flops[:, 0], plan["speedup_per_log_budget"], rtol=1e-9)
+    np.testing.assert_allclose(d_log_flops[:, 1], plan["draft_params_per_log_budget"], rtol=1e-9)
+    up, _ = _plans(CONFIGS * [1 + 1e-5, 1, 1])
+    down, _ = _plans(CONFIGS * [1 - 1e-5, 1, 1])
+    fd = (up["draft_params"] - down["draft_params"]) / (2 * CONFIGS[:, 0] * 1e-5)
+    np.testing.assert_allclose(d_target[:, 1], fd, rtol=1e-6)
 
 
 def test_when_no_draft_pays(x64):
     hopeless = sd.AcceptanceLaw(draft_coeff=-0.0067, target_coeff=0.0, intercept=0.0)
-    plan = budget.optimal_draft_under_budget(70e9, 15e12, 1e21, acceptance_law=hopeless)
+    # (numpy scalars, as in _plans: Python floats would be weakly typed, another compilation)
+    plan, _ = _plan_and_jacobian(*np.array([70e9, 15e12, np.log(1e21)]), hopeless)
     assert not bool(plan.pays)
     assert float(plan.draft_params) == 0.0 and float(plan.speedup) == 1.0
     assert float(plan.speedup_per_log_budget) == 0.0
