@@ -28,27 +28,6 @@ CORPUS_FILES = ("os.py", "argparse.py", "string.py", "textwrap.py", "shutil.py",
                 "bisect.py", "heapq.py", "functools.py", "csv.py", "glob.py", "json/decoder.py")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def quick_compiles():
-    """Compile with XLA's backend optimisations off while this module runs.
-
-    These tests check what the commands write, not how fast the code they
-    compile runs, and compiling is most of their time: tiny models, a few
-    prompts, each program run a handful of times. JAX's own switch for that
-    case cuts the compile time by about a third. It is not part of JAX's
-    compilation-cache key, so the optimisation level (which is, and which
-    the CPU backend ignores) is moved too: the executables built here stay
-    apart from those of other test modules in the same process.
-    """
-    settings = {"jax_disable_most_optimizations": True, "jax_optimization_level": "O0"}
-    saved = {name: jax.config.values[name] for name in settings}
-    for name, value in settings.items():
-        jax.config.update(name, value)
-    yield
-    for name, value in saved.items():
-        jax.config.update(name, value)
-
-
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
     """A few standard-library modules: real text, one of them held out."""

@@ -187,7 +187,10 @@ def test_kill_9_midway_then_rerun_resumes_from_the_checkpoint_and_matches(
     for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(uninterrupted.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     card = json.loads((out / "10k" / "model.json").read_text())
-    assert card["validation_loss"] == reference[1]["validation_loss"]
+    # Same weights; the validation loss is a float32 sum whose order can change
+    # with the compilation that scores it, so it is compared to rounding.
+    np.testing.assert_allclose(card["validation_loss"], reference[1]["validation_loss"],
+                               rtol=1e-6)
     assert card["tokens"] == reference[1]["tokens"]
 
 
