@@ -321,10 +321,12 @@ def test_joint_fit_matches_scipy(design):
     data = joint_fit.prepare(design.rows, design.points)
     point_weight = jnp.ones(design.points.params.shape[0])
     moments = joint_fit.acceptance_moments(data, design.rows.weight)
+    # Under jit, as the fit runs them (and one compile each, not one per op).
+    joint_objective, moment_objective = jax.jit(joint_fit.joint_objective), jax.jit(joint_fit.moment_objective)
     for theta in (fit.theta, fit.theta + 0.01 * jnp.arange(1.0, 9.0)):
         expected = ref.objective(ref.coordinates(_np(joint_fit.natural_coefficients(theta, data))))[0]
-        by_rows = joint_fit.joint_objective(theta, data, design.rows.weight, point_weight)
-        by_moments = sum(joint_fit.moment_objective(theta, data, moments, point_weight))
+        by_rows = joint_objective(theta, data, design.rows.weight, point_weight)
+        by_moments = sum(moment_objective(theta, data, moments, point_weight))
         assert float(by_rows) == pytest.approx(expected, rel=1e-12)
         assert float(by_moments) == pytest.approx(expected, rel=1e-12)
 

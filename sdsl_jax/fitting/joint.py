@@ -398,7 +398,13 @@ def refit(pre_theta0, data: JointData, row_weight, point_weight, *, fit_target_c
         needs_search = ~(warm.grad_norm <= converged_decrement(pre_theta.dtype))
     if max_steps > 0:
         pre_theta = minimize(objective, pre_theta, max_steps=max_steps, run=needs_search).params
-    solution = newton(objective, pre_theta, steps=newton_steps)
+    if warm_steps > 0 and max_steps == 0 and newton_steps == 0:
+        # The warm steps' own decrement (where their last step began; the
+        # result is nearer still) rather than another Hessian at the end: one
+        # copy of the Hessian in the compiled graph instead of two.
+        solution = warm
+    else:
+        solution = newton(objective, pre_theta, steps=newton_steps)
     _, plane = profiled_objective(solution.params, data, moments, point_weight, fit_target_coeff)
     return jnp.concatenate([solution.params, plane]), solution
 
