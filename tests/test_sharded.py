@@ -113,13 +113,16 @@ def four_devices():
 
 
 def test_map_configs_broadcasts_and_chunks(x64):
-    # test_planner's grid: the direct call below shares its compilation in a session.
-    m = np.geomspace(13e9, 110e9, 6)[:, None]
-    tokens = np.array([3e11, 1e12, 3e12, 15e12])[None, :]
-    fn = lambda a, b, c: {"n": sd.optimal_draft_size(a, b, c).draft_params}
+    # Any elementwise function of the configurations will do here (the planner
+    # through map_configs is the four-device run's): the acceptance of a draft
+    # 1000 times smaller than the target, a few operations to compile.
+    m = np.array([[7e9], [70e9], [405e9]])
+    tokens = np.array([[1e12, 3e12, 15e12, 40e12]])
+    pre, acc = sd.BESIROGLU_2024, sd.SDSL_2026
+    fn = lambda a, b, c: {"alpha": sd.acceptance(acc, sd.perplexity(pre, a / 1000, b), sd.perplexity(pre, a, c))}
     out = sharded.map_configs(fn, m, tokens, tokens, chunk_size=5)
-    assert out["n"].shape == (6, 4)
-    np.testing.assert_allclose(out["n"], sd.optimal_draft_size(m, tokens, tokens).draft_params, rtol=1e-13)
+    assert out["alpha"].shape == (3, 4)
+    np.testing.assert_allclose(out["alpha"], fn(m, tokens, tokens)["alpha"], rtol=1e-13)
     assert sharded.padded_size(1001, 4) == 1004 and sharded.padded_size(0, 4) == 4
 
 
