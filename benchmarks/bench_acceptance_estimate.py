@@ -13,7 +13,7 @@ runs the batched continued fraction until its slowest element converges).
 Then the prompt bootstrap of one run (100 prompts, 1000 resamples) against
 scipy.stats.bootstrap resampling the same prompts (paired, percentile), and a
 vmapped batch of runs. Medians after compilation; ratio = scipy / sdsl_jax.
-Coverage is not measured here: tests/test_acceptance_estimate.py does that.
+Coverage is not measured here: tests/estimation/test_acceptance.py does that.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from sdsl_jax import acceptance_estimate as ae
+from sdsl_jax.estimation import acceptance as ae
 
 
 def median_time(fn, repeats):

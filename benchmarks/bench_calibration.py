@@ -4,11 +4,11 @@ Times one forward step of our transformer (sdsl_jax.models) at several sizes,
 batch sizes and tokens per step (1 token: a draft or autoregressive step;
 lookahead + 1 tokens: a verification) on whatever device JAX finds, with the
 same chained, compiled measurement `sdsl measure` uses
-(sdsl_jax.speculative.metrics.forward_step_seconds). Then:
+(sdsl_jax.decoding.metrics.forward_step_seconds). Then:
 
 1. the preset's prediction of every step (its published peak, bandwidth and
    guessed efficiencies and overhead);
-2. calibration (sdsl_jax.hardware.calibrate) on the steps of every other model
+2. calibration (sdsl_jax.planning.hardware.calibrate) on the steps of every other model
    size, and its prediction of the held-out sizes: the honest error, since a
    fit always looks good on the points it saw;
 3. calibration on everything, the fit error.
@@ -29,10 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdsl_jax import hardware
+from sdsl_jax.planning import hardware
 from sdsl_jax.models.config import SIZES, param_counts
 from sdsl_jax.models.functional import as_decoder, init_params
-from sdsl_jax.speculative.metrics import forward_step_seconds
+from sdsl_jax.decoding.metrics import forward_step_seconds
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--preset", default=None, help="accelerator preset (default: CPU on a CPU, "

@@ -247,7 +247,7 @@ def bench_bootstrap(args):
     return median
 
 
-# The tests' design (tests/test_fitting.py): 12 targets x 12 drafts, 24 models
+# The tests' design (tests/fitting/test_fitting.py): 12 targets x 12 drafts, 24 models
 # over wide size and token ranges, 0.3% perplexity scatter.
 PARITY_DESIGN = dict(num_targets=12, num_drafts=12, perplexity_noise=0.003,
                      tokens_range=(2e9, 2e13), draft_range=(5e7, 3e9))
@@ -262,7 +262,12 @@ def _huber_residuals(theta, lN, lD, lL):
 
 def bench_parity(args):
     """Every fit against scipy.optimize on the same data, float64, tight tolerances."""
-    from sdsl_jax.fitting import acceptance_rows, fit_per_target, perplexity_points, synthetic_measurements
+    from sdsl_jax.fitting import (
+        acceptance_rows,
+        fit_per_target,
+        perplexity_points,
+        synthetic_measurements,
+    )
     from sdsl_jax.fitting import pretraining as pretraining_fit
 
     print(f"\n(c) parity with scipy.optimize on the tests' design ({PARITY_DESIGN['num_targets']} targets "

@@ -1,4 +1,4 @@
-"""Benchmark sdsl_jax.lambertw against scipy.special.lambertw (speed and ulp error).
+"""Benchmark sdsl_jax.laws.lambertw against scipy.special.lambertw (speed and ulp error).
 
     python benchmarks/bench_lambertw.py [--n 1000000] [--repeats 7] [--subsample 20000]
 
@@ -31,7 +31,7 @@ import mpmath  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.special  # noqa: E402
 
-from sdsl_jax.lambertw import lambertw  # noqa: E402
+from sdsl_jax.laws.lambertw import lambertw
 
 INV_E = float(1 / mpmath.e)  # nearest double, just above the true 1/e
 

@@ -1,7 +1,7 @@
 """The speculative loop against its own model forward passes, and against the law.
 
 Two questions, on toy decoders whose cost is a matmul-heavy MLP of
-configurable size (sdsl_jax.toy_models.mlp_ngram_decoder), so that the
+configurable size (sdsl_jax.models.ngram.mlp_ngram_decoder), so that the
 forwards, not dispatch, dominate:
 
 1. Loop overhead. The compiled loop's time per iteration against a bare
@@ -13,7 +13,7 @@ forwards, not dispatch, dominate:
 2. Speedup. Measured tokens per second of speculative decoding over the
    autoregressive baseline (the same loop with lookahead 0), against the
    throughput law S = E(alpha, gamma) / (gamma c + 1) with alpha from the
-   accepted counts (sdsl_jax.acceptance_estimate) and c = the measured time
+   accepted counts (sdsl_jax.estimation.acceptance) and c = the measured time
    of one draft step over one target step. The law costs verification as
    one target step. That holds on memory-bound accelerators, and in the
    "per-forward" cost model here (the MLP runs once per forward); in the
@@ -40,10 +40,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdsl_jax.acceptance_estimate import estimate_acceptance
-from sdsl_jax.speculative import loop, metrics
-from sdsl_jax.throughput import expected_tokens, speedup
-from sdsl_jax.toy_models import mlp_ngram_decoder, ngram_decoder
+from sdsl_jax.estimation.acceptance import estimate_acceptance
+from sdsl_jax.decoding import loop, metrics
+from sdsl_jax.laws.throughput import expected_tokens, speedup
+from sdsl_jax.models.ngram import mlp_ngram_decoder, ngram_decoder
 
 
 def make_pair(args, per_token: bool):

@@ -1,6 +1,6 @@
 """How sharded batch planning scales from 1e4 to 1e8 configurations.
 
-Each size streams its configurations through sdsl_jax.sharded.stream_configs
+Each size streams its configurations through sdsl_jax.planning.sharded.stream_configs
 (the FLOP planner, N* only brought back) in chunks of --chunk, sharded over
 every device. The inputs come from one pool of random (M, D, D') the size of
 a chunk, sliced again for every chunk, so the host's random number generator
@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 import sdsl_jax as sd
-from sdsl_jax import sharded
+from sdsl_jax.planning import sharded
 
 
 def n_star(target_params, draft_tokens, target_tokens, pretraining_law, acceptance_law):

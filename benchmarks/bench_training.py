@@ -1,6 +1,6 @@
 """Training throughput per model size: compile time, median step time, tokens per second.
 
-Times the jit-compiled training step of sdsl_jax.training (batch drawn on the
+Times the jit-compiled training step of sdsl_jax.models.training (batch drawn on the
 device, AdamW update, everything but checkpoints and the progress bar) on
 random tokens, so the numbers are the model's, not the corpus loader's.
 
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdsl_jax import training
+from sdsl_jax.models import training
 from sdsl_jax.models import SIZES, abstract_params, init_params, param_counts
 
 

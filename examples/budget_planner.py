@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 import sdsl_jax as sd
-from sdsl_jax.budget import optimal_draft_under_budget
+from sdsl_jax.planning.budget import optimal_draft_under_budget
 
 jax.config.update("jax_enable_x64", True)
 

@@ -6,7 +6,7 @@
 The CSV has one row per measured (draft, target) pair: draft_params,
 target_params, draft_tokens, target_tokens, draft_perplexity,
 target_perplexity, lookahead, and either acceptance or the accepted/trials
-counts (model names optional; the full format is in sdsl_jax/measurements.py).
+counts (model names optional; the full format is in sdsl_jax/estimation/measurements.py).
 JSON Lines and Parquet work too. This is what `sdsl fit` does, from Python.
 
 examples/data/measurements.csv is synthetic, not measured: 12 drafts x 12
@@ -25,10 +25,10 @@ import os
 import jax
 import numpy as np
 
-from sdsl_jax import fit_report
+from sdsl_jax.fitting import report as fit_report
 from sdsl_jax.fitting import COEFFICIENTS, draft_size_interval
-from sdsl_jax.measurements import read_measurements
-from sdsl_jax.quantities import format_count, parse_count
+from sdsl_jax.estimation.measurements import read_measurements
+from sdsl_jax.common.quantities import format_count, parse_count
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "measurements.csv")
 

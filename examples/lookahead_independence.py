@@ -4,9 +4,9 @@ One trained (draft, target) pair is decoded at lookahead 2, 4 and 8 over the
 same held-out prompts. For each run the script prints
 
 * alpha, estimated from the loop's counts as accepted drafts over judged
-  drafts (sdsl_jax.acceptance_estimate), with a bootstrap interval across
+  drafts (sdsl_jax.estimation.acceptance), with a bootstrap interval across
   prompts: the same quantity at every lookahead, so the intervals overlap;
-* the i.i.d. fit test (sdsl_jax.positions): whether one rate at every draft
+* the i.i.d. fit test (sdsl_jax.estimation.positions): whether one rate at every draft
   position describes the run;
 * the ratio serving stacks report, (accepted length - 1) / (budget - 1) =
   accepted drafts / drafted tokens, with its own bootstrap interval and the
@@ -27,12 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdsl_jax import corpus as corpus_lib
-from sdsl_jax.acceptance_estimate import estimate_acceptance
+from sdsl_jax.models import corpus as corpus_lib
+from sdsl_jax.estimation.acceptance import estimate_acceptance
 from sdsl_jax.models import load_card, load_decoder
-from sdsl_jax.positions import summarize_positions
-from sdsl_jax.speculative import loop
-from sdsl_jax.training import TrainSettings, train_model
+from sdsl_jax.estimation.positions import summarize_positions
+from sdsl_jax.decoding import loop
+from sdsl_jax.models.training import TrainSettings, train_model
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--out", default="example-models", help="where the two models go")

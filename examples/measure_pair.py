@@ -23,12 +23,12 @@ import os
 import jax
 import numpy as np
 
-from sdsl_jax import corpus as corpus_lib
+from sdsl_jax.models import corpus as corpus_lib
 from sdsl_jax import MeasurementSet, estimate_acceptance, write_measurements
 from sdsl_jax.models import load_card, load_decoder
-from sdsl_jax.speculative.measure import measure_pair
-from sdsl_jax.teacher_forced import teacher_forced_acceptance
-from sdsl_jax.training import TrainSettings, train_model
+from sdsl_jax.decoding.pair import measure_pair
+from sdsl_jax.decoding.teacher_forced import teacher_forced_acceptance
+from sdsl_jax.models.training import TrainSettings, train_model
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--out", default="example-models", help="where the two models go")

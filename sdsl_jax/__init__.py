@@ -7,7 +7,7 @@ estimates with intervals, and fits of the laws to a user's measurements with
 uncertainty carried through to N* (sdsl_jax.fitting).
 """
 
-from sdsl_jax.acceptance_law import (
+from sdsl_jax.laws.acceptance import (
     MAX_ACCEPTANCE,
     SDSL_2026,
     AcceptanceLaw,
@@ -16,7 +16,7 @@ from sdsl_jax.acceptance_law import (
     is_extrapolated,
     raw_acceptance,
 )
-from sdsl_jax.acceptance_estimate import (
+from sdsl_jax.estimation.acceptance import (
     AcceptanceEstimate,
     bootstrap_interval,
     clopper_pearson_interval,
@@ -32,11 +32,16 @@ from sdsl_jax.fitting import (
     load_laws,
     save_laws,
 )
-from sdsl_jax.lambertw import lambertw, lambertw_negexp
-from sdsl_jax.linear_rule import LinearRule, fit_linear_rule, published_rule
-from sdsl_jax.measurements import MeasurementError, MeasurementSet, read_measurements, write_measurements
-from sdsl_jax.planner import DraftPlan, optimal_draft_size
-from sdsl_jax.pretraining_law import (
+from sdsl_jax.laws.lambertw import lambertw, lambertw_negexp
+from sdsl_jax.planning.linear_rule import LinearRule, fit_linear_rule, published_rule
+from sdsl_jax.estimation.measurements import (
+    MeasurementError,
+    MeasurementSet,
+    read_measurements,
+    write_measurements,
+)
+from sdsl_jax.planning.flop import DraftPlan, optimal_draft_size
+from sdsl_jax.laws.pretraining import (
     BESIROGLU_2024,
     HOFFMANN_2022,
     PretrainingLaw,
@@ -44,8 +49,8 @@ from sdsl_jax.pretraining_law import (
     perplexity,
     pretraining_preset,
 )
-from sdsl_jax.quantities import format_count, parse_count
-from sdsl_jax.throughput import (
+from sdsl_jax.common.quantities import format_count, parse_count
+from sdsl_jax.laws.throughput import (
     expected_tokens,
     optimal_integer_lookahead,
     optimal_lookahead,

@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdsl_jax import _validate
-from sdsl_jax import acceptance_law as acceptance_lib
+from sdsl_jax.common import validation as _validate
+from sdsl_jax.laws import acceptance as acceptance_lib
 from sdsl_jax.fitting.data import AcceptanceRows
 
 

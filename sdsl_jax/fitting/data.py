@@ -1,6 +1,6 @@
 """The arrays a fit consumes, built once from a measurement set.
 
-A :class:`~sdsl_jax.measurements.MeasurementSet` is host-side data with names
+A :class:`~sdsl_jax.estimation.measurements.MeasurementSet` is host-side data with names
 and provenance; a fit wants device arrays it can jit, vmap and resample. Two
 kinds of observation feed the fits:
 
@@ -21,7 +21,7 @@ import chex
 import jax.numpy as jnp
 import numpy as np
 
-from sdsl_jax.acceptance_estimate import wilson_interval
+from sdsl_jax.estimation.acceptance import wilson_interval
 
 Z_95 = 1.959963984540054  # the normal quantile a reported 95% interval spans on each side
 

@@ -62,8 +62,8 @@ from sdsl_jax.fitting import pretraining as pretraining_fit
 from sdsl_jax.fitting.acceptance import concentrated_nll
 from sdsl_jax.fitting.data import AcceptanceRows, PerplexityPoints
 from sdsl_jax.fitting.uncertainty import delta_method_covariance, resample_weights
-from sdsl_jax.optimize import minimize, newton
-from sdsl_jax import acceptance_law as acceptance_lib
+from sdsl_jax.common.optimize import minimize, newton
+from sdsl_jax.laws import acceptance as acceptance_lib
 
 TARGET_COEFF = 6  # index of B in theta and in laws.COEFFICIENTS
 

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdsl_jax import acceptance_law as acceptance_lib
-from sdsl_jax import pretraining_law as pretraining
+from sdsl_jax.laws import acceptance as acceptance_lib
+from sdsl_jax.laws import pretraining
 
 PRETRAINING_FIELDS = ("irreducible_loss", "param_coeff", "param_exponent", "data_coeff",
                       "data_exponent")

@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sdsl_jax import _validate
-from sdsl_jax import pretraining_law as pretraining
-from sdsl_jax.optimize import minimize
+from sdsl_jax.common import validation as _validate
+from sdsl_jax.laws import pretraining
+from sdsl_jax.common.optimize import minimize
 
 HUBER_DELTA = 1e-3
 

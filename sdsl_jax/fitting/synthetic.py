@@ -15,10 +15,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from sdsl_jax import acceptance_law as acceptance_lib
-from sdsl_jax import pretraining_law as pretraining
+from sdsl_jax.laws import acceptance as acceptance_lib
+from sdsl_jax.laws import pretraining
 from sdsl_jax.fitting import data as fit_data
-from sdsl_jax.measurements import MeasurementSet
+from sdsl_jax.estimation.measurements import MeasurementSet
 
 
 def synthetic_columns(*, num_targets: int = 8, num_drafts: int = 9, seed: int = 0,

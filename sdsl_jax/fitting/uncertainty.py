@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtri
 
-from sdsl_jax import planner
+from sdsl_jax.planning import flop as planner
 from sdsl_jax.fitting import laws as laws_lib
 
 METHODS = ("delta", "bootstrap")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from sdsl_jax import tokenizer
+from sdsl_jax.models import tokenizer
 
 
 @dataclasses.dataclass(frozen=True)

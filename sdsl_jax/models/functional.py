@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sdsl_jax.decoder import Decoder
+from sdsl_jax.decoding.decoder import Decoder
 from sdsl_jax.models.config import ModelConfig
 from sdsl_jax.models.transformer import KVCache, Transformer, init_cache
 

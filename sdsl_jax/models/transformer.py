@@ -8,7 +8,7 @@ tying keeps the count one formula). Attention is multi-head with rotary
 position embeddings, so positions need no parameters and a row's position is
 simply ``start[b] + t``; the MLP is GELU with no biases anywhere.
 
-The cache follows the ``sdsl_jax.decoder`` contract: per layer, keys and
+The cache follows the ``sdsl_jax.decoding.decoder`` contract: per layer, keys and
 values of shape ``[B, max_len, heads, head_dim]``; a call writes row ``b``'s
 new entries at positions ``start[b] .. start[b] + T - 1`` and the query at
 position ``p`` sees cache positions ``<= p`` only, so whatever sits beyond a

@@ -19,14 +19,14 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from sdsl_jax import acceptance_law as acceptance_lib
-from sdsl_jax import pretraining_law as pretraining
-from sdsl_jax.acceptance_estimate import wilson_interval
+from sdsl_jax.laws import acceptance as acceptance_lib
+from sdsl_jax.laws import pretraining
+from sdsl_jax.estimation.acceptance import wilson_interval
 from sdsl_jax.fitting import acceptance as plane_fit
 from sdsl_jax.fitting import data as fit_data
 from sdsl_jax.fitting import laws as laws_lib
 from sdsl_jax.plots import bands, style
-from sdsl_jax.quantities import format_count
+from sdsl_jax.common.quantities import format_count
 
 ACCEPTANCE_LABEL = "acceptance rate alpha (accepted / drafted tokens)"
 DRAFT_PERPLEXITY_LABEL = "draft perplexity x (on the prompts)"

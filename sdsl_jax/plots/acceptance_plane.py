@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sdsl_jax import acceptance_law as acceptance_lib
+from sdsl_jax.laws import acceptance as acceptance_lib
 from sdsl_jax.fitting import acceptance as plane_fit
 from sdsl_jax.fitting import data as fit_data
 from sdsl_jax.plots import style

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtri
 
-from sdsl_jax import acceptance_law as acceptance_lib
-from sdsl_jax import planner
-from sdsl_jax import pretraining_law as pretraining
+from sdsl_jax.laws import acceptance as acceptance_lib
+from sdsl_jax.planning import flop as planner
+from sdsl_jax.laws import pretraining
 from sdsl_jax.fitting import laws as laws_lib
 from sdsl_jax.fitting.uncertainty import draft_size_interval, percentile_intervals
 
@@ -137,7 +137,7 @@ def plan_draft_sizes(laws: laws_lib.FittedLaws, target_params, draft_tokens, tar
                      method: str | None = None, confidence: float = 0.95, solver: str = "bracket"):
     """(plan, low, high) for 1-D arrays of configurations, as numpy.
 
-    ``plan`` is the planner's :class:`~sdsl_jax.planner.DraftPlan` with numpy
+    ``plan`` is the planner's :class:`~sdsl_jax.planning.flop.DraftPlan` with numpy
     leaves. ``low`` and ``high`` bound N* (None when ``method`` is None):
 
     * "bootstrap": the equal-tailed percentiles of N* over the resampled laws

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from sdsl_jax import linear_rule
+from sdsl_jax.planning import linear_rule
 from sdsl_jax.fitting import laws as laws_lib
 from sdsl_jax.plots import bands, style
-from sdsl_jax.quantities import format_count
+from sdsl_jax.common.quantities import format_count
 
 VARIED = ("target_params", "draft_tokens", "target_tokens")
 AXIS_LABELS = {

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdsl_jax.quantities import format_count, parse_count
+from sdsl_jax.common.quantities import format_count, parse_count
 
 METRICS = ("ttft", "tpot", "ttot")
 REQUIRED_COLUMNS = ("draft_params", "target_params")

@@ -2,7 +2,7 @@
 
 The throughput law treats every drafted token as accepted with one rate alpha,
 so the accepted count K of an iteration is a truncated geometric. This figure
-checks that on runs of ``sdsl measure`` (sdsl_jax.positions has the math):
+checks that on runs of ``sdsl measure`` (sdsl_jax.estimation.positions has the math):
 
 * left, the acceptance rate at draft position i = 1..gamma,
   #(K >= i) / #(K >= i - 1), with its 95% interval (a bootstrap that
@@ -126,7 +126,7 @@ def plot_positions(runs: Sequence[PositionRuns], *, confidence: float = 0.95,
     import jax
 
     from sdsl_jax.plots import style
-    from sdsl_jax.positions import summarize_positions
+    from sdsl_jax.estimation.positions import summarize_positions
 
     if not runs:
         raise ValueError("no runs to draw")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdsl_jax.quantities import format_count
+from sdsl_jax.common.quantities import format_count
 
 # Wide enough that a panel title and axis labels never collide at 150 dpi.
 PANEL_WIDTH = 5.2

@@ -18,12 +18,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from sdsl_jax import acceptance_law as acceptance_lib
-from sdsl_jax import pretraining_law as pretraining
-from sdsl_jax import throughput
+from sdsl_jax.laws import acceptance as acceptance_lib
+from sdsl_jax.laws import pretraining
+from sdsl_jax.laws import throughput
 from sdsl_jax.fitting import laws as laws_lib
 from sdsl_jax.plots import bands, style
-from sdsl_jax.quantities import format_count
+from sdsl_jax.common.quantities import format_count
 
 METRICS = ("speedup", "tokens-per-flop")
 

@@ -1,6 +1,6 @@
 """Stage 4: fit the acceptance law, and both laws end to end, with intervals.
 
-This is ``sdsl fit`` (:func:`sdsl_jax.fit_report.fit_all`) on the loop's rows,
+This is ``sdsl fit`` (:func:`sdsl_jax.fitting.report.fit_all`) on the loop's rows,
 with one difference: the pre-training block is fitted to every scored
 checkpoint of stage 1 (D varies), not only to the finished models (one D).
 It reports the plane alpha = A x + B y + C on the measured perplexities (with
@@ -26,10 +26,10 @@ def run(ctx: Context) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from sdsl_jax import fit_report
+    from sdsl_jax.fitting import report as fit_report
     from sdsl_jax.fitting import laws as laws_lib
     from sdsl_jax.fitting.data import PerplexityPoints
-    from sdsl_jax.measurements import MeasurementError, read_measurements
+    from sdsl_jax.estimation.measurements import MeasurementError, read_measurements
 
     rows_file = ctx.run.output("measure")["rows_file"]
     try:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdsl_jax import acceptance_law, pretraining_law, throughput
+from sdsl_jax.laws import acceptance as acceptance_law, pretraining as pretraining_law, throughput
 from sdsl_jax.fitting import laws as laws_lib
 
 BUCKET = 16

@@ -38,7 +38,7 @@ class Context:
     def corpus(self):
         """The training corpus, loaded once (its held-out side gives every prompt and score)."""
         if self._corpus is None:
-            from sdsl_jax import corpus as corpus_lib
+            from sdsl_jax.models import corpus as corpus_lib
             try:
                 self._corpus = corpus_lib.load_corpus(self.corpus_paths,
                                                       include_stdlib=self.include_stdlib)

@@ -20,9 +20,9 @@ LAWS_SOURCE = "the end-to-end fit of this run (laws.json)"
 
 def pretraining_figure(points: list[dict], coefficients: dict, r2: float):
     """Validation loss against training tokens for every size, with the fitted law's curves."""
-    from sdsl_jax import pretraining_law
+    from sdsl_jax.laws import pretraining as pretraining_law
     from sdsl_jax.plots import style
-    from sdsl_jax.quantities import format_count
+    from sdsl_jax.common.quantities import format_count
 
     law = pretraining_law.PretrainingLaw(**{k: v["estimate"] for k, v in coefficients.items()})
     sizes = sorted({p["params"] for p in points})
@@ -52,7 +52,7 @@ def pretraining_figure(points: list[dict], coefficients: dict, r2: float):
 def draw_all(root: str, preset, outputs: dict) -> dict:
     """Draw and save every figure; {name: "figures/<name>.png"} or {name: "error: ..."}."""
     from sdsl_jax.fitting.laws import load_laws
-    from sdsl_jax.measurements import read_measurements
+    from sdsl_jax.estimation.measurements import read_measurements
     from sdsl_jax.plots import style
     from sdsl_jax.plots.acceptance_curves import plot_acceptance
     from sdsl_jax.plots.acceptance_plane import plot_acceptance_plane

@@ -17,8 +17,8 @@ Two predictions are set against it:
   speedup, and N* with its interval;
 * the wall-clock model: the roofline of ``preset.hardware`` with its
   efficiencies and per-step overhead calibrated on the measured step times
-  of every pair (:func:`sdsl_jax.hardware.calibrate`), then the fitted laws
-  through :func:`sdsl_jax.latency_planner.optimal_draft_size_wallclock` for N*, and
+  of every pair (:func:`sdsl_jax.planning.hardware.calibrate`), then the fitted laws
+  through :func:`sdsl_jax.planning.wallclock.optimal_draft_size_wallclock` for N*, and
   the roofline's step times for the speedup of each measured draft at the
   measured lookahead.
 """
@@ -80,7 +80,7 @@ def run(ctx: Context) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from sdsl_jax import hardware as hw, latency_planner
+    from sdsl_jax.planning import hardware as hw, wallclock as latency_planner
     from sdsl_jax.fitting.laws import load_laws
 
     preset = ctx.preset
@@ -184,7 +184,8 @@ def _roofline(accelerator, workload, draft_params, target_params, lookahead, law
               measured_alpha):
     """Step times the calibrated roofline gives each pair, and the speedup they imply at the
     measured lookahead: E(alpha, gamma) t_target(1) / (gamma t_draft + t_target(gamma + 1))."""
-    from sdsl_jax import hardware as hw, throughput
+    from sdsl_jax.planning import hardware as hw
+    from sdsl_jax.laws import throughput
     step = lambda p, k: hw.step_time(accelerator, p, k, bytes_per_param=FP32_BYTES,
                                      workload=workload)
     t_draft, t_verify = step(draft_params, 1.0), step(target_params, lookahead + 1)

@@ -1,6 +1,6 @@
 """Stage 3: measure every (draft, target) pair with the speculative loop, and teacher-forced.
 
-The loop is ``sdsl measure`` itself (:func:`sdsl_jax.measure_cli.run`), run
+The loop is ``sdsl measure`` itself (:func:`sdsl_jax.cli.measure.run`), run
 once per pair on held-out prompts at batch 1: each finished prompt lands in
 the pair's runs file at once, so a killed run resumes prompt by prompt, and
 the pair's summary row (acceptance with its bootstrap interval across
@@ -9,7 +9,7 @@ Student-t intervals; the measured step times) goes to ``measure/rows.jsonl``,
 which ``sdsl fit``, ``sdsl plot latency`` and ``sdsl plan --step-times``
 read. Stage 6 takes its latencies from the same runs: one decoding, two uses.
 
-The cross-check is :func:`sdsl_jax.teacher_forced.teacher_forced_acceptance`
+The cross-check is :func:`sdsl_jax.decoding.teacher_forced.teacher_forced_acceptance`
 on held-out windows: alpha as the mean of beta = sum min(p, q) over every
 position of human text, where the loop's alpha is over the target's own
 samples (the two differ by how far the text is from the target's samples).
@@ -42,7 +42,7 @@ def _row_of(rows: list[dict], draft: str, target: str, prompts: int) -> dict | N
 
 def _measure_arguments(ctx: Context, draft: str, target: str, rows_path: str) -> argparse.Namespace:
     """``sdsl measure``'s arguments for one pair, through its own parser (so every default holds)."""
-    from sdsl_jax import measure_cli
+    from sdsl_jax.cli import measure as measure_cli
     preset = ctx.preset
     parser = argparse.ArgumentParser(prog="sdsl measure")
     measure_cli.add_arguments(parser)
@@ -63,9 +63,9 @@ def _teacher_forced(ctx: Context, pairs, path: str) -> list[dict]:
     """The teacher-forced row of every pair, resuming from those already in ``path``."""
     import jax
 
-    from sdsl_jax import corpus as corpus_lib
+    from sdsl_jax.models import corpus as corpus_lib
     from sdsl_jax.models import load_decoder
-    from sdsl_jax.teacher_forced import teacher_forced_acceptance
+    from sdsl_jax.decoding.teacher_forced import teacher_forced_acceptance
 
     preset = ctx.preset
     done = {(r["draft_model"], r["target_model"]): r for r in read_jsonl(path)}
@@ -102,7 +102,7 @@ def _teacher_forced(ctx: Context, pairs, path: str) -> list[dict]:
 
 
 def run(ctx: Context) -> dict:
-    from sdsl_jax import measure_cli
+    from sdsl_jax.cli import measure as measure_cli
 
     preset = ctx.preset
     pairs = preset.pairs()

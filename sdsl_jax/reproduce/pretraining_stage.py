@@ -24,7 +24,7 @@ def _delta_intervals(theta, params, tokens, loss):
     """(estimate, low, high, identifiable, fitted loss) at the fitted point, in one compilation."""
     import jax.numpy as jnp
 
-    from sdsl_jax import pretraining_law
+    from sdsl_jax.laws import pretraining as pretraining_law
     from sdsl_jax.fitting import pretraining as pretraining_fit
     from sdsl_jax.fitting.acceptance import concentrated_nll
     from sdsl_jax.fitting.uncertainty import delta_method_covariance, normal_intervals

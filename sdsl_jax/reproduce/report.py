@@ -12,7 +12,7 @@ import math
 import os
 import platform
 
-from sdsl_jax.quantities import format_count
+from sdsl_jax.common.quantities import format_count
 from sdsl_jax.reproduce.context import Context
 from sdsl_jax.reproduce.presets import params as size_params
 

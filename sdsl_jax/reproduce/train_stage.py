@@ -1,7 +1,7 @@
 """Stage 1: train every size of the preset, scoring each checkpoint on held-out text.
 
 Every model sees the same batches for the same number of steps
-(:mod:`sdsl_jax.training`), so the family differs in size only. A checkpoint
+(:mod:`sdsl_jax.models.training`), so the family differs in size only. A checkpoint
 is saved every ``steps / loss_points`` steps and scored on the held-out
 windows the final validation loss uses; the scores are the (N, D, loss)
 points of the pre-training fit, D varying with the step. Caveat: an early
@@ -35,8 +35,8 @@ def run(ctx: Context) -> dict:
     import jax
     import numpy as np
 
-    from sdsl_jax import corpus as corpus_lib, training
-    from sdsl_jax.models import checkpoint as ckpt
+    from sdsl_jax.models import corpus as corpus_lib, training
+    from sdsl_jax.models import store as ckpt
     from sdsl_jax.models.functional import abstract_params
 
     preset = ctx.preset

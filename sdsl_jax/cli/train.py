@@ -1,0 +1,152 @@
+"""What ``sdsl train`` does: build the corpus, train each size of a family, report.
+
+Kept out of cli.py so the command line stays a thin parser. Importing this
+module is cheap (the parser needs it); JAX, flax and orbax load only when a
+run starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def add_arguments(parser) -> None:
+    """The arguments of ``sdsl train``."""
+    parser.add_argument("--family", metavar="NAME", help=(
+        "family of sizes to train: tiny (tests), small (CPU runs), medium or large "
+        "(accelerators); an unknown name lists the known ones"))
+    parser.add_argument("--sizes", nargs="+", metavar="SIZE", help=(
+        "train these sizes instead of (or, with --family, from) a family, e.g. 10k 1m"))
+    parser.add_argument("--steps", type=int, required=True, metavar="N", help="optimizer steps per size")
+    parser.add_argument("--out", required=True, metavar="DIR", help=(
+        "output directory; each size goes to DIR/SIZE. Rerunning the same command resumes "
+        "an interrupted run from its last checkpoint and skips finished sizes"))
+    parser.add_argument("--corpus", nargs="+", default=[], metavar="PATH", help=(
+        "text files or directories to add to the corpus (default corpus: the Python "
+        "standard library's sources and docs)"))
+    parser.add_argument("--no-stdlib", action="store_true",
+                        help="leave the standard library out of the corpus (needs --corpus)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights and batches (default: 0)")
+    parser.add_argument("--batch-size", type=int, default=32, help="windows per step (default: 32)")
+    parser.add_argument("--seq-len", type=int, default=256,
+                        help="predicted tokens per window (default: 256)")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="peak AdamW learning rate (default: per size)")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="linear warmup steps (default: min(steps / 10, 200))")
+    parser.add_argument("--checkpoint-every", type=int, default=500, metavar="K",
+                        help="checkpoint every K steps and at the end (default: 500)")
+    parser.add_argument("--eval-tokens", type=int, default=131072,
+                        help="held-out tokens for the validation perplexity (default: 131072)")
+    parser.add_argument("--validation-fraction", type=float, default=None, help=(
+        "share of documents held out, chosen by a hash of their names (default: 0.05)"))
+    parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                        help="progress bar (default: auto, on a terminal only)")
+    parser.add_argument("--json", action="store_true", help="print the model cards as JSON lines")
+
+
+def _sizes(args, usage_error) -> tuple[str | None, list[str]]:
+    from sdsl_jax.models.config import FAMILIES, SIZES, family_sizes
+    if args.family is None and not args.sizes:
+        raise usage_error("sdsl train: give --family NAME or --sizes SIZE ...")
+    family = None
+    if args.family is not None:
+        try:
+            family_sizes(args.family)
+        except ValueError:
+            raise usage_error(f"sdsl train: argument --family: unknown family {args.family!r} "
+                              f"(known: {', '.join(FAMILIES)})") from None
+        family = args.family
+    sizes = list(args.sizes) if args.sizes else list(FAMILIES[family])
+    for size in sizes:
+        if size not in SIZES:
+            raise usage_error(f"sdsl train: argument --sizes: unknown size {size!r} "
+                              f"(known: {', '.join(SIZES)})")
+        if family is not None and size not in FAMILIES[family]:
+            raise usage_error(f"sdsl train: argument --sizes: {size!r} is not in family "
+                              f"{family!r} ({', '.join(FAMILIES[family])})")
+    return family, sizes
+
+
+def _prepare_out(path: str, usage_error) -> None:
+    """Create DIR and prove it is writable before any slow work starts."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.unlink(probe)
+    except OSError as err:
+        raise usage_error(f"sdsl train: argument --out: cannot write to {path}: "
+                          f"{err.strerror or err}") from None
+
+
+def _print_cards(cards) -> None:
+    from sdsl_jax.common.quantities import format_count as fc
+    header = f"{'size':>6}  {'params':>11}  {'non-emb':>11}  {'tokens':>8}  {'val loss':>8}  " \
+             f"{'perplexity':>10}  {'bits/byte':>9}  {'tokens/s':>9}"
+    print(header)
+    for card in cards:
+        rate = card.get("tokens_per_second")
+        print(f"{card['name']:>6}  {card['params']:>11,}  {card['non_embedding_params']:>11,}  "
+              f"{fc(card['tokens']):>8}  {card['validation_loss']:>8.4f}  "
+              f"{card['perplexity']:>10.4f}  {card['bits_per_byte']:>9.4f}  "
+              f"{'-' if rate is None else f'{rate:,.0f}':>9}")
+
+
+def run(args, usage_error) -> int:
+    """Run ``sdsl train``; mistakes raise ``usage_error`` (one line, exit 2)."""
+    family, sizes = _sizes(args, usage_error)
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size),
+                        ("--seq-len", args.seq_len), ("--checkpoint-every", args.checkpoint_every),
+                        ("--eval-tokens", args.eval_tokens)):
+        if value < 1:
+            raise usage_error(f"sdsl train: argument {flag}: must be at least 1, got {value}")
+    if args.no_stdlib and not args.corpus:
+        raise usage_error("sdsl train: --no-stdlib leaves no text: add --corpus PATH ...")
+    for path in args.corpus:
+        if not os.path.exists(path):
+            raise usage_error(f"sdsl train: argument --corpus: {path} does not exist")
+    _prepare_out(args.out, usage_error)
+
+    import jax
+    from sdsl_jax.models import corpus as corpus_lib, training
+    from sdsl_jax.models.store import CheckpointError
+
+    try:
+        settings = training.TrainSettings(
+            steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed,
+            learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
+            checkpoint_every=args.checkpoint_every, eval_tokens=args.eval_tokens)
+    except training.TrainingError as err:
+        raise usage_error(f"sdsl train: {err}") from None
+    fraction = (corpus_lib.DEFAULT_VALIDATION_FRACTION if args.validation_fraction is None
+                else args.validation_fraction)
+    progress = {"auto": None, "always": True, "never": False}[args.progress]
+    # Training is float32 whatever the rest of the CLI runs in.
+    with jax.enable_x64(False):
+        try:
+            corpus = corpus_lib.load_corpus(args.corpus, include_stdlib=not args.no_stdlib,
+                                            validation_fraction=fraction)
+            summary = corpus.summary()
+            print(f"corpus: {summary['train_tokens']:,} training tokens in "
+                  f"{summary['train_documents']} documents, {summary['validation_tokens']:,} "
+                  f"held out in {summary['validation_documents']}", file=sys.stderr)
+            cards = []
+            for size in sizes:
+                card = training.train_model(size, corpus, settings, os.path.join(args.out, size),
+                                            family=family, progress=progress)
+                if card["resumed_from"] is None:
+                    print(f"{size}: already trained in {os.path.join(args.out, size)}",
+                          file=sys.stderr)
+                cards.append(card)
+        except (corpus_lib.CorpusError, training.TrainingError, CheckpointError) as err:
+            raise usage_error(f"sdsl train: {err}") from None
+    if args.json:
+        for card in cards:
+            print(json.dumps({k: v for k, v in card.items() if k != "resumed_from"}))
+    else:
+        _print_cards(cards)
+    return 0

@@ -1,0 +1,438 @@
+r"""The draft-verify-accept loop, compiled once and kept on the device.
+
+Layout of a row
+---------------
+Each batch row holds its own sequence, left-aligned: the prompt at positions
+``0 .. P_b - 1``, then the generated tokens. ``length[b] = n`` counts the
+committed tokens. Between iterations both caches hold correct entries for
+every position ``<= n - 2``; the last committed token, at ``n - 1``, has not
+been fed to the models yet. An iteration then:
+
+1. drafts: one draft forward over the two tokens at ``n - 2, n - 1`` (the
+   first is usually already cached and is rewritten identically; after an
+   iteration that accepted every draft it is the draft's last token, which
+   the draft never saw), then ``gamma - 1`` single-token forwards, sampling
+   x_1..x_gamma from q at the current temperature;
+2. verifies: one target forward over ``[token n - 1, x_1 .. x_gamma]`` at
+   ``n - 1``, giving p_1..p_{gamma+1};
+3. accepts K drafts and emits one more token
+   (:func:`~sdsl_jax.decoding.sampling.speculative_accept`), so
+   ``n <- n + K + 1``.
+
+Rejected drafts are rolled back by not advancing ``n``: the stale cache
+entries beyond it are never read (the Decoder contract) and are overwritten by
+the next iteration. Rows advance independently; a row that has its
+``max_new_tokens`` stops changing while the others finish (its forwards still
+run, as shapes are static, at positions clamped inside the cache).
+
+The whole loop is one ``lax.while_loop`` inside ``jit``; the draft steps are a
+``lax.scan``. Nothing returns to the host until every row is done. It is
+compiled once per (decoder functions, batch and prompt shape, lookahead,
+max_new_tokens, acceptance rule); the temperature and the weights are traced.
+
+The prefill is separate so that it can be timed on its own (time to first
+token): both models read the prompt and the target samples the first token.
+
+Randomness
+----------
+The prefill draws all of a row's uniforms at once from its own key: one for
+the first token, and 2 gamma + 1 per iteration (gamma draft draws, gamma
+acceptance tests, one emitted token), every draw by inverse CDF. So no PRNG
+runs inside the loop (which also keeps it quick to compile), and a prompt's
+output depends on its own key only, not on the batch it was decoded in.
+
+Lookahead 0 is plain autoregressive sampling from the target through the same
+machinery (no draft model is needed): see :mod:`sdsl_jax.decoding.baseline`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sdsl_jax.decoding.decoder import Decoder
+from sdsl_jax.decoding.sampling import AcceptFn, probabilities, sample, speculative_accept
+
+PyTree = Any
+
+
+class DecodeState(NamedTuple):
+    """The loop's carry (B rows, a buffer of L positions, I iterations at most)."""
+
+    sequence: jax.Array  # int32[B, L]: prompt then generated tokens
+    length: jax.Array  # int32[B]: committed tokens n
+    prompt_length: jax.Array  # int32[B]
+    draft_cache: PyTree  # None without a draft
+    target_cache: PyTree
+    uniforms: jax.Array  # float[B, I, 2 gamma + 1]: each iteration's U[0, 1) draws
+    temperature: jax.Array  # scalar
+    iteration: jax.Array  # int32[B]: iterations done
+    accepted: jax.Array  # int32[B, I]
+    betas: jax.Array  # float[B, I, gamma]
+    finish_step: jax.Array  # int32[B]: loop step after which the row was done
+    step: jax.Array  # int32 scalar: loop steps run
+
+
+class Generation(NamedTuple):
+    """A finished run over a batch of B prompts.
+
+    Attributes:
+      tokens: int32[B, max_new_tokens], the generated tokens (the last
+        iteration may have produced more; they are cut off here).
+      num_generated: int32[B], tokens produced, >= max_new_tokens.
+      accepted: int32[B, I], K of each iteration (I = max_new_tokens - 1;
+        0 beyond ``num_iterations``).
+      betas: float[B, I, lookahead], sum_v min(p, q) at each judged drafted
+        position (the accepted ones and the first rejected one); NaN at
+        positions after a rejection, whose prefixes are counterfactual, and
+        beyond ``num_iterations``.
+      num_iterations: int32[B].
+      finish_step: int32[B], the loop step (1-based) in which the row finished;
+        every step of a batch costs the same, so this apportions the decode
+        time among rows.
+      num_steps: int32 scalar, loop steps run (the maximum of finish_step).
+      lookahead: gamma (a Python int).
+    """
+
+    tokens: jax.Array
+    num_generated: jax.Array
+    accepted: jax.Array
+    betas: jax.Array
+    num_iterations: jax.Array
+    finish_step: jax.Array
+    num_steps: jax.Array
+    lookahead: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """Everything static about a compiled loop (hashable: the jit cache key)."""
+
+    draft_forward: Callable | None
+    draft_init_cache: Callable | None
+    target_forward: Callable
+    target_init_cache: Callable
+    lookahead: int
+    max_new_tokens: int
+    accept_fn: Callable
+
+
+def _take(sequence, positions):
+    """sequence[b, positions[b, ...]] for each row b."""
+    return jax.vmap(lambda row, idx: row[idx])(sequence, positions)
+
+
+def _prefill(draft_params, target_params, prompt_tokens, prompt_lengths, row_keys,
+             temperature, spec: _Spec) -> DecodeState:
+    batch, prompt_len = prompt_tokens.shape
+    gamma = spec.lookahead
+    max_len = prompt_len + spec.max_new_tokens + gamma + 1
+    zeros = jnp.zeros((batch,), jnp.int32)
+    target_cache = spec.target_init_cache(batch, max_len)
+    logits, target_cache = spec.target_forward(target_params, prompt_tokens, zeros, target_cache)
+    last = _take(logits, prompt_lengths - 1)  # [B, V]
+    # Sampling runs in float32 at least, whatever precision the model computes in.
+    dtype = jnp.promote_types(logits.dtype, jnp.float32)
+    temperature = jnp.asarray(temperature, dtype)
+    num_iterations = spec.max_new_tokens - 1
+    per_iteration = 2 * gamma + 1
+    uniforms = jax.vmap(lambda k: jax.random.uniform(
+        k, (1 + num_iterations * per_iteration,), dtype))(row_keys)
+    first = sample(uniforms[:, 0], probabilities(last, temperature))
+    draft_cache = None
+    if spec.draft_forward is not None:
+        draft_cache = spec.draft_init_cache(batch, max_len)
+        _, draft_cache = spec.draft_forward(draft_params, prompt_tokens, zeros, draft_cache)
+    sequence = jnp.zeros((batch, max_len), jnp.int32).at[:, :prompt_len].set(prompt_tokens)
+    sequence = sequence.at[jnp.arange(batch), prompt_lengths].set(first)
+    return DecodeState(
+        sequence=sequence, length=prompt_lengths + 1, prompt_length=prompt_lengths,
+        draft_cache=draft_cache, target_cache=target_cache,
+        uniforms=uniforms[:, 1:].reshape(batch, num_iterations, per_iteration),
+        temperature=temperature, iteration=zeros,
+        accepted=jnp.zeros((batch, num_iterations), jnp.int32),
+        betas=jnp.full((batch, num_iterations, gamma), jnp.nan, dtype),
+        finish_step=zeros, step=jnp.zeros((), jnp.int32))
+
+
+def _active(state: DecodeState, spec: _Spec):
+    return state.length - state.prompt_length < spec.max_new_tokens
+
+
+def _draft(draft_params, state: DecodeState, draft_uniforms, spec: _Spec):
+    """gamma draft tokens and their distributions q, for every row."""
+    gamma = spec.lookahead
+    max_len = state.sequence.shape[1]
+    n = state.length
+    temperature = state.temperature
+
+    def start_at(pos, width):
+        # Only finished rows can reach past the buffer; keep their writes inside.
+        return jnp.minimum(pos, max_len - width).astype(jnp.int32)
+
+    last_two = _take(state.sequence, jnp.stack([n - 2, n - 1], axis=1))
+    logits, cache = spec.draft_forward(draft_params, last_two, start_at(n - 2, 2),
+                                       state.draft_cache)
+    q = probabilities(logits[:, 1], temperature)
+    token = sample(draft_uniforms[:, 0], q)
+
+    def step(carry, i):
+        cache, token = carry
+        logits, cache = spec.draft_forward(draft_params, token[:, None],
+                                           start_at(n - 1 + i, 1), cache)
+        q = probabilities(logits[:, 0], temperature)
+        token = sample(draft_uniforms[:, i], q)
+        return (cache, token), (token, q)
+
+    (cache, _), (tokens, qs) = jax.lax.scan(step, (cache, token), jnp.arange(1, gamma))
+    draft_tokens = jnp.concatenate([token[:, None], tokens.T], axis=1)  # [B, gamma]
+    draft_probs = jnp.concatenate([q[:, None], jnp.swapaxes(qs, 0, 1)], axis=1)
+    return draft_tokens, draft_probs, cache
+
+
+def _iteration(draft_params, target_params, state: DecodeState, spec: _Spec) -> DecodeState:
+    gamma = spec.lookahead
+    batch, max_len = state.sequence.shape
+    n = state.length
+    active = _active(state, spec)
+    # Finished rows have used all their uniforms; any index in range will do.
+    u = _take(state.uniforms, jnp.minimum(state.iteration, state.uniforms.shape[1] - 1))
+    last = _take(state.sequence, n - 1)
+    if gamma > 0:
+        draft_tokens, draft_probs, draft_cache = _draft(draft_params, state, u[:, :gamma], spec)
+    else:
+        draft_tokens = jnp.zeros((batch, 0), jnp.int32)
+        draft_cache = state.draft_cache
+    verify = jnp.concatenate([last[:, None], draft_tokens], axis=1)  # [B, gamma + 1]
+    verify_start = jnp.minimum(n - 1, max_len - (gamma + 1)).astype(jnp.int32)
+    logits, target_cache = spec.target_forward(target_params, verify, verify_start,
+                                               state.target_cache)
+    target_probs = probabilities(logits, state.temperature)
+    if gamma == 0:
+        draft_probs = jnp.zeros((batch, 0, logits.shape[-1]), target_probs.dtype)
+    verdict = jax.vmap(spec.accept_fn)(u[:, gamma:], draft_tokens, draft_probs, target_probs)
+    k = verdict.num_accepted.astype(jnp.int32)
+
+    # Commit x_1..x_K and the emitted token at n; what lands beyond n + K is
+    # past the new length and is never read.
+    slots = jnp.arange(gamma + 1)
+    padded = jnp.concatenate([draft_tokens, jnp.zeros((batch, 1), jnp.int32)], axis=1)
+    window = jnp.where(slots < k[:, None], padded, verdict.next_token[:, None].astype(jnp.int32))
+    write_at = jnp.minimum(n, max_len - (gamma + 1)).astype(jnp.int32)
+    written = jax.vmap(lambda row, w, s: jax.lax.dynamic_update_slice(row, w, (s,)))(
+        state.sequence, window, write_at)
+    sequence = jnp.where(active[:, None], written, state.sequence)
+    length = jnp.where(active, n + k + 1, n)
+
+    # Record this iteration in each active row's slot; finished rows point
+    # past the end and their writes are dropped (O(B gamma), not O(B I gamma)).
+    rows = jnp.arange(batch)
+    slot = jnp.where(active, state.iteration, state.accepted.shape[1])
+    accepted = state.accepted.at[rows, slot].set(k, mode="drop")
+    judged = jnp.arange(gamma) < jnp.minimum(k + 1, gamma)[:, None]
+    betas_now = jnp.where(judged, verdict.betas.astype(state.betas.dtype), jnp.nan)
+    betas = state.betas.at[rows, slot].set(betas_now, mode="drop")
+    done_now = active & (length - state.prompt_length >= spec.max_new_tokens)
+    step = state.step + 1
+    return state._replace(
+        sequence=sequence, length=length, draft_cache=draft_cache, target_cache=target_cache,
+        iteration=state.iteration + active.astype(jnp.int32), accepted=accepted, betas=betas,
+        finish_step=jnp.where(done_now, step, state.finish_step), step=step)
+
+
+def _decode(draft_params, target_params, state: DecodeState, spec: _Spec):
+    max_steps = spec.max_new_tokens - 1  # every iteration emits at least one token
+
+    def cond(s):
+        return jnp.any(_active(s, spec)) & (s.step < max_steps)
+
+    if max_steps > 0:
+        state = jax.lax.while_loop(
+            cond, lambda s: _iteration(draft_params, target_params, s, spec), state)
+    tokens = jax.vmap(lambda row, p: jax.lax.dynamic_slice(row, (p,), (spec.max_new_tokens,)))(
+        state.sequence, state.prompt_length)
+    # With max_new_tokens = 1 every row is done after the prefill: step 0.
+    return (tokens, state.length - state.prompt_length, state.accepted, state.betas,
+            state.iteration, state.finish_step, state.step)
+
+
+_prefill_jit = jax.jit(_prefill, static_argnames=("spec",))
+_decode_jit = jax.jit(_decode, static_argnames=("spec",))
+
+
+# --------------------------------------------------------------------------
+# Public API.
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], length: int | None = None,
+                pad_token: int = 0) -> tuple[jax.Array, jax.Array]:
+    """Left-aligned, right-padded prompts: (tokens int32[B, P], lengths int32[B]).
+
+    Args:
+      prompts: B token sequences, each of length >= 1.
+      length: P, at least the longest prompt (default: the longest prompt).
+        A fixed P keeps every batch at one shape, so the loop compiles once.
+      pad_token: the filler (never attended to; any valid token id).
+    """
+    prompts = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
+    if not prompts:
+        raise ValueError("prompts is empty")
+    lengths = np.array([p.size for p in prompts], dtype=np.int32)
+    if np.any(lengths < 1):
+        raise ValueError(f"every prompt needs at least one token; prompt {int(np.argmin(lengths))} "
+                         "is empty")
+    longest = int(lengths.max())
+    length = longest if length is None else int(length)
+    if length < longest:
+        raise ValueError(f"length must be >= the longest prompt ({longest}), got {length}")
+    tokens = np.full((len(prompts), length), pad_token, dtype=np.int32)
+    for i, p in enumerate(prompts):
+        tokens[i, :p.size] = p
+    return jnp.asarray(tokens), jnp.asarray(lengths)
+
+
+def row_keys(key: jax.Array, row_ids: jax.Array) -> jax.Array:
+    """One key per row, ``fold_in(key, row_id)``: a prompt's randomness follows its id."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.asarray(row_ids))
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be a Python int (it fixes array shapes), got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_inputs(draft, target, prompt_tokens, prompt_lengths, lookahead, max_new_tokens,
+                  temperature):
+    lookahead = _check_int("lookahead", lookahead, 0)
+    max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 1)
+    if not isinstance(target, Decoder):
+        raise ValueError(f"target must be a Decoder, got {type(target).__name__}")
+    if lookahead > 0:
+        if not isinstance(draft, Decoder):
+            raise ValueError(f"draft must be a Decoder when lookahead > 0, got "
+                             f"{type(draft).__name__}")
+        if draft.vocab_size != target.vocab_size:
+            raise ValueError(f"draft and target vocabularies differ: draft.vocab_size = "
+                             f"{draft.vocab_size}, target.vocab_size = {target.vocab_size}")
+    tokens = jnp.asarray(prompt_tokens)
+    lengths = jnp.asarray(prompt_lengths)
+    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"prompt_tokens must be an integer array [batch, prompt_len], got "
+                         f"{tokens.dtype}{list(tokens.shape)}")
+    if lengths.shape != tokens.shape[:1] or not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise ValueError(f"prompt_lengths must be an integer array [{tokens.shape[0]}], got "
+                         f"{lengths.dtype}{list(lengths.shape)}")
+    tok_np, len_np = np.asarray(tokens), np.asarray(lengths)
+    bad = (len_np < 1) | (len_np > tokens.shape[1])
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise ValueError(f"prompt_lengths must lie in [1, {tokens.shape[1]}], got {len_np[i]} "
+                         f"at row {i}")
+    bad = (tok_np < 0) | (tok_np >= target.vocab_size)
+    if np.any(bad):
+        i, j = (int(x) for x in np.argwhere(bad)[0])
+        raise ValueError(f"prompt_tokens must lie in [0, {target.vocab_size}), got {tok_np[i, j]} "
+                         f"at row {i}, position {j}")
+    t = np.asarray(jax.device_get(temperature), dtype=np.float64)
+    if t.shape != () or not np.isfinite(t) or t < 0:
+        raise ValueError(f"temperature must be a finite scalar >= 0, got {temperature!r}")
+    # One dtype whatever the caller passed (a Python float and an array would
+    # otherwise be two signatures and two compilations).
+    temperature = jnp.asarray(temperature, jnp.result_type(float))
+    return (tokens.astype(jnp.int32), lengths.astype(jnp.int32), lookahead, max_new_tokens,
+            temperature)
+
+
+def _spec(draft, target, lookahead, max_new_tokens, accept_fn=None) -> _Spec:
+    """The static part of a run. The prefill does not use the acceptance rule;
+    leaving it None there lets runs that differ only in the rule share it."""
+    use_draft = lookahead > 0
+    return _Spec(draft_forward=draft.forward if use_draft else None,
+                 draft_init_cache=draft.init_cache if use_draft else None,
+                 target_forward=target.forward, target_init_cache=target.init_cache,
+                 lookahead=lookahead, max_new_tokens=max_new_tokens, accept_fn=accept_fn)
+
+
+def prefill(draft: Decoder | None, target: Decoder, prompt_tokens: jax.Array,
+            prompt_lengths: jax.Array, row_keys: jax.Array, *, lookahead: int,
+            max_new_tokens: int, temperature=1.0) -> DecodeState:
+    """Read the prompts with both models and sample each row's first token from the target.
+
+    Args:
+      draft: the draft model (ignored, and may be None, when lookahead is 0).
+      target: the target model.
+      prompt_tokens: int[B, P], left-aligned (see :func:`pad_prompts`).
+      prompt_lengths: int[B], in [1, P].
+      row_keys: B PRNG keys (see :func:`row_keys`).
+      lookahead: gamma >= 0, the drafted tokens per iteration.
+      max_new_tokens: tokens to generate per row, >= 1.
+      temperature: T >= 0; 0 is greedy decoding.
+
+    Returns:
+      The :class:`DecodeState` to pass to :func:`decode` with the same
+      draft, target, lookahead and max_new_tokens.
+    """
+    tokens, lengths, lookahead, max_new_tokens, temperature = _check_inputs(
+        draft, target, prompt_tokens, prompt_lengths, lookahead, max_new_tokens, temperature)
+    spec = _spec(draft, target, lookahead, max_new_tokens)
+    return _prefill_jit(draft.params if lookahead > 0 else None, target.params, tokens, lengths,
+                        row_keys, temperature, spec=spec)
+
+
+def decode(draft: Decoder | None, target: Decoder, state: DecodeState, *, lookahead: int,
+           max_new_tokens: int, accept_fn: AcceptFn = speculative_accept) -> Generation:
+    """Run draft-verify-accept iterations on the device until every row is done.
+
+    ``accept_fn`` is the acceptance rule (tests substitute wrong ones); it
+    must be hashable, as it is part of what the loop is compiled for.
+    """
+    lookahead = _check_int("lookahead", lookahead, 0)
+    max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 1)
+    if state.betas.shape[1:] != (max_new_tokens - 1, lookahead):
+        raise ValueError(f"state was prefilled for other settings: its buffers fit "
+                         f"(max_new_tokens - 1, lookahead) = {state.betas.shape[1:]}, got "
+                         f"({max_new_tokens - 1}, {lookahead})")
+    spec = _spec(draft, target, lookahead, max_new_tokens, accept_fn)
+    out = _decode_jit(draft.params if lookahead > 0 else None, target.params, state, spec=spec)
+    return Generation(*out, lookahead=lookahead)
+
+
+def speculative_generate(draft: Decoder | None, target: Decoder, prompt_tokens: jax.Array,
+                         prompt_lengths: jax.Array, key: jax.Array, *, lookahead: int,
+                         max_new_tokens: int, temperature=1.0, row_ids: jax.Array | None = None,
+                         accept_fn: AcceptFn = speculative_accept) -> Generation:
+    """Speculative decoding of a batch of prompts: :func:`prefill` then :func:`decode`.
+
+    Args:
+      key: a PRNG key; row b uses ``fold_in(key, row_ids[b])``.
+      row_ids: int[B], default 0..B-1 (pass prompt ids to make each prompt's
+        output independent of how prompts are batched).
+      Others: as in :func:`prefill`.
+
+    Returns:
+      A :class:`Generation`; lookahead 0 gives target-only sampling.
+    """
+    batch = jnp.shape(prompt_tokens)[0] if jnp.ndim(prompt_tokens) else 0
+    ids = jnp.arange(batch) if row_ids is None else jnp.asarray(row_ids)
+    state = prefill(draft, target, prompt_tokens, prompt_lengths, row_keys(key, ids),
+                    lookahead=lookahead, max_new_tokens=max_new_tokens, temperature=temperature)
+    return decode(draft, target, state, lookahead=lookahead, max_new_tokens=max_new_tokens,
+                  accept_fn=accept_fn)
+
+
+def iteration_lookahead(generation: Generation) -> jax.Array:
+    """int32[B, I]: gamma for the iterations that ran, 0 for padding.
+
+    With ``generation.accepted`` this is what
+    :func:`sdsl_jax.estimation.acceptance.estimate_acceptance` takes (lookahead
+    0 marks an iteration that contributes nothing).
+    """
+    ran = jnp.arange(generation.accepted.shape[1]) < generation.num_iterations[:, None]
+    return jnp.where(ran, generation.lookahead, 0).astype(jnp.int32)

@@ -1,0 +1,321 @@
+r"""Latency of a decoding run (TTFT, TPOT, TTOT) and summaries across prompts.
+
+What is timed, and why this way
+-------------------------------
+The decoding loop runs on the device from the first iteration to the last
+without returning to the host, so no host clock can see an individual token.
+A run is therefore timed in two pieces, each ended by ``block_until_ready``
+(compilation excluded: the functions are compiled before timing):
+
+* prefill: both models read the prompts and the target samples the first
+  token. This is the time to first token, **TTFT**.
+* decode: the whole on-device loop, until every row of the batch has its
+  ``max_new_tokens`` tokens.
+
+Every step of the loop costs the same (shapes are static, finished rows still
+run), so the decode time of a batch is apportioned to its rows by the step in
+which each finished: row b's decode time is ``decode * finish_step[b] /
+num_steps``. Then per row
+
+* **TTOT** (total) = TTFT + row decode time,
+* **TPOT** (per output token after the first) = row decode time /
+  (max_new_tokens - 1).
+
+At batch size 1 these are exactly the measured times. Tokens an iteration
+produces beyond ``max_new_tokens`` are not counted: they were not asked for.
+The speedup over target-only decoding is the ratio of decode times (the
+prefills are the same work, plus the draft's prompt read).
+
+Intervals across prompts are Student-t intervals of the mean, as in the SDSL
+paper's latency plots; the acceptance interval comes from
+:func:`sdsl_jax.estimation.acceptance.estimate_acceptance` (a bootstrap over
+prompts by default, since acceptance varies between prompts).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Iterable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sdsl_jax.estimation.acceptance import estimate_acceptance
+from sdsl_jax.decoding.decoder import Decoder
+from sdsl_jax.decoding import loop
+from sdsl_jax.decoding.sampling import AcceptFn, speculative_accept
+
+
+class Timing(NamedTuple):
+    """Wall-clock seconds of the two timed pieces of a run (module docstring)."""
+
+    prefill_s: float
+    decode_s: float
+
+
+def timed_generate(draft: Decoder | None, target: Decoder, prompt_tokens: jax.Array,
+                   prompt_lengths: jax.Array, row_keys: jax.Array, *, lookahead: int,
+                   max_new_tokens: int, temperature=1.0,
+                   accept_fn: AcceptFn = speculative_accept,
+                   clock=time.perf_counter) -> tuple[loop.Generation, Timing]:
+    """:func:`~sdsl_jax.decoding.loop.speculative_generate` with prefill and decode timed.
+
+    Inputs are checked and moved to the device before the clock starts; the
+    first call for a new shape also compiles, so time a second call (or call
+    once to warm up, as :func:`~sdsl_jax.decoding.pair.measure_pair` does).
+    """
+    tokens, lengths, lookahead, max_new_tokens, temperature = loop._check_inputs(
+        draft, target, prompt_tokens, prompt_lengths, lookahead, max_new_tokens, temperature)
+    spec = loop._spec(draft, target, lookahead, max_new_tokens, accept_fn)
+    prefill_spec = loop._spec(draft, target, lookahead, max_new_tokens)
+    draft_params = draft.params if lookahead > 0 else None
+    tokens, lengths, row_keys, temperature = jax.block_until_ready(
+        jax.device_put((tokens, lengths, row_keys, temperature)))
+    start = clock()
+    state = jax.block_until_ready(loop._prefill_jit(
+        draft_params, target.params, tokens, lengths, row_keys, temperature, spec=prefill_spec))
+    middle = clock()
+    out = jax.block_until_ready(loop._decode_jit(draft_params, target.params, state, spec=spec))
+    end = clock()
+    return loop.Generation(*out, lookahead=lookahead), Timing(middle - start, end - middle)
+
+
+def row_latencies(generation: loop.Generation, timing: Timing,
+                  max_new_tokens: int) -> dict[str, np.ndarray]:
+    """Per-row TTFT, TPOT and TTOT in seconds (definitions in the module docstring).
+
+    Returns:
+      ``{"ttft_s", "tpot_s", "ttot_s"}``, float64 arrays of shape [B]; TPOT is
+      NaN when max_new_tokens is 1 (no token after the first).
+    """
+    finish = np.asarray(generation.finish_step, np.float64)
+    steps = float(generation.num_steps)
+    share = finish / steps if steps > 0 else np.zeros_like(finish)
+    decode = timing.decode_s * share
+    ttft = np.full(finish.shape, timing.prefill_s)
+    tpot = decode / (max_new_tokens - 1) if max_new_tokens > 1 else np.full(finish.shape, np.nan)
+    return {"ttft_s": ttft, "tpot_s": tpot, "ttot_s": ttft + decode}
+
+
+# --------------------------------------------------------------------------
+# Step times: what one draft step and one target step cost, for the law.
+
+
+def _forward_chain(forward, params, cache, tokens, start, steps):
+    def body(_, carry):
+        cache, tokens = carry
+        logits, cache = forward(params, tokens, start, cache)
+        # Each step reads the previous step's output, so XLA can neither skip
+        # nor hoist a step.
+        return cache, jnp.argmax(logits, -1).astype(jnp.int32)
+    return jax.lax.fori_loop(0, steps, body, (cache, tokens))
+
+
+_forward_chain_jit = jax.jit(_forward_chain, static_argnums=(0,))
+
+
+def _chain_runner(decoder: Decoder, width: int, batch_size: int, context: int):
+    """A function of n that runs n chained steps of ``width`` tokens and waits for them."""
+    loop._check_int("tokens_per_step", width, 1)
+    cache = decoder.init_cache(batch_size, context + width)
+    tokens = jnp.zeros((batch_size, width), jnp.int32)
+    start = jnp.full((batch_size,), context, jnp.int32)
+    return lambda n: jax.block_until_ready(_forward_chain_jit(
+        decoder.forward, decoder.params, cache, tokens, start, jnp.int32(n)))
+
+
+def forward_step_seconds(chains: Mapping[str, tuple[Decoder, int]], *, batch_size: int = 1,
+                         context: int = 0, min_seconds: float = 0.02, repeats: int = 7,
+                         clock=time.perf_counter) -> dict[str, np.ndarray]:
+    """Seconds of one forward step of each named (decoder, tokens_per_step), per round.
+
+    A step feeds ``tokens_per_step`` new tokens per sequence for ``batch_size``
+    sequences that already hold ``context`` cached positions: 1 token is a
+    draft step or an autoregressive target step, lookahead + 1 tokens is a
+    verification. Each chain runs as one compiled loop of chained steps (so
+    dispatch is paid once, as in the decoding loop), long enough to take
+    about ``min_seconds``. The chains take turns, ``repeats`` rounds after a
+    compiling call, so a disturbance from other work on the machine hits
+    every chain of a round alike: ratios of one round's times are steadier
+    than ratios of separate medians.
+
+    Returns:
+      name -> float64[repeats], seconds per step in each round.
+    """
+    for name, value, minimum in (("batch_size", batch_size, 1), ("context", context, 0),
+                                 ("repeats", repeats, 1)):
+        loop._check_int(name, value, minimum)
+    runs = {name: _chain_runner(decoder, width, batch_size, context)
+            for name, (decoder, width) in chains.items()}
+    steps = {}
+    for name, run in runs.items():
+        run(1)  # compile
+        begin = clock()
+        run(16)
+        per_step = max((clock() - begin) / 16, 1e-9)
+        steps[name] = int(min(max(16, math.ceil(min_seconds / per_step)), 1 << 16))
+    times = {name: np.empty(repeats) for name in runs}
+    for r in range(repeats):
+        for name, run in runs.items():
+            begin = clock()
+            run(steps[name])
+            times[name][r] = (clock() - begin) / steps[name]
+    return times
+
+
+def law_speedup(acceptance, lookahead: int, cost_ratio, verify_cost=1.0) -> float:
+    """The speedup the throughput law predicts, E(alpha, gamma) / (gamma c + v).
+
+    ``cost_ratio`` c is one draft step over one target step; ``verify_cost`` v
+    is the verification of gamma + 1 tokens in target steps. The law (theory,
+    section 3) takes v = 1, which memory-bound accelerators come close to; a
+    CPU pays more for the wider step, and the measured v says how much.
+    """
+    # E = 1 + alpha + ... + alpha^gamma, summed as written: exact at alpha = 1
+    # and no device work (the law in sdsl_jax.laws.throughput is the jit-able form).
+    alpha = float(acceptance)
+    expected = sum(alpha ** i for i in range(int(lookahead) + 1))
+    return expected / (lookahead * float(cost_ratio) + float(verify_cost))
+
+
+# --------------------------------------------------------------------------
+# Intervals across prompts.
+
+
+def _t_central_probability(t: float, df: int) -> float:
+    """P(|T| <= t) for Student's t with integer df, by the finite trigonometric
+    sums of Abramowitz & Stegun 26.7.3-4 (exact, no special functions)."""
+    theta = math.atan(t / math.sqrt(df))
+    s, c2 = math.sin(theta), math.cos(theta) ** 2
+    if df == 1:
+        return 2 * theta / math.pi
+    if df % 2 == 0:
+        # sin(theta) (1 + c2 (1/2) + c2^2 (1*3)/(2*4) + ...), df/2 terms.
+        j = np.arange(1, df // 2)
+        coef = np.cumprod((2 * j - 1) / (2 * j))
+        return s * (1 + float(np.sum(coef * c2 ** j)))
+    # (2/pi) (theta + sin cos (1 + c2 (2/3) + c2^2 (2*4)/(3*5) + ...)), (df-1)/2 terms.
+    j = np.arange(1, (df - 1) // 2)
+    coef = np.cumprod((2 * j) / (2 * j + 1))
+    return 2 / math.pi * (theta + s * math.sqrt(c2) * (1 + float(np.sum(coef * c2 ** j))))
+
+
+def student_t_quantile(probability: float, df: int) -> float:
+    """The quantile of Student's t: t with P(T <= t) = probability, df >= 1 an integer.
+
+    Bisection on the angle theta = atan(t / sqrt(df)) in (-pi/2, pi/2), where
+    the CDF is monotone and bounded, to float64 resolution.
+    """
+    if not 0 < probability < 1:
+        raise ValueError(f"probability must lie in (0, 1), got {probability!r}")
+    if isinstance(df, bool) or int(df) != df or df < 1:
+        raise ValueError(f"df must be an integer >= 1, got {df!r}")
+    df = int(df)
+    central = abs(2 * probability - 1)
+    lo, hi = 0.0, math.pi / 2
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        if _t_central_probability(math.sqrt(df) * math.tan(mid), df) < central:
+            lo = mid
+        else:
+            hi = mid
+    t = math.sqrt(df) * math.tan((lo + hi) / 2)
+    return t if probability >= 0.5 else -t
+
+
+def mean_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the Student-t interval for the mean of i.i.d. values.
+
+    NaN values are dropped. With fewer than two values the ends are NaN.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    x = np.asarray(list(values), np.float64)
+    x = x[~np.isnan(x)]
+    if x.size == 0:
+        return (math.nan, math.nan, math.nan)
+    mean = float(np.mean(x))
+    if x.size < 2:
+        return (mean, math.nan, math.nan)
+    half = student_t_quantile((1 + confidence) / 2, x.size - 1) * float(np.std(x, ddof=1)) \
+        / math.sqrt(x.size)
+    return (mean, mean - half, mean + half)
+
+
+# --------------------------------------------------------------------------
+# Summaries of per-prompt records (see sdsl_jax.decoding.pair).
+
+
+def acceptance_inputs(records: Iterable[Mapping[str, Any]]):
+    """(accepted, lookahead, prompt_ids) arrays for ``estimate_acceptance``.
+
+    One row per record, padded with lookahead-0 iterations (which count
+    nothing); prompt ids are the record's position 0..n-1.
+    """
+    records = list(records)
+    if not records:
+        raise ValueError("records is empty")
+    width = max(1, max(len(r["accepted"]) for r in records))
+    accepted = np.zeros((len(records), width), np.int32)
+    lookahead = np.zeros((len(records), width), np.int32)
+    for i, r in enumerate(records):
+        k = np.asarray(r["accepted"], np.int32)
+        accepted[i, :k.size] = k
+        lookahead[i, :k.size] = int(r["lookahead"])
+    ids = np.broadcast_to(np.arange(len(records), dtype=np.int32)[:, None], accepted.shape)
+    return accepted, lookahead, ids
+
+
+def summarize(records: Iterable[Mapping[str, Any]], confidence: float = 0.95,
+              interval: str = "bootstrap", key: jax.Array | None = None,
+              num_resamples: int = 1000) -> dict[str, Any]:
+    """Acceptance with its interval, accepted length, speedup and latencies across prompts.
+
+    Args:
+      records: per-prompt records of :func:`sdsl_jax.decoding.pair.measure_pair`,
+        all with the same lookahead.
+      confidence: level of every interval.
+      interval: the acceptance interval, as in ``estimate_acceptance``.
+      key, num_resamples: for the bootstrap.
+
+    Returns:
+      A flat dict of plain numbers: prompts, lookahead, accepted, trials,
+      acceptance (+ _low, _high), beta_mean (mean exact acceptance
+      probability of the judged positions), mean_accepted (K per iteration),
+      tokens_per_iteration, and ``<name>``, ``<name>_low``, ``<name>_high``
+      for ttft_s, tpot_s, ttot_s and, when the records have a baseline,
+      speedup. The acceptance columns match the measurement-set format
+      (sdsl_jax.estimation.measurements).
+    """
+    records = list(records)
+    if not records:
+        raise ValueError("records is empty")
+    lookaheads = {int(r["lookahead"]) for r in records}
+    if len(lookaheads) != 1:
+        raise ValueError(f"records mix lookaheads {sorted(lookaheads)}; summarise each apart")
+    lookahead = lookaheads.pop()
+    out: dict[str, Any] = {"prompts": len(records), "lookahead": lookahead}
+    accepted, lookahead_arr, ids = acceptance_inputs(records)
+    if lookahead > 0:
+        est = estimate_acceptance(accepted, lookahead_arr, ids, interval=interval,
+                                  confidence=confidence, num_prompts=len(records),
+                                  num_resamples=num_resamples, key=key)
+        out.update(accepted=int(est.accepted), trials=int(est.trials),
+                   acceptance=float(est.acceptance), acceptance_low=float(est.low),
+                   acceptance_high=float(est.high))
+        beta_count = sum(int(r["beta_count"]) for r in records)
+        out["beta_mean"] = (sum(float(r["beta_sum"]) for r in records) / beta_count
+                            if beta_count else math.nan)
+    iterations = sum(len(r["accepted"]) for r in records)
+    mean_k = float(accepted.sum()) / iterations if iterations else math.nan
+    out.update(mean_accepted=mean_k, tokens_per_iteration=mean_k + 1)
+    names = ["ttft_s", "tpot_s", "ttot_s"]
+    if all(r.get("speedup") is not None for r in records):
+        names.append("speedup")
+    for name in names:
+        mean, low, high = mean_interval(
+            [math.nan if r.get(name) is None else r[name] for r in records], confidence)
+        out.update({name: mean, f"{name}_low": low, f"{name}_high": high})
+    return out

@@ -1,0 +1,773 @@
+"""Real branches of the Lambert W function, accurate to a few ulp, in JAX.
+
+The Lambert W function solves ``w * exp(w) = x``.  For real ``x`` there are
+two real branches:
+
+* ``W_0``  (principal), defined for ``x >= -1/e``, with ``W_0(x) >= -1``;
+* ``W_-1``, defined for ``-1/e <= x < 0``, with ``W_-1(x) <= -1``.
+
+Both meet at the branch point ``x = -1/e``, ``W = -1``, where
+``dW/dx = W / (x (1 + W))`` is infinite.  References:
+
+* R. M. Corless, G. H. Gonnet, D. E. G. Hare, D. J. Jeffrey and D. E. Knuth,
+  "On the Lambert W function", Adv. Comput. Math. 5 (1996) 329-359
+  (branch-point series, eq. 4.22-4.24; asymptotic series, eq. 4.19-4.20).
+* F. N. Fritsch, R. E. Shafer and W. P. Crowley, "Algorithm 443: Solution of
+  the transcendental equation w e^w = x", Comm. ACM 16 (1973) 123-124
+  (the fourth-order iteration used here).
+
+Method
+------
+Each value is an initial guess refined by two Fritsch-Shafer-Crowley (FSC)
+steps.  With the residual ``z = log(x / w) - w`` of ``log w + w = log x``::
+
+    q   = 2 (1 + w) (1 + w + 2 z / 3)
+    eps = z / (1 + w) * (q - z) / (q - 2 z)
+    w  <- w (1 + eps)
+
+The iteration converges with order four, so a guess within a few percent is
+exact to rounding after two steps, and the final error is set by the rounding
+in the last residual: an absolute error ``dz`` moves ``w`` by
+``|w / (1 + w)| dz``.  The first step therefore uses a cheap residual and all
+the care goes into the residual of the second.
+
+*Near the branch point* ``t = 1 + w`` is small and carries the information, so
+the iteration state there is ``t`` itself (``w = t - 1`` loses nothing) and the
+residual is written as::
+
+    z = L - g(t),   L = log(-e x) = log1p(-r),   r = 1 + e x,
+                    g(t) = log1p(-t) + t = -t^2/2 - t^3/3 - ...
+
+``r`` is formed without cancellation as ``e (x + 1/e)``: ``x + hi`` is exact
+near ``-1/e`` by Sterbenz' lemma and the product with ``e`` is compensated
+(Dekker), with the ``lo`` parts of ``1/e`` and ``e`` added in.  ``L`` comes
+from a compensated ``log1p``, and ``g`` from its ``atanh`` series
+``g = -t s - 2 s^3 (1/3 + s^2/5 + ...)``, ``s = t / (2 - t)``, whose leading
+term is formed in double-word arithmetic, so that ``g`` keeps full *relative*
+precision as ``t -> 0``.  In the log-domain entry points ``L = -kappa`` is
+exact, which makes ``1 + w`` accurate to an ulp even for ``kappa ~ 1e-15``.
+
+*Away from the branch point* the state is ``w`` and the residual is
+``log(x / w) - w`` on branch 0 (``x / w`` is close to ``exp(w)``, so tiny
+``|x|`` loses nothing; the quotient is corrected by its exact remainder and
+the log taken in double-word precision) and ``(log(-x) - w) - log(-w)`` on
+branch -1 (``x / w`` could underflow), again with double-word logs and an
+exact first difference.  In the log domain ``log(-x) = -1 - kappa`` is used
+directly on branch -1, and on branch 0 ``x = -exp(-1 - kappa)`` is rebuilt in
+double-word precision (Cody-Waite reduction and a Taylor polynomial).
+
+Initial guesses: the branch-point series ``w = -1 + p - p^2/3 + 11/72 p^3 - ...``
+(coefficients from the recurrence of Corless et al.) with ``p = +-sqrt(2 r)``
+for ``r < 1/2``; otherwise Winitzki's ``l (1 - log(1 + l) / (2 + l))``,
+``l = log1p(x)``, on branch 0 and the asymptotic expansion
+``L1 - L2 + L2/L1 + L2 (L2 - 2) / (2 L1^2)``, ``L1 = log(-x)``,
+``L2 = log(-L1)``, on branch -1.  For ``|x| < 2^-30`` (``2^-12`` in float32)
+branch 0 is the Taylor series ``x - x^2 + 3/2 x^3 - 8/3 x^4``.
+
+Measured against mpmath (tests/laws/test_lambertw.py, benchmarks/bench_lambertw.py)
+the error is at most 1 ulp in float64 on both branches and both entry points,
+and about 1 ulp in float32, including arguments one ulp above ``-1/e``.
+
+Floating-point and XLA notes
+----------------------------
+* Under ``jit`` XLA's algebraic simplifier rewrites compensated expressions
+  (``(x + hi) + lo`` becomes ``x + (hi + lo)``, ``((1 + a) - 1) - a``
+  becomes ``0``).  Every such step goes through :func:`_barrier`, a no-op
+  ``reduce_precision`` the simplifier cannot see through
+  (``optimization_barrier`` was not enough: it is removed before XLA's last
+  simplification passes).
+* XLA on CPU lowers float64 ``log`` to a scalar libm call per element, and
+  its float64 ``log1p`` and ``expm1`` are off by up to ~130 and ~4 ulp, so
+  ``log`` is implemented here with vectorisable arithmetic (also in
+  double-word form) and ``log1p`` is built on it.
+* Divisions are written as products with reciprocals and the two outputs are
+  split off one materialised state, which keeps XLA from cutting the
+  evaluation into many loops over memory (see :func:`_materialize`).
+* XLA on CPU flushes subnormal numbers to zero: subnormal inputs behave like
+  (signed) zero and results that would be subnormal come back as zero.
+"""
+
+from __future__ import annotations
+
+import functools
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["lambertw", "lambertw_negexp"]
+
+# 1/e, e and log(2) to ~60 digits; the split constants are derived from these
+# in exact rational arithmetic, so hi + lo is accurate to ~2x working precision.
+_INV_E = Fraction("0.367879441171442321595523770161460867445811131031767834507836801")
+_E = Fraction("2.71828182845904523536028747135266249775724709369995957496696763")
+_LN2 = Fraction("0.693147180559945309417232121458176568075500134360255254120680009")
+
+# Near/far switch for the initial guess, in r = 1 + e x: the truncated
+# branch-point series is within ~0.5% of 1 + w for r < 1/2 and the far guesses
+# within ~3% for r >= 1/2.
+_R_NEAR = 0.5
+# Where the residual uses L - g(t).  Branch 0: up to t = 1/2 (r = 1 - e^0.5/2);
+# beyond, |w| < 1/2 has a finer ulp than t and the quotient form is better.
+# Branch -1: the whole near region (|t| <~ 1.7), where the far form cancels.
+_R_SERIES = {0: 1.0 - 0.5 * float(np.exp(0.5)), -1: _R_NEAR}
+
+
+def _branch_point_coefficients(n):
+    """Coefficients mu_k of W = sum_k mu_k p^k (Corless et al. 1996, eq. 4.23-4.24)."""
+    mu = [Fraction(-1), Fraction(1)]
+    alpha = [Fraction(2), Fraction(-1)]
+    for k in range(2, n):
+        alpha.append(sum((mu[j] * mu[k + 1 - j] for j in range(2, k)), Fraction(0)))
+        mu.append(
+            Fraction(k - 1, k + 1) * (mu[k - 2] / 2 + alpha[k - 2] / 4)
+            - alpha[k] / 2
+            - mu[k - 1] / (k + 1)
+        )
+    return mu
+
+
+_MU = _branch_point_coefficients(12)
+
+
+def _round_to_bits(v, bits):
+    """Round the positive rational v down to `bits` significant bits."""
+    e = 0
+    while v >= 1:
+        v, e = v / 2, e + 1
+    while v < Fraction(1, 2):
+        v, e = v * 2, e - 1
+    return Fraction(int(v * 2**bits), 2**bits) * Fraction(2) ** e
+
+
+class _Consts:
+    """Per-dtype constants, as numpy scalars so they never promote the input."""
+
+    def __init__(self, dtype):
+        dtype = np.dtype(dtype)
+        f = lambda v: dtype.type(float(v))  # noqa: E731
+        double = dtype == np.float64
+        self.dtype = dtype
+        self.split = f(2**27 + 1 if double else 2**12 + 1)  # Veltkamp splitter
+        self.inv_e_hi = f(_INV_E)
+        self.inv_e_lo = f(_INV_E - Fraction(float(self.inv_e_hi)))
+        self.e_hi = f(_E)
+        self.e_lo = f(_E - Fraction(float(self.e_hi)))
+        e_hh = f(_round_to_bits(Fraction(float(self.e_hi)), 26 if double else 12))
+        self.e_hh, self.e_hl = e_hh, f(Fraction(float(self.e_hi)) - Fraction(float(e_hh)))
+        # Cody-Waite log(2): k * ln2_hi is exact for every k this module uses.
+        ln2_hi = _round_to_bits(_LN2, 32 if double else 12)
+        self.ln2_hi, self.ln2_lo = f(ln2_hi), f(_LN2 - ln2_hi)
+        self.inv_ln2 = f(1 / _LN2)
+        # log(1 + f) = 2 atanh(s), s = f / (2 + f), |s| <= 3 - 2 sqrt(2): the
+        # series sum_k 2 s^(2k+1) / (2k+1) is truncated below 2^-58 (2^-28).
+        n_log = 11 if double else 5
+        self.log_t = [f(Fraction(2, 2 * k + 1)) for k in range(1, n_log + 1)]
+        self.log_t_rough = self.log_t[:4]  # ~1e-8 relative: guesses, first step
+        self.int_dtype = np.int64 if double else np.int32
+        # Bit pattern of sqrt(1/2): subtracting it centres the mantissa on 1.
+        self.sqrt_half_bits = 0x3FE6A09E667F3BCD if double else 0x3F3504F3
+        # exp(f) = 1 + f + f^2 Q(f) on |f| <= ln2/2, truncation < 2^-60 (2^-28).
+        n_exp = 14 if double else 8
+        fact = [1]
+        for n in range(1, n_exp + 3):
+            fact.append(fact[-1] * n)
+        self.exp_q = [f(Fraction(1, fact[n])) for n in range(2, n_exp + 2)]
+        self.exp_min = f(-1400.0 if double else -170.0)  # exp() underflows below; k/2 stays normal
+        self.max_exp_bits = 52 if double else 23
+        self.exp_bias = 1023 if double else 127
+        # Branch-point series for t = 1 + w: t = p * sum_{k>=1} mu_k p^(k-1).
+        self.mu = [f(m) for m in _MU[1:]]
+        # atanh series of g: truncation below 2^-56 (2^-27) relative for
+        # 0 <= t <= 0.55 (branch 0) and -1.8 <= t <= 0 (branch -1).
+        n_g = {0: 20 if double else 9, -1: 25 if double else 11}
+        self.g = {b: [f(Fraction(1, 2 * k + 3)) for k in range(n)] for b, n in n_g.items()}
+        self.g_rough = {b: self.g[b][:n] for b, n in ((0, 7), (-1, 8))}
+        self.n_iter = 2
+        self.r_near = f(_R_NEAR)
+        # The same switches as thresholds on x = (r - 1) / e and on kappa, so
+        # that the masks are plain comparisons with the input (XLA treats the
+        # reduce_precision fence inside r as expensive and would materialise
+        # every mask derived from it).
+        self.x_near = f((_R_NEAR - 1) / np.e)
+        self.x_series = {b: f((v - 1) / np.e) for b, v in _R_SERIES.items()}
+        self.kappa_near = f(-np.log1p(-_R_NEAR))
+        self.kappa_series = {b: f(-np.log1p(-v)) for b, v in _R_SERIES.items()}
+        # Below this |x|, W0(x) = x - x^2 + 3/2 x^3 - 8/3 x^4 is exact to << 1 ulp.
+        self.tiny_x = f(2.0**-30 if double else 2.0**-12)
+        # Above this |x / w| the Veltkamp split could overflow; the quotient's
+        # rounding no longer matters there anyway (1 + w is large).
+        self.split_max = f(2.0**900 if double else 2.0**100)
+
+
+@functools.lru_cache(maxsize=None)
+def _consts(dtype):
+    return _Consts(dtype)
+
+
+# ----------------------------------------------------------------------------
+# Floating-point building blocks
+
+
+def _barrier(x):
+    """x, opaque to XLA's algebraic simplifier.
+
+    Under jit XLA rewrites compensated expressions symbolically, e.g.
+    (x + C1) + C2 -> x + (C1 + C2) or ((1 + a) - 1) - a -> 0, discarding the
+    rounding error they exist to capture.  optimization_barrier is not enough:
+    it is expanded before XLA's last simplification passes (seen to fold
+    lo - ((s + lo) - s) to 0).  A reduce_precision to the type's own widths is
+    a no-op that survives to code generation and still fuses.
+    """
+    info = jnp.finfo(x.dtype)
+    return jax.lax.reduce_precision(x, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+
+
+def _materialize(v):
+    """Return v, computed once into its own buffer.
+
+    The evaluation ends in two outputs (w and 1 + w) that are cheap functions
+    of one state v; XLA on CPU would otherwise fuse the entire evaluation into
+    each output and run it twice.  Neither optimization_barrier nor any
+    elementwise op stops that fusion, but a conditional does.  Both branches
+    return v unchanged (the no-op reduce_precision only keeps XLA from
+    recognising the branches as identical), so the data-dependent predicate
+    never matters; under vmap the cond becomes a select, which is also fine.
+    """
+    if v.size == 0:
+        return v
+    probe = v.ravel()[0]
+    return jax.lax.cond(probe == probe, lambda a: a, _barrier, v)
+
+
+def _horner(x, coeffs):
+    acc = jnp.full_like(x, coeffs[-1])
+    for c in coeffs[-2::-1]:
+        acc = acc * x + c
+    return acc
+
+
+def _split(a, c):
+    """Veltkamp split a = hi + lo with half-width hi, lo (exact)."""
+    s = c.split * a
+    hi = s - _barrier(s - a)
+    return hi, a - hi
+
+
+def _two_prod(a, b, c):
+    """p, e with p = fl(a * b) and p + e = a * b exactly (Dekker)."""
+    p = a * b
+    ah, al = _split(a, c)
+    bh, bl = _split(b, c)
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+def _two_sum(a, b):
+    """s, e with s = fl(a + b) and s + e = a + b exactly (Knuth)."""
+    s = _barrier(a + b)
+    bb = _barrier(s - a)
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _log_parts(y, c, rough=False):
+    """k, f, hfsq, tail with log(y) = k log2 + f - hfsq + tail (see _log)."""
+    dtype = y.dtype
+    bits = jax.lax.bitcast_convert_type(y, c.int_dtype)
+    k = (bits - c.sqrt_half_bits) >> c.max_exp_bits
+    m = jax.lax.bitcast_convert_type(bits - (k << c.max_exp_bits), dtype)
+    f = m - 1  # exact (Sterbenz)
+    s = f * (1 / (2 + f))
+    z = s * s
+    hfsq = 0.5 * f * f
+    kf = k.astype(dtype)
+    coeffs = c.log_t_rough if rough else c.log_t
+    return kf, f, hfsq, s * (hfsq + z * _horner(z, coeffs)) + kf * c.ln2_lo
+
+
+def _log(y, c, rough=False):
+    """Natural log of positive normal y, vectorised, within ~1 ulp.
+
+    XLA on CPU lowers float64 log to a scalar libm call per element, which in
+    a large fusion also forces every live vector register to be spilled around
+    each call; this version is plain arithmetic and fuses cleanly.  y is split
+    as 2^k m with m in [sqrt(1/2), sqrt(2)) by integer arithmetic on its bits,
+    then log(m) = f - f^2/2 + s (f^2/2 + T(s^2)), f = m - 1, s = f / (2 + f),
+    the rearranged atanh series; k log(2) is added in two pieces.  Zero,
+    negative, subnormal, infinite or NaN inputs give meaningless values; the
+    callers only use lanes where y is a positive normal number.  rough=True
+    truncates the series at ~1e-8 relative error, for guesses and first steps.
+    """
+    kf, f, hfsq, tail = _log_parts(y, c, rough)
+    return ((tail - hfsq) + f) + kf * c.ln2_hi
+
+
+def _log_dd(y, c):
+    """log(y) as hi + lo, accurate to ~2^-60 relative (same method as _log).
+
+    Only the two additions that round in _log are made exact; the remaining
+    terms are already small.  Used for the residual of the last step, whose
+    rounding would otherwise dominate the final error.
+    """
+    kf, f, hfsq, tail = _log_parts(y, c)
+    s1, e1 = _two_sum(kf * c.ln2_hi, f)
+    s2, e2 = _two_sum(s1, -hfsq)
+    lo = (tail + e1) + e2
+    hi = _barrier(s2 + lo)
+    return hi, lo - (hi - s2)  # |s2| > |lo|: Fast2Sum renormalisation
+
+
+def _log1m(a_hi, a_lo, c):
+    """log(1 - (a_hi + a_lo)) to ~1 ulp, for a_lo << a_hi < 1.
+
+    y = 1 - a_hi is rounded; (1 - y) - a_hi recovers that rounding exactly and
+    log(1 - a) = log(y) + ((1 - a) - y) / y to first order.  (Written this
+    way round because XLA folds (y - 1) + a_hi to 0 under jit.)  XLA's own
+    log1p is not accurate enough in float64.
+    """
+    y = _barrier(1 - a_hi)
+    return _log(y, c) + (((1 - y) - a_hi) - a_lo) * (1 / y)
+
+
+def _pow2(k, dtype, c):
+    """2**k for integer-valued float k in the normal range, built from bits."""
+    if dtype == np.float64:
+        bits = (k.astype(jnp.int64) + c.exp_bias) << c.max_exp_bits
+    else:
+        bits = (k.astype(jnp.int32) + c.exp_bias) << c.max_exp_bits
+    return jax.lax.bitcast_convert_type(bits, dtype)
+
+
+def _neg_exp_dd(kappa, c):
+    """-exp(-1 - kappa) as an unevaluated sum x_hi + x_lo (double-word).
+
+    XLA's exp is only faithful to ~1 ulp, and W0 near x ~ -0.3 amplifies the
+    relative error of x by 1 / (1 + w) ~ 2, so the log-domain branch 0 rebuilds
+    x with Cody-Waite reduction and a Taylor polynomial whose leading 1 + f is
+    kept exact.
+    """
+    dtype = kappa.dtype
+    a, a_err = _two_sum(-kappa, jnp.full_like(kappa, -1))
+    a = jnp.maximum(a, c.exp_min)
+    k = jnp.round(a * c.inv_ln2)
+    hi = a - k * c.ln2_hi  # exact: k * ln2_hi is exact and close to a
+    lo = k * c.ln2_lo
+    f = _barrier(hi - lo)
+    f_lo = ((hi - f) - lo) + a_err
+    s = _barrier(1 + f)
+    s_err = (1 - s) + f
+    tail = f * f * _horner(f, c.exp_q)
+    # exp(f + f_lo) = exp(f) (1 + f_lo); f_lo reaches ~1e-13 (the rounding of
+    # -1 - kappa), so it must multiply all of exp(f), not just 1 + f.
+    rest = s_err + tail + (s + tail) * f_lo
+    e_hi = _barrier(s + rest)
+    e_lo = rest - (e_hi - s)
+    # Two scalings keep each factor a normal number down to exp_min.
+    k1 = jnp.floor(k / 2)
+    s1, s2 = _pow2(k1, dtype, c), _pow2(k - k1, dtype, c)
+    return -(e_hi * s1) * s2, -(e_lo * s1) * s2
+
+
+def _r_from_x(x, c):
+    """r = 1 + e x as r_hi + r_lo, accurate to ~1 ulp relative near x = -1/e."""
+    d = _barrier(x + c.inv_e_hi)  # exact for -2/e <= x <= -1/(2e) (Sterbenz)
+    r_hi = c.e_hi * d
+    dh, dl = _split(d, c)
+    err = ((c.e_hh * dh - r_hi) + c.e_hh * dl + c.e_hl * dh) + c.e_hl * dl
+    return r_hi, err + (c.e_hi * c.inv_e_lo + c.e_lo * d)
+
+
+def _g(t, coeffs, c):
+    """g(t) = log1p(-t) + t with ~1 ulp relative error for -1.8 <= t <= 0.55.
+
+    g = -t s - 2 s^3 sum_k s^(2k) / (2k + 3) with s = t / (2 - t).  The leading
+    term t s = t^2 / (2 - t) is formed in double-word arithmetic (it is 80-100%
+    of g); the tail only needs a few correct digits beyond working precision.
+    """
+    d = _barrier(2 - t)
+    d_err = (2 - d) - t  # d + d_err = 2 - t exactly (|t| <= 2)
+    inv_d = 1 / d
+    th, tl = _split(t, c)
+    t2 = t * t
+    t2_err = ((th * th - t2) + 2 * th * tl) + tl * tl
+    q = t2 * inv_d
+    p, p_err = _two_prod(q, d, c)
+    rem = (((t2 - p) - p_err) + t2_err) - q * d_err  # t^2 - q (2 - t)
+    s = t * inv_d
+    s2 = s * s
+    tail = 2 * s * s2 * _horner(s2, coeffs)
+    return -q - (rem * inv_d + tail)
+
+
+def _near_guess(r, sign, c):
+    """1 + w from the branch-point series with p = sign * sqrt(2 r)."""
+    p = sign * jnp.sqrt(2 * r)
+    return p * _horner(p, c.mu)
+
+
+def _winitzki(l, c):
+    """Branch-0 guess from l = log1p(x); within ~3% for r >= 1/2 (Winitzki 2003)."""
+    return l * (1 - _log(1 + l, c, rough=True) * (1 / (2 + l)))
+
+
+def _asymptotic_m1(l1, c):
+    """Branch -1 guess from l1 = log(-x) (Corless et al. 1996, eq. 4.19)."""
+    l2 = _log(-l1, c, rough=True)
+    inv_l1 = 1 / l1
+    return l1 - l2 + l2 * inv_l1 * (1 + (0.5 * l2 - 1) * inv_l1)
+
+
+def _log_quotient_minus_w(x_hi, x_lo, inv_x, w, c):
+    """log((x_hi + x_lo) / w) - w, accurate to a small fraction of ulp(w).
+
+    q = fl(x / w) is off by up to an ulp, which near w ~ -1/2 is worth two
+    ulp of w; the exact remainder rho = x - q w restores it.  log(q) is taken
+    in double-word precision; at the root log(q) ~ w, so log_hi - w is exact.
+    """
+    q = x_hi * (1 / w)
+    ok = jnp.abs(q) < c.split_max
+    qs = jnp.where(ok, q, 0)
+    p, p_err = _two_prod(qs, w, c)
+    rho = jnp.where(ok, ((x_hi - p) - p_err) + x_lo, 0)
+    l_hi, l_lo = _log_dd(q, c)
+    return (l_hi - w) + (l_lo + rho * inv_x)
+
+
+def _log_diff(a_hi, a_lo, b, y, c):
+    """(a_hi + a_lo - b) - log(y) for a - b ~ log(y), with all roundings kept.
+
+    Used for the branch -1 residual log(-x) - w - log(-w) and its log-domain
+    form, where the three terms are large and nearly cancel.
+    """
+    d, d_err = _two_sum(a_hi, -b)
+    l_hi, l_lo = _log_dd(y, c)
+    return (d - l_hi) + ((d_err + a_lo) - l_lo)
+
+
+# Divisions are written as products with a reciprocal throughout: XLA on CPU
+# materialises a quotient a / b that has several users (it will not duplicate
+# an "expensive" op into several fusions), splitting the evaluation into many
+# loops over memory, whereas 1 / b fuses freely.  None of these quotients has
+# to be correctly rounded.
+
+
+def _fsc_correction(w, t, z):
+    """Fritsch-Shafer-Crowley correction w * eps for the residual z, t = 1 + w.
+
+    eps = z/t (q - z)/(q - 2z) with q = 2 t (t + 2z/3); dividing q through by
+    t keeps t^2 from overflowing when |w| is huge (float32, u ~ -1e30).
+    """
+    a = z * (1 / t)
+    m = 2 * (t + (2.0 / 3.0) * z)
+    return w * a * ((m - a) * (1 / (m - 2 * a)))
+
+
+def _g_rough(t, coeffs):
+    """g(t) to ~1e-7 relative, enough for every step but the last."""
+    s = t * (1 / (2 - t))
+    s2 = s * s
+    return -t * s - 2 * s * s2 * _horner(s2, coeffs)
+
+
+def _iterate(w0, t0, use_t, big_l, z_plain, branch, c, materialize):
+    """FSC steps on one state per element: t = 1 + w where use_t, else w.
+
+    Near the branch point t carries the information and w = t - 1 is exact
+    enough; elsewhere w does and t = w + 1 only feeds relative quantities.
+    A single state (rather than updating both w and t) halves the work and
+    lets XLA fuse the evaluation into few loops: with two states every
+    intermediate would have consumers in two fusions and be materialised.
+
+    Only the last step needs an accurate residual: the step before it merely
+    has to land within ~1e-5, which the fourth-order step then squares twice.
+    """
+    v = jnp.where(use_t, t0, w0)
+    for i in range(c.n_iter):
+        last = i == c.n_iter - 1
+        w = jnp.where(use_t, v - 1, v)
+        t = jnp.where(use_t, v, v + 1)
+        tg = jnp.where(use_t, v, 0)  # = t where used; keeps g finite elsewhere
+        if last:
+            g = _g(tg, c.g[branch], c)
+        else:
+            g = _g_rough(tg, c.g_rough[branch])
+        z = jnp.where(use_t, big_l - g, z_plain(w, t, last))
+        v = v + _fsc_correction(w, t, z)
+    if materialize:
+        v = _materialize(v)
+    return jnp.where(use_t, v - 1, v), jnp.where(use_t, v, v + 1)
+
+
+def _nan_where(invalid, v):
+    """NaN where invalid, else v.
+
+    The NaN is made by sqrt(-1) in exactly the invalid lanes, so that a batch
+    of valid inputs creates no NaN anywhere (jax_debug_nans stays quiet).
+    """
+    one = jnp.ones_like(v)
+    return jnp.where(invalid, jnp.sqrt(jnp.where(invalid, -one, one)), v)
+
+
+def _small_x(x):
+    """W0(x) = x - x^2 + 3/2 x^3 - 8/3 x^4 + ..., used for |x| < tiny_x."""
+    return x - x * x * (1 - x * (1.5 - x * (8.0 / 3.0)))
+
+
+# ----------------------------------------------------------------------------
+# Real-argument evaluation
+
+
+def _lambertw_x_impl(x, branch):
+    c = _consts(x.dtype)
+    at_bp = x == -c.inv_e_hi
+    if branch == 0:
+        invalid = ~(x >= -c.inv_e_hi)  # also catches NaN
+        tiny = jnp.abs(x) < c.tiny_x
+        special = invalid | at_bp | tiny | (x == jnp.inf)
+        xs = jnp.where(special, jnp.ones_like(x), x)
+    else:
+        invalid = ~((x >= -c.inv_e_hi) & (x <= 0))
+        special = invalid | at_bp | (x == 0)
+        xs = jnp.where(special, jnp.full_like(x, -0.25), x)
+
+    r_hi, r_lo = _r_from_x(jnp.minimum(xs, 1), c)
+    near = xs < c.x_near
+    series = xs < c.x_series[branch]
+    r_near = jnp.where(near, r_hi, c.r_near)
+    sign = 1 if branch == 0 else -1
+    t_near = _near_guess(r_near, sign, c)
+
+    if branch == 0:
+        # One log gives L = log1p(-r) (near) and log1p(x) (far guess).
+        la = _log1m(jnp.where(near, r_hi, -xs), jnp.where(near, r_lo, 0), c)
+        big_l = la
+        w_far = _winitzki(jnp.where(near, 0, la), c)
+        inv_x = 1 / xs
+
+        def z_plain(w, t, accurate):
+            if not accurate:
+                return _log(xs * (1 / w), c, rough=True) - w
+            return _log_quotient_minus_w(xs, 0, inv_x, w, c)
+    else:
+        # One log gives L = log1p(-r) (near) and log(-x) (far).
+        y_near = _barrier(1 - r_hi)
+        # The rounding of y_near, as in _log1m; taken from y_near itself, not
+        # from the select below, which XLA could simplify through.
+        err_near = ((1 - y_near) - r_hi) - r_lo
+        y = jnp.where(near, y_near, -xs)
+        ly, ly_lo = _log_dd(y, c)
+        big_l = ly + jnp.where(near, err_near * (1 / y), 0)
+        w_far = _asymptotic_m1(jnp.where(near, -2, ly), c)
+
+        def z_plain(w, t, accurate):
+            if not accurate:
+                return (ly - w) - _log(-w, c, rough=True)
+            return _log_diff(ly, ly_lo, w, -w, c)
+
+    w0 = jnp.where(near, t_near - 1, w_far)
+    t0 = jnp.where(near, t_near, 1 + w_far)
+    # lambertw() itself only needs w (XLA then drops 1 + w), so the state is
+    # not materialised here; the log-domain form is used for both outputs.
+    w, t = _iterate(w0, t0, series, big_l, z_plain, branch, c, materialize=False)
+
+    if branch == 0:
+        small = _small_x(jnp.where(tiny, x, 0))
+        w = jnp.where(tiny, small, w)
+        t = jnp.where(tiny, 1 + small, t)
+        w = jnp.where(x == jnp.inf, x, w)
+        t = jnp.where(x == jnp.inf, x, t)
+    else:
+        w = jnp.where(x == 0, -jnp.inf, w)
+        t = jnp.where(x == 0, -jnp.inf, t)
+    w = jnp.where(at_bp, -1, w)
+    t = jnp.where(at_bp, 0, t)
+    return _nan_where(invalid, w), _nan_where(invalid, t)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _lambertw_x_parts(x, branch):
+    return _lambertw_x_impl(x, branch)
+
+
+@_lambertw_x_parts.defjvp
+def _lambertw_x_parts_jvp(branch, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    w, t = _lambertw_x_parts(x, branch)
+    # W' = W / (x (1 + W)) = exp(-W) / (1 + W).  The exponential form is used
+    # for |W| <= 1 (it is regular at x = 0, and x * (1 + W) can underflow for
+    # tiny x), the quotient elsewhere (exp(-W) overflows for W_-1 near 0-).
+    # Substitutes keep the unselected side finite, so its zero cotangent
+    # cannot become NaN under a second differentiation.
+    small = jnp.abs(w) <= 1
+    x_s = jnp.where(small, 1, x)
+    w_s = jnp.where(small, w, 0)
+    deriv = jnp.where(small, jnp.exp(-w_s) / t, w / (x_s * t))
+    dw = deriv * dx
+    return (w, t), (dw, dw)
+
+
+# ----------------------------------------------------------------------------
+# Log-domain evaluation: W(-exp(-1 - kappa))
+
+
+def _negexp_impl(kappa, branch):
+    c = _consts(kappa.dtype)
+    invalid = ~(kappa >= 0)
+    at_bp = kappa == 0
+    at_inf = kappa == jnp.inf
+    ks = jnp.where(invalid | at_bp | at_inf, jnp.ones_like(kappa), kappa)
+
+    big_l = -ks  # log(-e x), exact
+    near = ks < c.kappa_near
+    series = ks < c.kappa_series[branch]
+    # r only feeds the initial guess, so XLA's expm1 (a few ulp) is fine.
+    r = -jnp.expm1(-jnp.where(near, ks, 0))
+    sign = 1 if branch == 0 else -1
+    t_near = _near_guess(r, sign, c)
+
+    if branch == 0:
+        x_hi, x_lo = _neg_exp_dd(ks, c)
+        tiny = jnp.abs(x_hi) < c.tiny_x  # includes exp() underflow to 0
+        xs = jnp.where(tiny, -0.25, x_hi)
+        xs_lo = jnp.where(tiny, 0, x_lo)
+        w_far = _winitzki(_log1m(jnp.where(near, 0, -xs), 0, c), c)
+        inv_x = 1 / xs
+
+        def z_plain(w, t, accurate):
+            if not accurate:
+                return _log(xs * (1 / w), c, rough=True) - w
+            return _log_quotient_minus_w(xs, xs_lo, inv_x, w, c)
+    else:
+        u_hi, u_lo = _two_sum(-ks, jnp.full_like(ks, -1))
+        w_far = _asymptotic_m1(jnp.where(near, -2, u_hi), c)
+
+        def z_plain(w, t, accurate):
+            # log(-x) = -1 - kappa, formed exactly as a double word.
+            if not accurate:
+                return (u_hi - w) - _log(-w, c, rough=True)
+            return _log_diff(u_hi, u_lo, w, -w, c)
+
+    w0 = jnp.where(near, t_near - 1, w_far)
+    t0 = jnp.where(near, t_near, 1 + w_far)
+    w, t = _iterate(w0, t0, series, big_l, z_plain, branch, c, materialize=True)
+
+    if branch == 0:
+        small = _small_x(jnp.where(tiny, x_hi, 0))
+        w = jnp.where(tiny, small, w)
+        t = jnp.where(tiny, 1 + small, t)
+        w = jnp.where(at_inf, -jnp.zeros_like(w), w)
+        t = jnp.where(at_inf, 1, t)
+    else:
+        w = jnp.where(at_inf, -jnp.inf, w)
+        t = jnp.where(at_inf, -jnp.inf, t)
+    w = jnp.where(at_bp, -1, w)
+    t = jnp.where(at_bp, 0, t)
+    return _nan_where(invalid, w), _nan_where(invalid, t)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _negexp_parts(kappa, branch):
+    return _negexp_impl(kappa, branch)
+
+
+@_negexp_parts.defjvp
+def _negexp_parts_jvp(branch, primals, tangents):
+    (kappa,), (dkappa,) = primals, tangents
+    w, t = _negexp_parts(kappa, branch)
+    dw = -w / t * dkappa
+    return (w, t), (dw, dw)
+
+
+# ----------------------------------------------------------------------------
+# Public API
+
+
+def _check_branch(branch):
+    if isinstance(branch, bool) or not isinstance(branch, (int, np.integer)):
+        raise ValueError(f"branch must be the Python int 0 or -1, got {branch!r}")
+    if int(branch) not in (0, -1):
+        raise ValueError(f"branch must be 0 or -1 (real branches only), got {branch!r}")
+    return int(branch)
+
+
+def _as_float_array(x):
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError("only real arguments are supported")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    return x
+
+
+def _run(fn, x, branch):
+    # Half-precision inputs are evaluated in float32 and rounded back.
+    if x.dtype in (jnp.float32, jnp.float64):
+        return fn(x, branch)
+    w, t = fn(x.astype(jnp.float32), branch)
+    return w.astype(x.dtype), t.astype(x.dtype)
+
+
+def lambertw(x, branch=0):
+    """Real Lambert W function ``W_branch(x)``, the solution of ``w e^w = x``.
+
+    Args:
+      x: real array-like.  float32 and float64 keep their dtype, integers are
+        promoted to the default float dtype.
+      branch: static Python int: ``0`` (principal branch, ``W >= -1``, domain
+        ``x >= -1/e``) or ``-1`` (``W <= -1``, domain ``-1/e <= x <= 0``).
+
+    Returns:
+      ``W_branch(x)``, same shape and dtype as ``x``.  Outside the real domain
+      of the branch the result is NaN (complex values are never produced), and
+      NaN input gives NaN.  ``-1/e`` means the float nearest ``-1/e`` (which
+      lies just below the true value): there ``W = -1`` exactly and anything
+      smaller is NaN.  ``W_0(0) = 0`` (sign of zero kept), ``W_0(+inf) = +inf``,
+      ``W_-1(0) = W_-1(-0.0) = -inf``.  Subnormal inputs behave as zero because
+      XLA on CPU flushes them.
+
+    The error is within a few ulp of the exact value of ``W`` at the given
+    float over the whole domain, including a few ulp above the branch point.
+    The method (branch-point and asymptotic series of Corless et al. (1996),
+    refined by the fourth-order iteration of Fritsch, Shafer and Crowley
+    (1973) with cancellation-free residuals) is described in the module
+    docstring.
+
+    Differentiable (``jax.custom_jvp``): ``W'(x) = W / (x (1 + W))``, taken in
+    the equivalent form ``exp(-W) / (1 + W)`` where ``|W| <= 1`` (so ``x = 0``
+    is regular), written in terms of the primal outputs so that higher
+    derivatives follow by autodiff.  ``W'`` is infinite at the branch point.
+    """
+    branch = _check_branch(branch)
+    x = _as_float_array(x)
+    return _run(_lambertw_x_parts, x, branch)[0]
+
+
+def _lambertw_negexp_parts(kappa, branch):
+    """``(w, 1 + w)`` with ``w = W_branch(-exp(-1 - kappa))`` for ``kappa >= 0``.
+
+    ``1 + w`` is produced directly (never as ``1 + w``), so it keeps full
+    relative precision as ``kappa -> 0`` where it behaves like
+    ``+-sqrt(2 kappa)``.  ``kappa = 0`` gives ``(-1, 0)`` exactly,
+    ``kappa = inf`` gives ``(-0.0, 1)`` on branch 0 and ``(-inf, -inf)`` on
+    branch -1, negative ``kappa`` or NaN gives NaN.  Differentiable
+    (``jax.custom_jvp``): ``dw/dkappa = d(1 + w)/dkappa = -w / (1 + w)``.
+    """
+    branch = _check_branch(branch)
+    kappa = _as_float_array(kappa)
+    return _run(_negexp_parts, kappa, branch)
+
+
+def lambertw_negexp(u, branch=-1):
+    """``W_branch(-exp(u))`` for ``u <= -1``, without forming ``exp(u)``.
+
+    The log-domain form of :func:`lambertw`: accurate when ``exp(u)``
+    underflows (``u = -1e3``, ``-1e30``) and near the branch point ``u = -1``,
+    where ``W = -1`` exactly.  ``u > -1`` gives NaN; ``u = -inf`` gives ``-inf``
+    on branch -1 and ``0`` on branch 0.  Same method as :func:`lambertw` with
+    ``log(-e x) = 1 + u`` known exactly.  Differentiable:
+    ``dW/du = W / (1 + W)``.
+    """
+    branch = _check_branch(branch)
+    u = _as_float_array(u)
+    # -1 - u is exact for |u| < 2^53 (Sterbenz below 2, an exact shift above).
+    return _lambertw_negexp_parts(-1 - u, branch)[0]

@@ -1,0 +1,220 @@
+r"""The throughput law of speculative decoding.
+
+One iteration drafts ``lookahead`` (gamma) tokens with the draft model and
+verifies them with ONE target forward pass. With acceptances i.i.d. at rate
+alpha the accepted count is a truncated geometric, so an iteration emits
+
+    E(alpha, gamma) = (1 - alpha**(gamma + 1)) / (1 - alpha)
+
+tokens on average (Leviathan et al. 2023, eq. 1). An iteration costs gamma draft
+steps plus one target step; with the cost ratio c = N / M (draft FLOPs per
+token over target FLOPs per token) the speedup over decoding with the target
+alone is
+
+    S(alpha, gamma, c) = E(alpha, gamma) / (gamma c + 1),
+
+and with 2 FLOPs per parameter per token the throughput is
+
+    T = E(alpha, gamma) / (2 (gamma N + M))   tokens per FLOP.
+
+S is quasi-concave in gamma, so its maximiser over real gamma >= 0 is the
+stationary point when that is positive and 0 otherwise. The stationary point
+has a closed form through the lower branch of Lambert W:
+
+    gamma* = -1 + log(-v) / (-log alpha),
+    v = W_{-1}(-exp(-1 - kappa)),   kappa = -log(alpha) (1 - c) / c.
+
+(Written this way nothing cancels: the textbook form (1 + v)/log(alpha) - 1/c
+subtracts two numbers of size 1/c.) For small c, kappa is huge and
+exp(-1 - kappa) underflows, which is why W is evaluated in log space; for
+alpha -> 1 or c -> 1, kappa -> 0 is the branch point, where 1 + v is carried
+with full relative precision.
+
+All functions broadcast over their arguments, keep the input float dtype, and
+are safe under jit, vmap and grad: no NaN or inf for 0 <= alpha <= 1 and
+1e-9 <= c <= 1, values and gradients alike.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from sdsl_jax.common import validation as _validate
+from sdsl_jax.laws.lambertw import _lambertw_negexp_parts
+
+
+def _floats(*values):
+    dtype = jnp.result_type(*values, float)
+    return tuple(jnp.asarray(v, dtype) for v in values)
+
+
+def _exprel(s):
+    """expm1(s) / s, smooth through s = 0 (value 1)."""
+    small = jnp.abs(s) < 1e-2
+    s_safe = jnp.where(small, 1.0, s)
+    # Six terms: the first omitted one, s**6/5040, is below 2e-16 for |s| < 1e-2.
+    series = 1 + s * (1 / 2 + s * (1 / 6 + s * (1 / 24 + s * (1 / 120 + s / 720))))
+    return jnp.where(small, series, jnp.expm1(s_safe) / s_safe)
+
+
+def _log1p_rel(x):
+    """log1p(x) / x, smooth through x = 0 (value 1)."""
+    small = jnp.abs(x) < 1e-2
+    x_safe = jnp.where(small, 1.0, x)
+    series = 1 + x * (-1 / 2 + x * (1 / 3 + x * (-1 / 4 + x * (
+        1 / 5 + x * (-1 / 6 + x * (1 / 7 - x / 8))))))
+    return jnp.where(small, series, jnp.log1p(x_safe) / x_safe)
+
+
+def _cap_acceptance(acceptance):
+    # At alpha = 1 the optimal lookahead is unbounded; the largest float below
+    # 1 keeps every quantity finite and differs from 1 by one rounding.
+    below_one = jnp.nextafter(jnp.ones((), acceptance.dtype), jnp.zeros((), acceptance.dtype))
+    return jnp.minimum(acceptance, below_one)
+
+
+def expected_tokens(acceptance: ArrayLike, lookahead: ArrayLike) -> jnp.ndarray:
+    """Mean tokens per iteration, E = (1 - alpha**(gamma+1)) / (1 - alpha).
+
+    Args:
+      acceptance: alpha in [0, 1], any shape.
+      lookahead: gamma >= 0 (real values allowed: the continuous relaxation).
+
+    Returns:
+      E, broadcast shape; equals gamma + 1 at alpha = 1 and 1 at alpha = 0.
+    """
+    _validate.check_in_range("acceptance", acceptance, 0.0, 1.0)
+    _validate.check_in_range("lookahead", lookahead, 0.0, float("inf"))
+    alpha, gamma = _floats(acceptance, lookahead)
+    n = gamma + 1
+    low = alpha <= 0.5
+    # Below 1/2 the geometric sum is well conditioned as written.
+    a_low = jnp.where(low, alpha, 0.5)
+    power = jnp.where(a_low > 0, jnp.exp(n * jnp.log(jnp.where(a_low > 0, a_low, 1.0))), 0.0)
+    e_low = (1 - power) / (1 - a_low)
+    # Above 1/2, 1 - alpha is exact (Sterbenz) and the ratio is rewritten as
+    # n * exprel(n log alpha) * log(alpha)/(alpha - 1), which is smooth
+    # through alpha = 1 with the right value and derivative there.
+    a_high = jnp.where(low, 0.75, alpha)
+    rejection = 1 - a_high
+    log_alpha = jnp.log1p(-rejection)
+    e_high = n * _exprel(n * log_alpha) * _log1p_rel(-rejection)
+    return jnp.where(low, e_low, e_high)
+
+
+def speedup(acceptance: ArrayLike, lookahead: ArrayLike, cost_ratio: ArrayLike) -> jnp.ndarray:
+    """Speedup over target-only decoding, S = E(alpha, gamma) / (gamma c + 1).
+
+    Args:
+      acceptance: alpha in [0, 1].
+      lookahead: gamma >= 0.
+      cost_ratio: c = draft cost / target cost per token (N / M under the FLOP
+        model), > 0.
+    """
+    _validate.check_positive("cost_ratio", cost_ratio)
+    alpha, gamma, c = _floats(acceptance, lookahead, cost_ratio)
+    return expected_tokens(alpha, gamma) / (gamma * c + 1)
+
+
+def tokens_per_flop(acceptance: ArrayLike, lookahead: ArrayLike,
+                    draft_params: ArrayLike, target_params: ArrayLike) -> jnp.ndarray:
+    """Throughput T = E(alpha, gamma) / (2 (gamma N + M)) in tokens per FLOP.
+
+    Decoding is memory-bound, so verifying gamma + 1 positions is costed as one
+    target step; each step costs 2 FLOPs per parameter per token.
+    """
+    _validate.check_positive("draft_params", draft_params)
+    _validate.check_positive("target_params", target_params)
+    alpha, gamma, n, m = _floats(acceptance, lookahead, draft_params, target_params)
+    return expected_tokens(alpha, gamma) / (2 * (gamma * n + m))
+
+
+def _log_acceptance(alpha):
+    # log1p(alpha - 1) keeps every digit of log(alpha) near 1, where alpha - 1
+    # is exact; below 1/2 the plain log is as good.
+    safe = jnp.where(alpha > 0, alpha, 0.5)
+    return jnp.where(safe > 0.5, jnp.log1p(safe - 1), jnp.log(safe))
+
+
+def speculation_pays(acceptance: ArrayLike, cost_ratio: ArrayLike) -> jnp.ndarray:
+    """True where some lookahead > 0 beats target-only decoding.
+
+    dS/dgamma at gamma = 0 is -alpha log(alpha) - c (1 - alpha), so drafting
+    pays exactly when c < -alpha log(alpha) / (1 - alpha). The bound tends to 1
+    as alpha -> 1 and to 0 as alpha -> 0.
+    """
+    alpha, c = _floats(acceptance, cost_ratio)
+    alpha = _cap_acceptance(alpha)
+    safe = jnp.where(alpha > 0, alpha, 0.5)
+    # Above 1/2, 1 - alpha is exact and log1p(alpha - 1) keeps every digit, so
+    # the ratio is accurate all the way to alpha -> 1 (where the bound -> 1).
+    bound = safe * -_log_acceptance(safe) / (1 - safe)
+    return (alpha > 0) & (c < bound)
+
+
+def _optimum(alpha, c):
+    """(gamma*, S*, pays) for alpha already capped below 1; see module doc."""
+    pays = speculation_pays(alpha, c)
+    # Substitute a paying point where it does not pay, so the unused branch
+    # stays finite and its gradient (multiplied by zero) cannot become NaN.
+    alpha_s = jnp.where(pays, alpha, 0.5)
+    c_s = jnp.where(pays, c, 0.1)
+    neg_log_alpha = -_log_acceptance(alpha_s)
+    kappa = neg_log_alpha * (1 - c_s) / c_s
+    w, one_plus_w = _lambertw_negexp_parts(kappa, -1)
+    gamma = jnp.log1p(-one_plus_w) / neg_log_alpha - 1
+    # Stationarity gives alpha**(gamma*+1) = -1/w, so the peak speedup needs
+    # no geometric sum: S* = -log(alpha) / ((1 - alpha) c (-w)).
+    peak = neg_log_alpha / ((1 - alpha_s) * c_s * -w)
+    return (jnp.where(pays, jnp.maximum(gamma, 0.0), 0.0),
+            jnp.where(pays, jnp.maximum(peak, 1.0), 1.0),
+            pays)
+
+
+def optimal_lookahead(acceptance: ArrayLike, cost_ratio: ArrayLike) -> jnp.ndarray:
+    """The real lookahead gamma* >= 0 that maximises the speedup (module doc).
+
+    Closed form through W_{-1} in log space; 0 where speculating does not pay
+    (see :func:`speculation_pays`). At alpha = 1 the optimum is unbounded, so
+    alpha is capped at the largest float below 1 (the answer is then finite
+    but very large). Gradients are exact where gamma* > 0 and zero where it is
+    clamped at 0.
+
+    Args:
+      acceptance: alpha in [0, 1].
+      cost_ratio: c in (0, 1]; larger c never pays (gamma* = 0).
+    """
+    _validate.check_in_range("acceptance", acceptance, 0.0, 1.0)
+    _validate.check_positive("cost_ratio", cost_ratio)
+    alpha, c = _floats(acceptance, cost_ratio)
+    return _optimum(_cap_acceptance(alpha), c)[0]
+
+
+def optimal_speedup(acceptance: ArrayLike, cost_ratio: ArrayLike) -> jnp.ndarray:
+    """max over real gamma >= 0 of S(alpha, gamma, c): the speedup at gamma*.
+
+    Equal to speedup(alpha, optimal_lookahead(alpha, c), c) but cheaper and
+    smoother: at the stationary point the geometric sum collapses to
+    -log(alpha) / ((1 - alpha) c (-W_{-1})). It is 1 where drafting does not pay.
+    """
+    _validate.check_in_range("acceptance", acceptance, 0.0, 1.0)
+    _validate.check_positive("cost_ratio", cost_ratio)
+    alpha, c = _floats(acceptance, cost_ratio)
+    return _optimum(_cap_acceptance(alpha), c)[1]
+
+
+def optimal_integer_lookahead(acceptance: ArrayLike, cost_ratio: ArrayLike) -> jnp.ndarray:
+    """The best integer lookahead: floor or ceiling of gamma*, whichever is faster.
+
+    S is quasi-concave in gamma, so the integer optimum is one of the two
+    integers around the real one. Returned in the input float dtype (values are
+    integers; a float avoids overflow when gamma* is astronomically large as
+    alpha -> 1). Ties go to the shorter lookahead, which costs less latency.
+    """
+    alpha, c = _floats(acceptance, cost_ratio)
+    gamma = optimal_lookahead(alpha, c)
+    low = jnp.floor(gamma)
+    high = low + 1
+    better_high = speedup(alpha, high, c) > speedup(alpha, low, c)
+    return jnp.where(better_high, high, low)

@@ -1,0 +1,494 @@
+r"""A roofline model of one forward step's wall-clock time, with accelerator presets.
+
+The paper costs a decoding step in FLOPs, yet notes that at small batch sizes
+small drafts are memory-bandwidth bound, so a FLOP-optimal draft need not be
+the fastest one. This module prices a forward step in seconds instead.
+
+One step of a model with P parameters processes ``tokens_per_step`` (k) new
+positions for each of ``batch`` (B) sequences, each attending to ``context`` (S)
+cached positions:
+
+    flops = B k (2 P + 4 L d S)                       (weights + attention)
+    bytes = P * bytes_per_param + B S * 2 L d f * kv_bytes_per_value
+    time  = smax_p(flops / (peak_flops * compute_efficiency),
+                   bytes / (bandwidth * bandwidth_efficiency)) + overhead
+
+* 2 P FLOPs per position for the weight matmuls; 4 L d S for attention, the
+  query-key scores and the weighted sum of values, 2 L d S each (Kaplan et al.
+  2020, "Scaling Laws for Neural Language Models", table 1, counts the same
+  terms).
+* The bytes are what every step must stream from memory: all weights once
+  (shared by the B k positions), and each sequence's key-value cache of S
+  positions, 2 vectors (key and value) of width d per layer. f
+  (``kv_fraction``) is the number of key-value heads over query heads: 1 for
+  multi-head attention, 1/8 for a grouped-query model with 8 KV heads of 64.
+* The shape (L layers of width d) comes from the parameter count: a decoder
+  layer holds about 12 d^2 weights (4 d^2 attention, 8 d^2 MLP), so
+  P = 12 L d^2, and the aspect ratio d / L is fixed (``aspect_ratio``,
+  default 128): LLaMA-2 7B is 4096/32 = 128, LLaMA-3 70B 8192/80 = 102,
+  LLaMA-3.1 405B 16384/126 = 130, GPT-3 175B 12288/96 = 128. Then
+  L = (P / (12 r^2))^(1/3) and d = r L, continuous in P so the planner can
+  differentiate through it. Embeddings are ignored.
+* smax_p(x, y) = (x^p + y^p)^(1/p), p = ``sharpness``: a smooth maximum, so
+  the step time is differentiable in P (the planner takes derivatives in log
+  N and solves for where they vanish). It exceeds the hard max by at most a
+  factor 2^(1/p) (9% at the default p = 8, where the two times are equal) and
+  converges to it elsewhere; real kernels also slow down smoothly near the
+  ridge rather than at a corner. Where one time is exactly 0 (a bandwidth or a
+  peak of inf: the pure compute- and bandwidth-bound limits) it is exactly
+  the other.
+* overhead: seconds a step costs besides the roofline (kernel launches, host
+  work, sampling), the same for every model size.
+
+Presets hold published peak dense bf16 FLOP/s and memory bandwidth; the
+efficiencies and the overhead are starting guesses, meant to be replaced by
+:func:`calibrate` on measured step times.
+
+Everything is a pure function of pytrees (:class:`Accelerator`,
+:class:`Workload`), so it jits, vmaps and differentiates with respect to the
+hardware and the workload alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from sdsl_jax.common import validation as _validate
+from sdsl_jax.common.optimize import minimize
+
+
+@chex.dataclass(frozen=True)
+class Accelerator:
+    """One accelerator's roofline, as a pytree.
+
+    Attributes:
+      peak_flops: dense peak FLOP/s at the serving precision (bf16 for the
+        presets); inf gives the bandwidth-bound limit.
+      bandwidth: memory bandwidth in bytes/s; inf gives the compute-bound limit.
+      compute_efficiency: fraction of peak FLOP/s a decoding step reaches (MFU).
+      bandwidth_efficiency: fraction of the bandwidth it reaches (MBU).
+      overhead: seconds per forward step outside the roofline.
+      sharpness: p of the smooth maximum (module doc); >= 1, larger is sharper.
+    """
+
+    peak_flops: ArrayLike
+    bandwidth: ArrayLike
+    compute_efficiency: ArrayLike
+    bandwidth_efficiency: ArrayLike
+    overhead: ArrayLike
+    sharpness: ArrayLike
+
+
+@chex.dataclass(frozen=True)
+class Workload:
+    """How the models are served, besides their size and precision.
+
+    Attributes:
+      batch: sequences decoded together (B).
+      context: cached positions each sequence attends to (S), e.g. the mean
+        prompt plus generated length.
+      kv_bytes_per_value: bytes per cached key or value element (2 for bf16).
+      kv_fraction: key-value heads over query heads (1: multi-head attention).
+      aspect_ratio: width over depth, d / L (module doc).
+    """
+
+    batch: ArrayLike = 1.0
+    context: ArrayLike = 2048.0
+    kv_bytes_per_value: ArrayLike = 2.0
+    kv_fraction: ArrayLike = 1.0
+    aspect_ratio: ArrayLike = 128.0
+
+
+# Bytes per stored weight at common serving precisions.
+PRECISION_BYTES = {"fp32": 4.0, "float32": 4.0, "bf16": 2.0, "bfloat16": 2.0, "fp16": 2.0,
+                   "float16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+
+# Efficiencies and overheads of the presets are starting points, not measurements:
+# memory-bound decoding kernels typically stream weights at 70-85% of the
+# datasheet bandwidth, matmuls reach about half of the dense peak, and a
+# compiled (CUDA-graph / XLA) decoding step costs a few hundred microseconds
+# of launch and host work. `calibrate` replaces them with fitted values.
+_GPU_DEFAULTS = dict(compute_efficiency=0.5, bandwidth_efficiency=0.8, overhead=3e-4, sharpness=8.0)
+
+PRESETS: dict[str, Accelerator] = {
+    # NVIDIA A100 Tensor Core GPU datasheet (2021), A100 80GB SXM: BF16 Tensor
+    # Core 312 TFLOPS dense (624 with sparsity), HBM2e 2,039 GB/s.
+    "A100-80GB": Accelerator(peak_flops=312e12, bandwidth=2.039e12, **_GPU_DEFAULTS),
+    # NVIDIA H100 Tensor Core GPU datasheet, H100 SXM: BF16 Tensor Core 1,979
+    # TFLOPS with sparsity, i.e. 989.4 dense; HBM3 3.35 TB/s.
+    "H100-SXM": Accelerator(peak_flops=989.4e12, bandwidth=3.35e12, **_GPU_DEFAULTS),
+    # NVIDIA H200 Tensor Core GPU datasheet, H200 SXM: BF16 1,979 TFLOPS with
+    # sparsity (989.4 dense, the H100's compute); HBM3e 4.8 TB/s, 141 GB.
+    "H200": Accelerator(peak_flops=989.4e12, bandwidth=4.8e12, **_GPU_DEFAULTS),
+    # Google Cloud TPU documentation, "TPU v5e" system architecture table:
+    # peak compute per chip 197 TFLOPs (bf16); HBM2 16 GB at 819 GBps.
+    "TPU-v5e": Accelerator(peak_flops=197e12, bandwidth=819e9, **_GPU_DEFAULTS),
+    # Not a product: an order-of-magnitude stand-in for a server CPU socket
+    # decoding with vector/matrix extensions, 1 TFLOP/s bf16 and 100 GB/s of
+    # DRAM bandwidth (dual-channel DDR5-6400 is 102.4 GB/s), 1 ms per step.
+    "CPU": Accelerator(peak_flops=1e12, bandwidth=100e9, compute_efficiency=0.5,
+                       bandwidth_efficiency=0.7, overhead=1e-3, sharpness=8.0),
+}
+
+_ALIASES = {"a100": "A100-80GB", "a100-80gb": "A100-80GB", "h100": "H100-SXM",
+            "h100-sxm": "H100-SXM", "h200": "H200", "tpu-v5e": "TPU-v5e", "v5e": "TPU-v5e",
+            "tpuv5e": "TPU-v5e", "cpu": "CPU"}
+
+
+def hardware_preset(name: str) -> Accelerator:
+    """A preset by name, case-insensitive: A100 (A100-80GB), H100 (H100-SXM), H200,
+    TPU-v5e (v5e), CPU."""
+    key = _ALIASES.get(str(name).strip().lower().replace("_", "-").replace(" ", "-"))
+    if key is None:
+        raise ValueError(f"unknown hardware preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[key]
+
+
+def bytes_per_param(precision) -> float:
+    """Bytes per weight from a precision name ('bf16', 'fp8', 'int4', ...) or a number."""
+    if isinstance(precision, str):
+        try:
+            return PRECISION_BYTES[precision.strip().lower()]
+        except KeyError:
+            raise ValueError(f"unknown precision {precision!r}; choose one of "
+                             f"{sorted(PRECISION_BYTES)} or give bytes per parameter") from None
+    value = float(precision)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"bytes per parameter must be a finite number > 0, got {precision!r}")
+    return value
+
+
+def check_accelerator(accelerator: Accelerator) -> None:
+    """Raise ValueError naming the first field outside its domain (concrete values only)."""
+    for name in ("peak_flops", "bandwidth"):
+        value = accelerator[name]
+        if _validate.is_concrete(value):
+            arr = np.asarray(jax.device_get(value), np.float64)
+            if np.any(np.isnan(arr)) or np.any(arr <= 0):
+                raise ValueError(f"accelerator.{name} must be > 0 (inf allowed), got {value!r}")
+    _validate.check_positive("accelerator.compute_efficiency", accelerator.compute_efficiency)
+    _validate.check_positive("accelerator.bandwidth_efficiency", accelerator.bandwidth_efficiency)
+    _validate.check_in_range("accelerator.overhead", accelerator.overhead, 0.0, float("inf"))
+    _validate.check_in_range("accelerator.sharpness", accelerator.sharpness, 1.0, float("inf"))
+
+
+def check_workload(workload: Workload) -> None:
+    """Raise ValueError naming the first field outside its domain (concrete values only)."""
+    _validate.check_positive("workload.batch", workload.batch)
+    _validate.check_in_range("workload.context", workload.context, 0.0, float("inf"))
+    _validate.check_positive("workload.kv_bytes_per_value", workload.kv_bytes_per_value)
+    _validate.check_in_range("workload.kv_fraction", workload.kv_fraction, 0.0, float("inf"))
+    _validate.check_positive("workload.aspect_ratio", workload.aspect_ratio)
+
+
+def model_shape(params: ArrayLike, aspect_ratio: ArrayLike = 128.0):
+    """(layers L, width d) of a decoder with P = 12 L d^2 and d = aspect_ratio * L.
+
+    Continuous (not rounded to whole layers), so it differentiates in P.
+    """
+    params = jnp.asarray(params, jnp.result_type(params, float))
+    layers = jnp.cbrt(params / (12 * jnp.square(aspect_ratio)))
+    return layers, aspect_ratio * layers
+
+
+def step_flops(params: ArrayLike, tokens_per_step: ArrayLike, workload: Workload) -> jnp.ndarray:
+    """FLOPs of one forward step: B k (2 P + 4 L d S)."""
+    layers, width = model_shape(params, workload.aspect_ratio)
+    per_position = 2 * params + 4 * layers * width * workload.context
+    return workload.batch * tokens_per_step * per_position
+
+
+def step_bytes(params: ArrayLike, bytes_per_param: ArrayLike, workload: Workload) -> jnp.ndarray:
+    """Bytes one forward step streams: the weights once, and every sequence's KV cache."""
+    layers, width = model_shape(params, workload.aspect_ratio)
+    kv = (workload.batch * workload.context * 2 * layers * width * workload.kv_fraction
+          * workload.kv_bytes_per_value)
+    return params * bytes_per_param + kv
+
+
+def smooth_max(x, y, sharpness):
+    """(x^p + y^p)^(1/p) for x, y >= 0, written as m (1 + (min/m)^p)^(1/p).
+
+    Scaling by the larger term keeps it finite for any p and any magnitude, and
+    it returns exactly the larger term where the smaller is 0.
+    """
+    big = jnp.maximum(x, y)
+    small = jnp.minimum(x, y)
+    ratio = jnp.where(big > 0, small / jnp.where(big > 0, big, 1.0), 0.0)
+    # ratio**p through exp(p log ratio), guarded at 0 so that its gradient in p
+    # (ratio**p log ratio) is 0 there rather than 0 * inf.
+    powered = jnp.where(ratio > 0, jnp.exp(sharpness * jnp.log(jnp.where(ratio > 0, ratio, 1.0))), 0.0)
+    return big * jnp.exp(jnp.log1p(powered) / sharpness)
+
+
+def roofline_times(accelerator: Accelerator, params: ArrayLike, tokens_per_step: ArrayLike,
+                   bytes_per_param: ArrayLike, workload: Workload):
+    """(compute seconds, memory seconds) of one step, before the smooth max and overhead."""
+    # Divided one factor at a time, never by their product: with a peak or a
+    # bandwidth of inf (the limits), the product's derivative would be inf * 0.
+    compute = step_flops(params, tokens_per_step, workload) / accelerator.peak_flops / (
+        accelerator.compute_efficiency)
+    memory = step_bytes(params, bytes_per_param, workload) / accelerator.bandwidth / (
+        accelerator.bandwidth_efficiency)
+    return compute, memory
+
+
+def step_time(accelerator: Accelerator, params: ArrayLike, tokens_per_step: ArrayLike = 1.0,
+              *, bytes_per_param: ArrayLike = 2.0, workload: Workload | None = None) -> jnp.ndarray:
+    """Seconds of one forward step (module doc), broadcast over every argument.
+
+    Args:
+      accelerator: the roofline (:class:`Accelerator`, e.g. ``hardware_preset("H100")``).
+      params: parameters of the model, > 0.
+      tokens_per_step: new positions per sequence: 1 for a decoding (draft)
+        step, gamma + 1 for the target's verification of gamma drafted tokens.
+      bytes_per_param: weight precision in bytes (see :func:`bytes_per_param`).
+      workload: batch, context and model-shape assumptions (default :class:`Workload`).
+    """
+    workload = Workload() if workload is None else workload
+    _validate.check_positive("params", params)
+    _validate.check_positive("tokens_per_step", tokens_per_step)
+    _validate.check_positive("bytes_per_param", bytes_per_param)
+    check_accelerator(accelerator)
+    check_workload(workload)
+    dtype = jnp.result_type(params, tokens_per_step, bytes_per_param, float)
+    params, tokens_per_step, bytes_per_param = (
+        jnp.asarray(v, dtype) for v in (params, tokens_per_step, bytes_per_param))
+    compute, memory = roofline_times(accelerator, params, tokens_per_step, bytes_per_param, workload)
+    return smooth_max(compute, memory, accelerator.sharpness) + accelerator.overhead
+
+
+# --- Calibration from measured step times ---------------------------------------------
+
+@chex.dataclass(frozen=True)
+class StepTimes:
+    """Measured forward steps, one entry per step kind; every leaf has shape (n,).
+
+    Rows come from :func:`step_time_rows` (a list of dicts, e.g. the JSON Lines
+    that ``sdsl measure`` writes) or are built directly.
+    """
+
+    params: jnp.ndarray
+    tokens_per_step: jnp.ndarray
+    bytes_per_param: jnp.ndarray
+    batch: jnp.ndarray
+    context: jnp.ndarray
+    seconds: jnp.ndarray
+
+
+STEP_TIME_FIELDS = """\
+Each record (a dict, or one JSON object per line) is one of two kinds.
+
+A measurement of one speculative run, as `sdsl measure` writes it:
+  draft_params, target_params   parameter counts (numbers or '125M', '7B')
+  draft_step_seconds            seconds of one draft forward step (1 new token per sequence)
+  target_step_seconds           seconds of one verification step (lookahead + 1 tokens)
+  baseline_step_seconds         seconds of one target decoding step (1 token)
+  lookahead                     gamma; required with target_step_seconds
+  (at least one of the *_step_seconds; each present one becomes a row)
+
+or a single step:
+  params, seconds               parameters and seconds of one forward step
+  tokens_per_step               new positions per sequence (default 1)
+
+Optional in both (defaults in brackets):
+  batch [1], context [0]        sequences per step, cached positions per sequence
+  draft_precision, target_precision, precision   'bf16', 'fp8', ... or bytes per
+                                parameter ['bf16']
+Other keys are ignored.
+"""
+
+
+def _field_number(record: Mapping[str, Any], key: str, where: str, *, minimum=0.0,
+                  strictly=True, default=None):
+    from sdsl_jax.common.quantities import parse_count
+    value = record.get(key)
+    if value is None:
+        if default is None:
+            raise ValueError(f"{where}: missing field {key!r}")
+        return float(default)
+    try:
+        number = parse_count(value) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: field {key!r}: {value!r} is not a number") from None
+    if not math.isfinite(number) or number < minimum or (strictly and number == minimum):
+        bound = f"> {minimum:g}" if strictly else f">= {minimum:g}"
+        raise ValueError(f"{where}: field {key!r}: must be finite and {bound}, got {value!r}")
+    return number
+
+
+def _field_precision(record, keys, where):
+    for key in keys:
+        if record.get(key) is not None:
+            try:
+                return bytes_per_param(record[key])
+            except ValueError as err:
+                raise ValueError(f"{where}: field {key!r}: {err}") from None
+    return PRECISION_BYTES["bf16"]
+
+
+def step_time_rows(records: Iterable[Mapping[str, Any]], *, source: str = "records",
+                   dtype=None) -> StepTimes:
+    """Measured step times from dicts (fields: ``STEP_TIME_FIELDS``).
+
+    Raises:
+      ValueError: naming the record (from 1) and the field that is wrong.
+    """
+    rows = []
+    for index, record in enumerate(records, start=1):
+        where = f"{source}: record {index}"
+        if not isinstance(record, Mapping):
+            raise ValueError(f"{where}: expected an object with named fields, got {record!r}")
+        batch = _field_number(record, "batch", where, default=1.0)
+        context = _field_number(record, "context", where, strictly=False, default=0.0)
+        if "params" in record or "seconds" in record:
+            rows.append((_field_number(record, "params", where),
+                         _field_number(record, "tokens_per_step", where, default=1.0),
+                         _field_precision(record, ("precision",), where), batch, context,
+                         _field_number(record, "seconds", where)))
+            continue
+        found = False
+        if record.get("draft_step_seconds") is not None:
+            rows.append((_field_number(record, "draft_params", where), 1.0,
+                         _field_precision(record, ("draft_precision", "precision"), where),
+                         batch, context, _field_number(record, "draft_step_seconds", where)))
+            found = True
+        for key, positions in (("target_step_seconds", None), ("baseline_step_seconds", 1.0)):
+            if record.get(key) is not None:
+                if positions is None:
+                    positions = _field_number(record, "lookahead", where, strictly=False) + 1
+                rows.append((_field_number(record, "target_params", where), positions,
+                             _field_precision(record, ("target_precision", "precision"), where),
+                             batch, context, _field_number(record, key, where)))
+                found = True
+        if not found:
+            raise ValueError(f"{where}: no step time: give draft_step_seconds, target_step_seconds "
+                             "or baseline_step_seconds (with draft_params/target_params), or "
+                             "params and seconds")
+    if not rows:
+        raise ValueError(f"{source}: no step-time records")
+    columns = np.asarray(rows, np.float64).T
+    as_float = lambda v: jnp.asarray(v, dtype or jnp.result_type(float))
+    return StepTimes(params=as_float(columns[0]), tokens_per_step=as_float(columns[1]),
+                     bytes_per_param=as_float(columns[2]), batch=as_float(columns[3]),
+                     context=as_float(columns[4]), seconds=as_float(columns[5]))
+
+
+def read_step_times(path: str | os.PathLike, dtype=None) -> StepTimes:
+    """Step times from a JSON Lines file (one record per line; fields: ``STEP_TIME_FIELDS``)."""
+    records = []
+    with open(path) as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: line {line_number}: not JSON ({err.msg})") from None
+    return step_time_rows(records, source=str(path), dtype=dtype)
+
+
+def predict_step_times(accelerator: Accelerator, rows: StepTimes, workload: Workload | None = None):
+    """The model's seconds for each measured row (its batch and context, the
+    workload's KV and shape assumptions)."""
+    base = Workload() if workload is None else workload
+    workload = base.replace(batch=rows.batch, context=rows.context)
+    compute, memory = roofline_times(accelerator, rows.params, rows.tokens_per_step,
+                                     rows.bytes_per_param, workload)
+    return smooth_max(compute, memory, accelerator.sharpness) + accelerator.overhead
+
+
+CALIBRATED_FIELDS = ("compute_efficiency", "bandwidth_efficiency", "overhead")
+
+
+class Calibration(NamedTuple):
+    """Result of :func:`calibrate`.
+
+    accelerator: the preset with the fitted fields replaced.
+    predicted: the model's seconds for each row after the fit.
+    rms_log_error: root mean square of log(predicted / measured).
+    max_relative_error: largest |predicted / measured - 1|.
+    converged: whether L-BFGS reached its gradient tolerance.
+    """
+
+    accelerator: Accelerator
+    predicted: jnp.ndarray
+    rms_log_error: jnp.ndarray
+    max_relative_error: jnp.ndarray
+    converged: jnp.ndarray
+
+
+def calibrate(accelerator: Accelerator, rows: StepTimes, *, workload: Workload | None = None,
+              fields: Sequence[str] = CALIBRATED_FIELDS, prior_weight: float = 1e-6,
+              max_steps: int = 200) -> Calibration:
+    """Fit the accelerator's efficiencies and overhead to measured step times.
+
+    Least squares on log(seconds): every step counts by its relative error, so
+    a 0.2 ms draft step weighs as much as a 50 ms verification. The fitted
+    fields are optimised as logarithms (they stay positive) with optax L-BFGS
+    (:func:`sdsl_jax.common.optimize.minimize`), starting from the given accelerator.
+    ``prior_weight`` adds a tiny pull of each log field towards its starting
+    value, so a field the data cannot see (compute efficiency when every step
+    is bandwidth bound) stays at the preset instead of drifting.
+
+    Args:
+      accelerator: the starting point (a preset); peak and bandwidth stay fixed.
+      rows: measured steps (:func:`step_time_rows`, :func:`read_step_times`).
+      workload: KV-cache and shape assumptions (batch and context come from the rows).
+      fields: which of ``compute_efficiency``, ``bandwidth_efficiency``,
+        ``overhead`` and ``sharpness`` to fit.
+    """
+    fields = tuple(fields)
+    allowed = CALIBRATED_FIELDS + ("sharpness",)
+    for name in fields:
+        if name not in allowed:
+            raise ValueError(f"fields: cannot calibrate {name!r}; choose from {allowed}")
+    if not fields:
+        raise ValueError("fields: name at least one field to calibrate")
+    check_accelerator(accelerator)
+    _validate.check_positive("rows.seconds", rows.seconds)
+    dtype = rows.seconds.dtype
+    accelerator = jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype), accelerator)
+    # Each field is fitted as its logarithm (sharpness p >= 1 as log(p - 1));
+    # an overhead of exactly 0 has no logarithm, so it starts a little above.
+    theta0 = jnp.stack([jnp.log(accelerator[name] - 1) if name == "sharpness"
+                        else jnp.log(jnp.maximum(accelerator[name], 1e-9)) if name == "overhead"
+                        else jnp.log(accelerator[name]) for name in fields])
+    workload = Workload() if workload is None else workload
+    return _calibrate(fields, max_steps, accelerator, rows, workload, theta0,
+                      jnp.asarray(prior_weight, dtype))
+
+
+def _with_free(fields, accelerator, theta):
+    return accelerator.replace(**{
+        name: 1 + jnp.exp(theta[i]) if name == "sharpness" else jnp.exp(theta[i])
+        for i, name in enumerate(fields)})
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _calibrate(fields, max_steps, accelerator, rows, workload, theta0, prior_weight):
+    def loss(theta):
+        predicted = predict_step_times(_with_free(fields, accelerator, theta), rows, workload)
+        residuals = jnp.log(predicted) - jnp.log(rows.seconds)
+        return 0.5 * jnp.mean(residuals**2) + 0.5 * prior_weight * jnp.sum((theta - theta0) ** 2)
+
+    solution = minimize(loss, theta0, max_steps=max_steps)
+    fitted = _with_free(fields, accelerator, solution.params)
+    predicted = predict_step_times(fitted, rows, workload)
+    log_error = jnp.log(predicted) - jnp.log(rows.seconds)
+    return Calibration(
+        accelerator=fitted, predicted=predicted,
+        rms_log_error=jnp.sqrt(jnp.mean(log_error**2)),
+        max_relative_error=jnp.max(jnp.abs(jnp.expm1(log_error))),
+        # Stopped by the gradient tolerance rather than by the step limit.
+        converged=solution.steps < max_steps)

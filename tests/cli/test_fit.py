@@ -1,0 +1,221 @@
+"""`sdsl fit` and `sdsl plan --laws` end to end, on a small synthetic measurement set."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sdsl_jax.cli import main as cli
+from sdsl_jax.fitting import report as fit_report
+from sdsl_jax.fitting.laws import COEFFICIENTS, load_laws
+from sdsl_jax.fitting.synthetic import synthetic_measurements
+from sdsl_jax.estimation.measurements import write_measurements
+
+
+# The design of tests/fitting/test_fitting.py: the same shapes, so that in one pytest
+# run the fits compile once for both files.
+DESIGN = dict(num_targets=12, num_drafts=12, perplexity_noise=0.003, tokens_range=(2e9, 2e13),
+              draft_range=(5e7, 3e9))
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """One `sdsl fit --json` run (fits compile once per shape: share it)."""
+    folder = tmp_path_factory.mktemp("fit")
+    path = folder / "measurements.jsonl"
+    write_measurements(synthetic_measurements(seed=3, **DESIGN), path)
+    return folder, path
+
+
+def _run(capsys, argv):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_fit_writes_laws_and_reports_intervals(fitted, capsys):
+    folder, path = fitted
+    code, out, _ = _run(capsys, ["fit", str(path), "--bootstrap", "50", "--json"])
+    assert code == 0
+    report = json.loads(out)
+    laws_path = folder / "measurements.laws.json"
+    assert report["laws_file"] == str(laws_path) and laws_path.exists()
+    assert report["measurements"] == 144 and report["targets"] == 12
+    coefficients = report["end_to_end"]["coefficients"]
+    assert list(coefficients) == list(COEFFICIENTS)
+    for name, entry in coefficients.items():
+        # Every interval brackets its estimate (log-scale ones included).
+        assert entry["delta_low"] <= entry["estimate"] <= entry["delta_high"], name
+        assert entry["bootstrap_low"] < entry["bootstrap_high"], name
+    # The data were drawn from the paper's plane (A = -0.0067): the fit finds it.
+    draft = coefficients["draft_coeff"]
+    assert draft["delta_low"] < -0.0067 < draft["delta_high"]
+    assert 0.5 < report["end_to_end"]["acceptance_r2"] <= 1
+    laws = load_laws(laws_path)
+    assert laws.samples.shape == (50, 8) and laws.covariance.shape == (8, 8)
+    np.testing.assert_allclose(np.asarray(laws.coefficients),
+                               [coefficients[c]["estimate"] for c in COEFFICIENTS], rtol=1e-6)
+
+
+def test_fit_refuses_to_overwrite_and_plan_uses_the_laws(fitted, capsys):
+    folder, path = fitted
+    laws_path = folder / "measurements.laws.json"
+    if not laws_path.exists():
+        pytest.fail("the fit test must run first (module order)")
+    code, _, err = _run(capsys, ["fit", str(path)])
+    assert code == 2 and "--overwrite" in err and err.count("\n") == 1
+
+    code, out, _ = _run(capsys, ["plan", "--laws", str(laws_path), "--target-params", "70B",
+                                 "--target-tokens", "15T", "--json"])
+    assert code == 0
+    plan = json.loads(out)
+    assert plan["interval"] == "bootstrap" and plan["laws"] == str(laws_path)
+    assert plan["draft_params_low"] < plan["draft_params"] < plan["draft_params_high"]
+    code, out, _ = _run(capsys, ["plan", "--laws", str(laws_path), "--target-params", "70B",
+                                 "--target-tokens", "15T", "--interval", "delta", "--json"])
+    delta = json.loads(out)
+    assert delta["draft_params"] == plan["draft_params"]
+    # Two routes to the same uncertainty: the widths agree within a factor of two.
+    width = lambda p: np.log(p["draft_params_high"] / p["draft_params_low"])
+    assert 0.5 < width(delta) / width(plan) < 2
+
+
+# --- resamples whose refit fails (regression: NaN reached the laws file) -----------------
+
+def _strict_json(path):
+    """The file's JSON, refusing NaN and infinities (which json.loads accepts by default)."""
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}, which is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def poorly_determined(tmp_path_factory):
+    """Two sets of the same shape with drafts and token counts in narrow ranges.
+
+    A bootstrap resample of such data can leave a coefficient undetermined;
+    in the first set a few resamples fail, in the second about half.
+    """
+    folder = tmp_path_factory.mktemp("poor")
+    paths = []
+    for name, seed, drafts, tokens in (("few", 3, (1e8, 1.2e8), (1e12, 1.1e12)),
+                                       ("many", 5, (1e8, 1.5e8), (1e12, 1.5e12))):
+        path = folder / f"{name}.jsonl"
+        write_measurements(synthetic_measurements(
+            seed=seed, **{**DESIGN, "draft_range": drafts, "tokens_range": tokens}), path)
+        paths.append(path)
+    return paths
+
+
+def test_failed_resamples_are_counted_and_left_out(poorly_determined, capsys):
+    path = poorly_determined[0]
+    code, out, err = _run(capsys, ["fit", str(path), "--bootstrap", "50", "--json"])
+    assert code == 0 and "Traceback" not in err
+    e2e = json.loads(out, parse_constant=lambda c: pytest.fail(f"stdout holds {c}"))["end_to_end"]
+    failed = e2e["bootstrap_failed"]
+    assert 0 < failed <= 10 and e2e["bootstrap_requested"] == 50
+    assert e2e["bootstrap_resamples"] == 50 - failed
+    assert f"bootstrap: {failed} of 50 resamples did not converge; intervals from the {50 - failed}" in err
+    document = _strict_json(path.with_suffix(".laws.json"))
+    samples = np.asarray(document["bootstrap_samples"])
+    assert samples.shape == (50 - failed, 8)
+    # The intervals are the percentiles of the resamples kept, and only of those.
+    for i, name in enumerate(COEFFICIENTS):
+        entry = e2e["coefficients"][name]
+        np.testing.assert_allclose([entry["bootstrap_low"], entry["bootstrap_high"]],
+                                   np.percentile(samples[:, i], [2.5, 97.5]), rtol=1e-12)
+    code, out, _ = _run(capsys, ["fit", str(path), "--bootstrap", "50", "--overwrite"])
+    assert code == 0 and f"bootstrap: {failed} of 50 resamples did not converge" in out
+
+
+def test_too_many_failed_resamples_leave_no_bootstrap_intervals(poorly_determined, capsys):
+    path = poorly_determined[1]
+    code, out, err = _run(capsys, ["fit", str(path), "--bootstrap", "50"])
+    assert code == 0 and "Traceback" not in err
+    assert "resamples did not converge, too many for intervals" in out
+    assert "bootstrap intervals unavailable" in out
+    document = _strict_json(path.with_suffix(".laws.json"))
+    e2e = document["summary"]["end_to_end"]
+    assert e2e["bootstrap_failed"] > 10 and e2e["bootstrap_resamples"] == 0
+    assert document["bootstrap_samples"] is None
+    for name, entry in e2e["coefficients"].items():
+        assert entry["bootstrap_low"] is None and entry["bootstrap_high"] is None
+        assert entry["delta_low"] <= entry["estimate"] <= entry["delta_high"], name
+    # The planner falls back on the delta method.
+    code, out, _ = _run(capsys, ["plan", "--laws", str(path.with_suffix(".laws.json")),
+                                 "--target-params", "70B", "--target-tokens", "15T", "--json"])
+    assert code == 0 and json.loads(out)["interval"] == "delta"
+
+
+def test_select_resamples_drops_failures_and_needs_most_to_converge():
+    rng = np.random.default_rng(0)
+    samples = rng.normal(size=(20, 8))
+    decrement = np.full(20, 1e-12)
+    samples[3, 2] = np.nan                 # a refit that diverged
+    decrement[5] = np.nan                  # a Hessian that could not be formed
+    decrement[7] = 10 * fit_report.joint_fit.RESAMPLE_TOLERANCE  # stopped short of its optimum
+    kept, converged = fit_report.select_resamples(samples, decrement)
+    assert converged == 17
+    np.testing.assert_array_equal(kept, np.delete(samples, [3, 5, 7], axis=0))
+    # 17 of 20 is above the 80% needed; 15 of 20 is not.
+    decrement[[9, 11]] = np.inf
+    kept, converged = fit_report.select_resamples(samples, decrement)
+    assert kept is None and converged == 15
+    summary = fit_report.bootstrap_summary({"bootstrap_requested": 20, "bootstrap_failed": 5,
+                                            "bootstrap_resamples": 0})
+    assert summary.startswith("bootstrap: 5 of 20 resamples did not converge") and "unavailable" in summary
+
+
+# Real rows: `sdsl train --family tiny --steps 40` (and --steps 80 for the second
+# 10k), `sdsl measure ... --rows`: three drafts, one target, four distinct models.
+REAL_ROWS = """draft_model,target_model,draft_params,target_params,draft_tokens,target_tokens,\
+draft_perplexity,target_perplexity,lookahead,accepted,trials
+10k,100k,10336,95616,20480,20480,50.3576,21.3247,2,105,222
+10k,100k,10336,95616,20480,20480,50.3576,21.3247,4,127,245
+30k,100k,32960,95616,20480,20480,30.1607,21.3247,2,134,196
+30k,100k,32960,95616,20480,20480,30.1607,21.3247,4,168,234
+10k,100k,10336,95616,40960,20480,30.5979,21.3247,3,118,161
+"""
+
+
+@pytest.mark.parametrize("lines,needle", [
+    (6, "4 loss points (distinct models) cannot fix them: measure pairs among at least 5 models"),
+    (4, "3 measurements cannot determine the acceptance plane's 3 coefficients"),
+])
+def test_a_handful_of_real_rows_is_refused_in_one_line(tmp_path, capsys, lines, needle):
+    path = tmp_path / "rows.csv"
+    path.write_text("\n".join(REAL_ROWS.splitlines()[:lines]) + "\n")
+    code, _, err = _run(capsys, ["fit", str(path)])
+    assert code == 2 and needle in err and err.count("\n") == 1
+    assert not (tmp_path / "rows.laws.json").exists()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["fit", "/nonexistent/m.csv"], "cannot read"),
+    (["fit", "M", "--bootstrap", "-1"], "--bootstrap"),
+    (["fit", "M", "--confidence", "1.5"], "--confidence"),
+    (["plan", "--laws", "/nonexistent/laws.json", "--target-params", "70B", "--target-tokens", "15T"],
+     "cannot read"),
+    (["plan", "--target-params", "70B", "--target-tokens", "15T", "--interval", "delta"], "--laws"),
+])
+def test_bad_fit_and_laws_input_is_one_line(capsys, argv, needle):
+    code, _, err = _run(capsys, argv)
+    assert code == 2 and needle in err and err.count("\n") == 1
+
+
+def test_bad_measurement_file_names_row_and_column(tmp_path, capsys):
+    path = tmp_path / "m.csv"
+    path.write_text("draft_params,target_params,draft_tokens,target_tokens,draft_perplexity,"
+                    "target_perplexity,lookahead,acceptance\n"
+                    "125M,7B,1T,2T,20,8,4,0.6\n125M,7B,1T,2T,20,8,4,1.7\n")
+    code, _, err = _run(capsys, ["fit", str(path)])
+    assert code == 2 and "m.csv" in err and "row 2" in err and "acceptance" in err
+    assert err.count("\n") == 1
+
+
+def test_bad_laws_file_is_named(tmp_path, capsys):
+    path = tmp_path / "laws.json"
+    path.write_text(json.dumps({"pretraining_law": {"irreducible_loss": 1.8}, "acceptance_law": {}}))
+    code, _, err = _run(capsys, ["plan", "--laws", str(path), "--target-params", "70B",
+                                 "--target-tokens", "15T"])
+    assert code == 2 and "laws.json" in err and "param_coeff" in err

@@ -1,0 +1,122 @@
+"""The sdsl command line, called in-process through main(argv)."""
+
+import csv
+import json
+
+import pytest
+
+from sdsl_jax.cli import main as cli
+from sdsl_jax.cli.main import PLAN_KEYS, main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_plan_readable(capsys):
+    code, out, err = run(capsys, "plan", "--target-params", "70B", "--target-tokens", "15T")
+    assert code == 0, err
+    assert "optimal draft size N*" in out and "281M parameters" in out
+    for label in ("draft perplexity", "target perplexity", "acceptance alpha",
+                  "lookahead, continuous", "lookahead, integer", "speedup", "tokens per FLOP"):
+        assert label in out
+
+
+def test_plan_json_matches_library(capsys, x64):
+    import sdsl_jax as sd
+    code, out, _ = run(capsys, "plan", "--target-params", "70e9", "--target-tokens", "15e12",
+                       "--draft-tokens", "2T", "--json")
+    assert code == 0
+    record = json.loads(out)
+    for key in ("draft_params", "acceptance", "lookahead", "speedup", "integer_lookahead",
+                "draft_perplexity", "target_perplexity", "tokens_per_flop"):
+        assert key in record
+    plan = sd.optimal_draft_size(70e9, 2e12, 15e12)
+    assert record["draft_params"] == pytest.approx(float(plan.draft_params), rel=1e-12)
+    assert record["draft_tokens"] == 2e12
+
+
+@pytest.mark.parametrize("argv,names", [
+    (["plan", "--target-params", "0", "--target-tokens", "15T"], "--target-params"),
+    (["plan", "--target-params", "-70B", "--target-tokens", "15T"], "--target-params"),
+    (["plan", "--target-params", "seventy", "--target-tokens", "15T"], "--target-params"),
+    (["plan", "--target-params", "70B", "--target-tokens", "nan"], "--target-tokens"),
+    (["plan", "--target-params", "70B", "--target-tokens", "15T", "--draft-tokens", "0"], "--draft-tokens"),
+    (["plan", "--target-params", "70B", "--target-tokens", "15T", "--pretraining-law", "gpt5"], "--pretraining-law"),
+    (["plan", "--target-params", "70B", "--target-tokens", "15T", "--acceptance-law", "x"], "--acceptance-law"),
+    (["plan", "--target-tokens", "15T"], "--target-params"),
+    (["plan", "--target-params", "70B", "--target-tokens", "15T", "--bogus"], "--bogus"),
+    (["frobnicate"], "frobnicate"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, names):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and names in err and "Traceback" not in err
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """CSV planning in chunks of 2 rows instead of 65536: three rows then span
+    two chunks (the last one padded), and no test plans 65536 padded rows."""
+    monkeypatch.setattr(cli, "CHUNK_ROWS", 2)
+
+
+def _write_configs(path, rows):
+    with open(path, "w", newline="") as handle:
+        handle.write("target_params,target_tokens,draft_tokens\n")
+        for row in rows:
+            handle.write(",".join(row) + "\n")
+
+
+def test_csv_in_csv_out(tmp_path, capsys, small_chunks):
+    src, dst = tmp_path / "configs.csv", tmp_path / "plans.csv"
+    _write_configs(src, [("70B", "15T", ""), ("13e9", "1T", "300B"), ("405B", "15T", "15T")])
+    code, _, err = run(capsys, "plan", "--csv", str(src), "--out", str(dst))
+    assert code == 0, err
+    rows = list(csv.DictReader(open(dst)))
+    assert len(rows) == 3 and set(PLAN_KEYS) <= set(rows[0])
+    assert float(rows[0]["draft_tokens"]) == 15e12  # blank draft_tokens: the target's
+    assert float(rows[1]["draft_tokens"]) == 3e11
+    sizes = [float(r["draft_params"]) for r in rows]
+    assert sizes[2] > sizes[0] > sizes[1] > 0
+    # An existing output is never overwritten silently.
+    code, _, err = run(capsys, "plan", "--csv", str(src), "--out", str(dst))
+    assert code == 2 and "--resume" in err
+
+
+def test_csv_resume_keeps_written_rows(tmp_path, capsys, small_chunks):
+    src, dst = tmp_path / "configs.csv", tmp_path / "plans.csv"
+    _write_configs(src, [("70B", "15T", ""), ("13B", "1T", ""), ("405B", "15T", "")])
+    assert run(capsys, "plan", "--csv", str(src), "--out", str(dst))[0] == 0
+    full = open(dst).read().splitlines()
+    # Simulate a run killed while writing its third row.
+    open(dst, "w").write("\n".join(full[:3]) + "\n" + full[3][:10])
+    assert run(capsys, "plan", "--csv", str(src), "--out", str(dst), "--resume")[0] == 0
+    assert open(dst).read().splitlines() == full
+
+
+@pytest.mark.parametrize("body,match", [
+    ("target_params,target_tokens\n70B,15T\n-3,15T\n", "row 3, column target_params"),
+    ("target_params,target_tokens\n70B,abc\n", "row 2, column target_tokens"),
+    ("target_params,draft_tokens\n70B,15T\n", "missing column 'target_tokens'"),
+])
+def test_csv_errors_name_file_row_and_column(tmp_path, capsys, body, match):
+    src = tmp_path / "bad.csv"
+    src.write_text(body)
+    code, _, err = run(capsys, "plan", "--csv", str(src))
+    assert code == 2 and match in err and "bad.csv" in err and err.count("\n") == 1
+
+
+def test_missing_csv_file(tmp_path, capsys):
+    code, _, err = run(capsys, "plan", "--csv", str(tmp_path / "nope.csv"))
+    assert code == 2 and "nope.csv" in err
+
+
+def test_rule_command(capsys):
+    code, out, _ = run(capsys, "rule", "--points", "6", "--json")
+    assert code == 0
+    record = json.loads(out)
+    assert record["published"]["slope"] == 2.71e-3
+    assert 0 < record["linear"]["slope"] < 1e-2 and record["linear"]["r2"] > 0.9

@@ -1,0 +1,454 @@
+"""The speculative loop's parts: sampling primitives, the acceptance rule, the
+loop's bookkeeping, latency metrics, records and the toy decoders.
+
+The distributional guarantees (lossless sampling, exact betas, greedy
+equality) are in tests/decoding/test_lossless.py; here each piece is checked against
+an independent computation (brute force, quadrature over the uniforms,
+scipy, numpy).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.special import softmax
+
+from sdsl_jax.estimation.acceptance import estimate_acceptance
+from sdsl_jax.decoding import loop, metrics
+from sdsl_jax.decoding.baseline import autoregressive_generate
+from sdsl_jax.decoding.pair import measure_pair, run_records
+from sdsl_jax.decoding.sampling import (
+    acceptance_probability,
+    first_rejection,
+    probabilities,
+    residual,
+    sample,
+    speculative_accept,
+)
+from sdsl_jax.models.ngram import mlp_ngram_decoder, ngram_decoder, ngram_forward
+
+VOCAB = 6
+
+
+# --------------------------------------------------------------------------
+# Sampling primitives.
+
+
+def test_probabilities_match_softmax_and_one_hot():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 5, VOCAB)).astype(np.float32)
+    for fn in (probabilities, jax.jit(probabilities)):
+        np.testing.assert_allclose(fn(logits, 0.7), softmax(logits / 0.7, axis=-1), rtol=1e-5)
+        hot = np.asarray(fn(logits, 0.0))
+        np.testing.assert_array_equal(hot, np.eye(VOCAB)[np.argmax(logits, axis=-1)])
+    # Ties at T = 0 go to the first maximum.
+    np.testing.assert_array_equal(probabilities(jnp.array([1.0, 3.0, 3.0]), 0.0), [0, 1, 0])
+    # bfloat16 logits are upcast for sampling.
+    assert probabilities(jnp.ones(4, jnp.bfloat16), 1.0).dtype == jnp.float32
+
+
+def test_sample_inverts_the_cdf_exactly():
+    draw = jax.jit(sample)
+    weights = jnp.array([0.0, 0.2, 0.0, 0.5, 0.3, 0.0])
+    # Midpoints of a fine grid of u: each token gets exactly its weight's share.
+    m = 10_000
+    u = (jnp.arange(m) + 0.5) / m
+    counts = np.bincount(np.asarray(draw(u, jnp.broadcast_to(weights, (m, 6)))), minlength=6)
+    np.testing.assert_allclose(counts / m, weights, atol=1.5 / m)
+    # Against a float64 searchsorted for vocabularies around the block size
+    # (the CDF is summed in blocks of about sqrt(V)).
+    grid = (np.arange(4000) + 0.5) / 4000
+    for vocab in (1, 17, 1000):
+        rng = np.random.default_rng(vocab)
+        w = (rng.random(vocab) * (rng.random(vocab) > 0.3)).astype(np.float32)
+        w[0] += np.float32(w.sum() == 0)
+        got = np.asarray(draw(jnp.asarray(grid, jnp.float32),
+                              jnp.broadcast_to(jnp.asarray(w), (grid.size, vocab))))
+        ref = np.searchsorted(np.cumsum(w, dtype=np.float64), grid * w.astype(np.float64).sum(),
+                              side="right")
+        assert np.sum(got != ref) <= 1 and np.all(w[got] > 0), vocab
+    # Unnormalised weights and the ends of [0, 1): never a zero-weight token.
+    six = jnp.stack([7 * weights, weights, weights])
+    ends = jnp.array([0.0, float(np.nextafter(np.float32(1), np.float32(0))), 1.0])
+    # u = 1 stands in for u * total rounding up to total: the fallback picks
+    # the last token of positive weight.
+    np.testing.assert_array_equal(draw(ends, six), [1, 4, 4])
+    tiny = jnp.array([[0.1, 0.1, 0.1, 1e-30, 0.0]])
+    assert int(draw(jnp.array([1.0]), tiny)[0]) == 3
+
+
+def test_first_rejection_brute_force():
+    for bits in itertools.product([False, True], repeat=5):
+        expected = next((i for i, b in enumerate(bits) if not b), 5)
+        assert int(first_rejection(jnp.array(bits))) == expected
+
+
+def test_residual_and_acceptance_probability():
+    rng = np.random.default_rng(1)
+    p = rng.dirichlet(np.ones(VOCAB), size=4)
+    q = rng.dirichlet(np.ones(VOCAB), size=4)
+    np.testing.assert_allclose(residual(p, q), np.maximum(p - q, 0), atol=1e-7)
+    np.testing.assert_allclose(acceptance_probability(p, q), np.minimum(p, q).sum(-1), rtol=1e-6)
+    # 1 - TV(p, q), the other way to write beta.
+    np.testing.assert_allclose(acceptance_probability(p, q), 1 - 0.5 * np.abs(p - q).sum(-1),
+                               rtol=1e-6)
+    # p == q: no residual mass, the fallback is p itself.
+    np.testing.assert_allclose(residual(p, p), p)
+
+
+def rule_quadrature(p, q, m=300):
+    """Run speculative_accept for gamma = 1 over every draft token x and an
+    m x m midpoint grid of (acceptance u, emission u), weighting by q(x)/m^2.
+    Returns (law of the first emitted token, law of the bonus given acceptance,
+    probability of acceptance)."""
+    vocab = p.shape[-1]
+    u = (np.arange(m) + 0.5) / m
+    x, ua, un = (a.ravel() for a in np.meshgrid(np.arange(vocab), u, u, indexing="ij"))
+    uniforms = jnp.asarray(np.stack([ua, un], axis=1), jnp.float32)
+    verdict = jax.jit(jax.vmap(speculative_accept, in_axes=(0, 0, None, None)))(
+        uniforms, jnp.asarray(x[:, None], jnp.int32), jnp.asarray(q[None], jnp.float32),
+        jnp.asarray(p, jnp.float32))
+    k = np.asarray(verdict.num_accepted)
+    nxt = np.asarray(verdict.next_token)
+    w = q[x] / m ** 2
+    first = np.where(k == 1, x, nxt)
+    first_law = np.bincount(first, weights=w, minlength=vocab)
+    accepted = k == 1
+    bonus_law = np.bincount(nxt[accepted], weights=w[accepted], minlength=vocab) / w[accepted].sum()
+    return first_law, bonus_law, w[accepted].sum(), np.asarray(verdict.betas)
+
+
+def test_accept_rule_emits_target_law_by_quadrature():
+    rng = np.random.default_rng(2)
+    p = rng.dirichlet(np.ones(5), size=2)  # p_1 and the bonus distribution p_2
+    q = rng.dirichlet(np.ones(5))
+    first_law, bonus_law, accept_prob, betas = rule_quadrature(p, q)
+    # Grid error is O(1/m) per token.
+    np.testing.assert_allclose(first_law, p[0], atol=5e-3)
+    np.testing.assert_allclose(bonus_law, p[1], atol=5e-3)
+    np.testing.assert_allclose(accept_prob, np.minimum(p[0], q).sum(), atol=5e-3)
+    np.testing.assert_allclose(betas, np.minimum(p[0], q).sum(), rtol=1e-6)
+
+
+def test_accept_rule_greedy_is_argmax_agreement():
+    eye = np.eye(4, dtype=np.float32)
+    u = np.array([0.999, 0.5, 0.2], np.float32)
+    accept = jax.jit(speculative_accept)
+    # Draft argmax 2 twice; target argmax 2 then 3: accept one, emit 3.
+    v = accept(u, np.array([2, 2]), eye[[2, 2]], eye[[2, 3, 1]])
+    assert (int(v.num_accepted), int(v.next_token)) == (1, 3)
+    np.testing.assert_array_equal(v.betas, [1.0, 0.0])
+    # Both agree: accept both and emit the target's bonus argmax.
+    v = accept(u, np.array([2, 3]), eye[[2, 3]], eye[[2, 3, 1]])
+    assert (int(v.num_accepted), int(v.next_token)) == (2, 1)
+
+
+def test_accept_rule_lookahead_zero_is_plain_sampling():
+    p = jnp.array([[0.1, 0.6, 0.3]])
+    v = speculative_accept(jnp.array([0.65]), jnp.zeros((0,), jnp.int32), jnp.zeros((0, 3)), p)
+    assert int(v.num_accepted) == 0 and int(v.next_token) == 1 and v.betas.shape == (0,)
+
+
+# --------------------------------------------------------------------------
+# Toy decoders.
+
+
+def numpy_ngram_logits(table, bias, history, pos):
+    order = table.ndim
+    ctx = tuple(history[pos - k] if pos - k >= 0 else 0 for k in range(order - 2, -1, -1))
+    out = table[ctx] if order > 1 else table
+    return out + (bias[min(pos, len(bias) - 1)] if bias is not None else 0)
+
+
+def test_ngram_forward_follows_the_cache_contract():
+    rng = np.random.default_rng(3)
+    table = rng.normal(size=(VOCAB,) * 3).astype(np.float32)
+    bias = rng.normal(size=(4, VOCAB)).astype(np.float32)
+    dec = ngram_decoder(table, bias)
+    cache = dec.init_cache(2, 12)
+    history = rng.integers(0, VOCAB, size=(2, 12))
+    fwd = jax.jit(ngram_forward)
+    # Row 0 is written in chunks of 3, row 1 in chunks of 4, from different starts.
+    logits, cache = fwd(dec.params, jnp.asarray(history[:, :3]), jnp.array([0, 0]), cache)
+    logits, cache = fwd(dec.params, jnp.asarray(np.stack([history[0, 3:7], history[1, 3:7]])),
+                        jnp.array([3, 3]), cache)
+    for b in range(2):
+        for t in range(4):
+            np.testing.assert_allclose(logits[b, t], numpy_ngram_logits(table, bias, history[b], 3 + t))
+    np.testing.assert_array_equal(np.asarray(cache)[:, :7], history[:, :7])
+    # Rewriting position 5 changes what position 6 reads: stale entries are not read.
+    new = (history[:, 5:7] + 1) % VOCAB
+    logits, cache = fwd(dec.params, jnp.asarray(new), jnp.array([5, 5]), cache)
+    edited = history.copy()
+    edited[:, 5:7] = new
+    for b in range(2):
+        np.testing.assert_allclose(logits[b, 1], numpy_ngram_logits(table, bias, edited[b], 6))
+
+
+def test_toy_decoder_validation_and_sizes():
+    with pytest.raises(ValueError, match="table must have shape"):
+        ngram_decoder(np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="position_bias"):
+        ngram_decoder(np.zeros((4, 4)), np.zeros((3, 5)))
+    dec = mlp_ngram_decoder(0, np.zeros((5, 5), np.float32), width=8, depth=3, mlp_scale=0.01)
+    assert dec.num_params == 25 + 5 * 8 + 3 * 64 + 8 * 5 + 1
+    logits, _ = jax.jit(dec.forward)(dec.params, jnp.array([[1, 2]]), jnp.array([0]),
+                                     dec.init_cache(1, 4))
+    # tanh outputs are bounded by 1, so the MLP moves the logits by at most 0.01 * |readout|_1.
+    bound = 0.01 * np.abs(np.asarray(dec.params["readout"])).sum(axis=0)
+    assert np.all(np.abs(np.asarray(logits)) <= bound + 1e-6) and np.any(np.asarray(logits) != 0)
+    # The per-forward MLP adds one offset to every position of the chunk.
+    shared = mlp_ngram_decoder(0, np.zeros((5, 5), np.float32), width=8, depth=1, per_token=False)
+    logits, _ = jax.jit(shared.forward)(shared.params, jnp.array([[1, 2, 4]]), jnp.array([0]),
+                                        shared.init_cache(1, 4))
+    np.testing.assert_allclose(logits[0, 0], logits[0, 2])
+    assert np.any(np.asarray(logits) != 0)
+
+
+# --------------------------------------------------------------------------
+# The loop on a small shared configuration (one compilation for most tests).
+
+LOOKAHEAD = 2
+MAX_NEW = 10
+PROMPTS = [[3], [1, 4, 2], [0, 5, 5, 1, 2]]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    rng = np.random.default_rng(4)
+    target_table = rng.normal(size=(VOCAB,) * 3).astype(np.float32)
+    target = ngram_decoder(target_table, rng.normal(size=(8, VOCAB)).astype(np.float32),
+                           name="target")
+    draft_table = target_table.mean(axis=0) + 0.5 * rng.normal(size=(VOCAB,) * 2)
+    draft = ngram_decoder(draft_table.astype(np.float32), name="draft")
+    return draft, target
+
+
+@pytest.fixture(scope="module")
+def prompt_batch():
+    return loop.pad_prompts(PROMPTS, 5)
+
+
+def generate(pair, prompt_batch, temperature=1.0, seed=0, row_ids=None, **kwargs):
+    return loop.speculative_generate(*pair, *prompt_batch, jax.random.PRNGKey(seed),
+                                     lookahead=kwargs.pop("lookahead", LOOKAHEAD),
+                                     max_new_tokens=kwargs.pop("max_new_tokens", MAX_NEW),
+                                     temperature=temperature, row_ids=row_ids, **kwargs)
+
+
+def test_pad_prompts():
+    tokens, lengths = loop.pad_prompts([[1, 2], [3]], 4, pad_token=5)
+    np.testing.assert_array_equal(tokens, [[1, 2, 5, 5], [3, 5, 5, 5]])
+    np.testing.assert_array_equal(lengths, [2, 1])
+    with pytest.raises(ValueError, match="at least one token; prompt 1"):
+        loop.pad_prompts([[1], []])
+    with pytest.raises(ValueError, match="longest prompt"):
+        loop.pad_prompts([[1, 2, 3]], 2)
+
+
+def test_loop_bookkeeping(pair, prompt_batch):
+    for seed in range(3):
+        gen = generate(pair, prompt_batch, seed=seed)
+        assert gen.tokens.shape == (3, MAX_NEW) and gen.lookahead == LOOKAHEAD
+        iters = np.asarray(gen.num_iterations)
+        acc = np.asarray(gen.accepted)
+        ran = np.arange(acc.shape[1]) < iters[:, None]
+        assert np.all(acc[~ran] == 0) and np.all((acc >= 0) & (acc <= LOOKAHEAD))
+        # One token from the prefill, K + 1 from each iteration.
+        np.testing.assert_array_equal(gen.num_generated, 1 + np.where(ran, acc + 1, 0).sum(1))
+        assert np.all(np.asarray(gen.num_generated) >= MAX_NEW)
+        assert np.all(np.asarray(gen.num_generated) <= MAX_NEW + LOOKAHEAD)
+        # A row runs every step until it is done.
+        np.testing.assert_array_equal(gen.finish_step, iters)
+        assert int(gen.num_steps) == iters.max()
+        assert np.all((np.asarray(gen.tokens) >= 0) & (np.asarray(gen.tokens) < VOCAB))
+
+
+def test_rows_do_not_depend_on_their_batch(pair, prompt_batch):
+    tokens, lengths = prompt_batch
+    a = generate(pair, prompt_batch, row_ids=jnp.array([7, 8, 9]))
+    order = np.array([2, 0, 1])
+    b = generate(pair, (tokens[order], lengths[order]), row_ids=jnp.array([7, 8, 9])[order])
+    for field in ("tokens", "accepted", "num_iterations"):
+        np.testing.assert_array_equal(np.asarray(getattr(a, field))[order], getattr(b, field))
+    # Another key changes the output.
+    c = generate(pair, prompt_batch, row_ids=jnp.array([17, 18, 19]))
+    assert not np.array_equal(a.tokens, c.tokens)
+
+
+def test_iteration_lookahead_feeds_estimate_acceptance(pair, prompt_batch):
+    gen = generate(pair, prompt_batch, seed=5)
+    la = np.asarray(loop.iteration_lookahead(gen))
+    acc = np.asarray(gen.accepted)
+    ran = np.arange(acc.shape[1]) < np.asarray(gen.num_iterations)[:, None]
+    np.testing.assert_array_equal(la, np.where(ran, LOOKAHEAD, 0))
+    est = estimate_acceptance(acc, la)
+    trials = np.minimum(acc + 1, LOOKAHEAD)[ran].sum()
+    assert int(est.trials) == trials
+    np.testing.assert_allclose(float(est.acceptance), acc.sum() / trials, rtol=1e-6)
+
+
+def test_lookahead_one_and_single_token(pair, prompt_batch):
+    # Lookahead 1: the draft's scan has no steps; greedy must match the target's.
+    spec = generate(pair, prompt_batch, temperature=0.0, lookahead=1)
+    base = autoregressive_generate(pair[1], *prompt_batch, jax.random.PRNGKey(1),
+                                   max_new_tokens=MAX_NEW, temperature=0.0)
+    np.testing.assert_array_equal(spec.tokens, base.tokens)
+    assert np.all(np.asarray(base.accepted) == 0) and base.lookahead == 0
+    # One new token: no iterations at all.
+    one = generate(pair, prompt_batch, max_new_tokens=1)
+    assert one.tokens.shape == (3, 1) and one.accepted.shape == (3, 0)
+    assert int(one.num_steps) == 0 and np.all(np.asarray(one.num_generated) == 1)
+
+
+def test_input_errors(pair, prompt_batch):
+    draft, target = pair
+    tokens, lengths = prompt_batch
+    key = jax.random.PRNGKey(0)
+
+    def call(**kw):
+        args = dict(draft=draft, target=target, prompt_tokens=tokens, prompt_lengths=lengths,
+                    key=key, lookahead=LOOKAHEAD, max_new_tokens=MAX_NEW, temperature=1.0)
+        args.update(kw)
+        return loop.speculative_generate(args.pop("draft"), args.pop("target"),
+                                         args.pop("prompt_tokens"), args.pop("prompt_lengths"),
+                                         args.pop("key"), **args)
+
+    small = ngram_decoder(np.zeros((VOCAB - 1,) * 2, np.float32))
+    cases = [
+        (dict(draft=small), "vocabularies differ"),
+        (dict(draft=None), "draft must be a Decoder"),
+        (dict(lookahead=2.0), "lookahead must be a Python int"),
+        (dict(lookahead=-1), "lookahead must be >= 0"),
+        (dict(max_new_tokens=0), "max_new_tokens must be >= 1"),
+        (dict(temperature=-0.5), "temperature must be a finite scalar >= 0"),
+        (dict(temperature=float("nan")), "temperature must be a finite"),
+        (dict(prompt_lengths=jnp.array([1, 6, 2])), r"prompt_lengths must lie in \[1, 5\], got 6 at row 1"),
+        (dict(prompt_tokens=tokens.at[2, 4].set(VOCAB)), r"got 6 at row 2, position 4"),
+        (dict(prompt_tokens=tokens[0]), "prompt_tokens must be an integer array"),
+        (dict(prompt_lengths=lengths[:2]), r"prompt_lengths must be an integer array \[3\]"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call(**kw)
+    state = loop.prefill(draft, target, tokens, lengths, loop.row_keys(key, jnp.arange(3)),
+                         lookahead=LOOKAHEAD, max_new_tokens=MAX_NEW)
+    with pytest.raises(ValueError, match="prefilled for other settings"):
+        loop.decode(draft, target, state, lookahead=3, max_new_tokens=MAX_NEW)
+
+
+# --------------------------------------------------------------------------
+# Metrics and records.
+
+
+def test_student_t_quantile_matches_scipy():
+    for df in (1, 2, 3, 4, 7, 30, 241):
+        for p in (0.975, 0.9995, 0.3, 0.025):
+            np.testing.assert_allclose(metrics.student_t_quantile(p, df), stats.t.ppf(p, df),
+                                       rtol=1e-10)
+    with pytest.raises(ValueError, match="df must be an integer"):
+        metrics.student_t_quantile(0.9, 2.5)
+    with pytest.raises(ValueError, match="probability"):
+        metrics.student_t_quantile(1.0, 3)
+
+
+def test_mean_interval_matches_scipy():
+    x = np.random.default_rng(5).exponential(size=17)
+    mean, low, high = metrics.mean_interval(x, 0.95)
+    ref = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    np.testing.assert_allclose([low, high], ref, rtol=1e-10)
+    assert mean == pytest.approx(x.mean())
+    assert np.isnan(metrics.mean_interval([1.0])[1])
+    assert metrics.mean_interval([1.0, np.nan, 3.0])[0] == 2.0
+
+
+def test_row_latencies_apportion_the_decode_time(pair, prompt_batch):
+    gen = generate(pair, prompt_batch)
+    timing = metrics.Timing(prefill_s=0.5, decode_s=2.0)
+    lat = metrics.row_latencies(gen, timing, MAX_NEW)
+    share = np.asarray(gen.finish_step) / int(gen.num_steps)
+    np.testing.assert_allclose(lat["ttft_s"], 0.5)
+    np.testing.assert_allclose(lat["ttot_s"], 0.5 + 2.0 * share)
+    np.testing.assert_allclose(lat["tpot_s"], 2.0 * share / (MAX_NEW - 1))
+
+
+def test_timed_generate_is_the_same_run(pair, prompt_batch):
+    keys = loop.row_keys(jax.random.PRNGKey(3), jnp.arange(3))
+    gen, timing = metrics.timed_generate(*pair, *prompt_batch, keys, lookahead=LOOKAHEAD,
+                                         max_new_tokens=MAX_NEW, temperature=1.0)
+    ref = generate(pair, prompt_batch, seed=3)
+    np.testing.assert_array_equal(gen.tokens, ref.tokens)
+    np.testing.assert_array_equal(gen.accepted, ref.accepted)
+    assert timing.prefill_s > 0 and timing.decode_s > 0
+
+
+@pytest.fixture(scope="module")
+def records(pair):
+    prompts = PROMPTS + [[2, 2], [5]]
+    return list(measure_pair(*pair, prompts, LOOKAHEAD, MAX_NEW, 1.0, jax.random.PRNGKey(9),
+                             batch_size=3, prompt_len=5, warmup=False))
+
+
+def test_measure_pair_records(pair, records):
+    assert [r["prompt_id"] for r in records] == [0, 1, 2, 3, 4]
+    assert [r["prompt_tokens"] for r in records] == [1, 3, 5, 2, 1]
+    for r in records:
+        json.loads(json.dumps(r))  # plain JSON values
+        assert r["lookahead"] == LOOKAHEAD and r["iterations"] == len(r["accepted"])
+        assert r["generated"] == 1 + sum(k + 1 for k in r["accepted"])
+        assert r["trials"] == sum(min(k + 1, LOOKAHEAD) for k in r["accepted"])
+        assert r["beta_count"] == r["trials"] and 0 <= r["beta_sum"] <= r["beta_count"]
+        assert 0 < r["ttft_s"] <= r["ttot_s"]
+        assert r["tpot_s"] == pytest.approx((r["ttot_s"] - r["ttft_s"]) / (MAX_NEW - 1))
+        assert r["speedup"] == pytest.approx(
+            (r["baseline_ttot_s"] - r["baseline_ttft_s"]) / (r["ttot_s"] - r["ttft_s"]))
+        assert r["draft_params"] == pair[0].num_params and r["target_model"] == "target"
+        assert r["batch_size"] == 3
+
+
+def test_measure_pair_resumes_with_the_same_randomness(pair, records):
+    # Rerunning prompts 3 and 4 alone (as after a kill) repeats their runs.
+    again = list(measure_pair(*pair, [[2, 2], [5]], LOOKAHEAD, MAX_NEW, 1.0,
+                              jax.random.PRNGKey(9), prompt_ids=[3, 4], batch_size=3,
+                              prompt_len=5, baseline=False, warmup=False))
+    assert [r["accepted"] for r in again] == [r["accepted"] for r in records[3:]]
+    assert "speedup" not in again[0]
+    with pytest.raises(ValueError, match="distinct"):
+        next(measure_pair(*pair, [[1], [2]], 2, 4, 1.0, jax.random.PRNGKey(0), prompt_ids=[1, 1]))
+    with pytest.raises(ValueError, match="max_new_tokens must be an int >= 2"):
+        next(measure_pair(*pair, [[1]], 2, 1, 1.0, jax.random.PRNGKey(0)))
+
+
+def test_summarize(records):
+    s = metrics.summarize(records, key=jax.random.PRNGKey(0), num_resamples=200)
+    accepted = sum(sum(r["accepted"]) for r in records)
+    trials = sum(r["trials"] for r in records)
+    assert (s["prompts"], s["accepted"], s["trials"]) == (5, accepted, trials)
+    assert s["acceptance"] == pytest.approx(accepted / trials, rel=1e-6)
+    assert s["acceptance_low"] <= s["acceptance"] <= s["acceptance_high"]
+    assert s["beta_mean"] == pytest.approx(sum(r["beta_sum"] for r in records) / trials)
+    iterations = sum(r["iterations"] for r in records)
+    assert s["tokens_per_iteration"] == pytest.approx(1 + accepted / iterations)
+    for name in ("ttft_s", "tpot_s", "ttot_s", "speedup"):
+        mean, low, high = metrics.mean_interval([r[name] for r in records])
+        assert (s[name], s[f"{name}_low"], s[f"{name}_high"]) == pytest.approx((mean, low, high))
+    with pytest.raises(ValueError, match="mix lookaheads"):
+        metrics.summarize([records[0], dict(records[1], lookahead=3)])
+    # The run records of a finished Generation are what measure_pair yields.
+    assert math.isfinite(s["acceptance"])
+
+
+def test_run_records_rows(pair, prompt_batch):
+    gen = generate(pair, prompt_batch)
+    recs = run_records(gen, metrics.Timing(0.1, 0.9), prompt_ids=[5, 6, 7],
+                       prompt_lengths=[1, 3, 5], max_new_tokens=MAX_NEW, temperature=1.0, rows=2)
+    assert [r["prompt_id"] for r in recs] == [5, 6]
+    assert recs[1]["accepted"] == np.asarray(gen.accepted)[1, :int(gen.num_iterations[1])].tolist()
+    assert "draft_model" not in recs[0] and "speedup" not in recs[0]

@@ -1,0 +1,224 @@
+"""The roofline step-time model against a numpy transcription, its limits, and calibration."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import least_squares
+
+from sdsl_jax.planning import hardware as hw
+
+
+def _as_dict(acc):
+    return {key: float(value) for key, value in acc.items()}
+
+
+def _grid():
+    params, tokens, bpp, batch, context = np.meshgrid(
+        [1.25e8, 1.3e9, 7e9, 7e10, 4.05e11], [1.0, 5.0, 17.0], [0.5, 2.0], [1.0, 8.0, 64.0],
+        [0.0, 2048.0], indexing="ij")
+    return [a.ravel() for a in (params, tokens, bpp, batch, context)]
+
+
+@pytest.mark.parametrize("name", sorted(hw.PRESETS))
+def test_step_time_matches_numpy_formula(x64, name, numpy_step_time):
+    acc = hw.hardware_preset(name)
+    params, tokens, bpp, batch, context = _grid()
+    ours = hw.step_time(acc, params, tokens, bytes_per_param=bpp,
+                        workload=hw.Workload(batch=batch, context=context))
+    np.testing.assert_allclose(ours, numpy_step_time(_as_dict(acc), params, tokens, bpp, batch, context),
+                               rtol=1e-12)
+
+
+def test_limits_are_exactly_the_other_term(x64):
+    acc = hw.hardware_preset("H100")
+    params, tokens, bpp, batch, context = _grid()
+    workload = hw.Workload(batch=batch, context=context)
+    compute_only = hw.step_time(acc.replace(bandwidth=jnp.inf), params, tokens,
+                                bytes_per_param=bpp, workload=workload)
+    memory_only = hw.step_time(acc.replace(peak_flops=jnp.inf), params, tokens,
+                               bytes_per_param=bpp, workload=workload)
+    flops = hw.step_flops(params, tokens, workload)
+    moved = hw.step_bytes(params, bpp, workload)
+    np.testing.assert_allclose(compute_only, flops / (989.4e12 * 0.5) + 3e-4, rtol=1e-14)
+    np.testing.assert_allclose(memory_only, moved / (3.35e12 * 0.8) + 3e-4, rtol=1e-14)
+    # Without attention or a cache, a weight step is exactly 2 P FLOPs per position.
+    np.testing.assert_allclose(hw.step_flops(7e9, 3.0, hw.Workload(batch=4.0, context=0.0)), 2 * 7e9 * 12)
+
+
+def test_model_shape_matches_published_shapes(x64):
+    layers, width = hw.model_shape(12 * 32 * 4096.0**2)  # LLaMA-2 7B without embeddings
+    assert float(layers) == pytest.approx(32, rel=1e-12) and float(width) == pytest.approx(4096, rel=1e-12)
+    params = jnp.geomspace(1e6, 1e13, 50)
+    layers, width = hw.model_shape(params, 100.0)
+    np.testing.assert_allclose(12 * layers * width**2, params, rtol=1e-12)
+    np.testing.assert_allclose(width / layers, 100.0, rtol=1e-12)
+
+
+def test_smooth_max_bounds_and_gradients(dtype):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(10 ** rng.uniform(-6, 0, 500), dtype)
+    y = jnp.asarray(10 ** rng.uniform(-6, 0, 500), dtype)
+    eps = 4 * np.finfo(dtype).eps
+    for p in (1.0, 2.0, 8.0, 64.0):
+        for f in (hw.smooth_max, jax.jit(hw.smooth_max)):
+            value = np.asarray(f(x, y, jnp.asarray(p, dtype)))
+            # Bounds checked in numpy (dtype's arithmetic), not by more eager jnp programs.
+            hard = np.maximum(np.asarray(x), np.asarray(y))
+            assert np.all(value >= hard * dtype(1 - eps))
+            assert np.all(value <= hard * dtype(2 ** (1 / p)) * dtype(1 + eps))
+            np.testing.assert_allclose(value, f(y, x, jnp.asarray(p, dtype)), rtol=eps)
+    # Exactly the other term where one is 0, with finite gradients in every argument.
+    zero = jnp.zeros((), dtype)
+    assert float(hw.smooth_max(x[0], zero, 8.0)) == float(x[0])
+    grads = jax.grad(hw.smooth_max, argnums=(0, 1, 2))(x[0], zero, jnp.asarray(8.0, dtype))
+    assert all(np.isfinite(float(g)) for g in grads)
+    assert float(grads[0]) == 1.0 and float(grads[2]) == 0.0
+
+
+def test_gradients_match_finite_differences(x64):
+    acc = hw.hardware_preset("A100")
+    workload = hw.Workload(batch=8.0, context=1024.0)
+
+    def seconds(params, tokens, efficiency, batch):
+        return hw.step_time(acc.replace(bandwidth_efficiency=efficiency), params, tokens,
+                            workload=workload.replace(batch=batch))
+
+    args = (3e9, 40.0, 0.8, 8.0)  # near the ridge, where both terms matter
+    grads = jax.grad(seconds, argnums=(0, 1, 2, 3))(*args)
+    for i, g in enumerate(grads):
+        h = 1e-5 * args[i]
+        up, down = list(args), list(args)
+        up[i] += h
+        down[i] -= h
+        fd = (float(seconds(*up)) - float(seconds(*down))) / (2 * h)
+        assert float(g) == pytest.approx(fd, rel=1e-7), i
+
+
+def test_presets_and_names():
+    assert hw.hardware_preset("h100") is hw.PRESETS["H100-SXM"]
+    assert hw.hardware_preset("A100") is hw.PRESETS["A100-80GB"]
+    assert hw.hardware_preset("tpu v5e") is hw.PRESETS["TPU-v5e"]
+    # Ridge points (FLOPs per byte at peak) in the published range: ~100-300 for accelerators.
+    for name in ("A100-80GB", "H100-SXM", "H200", "TPU-v5e"):
+        acc = hw.PRESETS[name]
+        assert 100 < acc.peak_flops / acc.bandwidth < 310, name
+    with pytest.raises(ValueError, match="B200"):
+        hw.hardware_preset("B200")
+    assert hw.bytes_per_param("FP8") == 1.0 and hw.bytes_per_param(0.5) == 0.5
+    with pytest.raises(ValueError, match="fp7"):
+        hw.bytes_per_param("fp7")
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(peak_flops=0.0), "peak_flops"),
+    (dict(bandwidth=-1.0), "bandwidth"),
+    (dict(compute_efficiency=0.0), "compute_efficiency"),
+    (dict(overhead=-1e-3), "overhead"),
+    (dict(sharpness=0.5), "sharpness"),
+])
+def test_bad_accelerator_is_named(change, match):
+    with pytest.raises(ValueError, match=match):
+        hw.step_time(hw.hardware_preset("H100").replace(**change), 1e9)
+
+
+def test_bad_workload_and_inputs_are_named():
+    acc = hw.hardware_preset("H100")
+    with pytest.raises(ValueError, match="workload.batch"):
+        hw.step_time(acc, 1e9, workload=hw.Workload(batch=0.0))
+    with pytest.raises(ValueError, match="params"):
+        hw.step_time(acc, -1e9)
+    with pytest.raises(ValueError, match="tokens_per_step"):
+        hw.step_time(acc, 1e9, 0.0)
+
+
+TRUE_ACCELERATOR = hw.hardware_preset("H100").replace(
+    compute_efficiency=0.42, bandwidth_efficiency=0.71, overhead=4.5e-4)
+
+
+def _synthetic_rows(numpy_step_time, noise, seed=0, n=120):
+    rng = np.random.default_rng(seed)
+    params = 10 ** rng.uniform(8, 11, n)
+    tokens = rng.integers(1, 9, n).astype(float)
+    batch = 2.0 ** rng.integers(0, 8, n)
+    context = rng.uniform(0, 4096, n)
+    bpp = rng.choice([1.0, 2.0], n)
+    clean = numpy_step_time(_as_dict(TRUE_ACCELERATOR), params, tokens, bpp, batch, context)
+    seconds = clean * np.exp(noise * rng.standard_normal(n))
+    records = [dict(params=p, tokens_per_step=k, precision=b, batch=bb, context=c, seconds=s)
+               for p, k, b, bb, c, s in zip(params, tokens, bpp, batch, context, seconds)]
+    return records, (params, tokens, bpp, batch, context, seconds)
+
+
+def test_calibration_recovers_the_true_accelerator(x64, numpy_step_time):
+    records, _ = _synthetic_rows(numpy_step_time, noise=0.0)
+    fit = hw.calibrate(hw.hardware_preset("H100"), hw.step_time_rows(records), prior_weight=0.0)
+    assert bool(fit.converged)
+    for field in hw.CALIBRATED_FIELDS:
+        assert float(fit.accelerator[field]) == pytest.approx(float(TRUE_ACCELERATOR[field]), rel=1e-6), field
+    assert float(fit.max_relative_error) < 1e-8
+
+
+def test_calibration_matches_scipy_least_squares_on_noisy_times(x64, numpy_step_time):
+    records, (params, tokens, bpp, batch, context, seconds) = _synthetic_rows(numpy_step_time, noise=0.05, seed=1)
+    fit = hw.calibrate(hw.hardware_preset("H100"), hw.step_time_rows(records), prior_weight=0.0)
+    base = _as_dict(hw.hardware_preset("H100"))
+
+    def residuals(theta):
+        acc = dict(base, compute_efficiency=np.exp(theta[0]), bandwidth_efficiency=np.exp(theta[1]),
+                   overhead=np.exp(theta[2]))
+        return np.log(numpy_step_time(acc, params, tokens, bpp, batch, context)) - np.log(seconds)
+
+    reference = least_squares(residuals, np.log([0.5, 0.8, 3e-4]), xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    for i, field in enumerate(hw.CALIBRATED_FIELDS):
+        assert float(fit.accelerator[field]) == pytest.approx(np.exp(reference.x[i]), rel=1e-5), field
+    rms = np.sqrt(np.mean(reference.fun**2))
+    assert float(fit.rms_log_error) == pytest.approx(rms, rel=1e-8)
+    # 5% noise: the fitted model predicts the clean times to a few percent.
+    clean = numpy_step_time(_as_dict(TRUE_ACCELERATOR), params, tokens, bpp, batch, context)
+    assert np.max(np.abs(np.asarray(fit.predicted) / clean - 1)) < 0.05
+
+
+def test_measure_records_become_draft_and_verify_rows(x64, tmp_path):
+    records = [
+        dict(draft_params="125M", target_params="7B", lookahead=4, batch=8, context=512,
+             draft_step_seconds=2e-3, target_step_seconds=2.5e-2, baseline_step_seconds=2.2e-2,
+             target_precision="fp8", acceptance=0.7),  # extra keys are ignored
+        dict(draft_params=3.5e8, target_params=7e9, draft_step_seconds=3e-3, precision="float32"),
+        dict(params=1e9, seconds=4e-3, tokens_per_step=3),
+    ]
+    path = tmp_path / "steps.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
+    rows = hw.read_step_times(path)
+    np.testing.assert_array_equal(rows.params, [1.25e8, 7e9, 7e9, 3.5e8, 1e9])
+    np.testing.assert_array_equal(rows.tokens_per_step, [1, 5, 1, 1, 3])
+    np.testing.assert_array_equal(rows.bytes_per_param, [2, 1, 1, 4, 2])
+    np.testing.assert_array_equal(rows.batch, [8, 8, 8, 1, 1])
+    np.testing.assert_array_equal(rows.context, [512, 512, 512, 0, 0])
+    np.testing.assert_array_equal(rows.seconds, [2e-3, 2.5e-2, 2.2e-2, 3e-3, 4e-3])
+
+
+@pytest.mark.parametrize("record,match", [
+    (dict(draft_params=1e8, target_params=1e9), "record 1: no step time"),
+    (dict(draft_params=1e8, target_params=1e9, target_step_seconds=0.01), "record 1: missing field 'lookahead'"),
+    (dict(draft_params="big", draft_step_seconds=0.01), "record 1: field 'draft_params'"),
+    (dict(draft_params=1e8, draft_step_seconds=-1), "record 1: field 'draft_step_seconds'"),
+    (dict(params=1e8, seconds=0.01, batch=0), "record 1: field 'batch'"),
+    (dict(params=1e8, seconds=0.01, precision="fp7"), "record 1: field 'precision'"),
+    (dict(seconds=0.01), "record 1: missing field 'params'"),
+])
+def test_bad_step_records_are_named(record, match):
+    with pytest.raises(ValueError, match=match):
+        hw.step_time_rows([record])
+
+
+def test_bad_json_line_is_named(tmp_path):
+    path = tmp_path / "steps.jsonl"
+    path.write_text('{"params": 1e9, "seconds": 0.01}\n{oops\n')
+    with pytest.raises(ValueError, match="line 2: not JSON"):
+        hw.read_step_times(path)
+    with pytest.raises(ValueError, match="fields: cannot calibrate 'peak_flops'"):
+        hw.calibrate(hw.hardware_preset("H100"), hw.step_time_rows([{"params": 1e9, "seconds": 0.01}]),
+                     fields=("peak_flops",))

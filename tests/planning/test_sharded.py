@@ -1,0 +1,184 @@
+"""Sharded planning and fitting on four forced CPU devices, against the single-device run.
+
+XLA_FLAGS must be set before JAX starts, so the four-device checks run in a
+subprocess and report back as JSON; the single-device checks run here.
+"""
+
+import atexit
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+import sdsl_jax as sd
+from sdsl_jax.planning import sharded
+from sdsl_jax.fitting import acceptance_rows, synthetic_measurements
+
+FOUR_DEVICES = textwrap.dedent('''
+    import json
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec
+    jax.config.update("jax_enable_x64", True)
+    import sdsl_jax as sd
+    from sdsl_jax.planning import hardware as hw, sharded, wallclock as lp
+    from sdsl_jax.fitting import acceptance_rows, fit_acceptance_law, synthetic_measurements
+    from sdsl_jax.fitting.acceptance import plane_objective
+
+    def differences(a, b):
+        """Per field: (largest relative difference, entries that differ, exactly equal)."""
+        out = {}
+        for key in b:
+            x, y = np.asarray(a[key]), np.asarray(b[key])
+            same = x == y
+            if x.dtype == bool:
+                out[key] = [0.0, int(np.sum(~same)), bool(same.all())]
+                continue
+            both = np.isfinite(x) & np.isfinite(y) & (y != 0)
+            rel = np.abs(x[both] / y[both] - 1)
+            out[key] = [float(rel.max(initial=0.0)), int(np.sum(~same & ~(np.isinf(x) & np.isinf(y)))),
+                        bool(np.array_equal(x, y))]
+        return out
+
+    report = {"devices": jax.device_count()}
+    rng = np.random.default_rng(0)
+    n = 1000  # chunks of 299 (each padded to 300 for 4 devices), the last one of 103
+    m, d, dp = (10 ** rng.uniform(lo, hi, n) for lo, hi in ((8, 13), (9, 14), (9, 14)))
+
+    plans = sharded.plan_sharded(m, d, dp, chunk_size=299)
+    single = sd.optimal_draft_size(m, d, dp)
+    quarters = [sd.optimal_draft_size(m[i:i + 250], d[i:i + 250], dp[i:i + 250]) for i in range(0, n, 250)]
+    joined = {k: np.concatenate([np.asarray(q[k]) for q in quarters]) for k in single.keys()}
+    report["flop_sharded_vs_single"] = differences(plans, single)
+    report["flop_single_quarters_vs_single"] = differences(joined, single)
+
+    # The planner follows the data's sharding: every device holds a quarter.
+    mesh = sharded.config_mesh()
+    placed = [jax.device_put(v[:1000], NamedSharding(mesh, PartitionSpec("configs"))) for v in (m, d, dp)]
+    out = sd.optimal_draft_size(*placed).draft_params
+    report["output_devices"] = len(out.sharding.device_set)
+    report["shard_shapes"] = sorted({s.data.shape[0] for s in out.addressable_shards})
+
+    def wall(m, d, dp, accelerator, workload):
+        return lp.optimal_draft_size_wallclock(m, d, dp, hardware=accelerator, workload=workload).draft_params
+
+    k = 101
+    accelerator, workload = hw.hardware_preset("A100"), hw.Workload(batch=4.0)
+    walls = sharded.map_configs(wall, m[:k], d[:k], dp[:k], shared=(accelerator, workload))
+    report["wall_sharded_vs_single"] = differences(
+        {"draft_params": walls}, {"draft_params": wall(m[:k], d[:k], dp[:k], accelerator, workload)})
+
+    rows, _ = acceptance_rows(synthetic_measurements(num_targets=5, num_drafts=7, seed=0))
+    spread, count = sharded.shard_rows(rows)
+    report["rows"] = [count, int(spread.acceptance.shape[0]), len(spread.acceptance.sharding.device_set)]
+    coeffs = jnp.asarray([-0.0067, 0.013, 0.642])
+    report["objective"] = [float(plane_objective(coeffs, rows, rows.weight)),
+                           float(jax.jit(plane_objective)(coeffs, spread, spread.weight))]
+    one, four = fit_acceptance_law(rows), fit_acceptance_law(spread)
+    report["fit"] = [[float(one.law[f]), float(four.law[f])] for f in ("draft_coeff", "target_coeff", "intercept")]
+    report["fit_r2"] = [float(one.r2), float(four.r2)]
+    print("REPORT" + json.dumps(report))
+''')
+
+
+def _start_four_devices():
+    """Start the four-device run at collection, so that its minute of compiling
+    runs on another core while the tests collected before this file run."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    process = subprocess.Popen([sys.executable, "-c", FOUR_DEVICES], env=env, stdout=out, stderr=err, text=True)
+    atexit.register(process.kill)  # a no-op once it has finished; stops it if its tests were deselected
+    return process, out, err
+
+
+_FOUR_DEVICES_RUN = _start_four_devices()
+
+
+@pytest.fixture(scope="module")
+def four_devices():
+    process, out, err = _FOUR_DEVICES_RUN
+    returncode = process.wait(timeout=900)
+    out.seek(0)
+    err.seek(0)
+    assert returncode == 0, err.read()[-4000:]
+    line = next(row for row in out.read().splitlines() if row.startswith("REPORT"))
+    return json.loads(line[len("REPORT"):])
+
+
+def test_map_configs_broadcasts_and_chunks(x64):
+    # Any elementwise function of the configurations will do here (the planner
+    # through map_configs is the four-device run's): the acceptance of a draft
+    # 1000 times smaller than the target, a few operations to compile.
+    m = np.array([[7e9], [70e9], [405e9]])
+    tokens = np.array([[1e12, 3e12, 15e12, 40e12]])
+    pre, acc = sd.BESIROGLU_2024, sd.SDSL_2026
+    fn = lambda a, b, c: {"alpha": sd.acceptance(acc, sd.perplexity(pre, a / 1000, b), sd.perplexity(pre, a, c))}
+    out = sharded.map_configs(fn, m, tokens, tokens, chunk_size=5)
+    assert out["alpha"].shape == (3, 4)
+    np.testing.assert_allclose(out["alpha"], fn(m, tokens, tokens)["alpha"], rtol=1e-13)
+    assert sharded.padded_size(1001, 4) == 1004 and sharded.padded_size(0, 4) == 4
+
+
+def test_plan_sharded_names_bad_input():
+    with pytest.raises(ValueError, match="draft_tokens"):
+        sharded.plan_sharded([70e9], [-1.0], [15e12])
+    with pytest.raises(ValueError, match="fields: 'n_star'"):
+        sharded.plan_sharded([70e9], [15e12], [15e12], fields=["n_star"])
+    with pytest.raises(ValueError, match="chunk_size"):
+        list(sharded.stream_configs(lambda a: a, [[np.ones(10)]], chunk_size=4))
+    with pytest.raises(ValueError, match="no configurations"):
+        sharded.map_configs(lambda a: a, np.ones(0))
+
+
+def test_shard_rows_names_bad_rows():
+    rows, _ = acceptance_rows(synthetic_measurements(num_targets=2, num_drafts=3, seed=0))
+    with pytest.raises(ValueError, match="no field 'w'"):
+        sharded.shard_rows(rows, weight_field="w")
+    with pytest.raises(ValueError, match="same leading length"):
+        sharded.shard_rows(rows.replace(weight=rows.weight[:2]))
+    spread, count = sharded.shard_rows(rows)
+    assert count == 6 and jax.device_count() == 1 and spread.weight.shape == (6,)
+
+
+# The four-device run's checks come last: the tests above run while it computes.
+
+
+def test_planning_is_spread_over_all_devices(four_devices):
+    assert four_devices["devices"] == 4
+    assert four_devices["output_devices"] == 4 and four_devices["shard_shapes"] == [250]
+
+
+def test_sharded_plans_equal_single_device_plans(four_devices):
+    sharded_diff = four_devices["flop_sharded_vs_single"]
+    self_diff = four_devices["flop_single_quarters_vs_single"]
+    for field, (rel, count, exact) in sharded_diff.items():
+        # Decisions and integers agree exactly; floats to the last bits, as two
+        # single-device runs on arrays of other lengths do (see sharded.py).
+        if field in ("pays", "extrapolated", "at_bound", "integer_lookahead"):
+            assert exact, field
+        assert rel <= 1e-13, (field, rel)
+        assert count <= max(5, 2 * self_diff[field][1]), (field, count, self_diff[field])
+    # The largest differences are the single-device run's own length dependence.
+    assert max(v[0] for v in self_diff.values()) <= 1e-13
+
+
+def test_sharded_wallclock_plans_equal_single_device(four_devices):
+    rel, _, _ = four_devices["wall_sharded_vs_single"]["draft_params"]
+    assert rel <= 1e-12
+
+
+def test_sharded_fit_equals_single_device_fit(four_devices):
+    count, padded, devices = four_devices["rows"]
+    assert (count, padded, devices) == (35, 36, 4)
+    single, spread = four_devices["objective"]
+    assert spread == pytest.approx(single, rel=1e-12)
+    for one, four in four_devices["fit"]:
+        assert four == pytest.approx(one, rel=1e-9, abs=1e-12)
+    assert four_devices["fit_r2"][1] == pytest.approx(four_devices["fit_r2"][0], rel=1e-10)
