@@ -14,30 +14,45 @@ same two promises:
   its newline) and truncates it off the file, so the next append starts on a
   fresh line.
 
-Errors are :class:`OSError` (the file system) or :class:`JsonlError` (a line
-that is not a JSON object), with the file and line named; callers turn them
-into their own messages.
+Files a person wrote (a measurement set, a runs file) are read whole with
+:func:`iter_jsonl`, which keeps a last line without its newline.
+
+Errors are :class:`OSError` (the file system, naming the destination rather
+than the temporary file) or :class:`JsonlError` (a line that is not a JSON
+object), with the file and line named; callers turn them into their own
+messages.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
-from typing import Any, Callable, Iterable
+import uuid
+from typing import Any, Callable, Iterable, Iterator
+
+_BOM = "\ufeff"
 
 
 class JsonlError(ValueError):
-    """A line of a JSON Lines file that is not a JSON object; names the file and line."""
+    """A line of a JSON Lines file that is not a JSON object; names the file and line.
 
-    def __init__(self, path: str, line: int, reason: str):
-        super().__init__(f"{path}: line {line} {reason}")
-        self.path, self.line, self.reason = path, line, reason
+    ``kind`` says what is wrong, for callers that word it their own way:
+    "utf-8" (the bytes are not UTF-8 text), "json" (not valid JSON; ``detail``
+    is the parser's message) or "object" (valid JSON but not an object;
+    ``detail`` is the value's Python type name).
+    """
+
+    _WORDING = {"utf-8": "not UTF-8 text ({})", "json": "not valid JSON ({})",
+                "object": "expected a JSON object, got {}"}
+
+    def __init__(self, path: str, line: int, kind: str, detail: str):
+        super().__init__(f"{path}: line {line}: {self._WORDING[kind].format(detail)}")
+        self.path, self.line, self.kind, self.detail = path, line, kind, detail
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8") -> None:
-    """Replace ``path`` by ``text`` so that no reader ever sees a partial file."""
-    atomic_write(path, lambda handle: handle.write(text), encoding=encoding)
+# --------------------------------------------------------------------------
+# Atomic writes.
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], *, mode: str = "w",
@@ -45,32 +60,72 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], *, mode: 
     """Call ``write(handle)`` on a temporary file beside ``path``, then rename it over ``path``.
 
     The temporary file lives in the destination's folder (a rename is atomic
-    only within one file system) and is removed if ``write`` raises.
+    only within one file system) and is removed if ``write`` raises. It is
+    created with the permissions ``open(path, "w")`` would give (0666 less the
+    umask), not mkstemp's 0600, so replacing a file does not hide it from
+    the other users who could read it before.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    name = os.path.basename(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    tmp, fd = _create_beside(path, directory)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, path) from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
-def write_json(path: str | os.PathLike, data: Any, *, indent: int | None = 1) -> None:
-    """Write ``data`` as strict JSON (no NaN), atomically."""
-    atomic_write_text(path, json.dumps(data, indent=indent, allow_nan=False) + "\n")
+def _create_beside(path: str, directory: str) -> tuple[str, int]:
+    """(name, descriptor) of a new hidden file in ``directory``; OSError names ``path``."""
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            # The caller asked to write path; a message about a temporary name
+            # it never chose would only confuse.
+            raise OSError(err.errno, err.strerror, path) from None
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8") -> None:
+    """Replace ``path`` by ``text`` so that no reader ever sees a partial file."""
+    atomic_write(path, lambda handle: handle.write(text), encoding=encoding)
+
+
+def write_json(path: str | os.PathLike, data: Any, *, indent: int | None = 1,
+               sort_keys: bool = False, allow_nan: bool = False,
+               default: Callable[[Any], Any] | None = None) -> None:
+    """Write ``data`` as JSON and a newline, atomically.
+
+    Strict JSON (no NaN or infinity) unless ``allow_nan``; ``indent``,
+    ``sort_keys`` and ``default`` are :func:`json.dumps`'s. The text is built
+    before the temporary file is opened, so data that cannot be written
+    raises without touching the disk.
+    """
+    text = json.dumps(data, indent=indent, sort_keys=sort_keys, allow_nan=allow_nan,
+                      default=default)
+    atomic_write_text(path, text + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """The JSON document in ``path`` (UTF-8)."""
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+# --------------------------------------------------------------------------
+# JSON Lines.
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict], *, ensure_ascii: bool = True) -> None:
@@ -82,7 +137,8 @@ def append_jsonl(path_or_handle, record: dict) -> None:
     """Append ``record`` as one line, flushed and synced before returning.
 
     Takes a path (opened and closed here) or an open text handle (kept open by
-    a caller that appends many records).
+    a caller that appends many records). The line is written with a single
+    write call, so a kill leaves at most that one line torn.
     """
     if isinstance(path_or_handle, (str, os.PathLike)):
         with open(path_or_handle, "a", encoding="utf-8") as handle:
@@ -115,23 +171,37 @@ def read_jsonl(path: str | os.PathLike, *, repair: bool = True) -> list[dict]:
 
 def parse_jsonl(data: bytes | str, path: str = "<data>") -> list[dict]:
     """Every non-blank line of ``data`` as a JSON object, or :class:`JsonlError` naming the line."""
+    return [record for _, record in iter_jsonl(data, path)]
+
+
+def iter_jsonl(data: bytes | str, path: str = "<data>") -> Iterator[tuple[int, dict]]:
+    """(line number, record) for every non-blank line of ``data``, in order.
+
+    Lines end at \\n, \\r\\n or \\r, as when a file is read in text mode; a
+    U+2028 inside a string (which ``json.dumps(ensure_ascii=False)`` writes
+    as is) does not end a line, unlike :meth:`str.splitlines`. A UTF-8
+    byte-order mark is skipped. The records come one at a time, so a caller
+    that checks each one reports the first problem in the file first.
+
+    Raises:
+      JsonlError: bytes that are not UTF-8 (naming the line of the first bad
+        byte), or a line that is not valid JSON or not a JSON object.
+    """
     if isinstance(data, bytes):
-        if data.startswith(b"\xef\xbb\xbf"):
-            data = data[3:]
         try:
             data = data.decode("utf-8")
         except UnicodeDecodeError as err:
             line = data[:err.start].count(b"\n") + 1
-            raise JsonlError(path, line, "is not UTF-8 text") from None
-    records = []
-    for number, line in enumerate(data.splitlines(), 1):
+            raise JsonlError(path, line, "utf-8", err.reason) from None
+    if data.startswith(_BOM):
+        data = data[len(_BOM):]
+    for number, line in enumerate(io.StringIO(data, newline=None), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise JsonlError(path, number, f"is not JSON ({err.msg})") from None
+            raise JsonlError(path, number, "json", err.msg) from None
         if not isinstance(record, dict):
-            raise JsonlError(path, number, "is not a JSON object")
-        records.append(record)
-    return records
+            raise JsonlError(path, number, "object", type(record).__name__)
+        yield number, record
