@@ -40,11 +40,12 @@ import re
 import jax
 import jax.numpy as jnp
 
+from sdsl_jax.common.errors import CheckpointError
 from sdsl_jax.hf.configured import Configured
 from sdsl_jax.hf.gpt2 import GPT2Spec, gpt2_forward, gpt2_init_cache, gpt2_spec, load_gpt2_params
 from sdsl_jax.hf.layout import CONFIG_FILE, read_config
 from sdsl_jax.hf.opt import OPTSpec, load_opt_params, opt_forward, opt_init_cache, opt_spec
-from sdsl_jax.hf.safetensors_io import CheckpointError, SafetensorsCheckpoint
+from sdsl_jax.hf.safetensors_io import SafetensorsCheckpoint
 from sdsl_jax.hf.tokenizer import load_hf_tokenizer
 from sdsl_jax.decoding.decoder import Decoder
 

@@ -16,7 +16,8 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from sdsl_jax.hf.safetensors_io import CheckpointError, SafetensorsCheckpoint
+from sdsl_jax.common.errors import CheckpointError
+from sdsl_jax.hf.safetensors_io import SafetensorsCheckpoint
 
 CONFIG_FILE = "config.json"
 

@@ -26,10 +26,11 @@ import math
 import jax
 import jax.numpy as jnp
 
+from sdsl_jax.common.errors import CheckpointError
 from sdsl_jax.hf.layout import ConfigReader, WeightReader
 from sdsl_jax.hf.kv_cache import cached_attention, check_forward_inputs, init_kv_cache, positions
 from sdsl_jax.hf.layers import ACTIVATIONS, dense, layer_norm
-from sdsl_jax.hf.safetensors_io import CheckpointError, SafetensorsCheckpoint
+from sdsl_jax.hf.safetensors_io import SafetensorsCheckpoint
 
 POSITION_OFFSET = 2
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which OPT never overrides

@@ -24,6 +24,8 @@ from typing import Iterable
 import ml_dtypes
 import numpy as np
 
+from sdsl_jax.common.errors import CheckpointError
+
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -48,10 +50,6 @@ _DTYPES = {
 # A header is JSON text; a length beyond this is a corrupt or foreign file,
 # not a header worth reading into memory.
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory or file is missing, malformed or does not fit the model."""
 
 
 class SafetensorsFile:

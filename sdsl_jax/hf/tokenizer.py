@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 
-from sdsl_jax.hf.safetensors_io import CheckpointError
+from sdsl_jax.common.errors import CheckpointError
 
 
 def _token_content(value) -> str | None:

@@ -4,7 +4,8 @@ Imports flax; the rest of sdsl_jax does not need it, so nothing outside the
 decoding stack imports this package eagerly.
 """
 
-from sdsl_jax.models.store import CheckpointError, load_card, load_decoder
+from sdsl_jax.common.errors import CheckpointError
+from sdsl_jax.models.store import load_card, load_decoder
 from sdsl_jax.models.config import (FAMILIES, LEARNING_RATES, SIZES, ModelConfig, family_sizes,
                                     model_config, param_counts)
 from sdsl_jax.models.functional import (TransformerForward, TransformerInitCache, abstract_params,

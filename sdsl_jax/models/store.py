@@ -29,38 +29,27 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
+
+from sdsl_jax.common import io
+from sdsl_jax.common.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
 CARD_FILE = "model.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
-class CheckpointError(ValueError):
-    """A directory that does not hold what ``sdsl train`` writes."""
-
-
 def write_json_atomic(path: str, data: dict) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old file or the new, never a torn one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` to ``path`` so a reader sees the old file or the new, never a torn one.
+
+    This layout's JSON: two-space indent, sorted keys, and NaN or infinity
+    written as Python's json writes them (as the layout always has), not refused.
+    """
+    io.write_json(path, data, indent=2, sort_keys=True, allow_nan=True)
 
 
 def read_json(path: str) -> dict:
     try:
-        with open(path) as handle:
-            return json.load(handle)
+        return io.read_json(path)
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist") from None
     except json.JSONDecodeError as err:
