@@ -56,8 +56,11 @@ class JsonlError(ValueError):
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], *, mode: str = "w",
-                 encoding: str | None = "utf-8") -> None:
+                 encoding: str | None = "utf-8", newline: str | None = None) -> None:
     """Call ``write(handle)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    ``mode`` is "w" (text, in ``encoding`` with ``newline`` as :func:`open`
+    takes them) or "wb" (bytes).
 
     The temporary file lives in the destination's folder (a rename is atomic
     only within one file system) and is removed if ``write`` raises. It is
@@ -69,7 +72,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], *, mode: 
     directory = os.path.dirname(os.path.abspath(path))
     tmp, fd = _create_beside(path, directory)
     try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
+        text = "b" not in mode
+        with os.fdopen(fd, mode, encoding=encoding if text else None,
+                       newline=newline if text else None) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())

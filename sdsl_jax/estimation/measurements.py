@@ -64,6 +64,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from sdsl_jax.common.io import JsonlError, atomic_write, iter_jsonl, write_jsonl
 from sdsl_jax.common.quantities import format_count, parse_count
 
 SIZE_COLUMNS = ("draft_params", "target_params", "draft_tokens", "target_tokens")
@@ -206,6 +207,7 @@ def write_measurements(measurements: MeasurementSet, path: str | os.PathLike,
 
     Floats are written with repr (no precision lost), integer columns as
     integers, absent values as empty CSV cells, JSON nulls or Parquet nulls.
+    The file is replaced atomically: an interrupted write leaves the old one.
     """
     kind = _format_of(os.fspath(path), format)
     {"csv": _write_csv, "jsonl": _write_jsonl, "parquet": _write_parquet}[kind](measurements, path)
@@ -250,19 +252,14 @@ def _read_csv(path, source):
 
 def _read_jsonl(path, source):
     records, labels = [], []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MeasurementError(f"{source}: line {line_number}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise MeasurementError(f"{source}: line {line_number}: expected a JSON object, "
-                                       f"got {type(record).__name__}")
+    try:
+        for line_number, record in iter_jsonl(Path(path).read_bytes(), source):
             records.append(record)
             labels.append(_label(len(records), line_number, header_lines=0))
+    except JsonlError as e:
+        # Its wording is this format's: "<file>: line <n>: not valid JSON (...)"
+        # or "... expected a JSON object, got <type>".
+        raise MeasurementError(str(e)) from None
     if not records:
         raise MeasurementError(f"{source}: no measurement rows (only blank lines)")
     return _records_to_columns(records, source), labels
@@ -456,7 +453,8 @@ def _cell_out(name: str, value) -> Any:
 
 def _write_csv(measurements: MeasurementSet, path) -> None:
     names = list(measurements.columns)
-    with open(path, "w", newline="", encoding="utf-8") as f:
+
+    def write(f):
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(names)
         for i in range(len(measurements)):
@@ -464,13 +462,13 @@ def _write_csv(measurements: MeasurementSet, path) -> None:
             # repr, not str or %g: the shortest text that reads back as the same float.
             writer.writerow("" if c is None else repr(c) if isinstance(c, float) else c for c in cells)
 
+    atomic_write(path, write, newline="")
+
 
 def _write_jsonl(measurements: MeasurementSet, path) -> None:
     names = list(measurements.columns)
-    with open(path, "w", encoding="utf-8") as f:
-        for i in range(len(measurements)):
-            record = {name: _cell_out(name, measurements.columns[name][i]) for name in names}
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    write_jsonl(path, ({name: _cell_out(name, measurements.columns[name][i]) for name in names}
+                       for i in range(len(measurements))), ensure_ascii=False)
 
 
 def _write_parquet(measurements: MeasurementSet, path) -> None:
@@ -486,4 +484,5 @@ def _write_parquet(measurements: MeasurementSet, path) -> None:
             arrays[name] = pa.array(values, pa.float64(), mask=np.isnan(values))
         else:
             arrays[name] = pa.array([value or None for value in values], pa.string())
-    pq.write_table(pa.table(arrays), path)
+    table = pa.table(arrays)
+    atomic_write(path, lambda f: pq.write_table(table, f), mode="wb")

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sdsl_jax.common.io import read_json, write_json
 from sdsl_jax.laws import acceptance as acceptance_lib
 from sdsl_jax.laws import pretraining
 
@@ -104,11 +105,7 @@ def save_laws(path: str | os.PathLike, laws: FittedLaws, *, intervals: dict | No
         "intervals": json_safe(intervals or {}),
         "summary": json_safe(summary or {}),
     }
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(document, f, indent=1, allow_nan=False, default=_jsonable)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, document, indent=1, allow_nan=False, default=_jsonable)
 
 
 def json_safe(value):
@@ -147,8 +144,7 @@ def load_laws(path: str | os.PathLike, dtype=None) -> FittedLaws:
     """Read a file written by :func:`save_laws` (or by hand: only the two laws are required)."""
     name = os.fspath(path)
     try:
-        with open(name) as f:
-            document = json.load(f)
+        document = read_json(name)
     except OSError as err:
         raise LawsFileError(f"{name}: cannot read ({err.strerror})") from None
     except json.JSONDecodeError as err:

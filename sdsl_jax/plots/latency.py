@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
 
 import numpy as np
 
+from sdsl_jax.common.io import JsonlError, parse_jsonl
 from sdsl_jax.common.quantities import format_count, parse_count
 
 METRICS = ("ttft", "tpot", "ttot")
@@ -181,19 +181,12 @@ def _read_csv(source):
 
 
 def _read_jsonl(source):
-    rows = []
-    with open(source, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise LatencyError(f"{source}: line {line_number}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise LatencyError(f"{source}: line {line_number}: expected a JSON object")
-            rows.append(record)
-    return rows
+    try:
+        return parse_jsonl(Path(source).read_bytes(), source)
+    except JsonlError as err:
+        if err.kind == "object":
+            raise LatencyError(f"{source}: line {err.line}: expected a JSON object") from None
+        raise LatencyError(str(err)) from None
 
 
 def _read_parquet(source):

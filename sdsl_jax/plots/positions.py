@@ -25,11 +25,13 @@ are used when present. ``sdsl measure --out`` writes such files.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from sdsl_jax.common.io import JsonlError, iter_jsonl
 
 
 class RunsError(ValueError):
@@ -61,36 +63,27 @@ def read_runs(path: str | os.PathLike) -> PositionRuns:
     """Read a runs file (module docstring); every mistake raises :class:`RunsError`."""
     source = os.fspath(path)
     rows, lookahead, first = [], None, None
-    with open(source, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{source}: line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RunsError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise RunsError(f"{where}: expected a JSON object")
-            for key in ("lookahead", "accepted_per_iteration"):
-                if key not in record:
-                    raise RunsError(f"{where}: no {key!r} (is this a runs file of `sdsl "
-                                    "measure --out`?)")
-            gamma = record["lookahead"]
-            if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
-                raise RunsError(f"{where}: lookahead must be an integer >= 1, got {gamma!r}")
-            if lookahead is None:
-                lookahead, first = gamma, record
-            elif gamma != lookahead:
-                raise RunsError(f"{where}: lookahead {gamma} differs from {lookahead} on the "
-                                "first line; draw each lookahead from its own file")
-            k = record["accepted_per_iteration"]
-            if not isinstance(k, list) or not all(
-                    isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= gamma
-                    for x in k):
-                raise RunsError(f"{where}: accepted_per_iteration must be a list of integers "
-                                f"in [0, {gamma}]")
-            rows.append(k)
+    for number, record in _records(source):
+        where = f"{source}: line {number}"
+        for key in ("lookahead", "accepted_per_iteration"):
+            if key not in record:
+                raise RunsError(f"{where}: no {key!r} (is this a runs file of `sdsl "
+                                "measure --out`?)")
+        gamma = record["lookahead"]
+        if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
+            raise RunsError(f"{where}: lookahead must be an integer >= 1, got {gamma!r}")
+        if lookahead is None:
+            lookahead, first = gamma, record
+        elif gamma != lookahead:
+            raise RunsError(f"{where}: lookahead {gamma} differs from {lookahead} on the "
+                            "first line; draw each lookahead from its own file")
+        k = record["accepted_per_iteration"]
+        if not isinstance(k, list) or not all(
+                isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= gamma
+                for x in k):
+            raise RunsError(f"{where}: accepted_per_iteration must be a list of integers "
+                            f"in [0, {gamma}]")
+        rows.append(k)
     if not rows or not any(rows):
         raise RunsError(f"{source}: no iterations to count")
     width = max(len(k) for k in rows)
@@ -105,6 +98,16 @@ def read_runs(path: str | os.PathLike) -> PositionRuns:
         pair = f"{first['draft_model']} -> {first['target_model']}, "
     return PositionRuns(accepted=accepted, mask=mask, prompt_ids=ids, lookahead=lookahead,
                         label=f"{pair}lookahead {lookahead}", source=source)
+
+
+def _records(source: str):
+    """(line number, record) of each non-blank line; RunsError for one that is not an object."""
+    try:
+        yield from iter_jsonl(Path(source).read_bytes(), source)
+    except JsonlError as err:
+        if err.kind == "object":
+            raise RunsError(f"{source}: line {err.line}: expected a JSON object") from None
+        raise RunsError(str(err)) from None
 
 
 def plot_positions(runs: Sequence[PositionRuns], *, confidence: float = 0.95,

@@ -26,7 +26,10 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import tempfile
+
+# append_jsonl and read_jsonl are imported here for measure_stage, which still
+# takes them from this module.
+from sdsl_jax.common.io import append_jsonl, read_json, read_jsonl, write_json  # noqa: F401
 
 MANIFEST = "manifest.json"
 FORMAT = "sdsl-jax reproduce run"
@@ -35,54 +38,6 @@ VERSION = 1
 
 class ReproduceError(ValueError):
     """A run that cannot go ahead as asked; the message says what to change."""
-
-
-def write_json(path: str, data) -> None:
-    """Write ``data`` as JSON so that a reader sees the old file or the new one, never a torn one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1, allow_nan=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def read_json(path: str):
-    with open(path) as handle:
-        return json.load(handle)
-
-
-def read_jsonl(path: str) -> list[dict]:
-    """The records of a JSON Lines file that is appended to one line at a time.
-
-    A kill mid-append leaves a last line without its newline; it is cut off
-    the file (its record is recomputed by whoever wrote it). A missing file
-    has no records.
-    """
-    if not os.path.exists(path):
-        return []
-    with open(path, "rb") as handle:
-        data = handle.read()
-    complete = data[:data.rfind(b"\n") + 1]
-    if len(complete) != len(data):
-        with open(path, "r+b") as handle:
-            handle.truncate(len(complete))
-    return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip()]
-
-
-def append_jsonl(path: str, record: dict) -> None:
-    """Append one record as a line, flushed and synced before returning."""
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _now() -> str:

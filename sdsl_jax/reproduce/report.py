@@ -12,6 +12,7 @@ import math
 import os
 import platform
 
+from sdsl_jax.common.io import atomic_write_text
 from sdsl_jax.common.quantities import format_count
 from sdsl_jax.reproduce.context import Context
 from sdsl_jax.reproduce.presets import params as size_params
@@ -519,10 +520,7 @@ def write(ctx: Context, outputs: dict, figures: dict) -> tuple[str, list[dict]]:
               "- `laws.json`: the fitted laws (`sdsl plan --laws laws.json ...`)",
               "- `figures/`: PNG and PDF of every figure", ""]
     path = ctx.run.path(REPORT)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines))
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines))
     return path, summary
 
 

@@ -21,8 +21,8 @@ import logging
 import os
 import time
 
+from sdsl_jax.common.io import append_jsonl, read_jsonl
 from sdsl_jax.reproduce.context import Context
-from sdsl_jax.reproduce.manifest import append_jsonl, read_jsonl
 from sdsl_jax.reproduce.presets import architecture, params as size_params
 
 CAVEAT = ("D varies through intermediate checkpoints of one cosine schedule per size, not "

@@ -235,6 +235,38 @@ def test_jsonl_errors_name_the_line(tmp_path):
         read_measurements(path)
 
 
+def test_jsonl_encoding(tmp_path):
+    good = json.dumps(dict(draft_params="125M", target_params=70e9, draft_tokens=2e12, target_tokens=15e12,
+                           draft_perplexity=12.5, target_perplexity=6.9, lookahead=4, acceptance=0.7))
+    # A byte-order mark is skipped, as in CSV; bytes that are not UTF-8 name their line.
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + good.encode() + b"\n")
+    assert len(read_measurements(path)) == 1
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(good.encode() + b'\n{"family": "\xe9"}\n')
+    with pytest.raises(MeasurementError, match=r"latin1\.jsonl: line 2: not UTF-8 text"):
+        read_measurements(path)
+
+
+@pytest.mark.parametrize("name", ["m.csv", "m.jsonl", "m.parquet"])
+def test_a_failed_write_keeps_the_old_file(tmp_path, name, monkeypatch):
+    if name.endswith(".parquet"):
+        pytest.importorskip("pyarrow")
+    path = tmp_path / name
+    old = MeasurementSet.from_records(_records())
+    write_measurements(old, path)
+    before = path.read_bytes()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("os.fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_measurements(MeasurementSet.from_records(_records()[:1]), path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
 def test_parquet_errors(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq

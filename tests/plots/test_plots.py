@@ -397,6 +397,18 @@ def test_latency_table_errors_name_what_is_wrong(tmp_path, rows, needle):
     assert needle in str(err.value) and str(path) in str(err.value)
 
 
+@pytest.mark.parametrize("content, message", [
+    ('{"a": 1}\n\n{bad\n', "line 3: not valid JSON (Expecting property name enclosed in double quotes)"),
+    ('{"a": 1}\n[1]\n', "line 2: expected a JSON object"),
+])
+def test_latency_jsonl_errors_name_the_line(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(latency.LatencyError) as err:
+        latency.read_latency(path)
+    assert str(err.value) == f"{path}: {message}"
+
+
 def test_latency_optional_columns_may_be_absent(tmp_path):
     path = tmp_path / "lat.csv"
     _write_csv(path, [dict(draft_params="100M", target_params="1B", tpot="0.02", tpot_low="", tpot_high="",

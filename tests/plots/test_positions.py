@@ -82,6 +82,7 @@ def test_command_writes_png_and_pdf(runs_files, tmp_path, capsys):
     ('{"lookahead": 2, "accepted_per_iteration": [0, 3]}\n', "integers in [0, 2]"),
     ('{"lookahead": 0, "accepted_per_iteration": []}\n', "lookahead must be an integer >= 1"),
     ("not json\n", "line 1: not valid JSON"),
+    ('\n[1, 2]\n', "line 2: expected a JSON object"),
     ("\n", "no iterations to count"),
 ])
 def test_mistakes_are_one_line(tmp_path, capsys, content, needle):
