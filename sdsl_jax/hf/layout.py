@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdsl_jax.common.errors import CheckpointError
+from sdsl_jax.common.io import read_json
 from sdsl_jax.hf.safetensors_io import SafetensorsCheckpoint
 
 CONFIG_FILE = "config.json"
@@ -30,8 +31,7 @@ def read_config(directory: str | os.PathLike) -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"{directory}: no {CONFIG_FILE}; a Hugging Face checkpoint directory needs one")
     try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
+        config = read_json(path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"cannot read {path}: {err}") from err
     if not isinstance(config, dict):

@@ -25,6 +25,7 @@ import ml_dtypes
 import numpy as np
 
 from sdsl_jax.common.errors import CheckpointError
+from sdsl_jax.common.io import read_json
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -189,8 +190,7 @@ class SafetensorsCheckpoint:
 
 def _read_index(path: str) -> dict[str, list[str]]:
     try:
-        with open(path, encoding="utf-8") as f:
-            index = json.load(f)
+        index = read_json(path)
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"cannot read {path}: {err}") from err
     weight_map = index.get("weight_map") if isinstance(index, dict) else None

@@ -18,6 +18,7 @@ import json
 import os
 
 from sdsl_jax.common.errors import CheckpointError
+from sdsl_jax.common.io import read_json
 
 
 def _token_content(value) -> str | None:
@@ -52,8 +53,7 @@ def load_hf_tokenizer(path: str | os.PathLike):
     config_path = os.path.join(path, "tokenizer_config.json")
     if os.path.isfile(config_path):
         try:
-            with open(config_path, encoding="utf-8") as f:
-                options = json.load(f)
+            options = read_json(config_path)
         except (OSError, json.JSONDecodeError) as err:
             raise CheckpointError(f"cannot read {config_path}: {err}") from err
     tokenizer = tokenizers.Tokenizer(models.BPE.from_file(vocab, merges))
