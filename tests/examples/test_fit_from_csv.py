@@ -19,7 +19,7 @@ from sdsl_jax.fitting import COEFFICIENTS
 from sdsl_jax.estimation.measurements import read_measurements
 from sdsl_jax.common.quantities import parse_count
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fit_from_csv.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fit_from_csv.py"
 # The laws the bundled (synthetic) data were drawn from.
 TRUTH = dict({f: getattr(pretraining_law.BESIROGLU_2024, f) for f in COEFFICIENTS[:5]},
              **{f: getattr(acceptance_law.SDSL_2026, f) for f in COEFFICIENTS[5:]})
