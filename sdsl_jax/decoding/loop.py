@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sdsl_jax.common import validation as _validate
 from sdsl_jax.decoding.decoder import Decoder
 from sdsl_jax.decoding.sampling import AcceptFn, probabilities, sample, speculative_accept
 
@@ -340,9 +341,7 @@ def _check_inputs(draft, target, prompt_tokens, prompt_lengths, lookahead, max_n
         i, j = (int(x) for x in np.argwhere(bad)[0])
         raise ValueError(f"prompt_tokens must lie in [0, {target.vocab_size}), got {tok_np[i, j]} "
                          f"at row {i}, position {j}")
-    t = np.asarray(jax.device_get(temperature), dtype=np.float64)
-    if t.shape != () or not np.isfinite(t) or t < 0:
-        raise ValueError(f"temperature must be a finite scalar >= 0, got {temperature!r}")
+    _validate.check_nonnegative_scalar("temperature", temperature)
     # One dtype whatever the caller passed (a Python float and an array would
     # otherwise be two signatures and two compilations).
     temperature = jnp.asarray(temperature, jnp.result_type(float))

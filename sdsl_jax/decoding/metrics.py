@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sdsl_jax.common import validation as _validate
 from sdsl_jax.estimation.acceptance import estimate_acceptance
 from sdsl_jax.decoding.decoder import Decoder
 from sdsl_jax.decoding import loop
@@ -208,8 +209,7 @@ def student_t_quantile(probability: float, df: int) -> float:
     Bisection on the angle theta = atan(t / sqrt(df)) in (-pi/2, pi/2), where
     the CDF is monotone and bounded, to float64 resolution.
     """
-    if not 0 < probability < 1:
-        raise ValueError(f"probability must lie in (0, 1), got {probability!r}")
+    _validate.check_open_unit("probability", probability)
     if isinstance(df, bool) or int(df) != df or df < 1:
         raise ValueError(f"df must be an integer >= 1, got {df!r}")
     df = int(df)
@@ -230,8 +230,7 @@ def mean_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[fl
 
     NaN values are dropped. With fewer than two values the ends are NaN.
     """
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    _validate.check_open_unit("confidence", confidence)
     x = np.asarray(list(values), np.float64)
     x = x[~np.isnan(x)]
     if x.size == 0:

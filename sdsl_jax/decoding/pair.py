@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sdsl_jax.common import validation as _validate
 from sdsl_jax.decoding.decoder import Decoder
 from sdsl_jax.decoding import loop
 from sdsl_jax.decoding.metrics import Timing, row_latencies, timed_generate
@@ -131,14 +132,9 @@ def measure_pair(draft: Decoder, target: Decoder, prompts: Sequence[Sequence[int
       warmup: run the first batch once, untimed, before measuring (this is
         where compilation happens).
     """
-    if isinstance(lookahead, bool) or not isinstance(lookahead, (int, np.integer)) or lookahead < 1:
-        raise ValueError(f"lookahead must be an int >= 1, got {lookahead!r}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
-            or max_new_tokens < 2:
-        raise ValueError(f"max_new_tokens must be an int >= 2, got {max_new_tokens!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    _validate.check_int("lookahead", lookahead, 1)
+    _validate.check_int("max_new_tokens", max_new_tokens, 2)
+    _validate.check_int("batch_size", batch_size, 1)
     prompts = list(prompts)
     if not prompts:
         return

@@ -82,6 +82,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sdsl_jax.common import validation as _validate
 from sdsl_jax.estimation.acceptance import bootstrap_interval
 from sdsl_jax.decoding.decoder import Decoder
 from sdsl_jax.decoding.sampling import acceptance_probability, probabilities
@@ -182,9 +183,7 @@ class TeacherForcedAcceptance:
         ``target_tokens`` are the models' training tokens (D, D'), which the
         decoders do not know. Extra keyword arguments are added as columns.
         """
-        if isinstance(lookahead, bool) or not isinstance(lookahead, (int, np.integer)) \
-                or lookahead < 1:
-            raise ValueError(f"lookahead must be an int >= 1, got {lookahead!r}")
+        _validate.check_int("lookahead", lookahead, 1)
         row: dict[str, Any] = {
             "draft_params": int(self.draft_params), "target_params": int(self.target_params),
             "draft_tokens": draft_tokens, "target_tokens": target_tokens,
@@ -272,8 +271,7 @@ def document_windows(documents: Sequence[Sequence[int]], window: int):
       (tokens int32[R, window], lengths int64[R], first_position int64[R],
       document_ids int64[R]): the arguments of :func:`teacher_forced_acceptance`.
     """
-    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 2:
-        raise ValueError(f"window must be an int >= 2, got {window!r}")
+    _validate.check_int("window", window, 2)
     stride = max(1, window // 2)
     rows, lengths, first, ids = [], [], [], []
     for d, doc in enumerate(documents):
@@ -375,14 +373,9 @@ def teacher_forced_acceptance(draft: Decoder, target: Decoder, documents, temper
     if draft.vocab_size != target.vocab_size:
         raise ValueError(f"draft and target vocabularies differ: {draft.vocab_size} and "
                          f"{target.vocab_size}")
-    t = np.asarray(jax.device_get(temperature), np.float64)
-    if t.shape != () or not np.isfinite(t) or t < 0:
-        raise ValueError(f"temperature must be a finite scalar >= 0, got {temperature!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    t = _validate.check_nonnegative_scalar("temperature", temperature)
+    _validate.check_int("batch_size", batch_size, 1)
+    _validate.check_open_unit("confidence", confidence)
     tokens, lengths = _as_batch(documents, lengths)
     first = _per_row("first_position", first_position, tokens.shape[0])
     if np.any(first < 0):

@@ -149,10 +149,10 @@ def _check_confidence(confidence) -> None:
     if not _validate.is_concrete(confidence):
         return
     _validate.check_finite("confidence", confidence)
-    arr = np.asarray(jax.device_get(confidence), dtype=np.float64)
+    arr = _validate.as_float64(confidence)
     bad = ~((arr > 0) & (arr < 1))
     if np.any(bad):
-        raise ValueError(f"confidence must lie in (0, 1), got {_validate._first_bad(arr, bad)}")
+        raise ValueError(f"confidence must lie in (0, 1), got {_validate.first_bad(arr, bad)}")
 
 
 def _check_count(name: str, value) -> None:
@@ -160,32 +160,22 @@ def _check_count(name: str, value) -> None:
     if not _validate.is_concrete(value):
         return
     _validate.check_in_range(name, value, 0.0, float("inf"))
-    arr = np.asarray(jax.device_get(value), dtype=np.float64)
+    arr = _validate.as_float64(value)
     bad = arr != np.round(arr)
     if np.any(bad):
-        raise ValueError(f"{name} must be a whole number, got {_validate._first_bad(arr, bad)}")
+        raise ValueError(f"{name} must be a whole number, got {_validate.first_bad(arr, bad)}")
 
 
 def _check_at_most(name: str, value, bound_name: str, bound) -> None:
     if not _validate.is_concrete(value, bound):
         return
-    arr = np.asarray(jax.device_get(value), dtype=np.float64)
-    lim = np.asarray(jax.device_get(bound), dtype=np.float64)
-    arr, lim = np.broadcast_arrays(arr, lim)
+    arr, lim = np.broadcast_arrays(_validate.as_float64(value), _validate.as_float64(bound))
     bad = arr > lim
     if np.any(bad):
         idx = tuple(np.argwhere(np.atleast_1d(bad))[0])
         where = "" if arr.size == 1 else f" at index {tuple(int(i) for i in idx)}"
         a, b = np.atleast_1d(arr)[idx], np.atleast_1d(lim)[idx]
         raise ValueError(f"{name} must be <= {bound_name}, got {a!r} > {b!r}{where}")
-
-
-def _check_static_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be a Python int (it fixes an array shape), got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_broadcasts(name: str, value, other_name: str, other) -> None:
@@ -458,7 +448,7 @@ def prompt_totals(accepted: ArrayLike, lookahead: ArrayLike, prompt_ids: ArrayLi
       (accepted per prompt, trials per prompt), each of shape (P,), in the
       dtype of the counts. A prompt with no iterations has 0 trials.
     """
-    num_prompts = _check_static_int("num_prompts", num_prompts, 1)
+    num_prompts = _validate.check_static_int("num_prompts", num_prompts, 1, fixes="an array shape")
     ids = jnp.asarray(prompt_ids)
     if not jnp.issubdtype(ids.dtype, jnp.integer):
         raise ValueError(f"prompt_ids must have an integer dtype, got {ids.dtype}")
@@ -524,7 +514,8 @@ def bootstrap_interval(prompt_accepted: ArrayLike, prompt_trials: ArrayLike, key
       (low, high), scalars of the float dtype. [0, 1] when there are no trials.
     """
     _check_choice("method", method, BOOTSTRAP_METHODS)
-    num_resamples = _check_static_int("num_resamples", num_resamples, 2)
+    num_resamples = _validate.check_static_int("num_resamples", num_resamples, 2,
+                                                fixes="an array shape")
     _check_confidence(confidence)
     _validate.check_in_range("prompt_accepted", prompt_accepted, 0.0, float("inf"))
     _validate.check_in_range("prompt_trials", prompt_trials, 0.0, float("inf"))

@@ -98,15 +98,6 @@ class GeometricFit(NamedTuple):
     p_value: jax.Array
 
 
-def _check_lookahead(lookahead, minimum=1) -> int:
-    if isinstance(lookahead, (bool, np.bool_)) or not isinstance(lookahead, (int, np.integer)):
-        raise ValueError(f"lookahead must be a Python int (it fixes array shapes), got "
-                         f"{lookahead!r}")
-    if lookahead < minimum:
-        raise ValueError(f"lookahead must be >= {minimum}, got {lookahead!r}")
-    return int(lookahead)
-
-
 def _check_accepted(accepted, lookahead, mask):
     k = jnp.asarray(accepted)
     if not jnp.issubdtype(k.dtype, jnp.integer):
@@ -133,7 +124,7 @@ def _check_accepted(accepted, lookahead, mask):
 
 def count_histogram(accepted, lookahead: int, mask=None) -> jax.Array:
     """Counts of K = 0..lookahead over the (unmasked) iterations: float[gamma + 1]."""
-    lookahead = _check_lookahead(lookahead)
+    lookahead = _validate.check_static_int("lookahead", lookahead, 1)
     k = _check_accepted(accepted, lookahead, mask)
     return _histogram_jit(k, mask, lookahead)
 
@@ -189,10 +180,9 @@ def per_position_acceptance(accepted, lookahead: int, prompt_ids=None, *, mask=N
       acc, gam, ids = acceptance_inputs(records)
       rates = per_position_acceptance(acc, records[0]["lookahead"], ids, mask=gam > 0)
     """
-    lookahead = _check_lookahead(lookahead)
+    lookahead = _validate.check_static_int("lookahead", lookahead, 1)
     k = _check_accepted(accepted, lookahead, mask)
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    _validate.check_open_unit("confidence", confidence)
     hist = _histogram_jit(k, mask, lookahead)
     rate, low, high, acc, reached = _rates_and_wilson(hist, jnp.asarray(confidence, hist.dtype))
     if prompt_ids is None:
@@ -238,7 +228,7 @@ def truncated_geometric_pmf(acceptance, lookahead: int) -> jax.Array:
 
     alpha^k (1 - alpha) for k < gamma and alpha^gamma for k = gamma.
     """
-    lookahead = _check_lookahead(lookahead, 0)
+    lookahead = _validate.check_static_int("lookahead", lookahead, 0)
     a = jnp.asarray(acceptance, jnp.result_type(acceptance, float))[..., None]
     k = jnp.arange(lookahead + 1)
     return jnp.where(k < lookahead, a ** k * (1 - a), a ** k)
@@ -263,7 +253,7 @@ def geometric_fit_test(accepted, lookahead: int, *, mask=None,
     Returns:
       A :class:`GeometricFit`.
     """
-    lookahead = _check_lookahead(lookahead, 2)
+    lookahead = _validate.check_static_int("lookahead", lookahead, 2)
     if method not in FIT_METHODS:
         raise ValueError(f"method must be one of {FIT_METHODS}, got {method!r}")
     k = _check_accepted(accepted, lookahead, mask)
@@ -329,7 +319,7 @@ def serving_stack_ratio(accepted, lookahead: int, mask=None) -> jax.Array:
     Returns:
       The ratio, a float scalar.
     """
-    lookahead = _check_lookahead(lookahead)
+    lookahead = _validate.check_static_int("lookahead", lookahead, 1)
     k = _check_accepted(accepted, lookahead, mask)
     return _serving_ratio(_histogram_jit(k, mask, lookahead), lookahead)
 
@@ -343,7 +333,7 @@ def _serving_ratio(hist, lookahead):
 
 def expected_serving_stack_ratio(acceptance, lookahead: int) -> jax.Array:
     """E[K] / gamma = alpha (1 - alpha^gamma) / ((1 - alpha) gamma) under i.i.d. acceptances."""
-    lookahead = _check_lookahead(lookahead)
+    lookahead = _validate.check_static_int("lookahead", lookahead, 1)
     a = jnp.asarray(acceptance, jnp.result_type(acceptance, float))
     return jnp.sum(a[..., None] ** jnp.arange(1, lookahead + 1), axis=-1) / lookahead
 
@@ -371,7 +361,7 @@ def summarize_positions(accepted, lookahead: int, prompt_ids=None, *, mask=None,
         serving_ratio: (accepted length - 1) / (budget - 1) of the run;
         serving_ratio_iid: its expectation under i.i.d. acceptance at alpha_hat.
     """
-    lookahead = _check_lookahead(lookahead)
+    lookahead = _validate.check_static_int("lookahead", lookahead, 1)
     rates = per_position_acceptance(accepted, lookahead, prompt_ids, mask=mask,
                                     num_prompts=num_prompts, confidence=confidence,
                                     num_resamples=num_resamples, key=key)
@@ -380,7 +370,7 @@ def summarize_positions(accepted, lookahead: int, prompt_ids=None, *, mask=None,
     high = np.where(boot & np.isfinite(rates.bootstrap_high), rates.bootstrap_high, rates.high)
 
     def floats(values):
-        return [float(v) if np.isfinite(v) else None for v in np.asarray(values, np.float64)]
+        return [_validate.finite_or_none(v) for v in np.asarray(values, np.float64)]
 
     # The histogram's few numbers on the host: alpha_hat (as in the fit test)
     # and the serving ratio E[K] / gamma (as serving_stack_ratio computes it).
@@ -391,7 +381,7 @@ def summarize_positions(accepted, lookahead: int, prompt_ids=None, *, mask=None,
            "position_rates_high": floats(high),
            "position_accepted": [int(v) for v in np.asarray(rates.accepted)],
            "position_reached": [int(v) for v in np.asarray(rates.reached)],
-           "geometric_acceptance": alpha if np.isfinite(alpha) else None,
+           "geometric_acceptance": _validate.finite_or_none(alpha),
            "geometric_fit_statistic": None, "geometric_fit_df": None,
            "geometric_fit_p_value": None}
     if lookahead >= 2:

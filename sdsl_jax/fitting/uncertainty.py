@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtri
 
+from sdsl_jax.common import validation as _validate
 from sdsl_jax.planning import flop as planner
 from sdsl_jax.fitting import laws as laws_lib
 
@@ -168,8 +169,7 @@ def draft_size_interval(laws: laws_lib.FittedLaws, target_params, draft_tokens, 
     plan_kwargs = dict(plan_kwargs, method=solver)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    _validate.check_open_unit("confidence", confidence)
     plan = planner.optimal_draft_size(target_params, draft_tokens, target_tokens,
                                       pretraining_law=laws.pretraining_law,
                                       acceptance_law=laws.acceptance_law, **plan_kwargs)

@@ -62,7 +62,7 @@ def _lookahead(lookahead, rates) -> jnp.ndarray:
         bad = ~((arr >= 0) & (arr <= measured) & (arr == np.round(arr)))
         if np.any(bad):
             raise ValueError(f"lookahead must be an integer in [0, {measured}] (the positions "
-                             f"measured), got {_validate._first_bad(arr, bad)}")
+                             f"measured), got {_validate.first_bad(arr, bad)}")
     return jnp.asarray(lookahead, rates.dtype)
 
 

@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from sdsl_jax.common.io import JsonlError, iter_jsonl
+from sdsl_jax.common.validation import is_int
 
 
 class RunsError(ValueError):
@@ -70,7 +71,7 @@ def read_runs(path: str | os.PathLike) -> PositionRuns:
                 raise RunsError(f"{where}: no {key!r} (is this a runs file of `sdsl "
                                 "measure --out`?)")
         gamma = record["lookahead"]
-        if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
+        if not is_int(gamma) or gamma < 1:
             raise RunsError(f"{where}: lookahead must be an integer >= 1, got {gamma!r}")
         if lookahead is None:
             lookahead, first = gamma, record
@@ -78,9 +79,7 @@ def read_runs(path: str | os.PathLike) -> PositionRuns:
             raise RunsError(f"{where}: lookahead {gamma} differs from {lookahead} on the "
                             "first line; draw each lookahead from its own file")
         k = record["accepted_per_iteration"]
-        if not isinstance(k, list) or not all(
-                isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= gamma
-                for x in k):
+        if not isinstance(k, list) or not all(is_int(x) and 0 <= x <= gamma for x in k):
             raise RunsError(f"{where}: accepted_per_iteration must be a list of integers "
                             f"in [0, {gamma}]")
         rows.append(k)

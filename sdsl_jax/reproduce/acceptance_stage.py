@@ -12,8 +12,6 @@ asks for resamples. The laws go to ``laws.json`` for ``sdsl plan --laws``.
 
 from __future__ import annotations
 
-import math
-
 from sdsl_jax.reproduce import chain
 from sdsl_jax.reproduce.context import Context
 from sdsl_jax.reproduce.manifest import ReproduceError
@@ -69,16 +67,6 @@ def run(ctx: Context) -> dict:
     plane_intervals = {key: {"estimate": plane[key], "low": plane[key] - Z_95 * s,
                              "high": plane[key] + Z_95 * s}
                        for key, s in zip(("draft_coeff", "target_coeff", "intercept"), se)}
-    return {"report": _clean(report), "plane_intervals": _clean(plane_intervals), "pairs": pairs,
+    return {"report": laws_lib.json_safe(report),
+            "plane_intervals": laws_lib.json_safe(plane_intervals), "pairs": pairs,
             "laws_file": "laws.json"}
-
-
-def _clean(value):
-    """JSON-safe: NaN and infinities become None."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -13,17 +13,12 @@ law's pick is the ladder draft it predicts fastest.
 
 from __future__ import annotations
 
-import math
 import os
 
+from sdsl_jax.common.validation import finite_or_none
 from sdsl_jax.reproduce import chain
 from sdsl_jax.reproduce.context import Context
 from sdsl_jax.reproduce.presets import params as size_params
-
-
-def _float(value):
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def run(ctx: Context) -> dict:
@@ -53,18 +48,20 @@ def run(ctx: Context) -> dict:
                 continue
             n = size_params(draft)
             ladder.append({"draft": draft, "draft_params": n,
-                           **{key: _float(at[key][i]) for key in at if key != "target_perplexity"},
+                           **{key: finite_or_none(at[key][i]) for key in at
+                              if key != "target_perplexity"},
                            "distance": abs(n - float(plan.draft_params[k])) / m})
         pick = max(ladder, key=lambda r: r["speedup_at_lookahead"] or -1.0)
         results.append({
             "target": target, "target_params": int(m), "target_tokens": tokens,
-            "draft_tokens": tokens, "target_perplexity": _float(plan.target_perplexity[k]),
-            "n_star": _float(plan.draft_params[k]), "n_star_low": _float(low[k]),
-            "n_star_high": _float(high[k]), "cost_ratio": _float(plan.cost_ratio[k]),
-            "pays": bool(plan.pays[k]), "acceptance": _float(plan.acceptance[k]),
-            "lookahead": _float(plan.lookahead[k]),
-            "integer_lookahead": _float(plan.integer_lookahead[k]),
-            "speedup": _float(plan.speedup[k]), "draft_perplexity": _float(plan.draft_perplexity[k]),
+            "draft_tokens": tokens, "target_perplexity": finite_or_none(plan.target_perplexity[k]),
+            "n_star": finite_or_none(plan.draft_params[k]), "n_star_low": finite_or_none(low[k]),
+            "n_star_high": finite_or_none(high[k]), "cost_ratio": finite_or_none(plan.cost_ratio[k]),
+            "pays": bool(plan.pays[k]), "acceptance": finite_or_none(plan.acceptance[k]),
+            "lookahead": finite_or_none(plan.lookahead[k]),
+            "integer_lookahead": finite_or_none(plan.integer_lookahead[k]),
+            "speedup": finite_or_none(plan.speedup[k]),
+            "draft_perplexity": finite_or_none(plan.draft_perplexity[k]),
             "extrapolated": bool(plan.extrapolated[k]), "at_bound": bool(plan.at_bound[k]),
             "ladder": ladder, "pick": pick["draft"],
             "pick_pays": bool((pick["speedup_at_lookahead"] or 0.0) > 1.0)})

@@ -11,8 +11,7 @@ plane; both are reported.
 
 from __future__ import annotations
 
-import math
-
+from sdsl_jax.common.validation import finite_or_none
 from sdsl_jax.reproduce.context import Context
 from sdsl_jax.reproduce.manifest import ReproduceError
 
@@ -63,8 +62,8 @@ def run(ctx: Context) -> dict:
         fit = pretraining_fit.fit_pretraining_law(n, d, loss)
         estimate, low, high, identifiable, predicted = jax.jit(_delta_intervals)(
             pretraining_fit.to_theta(fit.law), n, d, loss)
-    coefficients = {f: {"estimate": float(estimate[i]), "low": _finite(low[i]),
-                        "high": _finite(high[i])} for i, f in enumerate(FIELDS)}
+    coefficients = {f: {"estimate": float(estimate[i]), "low": finite_or_none(low[i]),
+                        "high": finite_or_none(high[i])} for i, f in enumerate(FIELDS)}
     residuals = np.asarray(loss - predicted, np.float64)
     table = [dict(p, predicted_loss=float(predicted[i]), residual=float(residuals[i]))
              for i, p in enumerate(points)]
@@ -73,8 +72,3 @@ def run(ctx: Context) -> dict:
             "converged": bool(fit.converged), "identifiable": bool(identifiable),
             "points": table, "confidence": 0.95,
             "interval_method": "delta method, Gaussian likelihood of log-loss residuals"}
-
-
-def _finite(value):
-    value = float(value)
-    return value if math.isfinite(value) else None
