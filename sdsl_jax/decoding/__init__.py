@@ -17,6 +17,7 @@ from sdsl_jax.decoding.loop import (
     prefill,
     row_keys,
     speculative_generate,
+    staged_generate,
 )
 from sdsl_jax.decoding.pair import measure_pair, run_records
 from sdsl_jax.decoding.metrics import (

@@ -301,18 +301,10 @@ def row_keys(key: jax.Array, row_ids: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.asarray(row_ids))
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be a Python int (it fixes array shapes), got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _check_inputs(draft, target, prompt_tokens, prompt_lengths, lookahead, max_new_tokens,
                   temperature):
-    lookahead = _check_int("lookahead", lookahead, 0)
-    max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 1)
+    lookahead = _validate.check_static_int("lookahead", lookahead, 0)
+    max_new_tokens = _validate.check_static_int("max_new_tokens", max_new_tokens, 1)
     if not isinstance(target, Decoder):
         raise ValueError(f"target must be a Decoder, got {type(target).__name__}")
     if lookahead > 0:
@@ -392,8 +384,8 @@ def decode(draft: Decoder | None, target: Decoder, state: DecodeState, *, lookah
     ``accept_fn`` is the acceptance rule (tests substitute wrong ones); it
     must be hashable, as it is part of what the loop is compiled for.
     """
-    lookahead = _check_int("lookahead", lookahead, 0)
-    max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 1)
+    lookahead = _validate.check_static_int("lookahead", lookahead, 0)
+    max_new_tokens = _validate.check_static_int("max_new_tokens", max_new_tokens, 1)
     if state.betas.shape[1:] != (max_new_tokens - 1, lookahead):
         raise ValueError(f"state was prefilled for other settings: its buffers fit "
                          f"(max_new_tokens - 1, lookahead) = {state.betas.shape[1:]}, got "
@@ -401,6 +393,43 @@ def decode(draft: Decoder | None, target: Decoder, state: DecodeState, *, lookah
     spec = _spec(draft, target, lookahead, max_new_tokens, accept_fn)
     out = _decode_jit(draft.params if lookahead > 0 else None, target.params, state, spec=spec)
     return Generation(*out, lookahead=lookahead)
+
+
+def staged_generate(draft: Decoder | None, target: Decoder, prompt_tokens: jax.Array,
+                    prompt_lengths: jax.Array, row_keys: jax.Array, *, lookahead: int,
+                    max_new_tokens: int, temperature=1.0,
+                    accept_fn: AcceptFn = speculative_accept):
+    """:func:`prefill` and :func:`decode` as two stages that run only compiled code.
+
+    Inputs are checked and put on the device here, before either stage runs,
+    so a caller that times the stages (:func:`sdsl_jax.decoding.metrics.
+    timed_generate`) sees the device's work and dispatch, not host-side
+    checks and copies.
+
+    Returns:
+      (prefill_stage, decode_stage): ``prefill_stage()`` returns the
+      :class:`DecodeState`; ``decode_stage(state)`` returns the
+      :class:`Generation`. Neither waits for the device.
+    """
+    tokens, lengths, lookahead, max_new_tokens, temperature = _check_inputs(
+        draft, target, prompt_tokens, prompt_lengths, lookahead, max_new_tokens, temperature)
+    # The prefill leaves the acceptance rule out of its static settings, so
+    # runs that differ only in the rule share its compilation.
+    prefill_spec = _spec(draft, target, lookahead, max_new_tokens)
+    decode_spec = _spec(draft, target, lookahead, max_new_tokens, accept_fn)
+    draft_params = draft.params if lookahead > 0 else None
+    tokens, lengths, row_keys, temperature = jax.block_until_ready(
+        jax.device_put((tokens, lengths, row_keys, temperature)))
+
+    def prefill_stage() -> DecodeState:
+        return _prefill_jit(draft_params, target.params, tokens, lengths, row_keys, temperature,
+                            spec=prefill_spec)
+
+    def decode_stage(state: DecodeState) -> Generation:
+        out = _decode_jit(draft_params, target.params, state, spec=decode_spec)
+        return Generation(*out, lookahead=lookahead)
+
+    return prefill_stage, decode_stage
 
 
 def speculative_generate(draft: Decoder | None, target: Decoder, prompt_tokens: jax.Array,

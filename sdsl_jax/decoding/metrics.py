@@ -67,20 +67,15 @@ def timed_generate(draft: Decoder | None, target: Decoder, prompt_tokens: jax.Ar
     first call for a new shape also compiles, so time a second call (or call
     once to warm up, as :func:`~sdsl_jax.decoding.pair.measure_pair` does).
     """
-    tokens, lengths, lookahead, max_new_tokens, temperature = loop._check_inputs(
-        draft, target, prompt_tokens, prompt_lengths, lookahead, max_new_tokens, temperature)
-    spec = loop._spec(draft, target, lookahead, max_new_tokens, accept_fn)
-    prefill_spec = loop._spec(draft, target, lookahead, max_new_tokens)
-    draft_params = draft.params if lookahead > 0 else None
-    tokens, lengths, row_keys, temperature = jax.block_until_ready(
-        jax.device_put((tokens, lengths, row_keys, temperature)))
+    prefill_stage, decode_stage = loop.staged_generate(
+        draft, target, prompt_tokens, prompt_lengths, row_keys, lookahead=lookahead,
+        max_new_tokens=max_new_tokens, temperature=temperature, accept_fn=accept_fn)
     start = clock()
-    state = jax.block_until_ready(loop._prefill_jit(
-        draft_params, target.params, tokens, lengths, row_keys, temperature, spec=prefill_spec))
+    state = jax.block_until_ready(prefill_stage())
     middle = clock()
-    out = jax.block_until_ready(loop._decode_jit(draft_params, target.params, state, spec=spec))
+    generation = jax.block_until_ready(decode_stage(state))
     end = clock()
-    return loop.Generation(*out, lookahead=lookahead), Timing(middle - start, end - middle)
+    return generation, Timing(middle - start, end - middle)
 
 
 def row_latencies(generation: loop.Generation, timing: Timing,
@@ -119,7 +114,7 @@ _forward_chain_jit = jax.jit(_forward_chain, static_argnums=(0,))
 
 def _chain_runner(decoder: Decoder, width: int, batch_size: int, context: int):
     """A function of n that runs n chained steps of ``width`` tokens and waits for them."""
-    loop._check_int("tokens_per_step", width, 1)
+    _validate.check_static_int("tokens_per_step", width, 1)
     cache = decoder.init_cache(batch_size, context + width)
     tokens = jnp.zeros((batch_size, width), jnp.int32)
     start = jnp.full((batch_size,), context, jnp.int32)
@@ -147,7 +142,7 @@ def forward_step_seconds(chains: Mapping[str, tuple[Decoder, int]], *, batch_siz
     """
     for name, value, minimum in (("batch_size", batch_size, 1), ("context", context, 0),
                                  ("repeats", repeats, 1)):
-        loop._check_int(name, value, minimum)
+        _validate.check_static_int(name, value, minimum)
     runs = {name: _chain_runner(decoder, width, batch_size, context)
             for name, (decoder, width) in chains.items()}
     steps = {}
