@@ -1,10 +1,12 @@
 """Sharded planning and fitting on four forced CPU devices, against the single-device run.
 
 XLA_FLAGS must be set before JAX starts, so the four-device checks run in a
-subprocess and report back as JSON; the single-device checks run here.
+subprocess and report back as JSON; the single-device checks run here. The
+subprocess starts with this module's first test (not at collection) and
+computes while the single-device tests run; the checks that read its report
+come last.
 """
 
-import atexit
 import json
 import os
 import subprocess
@@ -88,22 +90,31 @@ FOUR_DEVICES = textwrap.dedent('''
 ''')
 
 
-def _start_four_devices():
-    """Start the four-device run at collection, so that its minute of compiling
-    runs on another core while the tests collected before this file run."""
+@pytest.fixture(scope="module", autouse=True)
+def four_devices_run(request):
+    """The four-device run, started when this module's first test starts (if any
+    selected test reads its report), so its minute of compiling runs on another
+    core while the single-device tests run; stopped if still running when the
+    module ends."""
+    wanted = any("four_devices" in getattr(item, "fixturenames", ())
+                 for item in request.session.items if item.path == request.path)
+    if not wanted:
+        yield None
+        return
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-    process = subprocess.Popen([sys.executable, "-c", FOUR_DEVICES], env=env, stdout=out, stderr=err, text=True)
-    atexit.register(process.kill)  # a no-op once it has finished; stops it if its tests were deselected
-    return process, out, err
-
-
-_FOUR_DEVICES_RUN = _start_four_devices()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen([sys.executable, "-c", FOUR_DEVICES], env=env, stdout=out,
+                                   stderr=err, text=True)
+        try:
+            yield process, out, err
+        finally:
+            process.kill()  # a no-op once it has finished
+            process.wait()
 
 
 @pytest.fixture(scope="module")
-def four_devices():
-    process, out, err = _FOUR_DEVICES_RUN
+def four_devices(four_devices_run):
+    process, out, err = four_devices_run
     returncode = process.wait(timeout=900)
     out.seek(0)
     err.seek(0)
@@ -155,23 +166,35 @@ def test_planning_is_spread_over_all_devices(four_devices):
     assert four_devices["output_devices"] == 4 and four_devices["shard_shapes"] == [250]
 
 
+# Differently compiled programs (another array length, another device count,
+# another CPU's vector width) round differently, so their floats agree to a
+# tolerance, never bit for bit: on one AVX-512 machine 182 of 1000 N* differed
+# in the last bits (8e-14 relative). The tolerance is the solver's: N* is the
+# root of a slope that the bracket method brings to ~1e-13 relative in float64
+# (planning/solver.py), so two runs may stop anywhere within that; 1e-12 leaves
+# a factor 10. Every other field is a smooth function of N* (the speedup is
+# even stationary there), so the same tolerance holds for all of them.
+RELATIVE_TOLERANCE = 1e-12
+# What the plans decide must not depend on rounding.
+DECISIONS = ("pays", "extrapolated", "at_bound", "integer_lookahead")
+
+
 def test_sharded_plans_equal_single_device_plans(four_devices):
     sharded_diff = four_devices["flop_sharded_vs_single"]
     self_diff = four_devices["flop_single_quarters_vs_single"]
+    assert set(DECISIONS) <= set(sharded_diff)
     for field, (rel, count, exact) in sharded_diff.items():
-        # Decisions and integers agree exactly; floats to the last bits, as two
-        # single-device runs on arrays of other lengths do (see sharded.py).
-        if field in ("pays", "extrapolated", "at_bound", "integer_lookahead"):
-            assert exact, field
-        assert rel <= 1e-13, (field, rel)
-        assert count <= max(5, 2 * self_diff[field][1]), (field, count, self_diff[field])
-    # The largest differences are the single-device run's own length dependence.
-    assert max(v[0] for v in self_diff.values()) <= 1e-13
+        if field in DECISIONS:
+            assert exact, (field, count)
+        assert rel <= RELATIVE_TOLERANCE, (field, rel, count)
+    # Single-device runs on arrays of other lengths differ from each other the same way.
+    for field, (rel, count, _) in self_diff.items():
+        assert rel <= RELATIVE_TOLERANCE, (field, rel, count)
 
 
 def test_sharded_wallclock_plans_equal_single_device(four_devices):
     rel, _, _ = four_devices["wall_sharded_vs_single"]["draft_params"]
-    assert rel <= 1e-12
+    assert rel <= RELATIVE_TOLERANCE
 
 
 def test_sharded_fit_equals_single_device_fit(four_devices):
