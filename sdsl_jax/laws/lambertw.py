@@ -96,7 +96,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["lambertw", "lambertw_negexp"]
+__all__ = ["lambertw", "lambertw_negexp", "lambertw_negexp_parts"]
 
 # 1/e, e and log(2) to ~60 digits; the split constants are derived from these
 # in exact rational arithmetic, so hi + lo is accurate to ~2x working precision.
@@ -742,7 +742,7 @@ def lambertw(x, branch=0):
     return _run(_lambertw_x_parts, x, branch)[0]
 
 
-def _lambertw_negexp_parts(kappa, branch):
+def lambertw_negexp_parts(kappa, branch):
     """``(w, 1 + w)`` with ``w = W_branch(-exp(-1 - kappa))`` for ``kappa >= 0``.
 
     ``1 + w`` is produced directly (never as ``1 + w``), so it keeps full
@@ -770,4 +770,4 @@ def lambertw_negexp(u, branch=-1):
     branch = _check_branch(branch)
     u = _as_float_array(u)
     # -1 - u is exact for |u| < 2^53 (Sterbenz below 2, an exact shift above).
-    return _lambertw_negexp_parts(-1 - u, branch)[0]
+    return lambertw_negexp_parts(-1 - u, branch)[0]

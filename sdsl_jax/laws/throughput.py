@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from sdsl_jax.common import validation as _validate
-from sdsl_jax.laws.lambertw import _lambertw_negexp_parts
+from sdsl_jax.laws.lambertw import lambertw_negexp_parts
 
 
 def _floats(*values):
@@ -67,7 +67,11 @@ def _log1p_rel(x):
     return jnp.where(small, series, jnp.log1p(x_safe) / x_safe)
 
 
-def _cap_acceptance(acceptance):
+def cap_acceptance(acceptance: jnp.ndarray) -> jnp.ndarray:
+    """min(alpha, 1 - ulp): alpha capped at the largest float below 1 of its dtype.
+
+    :func:`optimum` takes alpha capped this way.
+    """
     # At alpha = 1 the optimal lookahead is unbounded; the largest float below
     # 1 keeps every quantity finite and differs from 1 by one rounding.
     below_one = jnp.nextafter(jnp.ones((), acceptance.dtype), jnp.zeros((), acceptance.dtype))
@@ -130,7 +134,12 @@ def tokens_per_flop(acceptance: ArrayLike, lookahead: ArrayLike,
     return expected_tokens(alpha, gamma) / (2 * (gamma * n + m))
 
 
-def _log_acceptance(alpha):
+def log_acceptance(alpha: jnp.ndarray) -> jnp.ndarray:
+    """log(alpha) to full relative precision for 0 < alpha <= 1 (log(1/2) where alpha <= 0).
+
+    The caller masks alpha <= 0, where the log does not exist; the stand-in
+    1/2 keeps that branch, and its gradient, finite.
+    """
     # log1p(alpha - 1) keeps every digit of log(alpha) near 1, where alpha - 1
     # is exact; below 1/2 the plain log is as good.
     safe = jnp.where(alpha > 0, alpha, 0.5)
@@ -145,24 +154,33 @@ def speculation_pays(acceptance: ArrayLike, cost_ratio: ArrayLike) -> jnp.ndarra
     as alpha -> 1 and to 0 as alpha -> 0.
     """
     alpha, c = _floats(acceptance, cost_ratio)
-    alpha = _cap_acceptance(alpha)
+    alpha = cap_acceptance(alpha)
     safe = jnp.where(alpha > 0, alpha, 0.5)
     # Above 1/2, 1 - alpha is exact and log1p(alpha - 1) keeps every digit, so
     # the ratio is accurate all the way to alpha -> 1 (where the bound -> 1).
-    bound = safe * -_log_acceptance(safe) / (1 - safe)
+    bound = safe * -log_acceptance(safe) / (1 - safe)
     return (alpha > 0) & (c < bound)
 
 
-def _optimum(alpha, c):
-    """(gamma*, S*, pays) for alpha already capped below 1; see module doc."""
+def optimum(alpha: jnp.ndarray, c: jnp.ndarray):
+    """(gamma*, S*, pays): the optimal real lookahead, the speedup there, and
+    whether drafting pays, for alpha already capped below 1
+    (:func:`cap_acceptance`) and cost ratio c > 0, unchecked.
+
+    gamma* = log(-W_{-1}) / (-log alpha) - 1 and S* = -log(alpha) / ((1 - alpha)
+    c (-W_{-1})), W_{-1} = W_{-1}(-exp(-1 - kappa)), kappa = -log(alpha)
+    (1 - c) / c (module doc); (0, 1, False) where drafting does not pay
+    (:func:`speculation_pays`). The unchecked core of :func:`optimal_lookahead`
+    and :func:`optimal_speedup`, for callers inside jit (the planners).
+    """
     pays = speculation_pays(alpha, c)
     # Substitute a paying point where it does not pay, so the unused branch
     # stays finite and its gradient (multiplied by zero) cannot become NaN.
     alpha_s = jnp.where(pays, alpha, 0.5)
     c_s = jnp.where(pays, c, 0.1)
-    neg_log_alpha = -_log_acceptance(alpha_s)
+    neg_log_alpha = -log_acceptance(alpha_s)
     kappa = neg_log_alpha * (1 - c_s) / c_s
-    w, one_plus_w = _lambertw_negexp_parts(kappa, -1)
+    w, one_plus_w = lambertw_negexp_parts(kappa, -1)
     gamma = jnp.log1p(-one_plus_w) / neg_log_alpha - 1
     # Stationarity gives alpha**(gamma*+1) = -1/w, so the peak speedup needs
     # no geometric sum: S* = -log(alpha) / ((1 - alpha) c (-w)).
@@ -188,7 +206,7 @@ def optimal_lookahead(acceptance: ArrayLike, cost_ratio: ArrayLike) -> jnp.ndarr
     _validate.check_in_range("acceptance", acceptance, 0.0, 1.0)
     _validate.check_positive("cost_ratio", cost_ratio)
     alpha, c = _floats(acceptance, cost_ratio)
-    return _optimum(_cap_acceptance(alpha), c)[0]
+    return optimum(cap_acceptance(alpha), c)[0]
 
 
 def optimal_speedup(acceptance: ArrayLike, cost_ratio: ArrayLike) -> jnp.ndarray:
@@ -201,7 +219,7 @@ def optimal_speedup(acceptance: ArrayLike, cost_ratio: ArrayLike) -> jnp.ndarray
     _validate.check_in_range("acceptance", acceptance, 0.0, 1.0)
     _validate.check_positive("cost_ratio", cost_ratio)
     alpha, c = _floats(acceptance, cost_ratio)
-    return _optimum(_cap_acceptance(alpha), c)[1]
+    return optimum(cap_acceptance(alpha), c)[1]
 
 
 def optimal_integer_lookahead(acceptance: ArrayLike, cost_ratio: ArrayLike) -> jnp.ndarray:

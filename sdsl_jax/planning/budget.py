@@ -19,8 +19,9 @@ acceptance plane lies inside (0, cap) on the rising branch. That window's ends
 solve L(N) = const, found by Newton's method (convex and decreasing on the
 branch, so Newton from the left converges monotonically); its derivatives come
 from one final Newton step taken from the converged point held fixed, which
-is the implicit function theorem. N* inside it comes from the FLOP planner's
-solvers with this objective, with implicit-function gradients.
+is the implicit function theorem. N* inside it comes from the planners' shared
+solver (:mod:`sdsl_jax.planning.solver`) with the FLOP law's objective along
+the budget line, with implicit-function gradients.
 
 The value of more budget: by the envelope theorem d T* / d log C is the
 partial derivative at N* (the move of N* does not count to first order).
@@ -38,11 +39,10 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from sdsl_jax.common import validation as _validate
 from sdsl_jax.laws import acceptance as acceptance_lib
-from sdsl_jax.planning import flop as planner
 from sdsl_jax.laws import pretraining
 from sdsl_jax.laws import throughput
+from sdsl_jax.planning import inputs, result, solver
 
 FLOPS_PER_PARAM_TOKEN = 6.0
 WINDOW_NEWTON_STEPS = 40
@@ -109,15 +109,15 @@ def _acceptance_at(log_draft, ctx: _Context):
 
 def _value_and_flags(log_draft, ctx: _Context):
     alpha, _, cost_ratio = _acceptance_at(log_draft, ctx)
-    return planner._flop_objective_at(alpha, cost_ratio, log_draft - jnp.log(ctx.target_params))
+    return solver.flop_objective_at(alpha, cost_ratio, log_draft - jnp.log(ctx.target_params))
 
 
 def _log_speedup(log_draft, ctx: _Context):
     alpha, _, cost_ratio = _acceptance_at(log_draft, ctx)
-    return jnp.log(throughput._optimum(throughput._cap_acceptance(alpha), cost_ratio)[1])
+    return jnp.log(throughput.optimum(throughput.cap_acceptance(alpha), cost_ratio)[1])
 
 
-_OBJECTIVE = planner._Objective(value_and_flags=_value_and_flags, log_speedup=_log_speedup)
+_OBJECTIVE = solver.Objective(value_and_flags=_value_and_flags, log_speedup=_log_speedup)
 
 
 def _chinchilla_log_draft(ctx: _Context):
@@ -165,8 +165,9 @@ def _log_draft_at_loss(target_loss, ctx: _Context, log_peak):
     return jnp.where(found, s, log_peak), found
 
 
-def _budget_window(ctx: _Context, log_lo, log_hi):
-    """[lo, hi] on the rising branch where 0 < alpha < cap; see planner._acceptance_window."""
+def _budget_window(ctx: _Context, search: solver.SearchRange) -> solver.Window:
+    """[lo, hi] on the rising branch where 0 < alpha < cap; see solver.acceptance_window."""
+    log_lo, log_hi = search
     acc = ctx.acceptance_law
     rising = acc.draft_coeff < 0
     rest = acc.target_coeff * ctx.target_perplexity + acc.intercept
@@ -183,44 +184,31 @@ def _budget_window(ctx: _Context, log_lo, log_hi):
     lo = jnp.where(has_zero, jnp.clip(log_zero, log_lo, log_peak), log_lo)
     capped = has_cap & (log_cap < log_peak)
     hi = jnp.where(capped, jnp.maximum(log_cap, lo), jnp.maximum(log_peak, lo))
-    return lo, hi, capped
+    return solver.Window(lo, hi, capped)
 
 
 def _plan_core(settings, log_budget, target_params, target_tokens, pretraining_law, acceptance_law):
     target_ppl = pretraining.perplexity(pretraining_law, target_params, target_tokens)
     ctx = _Context(target_params, log_budget - jnp.log(FLOPS_PER_PARAM_TOKEN), target_ppl,
                    pretraining_law, acceptance_law)
-    log_target = jnp.log(target_params)
-    log_lo = log_target + jnp.log(settings.min_cost_ratio)
-    log_hi = log_target + jnp.log(settings.max_cost_ratio)
-    window_lo, window_hi, capped = _budget_window(ctx, log_lo, log_hi)
-    log_draft = planner._solve_log_draft(settings, ctx, window_lo, window_hi)
+    search = solver.search_range(target_params, settings)
+    solution = solver.solve(settings, ctx, search, _budget_window(ctx, search))
+    log_draft = solution.log_draft
 
     alpha, draft_ppl, cost_ratio = _acceptance_at(log_draft, ctx)
-    gamma, speedup, pays = throughput._optimum(throughput._cap_acceptance(alpha), cost_ratio)
+    gamma, speedup, pays = throughput.optimum(throughput.cap_acceptance(alpha), cost_ratio)
     integer_gamma = throughput.optimal_integer_lookahead(alpha, cost_ratio)
-    integer_speedup = throughput.speedup(alpha, integer_gamma, cost_ratio)
-    raw_alpha = acceptance_lib.raw_acceptance(acceptance_law, draft_ppl, target_ppl)
-    no_draft = lambda value, fallback: jnp.where(pays, value, fallback)
-    return dict(
-        draft_params=no_draft(jnp.exp(log_draft), 0.0),
-        draft_tokens=no_draft(jnp.exp(ctx.log_token_budget - log_draft), 0.0),
-        cost_ratio=no_draft(cost_ratio, 0.0),
-        draft_perplexity=no_draft(draft_ppl, jnp.inf),
-        target_perplexity=target_ppl,
-        acceptance=no_draft(alpha, 0.0),
-        lookahead=no_draft(gamma, 0.0),
-        speedup=no_draft(speedup, 1.0),
-        tokens_per_flop=no_draft(speedup, 1.0) / (2 * target_params),
-        integer_lookahead=no_draft(integer_gamma, 0.0),
-        integer_speedup=no_draft(integer_speedup, 1.0),
-        chinchilla_params=jnp.exp(_chinchilla_log_draft(ctx)),
-    ), dict(
-        pays=pays,
-        extrapolated=pays & ((raw_alpha < 0) | (raw_alpha > acceptance_lib.MAX_ACCEPTANCE)
-                             | (capped & (log_draft >= window_hi))),
-        at_bound=pays & ((log_draft <= log_lo) | (log_draft >= log_hi)),
-    )
+    fields = result.assemble(
+        pays,
+        dict(draft_params=jnp.exp(log_draft), draft_tokens=jnp.exp(ctx.log_token_budget - log_draft),
+             cost_ratio=cost_ratio, draft_perplexity=draft_ppl, acceptance=alpha, lookahead=gamma,
+             speedup=speedup, integer_lookahead=integer_gamma,
+             integer_speedup=throughput.speedup(alpha, integer_gamma, cost_ratio)),
+        raw_acceptance=acceptance_lib.raw_acceptance(acceptance_law, draft_ppl, target_ppl),
+        clipped_at_cap=solution.clipped_at_cap, at_bound=solution.at_bound)
+    return dict(fields, target_perplexity=target_ppl,
+                tokens_per_flop=fields["speedup"] / (2 * target_params),
+                chinchilla_params=jnp.exp(_chinchilla_log_draft(ctx)))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -229,9 +217,9 @@ def _plan(settings, log_budget, target_params, target_tokens, pretraining_law, a
         log_budget, target_params, target_tokens)
     core = lambda lb: _plan_core(settings, lb, target_params, target_tokens,
                                  pretraining_law, acceptance_law)
-    (values, flags), (tangents, _) = jax.jvp(core, (log_budget,), (jnp.ones_like(log_budget),))
+    values, tangents = jax.jvp(core, (log_budget,), (jnp.ones_like(log_budget),))
     return BudgetPlan(
-        **values, **flags,
+        **values,
         tokens_per_flop_per_log_budget=tangents["tokens_per_flop"],
         speedup_per_log_budget=tangents["speedup"],
         draft_params_per_log_budget=tangents["draft_params"],
@@ -261,12 +249,10 @@ def optimal_draft_under_budget(
       A :class:`BudgetPlan`, with the marginal value of budget. jit, vmap and
       grad work through it (gradients of N* by the implicit function theorem).
     """
-    settings = planner._checked_settings(method, cost_ratio_bounds, _OBJECTIVE)
-    _validate.check_positive("target_params", target_params)
-    _validate.check_positive("target_tokens", target_tokens)
-    _validate.check_positive("training_flops", training_flops)
-    pretraining_law, acceptance_law = planner._laws_or_defaults(pretraining_law, acceptance_law)
-    dtype = jnp.result_type(target_params, target_tokens, training_flops, float)
-    as_float = lambda tree: jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype), tree)
-    return _plan(settings, jnp.log(as_float(training_flops)), as_float(target_params),
-                 as_float(target_tokens), as_float(pretraining_law), as_float(acceptance_law))
+    settings = solver.checked_settings(method, cost_ratio_bounds, _OBJECTIVE)
+    given = inputs.planner_inputs(dict(target_params=target_params, target_tokens=target_tokens,
+                                       training_flops=training_flops),
+                                  pretraining_law, acceptance_law)
+    target_params, target_tokens, training_flops = given.values
+    return _plan(settings, jnp.log(training_flops), target_params, target_tokens,
+                 given.pretraining_law, given.acceptance_law)

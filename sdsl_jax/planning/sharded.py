@@ -258,20 +258,17 @@ def plan_sharded(target_params, draft_tokens, target_tokens, *, fields: Sequence
     Returns:
       A dict of numpy arrays of the inputs' broadcast shape.
     """
-    from sdsl_jax.common import validation as _validate
-    from sdsl_jax.laws import acceptance as acceptance_lib, pretraining
-    from sdsl_jax.planning import flop as planner
+    from sdsl_jax.planning import flop as planner, inputs, solver
     names = tuple(planner.DraftPlan.__dataclass_fields__)
     fields = names if fields is None else tuple(fields)
     for name in fields:
         if name not in names:
             raise ValueError(f"fields: {name!r} is not a DraftPlan field; choose from {names}")
-    if method not in planner.METHODS:
-        raise ValueError(f"method must be one of {planner.METHODS}, got {method!r}")
-    for name, value in (("target_params", target_params), ("draft_tokens", draft_tokens),
-                        ("target_tokens", target_tokens)):
-        _validate.check_positive(name, value)
-    laws = (pretraining.BESIROGLU_2024 if pretraining_law is None else pretraining_law,
-            acceptance_lib.SDSL_2026 if acceptance_law is None else acceptance_law)
+    solver.check_method(method)
+    # The planners' checks and laws; not their cast: map_configs casts each
+    # chunk to its own dtype on the host, so millions of configurations never
+    # sit on the device at once.
+    laws = inputs.checked_laws(dict(target_params=target_params, draft_tokens=draft_tokens,
+                                    target_tokens=target_tokens), pretraining_law, acceptance_law)
     return map_configs(_draft_size_fn(fields, method), target_params, draft_tokens, target_tokens,
                        shared=laws, chunk_size=chunk_size, mesh=mesh, dtype=dtype)

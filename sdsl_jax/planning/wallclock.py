@@ -61,10 +61,11 @@ from jax.typing import ArrayLike
 
 from sdsl_jax.common import validation as _validate
 from sdsl_jax.laws import acceptance as acceptance_lib
-from sdsl_jax.planning import hardware as hw
-from sdsl_jax.planning import flop as planner
 from sdsl_jax.laws import pretraining
 from sdsl_jax.laws import throughput
+from sdsl_jax.planning import flop
+from sdsl_jax.planning import hardware as hw
+from sdsl_jax.planning import inputs, result, solver
 
 VERIFY_MODES = ("scored", "one_step")
 # Safeguarded Newton steps for the lookahead: on 3000 random problems (sharpness
@@ -167,7 +168,7 @@ def _iteration_seconds_and_slope(gamma, it: _Iteration, scored: bool):
 
 def _neg_log_acceptance(alpha):
     safe = jnp.where(alpha > 0, alpha, 0.5)
-    return -throughput._log_acceptance(safe)
+    return -throughput.log_acceptance(safe)
 
 
 def _log_speedup_slope(gamma, it: _Iteration, scored: bool):
@@ -264,7 +265,7 @@ def _optimal_lookahead_jvp(scored, primals, tangents):
 class _Context(NamedTuple):
     """The FLOP planner's context plus the hardware; every leaf differentiable."""
 
-    base: planner._Context
+    base: flop.Context
     accelerator: hw.Accelerator
     workload: hw.Workload
     draft_bytes_per_param: jnp.ndarray
@@ -273,12 +274,12 @@ class _Context(NamedTuple):
 
 
 def _iteration_at(log_draft, ctx: _Context) -> _Iteration:
-    alpha, _, _ = planner._acceptance_at(log_draft, ctx.base)
+    alpha, _, _ = flop.acceptance_at(log_draft, ctx.base)
     compute, memory = hw.roofline_times(ctx.accelerator, jnp.exp(log_draft), 1.0,
                                         ctx.draft_bytes_per_param, ctx.workload)
     acc = ctx.accelerator
     draft_seconds = hw.smooth_max(compute, memory, acc.sharpness) + acc.overhead
-    return _Iteration(throughput._cap_acceptance(alpha), draft_seconds, ctx.target_compute,
+    return _Iteration(throughput.cap_acceptance(alpha), draft_seconds, ctx.target_compute,
                       ctx.target_memory, acc.overhead, acc.sharpness)
 
 
@@ -289,7 +290,7 @@ def _log_speedup_at(it: _Iteration, gamma, scored: bool):
 
 
 def _value_and_flags(log_draft, ctx: _Context, scored: bool):
-    """The planner's objective F (see planner._objective_and_flat) in wall-clock terms.
+    """The solver's objective F (see solver.flop_objective_at) in wall-clock terms.
 
     Where drafting pays, F = log S*. Where it does not, F is the log pay
     margin log(phi_E(0) / phi_D(0)): the slope of log E over that of log D at
@@ -316,7 +317,7 @@ def _log_speedup(log_draft, ctx, scored):
 
 # One objective per verification mode, built once so jit's cache sees the same key.
 _OBJECTIVES = {
-    scored: planner._Objective(
+    scored: solver.Objective(
         value_and_flags=functools.partial(_value_and_flags, scored=scored),
         log_speedup=functools.partial(_log_speedup, scored=scored))
     for scored in (True, False)
@@ -325,10 +326,7 @@ _OBJECTIVES = {
 
 def _context(target_params, draft_tokens, target_tokens, pretraining_law, acceptance_law,
              accelerator, workload, draft_bytes, target_bytes) -> _Context:
-    target_ppl = pretraining.perplexity(pretraining_law, target_params, target_tokens)
-    draft_data_loss = (pretraining_law.irreducible_loss
-                       + pretraining.data_term(pretraining_law, jnp.log(draft_tokens)))
-    base = planner._Context(target_params, draft_data_loss, target_ppl, pretraining_law, acceptance_law)
+    base = flop.context(target_params, draft_tokens, target_tokens, pretraining_law, acceptance_law)
     target_compute, target_memory = hw.roofline_times(accelerator, target_params, 1.0,
                                                       target_bytes, workload)
     return _Context(base, accelerator, workload, jnp.asarray(draft_bytes, target_params.dtype),
@@ -343,49 +341,37 @@ def _report(ctx: _Context, log_draft, scored: bool, clipped_at_cap, at_bound) ->
     log_s = lambda g: _log_speedup_at(it, g, scored)
     low = jnp.floor(gamma)
     integer_gamma = jnp.where(log_s(low + 1) > log_s(low), low + 1, low)
-    speedup, integer_speedup = jnp.exp(log_s(gamma)), jnp.exp(log_s(integer_gamma))
     one_step = _target_seconds(jnp.ones_like(gamma), it)
     positions = integer_gamma + 1 if scored else jnp.ones_like(gamma)
-    _, draft_ppl, _ = planner._acceptance_at(log_draft, ctx.base)
-    raw_alpha = acceptance_lib.raw_acceptance(ctx.base.acceptance_law, draft_ppl,
-                                              ctx.base.target_perplexity)
+    _, draft_ppl, _ = flop.acceptance_at(log_draft, ctx.base)
+    fields = result.assemble(
+        pays,
+        dict(draft_params=jnp.exp(log_draft), cost_ratio=it.draft_seconds / one_step,
+             draft_perplexity=draft_ppl, acceptance=it.acceptance, lookahead=gamma,
+             integer_lookahead=integer_gamma, speedup=jnp.exp(log_s(gamma)),
+             integer_speedup=jnp.exp(log_s(integer_gamma)), draft_step_seconds=it.draft_seconds,
+             # Where no draft pays, a verification is a target-only step.
+             verify_step_seconds=_target_seconds(positions, it)),
+        fallbacks=dict(verify_step_seconds=one_step),
+        raw_acceptance=acceptance_lib.raw_acceptance(ctx.base.acceptance_law, draft_ppl,
+                                                     ctx.base.target_perplexity),
+        clipped_at_cap=clipped_at_cap, at_bound=at_bound)
     rate = ctx.workload.batch / one_step
-    no_draft = lambda value, fallback: jnp.where(pays, value, fallback)
-    return WallClockPlan(
-        draft_params=no_draft(jnp.exp(log_draft), 0.0),
-        cost_ratio=no_draft(it.draft_seconds / one_step, 0.0),
-        draft_perplexity=no_draft(draft_ppl, jnp.inf),
-        target_perplexity=ctx.base.target_perplexity,
-        acceptance=no_draft(it.acceptance, 0.0),
-        lookahead=no_draft(gamma, 0.0),
-        integer_lookahead=no_draft(integer_gamma, 0.0),
-        speedup=no_draft(speedup, 1.0),
-        integer_speedup=no_draft(integer_speedup, 1.0),
-        tokens_per_second=no_draft(speedup, 1.0) * rate,
-        integer_tokens_per_second=no_draft(integer_speedup, 1.0) * rate,
-        draft_step_seconds=no_draft(it.draft_seconds, 0.0),
-        target_step_seconds=one_step,
-        verify_step_seconds=no_draft(_target_seconds(positions, it), one_step),
-        pays=pays,
-        extrapolated=pays & ((raw_alpha < 0) | (raw_alpha > acceptance_lib.MAX_ACCEPTANCE)
-                             | clipped_at_cap),
-        at_bound=pays & at_bound,
-    )
+    return WallClockPlan(**fields, target_perplexity=ctx.base.target_perplexity,
+                         tokens_per_second=fields["speedup"] * rate,
+                         integer_tokens_per_second=fields["integer_speedup"] * rate,
+                         target_step_seconds=one_step)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _plan(settings: planner._Settings, scored: bool, target_params, draft_tokens, target_tokens,
+def _plan(settings: solver.Settings, scored: bool, target_params, draft_tokens, target_tokens,
           *laws_and_hardware):
     target_params, draft_tokens, target_tokens = jnp.broadcast_arrays(
         target_params, draft_tokens, target_tokens)
     ctx = _context(target_params, draft_tokens, target_tokens, *laws_and_hardware)
-    log_target = jnp.log(target_params)
-    log_lo = log_target + jnp.log(settings.min_cost_ratio)
-    log_hi = log_target + jnp.log(settings.max_cost_ratio)
-    window_lo, window_hi, capped = planner._acceptance_window(ctx.base, log_lo, log_hi)
-    log_draft = planner._solve_log_draft(settings, ctx, window_lo, window_hi)
-    return _report(ctx, log_draft, scored, capped & (log_draft >= window_hi),
-                   (log_draft <= log_lo) | (log_draft >= log_hi))
+    search = solver.search_range(target_params, settings)
+    solution = solver.solve(settings, ctx, search, flop.window(ctx.base, search))
+    return _report(ctx, solution.log_draft, scored, solution.clipped_at_cap, solution.at_bound)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -408,21 +394,24 @@ def _bytes(name, precision, dtype):
     return jnp.asarray(precision, dtype)
 
 
-def _prepare(dtype, hardware, workload, draft_precision, target_precision, verify,
+def _prepare(positive, hardware, workload, draft_precision, target_precision, verify,
              pretraining_law, acceptance_law):
-    """Validated (scored, laws and hardware as dtype arrays), shared by both entry points."""
+    """The planners' preamble (:func:`inputs.planner_inputs`) and the hardware's:
+    (scored, the positive inputs, then laws and hardware, all arrays of one dtype),
+    shared by both entry points."""
+    given = inputs.planner_inputs(positive, pretraining_law, acceptance_law)
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
     accelerator = hw.hardware_preset(hardware) if isinstance(hardware, str) else hardware
     workload = hw.Workload() if workload is None else workload
     hw.check_accelerator(accelerator)
     hw.check_workload(workload)
-    pretraining_law, acceptance_law = planner._laws_or_defaults(pretraining_law, acceptance_law)
-    as_float = lambda tree: jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype), tree)
-    return verify == "scored", (as_float(pretraining_law), as_float(acceptance_law),
-                                as_float(accelerator), as_float(workload),
-                                _bytes("draft_precision", draft_precision, dtype),
-                                _bytes("target_precision", target_precision, dtype))
+    dtype = given.dtype
+    return verify == "scored", given.values + (
+        given.pretraining_law, given.acceptance_law,
+        inputs.cast(dtype, accelerator), inputs.cast(dtype, workload),
+        _bytes("draft_precision", draft_precision, dtype),
+        _bytes("target_precision", target_precision, dtype))
 
 
 def optimal_draft_size_wallclock(
@@ -465,17 +454,13 @@ def optimal_draft_size_wallclock(
     """
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
-    settings = planner._checked_settings(method, cost_ratio_bounds, _OBJECTIVES[verify == "scored"],
-                                         root_steps=ROOT_STEPS)
-    _validate.check_positive("target_params", target_params)
-    _validate.check_positive("draft_tokens", draft_tokens)
-    _validate.check_positive("target_tokens", target_tokens)
-    dtype = jnp.result_type(target_params, draft_tokens, target_tokens, float)
-    scored, rest = _prepare(dtype, hardware, workload, draft_precision, target_precision, verify,
-                            pretraining_law, acceptance_law)
-    as_float = lambda v: jnp.asarray(v, dtype)
-    return _plan(settings, scored, as_float(target_params), as_float(draft_tokens),
-                 as_float(target_tokens), *rest)
+    settings = solver.checked_settings(method, cost_ratio_bounds, _OBJECTIVES[verify == "scored"],
+                                       root_steps=ROOT_STEPS)
+    scored, arrays = _prepare(
+        dict(target_params=target_params, draft_tokens=draft_tokens, target_tokens=target_tokens),
+        hardware, workload, draft_precision, target_precision, verify, pretraining_law,
+        acceptance_law)
+    return _plan(settings, scored, *arrays)
 
 
 def evaluate_draft_wallclock(
@@ -499,13 +484,9 @@ def evaluate_draft_wallclock(
     FLOP-optimal draft, to see what optimising FLOPs costs on this machine.
     ``at_bound`` and the window part of ``extrapolated`` are False.
     """
-    _validate.check_positive("draft_params", draft_params)
-    _validate.check_positive("target_params", target_params)
-    _validate.check_positive("draft_tokens", draft_tokens)
-    _validate.check_positive("target_tokens", target_tokens)
-    dtype = jnp.result_type(draft_params, target_params, draft_tokens, target_tokens, float)
-    scored, rest = _prepare(dtype, hardware, workload, draft_precision, target_precision, verify,
-                            pretraining_law, acceptance_law)
-    as_float = lambda v: jnp.asarray(v, dtype)
-    return _evaluate(scored, as_float(draft_params), as_float(target_params),
-                     as_float(draft_tokens), as_float(target_tokens), *rest)
+    scored, arrays = _prepare(
+        dict(draft_params=draft_params, target_params=target_params, draft_tokens=draft_tokens,
+             target_tokens=target_tokens),
+        hardware, workload, draft_precision, target_precision, verify, pretraining_law,
+        acceptance_law)
+    return _evaluate(scored, *arrays)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import scipy.special
 
-from sdsl_jax.laws.lambertw import _lambertw_negexp_parts, lambertw, lambertw_negexp
+from sdsl_jax.laws.lambertw import lambertw, lambertw_negexp, lambertw_negexp_parts
 
 mpmath.mp.dps = 50
 
@@ -178,7 +178,7 @@ def test_negexp_ulp_accuracy(dt, branch, mode):
 
     # 1 + w must keep full relative precision, also as kappa -> 0.
     kappa = -1 - u  # exact
-    w2, t = _call(_lambertw_negexp_parts, mode, kappa, branch, fill=1.0)
+    w2, t = _call(lambertw_negexp_parts, mode, kappa, branch, fill=1.0)
     np.testing.assert_array_equal(w2, w)
     err_t = _ulp_errors(t, ref_t, dt)
     RECORD[(dt.__name__, f"1+W{branch}(-exp(-1-kappa))", "parts", mode)] = round(float(err_t.max()), 2)
@@ -241,7 +241,7 @@ def test_negexp_special_values(dt, mode):
     # exp(u) underflows here, yet W_-1 ~ u - log(-u) is still correctly rounded.
     assert w0[8] == 0.0 and wm[8] == dt(-1e30)
     for b in BRANCHES:
-        w, t = _call(_lambertw_negexp_parts, mode, np.array([0.0, -1.0, np.inf], dt), b, fill=1.0)
+        w, t = _call(lambertw_negexp_parts, mode, np.array([0.0, -1.0, np.inf], dt), b, fill=1.0)
         assert w[0] == -1.0 and t[0] == 0.0
         assert np.isnan(w[1]) and np.isnan(t[1])
         assert w[2] == (0.0 if b == 0 else -np.inf)
@@ -265,7 +265,7 @@ def test_no_nan_created_for_valid_inputs(x64):
         lambertw(x0, 0)
         lambertw(xm, -1)
         for b in BRANCHES:
-            _lambertw_negexp_parts(kappa, b)
+            lambertw_negexp_parts(kappa, b)
         jax.grad(lambda v: lambertw(v, 0).sum())(g0)
         jax.grad(lambda v: lambertw(v, -1).sum())(gm)
 
@@ -277,7 +277,7 @@ def test_invalid_branch():
         with pytest.raises(ValueError, match="branch"):
             lambertw_negexp(-2.0, bad)
         with pytest.raises(ValueError, match="branch"):
-            _lambertw_negexp_parts(1.0, bad)
+            lambertw_negexp_parts(1.0, bad)
 
 
 def test_dtypes_and_array_likes():
@@ -295,7 +295,7 @@ def test_dtypes_and_array_likes():
         assert out_dtype(lambertw, np.ones(3, np.float64)) == jnp.float64
         assert out_dtype(lambertw, 1) == jnp.float64
         assert out_dtype(lambertw_negexp, -2) == jnp.float64
-        assert jax.eval_shape(lambda: _lambertw_negexp_parts(np.float32(1), -1))[1].dtype == jnp.float32
+        assert jax.eval_shape(lambda: lambertw_negexp_parts(np.float32(1), -1))[1].dtype == jnp.float32
     # Python scalars and lists evaluate (eagerly) too.
     np.testing.assert_allclose(jax.jit(lambertw)(1.0), 0.5671433, rtol=1e-6)
     np.testing.assert_allclose(jax.jit(lambertw)(jnp.asarray([0, 1])), [0.0, 0.5671433], rtol=1e-6)
@@ -350,7 +350,7 @@ def test_negexp_derivatives(dt, branch):
         np.testing.assert_allclose(d2(ua), float(w / (1 + w) ** 3), rtol=rtol)
     # parts: both outputs share the tangent -w / (1 + w).
     kappa = jnp.asarray(0.25, dt)
-    parts = lambda k: _lambertw_negexp_parts(k, branch)  # noqa: E731
+    parts = lambda k: lambertw_negexp_parts(k, branch)  # noqa: E731
     (w, t), (dw, dt_) = jax.jit(lambda k: jax.jvp(parts, (k,), (jnp.ones_like(k),)))(kappa)
     np.testing.assert_allclose(dw, -w / t, rtol=rtol)
     np.testing.assert_allclose(dt_, -w / t, rtol=rtol)
@@ -371,7 +371,7 @@ def test_vmap_jit_consistency(x64, branch):
     gs = jax.jit(jax.vmap(jax.grad(jax.grad(lambda v: lambertw(v, branch)))))(mixed)
     assert np.all(np.isfinite(np.asarray(gs)))
     kappas = jnp.asarray([0.0, 1e-15, 0.5, 1e12])
-    w, t = jax.jit(jax.vmap(lambda k: _lambertw_negexp_parts(k, branch)))(kappas)
-    w2, t2 = jax.jit(lambda k: _lambertw_negexp_parts(k, branch))(kappas)
+    w, t = jax.jit(jax.vmap(lambda k: lambertw_negexp_parts(k, branch)))(kappas)
+    w2, t2 = jax.jit(lambda k: lambertw_negexp_parts(k, branch))(kappas)
     np.testing.assert_array_equal(w, w2)
     np.testing.assert_array_equal(t, t2)

@@ -1,0 +1,361 @@
+r"""The planners' shared solver: the draft size N that maximises an objective over log N.
+
+Every planner (FLOP: :mod:`sdsl_jax.planning.flop`, wall-clock:
+:mod:`sdsl_jax.planning.wallclock`, compute budget:
+:mod:`sdsl_jax.planning.budget`) maximises a speedup S*(N) over the draft size,
+the lookahead already optimised for each N. They differ only in how S* is
+computed, which they hand over as an :class:`Objective`; the search is this
+module's. Everything is pure JAX and vectorised over any broadcast shape of
+configurations.
+
+The search runs over s = log N in three steps:
+
+1. The range: log N in [log M + log c_lo, log M + log c_hi], c the cost ratio
+   N / M, (c_lo, c_hi) the public ``cost_ratio_bounds`` (:func:`search_range`).
+2. The window: the range cut to where the acceptance plane lies inside
+   (0, cap) (:func:`acceptance_window`): below it nothing pays, above it alpha
+   is pinned at its cap and S* falls. Cutting there removes the kink the clip
+   puts into S*.
+3. The solve (:func:`solve_log_draft`). Two regimes it must survive, both found
+   by brute force over wide random configurations: drafting may pay only in a
+   band of N narrower than any affordable grid step, and as alpha nears its cap
+   S* can rise again after an interior peak. So it maximises an objective F
+   that is log S* where drafting pays and the log pay margin where it does not
+   (pointing towards the paying band; :func:`flop_objective_at`), and always
+   weighs the top end of the window against the interior peak.
+
+   * ``method="bracket"`` (default): an 8-point log grid brackets the peak of
+     F, then Illinois (regula falsi) steps on dF/ds, with bisection across the
+     edge of the paying band; 8 steps reach 1e-13 relative in float64 for the
+     FLOP law.
+   * ``method="gradient"``: L-BFGS from optax on -log S* over s, one scalar
+     problem per configuration under vmap, started from a coarse grid.
+
+   Derivatives of the solution with respect to everything the objective
+   depends on come from the implicit function theorem on dF/ds = 0 (a
+   custom_jvp), not from unrolling the solver; the optimal speedup's gradient
+   then follows by the envelope theorem.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sdsl_jax.laws import acceptance as acceptance_lib
+from sdsl_jax.laws import throughput
+
+METHODS = ("bracket", "gradient")
+
+
+class Objective(NamedTuple):
+    """What the solver maximises over s = log N (static: plain functions, hashable).
+
+    value_and_flags(log_draft, ctx) -> (F, (pays, flat)): F quasi-concave in s
+      and maximal where S* is; ``pays`` where drafting beats the target alone,
+      ``flat`` where F carries no slope (alpha = 0, F = -inf). See
+      :func:`flop_objective_at` for the FLOP law's F.
+    log_speedup(log_draft, ctx) -> log S*: what the gradient method maximises.
+
+    Both are elementwise in log_draft; ``ctx`` is the planner's pytree of
+    everything else (differentiable leaves).
+    """
+
+    value_and_flags: Callable
+    log_speedup: Callable
+
+
+class Settings(NamedTuple):
+    """Static solver settings (hashable: they key jit's cache)."""
+
+    method: str
+    min_cost_ratio: float
+    max_cost_ratio: float
+    grid_size: int
+    root_steps: int
+    lbfgs_steps: int
+    objective: Objective
+
+
+def check_method(method: str) -> None:
+    """Raise ValueError unless ``method`` is one of :data:`METHODS`."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def checked_settings(method: str, cost_ratio_bounds, objective: Objective,
+                     root_steps: int = 8) -> Settings:
+    """Solver settings from a public function's arguments, each checked and named.
+
+    ``cost_ratio_bounds`` = (c_lo, c_hi) must satisfy 0 < c_lo < c_hi <= 1;
+    ``root_steps`` is the number of Illinois steps of the bracket method.
+    """
+    check_method(method)
+    lo, hi = (float(b) for b in cost_ratio_bounds)
+    if not 0 < lo < hi <= 1:
+        raise ValueError(f"cost_ratio_bounds must satisfy 0 < low < high <= 1, got {cost_ratio_bounds}")
+    return Settings(method=method, min_cost_ratio=lo, max_cost_ratio=hi, grid_size=8,
+                    root_steps=root_steps, lbfgs_steps=60, objective=objective)
+
+
+class SearchRange(NamedTuple):
+    """[log_lo, log_hi]: log N from the settings' cost-ratio bounds."""
+
+    log_lo: jnp.ndarray
+    log_hi: jnp.ndarray
+
+
+def search_range(target_params, settings: Settings) -> SearchRange:
+    """log N in [log M + log c_lo, log M + log c_hi] (module doc, step 1)."""
+    log_target = jnp.log(target_params)
+    return SearchRange(log_target + jnp.log(settings.min_cost_ratio),
+                       log_target + jnp.log(settings.max_cost_ratio))
+
+
+class Window(NamedTuple):
+    """[log_lo, log_hi] within the search range where the solver looks; ``capped``
+    where log_hi is the draft size at which alpha reaches its cap."""
+
+    log_lo: jnp.ndarray
+    log_hi: jnp.ndarray
+    capped: jnp.ndarray
+
+
+def acceptance_window(pretraining_law, acceptance_law, target_perplexity, draft_data_loss,
+                      search: SearchRange) -> Window:
+    """The search range narrowed to the draft sizes where 0 < raw alpha < MAX.
+
+    For a draft trained on fixed data, its loss is draft_data_loss + A' / N^a
+    (``draft_data_loss`` = E + B / D^b, the pre-training law without its model
+    term). With the plane's draft coefficient A < 0 acceptance rises with N.
+    Below the size N_0 where the plane crosses 0 nothing pays; above the size
+    N_1 where it reaches the cap MAX_ACCEPTANCE, alpha is constant while the
+    cost keeps growing, so S* falls. The optimum therefore lies in [N_0, N_1],
+    and cutting the range there removes the kink the clip puts into S* (a root
+    finder on dS*/dlogN crawls at a kink). Both ends are the plane and the
+    pre-training law solved for N, differentiable in every coefficient.
+    """
+    acc, pre = acceptance_law, pretraining_law
+    log_lo, log_hi = search
+    rising = acc.draft_coeff < 0
+    rest = acc.target_coeff * target_perplexity + acc.intercept
+
+    def log_draft_at(alpha):
+        # alpha = A x + rest  ->  x;  log x = draft_data_loss + A' N**-a  ->  log N.
+        ppl = (alpha - rest) / jnp.where(rising, acc.draft_coeff, -1.0)
+        excess = jnp.log(jnp.where(ppl > 0, ppl, 1.0)) - draft_data_loss
+        ok = rising & (ppl > 0) & (excess > 0)
+        log_n = (jnp.log(pre.param_coeff) - jnp.log(jnp.where(ok, excess, 1.0))) / pre.param_exponent
+        return log_n, ok
+
+    log_zero, has_zero = log_draft_at(0.0)
+    log_cap, has_cap = log_draft_at(acceptance_lib.MAX_ACCEPTANCE)
+    lo = jnp.where(has_zero, jnp.clip(log_zero, log_lo, log_hi), log_lo)
+    capped = has_cap & (log_cap < log_hi)
+    hi = jnp.where(capped, jnp.maximum(log_cap, lo), log_hi)
+    return Window(lo, hi, capped)
+
+
+def flop_objective_at(alpha, cost_ratio, log_cost_ratio):
+    """The FLOP law's objective F and its flags (pays, flat) at raw alpha and c = N / M.
+
+    F = log S* where drafting pays (the log keeps the slope well scaled when
+    alpha nears 1 and S* grows steeply). Where it does not, S* is flat at 1 and
+    useless for bracketing, so F continues as the log pay margin
+    log(h(alpha) / c) < 0, h(alpha) = -alpha log(alpha) / (1 - alpha) being the
+    largest cost ratio that still pays (throughput.speculation_pays). Both
+    pieces are 0 on the boundary, and the margin rises towards the band where
+    drafting pays however narrow that band is, so a coarse grid and the sign of
+    dF/dlogN find it. Only where alpha = 0 (the plane clipped below) is F flat
+    (-inf); ``flat`` marks those points. alpha is capped below 1 here;
+    ``log_cost_ratio`` is log c, passed in so its derivative stays exact.
+    """
+    alpha = throughput.cap_acceptance(alpha)
+    _, peak, pays = throughput.optimum(alpha, cost_ratio)
+    positive = alpha > 0
+    safe = jnp.where(positive, alpha, 0.5)
+    log_margin = jnp.log(safe * -throughput.log_acceptance(safe) / (1 - safe)) - log_cost_ratio
+    value = jnp.where(pays, jnp.log(peak), jnp.where(positive, log_margin, -jnp.inf))
+    return value, (pays, ~positive)
+
+
+# --- The solve ------------------------------------------------------------------------
+
+def _objective(objective: Objective, log_draft, ctx):
+    return objective.value_and_flags(log_draft, ctx)[0]
+
+
+def _slope_and_flat(objective: Objective, log_draft, ctx):
+    """(dF/dlogN, (pays, flat)), elementwise: the objective is elementwise in log_draft."""
+    (_, flags), (slope, _) = jax.jvp(
+        lambda s: objective.value_and_flags(s, ctx), (log_draft,), (jnp.ones_like(log_draft),))
+    return slope, flags
+
+
+def _slope_and_curvature(objective: Objective, log_draft, ctx):
+    slope = lambda s: _slope_and_flat(objective, s, ctx)[0]
+    return jax.jvp(slope, (log_draft,), (jnp.ones_like(log_draft),))
+
+
+def _expand(ctx):
+    """Append a trailing axis so the context broadcasts against a grid."""
+    return jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf)[..., None], ctx)
+
+
+def _grid_bracket(objective: Objective, ctx, log_lo, log_hi, grid_size):
+    """Bracket the interior peak on a log-spaced grid.
+
+    Returns the best grid point below the top end, its two neighbours, whether
+    it is the bottom end, and the objective at the top end. The top end is
+    kept out of the argmax because S* need not be unimodal there: as the plane
+    drives alpha towards its cap, S* ~ 1 / (1 - alpha) can rise again after an
+    interior peak. The solvers find the interior peak and then compare it with
+    the top end, which is the other candidate.
+    """
+    frac = jnp.linspace(0.0, 1.0, grid_size, dtype=log_lo.dtype)
+    grid = log_lo[..., None] + (log_hi - log_lo)[..., None] * frac
+    values = _objective(objective, grid, _expand(ctx))
+    k = jnp.argmax(values[..., :-1], axis=-1)
+    pick = lambda idx: jnp.take_along_axis(
+        grid, jnp.clip(idx, 0, grid_size - 1)[..., None], axis=-1)[..., 0]
+    return pick(k), pick(k - 1), pick(k + 1), k == 0, values[..., -1]
+
+
+def _better_of(objective: Objective, ctx, interior, value_hi, log_hi):
+    """The interior solution or the top end, whichever has the larger objective."""
+    return jnp.where(value_hi > _objective(objective, interior, ctx), log_hi, interior)
+
+
+def _bracket_solve(settings: Settings, ctx, log_lo, log_hi):
+    objective = settings.objective
+    best, low, high, first, value_hi = _grid_bracket(objective, ctx, log_lo, log_hi,
+                                                     settings.grid_size)
+    slope_low, (pays_low, _) = _slope_and_flat(objective, low, ctx)
+    slope_high, (pays_high, _) = _slope_and_flat(objective, high, ctx)
+    # The grid's best point is the bottom end and S falls away from it: the
+    # optimum is that end, exactly.
+    at_lo = first & (slope_low <= 0)
+
+    def illinois(_, state):
+        low, high, g_low, g_high, pays_low, pays_high, side = state
+        # The secant only between two points where drafting pays: across the
+        # edge of the paying band F changes scale (log S* vs the log margin),
+        # and a secant through both pieces lands far from the root.
+        secant_ok = pays_low & pays_high & (g_low > 0) & (g_high < 0)
+        denom = jnp.where(secant_ok, g_high - g_low, -1.0)
+        secant = (low * g_high - high * g_low) / denom
+        mid = jnp.where(secant_ok, jnp.clip(secant, low, high), 0.5 * (low + high))
+        slope, (pays, flat) = _slope_and_flat(objective, mid, ctx)
+        # Where alpha = 0 the objective is flat and its slope says nothing;
+        # the grid's best point shows the way instead.
+        go_right = jnp.where(flat, mid < best, slope > 0)
+        # Illinois: an end kept twice in a row has its slope halved, which
+        # turns regula falsi's one-sided crawl into superlinear convergence.
+        g_high = jnp.where(go_right & (side > 0), 0.5 * g_high, g_high)
+        g_low = jnp.where(~go_right & (side < 0), 0.5 * g_low, g_low)
+        return (jnp.where(go_right, mid, low), jnp.where(go_right, high, mid),
+                jnp.where(go_right, slope, g_low), jnp.where(go_right, g_high, slope),
+                jnp.where(go_right, pays, pays_low), jnp.where(go_right, pays_high, pays),
+                jnp.where(go_right, 1, -1).astype(side.dtype))
+
+    state = (low, high, slope_low, slope_high, pays_low, pays_high,
+             jnp.zeros(low.shape, jnp.int32))
+    low, high, g_low, g_high, pays_low, pays_high, _ = jax.lax.fori_loop(
+        0, settings.root_steps, illinois, state)
+    secant_ok = pays_low & pays_high & (g_low > 0) & (g_high < 0)
+    secant = (low * g_high - high * g_low) / jnp.where(secant_ok, g_high - g_low, -1.0)
+    root = jnp.where(secant_ok, jnp.clip(secant, low, high), 0.5 * (low + high))
+    return _better_of(objective, ctx, jnp.where(at_lo, log_lo, root), value_hi, log_hi)
+
+
+def _gradient_solve(settings: Settings, ctx, log_lo, log_hi):
+    objective = settings.objective
+    start, _, _, _, value_hi = _grid_bracket(objective, ctx, log_lo, log_hi,
+                                             max(4, settings.grid_size // 2))
+    shape = start.shape
+    flat_ctx = jax.tree_util.tree_map(
+        lambda leaf: jnp.broadcast_to(leaf, shape).reshape(-1), ctx)
+    optimizer = optax.lbfgs()
+
+    def solve_one(s0, one_ctx, lo, hi):
+        def loss(s):
+            s = jnp.clip(s, lo, hi)
+            return -objective.log_speedup(s, one_ctx)
+
+        value_and_grad = optax.value_and_grad_from_state(loss)
+
+        def step(carry):
+            s, state, _ = carry
+            value, grad = value_and_grad(s, state=state)
+            updates, state = optimizer.update(
+                grad, state, s, value=value, grad=grad, value_fn=loss)
+            return optax.apply_updates(s, updates), state, jnp.abs(grad)
+
+        def keep_going(carry):
+            _, state, grad_norm = carry
+            count = optax.tree_utils.tree_get(state, "count")
+            tol = 8 * jnp.finfo(s0.dtype).eps
+            return (count < settings.lbfgs_steps) & (grad_norm > tol)
+
+        init = (s0, optimizer.init(s0), jnp.asarray(jnp.inf, s0.dtype))
+        s, _, _ = jax.lax.while_loop(keep_going, step, init)
+        return jnp.clip(s, lo, hi)
+
+    lo = jnp.broadcast_to(log_lo, shape).reshape(-1)
+    hi = jnp.broadcast_to(log_hi, shape).reshape(-1)
+    solved = jax.vmap(solve_one)(start.reshape(-1), flat_ctx, lo, hi)
+    return _better_of(objective, ctx, solved.reshape(shape), value_hi, log_hi)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def solve_log_draft(settings: Settings, ctx: Any, log_lo, log_hi):
+    """s* = argmax of the settings' objective F over log N in [log_lo, log_hi].
+
+    ``settings.method`` picks the bracket or the gradient method (module doc).
+    The derivative is the implicit function theorem's on g(s, ctx) = dF/ds = 0,
+    ds* = -(dg/dctx . ctx_dot) / (dg/ds), where s* is an interior maximum; a
+    solution on an end of the interval moves with that end.
+    """
+    if settings.method == "bracket":
+        return _bracket_solve(settings, ctx, log_lo, log_hi)
+    return _gradient_solve(settings, ctx, log_lo, log_hi)
+
+
+@solve_log_draft.defjvp
+def _solve_log_draft_jvp(settings, primals, tangents):
+    ctx, log_lo, log_hi = primals
+    ctx_dot, log_lo_dot, log_hi_dot = tangents
+    s = solve_log_draft(settings, ctx, log_lo, log_hi)
+    # Implicit function theorem on g(s, ctx) = dS/ds = 0:
+    #   ds = -(dg/dctx . ctx_dot) / (dg/ds).
+    objective = settings.objective
+    _, g_ctx_dot = jax.jvp(lambda c: _slope_and_flat(objective, s, c)[0], (ctx,), (ctx_dot,))
+    _, curvature = _slope_and_curvature(objective, s, ctx)
+    interior = (s > log_lo) & (s < log_hi) & (curvature < 0)
+    s_dot = -g_ctx_dot / jnp.where(interior, curvature, -1.0)
+    # A solution pinned to an end of the range moves with that end.
+    s_dot = jnp.where(interior, s_dot,
+                      jnp.where(s <= log_lo, log_lo_dot,
+                                jnp.where(s >= log_hi, log_hi_dot, jnp.zeros_like(s))))
+    return s, s_dot
+
+
+class Solution(NamedTuple):
+    """log_draft: s*; clipped_at_cap: s* sits where the window was cut at the
+    acceptance cap; at_bound: s* sits on an end of the search range."""
+
+    log_draft: jnp.ndarray
+    clipped_at_cap: jnp.ndarray
+    at_bound: jnp.ndarray
+
+
+def solve(settings: Settings, ctx: Any, search: SearchRange, window: Window) -> Solution:
+    """:func:`solve_log_draft` over ``window`` and where its answer sits (module doc)."""
+    log_draft = solve_log_draft(settings, ctx, window.log_lo, window.log_hi)
+    return Solution(log_draft,
+                    clipped_at_cap=window.capped & (log_draft >= window.log_hi),
+                    at_bound=(log_draft <= search.log_lo) | (log_draft >= search.log_hi))
