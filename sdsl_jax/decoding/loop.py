@@ -50,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, NamedTuple, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,7 +79,8 @@ class DecodeState(NamedTuple):
     step: jax.Array  # int32 scalar: loop steps run
 
 
-class Generation(NamedTuple):
+@chex.dataclass(frozen=True)
+class Generation:
     """A finished run over a batch of B prompts.
 
     Attributes:
@@ -261,6 +263,12 @@ def _decode(draft_params, target_params, state: DecodeState, spec: _Spec):
             state.iteration, state.finish_step, state.step)
 
 
+def _generation(out, lookahead: int) -> Generation:
+    """The decode program's outputs, in :class:`Generation`'s field order, as one."""
+    names = [f.name for f in dataclasses.fields(Generation) if f.name != "lookahead"]
+    return Generation(**dict(zip(names, out)), lookahead=lookahead)
+
+
 _prefill_jit = jax.jit(_prefill, static_argnames=("spec",))
 _decode_jit = jax.jit(_decode, static_argnames=("spec",))
 
@@ -392,7 +400,7 @@ def decode(draft: Decoder | None, target: Decoder, state: DecodeState, *, lookah
                          f"({max_new_tokens - 1}, {lookahead})")
     spec = _spec(draft, target, lookahead, max_new_tokens, accept_fn)
     out = _decode_jit(draft.params if lookahead > 0 else None, target.params, state, spec=spec)
-    return Generation(*out, lookahead=lookahead)
+    return _generation(out, lookahead)
 
 
 def staged_generate(draft: Decoder | None, target: Decoder, prompt_tokens: jax.Array,
@@ -427,7 +435,7 @@ def staged_generate(draft: Decoder | None, target: Decoder, prompt_tokens: jax.A
 
     def decode_stage(state: DecodeState) -> Generation:
         out = _decode_jit(draft_params, target.params, state, spec=decode_spec)
-        return Generation(*out, lookahead=lookahead)
+        return _generation(out, lookahead)
 
     return prefill_stage, decode_stage
 

@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,7 +50,8 @@ from sdsl_jax.decoding import loop
 from sdsl_jax.decoding.sampling import AcceptFn, speculative_accept
 
 
-class Timing(NamedTuple):
+@chex.dataclass(frozen=True)
+class Timing:
     """Wall-clock seconds of the two timed pieces of a run (module docstring)."""
 
     prefill_s: float
@@ -75,7 +77,7 @@ def timed_generate(draft: Decoder | None, target: Decoder, prompt_tokens: jax.Ar
     middle = clock()
     generation = jax.block_until_ready(decode_stage(state))
     end = clock()
-    return generation, Timing(middle - start, end - middle)
+    return generation, Timing(prefill_s=middle - start, decode_s=end - middle)
 
 
 def row_latencies(generation: loop.Generation, timing: Timing,

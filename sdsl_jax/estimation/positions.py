@@ -44,8 +44,8 @@ static as it fixes shapes); eager calls check their inputs.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,7 +57,8 @@ from sdsl_jax.estimation.acceptance import wilson_interval
 FIT_METHODS = ("likelihood-ratio", "pearson")
 
 
-class PositionRates(NamedTuple):
+@chex.dataclass(frozen=True)
+class PositionRates:
     """Acceptance at draft positions 1..gamma (arrays of shape [..., gamma]).
 
     Attributes:
@@ -78,7 +79,8 @@ class PositionRates(NamedTuple):
     reached: jax.Array
 
 
-class GeometricFit(NamedTuple):
+@chex.dataclass(frozen=True)
+class GeometricFit:
     """Goodness of fit of the truncated geometric (i.i.d.) model.
 
     Attributes:
@@ -200,7 +202,8 @@ def per_position_acceptance(accepted, lookahead: int, prompt_ids=None, *, mask=N
         b_low, b_high = _bootstrap_positions(
             k.ravel(), m.ravel(), ids.ravel(), jax.random.PRNGKey(0) if key is None else key,
             jnp.asarray(confidence, rate.dtype), lookahead, int(num_prompts), int(num_resamples))
-    return PositionRates(rate, low, high, b_low, b_high, acc, reached)
+    return PositionRates(rate=rate, low=low, high=high, bootstrap_low=b_low,
+                         bootstrap_high=b_high, accepted=acc, reached=reached)
 
 
 @functools.partial(jax.jit, static_argnums=(5, 6, 7))
@@ -279,7 +282,8 @@ def _fit_test(hist, lookahead, method):
     stat = jnp.maximum(stat, 0.0)
     df = lookahead - 1
     p = gammaincc(df / 2, stat / 2)
-    return GeometricFit(alpha, hist, expected, stat, df, p)
+    return GeometricFit(acceptance=alpha, observed=hist, expected=expected, statistic=stat, df=df,
+                        p_value=p)
 
 
 def serving_stack_ratio(accepted, lookahead: int, mask=None) -> jax.Array:

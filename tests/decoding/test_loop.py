@@ -447,7 +447,7 @@ def test_summarize(records):
 
 def test_run_records_rows(pair, prompt_batch):
     gen = generate(pair, prompt_batch)
-    recs = run_records(gen, metrics.Timing(0.1, 0.9), prompt_ids=[5, 6, 7],
+    recs = run_records(gen, metrics.Timing(prefill_s=0.1, decode_s=0.9), prompt_ids=[5, 6, 7],
                        prompt_lengths=[1, 3, 5], max_new_tokens=MAX_NEW, temperature=1.0, rows=2)
     assert [r["prompt_id"] for r in recs] == [5, 6]
     assert recs[1]["accepted"] == np.asarray(gen.accepted)[1, :int(gen.num_iterations[1])].tolist()
