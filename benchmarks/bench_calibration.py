@@ -8,7 +8,7 @@ same chained, compiled measurement `sdsl measure` uses
 
 1. the preset's prediction of every step (its published peak, bandwidth and
    guessed efficiencies and overhead);
-2. calibration (sdsl_jax.planning.hardware.calibrate) on the steps of every other model
+2. calibration (sdsl_jax.planning.calibration.calibrate) on the steps of every other model
    size, and its prediction of the held-out sizes: the honest error, since a
    fit always looks good on the points it saw;
 3. calibration on everything, the fit error.
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdsl_jax.planning import hardware
+from sdsl_jax.planning import calibration, hardware
 from sdsl_jax.models.config import SIZES, param_counts
 from sdsl_jax.models.functional import as_decoder, init_params
 from sdsl_jax.decoding.metrics import forward_step_seconds
@@ -69,7 +69,7 @@ measured = np.array([r[5] for r in rows])
 
 
 def step_times(mask):
-    return hardware.step_time_rows([r for r, keep in zip(records, mask) if keep])
+    return calibration.step_time_rows([r for r, keep in zip(records, mask) if keep])
 
 
 def errors(predicted, truth):
@@ -80,11 +80,11 @@ def errors(predicted, truth):
 
 everything = np.ones(len(rows), bool)
 fit_half = size_index % 2 == 0
-preset_prediction = np.asarray(hardware.predict_step_times(preset, step_times(everything)))
-held_out_fit = hardware.calibrate(preset, step_times(fit_half))
-held_out_prediction = np.asarray(hardware.predict_step_times(held_out_fit.accelerator,
-                                                             step_times(~fit_half)))
-full_fit = hardware.calibrate(preset, step_times(everything))
+preset_prediction = np.asarray(calibration.predict_step_times(preset, step_times(everything)))
+held_out_fit = calibration.calibrate(preset, step_times(fit_half))
+held_out_prediction = np.asarray(calibration.predict_step_times(held_out_fit.accelerator,
+                                                                step_times(~fit_half)))
+full_fit = calibration.calibrate(preset, step_times(everything))
 full_prediction = np.asarray(full_fit.predicted)
 
 print(f"\n{'size':>6} {'params':>11} {'batch':>5} {'tokens':>6} {'measured':>10} "

@@ -364,6 +364,7 @@ def _draft_interval(args, draft_tokens) -> dict:
 def _hardware(args):
     """(accelerator, workload, calibration or None) from the --hardware options."""
     from sdsl_jax.planning import hardware as hw
+    from sdsl_jax.planning.calibration import calibrate, read_step_times
     try:
         accelerator = hw.hardware_preset(args.hardware)
     except ValueError as err:
@@ -383,13 +384,13 @@ def _hardware(args):
     calibration = None
     if args.step_times:
         try:
-            rows = hw.read_step_times(args.step_times)
+            rows = read_step_times(args.step_times)
         except OSError as err:
             raise UsageError(f"sdsl plan: --step-times: cannot read {args.step_times}: "
                              f"{err.strerror}") from None
         except ValueError as err:
             raise UsageError(f"sdsl plan: --step-times: {err}") from None
-        calibration = hw.calibrate(accelerator, rows, workload=workload)
+        calibration = calibrate(accelerator, rows, workload=workload)
         accelerator = calibration.accelerator
     return accelerator, workload, calibration
 

@@ -17,7 +17,7 @@ Two predictions are set against it:
   speedup, and N* with its interval;
 * the wall-clock model: the roofline of ``preset.hardware`` with its
   efficiencies and per-step overhead calibrated on the measured step times
-  of every pair (:func:`sdsl_jax.planning.hardware.calibrate`), then the fitted laws
+  of every pair (:func:`sdsl_jax.planning.calibration.calibrate`), then the fitted laws
   through :func:`sdsl_jax.planning.wallclock.optimal_draft_size_wallclock` for N*, and
   the roofline's step times for the speedup of each measured draft at the
   measured lookahead.
@@ -81,6 +81,7 @@ def run(ctx: Context) -> dict:
     import numpy as np
 
     from sdsl_jax.planning import hardware as hw, wallclock as latency_planner
+    from sdsl_jax.planning.calibration import calibrate, step_time_rows
     from sdsl_jax.fitting.laws import load_laws
 
     preset = ctx.preset
@@ -123,8 +124,8 @@ def run(ctx: Context) -> dict:
 
     with jax.enable_x64(True):
         laws = load_laws(os.path.join(ctx.run.root, ctx.run.output("acceptance")["laws_file"]))
-        steps = hw.step_time_rows(loop, source="measured step times")
-        calibration = hw.calibrate(hw.hardware_preset(preset.hardware), steps, workload=workload)
+        steps = step_time_rows(loop, source="measured step times")
+        calibration = calibrate(hw.hardware_preset(preset.hardware), steps, workload=workload)
         accelerator = calibration.accelerator
         targets = sorted(preset.targets, key=size_params)
         target_params = jnp.asarray([size_params(t) for t in targets], jnp.float64)

@@ -19,7 +19,7 @@ from sdsl_jax.cli import main as cli
 from sdsl_jax.models import corpus as corpus_lib, training
 from sdsl_jax import models
 from sdsl_jax.fitting.synthetic import synthetic_measurements
-from sdsl_jax.planning.hardware import read_step_times
+from sdsl_jax.planning.calibration import read_step_times
 from sdsl_jax.estimation.measurements import read_measurements, write_measurements
 from sdsl_jax.plots.latency import read_latency
 from sdsl_jax.decoding import pair as measure_lib
