@@ -1,0 +1,320 @@
+"""A resumable measurement of one (draft, target) pair: a runs file of one line per prompt.
+
+What ``sdsl measure`` runs for the speculative loop, and stage 3 of ``sdsl
+reproduce`` for every pair: the caller loads the two models and chooses the
+prompts; this module does the rest.
+
+The runs file
+-------------
+:func:`measure_run` appends one JSON line per finished prompt, flushed and
+fsynced as it lands (:func:`sdsl_jax.common.io.append_jsonl`), so a run
+killed at any moment keeps every finished prompt; calling it again skips
+them (prompt ``i``'s randomness follows its id, so the rerun gives what one
+uninterrupted run would have). Every line carries the run's settings
+(:data:`SETTINGS`, from :func:`run_settings`); a rerun with other settings
+is refused rather than mixed in. More prompts extend a finished run: prompt
+``i`` is the same text whatever the count (:func:`prompt_windows`), and its
+hash on the line catches a prompt that changed.
+
+Each line is also a row of the measurement-set format
+(:mod:`sdsl_jax.estimation.measurements`): draft_params, target_params,
+draft_tokens, target_tokens, draft_perplexity, target_perplexity, lookahead,
+and the counts ``accepted`` (drafted tokens accepted) and ``trials`` (drafted
+tokens judged), with the accepted count of every iteration in
+``accepted_per_iteration``. It is a step-time record for ``sdsl plan
+--step-times`` too (draft_step_seconds, target_step_seconds, batch, context,
+precision).
+
+The run's lines are aggregated into one measurement row, and that row
+kept in a rows file, by :mod:`sdsl_jax.decoding.rows`; the row's text is
+:mod:`sdsl_jax.decoding.summary`.
+
+Perplexity
+----------
+A model with a known held-out perplexity (:attr:`RunModel.perplexity`, from
+an ``sdsl train`` card) records it on every line: the pre-training law needs
+every size scored on the same text. A model without one (a Hugging Face
+checkpoint) is scored on the prompts themselves, teacher-forced (each line:
+that prompt, with its ``*_prompt_nll`` and ``prompt_scored_tokens``; the row:
+pooled over the prompts). ``perplexity_source`` says which ("validation" or
+"prompts").
+
+Errors are :class:`MeasureRunError`, whose message is the line ``sdsl
+measure`` prints. The models run in float32 whatever precision the caller
+runs in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+from typing import Any, Sequence
+
+from sdsl_jax.common.io import JsonlError, append_jsonl, iter_jsonl, read_jsonl
+
+# The settings a runs file is tied to: a rerun must match them all.
+SETTINGS = ("draft_model", "draft_params", "draft_tokens", "target_model", "target_params",
+            "target_tokens", "lookahead", "temperature", "max_new_tokens", "prompt_len",
+            "batch_size", "baseline", "seed", "prompt_set", "device")
+# What the summary reads from every line besides the settings.
+LINE_KEYS = ("prompt_id", "accepted", "accepted_per_iteration", "trials", "beta_sum",
+             "beta_count", "ttft_s", "tpot_s", "ttot_s", "draft_step_seconds",
+             "target_step_seconds", "baseline_step_seconds", "cost_ratio", "verify_cost",
+             "prompt_hash", "perplexity_source")
+LATENCIES = ("ttft", "tpot", "ttot")
+
+
+class MeasureRunError(ValueError):
+    """A runs file, rows file or prompt set a run cannot use; the message is the one line
+    ``sdsl measure`` prints, and says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunModel:
+    """A draft or target as a runs file records it.
+
+    Attributes:
+      decoder: the :class:`~sdsl_jax.decoding.decoder.Decoder`.
+      name: the model's name on every line.
+      tokens: training tokens D.
+      perplexity: held-out per-token perplexity (an ``sdsl train`` card), or
+        None to measure it on the prompts.
+      family: the model family, or None.
+    """
+
+    decoder: Any
+    name: str
+    tokens: float | None
+    perplexity: float | None = None
+    family: str | None = None
+
+
+def run_settings(draft: RunModel, target: RunModel, *, lookahead: int, temperature: float,
+                 max_new_tokens: int, prompt_len: int, batch_size: int, baseline: bool, seed: int,
+                 prompt_set: str) -> dict:
+    """The settings every line of the run carries (:data:`SETTINGS`, in that order).
+
+    Models with a card perplexity add it: a model retrained in the same
+    directory is another model, and its lines must not be mixed in.
+    """
+    import jax
+    settings = {
+        "draft_model": draft.name, "draft_params": int(draft.decoder.num_params),
+        "draft_tokens": draft.tokens, "target_model": target.name,
+        "target_params": int(target.decoder.num_params), "target_tokens": target.tokens,
+        "lookahead": lookahead, "temperature": temperature,
+        "max_new_tokens": max_new_tokens, "prompt_len": prompt_len,
+        "batch_size": batch_size, "baseline": baseline, "seed": seed,
+        "prompt_set": prompt_set, "device": jax.devices()[0].device_kind,
+    }
+    if draft.perplexity is not None:
+        settings.update(draft_perplexity=draft.perplexity, target_perplexity=target.perplexity)
+    return settings
+
+
+def prompt_windows(text, count: int, width: int, seed: int) -> list:
+    """``count`` windows of ``width`` tokens of ``text`` (a 1-D token array).
+
+    Window ``i`` starts at an offset drawn from ``(seed, i)`` alone, so a run
+    asked for more prompts keeps the windows it measured.
+    """
+    import numpy as np
+    if text.size < width:
+        raise MeasureRunError(f"sdsl measure: argument --prompt-len: the held-out text has "
+                              f"{text.size:,} tokens, fewer than one prompt window of {width:,}; "
+                              "lower --prompt-len or add text with --corpus")
+    windows = []
+    for i in range(count):
+        start = int(np.random.default_rng([seed, i]).integers(0, text.size - width + 1))
+        windows.append(text[start:start + width])
+    return windows
+
+
+def prompt_hash(tokens) -> str:
+    """A short hash of a prompt's token ids, stored on its line."""
+    return hashlib.sha256(json.dumps([int(t) for t in tokens]).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------
+# The runs file.
+
+
+def read_runs(path: str) -> list[dict]:
+    """The lines of an earlier run in ``path`` ([] if none); a line cut off by a kill is
+    dropped from the file (:func:`sdsl_jax.common.io.read_jsonl`)."""
+    not_ours = "is not a record of this `sdsl measure`"
+    try:
+        records = read_jsonl(path)
+    except OSError as err:
+        raise MeasureRunError(f"sdsl measure: argument --out: cannot read {path}: "
+                              f"{err.strerror}") from None
+    except JsonlError as err:
+        if err.kind == "object":
+            raise MeasureRunError(f"sdsl measure: {path}: line {err.line} {not_ours} (no 'a JSON "
+                                  "object'); choose another --out") from None
+        what = f"is not JSON ({err.detail})" if err.kind == "json" else "is not UTF-8 text"
+        raise MeasureRunError(f"sdsl measure: {path}: line {err.line} {what}; is this a runs "
+                              "file of `sdsl measure`?") from None
+    for index, record in enumerate(records):
+        missing = [key for key in SETTINGS + LINE_KEYS if key not in record]
+        if missing:
+            raise MeasureRunError(f"sdsl measure: {path}: line {_line_number(path, index)} "
+                                  f"{not_ours} (no {missing[0]!r}); choose another --out")
+    return records
+
+
+def _line_number(path: str, index: int) -> int:
+    """The file line of record ``index`` (blank lines count, as in an editor)."""
+    with open(path, "rb") as handle:
+        return [number for number, _ in iter_jsonl(handle.read(), path)][index]
+
+
+def check_settings(records: list[dict], settings: dict, path: str) -> None:
+    """Refuse to resume ``records`` under other ``settings``."""
+    for record in records:
+        for key, value in settings.items():
+            if record.get(key) != value:
+                raise MeasureRunError(
+                    f"sdsl measure: {path} holds a run with {key} = {record.get(key)!r}, this run "
+                    f"has {value!r}; rerun with the same settings to resume it, or choose "
+                    "another --out")
+
+
+def measure_run(draft: RunModel, target: RunModel, prompts: Sequence[Sequence[int]],
+                settings: dict, path: str, *, progress: bool | None = None) -> tuple[list[dict], int]:
+    """Measure the prompts ``path`` does not hold yet; (every prompt's line in order, how many
+    were measured now).
+
+    Args:
+      draft, target: the pair.
+      prompts: token lists; prompt ``i`` is the one with id ``i``.
+      settings: from :func:`run_settings` (the lookahead, temperature, ...
+        of the decoding are read from it).
+      path: the runs file, created or extended.
+      progress: tqdm bar on stderr (None: on a terminal only).
+    """
+    import jax
+
+    earlier = read_runs(path)
+    check_settings(earlier, settings, path)
+    done = {}
+    for record in earlier:
+        done.setdefault(int(record["prompt_id"]), record)
+    hashes = [prompt_hash(p) for p in prompts]
+    for i, record in done.items():
+        if i < len(prompts) and record.get("prompt_hash") != hashes[i]:
+            raise MeasureRunError(f"sdsl measure: prompt {i} is not the prompt {path} measured "
+                                  "(the corpus or prompt file changed); choose another --out")
+    todo = [i for i in range(len(prompts)) if i not in done]
+
+    measured_now = 0
+    if todo:
+        # Models run in float32 whatever the caller runs in.
+        with jax.enable_x64(False):
+            measured_now = _measure(draft, target, prompts, todo, settings, hashes, path, done,
+                                    progress)
+    return [done[i] for i in range(len(prompts))], measured_now
+
+
+def _measure(draft: RunModel, target: RunModel, prompts, todo, settings, hashes, path, done,
+             progress) -> int:
+    """Measure prompts ``todo``, appending each line to ``path`` and to ``done`` as it lands."""
+    import jax
+    from tqdm import tqdm
+    from sdsl_jax.decoding import pair  # looked up now: tests replace pair.measure_pair
+
+    todo_prompts = [prompts[i] for i in todo]
+    prompt_len, batch = settings["prompt_len"], settings["batch_size"]
+    nll = None  # a card gives the perplexity
+    if draft.perplexity is None:
+        nll = {role: _prompt_nll(model.decoder, todo_prompts, prompt_len, batch)
+               for role, model in (("draft", draft), ("target", target))}
+    context = prompt_len + settings["max_new_tokens"] // 2
+    steps = _measure_steps(draft.decoder, target.decoder, settings["lookahead"], batch, context)
+    position = {i: j for j, i in enumerate(todo)}
+    try:
+        handle = open(path, "a", encoding="utf-8")
+    except OSError as err:
+        raise MeasureRunError(f"sdsl measure: argument --out: cannot write {path}: "
+                              f"{err.strerror}") from None
+    records = pair.measure_pair(draft.decoder, target.decoder, todo_prompts,
+                                settings["lookahead"], settings["max_new_tokens"],
+                                settings["temperature"], jax.random.PRNGKey(settings["seed"]),
+                                prompt_ids=todo, batch_size=batch, prompt_len=prompt_len,
+                                baseline=settings["baseline"])
+    measured = 0
+    with handle, tqdm(total=len(prompts), initial=len(prompts) - len(todo), unit="prompt",
+                      desc="measure", disable=None if progress is None else not progress,
+                      file=sys.stderr) as bar:
+        for record in records:
+            i = int(record["prompt_id"])
+            j = position[i]
+            line = _line(record, settings, draft, target, hashes[i], steps, context,
+                         None if nll is None else {role: (float(nll[role][0][j]),
+                                                          int(nll[role][1][j]))
+                                                   for role in nll})
+            append_jsonl(handle, line)
+            done[i] = line
+            measured += 1
+            bar.update(1)
+    return measured
+
+
+def _measure_steps(draft, target, lookahead: int, batch: int, context: int) -> dict:
+    """Step times of the pair at the decode's batch and mean context (medians of
+    interleaved rounds), and the ratios the law uses (medians of each round's ratio)."""
+    import numpy as np
+    from sdsl_jax.decoding import metrics
+    t = metrics.forward_step_seconds(
+        {"draft": (draft, 1), "verify": (target, lookahead + 1), "target": (target, 1)},
+        batch_size=batch, context=context)
+    return {"draft_step_seconds": float(np.median(t["draft"])),
+            "target_step_seconds": float(np.median(t["verify"])),
+            "baseline_step_seconds": float(np.median(t["target"])),
+            "cost_ratio": float(np.median(t["draft"] / t["target"])),
+            "verify_cost": float(np.median(t["verify"] / t["target"]))}
+
+
+def _prompt_nll(decoder, prompts, length: int, batch: int):
+    """Per prompt: (nll nats, scored tokens), in batches of one shape."""
+    import numpy as np
+    from sdsl_jax.decoding import loop
+    from sdsl_jax.decoding.pair import prompt_log_likelihood
+    nll, scored = [], []
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start:start + batch]
+        chunk = chunk + [chunk[-1]] * (batch - len(chunk))  # one shape, one compilation
+        tokens, lengths = loop.pad_prompts(chunk, length)
+        a, b = prompt_log_likelihood(decoder, tokens, lengths)
+        nll += a.tolist()
+        scored += b.tolist()
+    return np.asarray(nll[:len(prompts)]), np.asarray(scored[:len(prompts)])
+
+
+def _line(record, settings, draft: RunModel, target: RunModel, prompt_hash, steps, context,
+          nll) -> dict:
+    """A runs-file line: settings, then the measurement-set columns, then the rest.
+
+    ``nll`` is None for models with a card perplexity, else {role: (nats,
+    scored tokens)} of this prompt.
+    """
+    k = record.pop("accepted")
+    line = {"prompt_id": record.pop("prompt_id"), **settings, "family": draft.family}
+    if nll is None:
+        line.update(draft_perplexity=draft.perplexity, target_perplexity=target.perplexity,
+                    perplexity_source="validation")
+    else:  # no card: the perplexity on this prompt
+        scored = nll["draft"][1]
+        for role in ("draft", "target"):
+            line[f"{role}_perplexity"] = math.exp(nll[role][0] / scored) if scored else None
+        line.update(perplexity_source="prompts", prompt_scored_tokens=scored,
+                    draft_prompt_nll=nll["draft"][0], target_prompt_nll=nll["target"][0])
+    line.update(accepted=int(sum(k)),
+                accepted_per_iteration=k, prompt_hash=prompt_hash, **steps,
+                batch=settings["batch_size"], context=context, precision="fp32")
+    for key, value in record.items():
+        line.setdefault(key, value)
+    return line
