@@ -1,13 +1,15 @@
 """Stage 3: measure every (draft, target) pair with the speculative loop, and teacher-forced.
 
-The loop is ``sdsl measure`` itself (:func:`sdsl_jax.cli.measure.run`), run
-once per pair on held-out prompts at batch 1: each finished prompt lands in
-the pair's runs file at once, so a killed run resumes prompt by prompt, and
-the pair's summary row (acceptance with its bootstrap interval across
-prompts; TTFT, TPOT, TTOT and the speedup over the target alone with
-Student-t intervals; the measured step times) goes to ``measure/rows.jsonl``,
-which ``sdsl fit``, ``sdsl plot latency`` and ``sdsl plan --step-times``
-read. Stage 6 takes its latencies from the same runs: one decoding, two uses.
+The loop is the run ``sdsl measure`` makes (:mod:`sdsl_jax.decoding.run`),
+with its defaults, once per pair on held-out prompts at batch 1: each
+finished prompt lands in the pair's runs file at once, so a killed run
+resumes prompt by prompt, and the pair's summary row (acceptance with its
+bootstrap interval across prompts; TTFT, TPOT, TTOT and the speedup over
+the target alone with Student-t intervals; the measured step times) goes to
+``measure/rows.jsonl``, which ``sdsl fit``, ``sdsl plot latency`` and
+``sdsl plan --step-times`` read; the text ``sdsl measure`` would print goes
+to ``measure/summary-<pair>.txt``. Stage 6 takes its latencies from the
+same runs: one decoding, two uses.
 
 The cross-check is :func:`sdsl_jax.decoding.teacher_forced.teacher_forced_acceptance`
 on held-out windows: alpha as the mean of beta = sum min(p, q) over every
@@ -17,15 +19,16 @@ samples (the two differ by how far the text is from the target's samples).
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import logging
 import os
 
+from sdsl_jax.common.io import append_jsonl, atomic_write_text, read_jsonl
 from sdsl_jax.reproduce.context import Context
-from sdsl_jax.reproduce.manifest import ReproduceError, append_jsonl, read_jsonl
+from sdsl_jax.reproduce.manifest import ReproduceError
 
 RUNS_DIR = "measure"
+# What `sdsl measure` defaults to, and so what every pair is summarised with.
+CONFIDENCE, BOOTSTRAP, BATCH_SIZE = 0.95, 1000, 1
 
 
 def _pair_name(draft: str, target: str) -> str:
@@ -40,23 +43,55 @@ def _row_of(rows: list[dict], draft: str, target: str, prompts: int) -> dict | N
     return None
 
 
-def _measure_arguments(ctx: Context, draft: str, target: str, rows_path: str) -> argparse.Namespace:
-    """``sdsl measure``'s arguments for one pair, through its own parser (so every default holds)."""
-    from sdsl_jax.cli import measure as measure_cli
+def _run_model(model_dir: str, role: str):
+    """A trained model as its runs file records it (its card's name, tokens, perplexity)."""
+    from sdsl_jax.decoding.run import RunModel
+    from sdsl_jax.models import load_card, load_decoder
+    try:
+        card = load_card(model_dir)
+        decoder = load_decoder(model_dir)
+    except ValueError as err:  # CheckpointError: worded as `sdsl measure` words it
+        raise ReproduceError(f"sdsl measure: argument --{role}: {err}") from None
+    return RunModel(decoder=decoder, name=str(card.get("name", decoder.name)),
+                    tokens=float(card["tokens"]), perplexity=float(card["perplexity"]),
+                    family=card.get("family"))
+
+
+def _measure_pair(ctx: Context, draft: str, target: str, runs_path: str, rows_path: str,
+                  summary_path: str) -> None:
+    """The loop over the preset's prompts for one pair, resumed from ``runs_path``: its row
+    added to ``rows_path`` and its summary written to ``summary_path``."""
+    import jax
+    import numpy as np
+
+    from sdsl_jax.decoding import run as measure_run
+    from sdsl_jax.decoding.rows import summary_row, write_row
+    from sdsl_jax.decoding.summary import loop_summary
+
     preset = ctx.preset
-    parser = argparse.ArgumentParser(prog="sdsl measure")
-    measure_cli.add_arguments(parser)
-    argv = ["--draft", ctx.model_dir(draft), "--target", ctx.model_dir(target),
-            "--lookahead", str(preset.lookahead), "--prompts", str(preset.prompts),
-            "--prompt-len", str(preset.prompt_len), "--max-new-tokens", str(preset.max_new_tokens),
-            "--temperature", repr(float(preset.temperature)), "--seed", str(preset.seed),
-            "--out", ctx.run.path(RUNS_DIR, f"runs-{_pair_name(draft, target)}.jsonl"),
-            "--rows", rows_path]
-    if ctx.corpus_paths:
-        argv += ["--corpus", *ctx.corpus_paths]
-    if not ctx.include_stdlib:
-        argv += ["--no-stdlib"]
-    return parser.parse_args(argv)
+    try:
+        with jax.enable_x64(False):  # the models run in float32
+            pair = (_run_model(ctx.model_dir(draft), "draft"),
+                    _run_model(ctx.model_dir(target), "target"))
+            corpus = ctx.corpus()
+            # Prompt i is the held-out window fixed by (seed, i), as `sdsl measure` draws it.
+            prompts = [window.astype(np.int64).tolist() for window in measure_run.prompt_windows(
+                corpus.validation, preset.prompts, preset.prompt_len, preset.seed)]
+            settings = measure_run.run_settings(
+                *pair, lookahead=preset.lookahead, temperature=float(preset.temperature),
+                max_new_tokens=preset.max_new_tokens, prompt_len=preset.prompt_len,
+                batch_size=BATCH_SIZE, baseline=True, seed=preset.seed,
+                prompt_set=f"corpus:{corpus.fingerprint[:16]}")
+            records, measured_now = measure_run.measure_run(*pair, prompts, settings, runs_path)
+            row = summary_row(records, confidence=CONFIDENCE, num_resamples=BOOTSTRAP,
+                              seed=preset.seed)
+        row["runs_file"] = runs_path
+        write_row(rows_path, row)
+    except measure_run.MeasureRunError as err:
+        raise ReproduceError(str(err)) from None
+    atomic_write_text(summary_path, loop_summary(row, runs_file=runs_path,
+                                                 measured_now=measured_now,
+                                                 from_earlier=len(prompts) - measured_now))
 
 
 def _teacher_forced(ctx: Context, pairs, path: str) -> list[dict]:
@@ -102,8 +137,6 @@ def _teacher_forced(ctx: Context, pairs, path: str) -> list[dict]:
 
 
 def run(ctx: Context) -> dict:
-    from sdsl_jax.cli import measure as measure_cli
-
     preset = ctx.preset
     pairs = preset.pairs()
     rows_path = ctx.run.path(RUNS_DIR, "rows.jsonl")
@@ -111,14 +144,13 @@ def run(ctx: Context) -> dict:
         if _row_of(read_jsonl(rows_path), draft, target, preset.prompts) is not None:
             ctx.log(f"  pair {index}/{len(pairs)} {draft} -> {target}: measured earlier")
             continue
-        args = _measure_arguments(ctx, draft, target, rows_path)
-        earlier = len(read_jsonl(args.out))
+        runs_path = ctx.run.path(RUNS_DIR, f"runs-{_pair_name(draft, target)}.jsonl")
+        earlier = len(read_jsonl(runs_path))
         ctx.log(f"  pair {index}/{len(pairs)} {draft} -> {target}: {preset.prompts} prompts, "
                 f"lookahead {preset.lookahead}, {preset.max_new_tokens} new tokens each"
                 + (f" ({earlier} measured earlier)" if earlier else " (compiling the loop first)"))
-        summary = ctx.run.path(RUNS_DIR, f"summary-{_pair_name(draft, target)}.txt")
-        with open(summary, "w", encoding="utf-8") as handle, contextlib.redirect_stdout(handle):
-            measure_cli.run(args, ReproduceError)
+        _measure_pair(ctx, draft, target, runs_path, rows_path,
+                      ctx.run.path(RUNS_DIR, f"summary-{_pair_name(draft, target)}.txt"))
         row = _row_of(read_jsonl(rows_path), draft, target, preset.prompts)
         if row is None:
             raise ReproduceError(f"sdsl measure wrote no row for {draft} -> {target} to {rows_path}")
