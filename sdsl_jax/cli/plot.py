@@ -1,7 +1,7 @@
 """``sdsl plot NAME``: the paper's figures, each written as STEM.png and STEM.pdf.
 
-Kept out of cli.py so the command line stays a thin parser; :func:`add_parser`
-declares the arguments and :func:`run` draws. matplotlib, and the figure
+:func:`add_parser` declares the figures and their arguments and :func:`run`
+draws (the figures are :mod:`sdsl_jax.plots`). matplotlib, and the figure
 modules' heavier work, load only when a figure is drawn, so other commands
 do not pay for them.
 """
@@ -11,15 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sdsl_jax.cli.options import (UsageError, check_confidence, count, load_laws_file,
+                                  read_measurement_set)
+
 FIGURES = ("plane", "throughput", "acceptance", "latency", "draft-size", "positions")
-
-
-def _count(text: str) -> float:
-    from sdsl_jax.common.quantities import parse_count
-    try:
-        return parse_count(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _latency_columns_help() -> str:
@@ -63,7 +58,7 @@ def add_parser(commands) -> None:
                              help="band level (default: %(default)s)")
 
     def range_arg(cmd, flag, default, what):
-        cmd.add_argument(flag, type=_count, nargs=2, default=default, metavar=("LOW", "HIGH"),
+        cmd.add_argument(flag, type=count, nargs=2, default=default, metavar=("LOW", "HIGH"),
                          help=f"{what} (default: %(default)s)")
 
     plane = figures.add_parser("plane", help="the acceptance plane over measured points", description=(
@@ -81,15 +76,15 @@ def add_parser(commands) -> None:
                                     description=(
         "Predicted speedup (or tokens per FLOP) against the draft size N, one curve per target, "
         "with the planner's throughput-optimal N* marked on each."))
-    throughput.add_argument("--target-params", type=_count, nargs="+", default=[7e9, 13e9, 70e9],
+    throughput.add_argument("--target-params", type=count, nargs="+", default=[7e9, 13e9, 70e9],
                             metavar="M", help="target sizes, one curve each (default: 7B 13B 70B)")
-    throughput.add_argument("--target-tokens", type=_count, nargs="+", default=[2e12], metavar="D'",
+    throughput.add_argument("--target-tokens", type=count, nargs="+", default=[2e12], metavar="D'",
                             help="target training tokens: one, or one per target (default: 2T)")
-    throughput.add_argument("--draft-tokens", type=_count, nargs="+", metavar="D",
+    throughput.add_argument("--draft-tokens", type=count, nargs="+", metavar="D",
                             help="draft training tokens: one, or one per target (default: D')")
     throughput.add_argument("--metric", choices=("speedup", "tokens-per-flop"), default="speedup",
                             help="the y axis (default: %(default)s)")
-    throughput.add_argument("--draft-range", type=_count, nargs=2, metavar=("LOW", "HIGH"),
+    throughput.add_argument("--draft-range", type=count, nargs=2, metavar=("LOW", "HIGH"),
                             help="draft sizes to draw (default: 1/30 to 30 times every N*)")
     throughput.add_argument("--points", type=int, default=200, help="draft sizes per curve (default: 200)")
     common(throughput, "throughput")
@@ -102,9 +97,9 @@ def add_parser(commands) -> None:
         "--target-params at its predicted perplexity."))
     accept.add_argument("measurements", metavar="MEASUREMENTS", nargs="?",
                         help="a measurement set (.csv, .jsonl or .parquet), optional")
-    accept.add_argument("--target-params", type=_count, nargs="+", default=[7e9, 13e9, 70e9],
+    accept.add_argument("--target-params", type=count, nargs="+", default=[7e9, 13e9, 70e9],
                         metavar="M", help="without MEASUREMENTS: target sizes (default: 7B 13B 70B)")
-    accept.add_argument("--target-tokens", type=_count, nargs="+", default=[2e12], metavar="D'",
+    accept.add_argument("--target-tokens", type=count, nargs="+", default=[2e12], metavar="D'",
                         help="without MEASUREMENTS: target training tokens, one or one per target "
                              "(default: 2T)")
     accept.add_argument("--draft-perplexity", type=float, nargs=2, default=[8.0, 40.0],
@@ -121,7 +116,7 @@ def add_parser(commands) -> None:
             "interval bars. N* comes from the table's optimal_draft_params column, or is "
             "predicted with the laws (--laws or the presets).\n\n" + _latency_columns_help()))
     latency.add_argument("table", metavar="LATENCY", help="a latency table (.csv, .jsonl or .parquet)")
-    latency.add_argument("--draft-tokens", type=_count, metavar="D",
+    latency.add_argument("--draft-tokens", type=count, metavar="D",
                          help="one D for every row, instead of the draft_tokens column")
     common(latency, "latency", intervals=False)
 
@@ -129,11 +124,11 @@ def add_parser(commands) -> None:
         "The throughput-optimal draft size N* (top) and N*/M (bottom) as the target size M, the "
         "draft's training tokens D and the target's D' each vary while the other two stay at "
         "the base configuration."))
-    size.add_argument("--target-params", type=_count, default=70e9, metavar="M",
+    size.add_argument("--target-params", type=count, default=70e9, metavar="M",
                       help="base target size (default: 70B)")
-    size.add_argument("--target-tokens", type=_count, default=15e12, metavar="D'",
+    size.add_argument("--target-tokens", type=count, default=15e12, metavar="D'",
                       help="base target training tokens (default: 15T)")
-    size.add_argument("--draft-tokens", type=_count, metavar="D",
+    size.add_argument("--draft-tokens", type=count, metavar="D",
                       help="base draft training tokens (default: D')")
     range_arg(size, "--target-params-range", [1e9, 3e11], "the range of M")
     range_arg(size, "--draft-tokens-range", [1e10, 1e14], "the range of D")
@@ -160,101 +155,88 @@ def add_parser(commands) -> None:
     common(positions, "positions", laws=False)
 
 
-def _laws(args, usage_error):
+def _laws(args):
     """(FittedLaws, description) from --laws or the presets."""
     from sdsl_jax.laws import acceptance, pretraining
     from sdsl_jax.plots import bands
 
     if args.laws:
         if args.pretraining_law or args.acceptance_law:
-            raise usage_error(f"sdsl plot {args.figure}: --laws replaces the presets; "
-                              "drop --pretraining-law/--acceptance-law")
-        from sdsl_jax.fitting.laws import LawsFileError, load_laws
-        try:
-            return load_laws(args.laws), f"the laws fitted in {args.laws}"
-        except LawsFileError as err:
-            raise usage_error(f"sdsl plot {args.figure}: --laws: {err}") from None
+            raise UsageError(f"sdsl plot {args.figure}: --laws replaces the presets; "
+                             "drop --pretraining-law/--acceptance-law")
+        return (load_laws_file(f"sdsl plot {args.figure}", args.laws),
+                f"the laws fitted in {args.laws}")
     pre = args.pretraining_law or pretraining.DEFAULT_PRESET
     acc = args.acceptance_law or acceptance.DEFAULT_PRESET
     return bands.preset_laws(pre, acc), f"the published laws ({pre}, {acc})"
 
 
-def _measurements(path, usage_error):
-    from sdsl_jax.estimation.measurements import MeasurementError, read_measurements
-    try:
-        return read_measurements(path)
-    except MeasurementError as err:
-        raise usage_error(str(err)) from None
-    except OSError as err:
-        raise usage_error(f"{path}: cannot read ({err.strerror})") from None
-
-
-def _plane(args, usage_error):
+def _plane(args):
     from sdsl_jax.plots.acceptance_plane import plot_acceptance_plane
-    measurements = _measurements(args.measurements, usage_error)
+    measurements = read_measurement_set(args.measurements)
     law, source = None, None
     if args.laws or args.acceptance_law:
-        laws, source = _laws(args, usage_error)
+        laws, source = _laws(args)
         law = laws.acceptance_law
     return plot_acceptance_plane(measurements, law, law_source=source, weighting=args.weighting,
                                  title=args.title)
 
 
-def _throughput(args, usage_error):
+def _throughput(args):
     import numpy as np
     from sdsl_jax.plots.throughput_curves import plot_throughput
-    laws, source = _laws(args, usage_error)
+    laws, source = _laws(args)
     grid = None
     if args.draft_range:
         low, high = args.draft_range
         if not low < high:
-            raise usage_error("sdsl plot throughput: argument --draft-range: LOW must be below HIGH")
+            raise UsageError("sdsl plot throughput: argument --draft-range: LOW must be below HIGH")
         grid = np.geomspace(low, high, args.points)
     if args.points < 2:
-        raise usage_error("sdsl plot throughput: argument --points: must be at least 2")
+        raise UsageError("sdsl plot throughput: argument --points: must be at least 2")
     return plot_throughput(laws, args.target_params, args.target_tokens, args.draft_tokens,
                            draft_params=grid, metric=args.metric, interval=args.interval,
                            confidence=args.confidence, solver=args.method, points=args.points,
                            laws_source=source, title=args.title)
 
 
-def _acceptance(args, usage_error):
+def _acceptance(args):
     from sdsl_jax.plots.acceptance_curves import plot_acceptance
     if args.measurements:
-        measurements = _measurements(args.measurements, usage_error)
-        laws, source = _laws(args, usage_error) if (args.laws or args.acceptance_law) else (None, None)
+        measurements = read_measurement_set(args.measurements)
+        laws, source = _laws(args) if (args.laws or args.acceptance_law) else (None, None)
         return plot_acceptance(measurements, laws, weighting=args.weighting, laws_source=source,
                                title=args.title)
-    laws, source = _laws(args, usage_error)
+    laws, source = _laws(args)
     tokens = args.target_tokens
     if len(tokens) not in (1, len(args.target_params)):
-        raise usage_error(f"sdsl plot acceptance: argument --target-tokens: give one value or one per "
-                          f"target ({len(args.target_params)}), got {len(tokens)}")
+        raise UsageError(f"sdsl plot acceptance: argument --target-tokens: give one value or one per "
+                         f"target ({len(args.target_params)}), got {len(tokens)}")
     return plot_acceptance(None, laws, target_params=args.target_params,
                            target_tokens=tokens if len(tokens) > 1 else tokens[0],
                            draft_perplexity_range=args.draft_perplexity, interval=args.interval,
                            confidence=args.confidence, laws_source=source, title=args.title)
 
 
-def _latency(args, usage_error):
+def _latency(args):
     from sdsl_jax.plots.latency import LatencyError, plot_latency, read_latency
     try:
         table = read_latency(args.table)
     except LatencyError as err:
-        raise usage_error(str(err)) from None
+        raise UsageError(str(err)) from None
     except OSError as err:
-        raise usage_error(f"{args.table}: cannot read ({err.strerror})") from None
-    laws, source = _laws(args, usage_error)
+        raise UsageError(f"{args.table}: cannot read ({err.strerror})") from None
+    laws, source = _laws(args)
     try:
         return plot_latency(table, laws, draft_tokens=args.draft_tokens, solver=args.method,
                             laws_source=source, title=args.title)
     except LatencyError as err:
-        raise usage_error(str(err)) from None
+        raise UsageError(str(err)) from None
 
 
-def _draft_size(args, usage_error):
+def _draft_size(args):
     from sdsl_jax.plots.draft_size import plot_draft_size
-    laws, source = _laws(args, usage_error)
+    laws, source = _laws(args)
     return plot_draft_size(laws, target_params=args.target_params, target_tokens=args.target_tokens,
                            draft_tokens=args.draft_tokens, target_params_range=args.target_params_range,
                            draft_tokens_range=args.draft_tokens_range,
@@ -263,20 +245,20 @@ def _draft_size(args, usage_error):
                            show_rule=not args.no_rule, laws_source=source, title=args.title)
 
 
-def _positions(args, usage_error):
+def _positions(args):
     import jax
     from sdsl_jax.plots.positions import RunsError, plot_positions, read_runs
     if args.bootstrap < 2:
-        raise usage_error(f"sdsl plot positions: argument --bootstrap: must be at least 2, "
-                          f"got {args.bootstrap}")
+        raise UsageError(f"sdsl plot positions: argument --bootstrap: must be at least 2, "
+                         f"got {args.bootstrap}")
     runs = []
     for path in args.runs:
         try:
             runs.append(read_runs(path))
         except RunsError as err:
-            raise usage_error(str(err)) from None
+            raise UsageError(str(err)) from None
         except OSError as err:
-            raise usage_error(f"{path}: cannot read ({err.strerror})") from None
+            raise UsageError(f"{path}: cannot read ({err.strerror})") from None
     # The runs' counts are small integers: float32 is exact enough, as in `sdsl measure`.
     with jax.enable_x64(False):
         return plot_positions(runs, confidence=args.confidence, num_resamples=args.bootstrap,
@@ -287,26 +269,24 @@ _DRAW = {"plane": _plane, "throughput": _throughput, "acceptance": _acceptance,
          "latency": _latency, "draft-size": _draft_size, "positions": _positions}
 
 
-def run(args, usage_error) -> int:
+def run(args) -> int:
     """The ``sdsl plot`` command: draw args.figure and write STEM.png and STEM.pdf."""
     from sdsl_jax.plots import style
 
     prog = f"sdsl plot {args.figure}"
     if args.dpi < 10:
-        raise usage_error(f"{prog}: argument --dpi: must be at least 10, got {args.dpi}")
-    confidence = getattr(args, "confidence", 0.5)
-    if not 0 < confidence < 1:
-        raise usage_error(f"{prog}: argument --confidence: must lie in (0, 1), got {confidence}")
+        raise UsageError(f"{prog}: argument --dpi: must be at least 10, got {args.dpi}")
+    check_confidence(prog, getattr(args, "confidence", 0.5))
     stem = style.output_stem(args.out)
     if not stem.parent.is_dir():
-        raise usage_error(f"{prog}: argument --out: folder {str(stem.parent)!r} does not exist")
+        raise UsageError(f"{prog}: argument --out: folder {str(stem.parent)!r} does not exist")
     try:
-        fig = _DRAW[args.figure](args, usage_error)
+        fig = _DRAW[args.figure](args)
     except ValueError as err:
-        raise usage_error(f"{prog}: {err}") from None
+        raise UsageError(f"{prog}: {err}") from None
     try:
         paths = style.save(fig, stem, dpi=args.dpi)
     except OSError as err:
-        raise usage_error(f"{prog}: cannot write {stem}.png/.pdf ({err.strerror or err})") from None
+        raise UsageError(f"{prog}: cannot write {stem}.png/.pdf ({err.strerror or err})") from None
     print(f"wrote {paths[0]} and {paths[1]}", file=sys.stdout)
     return 0

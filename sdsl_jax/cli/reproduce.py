@@ -1,17 +1,28 @@
-"""What ``sdsl reproduce`` does: parse its options, run the replication, print where the report is.
+"""``sdsl reproduce``: run the end-to-end replication, print its verdict and where the report is.
 
-Kept out of cli.py so the command line stays a thin parser. Importing this
-module is cheap (the parser needs it); JAX, flax and the pipeline
-(:mod:`sdsl_jax.reproduce`) load only when a run starts.
+The replication is :func:`sdsl_jax.reproduce.reproduce`. Importing this
+module is cheap (the parser needs it); JAX, flax and the pipeline load only
+when a run starts.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
+from sdsl_jax.cli.options import PROGRESS, UsageError, check_corpus
 
-def add_arguments(parser) -> None:
+
+def add_parser(commands) -> None:
+    """Register ``reproduce`` on the ``sdsl`` subcommands."""
+    reproduce = commands.add_parser("reproduce", help="the end-to-end replication, with a report",
+                                    description=(
+        "Train a ladder of drafts and two targets on the offline corpus, fit both laws, measure "
+        "every pair, predict N* and check it against measured latency; write DIR/report.md. "
+        "Rerun to resume after a kill."))
+    _add_arguments(reproduce)
+
+
+def _add_arguments(parser) -> None:
     """The arguments of ``sdsl reproduce``."""
     parser.add_argument("--preset", default="small", metavar="NAME", help=(
         "small (a CPU, about ten minutes), large (an accelerator) or tiny (seconds; for tests) "
@@ -32,29 +43,25 @@ def add_arguments(parser) -> None:
                              "always go to stderr")
 
 
-def run(args, usage_error) -> int:
-    """Run ``sdsl reproduce``; mistakes raise ``usage_error`` (one line, exit 2)."""
-    if args.no_stdlib and not args.corpus:
-        raise usage_error("sdsl reproduce: --no-stdlib leaves no text: add --corpus PATH ...")
-    for path in args.corpus:
-        if not os.path.exists(path):
-            raise usage_error(f"sdsl reproduce: argument --corpus: {path} does not exist")
+def run(args) -> int:
+    """Run ``sdsl reproduce``; mistakes raise :class:`~sdsl_jax.cli.options.UsageError`."""
+    check_corpus("sdsl reproduce", args.corpus, args.no_stdlib)
     from sdsl_jax.reproduce import STAGE_NAMES, PresetError, ReproduceError, get_preset, reproduce
 
     try:
         preset = get_preset(args.preset)
     except PresetError as err:
-        raise usage_error(f"sdsl reproduce: argument --preset: {err}") from None
+        raise UsageError(f"sdsl reproduce: argument --preset: {err}") from None
     if args.stop_after is not None and args.stop_after not in STAGE_NAMES:
-        raise usage_error(f"sdsl reproduce: argument --stop-after: unknown stage "
-                          f"{args.stop_after!r} (stages: {', '.join(STAGE_NAMES)})")
-    progress = {"auto": None, "always": True, "never": False}[args.progress]
+        raise UsageError(f"sdsl reproduce: argument --stop-after: unknown stage "
+                         f"{args.stop_after!r} (stages: {', '.join(STAGE_NAMES)})")
+    progress = PROGRESS[args.progress]
     try:
         result = reproduce(preset, args.out, corpus_paths=args.corpus,
                            include_stdlib=not args.no_stdlib, progress=progress,
                            stop_after=args.stop_after)
     except (ReproduceError, PresetError) as err:
-        raise usage_error(f"sdsl reproduce: {err}") from None
+        raise UsageError(f"sdsl reproduce: {err}") from None
     if result["report"] is None:
         print(f"stopped after {args.stop_after}; rerun without --stop-after to go on "
               f"({args.out})")

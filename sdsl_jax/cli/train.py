@@ -1,8 +1,8 @@
-"""What ``sdsl train`` does: build the corpus, train each size of a family, report.
+"""``sdsl train``: build the corpus, train each size of a family, print the model cards.
 
-Kept out of cli.py so the command line stays a thin parser. Importing this
-module is cheap (the parser needs it); JAX, flax and orbax load only when a
-run starts.
+The training is :func:`sdsl_jax.models.training.train_model`, resumable
+from its checkpoints. Importing this module is cheap (the parser needs
+it); JAX, flax and orbax load only when a run starts.
 """
 
 from __future__ import annotations
@@ -11,8 +11,19 @@ import json
 import os
 import sys
 
+from sdsl_jax.cli.options import PROGRESS, UsageError, check_corpus
 
-def add_arguments(parser) -> None:
+
+def add_parser(commands) -> None:
+    """Register ``train`` on the ``sdsl`` subcommands."""
+    train = commands.add_parser("train", help="train a family of byte-level transformers",
+                                description=(
+        "Train each size of a model family on the default corpus (the Python standard "
+        "library) plus any text you name, with checkpoints; rerun to resume after a kill."))
+    _add_arguments(train)
+
+
+def _add_arguments(parser) -> None:
     """The arguments of ``sdsl train``."""
     parser.add_argument("--family", metavar="NAME", help=(
         "family of sizes to train: tiny (tests), small (CPU runs), medium or large "
@@ -47,30 +58,30 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print the model cards as JSON lines")
 
 
-def _sizes(args, usage_error) -> tuple[str | None, list[str]]:
+def _sizes(args) -> tuple[str | None, list[str]]:
     from sdsl_jax.models.config import FAMILIES, SIZES, family_sizes
     if args.family is None and not args.sizes:
-        raise usage_error("sdsl train: give --family NAME or --sizes SIZE ...")
+        raise UsageError("sdsl train: give --family NAME or --sizes SIZE ...")
     family = None
     if args.family is not None:
         try:
             family_sizes(args.family)
         except ValueError:
-            raise usage_error(f"sdsl train: argument --family: unknown family {args.family!r} "
-                              f"(known: {', '.join(FAMILIES)})") from None
+            raise UsageError(f"sdsl train: argument --family: unknown family {args.family!r} "
+                             f"(known: {', '.join(FAMILIES)})") from None
         family = args.family
     sizes = list(args.sizes) if args.sizes else list(FAMILIES[family])
     for size in sizes:
         if size not in SIZES:
-            raise usage_error(f"sdsl train: argument --sizes: unknown size {size!r} "
-                              f"(known: {', '.join(SIZES)})")
+            raise UsageError(f"sdsl train: argument --sizes: unknown size {size!r} "
+                             f"(known: {', '.join(SIZES)})")
         if family is not None and size not in FAMILIES[family]:
-            raise usage_error(f"sdsl train: argument --sizes: {size!r} is not in family "
-                              f"{family!r} ({', '.join(FAMILIES[family])})")
+            raise UsageError(f"sdsl train: argument --sizes: {size!r} is not in family "
+                             f"{family!r} ({', '.join(FAMILIES[family])})")
     return family, sizes
 
 
-def _prepare_out(path: str, usage_error) -> None:
+def _prepare_out(path: str) -> None:
     """Create DIR and prove it is writable before any slow work starts."""
     try:
         os.makedirs(path, exist_ok=True)
@@ -79,8 +90,8 @@ def _prepare_out(path: str, usage_error) -> None:
             pass
         os.unlink(probe)
     except OSError as err:
-        raise usage_error(f"sdsl train: argument --out: cannot write to {path}: "
-                          f"{err.strerror or err}") from None
+        raise UsageError(f"sdsl train: argument --out: cannot write to {path}: "
+                         f"{err.strerror or err}") from None
 
 
 def _print_cards(cards) -> None:
@@ -96,20 +107,16 @@ def _print_cards(cards) -> None:
               f"{'-' if rate is None else f'{rate:,.0f}':>9}")
 
 
-def run(args, usage_error) -> int:
-    """Run ``sdsl train``; mistakes raise ``usage_error`` (one line, exit 2)."""
-    family, sizes = _sizes(args, usage_error)
+def run(args) -> int:
+    """Run ``sdsl train``; mistakes raise :class:`~sdsl_jax.cli.options.UsageError`."""
+    family, sizes = _sizes(args)
     for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size),
                         ("--seq-len", args.seq_len), ("--checkpoint-every", args.checkpoint_every),
                         ("--eval-tokens", args.eval_tokens)):
         if value < 1:
-            raise usage_error(f"sdsl train: argument {flag}: must be at least 1, got {value}")
-    if args.no_stdlib and not args.corpus:
-        raise usage_error("sdsl train: --no-stdlib leaves no text: add --corpus PATH ...")
-    for path in args.corpus:
-        if not os.path.exists(path):
-            raise usage_error(f"sdsl train: argument --corpus: {path} does not exist")
-    _prepare_out(args.out, usage_error)
+            raise UsageError(f"sdsl train: argument {flag}: must be at least 1, got {value}")
+    check_corpus("sdsl train", args.corpus, args.no_stdlib)
+    _prepare_out(args.out)
 
     import jax
     from sdsl_jax.models import corpus as corpus_lib, training
@@ -121,10 +128,10 @@ def run(args, usage_error) -> int:
             learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
             checkpoint_every=args.checkpoint_every, eval_tokens=args.eval_tokens)
     except training.TrainingError as err:
-        raise usage_error(f"sdsl train: {err}") from None
+        raise UsageError(f"sdsl train: {err}") from None
     fraction = (corpus_lib.DEFAULT_VALIDATION_FRACTION if args.validation_fraction is None
                 else args.validation_fraction)
-    progress = {"auto": None, "always": True, "never": False}[args.progress]
+    progress = PROGRESS[args.progress]
     # Training is float32 whatever the rest of the CLI runs in.
     with jax.enable_x64(False):
         try:
@@ -143,7 +150,7 @@ def run(args, usage_error) -> int:
                           file=sys.stderr)
                 cards.append(card)
         except (corpus_lib.CorpusError, training.TrainingError, CheckpointError) as err:
-            raise usage_error(f"sdsl train: {err}") from None
+            raise UsageError(f"sdsl train: {err}") from None
     if args.json:
         for card in cards:
             print(json.dumps({k: v for k, v in card.items() if k != "resumed_from"}))

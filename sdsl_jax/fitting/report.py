@@ -1,14 +1,14 @@
-"""What ``sdsl fit`` does: fit every law to a measurement set, report, save.
+"""Every fit ``sdsl fit`` reports, as one call: the recommended workflow from Python.
 
-Kept out of cli.py so the command line stays a thin parser; the steps here
-are the recommended workflow, usable from Python too (:func:`fit_all`).
+:func:`fit_all` fits the acceptance plane, the pre-training law and both
+end to end to a measurement set, with delta-method and bootstrap intervals,
+and returns the fitted laws with a JSON-ready report; :func:`select_resamples`
+keeps the bootstrap resamples that converged, and :func:`bootstrap_summary`
+says in one line how many did not. The command line prints the report
+(:mod:`sdsl_jax.cli.fit`).
 """
 
 from __future__ import annotations
-
-import json
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -172,17 +172,6 @@ def _finite(value):
     return value if np.isfinite(value) else None
 
 
-def _fmt(value, spec) -> str:
-    """``value`` formatted, or n/a where the report has none (None)."""
-    return "n/a" if value is None else format(value, spec)
-
-
-def _interval(low, high) -> str:
-    if low is None or high is None:
-        return "n/a"
-    return f"[{low:.4g}, {high:.4g}]"
-
-
 def bootstrap_summary(e2e) -> str | None:
     """One line on the resamples that failed, or None if all converged (or none ran)."""
     requested, failed = e2e["bootstrap_requested"], e2e["bootstrap_failed"]
@@ -195,100 +184,3 @@ def bootstrap_summary(e2e) -> str | None:
             f"intervals (at least {MIN_CONVERGED_SHARE:.0%} must); bootstrap intervals unavailable. "
             "The data leave some coefficient poorly determined: use the delta-method "
             "intervals with care, or measure more models.")
-
-
-def _print_report(report, out_path) -> None:
-    e2e = report["end_to_end"]
-    level = f"{report['confidence']:.0%}"
-    print(f"Fitted {report['measurements']} measurements ({report['targets']} targets, "
-          f"{report['models']} distinct models) from {report['source']}; "
-          f"weights: {report['weighting']}")
-    plane = report["acceptance_plane"]
-    se = plane["standard_errors"]
-    print("\nAcceptance plane on measured perplexities, alpha = A x + B y + C:")
-    for name, key, s in (("A (draft)", "draft_coeff", se[0]), ("B (target)", "target_coeff", se[1]),
-                         ("C", "intercept", se[2])):
-        print(f"  {name:<11} {_fmt(plane[key], ' .5g')}  +- {_fmt(s, '.2g')} (s.e.)")
-    print(f"  R^2 {_fmt(plane['r2'], '.4f')}, rms residual {_fmt(plane['rms_residual'], '.4f')}")
-    print("\nPer target, alpha = A_t x + C_t:")
-    width = max(len(t["target"]) for t in report["per_target"])
-    for t in report["per_target"]:
-        if t["draft_coeff"] is None:
-            print(f"  {t['target']:<{width}}  {t['measurements']:>4} rows  (one draft perplexity: "
-                  "no slope to fit)")
-            continue
-        print(f"  {t['target']:<{width}}  {t['measurements']:>4} rows  A_t {t['draft_coeff']: .5f}  "
-              f"C_t {_fmt(t['intercept'], ' .4f')}  R^2 {_fmt(t['r2'], '.3f')}")
-    print(f"\nBoth laws end to end (acceptance from N, D, M, D'), {level} intervals:")
-    has_boot = e2e["bootstrap_resamples"] > 0
-    header = f"  {'coefficient':<17} {'estimate':>11}   {'delta method':<25}"
-    if has_boot:
-        header += f" bootstrap ({e2e['bootstrap_resamples']})"
-    print(header)
-    for name, entry in e2e["coefficients"].items():
-        line = (f"  {name:<17} {entry['estimate']:>11.5g}   "
-                f"{_interval(entry['delta_low'], entry['delta_high']):<25}")
-        if has_boot:
-            line += f" {_interval(entry['bootstrap_low'], entry['bootstrap_high'])}"
-        print(line)
-    worst = e2e["worst_residual"]
-    print(f"  acceptance R^2 {_fmt(e2e['acceptance_r2'], '.4f')} (from sizes alone), loss R^2 "
-          f"{_fmt(e2e['loss_r2'], '.4f')}, rms residual {_fmt(e2e['rms_residual'], '.4f')}; worst "
-          f"residual {_fmt(worst['residual'], '+.4f')} at row {worst['row']} "
-          f"({worst['draft']} -> {worst['target']})")
-    note = bootstrap_summary(e2e)
-    if note is not None:
-        print(f"  {note}")
-    if not e2e["identifiable"]:
-        print("  warning: the data do not determine every coefficient (singular Hessian); "
-              "the delta-method intervals of the undetermined ones are not meaningful. "
-              "Measure more targets, or drafts trained on more varied data.")
-    if not e2e["converged"]:
-        print("  warning: the optimiser stopped before its gradient tolerance; the estimates "
-              "may be off in poorly determined directions.")
-    print(f"\nWrote the end-to-end laws to {out_path}")
-    print(f"Plan with them: sdsl plan --laws {out_path} --target-params 70B --target-tokens 15T")
-
-
-def run(args, usage_error) -> int:
-    """The ``sdsl fit`` command."""
-    from tqdm import tqdm
-
-    from sdsl_jax.estimation.measurements import MeasurementError, read_measurements
-
-    if args.bootstrap < 0:
-        raise usage_error(f"sdsl fit: argument --bootstrap: must be >= 0, got {args.bootstrap}")
-    if not 0 < args.confidence < 1:
-        raise usage_error(f"sdsl fit: argument --confidence: must lie in (0, 1), got {args.confidence}")
-    out = args.out or f"{os.path.splitext(args.measurements)[0]}.laws.json"
-    if os.path.exists(out) and not args.overwrite:
-        raise usage_error(f"sdsl fit: {out} exists; pass --overwrite to replace it or --out FILE")
-    try:
-        measurements = read_measurements(args.measurements)
-    except MeasurementError as err:
-        raise usage_error(str(err)) from None
-    except OSError as err:
-        raise usage_error(f"{args.measurements}: cannot read ({err.strerror})") from None
-    if len(measurements) < 4:
-        raise usage_error(f"{args.measurements}: {len(measurements)} measurements cannot determine "
-                          "the acceptance plane's 3 coefficients with any error bar; need at least 4")
-    try:
-        with tqdm(total=args.bootstrap, unit="resample", desc="bootstrap", disable=None,
-                  file=sys.stderr) as bar:
-            result = fit_all(measurements, weighting=args.weighting, bootstrap=args.bootstrap,
-                             seed=args.seed, confidence=args.confidence, progress=bar.update)
-    except ValueError as err:
-        raise usage_error(f"sdsl fit: {err}") from None
-    report = result["report"]
-    try:
-        laws_lib.save_laws(out, result["laws"], summary=report)
-    except OSError as err:
-        raise usage_error(f"sdsl fit: cannot write {out} ({err.strerror})") from None
-    if args.json:
-        print(json.dumps(dict(report, laws_file=out), allow_nan=False))
-        note = bootstrap_summary(report["end_to_end"])
-        if note is not None:
-            print(note, file=sys.stderr)
-    else:
-        _print_report(report, out)
-    return 0

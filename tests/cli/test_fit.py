@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from sdsl_jax.cli import main as cli
+from sdsl_jax import cli
 from sdsl_jax.fitting import report as fit_report
 from sdsl_jax.fitting.laws import COEFFICIENTS, load_laws
 from sdsl_jax.fitting.synthetic import synthetic_measurements

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sdsl_jax.cli import main as cli
+from sdsl_jax import cli
 from sdsl_jax.models import corpus as corpus_lib, training
 from sdsl_jax import models
 from sdsl_jax.fitting.synthetic import synthetic_measurements
@@ -594,8 +594,8 @@ def test_law_speedup_is_the_throughput_law():
 
 
 def test_parser_loads_no_models():
-    # The parser imports measure_cli for every command: flax, orbax and the
-    # decoding stack must wait until a measurement runs.
+    # The parser imports every subcommand's module for every command: flax,
+    # orbax and the decoding stack must wait until a measurement runs.
     code = ("import sys, sdsl_jax; before = set(sys.modules); import sdsl_jax.cli.measure; "
             "new = set(sys.modules) - before; "
             "heavy = [m for m in new if m.split('.')[0] in ('flax', 'orbax', 'tokenizers') "

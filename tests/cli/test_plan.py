@@ -2,11 +2,14 @@
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from sdsl_jax.cli import main as cli
-from sdsl_jax.cli.main import PLAN_KEYS, main
+from sdsl_jax.cli import main, plan_csv
+from sdsl_jax.cli.plan import PLAN_KEYS
 
 
 def run(capsys, *argv):
@@ -60,7 +63,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, names):
 def small_chunks(monkeypatch):
     """CSV planning in chunks of 2 rows instead of 65536: three rows then span
     two chunks (the last one padded), and no test plans 65536 padded rows."""
-    monkeypatch.setattr(cli, "CHUNK_ROWS", 2)
+    monkeypatch.setattr(plan_csv, "CHUNK_ROWS", 2)
 
 
 def _write_configs(path, rows):
@@ -120,3 +123,16 @@ def test_rule_command(capsys):
     record = json.loads(out)
     assert record["published"]["slope"] == 2.71e-3
     assert 0 < record["linear"]["slope"] < 1e-2 and record["linear"]["r2"] > 0.9
+
+
+def test_module_entry_points_run_the_command_line():
+    # `python -m sdsl_jax.cli` and the older `python -m sdsl_jax.cli.main` are the same
+    # program, and neither warns (runpy does when the package imports the module it runs).
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    results = [subprocess.run([sys.executable, "-m", module, "rule", "--help"],
+                              capture_output=True, text=True, env=env)
+               for module in ("sdsl_jax.cli", "sdsl_jax.cli.main")]
+    for result in results:
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert result.stdout.startswith("usage: sdsl rule")
+    assert results[0].stdout == results[1].stdout

@@ -132,7 +132,7 @@ def test_bad_input_is_refused(call, message):
 
 
 def _plan(capsys, *argv):
-    from sdsl_jax.cli import main as cli
+    from sdsl_jax import cli
     code = cli.main(["plan", *map(str, argv)])
     out, err = capsys.readouterr()
     return code, out, err

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sdsl_jax.cli import main as cli
+from sdsl_jax import cli
 from sdsl_jax.models import corpus as corpus_lib, training
 from sdsl_jax import models
 from sdsl_jax.models import store as ckpt

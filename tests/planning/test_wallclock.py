@@ -11,7 +11,7 @@ from scipy.optimize import brentq, minimize_scalar
 import sdsl_jax as sd
 from sdsl_jax.planning import hardware as hw
 from sdsl_jax.planning import wallclock as lp
-from sdsl_jax.cli.main import main
+from sdsl_jax.cli import main
 
 PRE, ACC = sd.BESIROGLU_2024, sd.SDSL_2026
 TARGETS = np.array([7e9, 70e9, 405e9])

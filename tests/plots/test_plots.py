@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from sdsl_jax.cli import main as cli
+from sdsl_jax import cli
 from sdsl_jax.planning import flop as planner, linear_rule
 from sdsl_jax.laws import acceptance as acceptance_lib
 from sdsl_jax.laws import pretraining

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from sdsl_jax.cli import main as cli
+from sdsl_jax import cli
 from sdsl_jax.plots.positions import RunsError, plot_positions, read_runs
 
 

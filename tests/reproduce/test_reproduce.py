@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from sdsl_jax.cli import main as cli
+from sdsl_jax import cli
 from sdsl_jax.planning import flop as planner
 from sdsl_jax.laws import pretraining as pretraining_law
 from sdsl_jax.fitting.laws import load_laws

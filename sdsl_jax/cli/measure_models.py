@@ -1,0 +1,129 @@
+"""The draft and target of ``sdsl measure``: a model directory of ``sdsl train`` or Hugging Face.
+
+:func:`load_model` tells the two kinds apart, loads the decoder and what a
+measurement records of it (name, training tokens, the card's held-out
+perplexity), and :func:`check_pair` refuses a pair that cannot be measured
+together (different vocabularies, prompts longer than a cache). Every
+mistake is one usage line naming the flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Callable
+
+from sdsl_jax.cli.options import UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A loaded draft or target and what a measurement row needs of it."""
+
+    decoder: Any
+    path: str
+    kind: str  # "sdsl" (trained by sdsl train) or "hf"
+    name: str
+    tokens: float | None  # training tokens D
+    perplexity: float | None  # held-out per-byte perplexity from the card (sdsl only)
+    family: str | None
+    corpus_fingerprint: str | None
+    encode: Callable[[str], list]  # text -> token ids
+
+    def run_model(self):
+        """The model as :mod:`sdsl_jax.decoding.run` records it."""
+        from sdsl_jax.decoding.run import RunModel
+        return RunModel(decoder=self.decoder, name=self.name, tokens=self.tokens,
+                        perplexity=self.perplexity, family=self.family)
+
+
+def _kind(path: str, flag: str) -> str:
+    """"sdsl" or "hf": which kind of model directory ``path`` is."""
+    if not os.path.exists(path):
+        raise UsageError(f"sdsl measure: argument {flag}: {path} does not exist")
+    if not os.path.isdir(path):
+        raise UsageError(f"sdsl measure: argument {flag}: {path} is not a directory")
+    from sdsl_jax.models import store as ckpt
+    if os.path.isfile(os.path.join(path, ckpt.CARD_FILE)):
+        return "sdsl"
+    config_path = os.path.join(path, ckpt.CONFIG_FILE)
+    if os.path.isfile(config_path):
+        try:
+            with open(config_path) as handle:
+                config = json.load(handle)
+        except (OSError, json.JSONDecodeError) as err:
+            raise UsageError(f"sdsl measure: argument {flag}: cannot read {config_path}: "
+                             f"{err}") from None
+        if isinstance(config, dict) and "model_type" in config:
+            return "hf"
+        if isinstance(config, dict) and "model" in config and "settings" in config:
+            return "sdsl"  # load_card explains that training has not finished
+    raise UsageError(f"sdsl measure: argument {flag}: {path} is not a model directory (expected "
+                     "model.json from `sdsl train`, or a Hugging Face config.json with model_type)")
+
+
+def load_model(path: str, flag: str, tokens_flag: str, tokens_text: str | None) -> Model:
+    """The model in directory ``path`` (given as ``flag``), its training tokens from
+    ``tokens_text`` (``tokens_flag``) or its card."""
+    kind = _kind(path, flag)
+    from sdsl_jax.common.quantities import parse_count
+    tokens = None
+    if tokens_text is not None:
+        try:
+            tokens = parse_count(tokens_text)
+        except ValueError as err:
+            raise UsageError(f"sdsl measure: argument {tokens_flag}: {err}") from None
+    if kind == "sdsl":
+        from sdsl_jax.models import tokenizer
+        from sdsl_jax.models import CheckpointError, load_card, load_decoder
+        # orbax warns that a read-only checkpoint manager will not save: true, and noise here.
+        absl = logging.getLogger("absl")
+        level = absl.level
+        absl.setLevel(logging.ERROR)
+        try:
+            card = load_card(path)
+            decoder = load_decoder(path)
+        except (CheckpointError, ValueError) as err:
+            raise UsageError(f"sdsl measure: argument {flag}: {err}") from None
+        finally:
+            absl.setLevel(level)
+        return Model(decoder=decoder, path=path, kind=kind, name=str(card.get("name", decoder.name)),
+                     tokens=float(card["tokens"]) if tokens is None else tokens,
+                     perplexity=float(card["perplexity"]), family=card.get("family"),
+                     corpus_fingerprint=card.get("corpus", {}).get("fingerprint"),
+                     encode=lambda text: tokenizer.encode(text, bos=True).tolist())
+    from sdsl_jax.hf import CheckpointError, load_hf_decoder, load_hf_tokenizer
+    if tokens is None:
+        raise UsageError(f"sdsl measure: argument {tokens_flag}: {path} is a Hugging Face "
+                         "checkpoint, which does not record how many tokens it was trained on; "
+                         f"give {tokens_flag} (e.g. 180B for OPT)")
+    try:
+        decoder = load_hf_decoder(path)
+        hf_tokenizer = load_hf_tokenizer(path)
+    except (CheckpointError, ValueError, ImportError) as err:
+        raise UsageError(f"sdsl measure: argument {flag}: {err}") from None
+    return Model(decoder=decoder, path=path, kind=kind, name=decoder.name, tokens=tokens,
+                 perplexity=None, family=None, corpus_fingerprint=None,
+                 encode=lambda text: list(hf_tokenizer.encode(text).ids))
+
+
+def check_pair(draft: Model, target: Model, max_len: int,
+               what: str = "prompt length + new tokens + lookahead + 1",
+               lower: str = "--prompt-len or --max-new-tokens") -> None:
+    """One tokenizer for both, and ``max_len`` positions (``what``) fit both caches."""
+    import jax
+    if draft.kind != target.kind or draft.decoder.vocab_size != target.decoder.vocab_size:
+        what = {"sdsl": "byte-level (sdsl train)", "hf": "Hugging Face"}
+        raise UsageError(
+            f"sdsl measure: draft and target vocabularies differ: draft {draft.name} is "
+            f"{what[draft.kind]} with {draft.decoder.vocab_size} tokens, target {target.name} is "
+            f"{what[target.kind]} with {target.decoder.vocab_size}; speculative decoding needs "
+            "one shared tokenizer")
+    for role, model in (("draft", draft), ("target", target)):
+        try:  # shapes only: the cache's own checks run without allocating it
+            jax.eval_shape(lambda: model.decoder.init_cache(1, max_len))
+        except ValueError as err:
+            raise UsageError(f"sdsl measure: prompts do not fit the {role}'s cache: {what} = "
+                             f"{max_len} positions ({err}); lower {lower}") from None
