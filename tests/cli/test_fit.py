@@ -89,60 +89,81 @@ def _strict_json(path):
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
-@pytest.fixture(scope="module")
-def poorly_determined(tmp_path_factory):
-    """Two sets of the same shape with drafts and token counts in narrow ranges.
+@pytest.fixture
+def failing_resamples(monkeypatch):
+    """Make chosen bootstrap resamples fail, whatever the CPU's rounding.
 
-    A bootstrap resample of such data can leave a coefficient undetermined;
-    in the first set a few resamples fail, in the second about half.
+    ``install(diverged, no_hessian)`` wraps the bootstrap so that the
+    resamples at ``diverged`` come back with a non-finite coefficient (a refit
+    that diverged) and those at ``no_hessian`` with a non-finite Newton
+    decrement (a Hessian that could not be formed); it returns a dict that
+    receives the resamples and decrements the fit saw. Any resample that
+    fails on its own is counted too: the tests compare with what was seen.
     """
-    folder = tmp_path_factory.mktemp("poor")
-    paths = []
-    for name, seed, drafts, tokens in (("few", 3, (1e8, 1.2e8), (1e12, 1.1e12)),
-                                       ("many", 5, (1e8, 1.5e8), (1e12, 1.5e12))):
-        path = folder / f"{name}.jsonl"
-        write_measurements(synthetic_measurements(
-            seed=seed, **{**DESIGN, "draft_range": drafts, "tokens_range": tokens}), path)
-        paths.append(path)
-    return paths
+    real = fit_report.joint_fit.bootstrap_joint
+
+    def install(diverged=(), no_hessian=()):
+        seen = {}
+
+        def bootstrap(*args, **kwargs):
+            samples, decrement = (np.array(a) for a in real(*args, **kwargs))
+            samples[list(diverged), 2] = np.nan
+            decrement[list(no_hessian)] = np.nan
+            seen.update(samples=samples, decrement=decrement)
+            return samples, decrement
+
+        monkeypatch.setattr(fit_report.joint_fit, "bootstrap_joint", bootstrap)
+        return seen
+
+    return install
 
 
-def test_failed_resamples_are_counted_and_left_out(poorly_determined, capsys):
-    path = poorly_determined[0]
-    code, out, err = _run(capsys, ["fit", str(path), "--bootstrap", "50", "--json"])
+def test_failed_resamples_are_counted_and_left_out(fitted, failing_resamples, capsys):
+    folder, path = fitted
+    laws_path = folder / "some-failed.laws.json"
+    seen = failing_resamples(diverged=(4, 17), no_hessian=(30,))
+    code, out, err = _run(capsys, ["fit", str(path), "--bootstrap", "50", "--json",
+                                   "--out", str(laws_path)])
     assert code == 0 and "Traceback" not in err
     e2e = json.loads(out, parse_constant=lambda c: pytest.fail(f"stdout holds {c}"))["end_to_end"]
+    converged = fit_report.joint_fit.resample_converged(seen["samples"], seen["decrement"])
+    assert not converged[[4, 17, 30]].any()
     failed = e2e["bootstrap_failed"]
-    assert 0 < failed <= 10 and e2e["bootstrap_requested"] == 50
-    assert e2e["bootstrap_resamples"] == 50 - failed
+    assert failed == 50 - converged.sum() and 3 <= failed <= 10
+    assert e2e["bootstrap_requested"] == 50 and e2e["bootstrap_resamples"] == 50 - failed
     assert f"bootstrap: {failed} of 50 resamples did not converge; intervals from the {50 - failed}" in err
-    document = _strict_json(path.with_suffix(".laws.json"))
+    document = _strict_json(laws_path)
     samples = np.asarray(document["bootstrap_samples"])
-    assert samples.shape == (50 - failed, 8)
+    # The resamples kept are exactly those that converged, in order.
+    np.testing.assert_allclose(samples, seen["samples"][converged], rtol=1e-12)
     # The intervals are the percentiles of the resamples kept, and only of those.
     for i, name in enumerate(COEFFICIENTS):
         entry = e2e["coefficients"][name]
         np.testing.assert_allclose([entry["bootstrap_low"], entry["bootstrap_high"]],
                                    np.percentile(samples[:, i], [2.5, 97.5]), rtol=1e-12)
-    code, out, _ = _run(capsys, ["fit", str(path), "--bootstrap", "50", "--overwrite"])
+    code, out, _ = _run(capsys, ["fit", str(path), "--bootstrap", "50", "--overwrite",
+                                 "--out", str(laws_path)])
     assert code == 0 and f"bootstrap: {failed} of 50 resamples did not converge" in out
 
 
-def test_too_many_failed_resamples_leave_no_bootstrap_intervals(poorly_determined, capsys):
-    path = poorly_determined[1]
-    code, out, err = _run(capsys, ["fit", str(path), "--bootstrap", "50"])
+def test_too_many_failed_resamples_leave_no_bootstrap_intervals(fitted, failing_resamples, capsys):
+    # 20 of 50 fail: fewer than the 80% the intervals need converged.
+    folder, path = fitted
+    laws_path = folder / "many-failed.laws.json"
+    failing_resamples(diverged=range(0, 50, 5), no_hessian=range(1, 50, 5))
+    code, out, err = _run(capsys, ["fit", str(path), "--bootstrap", "50", "--out", str(laws_path)])
     assert code == 0 and "Traceback" not in err
     assert "resamples did not converge, too many for intervals" in out
     assert "bootstrap intervals unavailable" in out
-    document = _strict_json(path.with_suffix(".laws.json"))
+    document = _strict_json(laws_path)
     e2e = document["summary"]["end_to_end"]
-    assert e2e["bootstrap_failed"] > 10 and e2e["bootstrap_resamples"] == 0
+    assert e2e["bootstrap_failed"] >= 20 and e2e["bootstrap_resamples"] == 0
     assert document["bootstrap_samples"] is None
     for name, entry in e2e["coefficients"].items():
         assert entry["bootstrap_low"] is None and entry["bootstrap_high"] is None
         assert entry["delta_low"] <= entry["estimate"] <= entry["delta_high"], name
     # The planner falls back on the delta method.
-    code, out, _ = _run(capsys, ["plan", "--laws", str(path.with_suffix(".laws.json")),
+    code, out, _ = _run(capsys, ["plan", "--laws", str(laws_path),
                                  "--target-params", "70B", "--target-tokens", "15T", "--json"])
     assert code == 0 and json.loads(out)["interval"] == "delta"
 
