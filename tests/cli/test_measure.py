@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +15,7 @@ import pytest
 from scipy import stats
 
 from sdsl_jax import cli
-from sdsl_jax.models import corpus as corpus_lib, training
+from sdsl_jax.models import corpus as corpus_lib
 from sdsl_jax import models
 from sdsl_jax.fitting.synthetic import synthetic_measurements
 from sdsl_jax.planning.calibration import read_step_times
@@ -26,38 +25,12 @@ from sdsl_jax.decoding import pair as measure_lib
 
 LOOKAHEAD, PROMPT_LEN, MAX_NEW, PROMPTS = 2, 24, 12, 5
 SIZES = ("10k", "30k")
-CORPUS_FILES = ("os.py", "argparse.py", "string.py", "textwrap.py", "shutil.py", "random.py",
-                "bisect.py", "heapq.py", "functools.py", "csv.py", "glob.py", "json/decoder.py")
 
 
 @pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    """A few standard-library modules: real text, one of them held out."""
-    root = sysconfig.get_paths()["stdlib"]
-    directory = tmp_path_factory.mktemp("corpus") / "text"
-    directory.mkdir()
-    for name in CORPUS_FILES:
-        shutil.copy(os.path.join(root, name), directory / name.replace("/", "_"))
-    return directory
-
-
-@pytest.fixture(scope="module")
-def model_dirs(corpus_dir, tmp_path_factory):
-    """A 10k draft and a 30k target trained a few dozen steps by the library `sdsl train` runs."""
-    corpus = corpus_lib.load_corpus([str(corpus_dir)], include_stdlib=False)
-    settings = training.TrainSettings(steps=24, batch_size=4, seq_len=32, checkpoint_every=24,
-                                      eval_tokens=1024)
-    out = tmp_path_factory.mktemp("models")
-    for size in SIZES:
-        training.train_model(size, corpus, settings, str(out / size), family="tiny",
-                             progress=False, log=lambda _: None)
-    return {size: out / size for size in SIZES}
-
-
-def _run(capsys, argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+def model_dirs(trained_pair):
+    """The session's trained pair (conftest): a 10k draft and a 30k target, by size."""
+    return {"10k": trained_pair.draft, "30k": trained_pair.target}
 
 
 def _argv(model_dirs, corpus_dir, out, *extra, prompts=PROMPTS):
@@ -98,6 +71,7 @@ def _nll_of_logits(logits, tokens):
     return -float(np.sum(logp[np.arange(len(tokens) - 1), tokens[1:]]))
 
 
+@pytest.mark.slow
 def test_lines_are_measurements_of_each_prompt(reference, model_dirs, corpus_dir):
     _, runs, _, row = reference
     lines = _lines(runs)
@@ -127,6 +101,7 @@ def json_hash(tokens):
     return hashlib.sha256(json.dumps([int(t) for t in tokens]).encode()).hexdigest()[:16]
 
 
+@pytest.mark.slow
 def test_summary_row_against_its_lines(reference):
     _, runs, _, row = reference
     lines = _lines(runs)
@@ -154,7 +129,12 @@ def test_summary_row_against_its_lines(reference):
     ref = stats.power_divergence(observed, observed.sum() * np.array(pmf), ddof=1,
                                  lambda_="log-likelihood")
     assert row["geometric_acceptance"] == pytest.approx(alpha, rel=1e-6)
-    assert row["geometric_fit_statistic"] == pytest.approx(ref.statistic, rel=1e-3, abs=1e-6)
+    # The row is computed in float32, the precision the measurement ran in: the statistic
+    # 2 sum O log(O / E) carries about (iterations x float32 eps) of rounding, which is all
+    # there is when the counts fit the model closely (G near 0).
+    g_resolution = 4 * k.size * float(np.finfo(np.float32).eps)
+    assert row["geometric_fit_statistic"] == pytest.approx(ref.statistic, rel=1e-3,
+                                                           abs=g_resolution)
     assert row["geometric_fit_p_value"] == pytest.approx(ref.pvalue, rel=1e-3, abs=1e-6)
     assert row["geometric_fit_df"] == LOOKAHEAD - 1
     assert row["serving_ratio"] == pytest.approx(k.sum() / (k.size * LOOKAHEAD), rel=1e-6)
@@ -186,6 +166,7 @@ def test_summary_row_against_its_lines(reference):
     assert row["draft_perplexity"] > row["target_perplexity"]
 
 
+@pytest.mark.slow
 def test_rows_are_read_by_fit_plot_and_plan(reference):
     _, runs, rows, row = reference
     measured = read_measurements(rows)
@@ -240,6 +221,7 @@ def teacher_forced(reference, model_dirs, corpus_dir):
     return [r for r in _lines(rows) if r.get("method") == "teacher-forced"][0], prompt_file
 
 
+@pytest.mark.slow
 def test_teacher_forced_row(teacher_forced, model_dirs, corpus_dir, tmp_path):
     from sdsl_jax.models import tokenizer
     from sdsl_jax.decoding.teacher_forced import document_windows, teacher_forced_acceptance
@@ -278,8 +260,9 @@ def _write_jsonl(path, rows):
     return path
 
 
-def test_teacher_forced_on_the_corpus_greedy_text_summary(model_dirs, corpus_dir, capsys):
-    code, out, err = _run(capsys, [
+@pytest.mark.slow
+def test_teacher_forced_on_the_corpus_greedy_text_summary(model_dirs, corpus_dir, run_cli):
+    code, out, err = run_cli([
         "measure", "--teacher-forced", "--draft", model_dirs["10k"], "--target",
         model_dirs["30k"], "--no-stdlib", "--corpus", corpus_dir, "--greedy",
         "--prompt-len", TF_WINDOW, "--batch-size", TF_DOCUMENTS, "--bootstrap", 200])
@@ -292,6 +275,7 @@ def test_teacher_forced_on_the_corpus_greedy_text_summary(model_dirs, corpus_dir
         assert text in out, (text, out)
 
 
+@pytest.mark.slow
 def test_teacher_forced_agrees_with_the_loop(model_dirs, corpus_dir, teacher_forced):
     """On the trained pair, the loop's count estimate and teacher forcing on the loop's own
     (target-sampled) text estimate one alpha: their intervals overlap."""
@@ -330,12 +314,13 @@ def test_teacher_forced_agrees_with_the_loop(model_dirs, corpus_dir, teacher_for
     assert abs(float(loop_estimate.acceptance) - tf.acceptance) < 0.1
 
 
+@pytest.mark.slow
 def test_human_summary_greedy_and_fit_on_measured_rows(reference, teacher_forced, model_dirs,
-                                                       corpus_dir, capsys):
+                                                       corpus_dir, run_cli):
     folder, _, rows, row = reference
     greedy = folder / "greedy.jsonl"
     summary = folder / "greedy-summary.json"
-    code, out, err = _run(capsys, _argv(model_dirs, corpus_dir, greedy, "--greedy", "--rows",
+    code, out, err = run_cli(_argv(model_dirs, corpus_dir, greedy, "--greedy", "--rows",
                                         rows, "--summary", summary))
     assert code == 0, err
     for text in ("acceptance alpha", "speedup over target alone", "law's speedup", "TTFT",
@@ -346,7 +331,7 @@ def test_human_summary_greedy_and_fit_on_measured_rows(reference, teacher_forced
     greedy_row = json.loads(summary.read_text())
     assert greedy_row["temperature"] == 0.0 and f"{greedy_row['acceptance']:.4f}" in out, out
     # A rerun of a finished measurement replaces its row instead of adding one.
-    code, out, err = _run(capsys, _argv(model_dirs, corpus_dir, folder / "runs.jsonl", "--rows",
+    code, out, err = run_cli(_argv(model_dirs, corpus_dir, folder / "runs.jsonl", "--rows",
                                         rows))
     assert code == 0 and "0 prompts measured now, 5 from an earlier run" in out, out + err
     written = _lines(rows)
@@ -360,13 +345,13 @@ def test_human_summary_greedy_and_fit_on_measured_rows(reference, teacher_forced
     write_measurements(synthetic_measurements(num_targets=3, num_drafts=3, seed=1), synthetic)
     combined = folder / "combined.jsonl"
     combined.write_text(rows.read_text() + synthetic.read_text())
-    code, out, err = _run(capsys, ["fit", combined, "--bootstrap", "0", "--json"])
+    code, out, err = run_cli(["fit", combined, "--bootstrap", "0", "--json"])
     assert code == 0, err
     report = json.loads(out)
     assert report["measurements"] == 3 + 9 and report["targets"] == 4, report
     assert "30k" in [t["target"] for t in report["per_target"]]
     # `sdsl plan --position-rates` plans the lookahead from the measured summary.
-    code, out, err = _run(capsys, ["plan", "--position-rates", summary, "--json"])
+    code, out, err = run_cli(["plan", "--position-rates", summary, "--json"])
     assert code == 0, err
     plan = json.loads(out)
     rates = greedy_row["position_rates"]
@@ -378,8 +363,9 @@ def test_human_summary_greedy_and_fit_on_measured_rows(reference, teacher_forced
     assert plan["iid_acceptance"] == greedy_row["acceptance"]
 
 
+@pytest.mark.slow
 def test_interrupted_run_keeps_finished_prompts_and_resumes(reference, model_dirs, corpus_dir,
-                                                            capsys, monkeypatch):
+                                                            run_cli, monkeypatch):
     folder, ref_runs, _, _ = reference
     runs = folder / "interrupted.jsonl"
     real = measure_lib.measure_pair
@@ -391,7 +377,7 @@ def test_interrupted_run_keeps_finished_prompts_and_resumes(reference, model_dir
             yield record
 
     monkeypatch.setattr(measure_lib, "measure_pair", interrupted)
-    code, _, err = _run(capsys, _argv(model_dirs, corpus_dir, runs, "--json"))
+    code, _, err = run_cli(_argv(model_dirs, corpus_dir, runs, "--json"))
     assert code == 130 and "interrupted" in err
     kept = runs.read_bytes()
     assert [line["prompt_id"] for line in _lines(runs)] == [0, 1]
@@ -399,7 +385,7 @@ def test_interrupted_run_keeps_finished_prompts_and_resumes(reference, model_dir
     with open(runs, "ab") as handle:
         handle.write(b'{"prompt_id": 2, "draft_mod')
     monkeypatch.setattr(measure_lib, "measure_pair", real)
-    code, out, _ = _run(capsys, _argv(model_dirs, corpus_dir, runs, "--json"))
+    code, out, _ = run_cli(_argv(model_dirs, corpus_dir, runs, "--json"))
     assert code == 0 and json.loads(out)["prompts"] == PROMPTS
     assert runs.read_bytes().startswith(kept)
     lines, ref = _lines(runs), _lines(ref_runs)
@@ -408,7 +394,7 @@ def test_interrupted_run_keeps_finished_prompts_and_resumes(reference, model_dir
     assert [line["accepted_per_iteration"] for line in lines] == \
         [line["accepted_per_iteration"] for line in ref]
     # More prompts extend a finished run; prompt i stays the same text.
-    code, out, _ = _run(capsys, _argv(model_dirs, corpus_dir, runs, "--json",
+    code, out, _ = run_cli(_argv(model_dirs, corpus_dir, runs, "--json",
                                       prompts=PROMPTS + 1))
     assert code == 0 and json.loads(out)["prompts"] == PROMPTS + 1
     lines = _lines(runs)
@@ -416,13 +402,14 @@ def test_interrupted_run_keeps_finished_prompts_and_resumes(reference, model_dir
     assert lines[PROMPTS]["prompt_hash"] == json_hash(_prompt(corpus_dir, 0, PROMPTS))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, message", [
     (["--lookahead", "3"], "lookahead = 2"),
     (["--greedy"], "temperature = 1.0"),
     (["--seed", "1"], "seed = 0"),
     (["--no-baseline"], "baseline = True"),
 ])
-def test_refuses_to_mix_settings(reference, model_dirs, corpus_dir, capsys, flags, message):
+def test_refuses_to_mix_settings(reference, model_dirs, corpus_dir, run_cli, flags, message):
     _, runs, _, _ = reference
     before = runs.read_bytes()
     argv = _argv(model_dirs, corpus_dir, runs)
@@ -430,7 +417,7 @@ def test_refuses_to_mix_settings(reference, model_dirs, corpus_dir, capsys, flag
         argv[argv.index("--lookahead") + 1] = flags[1]
     else:
         argv += flags
-    code, _, err = _run(capsys, argv)
+    code, _, err = run_cli(argv)
     assert code == 2 and message in err and "another --out" in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert runs.read_bytes() == before
@@ -489,14 +476,15 @@ def hf_dirs(tmp_path_factory, corpus_dir):
     }
 
 
-def test_hugging_face_pair_perplexity_on_the_prompts(hf_dirs, tmp_path, capsys):
+@pytest.mark.slow
+def test_hugging_face_pair_perplexity_on_the_prompts(hf_dirs, tmp_path, run_cli):
     from sdsl_jax.hf import load_hf_decoder, load_hf_tokenizer
     prompts = ["def wrap(text, width=70, **kwargs):", "import re", "class TextWrapper:",
                "    def _split(self, text):", "# Copyright (C) 1999-2001 Gregory P. Ward."]
     prompt_file = tmp_path / "prompts.txt"
     prompt_file.write_text("\n".join(prompts) + "\n")
     runs = tmp_path / "runs.jsonl"
-    code, out, err = _run(capsys, [
+    code, out, err = run_cli([
         "measure", "--draft", hf_dirs["draft"], "--target", hf_dirs["target"], "--lookahead", 2,
         "--prompt-file", prompt_file, "--max-new-tokens", 6, "--no-baseline", "--bootstrap", 200,
         "--draft-tokens", "1M", "--target-tokens", "2M", "--out", runs, "--json"])
@@ -572,9 +560,10 @@ def _error_cases(model_dirs, hf_dirs, corpus_dir, tmp):
     ]
 
 
-def test_errors_are_one_line(model_dirs, hf_dirs, corpus_dir, tmp_path, capsys):
+@pytest.mark.slow
+def test_errors_are_one_line(model_dirs, hf_dirs, corpus_dir, tmp_path, run_cli):
     for argv, message in _error_cases(model_dirs, hf_dirs, corpus_dir, tmp_path):
-        code, out, err = _run(capsys, ["measure", *argv])
+        code, out, err = run_cli(["measure", *argv])
         assert code == 2, (argv, err)
         assert message in err and err.startswith("error: ") and err.count("\n") == 1, (message, err)
         assert "Traceback" not in err and out == ""
@@ -593,6 +582,7 @@ def test_law_speedup_is_the_throughput_law():
     assert law_speedup(1.0, 4, 0.1) == pytest.approx(5 / 1.4)
 
 
+@pytest.mark.slow
 def test_parser_loads_no_models():
     # The parser imports every subcommand's module for every command: flax,
     # orbax and the decoding stack must wait until a measurement runs.

@@ -3,11 +3,9 @@
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import threading
 import time
 
@@ -16,45 +14,31 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sdsl_jax import cli
 from sdsl_jax.models import corpus as corpus_lib, training
 from sdsl_jax import models
 from sdsl_jax.models import store as ckpt
 
+# The uninterrupted run is the session's trained draft (conftest's trained_pair), trained
+# with these; the CLI below is given the same flags (pair_training), so the two share
+# one compiled step (and must agree to the last bit).
 STEPS = 400
 CHECKPOINT_EVERY = 50
-# What the CLI below is given; the in-process run uses the same settings so the
-# two share one compiled step (and must agree to the last bit).
-CLI_FLAGS = ["--sizes", "10k", "--steps", str(STEPS), "--batch-size", "4", "--seq-len", "32",
-             "--checkpoint-every", str(CHECKPOINT_EVERY), "--eval-tokens", "1024",
-             "--progress", "never"]
-SETTINGS = training.TrainSettings(steps=STEPS, batch_size=4, seq_len=32,
-                                  checkpoint_every=CHECKPOINT_EVERY, eval_tokens=1024)
 
 
 @pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    """A few standard-library modules: real text, small enough to load at once."""
-    root = sysconfig.get_paths()["stdlib"]
-    directory = tmp_path_factory.mktemp("corpus") / "text"
-    directory.mkdir()
-    for name in ("os.py", "argparse.py", "string.py", "textwrap.py", "shutil.py", "random.py",
-                 "bisect.py", "heapq.py", "functools.py", "json/decoder.py", "csv.py", "glob.py"):
-        shutil.copy(os.path.join(root, name), directory / name.replace("/", "_"))
-    return directory
+def cli_flags(pair_training):
+    """`sdsl train` flags of the trained pair's run of its 10k draft."""
+    settings, flags = pair_training
+    assert (settings.steps, settings.checkpoint_every) == (STEPS, CHECKPOINT_EVERY)
+    return ["--sizes", "10k", *flags]
+
+
+def _cli_args(cli_flags, corpus_dir, out):
+    return ["train", *cli_flags, "--no-stdlib", "--corpus", str(corpus_dir), "--out", str(out)]
 
 
 @pytest.fixture(scope="module")
-def small_corpus(corpus_dir):
-    return corpus_lib.load_corpus([str(corpus_dir)], include_stdlib=False)
-
-
-def _cli_args(corpus_dir, out):
-    return ["train", *CLI_FLAGS, "--no-stdlib", "--corpus", str(corpus_dir), "--out", str(out)]
-
-
-@pytest.fixture(scope="module")
-def killed_run(corpus_dir, tmp_path_factory):
+def killed_run(corpus_dir, cli_flags, tmp_path_factory):
     """`sdsl train` in a subprocess, killed with SIGKILL as soon as its first checkpoint lands.
 
     Started before the in-process reference run so the two compile side by
@@ -63,7 +47,7 @@ def killed_run(corpus_dir, tmp_path_factory):
     before looking at the result.
     """
     out = tmp_path_factory.mktemp("killed") / "run"
-    args = _cli_args(corpus_dir, out)
+    args = _cli_args(cli_flags, corpus_dir, out)
     log_path = out.parent / "killed.log"
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "sdsl_jax.cli.main", *args], stdout=log, stderr=log,
@@ -92,11 +76,9 @@ def killed_run(corpus_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(killed_run, small_corpus, tmp_path_factory):
-    """An uninterrupted run of 10k: (model directory, card)."""
-    model_dir = tmp_path_factory.mktemp("uninterrupted") / "10k"
-    card = training.train_model("10k", small_corpus, SETTINGS, str(model_dir), progress=False)
-    return model_dir, card
+def reference(trained_pair):
+    """An uninterrupted run of 10k, the session's trained draft: (model directory, card)."""
+    return trained_pair.draft, trained_pair.cards["10k"]
 
 
 def test_schedule_warms_up_linearly_then_follows_a_cosine():
@@ -137,10 +119,11 @@ def test_init_params_is_seeded_and_scaled():
     assert abs(np.std(np.asarray(a["blocks"][0]["mlp"]["up"]["kernel"])) * math.sqrt(48) - 1) < 0.05
 
 
-def test_training_reduces_validation_loss_and_writes_a_card(reference, small_corpus):
+@pytest.mark.slow
+def test_training_reduces_validation_loss_and_writes_a_card(reference, corpus):
     model_dir, card = reference
     config = models.SIZES["10k"]
-    windows = corpus_lib.evaluation_windows(small_corpus.validation, 33, 1024 // 32)
+    windows = corpus_lib.evaluation_windows(corpus.validation, 33, 1024 // 32)
     initial = training.validation_loss(config, models.init_params(config, 0), windows, 4)
     assert abs(initial - math.log(257)) < 0.6      # an untrained model is near uniform
     assert card["validation_loss"] < initial - 1.0
@@ -150,7 +133,7 @@ def test_training_reduces_validation_loss_and_writes_a_card(reference, small_cor
     assert card["resumed_from"] == 0
     on_disk = ckpt.load_card(str(model_dir))
     assert on_disk["validation_loss"] == card["validation_loss"]
-    assert on_disk["corpus"]["fingerprint"] == small_corpus.fingerprint
+    assert on_disk["corpus"]["fingerprint"] == corpus.fingerprint
     steps = sorted(int(p.name) for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [STEPS - CHECKPOINT_EVERY, STEPS]   # every 50 steps, the last two kept
     decoder = ckpt.load_decoder(str(model_dir))
@@ -160,8 +143,9 @@ def test_training_reduces_validation_loss_and_writes_a_card(reference, small_cor
     assert again == pytest.approx(card["validation_loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_kill_9_midway_then_rerun_resumes_from_the_checkpoint_and_matches(
-        killed_run, reference, capsys):
+        killed_run, reference, run_cli):
     args, out, watcher, proc, result, log_path = killed_run
     watcher.join(timeout=300)
     assert not watcher.is_alive(), "the killed run never wrote its first checkpoint"
@@ -178,8 +162,8 @@ def test_kill_9_midway_then_rerun_resumes_from_the_checkpoint_and_matches(
     (torn / "params").mkdir(parents=True)
     (torn / "params" / "junk").write_bytes(b"\0" * 100)
 
-    assert cli.main(args) == 0        # the same command again
-    err = capsys.readouterr().err
+    code, _, err = run_cli(args)      # the same command again
+    assert code == 0
     assert f"10k: resuming from the checkpoint at step {done[-1]} of {STEPS}" in err
     assert not torn.exists()
     resumed = ckpt.load_decoder(str(out / "10k"))
@@ -196,15 +180,17 @@ def test_kill_9_midway_then_rerun_resumes_from_the_checkpoint_and_matches(
     assert card["tokens"] == reference[1]["tokens"]
 
 
-def test_finished_run_is_skipped_and_changed_settings_are_refused(reference, small_corpus):
+@pytest.mark.slow
+def test_finished_run_is_skipped_and_changed_settings_are_refused(reference, corpus, trained_pair):
     model_dir, card = reference
-    again = training.train_model("10k", small_corpus, SETTINGS, str(model_dir), progress=False)
+    again = training.train_model("10k", corpus, trained_pair.settings, str(model_dir),
+                                 progress=False)
     assert again["resumed_from"] is None
     assert again["validation_loss"] == card["validation_loss"]
     other_seed = training.TrainSettings(steps=STEPS, batch_size=4, seq_len=32, seed=5,
                                         checkpoint_every=CHECKPOINT_EVERY, eval_tokens=1024)
     with pytest.raises(training.TrainingError, match="different seed"):
-        training.train_model("10k", small_corpus, other_seed, str(model_dir), progress=False)
+        training.train_model("10k", corpus, other_seed, str(model_dir), progress=False)
 
 
 def test_load_decoder_names_what_is_missing(tmp_path):
@@ -215,10 +201,11 @@ def test_load_decoder_names_what_is_missing(tmp_path):
         ckpt.load_decoder(str(tmp_path))
 
 
-def _one_line_error(capsys, argv, alone=True):
+def _one_line_error(run_cli, argv, alone=True):
     """The error line of a failed `sdsl train`; ``alone``: nothing else was printed."""
-    assert cli.main(argv) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
+    code, _, err = run_cli(argv)
+    assert code == 2
+    lines = err.strip().splitlines()
     assert not any("Traceback" in line for line in lines)
     assert lines[-1].startswith("error: sdsl train:")
     assert sum(line.startswith("error") for line in lines) == 1
@@ -227,26 +214,30 @@ def _one_line_error(capsys, argv, alone=True):
     return lines[-1]
 
 
-def test_cli_errors_are_one_line_with_exit_2(capsys, tmp_path, corpus_dir, reference):
+def test_cli_errors_are_one_line_with_exit_2(run_cli, tmp_path):
     base = ["train", "--steps", "5", "--out", str(tmp_path / "o")]
-    assert "unknown family 'huge'" in _one_line_error(capsys, base + ["--family", "huge"])
-    assert "tiny, small" in _one_line_error(capsys, base + ["--family", "nope"])
-    assert "unknown size '7k'" in _one_line_error(capsys, base + ["--sizes", "7k"])
+    assert "unknown family 'huge'" in _one_line_error(run_cli, base + ["--family", "huge"])
+    assert "tiny, small" in _one_line_error(run_cli, base + ["--family", "nope"])
+    assert "unknown size '7k'" in _one_line_error(run_cli, base + ["--sizes", "7k"])
     assert "'1m' is not in family 'tiny'" in _one_line_error(
-        capsys, base + ["--family", "tiny", "--sizes", "1m"])
+        run_cli, base + ["--family", "tiny", "--sizes", "1m"])
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     assert "--out: cannot write to" in _one_line_error(
-        capsys, ["train", "--family", "tiny", "--steps", "5", "--out", str(blocker / "sub")])
+        run_cli, ["train", "--family", "tiny", "--steps", "5", "--out", str(blocker / "sub")])
     assert "--steps: must be at least 1" in _one_line_error(
-        capsys, ["train", "--family", "tiny", "--steps", "0", "--out", str(tmp_path / "o")])
-    assert "--no-stdlib" in _one_line_error(capsys, base + ["--family", "tiny", "--no-stdlib"])
+        run_cli, ["train", "--family", "tiny", "--steps", "0", "--out", str(tmp_path / "o")])
+    assert "--no-stdlib" in _one_line_error(run_cli, base + ["--family", "tiny", "--no-stdlib"])
     assert "does not exist" in _one_line_error(
-        capsys, base + ["--family", "tiny", "--corpus", str(tmp_path / "missing")])
-    assert "--steps" in _one_line_error(capsys, ["train", "--family", "tiny", "--out", "x"])
+        run_cli, base + ["--family", "tiny", "--corpus", str(tmp_path / "missing")])
+    assert "--steps" in _one_line_error(run_cli, ["train", "--family", "tiny", "--out", "x"])
+
+
+@pytest.mark.slow
+def test_cli_refuses_other_settings_on_a_finished_run(run_cli, corpus_dir, cli_flags, reference):
     # Rerunning into a finished directory with other settings: refused, not overwritten.
     out = reference[0].parent
     # (after the corpus summary line: the check needs the corpus's fingerprint)
-    err = _one_line_error(capsys, ["train", *CLI_FLAGS, "--seed", "9", "--no-stdlib", "--corpus",
-                                   str(corpus_dir), "--out", str(out)], alone=False)
+    err = _one_line_error(run_cli, ["train", *cli_flags, "--seed", "9", "--no-stdlib", "--corpus",
+                                    str(corpus_dir), "--out", str(out)], alone=False)
     assert "different seed" in err
