@@ -4,13 +4,11 @@ independent recomputations, resume after an interruption, and input errors."""
 import json
 import os
 import shutil
-import sysconfig
 
 import jax
 import numpy as np
 import pytest
 
-from sdsl_jax import cli
 from sdsl_jax.planning import flop as planner
 from sdsl_jax.laws import pretraining as pretraining_law
 from sdsl_jax.fitting.laws import load_laws
@@ -21,24 +19,11 @@ from sdsl_jax.reproduce.latency_stage import measured_optimum
 from sdsl_jax.reproduce.presets import Preset, params as size_params
 
 PRESET = PRESETS["tiny"]
-CORPUS_FILES = ("os.py", "argparse.py", "string.py", "textwrap.py", "shutil.py", "random.py",
-                "bisect.py", "heapq.py", "functools.py", "csv.py", "glob.py", "json/decoder.py")
-
-
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    """A few standard-library modules: real text, one of them held out."""
-    root = sysconfig.get_paths()["stdlib"]
-    directory = tmp_path_factory.mktemp("corpus") / "text"
-    directory.mkdir()
-    for name in CORPUS_FILES:
-        shutil.copy(os.path.join(root, name), directory / name.replace("/", "_"))
-    return str(directory)
 
 
 def _run(out, corpus_dir, **kwargs):
     lines = []
-    result = reproduce(PRESET, str(out), corpus_paths=[corpus_dir], include_stdlib=False,
+    result = reproduce(PRESET, str(out), corpus_paths=[str(corpus_dir)], include_stdlib=False,
                        progress=False, log=lines.append, **kwargs)
     return result, lines
 
@@ -73,6 +58,7 @@ def _report(out):
 # The run and its resume.
 
 
+@pytest.mark.slow
 def test_a_stopped_run_resumes_with_the_unfinished_stages_only(finished):
     assert finished["first"]["ran"] == ["train", "pretraining", "measure"]
     assert finished["first"]["report"] is None
@@ -86,6 +72,7 @@ def test_a_stopped_run_resumes_with_the_unfinished_stages_only(finished):
     assert all(manifest["stages"][name]["attempts"] == 1 for name in STAGE_NAMES)
 
 
+@pytest.mark.slow
 def test_report_has_every_section_and_figure(finished):
     text = _report(finished["out"])
     for section in report_lib.SECTIONS:
@@ -105,6 +92,7 @@ def test_report_has_every_section_and_figure(finished):
 # Numbers: stage outputs against their sources and independent recomputations.
 
 
+@pytest.mark.slow
 def test_loss_points_are_the_checkpoints_and_the_cards(finished):
     out = finished["out"]
     train = _stage(out, "train")
@@ -124,6 +112,7 @@ def test_loss_points_are_the_checkpoints_and_the_cards(finished):
         assert mine[0]["validation_loss"] > mine[-1]["validation_loss"]
 
 
+@pytest.mark.slow
 def test_pretraining_fit_table_matches_the_law(finished):
     pre = _stage(finished["out"], "pretraining")
     law = pretraining_law.PretrainingLaw(**{k: v["estimate"] for k, v in pre["coefficients"].items()})
@@ -136,6 +125,7 @@ def test_pretraining_fit_table_matches_the_law(finished):
         assert c["low"] <= c["estimate"] <= c["high"]
 
 
+@pytest.mark.slow
 def test_measured_rows_and_report_agree(finished):
     out = finished["out"]
     rows = _jsonl(os.path.join(out, "measure", "rows.jsonl"))
@@ -160,6 +150,7 @@ def test_measured_rows_and_report_agree(finished):
         assert report_lib.interval(r["acceptance"], r["acceptance_low"], r["acceptance_high"]) in text
 
 
+@pytest.mark.slow
 def test_predicted_n_star_is_the_planners_on_the_saved_laws(finished):
     out = finished["out"]
     predict = _stage(out, "predict")
@@ -182,6 +173,7 @@ def test_predicted_n_star_is_the_planners_on_the_saved_laws(finished):
             assert [r["draft"] for r in p["ladder"]] == list(PRESET.drafts_of(p["target"]))
 
 
+@pytest.mark.slow
 def test_chain_matches_the_laws_evaluated_one_by_one(finished):
     from sdsl_jax.laws import acceptance as acceptance_law, throughput
     with jax.enable_x64(True):
@@ -201,6 +193,7 @@ def test_chain_matches_the_laws_evaluated_one_by_one(finished):
                 float(throughput.optimal_speedup(alpha, n[i] / m[i])), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_latency_verdict_follows_the_measurements(finished):
     out = finished["out"]
     latency = _stage(out, "latency")
@@ -238,6 +231,7 @@ def test_measured_optimum_rules():
 # Interruptions.
 
 
+@pytest.mark.slow
 def test_interrupted_measure_resumes_prompt_by_prompt(finished, corpus_dir, tmp_path):
     """A kill in the middle of `measure`: one pair's runs file ends in a torn line and lacks
     its last prompt, the stage and those after it are unfinished. The rerun measures that
@@ -282,6 +276,7 @@ def test_interrupted_measure_resumes_prompt_by_prompt(finished, corpus_dir, tmp_
     assert os.path.exists(os.path.join(out, "report.md"))
 
 
+@pytest.mark.slow
 def test_torn_loss_point_line_is_dropped_and_rescored(finished, corpus_dir, tmp_path):
     """Killed while a checkpoint's score was being appended: the rerun of `train` drops the
     torn line and scores the checkpoint again from the kept checkpoint."""
@@ -320,15 +315,10 @@ def test_torn_loss_point_line_is_dropped_and_rescored(finished, corpus_dir, tmp_
 # The command line and its errors.
 
 
-def _cli(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_cli_on_a_finished_run_prints_the_verdict(finished, corpus_dir, capsys):
-    code, out, err = _cli(capsys, "reproduce", "--preset", "tiny", "--out", finished["out"],
-                          "--no-stdlib", "--corpus", corpus_dir)
+@pytest.mark.slow
+def test_cli_on_a_finished_run_prints_the_verdict(finished, corpus_dir, run_cli):
+    code, out, err = run_cli("reproduce", "--preset", "tiny", "--out", finished["out"],
+                             "--no-stdlib", "--corpus", corpus_dir)
     assert code == 0
     assert out.startswith("## Verdict") and f"report: {finished['out']}" in out
     assert err.count("finished earlier") == len(STAGE_NAMES)
@@ -341,35 +331,40 @@ def _one_line_error(code, err):
     return lines[0]
 
 
-def test_cli_errors(finished, corpus_dir, tmp_path, capsys):
+@pytest.mark.slow
+def test_cli_refuses_another_preset_or_corpus_on_a_finished_run(finished, corpus_dir, run_cli):
     corpus = ["--no-stdlib", "--corpus", corpus_dir]
-    line = _one_line_error(*_cli(capsys, "reproduce", "--preset", "huge", "--out", tmp_path / "a",
-                                 *corpus)[::2])
-    assert "unknown preset 'huge'" in line and "tiny, small, large" in line
-    line = _one_line_error(*_cli(capsys, "reproduce", "--preset", "small", "--out", finished["out"],
-                                 *corpus)[::2])
+    line = _one_line_error(*run_cli("reproduce", "--preset", "small", "--out", finished["out"],
+                                    *corpus)[::2])
     assert "holds a run of preset 'tiny', not 'small'" in line
-    line = _one_line_error(*_cli(capsys, "reproduce", "--preset", "tiny", "--out", finished["out"])[::2])
+    line = _one_line_error(*run_cli("reproduce", "--preset", "tiny", "--out", finished["out"])[::2])
     assert "another corpus" in line
+
+
+def test_cli_errors(corpus_dir, tmp_path, run_cli):
+    corpus = ["--no-stdlib", "--corpus", corpus_dir]
+    line = _one_line_error(*run_cli("reproduce", "--preset", "huge", "--out", tmp_path / "a",
+                                    *corpus)[::2])
+    assert "unknown preset 'huge'" in line and "tiny, small, large" in line
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    line = _one_line_error(*_cli(capsys, "reproduce", "--preset", "tiny", "--out", tmp_path / "busy",
-                                 *corpus)[::2])
+    line = _one_line_error(*run_cli("reproduce", "--preset", "tiny", "--out", tmp_path / "busy",
+                                    *corpus)[::2])
     assert "is not empty" in line
     (tmp_path / "file").write_text("x")
-    line = _one_line_error(*_cli(capsys, "reproduce", "--preset", "tiny", "--out",
-                                 tmp_path / "file" / "run", *corpus)[::2])
+    line = _one_line_error(*run_cli("reproduce", "--preset", "tiny", "--out",
+                                    tmp_path / "file" / "run", *corpus)[::2])
     assert "cannot write" in line
-    line = _one_line_error(*_cli(capsys, "reproduce", "--preset", "tiny", "--out", tmp_path / "file",
-                                 *corpus)[::2])
+    line = _one_line_error(*run_cli("reproduce", "--preset", "tiny", "--out", tmp_path / "file",
+                                    *corpus)[::2])
     assert "not a directory" in line
-    line = _one_line_error(*_cli(capsys, "reproduce", "--out", tmp_path / "b", "--no-stdlib")[::2])
+    line = _one_line_error(*run_cli("reproduce", "--out", tmp_path / "b", "--no-stdlib")[::2])
     assert "--no-stdlib leaves no text" in line
-    line = _one_line_error(*_cli(capsys, "reproduce", "--out", tmp_path / "b", "--corpus",
-                                 tmp_path / "missing")[::2])
+    line = _one_line_error(*run_cli("reproduce", "--out", tmp_path / "b", "--corpus",
+                                    tmp_path / "missing")[::2])
     assert "does not exist" in line
-    line = _one_line_error(*_cli(capsys, "reproduce", "--out", tmp_path / "b", "--stop-after",
-                                 "lunch", *corpus)[::2])
+    line = _one_line_error(*run_cli("reproduce", "--out", tmp_path / "b", "--stop-after",
+                                    "lunch", *corpus)[::2])
     assert "unknown stage 'lunch'" in line
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
