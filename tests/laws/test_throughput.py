@@ -55,14 +55,17 @@ def test_optimal_lookahead_matches_mpmath_root(x64, alpha, c):
 
 
 @pytest.mark.parametrize("alpha,c", [(a, c) for a, c in itertools.product(ALPHAS[:6], COST_RATIOS)])
-def test_optimal_lookahead_beats_brute_force_maximisation(x64, alpha, c):
-    """scipy's bounded maximisation of S never finds a better lookahead."""
+def test_optimal_lookahead_beats_brute_force_maximisation(x64, alpha, c, speedup_reference):
+    """scipy's bounded maximisation of S never finds a better lookahead, and the peak is the
+    brute-force S* reference's (brentq on dS/dgamma)."""
     result = minimize_scalar(lambda g: -float(mp_speedup(alpha, g, c)), bounds=(0.0, 1e4),
                              method="bounded", options={"xatol": 1e-10})
     best = max(-result.fun, 1.0)  # gamma = 0 (no speculation) is always available
     ours = float(sd.speedup(alpha, sd.optimal_lookahead(alpha, c), c))
     assert ours >= best * (1 - 1e-12)
     assert ours == pytest.approx(best, rel=1e-9)
+    assert float(sd.optimal_speedup(alpha, c)) == pytest.approx(speedup_reference.speedup(alpha, c),
+                                                                rel=1e-12)
 
 
 def test_optimal_lookahead_float32_close_to_float64(dtype):

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.optimize import brentq, minimize_scalar
+from scipy.optimize import minimize_scalar
 
 import sdsl_jax as sd
 from sdsl_jax.planning import budget
@@ -17,27 +17,6 @@ CONFIGS = np.array([(7e9, 15e12, 1e20), (70e9, 15e12, 1e21), (405e9, 15e12, 1e22
 
 def _loss(n, tokens):
     return PRE.irreducible_loss + PRE.param_coeff / n**PRE.param_exponent + PRE.data_coeff / tokens**PRE.data_exponent
-
-
-def _speedup_on_budget(m, d_target, flops, log_draft):
-    """S* at each log N with D = C / (6 N): alpha in numpy, gamma* by brentq on dS/dgamma."""
-    y = np.exp(_loss(m, d_target))
-    out = []
-    for s in np.atleast_1d(log_draft):
-        n = np.exp(s)
-        a = min(max(ACC.draft_coeff * np.exp(_loss(n, flops / (6 * n))) + ACC.target_coeff * y
-                    + ACC.intercept, 0.0), sd.MAX_ACCEPTANCE)
-        c = n / m
-        h = lambda g: -a ** (g + 1) * np.log(a) * (g * c + 1) - c * (1 - a ** (g + 1))
-        if a == 0 or h(0.0) <= 0:
-            out.append(1.0)
-            continue
-        hi = 1.0
-        while h(hi) > 0:
-            hi *= 2
-        g = brentq(h, 0.0, hi, xtol=1e-14, rtol=1e-15)
-        out.append((1 - a ** (g + 1)) / (1 - a) / (g * c + 1))
-    return np.array(out)
 
 
 @jax.jit
@@ -75,12 +54,15 @@ def plan(plan_and_jacobian):
     return plan_and_jacobian[0]
 
 
-def test_matches_brute_force_over_draft_size(plan):
+def test_matches_brute_force_over_draft_size(plan, speedup_reference):
     for i, (m, d_target, flops) in enumerate(CONFIGS):
+        # S* at each log N with D = C / (6 N): alpha in numpy, gamma* by brentq on dS/dgamma.
+        on_budget = lambda log_draft: speedup_reference.over_draft_sizes(
+            m, lambda n: flops / (6 * n), d_target, log_draft, PRE, ACC)
         grid = np.log(m) + np.linspace(np.log(1e-6), np.log(0.5), 3001)
-        brute = _speedup_on_budget(m, d_target, flops, grid)
+        brute = on_budget(grid)
         best = int(np.argmax(brute))
-        ours = _speedup_on_budget(m, d_target, flops, np.log(plan["draft_params"][i]))[0]
+        ours = on_budget(np.log(plan["draft_params"][i]))[0]
         assert ours >= brute[best] * (1 - 1e-12), i
         assert abs(np.log(plan["draft_params"][i]) - grid[best]) <= grid[1] - grid[0], i
         np.testing.assert_allclose(plan["speedup"][i], ours, rtol=1e-9)

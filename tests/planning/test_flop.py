@@ -14,31 +14,25 @@ CONFIGS = [  # (M, D, D')
 ]
 
 
-def _reference_log_draft(m, d, d_target, pre=sd.BESIROGLU_2024, acc=sd.SDSL_2026):
-    """N* by brentq on dS*/dlogN, written independently in numpy.
+def _reference_log_draft(ref, m, d, d_target, pre=sd.BESIROGLU_2024, acc=sd.SDSL_2026):
+    """N* by brentq on dS*/dlogN, written independently in numpy (``ref``: conftest's
+    brute-force S* reference, for the laws in numpy and the optimal lookahead).
 
     By the envelope theorem dS*/ds = dS/dalpha * alpha'(s) + dS/dc * c at the
     optimal lookahead, which itself is the root of dS/dgamma (no Lambert W).
     """
-    def loss(n, d):
-        return pre.irreducible_loss + pre.param_coeff / n ** pre.param_exponent + pre.data_coeff / d ** pre.data_exponent
-
-    y = np.exp(loss(m, d_target))
+    y = np.exp(ref.loss(pre, m, d_target))
 
     def slope(s):
         n = np.exp(s)
-        x = np.exp(loss(n, d))
+        x = np.exp(ref.loss(pre, n, d))
         a = acc.draft_coeff * x + acc.target_coeff * y + acc.intercept
         c = n / m
         if not 0 < a < 1:
             return np.nan  # outside the plane's range: not where the peak is
-        h = lambda g: -a ** (g + 1) * np.log(a) * (g * c + 1) - c * (1 - a ** (g + 1))
-        if h(0.0) <= 0:
+        g = ref.lookahead(a, c)
+        if g == 0:
             return np.nan  # drafting does not pay here: S is flat
-        hi = 1.0
-        while h(hi) > 0:
-            hi *= 2
-        g = brentq(h, 0.0, hi, xtol=1e-15, rtol=1e-15)
         p = a ** (g + 1)
         e = (1 - p) / (1 - a)
         de_da = (-(g + 1) * a ** g * (1 - a) + (1 - p)) / (1 - a) ** 2
@@ -54,8 +48,8 @@ def _reference_log_draft(m, d, d_target, pre=sd.BESIROGLU_2024, acc=sd.SDSL_2026
 
 
 @pytest.fixture(scope="module")
-def reference():
-    return np.array([np.exp(_reference_log_draft(*cfg)) for cfg in CONFIGS])
+def reference(speedup_reference):
+    return np.array([np.exp(_reference_log_draft(speedup_reference, *cfg)) for cfg in CONFIGS])
 
 
 def _columns(configs, dtype):
@@ -214,40 +208,16 @@ HARD_CONFIGS = [  # (M, D, D'), what makes it hard
 ]
 
 
-def _brute_force_speedup(m, d, d_target, log_draft, pre=sd.BESIROGLU_2024, acc=sd.SDSL_2026):
-    """S* at each log N: alpha from the laws in numpy, gamma* by brentq on dS/dgamma."""
-    def loss(n, tokens):
-        return (pre.irreducible_loss + pre.param_coeff / n ** pre.param_exponent
-                + pre.data_coeff / tokens ** pre.data_exponent)
-
-    y = np.exp(loss(m, d_target))
-    out = []
-    for s in np.atleast_1d(log_draft):
-        n = np.exp(s)
-        a = min(max(acc.draft_coeff * np.exp(loss(n, d)) + acc.target_coeff * y + acc.intercept, 0.0),
-                sd.MAX_ACCEPTANCE)
-        c = n / m
-        h = lambda g: -a ** (g + 1) * np.log(a) * (g * c + 1) - c * (1 - a ** (g + 1))
-        if a == 0 or h(0.0) <= 0:
-            out.append(1.0)
-            continue
-        hi = 1.0
-        while h(hi) > 0:
-            hi *= 2
-        g = brentq(h, 0.0, hi, xtol=1e-13, rtol=1e-15)
-        out.append((1 - a ** (g + 1)) / (1 - a) / (g * c + 1))
-    return np.array(out)
-
-
 @pytest.mark.parametrize("config", HARD_CONFIGS)
-def test_hard_configurations_reach_the_global_maximum(x64, config):
+def test_hard_configurations_reach_the_global_maximum(x64, config, speedup_reference):
     m, d, d_target = config
     plan = sd.optimal_draft_size(*config)
     assert bool(plan.pays)
     grid = np.log(m) + np.linspace(np.log(1e-8), 0.0, 4001)
-    brute = _brute_force_speedup(m, d, d_target, grid)
+    # S* at each log N: alpha from the laws in numpy, gamma* by brentq on dS/dgamma.
+    brute = speedup_reference.over_draft_sizes(m, d, d_target, grid)
     best = int(np.argmax(brute))
-    ours = _brute_force_speedup(m, d, d_target, np.log(float(plan.draft_params)))[0]
+    ours = speedup_reference.over_draft_sizes(m, d, d_target, np.log(float(plan.draft_params)))[0]
     # The solver's N* is at least as fast as the best of 4001 grid points, and
     # lies within one grid step (0.5% in N) of it.
     assert ours >= brute[best] * (1 - 1e-12)
