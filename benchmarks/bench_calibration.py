@@ -35,7 +35,7 @@ from sdsl_jax.models.functional import as_decoder, init_params
 from sdsl_jax.decoding.metrics import forward_step_seconds
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--preset", default=None, help="accelerator preset (default: CPU on a CPU, "
+parser.add_argument("--preset", default=None, help="hardware preset (default: CPU on a CPU, "
                     "H100 on a GPU, TPU-v5e on a TPU)")
 parser.add_argument("--sizes", nargs="+", default=["30k", "200k", "1m", "3m", "6m", "10m"])
 parser.add_argument("--batches", nargs="+", type=int, default=[1, 4])
@@ -82,7 +82,7 @@ everything = np.ones(len(rows), bool)
 fit_half = size_index % 2 == 0
 preset_prediction = np.asarray(calibration.predict_step_times(preset, step_times(everything)))
 held_out_fit = calibration.calibrate(preset, step_times(fit_half))
-held_out_prediction = np.asarray(calibration.predict_step_times(held_out_fit.accelerator,
+held_out_prediction = np.asarray(calibration.predict_step_times(held_out_fit.hardware,
                                                                 step_times(~fit_half)))
 full_fit = calibration.calibrate(preset, step_times(everything))
 full_prediction = np.asarray(full_fit.predicted)
@@ -100,9 +100,9 @@ for label, (med, worst, rms) in (
         ("calibrated on all (fit error)", errors(full_prediction, measured))):
     print(f"  {label:<30} {med:>7.1%} {worst:>7.1%} {rms:>9.3f}")
 
-acc = full_fit.accelerator
-print(f"\ncalibrated {preset_name}: compute efficiency {float(acc.compute_efficiency):.3g}, "
-      f"bandwidth efficiency {float(acc.bandwidth_efficiency):.3g}, "
-      f"overhead {float(acc.overhead) * 1e3:.3f} ms per step "
+fitted = full_fit.hardware
+print(f"\ncalibrated {preset_name}: compute efficiency {float(fitted.compute_efficiency):.3g}, "
+      f"bandwidth efficiency {float(fitted.bandwidth_efficiency):.3g}, "
+      f"overhead {float(fitted.overhead_seconds) * 1e3:.3f} ms per step "
       f"(preset: {float(preset.compute_efficiency):.3g}, {float(preset.bandwidth_efficiency):.3g}, "
-      f"{float(preset.overhead) * 1e3:.3f} ms); converged: {bool(full_fit.converged)}")
+      f"{float(preset.overhead_seconds) * 1e3:.3f} ms); converged: {bool(full_fit.converged)}")

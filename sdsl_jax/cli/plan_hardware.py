@@ -15,11 +15,11 @@ from sdsl_jax.cli.plan import finite_or_none
 
 
 def _hardware(args):
-    """(accelerator, workload, calibration or None) from the --hardware options."""
+    """(hardware, workload, calibration or None) from the --hardware options."""
     from sdsl_jax.planning import hardware as hw
     from sdsl_jax.planning.calibration import calibrate, read_step_times
     try:
-        accelerator = hw.hardware_preset(args.hardware)
+        hardware = hw.hardware_preset(args.hardware)
     except ValueError as err:
         raise UsageError(f"sdsl plan: --hardware: {err}") from None
     if not (math.isfinite(args.batch) and args.batch > 0):
@@ -33,7 +33,7 @@ def _hardware(args):
             hw.bytes_per_param(_precision(value))
         except ValueError as err:
             raise UsageError(f"sdsl plan: argument {flag}: {err}") from None
-    workload = hw.Workload(batch=args.batch, context=args.context, kv_fraction=args.kv_fraction)
+    workload = hw.Workload(batch_size=args.batch, context=args.context, kv_fraction=args.kv_fraction)
     calibration = None
     if args.step_times:
         try:
@@ -43,9 +43,9 @@ def _hardware(args):
                              f"{err.strerror}") from None
         except ValueError as err:
             raise UsageError(f"sdsl plan: --step-times: {err}") from None
-        calibration = calibrate(accelerator, rows, workload=workload)
-        accelerator = calibration.accelerator
-    return accelerator, workload, calibration
+        calibration = calibrate(hardware, rows, workload=workload)
+        hardware = calibration.hardware
+    return hardware, workload, calibration
 
 
 def _precision(text: str):
@@ -69,8 +69,8 @@ def wallclock_plan(args, record: dict, laws: dict) -> dict:
     """The --hardware part of `sdsl plan`: the wall-clock plan and the FLOP plan's
     draft evaluated on the same hardware."""
     from sdsl_jax.planning import hardware as hw, wallclock as lp
-    accelerator, workload, calibration = _hardware(args)
-    common = dict(hardware=accelerator, workload=workload, verify=args.verify,
+    hardware, workload, calibration = _hardware(args)
+    common = dict(hardware=hardware, workload=workload, verify=args.verify,
                   draft_precision=_precision(args.draft_precision),
                   target_precision=_precision(args.target_precision),
                   pretraining_law=laws["pretraining_law"], acceptance_law=laws["acceptance_law"])
@@ -80,7 +80,7 @@ def wallclock_plan(args, record: dict, laws: dict) -> dict:
     if record["pays"]:
         flop_draft = lp.evaluate_draft_wallclock(record["draft_params"], *inputs, **common)
         result["flop_optimal_on_hardware"] = _wallclock_record(flop_draft)
-    info = {key: float(accelerator[key]) for key in accelerator.keys()}
+    info = hw.hardware_record(hardware)
     name = next((key for key, preset in hw.PRESETS.items()
                  if preset is hw.hardware_preset(args.hardware)), args.hardware)
     info.update(name=name, batch=args.batch, context=args.context,

@@ -2,18 +2,20 @@ r"""Calibration of the roofline (:mod:`sdsl_jax.planning.hardware`) from measure
 
 The presets' efficiencies and per-step overhead are guesses. Given measured
 forward steps (each: parameters P, new positions per sequence k, bytes per
-parameter, batch B, context S, seconds t), :func:`calibrate` fits them by
+parameter, batch size B, context S, seconds t), :func:`calibrate` fits them by
 least squares on log seconds,
 
     min_theta  1/2 mean_i (log t_model(P_i, k_i, ...; theta) - log t_i)^2
                + 1/2 prior_weight |theta - theta_0|^2,
 
 theta the logarithms of the fitted fields (so they stay positive), theta_0
-the starting accelerator's. Relative errors count equally, so a 0.2 ms draft
+the starting hardware's. Relative errors count equally, so a 0.2 ms draft
 step weighs as much as a 50 ms verification.
 
 Measurements come as records (dicts, or JSON Lines: ``STEP_TIME_FIELDS``):
 those ``sdsl measure`` writes, one row per timed step kind, or single steps.
+The records' keys ``params`` and ``batch`` are :class:`StepTimes`' ``num_params``
+and ``batch_size``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import io
 import json
 import math
 import os
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import chex
 import jax
@@ -44,10 +46,10 @@ class StepTimes:
     that ``sdsl measure`` writes) or are built directly.
     """
 
-    params: jnp.ndarray
+    num_params: jnp.ndarray
     tokens_per_step: jnp.ndarray
     bytes_per_param: jnp.ndarray
-    batch: jnp.ndarray
+    batch_size: jnp.ndarray
     context: jnp.ndarray
     seconds: jnp.ndarray
 
@@ -115,19 +117,19 @@ def step_time_rows(records: Iterable[Mapping[str, Any]], *, source: str = "recor
         where = f"{source}: record {index}"
         if not isinstance(record, Mapping):
             raise ValueError(f"{where}: expected an object with named fields, got {record!r}")
-        batch = _field_number(record, "batch", where, default=1.0)
+        batch_size = _field_number(record, "batch", where, default=1.0)
         context = _field_number(record, "context", where, strictly=False, default=0.0)
         if "params" in record or "seconds" in record:
             rows.append((_field_number(record, "params", where),
                          _field_number(record, "tokens_per_step", where, default=1.0),
-                         _field_precision(record, ("precision",), where), batch, context,
+                         _field_precision(record, ("precision",), where), batch_size, context,
                          _field_number(record, "seconds", where)))
             continue
         found = False
         if record.get("draft_step_seconds") is not None:
             rows.append((_field_number(record, "draft_params", where), 1.0,
                          _field_precision(record, ("draft_precision", "precision"), where),
-                         batch, context, _field_number(record, "draft_step_seconds", where)))
+                         batch_size, context, _field_number(record, "draft_step_seconds", where)))
             found = True
         for key, positions in (("target_step_seconds", None), ("baseline_step_seconds", 1.0)):
             if record.get(key) is not None:
@@ -135,7 +137,7 @@ def step_time_rows(records: Iterable[Mapping[str, Any]], *, source: str = "recor
                     positions = _field_number(record, "lookahead", where, strictly=False) + 1
                 rows.append((_field_number(record, "target_params", where), positions,
                              _field_precision(record, ("target_precision", "precision"), where),
-                             batch, context, _field_number(record, key, where)))
+                             batch_size, context, _field_number(record, key, where)))
                 found = True
         if not found:
             raise ValueError(f"{where}: no step time: give draft_step_seconds, target_step_seconds "
@@ -145,8 +147,8 @@ def step_time_rows(records: Iterable[Mapping[str, Any]], *, source: str = "recor
         raise ValueError(f"{source}: no step-time records")
     columns = np.asarray(rows, np.float64).T
     as_float = lambda v: jnp.asarray(v, dtype or jnp.result_type(float))
-    return StepTimes(params=as_float(columns[0]), tokens_per_step=as_float(columns[1]),
-                     bytes_per_param=as_float(columns[2]), batch=as_float(columns[3]),
+    return StepTimes(num_params=as_float(columns[0]), tokens_per_step=as_float(columns[1]),
+                     bytes_per_param=as_float(columns[2]), batch_size=as_float(columns[3]),
                      context=as_float(columns[4]), seconds=as_float(columns[5]))
 
 
@@ -183,56 +185,58 @@ def _line(data: bytes, number: int) -> str:
     return io.StringIO(data.decode("utf-8-sig"), newline=None).readlines()[number - 1]
 
 
-def predict_step_times(accelerator: hw.Accelerator, rows: StepTimes,
+def predict_step_times(hardware: hw.Hardware, rows: StepTimes,
                        workload: hw.Workload | None = None):
-    """The model's seconds for each measured row (its batch and context, the
+    """The model's seconds for each measured row (its batch size and context, the
     workload's KV and shape assumptions)."""
     base = hw.Workload() if workload is None else workload
-    workload = base.replace(batch=rows.batch, context=rows.context)
-    compute, memory = hw.roofline_times(accelerator, rows.params, rows.tokens_per_step,
+    workload = base.replace(batch_size=rows.batch_size, context=rows.context)
+    compute, memory = hw.roofline_times(hardware, rows.num_params, rows.tokens_per_step,
                                         rows.bytes_per_param, workload)
-    return hw.smooth_max(compute, memory, accelerator.sharpness) + accelerator.overhead
+    return hw.smooth_max(compute, memory, hardware.sharpness) + hardware.overhead_seconds
 
 
-CALIBRATED_FIELDS = ("compute_efficiency", "bandwidth_efficiency", "overhead")
+CALIBRATED_FIELDS = ("compute_efficiency", "bandwidth_efficiency", "overhead_seconds")
 
 
-class Calibration(NamedTuple):
+@chex.dataclass(frozen=True)
+class Calibration:
     """Result of :func:`calibrate`.
 
-    accelerator: the preset with the fitted fields replaced.
-    predicted: the model's seconds for each row after the fit.
-    rms_log_error: root mean square of log(predicted / measured).
-    max_relative_error: largest |predicted / measured - 1|.
-    converged: whether L-BFGS reached its gradient tolerance.
+    Attributes:
+      hardware: the starting hardware with the fitted fields replaced.
+      predicted: the model's seconds for each row after the fit.
+      rms_log_error: root mean square of log(predicted / measured).
+      max_relative_error: largest |predicted / measured - 1|.
+      converged: whether L-BFGS reached its gradient tolerance.
     """
 
-    accelerator: hw.Accelerator
+    hardware: hw.Hardware
     predicted: jnp.ndarray
     rms_log_error: jnp.ndarray
     max_relative_error: jnp.ndarray
     converged: jnp.ndarray
 
 
-def calibrate(accelerator: hw.Accelerator, rows: StepTimes, *,
+def calibrate(hardware: hw.Hardware, rows: StepTimes, *,
               workload: hw.Workload | None = None, fields: Sequence[str] = CALIBRATED_FIELDS,
               prior_weight: float = 1e-6, max_steps: int = 200) -> Calibration:
-    """Fit the accelerator's efficiencies and overhead to measured step times.
+    """Fit the hardware's efficiencies and overhead to measured step times.
 
     Least squares on log(seconds): every step counts by its relative error, so
     a 0.2 ms draft step weighs as much as a 50 ms verification. The fitted
     fields are optimised as logarithms (they stay positive) with optax L-BFGS
-    (:func:`sdsl_jax.common.optimize.minimize`), starting from the given accelerator.
+    (:func:`sdsl_jax.common.optimize.minimize`), starting from the given hardware.
     ``prior_weight`` adds a tiny pull of each log field towards its starting
     value, so a field the data cannot see (compute efficiency when every step
     is bandwidth bound) stays at the preset instead of drifting.
 
     Args:
-      accelerator: the starting point (a preset); peak and bandwidth stay fixed.
+      hardware: the starting point (a preset); peak and bandwidth stay fixed.
       rows: measured steps (:func:`step_time_rows`, :func:`read_step_times`).
-      workload: KV-cache and shape assumptions (batch and context come from the rows).
+      workload: KV-cache and shape assumptions (batch size and context come from the rows).
       fields: which of ``compute_efficiency``, ``bandwidth_efficiency``,
-        ``overhead`` and ``sharpness`` to fit.
+        ``overhead_seconds`` and ``sharpness`` to fit.
     """
     fields = tuple(fields)
     allowed = CALIBRATED_FIELDS + ("sharpness",)
@@ -241,39 +245,40 @@ def calibrate(accelerator: hw.Accelerator, rows: StepTimes, *,
             raise ValueError(f"fields: cannot calibrate {name!r}; choose from {allowed}")
     if not fields:
         raise ValueError("fields: name at least one field to calibrate")
-    hw.check_accelerator(accelerator)
+    hw.check_hardware(hardware)
     _validate.check_positive("rows.seconds", rows.seconds)
     dtype = rows.seconds.dtype
-    accelerator = jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype), accelerator)
+    hardware = jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype), hardware)
     # Each field is fitted as its logarithm (sharpness p >= 1 as log(p - 1));
     # an overhead of exactly 0 has no logarithm, so it starts a little above.
-    theta0 = jnp.stack([jnp.log(accelerator[name] - 1) if name == "sharpness"
-                        else jnp.log(jnp.maximum(accelerator[name], 1e-9)) if name == "overhead"
-                        else jnp.log(accelerator[name]) for name in fields])
+    theta0 = jnp.stack([jnp.log(hardware[name] - 1) if name == "sharpness"
+                        else jnp.log(jnp.maximum(hardware[name], 1e-9))
+                        if name == "overhead_seconds" else jnp.log(hardware[name])
+                        for name in fields])
     workload = hw.Workload() if workload is None else workload
-    return _calibrate(fields, max_steps, accelerator, rows, workload, theta0,
+    return _calibrate(fields, max_steps, hardware, rows, workload, theta0,
                       jnp.asarray(prior_weight, dtype))
 
 
-def _with_free(fields, accelerator, theta):
-    return accelerator.replace(**{
+def _with_free(fields, hardware, theta):
+    return hardware.replace(**{
         name: 1 + jnp.exp(theta[i]) if name == "sharpness" else jnp.exp(theta[i])
         for i, name in enumerate(fields)})
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _calibrate(fields, max_steps, accelerator, rows, workload, theta0, prior_weight):
+def _calibrate(fields, max_steps, hardware, rows, workload, theta0, prior_weight):
     def loss(theta):
-        predicted = predict_step_times(_with_free(fields, accelerator, theta), rows, workload)
+        predicted = predict_step_times(_with_free(fields, hardware, theta), rows, workload)
         residuals = jnp.log(predicted) - jnp.log(rows.seconds)
         return 0.5 * jnp.mean(residuals**2) + 0.5 * prior_weight * jnp.sum((theta - theta0) ** 2)
 
     solution = minimize(loss, theta0, max_steps=max_steps)
-    fitted = _with_free(fields, accelerator, solution.params)
+    fitted = _with_free(fields, hardware, solution.params)
     predicted = predict_step_times(fitted, rows, workload)
     log_error = jnp.log(predicted) - jnp.log(rows.seconds)
     return Calibration(
-        accelerator=fitted, predicted=predicted,
+        hardware=fitted, predicted=predicted,
         rms_log_error=jnp.sqrt(jnp.mean(log_error**2)),
         max_relative_error=jnp.max(jnp.abs(jnp.expm1(log_error))),
         # Stopped by the gradient tolerance rather than by the step limit.

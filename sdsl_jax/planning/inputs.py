@@ -48,7 +48,7 @@ def checked_laws(positive: Mapping[str, ArrayLike],
 
 
 def cast(dtype, tree):
-    """Every leaf of the pytree ``tree`` (a law, an accelerator) as a jax array of ``dtype``."""
+    """Every leaf of the pytree ``tree`` (a law, a hardware roofline) as a jax array of ``dtype``."""
     return jax.tree_util.tree_map(lambda value: jnp.asarray(value, dtype), tree)
 
 

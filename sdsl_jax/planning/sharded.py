@@ -46,12 +46,15 @@ result back (gathered across processes).
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+if TYPE_CHECKING:
+    from sdsl_jax.planning.flop import DraftPlan
 
 AXIS = "configs"
 DEFAULT_CHUNK = 1 << 20
@@ -131,7 +134,7 @@ def stream_configs(fn: Callable, chunks: Iterable[Sequence[np.ndarray]], *, chun
     copied back, so device work and transfers overlap.
 
     ``shared``: pytrees passed to every call after the columns, replicated on
-    every device (the laws, an accelerator). Passed as arguments rather than
+    every device (the laws, the hardware). Passed as arguments rather than
     closed over, they stay runtime values: XLA folds closed-over constants into
     the arithmetic and may round differently from the eager call, which
     passes them to its jit as arguments.
@@ -238,14 +241,16 @@ def _draft_size_fn(fields: tuple[str, ...], method: str):
         result = planner.optimal_draft_size(target_params, draft_tokens, target_tokens,
                                             pretraining_law=pretraining_law,
                                             acceptance_law=acceptance_law, method=method)
-        return {name: result[name] for name in fields}
+        # None is an empty pytree: the fields not asked for never leave the device.
+        return result.replace(**{name: None for name in result.keys() if name not in fields})
 
     return plan
 
 
 def plan_sharded(target_params, draft_tokens, target_tokens, *, fields: Sequence[str] | None = None,
                  pretraining_law=None, acceptance_law=None, method: str = "bracket",
-                 chunk_size: int = DEFAULT_CHUNK, mesh: Mesh | None = None, dtype=None) -> dict:
+                 chunk_size: int = DEFAULT_CHUNK, mesh: Mesh | None = None,
+                 dtype=None) -> DraftPlan:
     """:func:`sdsl_jax.optimal_draft_size` for many configurations, over every device.
 
     Args:
@@ -256,7 +261,9 @@ def plan_sharded(target_params, draft_tokens, target_tokens, *, fields: Sequence
       chunk_size, mesh, dtype: as for :func:`map_configs`.
 
     Returns:
-      A dict of numpy arrays of the inputs' broadcast shape.
+      A :class:`~sdsl_jax.planning.flop.DraftPlan` of numpy arrays of the inputs'
+      broadcast shape, ``plans.draft_params`` or ``plans["draft_params"]``; the
+      fields not in ``fields`` are None.
     """
     from sdsl_jax.planning import flop as planner, inputs, solver
     names = tuple(planner.DraftPlan.__dataclass_fields__)

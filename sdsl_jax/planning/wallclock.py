@@ -130,19 +130,19 @@ class _Iteration(NamedTuple):
     target_compute: the target's compute seconds per new position per sequence
       (the whole batch), before the smooth maximum.
     target_memory: the target's memory seconds per step.
-    overhead, sharpness: of the accelerator.
+    overhead_seconds, sharpness: of the hardware.
     """
 
     acceptance: jnp.ndarray
     draft_seconds: jnp.ndarray
     target_compute: jnp.ndarray
     target_memory: jnp.ndarray
-    overhead: jnp.ndarray
+    overhead_seconds: jnp.ndarray
     sharpness: jnp.ndarray
 
 
 def _target_seconds(positions, it: _Iteration):
-    return hw.smooth_max(it.target_compute * positions, it.target_memory, it.sharpness) + it.overhead
+    return hw.smooth_max(it.target_compute * positions, it.target_memory, it.sharpness) + it.overhead_seconds
 
 
 def _iteration_seconds(gamma, it: _Iteration, scored: bool):
@@ -160,7 +160,7 @@ def _iteration_seconds_and_slope(gamma, it: _Iteration, scored: bool):
     # d smax(x, y) / dx = (x / smax)^(p - 1), with x = a (gamma + 1) the compute time.
     compute = it.target_compute * (gamma + 1)
     target = hw.smooth_max(compute, it.target_memory, it.sharpness)
-    seconds = gamma * it.draft_seconds + target + it.overhead
+    seconds = gamma * it.draft_seconds + target + it.overhead_seconds
     share = jnp.where(compute > 0, jnp.exp((it.sharpness - 1) * (
         jnp.log(jnp.where(compute > 0, compute, 1.0)) - jnp.log(target))), 0.0)
     return seconds, it.draft_seconds + it.target_compute * share
@@ -190,7 +190,7 @@ def _piecewise_start(it: _Iteration, scored: bool):
     # pieces give log S a single peak; the signs of their slopes at the corner
     # say which peak is the answer (or the corner itself), so one closed form
     # is evaluated, not two.
-    a, b, o, t_draft = it.target_compute, it.target_memory, it.overhead, it.draft_seconds
+    a, b, o, t_draft = it.target_compute, it.target_memory, it.overhead_seconds, it.draft_seconds
     finite = a > 0
     corner = jnp.maximum(b / jnp.where(finite, a, 1.0) - 1, 0.0)
     rate = _neg_log_acceptance(alpha)
@@ -266,7 +266,7 @@ class _Context(NamedTuple):
     """The FLOP planner's context plus the hardware; every leaf differentiable."""
 
     base: flop.Context
-    accelerator: hw.Accelerator
+    hardware: hw.Hardware
     workload: hw.Workload
     draft_bytes_per_param: jnp.ndarray
     target_compute: jnp.ndarray  # target compute seconds per position (module doc)
@@ -275,12 +275,12 @@ class _Context(NamedTuple):
 
 def _iteration_at(log_draft, ctx: _Context) -> _Iteration:
     alpha, _, _ = flop.acceptance_at(log_draft, ctx.base)
-    compute, memory = hw.roofline_times(ctx.accelerator, jnp.exp(log_draft), 1.0,
+    compute, memory = hw.roofline_times(ctx.hardware, jnp.exp(log_draft), 1.0,
                                         ctx.draft_bytes_per_param, ctx.workload)
-    acc = ctx.accelerator
-    draft_seconds = hw.smooth_max(compute, memory, acc.sharpness) + acc.overhead
+    hardware = ctx.hardware
+    draft_seconds = hw.smooth_max(compute, memory, hardware.sharpness) + hardware.overhead_seconds
     return _Iteration(throughput.cap_acceptance(alpha), draft_seconds, ctx.target_compute,
-                      ctx.target_memory, acc.overhead, acc.sharpness)
+                      ctx.target_memory, hardware.overhead_seconds, hardware.sharpness)
 
 
 def _log_speedup_at(it: _Iteration, gamma, scored: bool):
@@ -325,11 +325,11 @@ _OBJECTIVES = {
 
 
 def _context(target_params, draft_tokens, target_tokens, pretraining_law, acceptance_law,
-             accelerator, workload, draft_bytes, target_bytes) -> _Context:
+             hardware, workload, draft_bytes, target_bytes) -> _Context:
     base = flop.context(target_params, draft_tokens, target_tokens, pretraining_law, acceptance_law)
-    target_compute, target_memory = hw.roofline_times(accelerator, target_params, 1.0,
+    target_compute, target_memory = hw.roofline_times(hardware, target_params, 1.0,
                                                       target_bytes, workload)
-    return _Context(base, accelerator, workload, jnp.asarray(draft_bytes, target_params.dtype),
+    return _Context(base, hardware, workload, jnp.asarray(draft_bytes, target_params.dtype),
                     target_compute, target_memory)
 
 
@@ -356,7 +356,7 @@ def _report(ctx: _Context, log_draft, scored: bool, clipped_at_cap, at_bound) ->
         raw_acceptance=acceptance_lib.raw_acceptance(ctx.base.acceptance_law, draft_ppl,
                                                      ctx.base.target_perplexity),
         clipped_at_cap=clipped_at_cap, at_bound=at_bound)
-    rate = ctx.workload.batch / one_step
+    rate = ctx.workload.batch_size / one_step
     return WallClockPlan(**fields, target_perplexity=ctx.base.target_perplexity,
                          tokens_per_second=fields["speedup"] * rate,
                          integer_tokens_per_second=fields["integer_speedup"] * rate,
@@ -402,14 +402,14 @@ def _prepare(positive, hardware, workload, draft_precision, target_precision, ve
     given = inputs.planner_inputs(positive, pretraining_law, acceptance_law)
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
-    accelerator = hw.hardware_preset(hardware) if isinstance(hardware, str) else hardware
+    hardware = hw.hardware_preset(hardware) if isinstance(hardware, str) else hardware
     workload = hw.Workload() if workload is None else workload
-    hw.check_accelerator(accelerator)
+    hw.check_hardware(hardware)
     hw.check_workload(workload)
     dtype = given.dtype
     return verify == "scored", given.values + (
         given.pretraining_law, given.acceptance_law,
-        inputs.cast(dtype, accelerator), inputs.cast(dtype, workload),
+        inputs.cast(dtype, hardware), inputs.cast(dtype, workload),
         _bytes("draft_precision", draft_precision, dtype),
         _bytes("target_precision", target_precision, dtype))
 
@@ -419,7 +419,7 @@ def optimal_draft_size_wallclock(
     draft_tokens: ArrayLike,
     target_tokens: ArrayLike,
     *,
-    hardware: hw.Accelerator | str,
+    hardware: hw.Hardware | str,
     workload: hw.Workload | None = None,
     draft_precision: ArrayLike | str = "bf16",
     target_precision: ArrayLike | str = "bf16",
@@ -434,10 +434,10 @@ def optimal_draft_size_wallclock(
     Args:
       target_params, draft_tokens, target_tokens: M, D, D' as for
         :func:`sdsl_jax.optimal_draft_size`, any broadcast shape.
-      hardware: an :class:`~sdsl_jax.planning.hardware.Accelerator` or a preset name
+      hardware: a :class:`~sdsl_jax.planning.hardware.Hardware` or a preset name
         ("H100", "A100", "H200", "TPU-v5e", "CPU").
-      workload: batch, context and model-shape assumptions
-        (:class:`~sdsl_jax.planning.hardware.Workload`; default batch 1, context 2048).
+      workload: batch size, context and model-shape assumptions
+        (:class:`~sdsl_jax.planning.hardware.Workload`; default batch size 1, context 2048).
       draft_precision, target_precision: weight precision, a name ("bf16",
         "fp8", "int4", ...) or bytes per parameter.
       verify: "scored" (the verification scores gamma + 1 positions, its
@@ -448,7 +448,7 @@ def optimal_draft_size_wallclock(
 
     Returns:
       A :class:`WallClockPlan`. jit, vmap and grad work through it: gradients
-      of N* (with respect to M, D, D', the laws, the accelerator and the
+      of N* (with respect to M, D, D', the laws, the hardware and the
       workload) come from the implicit function theorem, and those of the
       speedup by the envelope theorem.
     """
@@ -469,7 +469,7 @@ def evaluate_draft_wallclock(
     draft_tokens: ArrayLike,
     target_tokens: ArrayLike,
     *,
-    hardware: hw.Accelerator | str,
+    hardware: hw.Hardware | str,
     workload: hw.Workload | None = None,
     draft_precision: ArrayLike | str = "bf16",
     target_precision: ArrayLike | str = "bf16",

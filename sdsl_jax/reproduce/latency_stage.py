@@ -89,7 +89,7 @@ def run(ctx: Context) -> dict:
     predicted = {p["target"]: p for p in ctx.run.output("predict")["targets"]}
     tokens = float(preset.train_tokens)
     context = preset.prompt_len + preset.max_new_tokens // 2
-    workload = hw.Workload(batch=1.0, context=float(context), kv_bytes_per_value=FP32_BYTES,
+    workload = hw.Workload(batch_size=1.0, context=float(context), kv_bytes_per_value=FP32_BYTES,
                            aspect_ratio=aspect_ratio(preset.sizes()))
 
     table = []
@@ -126,10 +126,10 @@ def run(ctx: Context) -> dict:
         laws = load_laws(os.path.join(ctx.run.root, ctx.run.output("acceptance")["laws_file"]))
         steps = step_time_rows(loop, source="measured step times")
         calibration = calibrate(hw.hardware_preset(preset.hardware), steps, workload=workload)
-        accelerator = calibration.accelerator
+        hardware = calibration.hardware
         targets = sorted(preset.targets, key=size_params)
         target_params = jnp.asarray([size_params(t) for t in targets], jnp.float64)
-        common = dict(hardware=accelerator, workload=workload, draft_precision=FP32_BYTES,
+        common = dict(hardware=hardware, workload=workload, draft_precision=FP32_BYTES,
                       target_precision=FP32_BYTES, verify="scored",
                       pretraining_law=laws.pretraining_law, acceptance_law=laws.acceptance_law)
         wall = latency_planner.optimal_draft_size_wallclock(target_params, tokens, tokens, **common)
@@ -138,7 +138,7 @@ def run(ctx: Context) -> dict:
         m = np.array([e["target_params"] for e in table], np.float64)
         law = chain.evaluate(laws, n, m, tokens, tokens, preset.lookahead)
         measured_alpha = np.array([e["acceptance"] for e in table], np.float64)
-        priced = _roofline(accelerator, workload, jnp.asarray(n), jnp.asarray(m),
+        priced = _roofline(hardware, workload, jnp.asarray(n), jnp.asarray(m),
                            float(preset.lookahead), jnp.asarray(law["acceptance"]),
                            jnp.asarray(measured_alpha))
         priced = {key: np.asarray(value, np.float64) for key, value in priced.items()}
@@ -147,7 +147,6 @@ def run(ctx: Context) -> dict:
                 e[key] = float(values[i])
             e["flop_predicted_speedup"] = float(law["speedup_at_lookahead"][i])
 
-    accel = {key: float(accelerator[key]) for key in accelerator.keys()}
     verdicts = []
     for k, target in enumerate(targets):
         rows = [e for e in table if e["target"] == target]
@@ -173,7 +172,7 @@ def run(ctx: Context) -> dict:
     return {"table": table, "verdicts": verdicts, "workload": {
                 "batch": 1, "context": context, "aspect_ratio": float(workload.aspect_ratio),
                 "precision_bytes": FP32_BYTES},
-            "hardware": preset.hardware, "accelerator": accel,
+            "hardware": preset.hardware, "accelerator": hw.hardware_record(hardware),
             "calibration": {"rms_log_error": float(calibration.rms_log_error),
                             "max_relative_error": float(calibration.max_relative_error),
                             "converged": bool(calibration.converged),
@@ -181,13 +180,13 @@ def run(ctx: Context) -> dict:
 
 
 @jax.jit
-def _roofline(accelerator, workload, draft_params, target_params, lookahead, law_alpha,
+def _roofline(hardware, workload, draft_params, target_params, lookahead, law_alpha,
               measured_alpha):
     """Step times the calibrated roofline gives each pair, and the speedup they imply at the
     measured lookahead: E(alpha, gamma) t_target(1) / (gamma t_draft + t_target(gamma + 1))."""
     from sdsl_jax.planning import hardware as hw
     from sdsl_jax.laws import throughput
-    step = lambda p, k: hw.step_time(accelerator, p, k, bytes_per_param=FP32_BYTES,
+    step = lambda p, k: hw.step_time(hardware, p, k, bytes_per_param=FP32_BYTES,
                                      workload=workload)
     t_draft, t_verify = step(draft_params, 1.0), step(target_params, lookahead + 1)
     t_target = step(target_params, 1.0)

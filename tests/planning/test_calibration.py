@@ -10,12 +10,13 @@ from sdsl_jax.planning import calibration
 from sdsl_jax.planning import hardware as hw
 
 
-def _as_dict(acc):
-    return {key: float(value) for key, value in acc.items()}
+def _as_dict(hardware):
+    """The fields under their file names, as conftest's numpy_step_time takes them."""
+    return hw.hardware_record(hardware)
 
 
-TRUE_ACCELERATOR = hw.hardware_preset("H100").replace(
-    compute_efficiency=0.42, bandwidth_efficiency=0.71, overhead=4.5e-4)
+TRUE_HARDWARE = hw.hardware_preset("H100").replace(
+    compute_efficiency=0.42, bandwidth_efficiency=0.71, overhead_seconds=4.5e-4)
 
 
 def _synthetic_rows(numpy_step_time, noise, seed=0, n=120):
@@ -25,19 +26,19 @@ def _synthetic_rows(numpy_step_time, noise, seed=0, n=120):
     batch = 2.0 ** rng.integers(0, 8, n)
     context = rng.uniform(0, 4096, n)
     bpp = rng.choice([1.0, 2.0], n)
-    clean = numpy_step_time(_as_dict(TRUE_ACCELERATOR), params, tokens, bpp, batch, context)
+    clean = numpy_step_time(_as_dict(TRUE_HARDWARE), params, tokens, bpp, batch, context)
     seconds = clean * np.exp(noise * rng.standard_normal(n))
     records = [dict(params=p, tokens_per_step=k, precision=b, batch=bb, context=c, seconds=s)
                for p, k, b, bb, c, s in zip(params, tokens, bpp, batch, context, seconds)]
     return records, (params, tokens, bpp, batch, context, seconds)
 
 
-def test_calibration_recovers_the_true_accelerator(x64, numpy_step_time):
+def test_calibration_recovers_the_true_hardware(x64, numpy_step_time):
     records, _ = _synthetic_rows(numpy_step_time, noise=0.0)
     fit = calibration.calibrate(hw.hardware_preset("H100"), calibration.step_time_rows(records), prior_weight=0.0)
     assert bool(fit.converged)
     for field in calibration.CALIBRATED_FIELDS:
-        assert float(fit.accelerator[field]) == pytest.approx(float(TRUE_ACCELERATOR[field]), rel=1e-6), field
+        assert float(fit.hardware[field]) == pytest.approx(float(TRUE_HARDWARE[field]), rel=1e-6), field
     assert float(fit.max_relative_error) < 1e-8
 
 
@@ -53,11 +54,11 @@ def test_calibration_matches_scipy_least_squares_on_noisy_times(x64, numpy_step_
 
     reference = least_squares(residuals, np.log([0.5, 0.8, 3e-4]), xtol=1e-15, ftol=1e-15, gtol=1e-15)
     for i, field in enumerate(calibration.CALIBRATED_FIELDS):
-        assert float(fit.accelerator[field]) == pytest.approx(np.exp(reference.x[i]), rel=1e-5), field
+        assert float(fit.hardware[field]) == pytest.approx(np.exp(reference.x[i]), rel=1e-5), field
     rms = np.sqrt(np.mean(reference.fun**2))
     assert float(fit.rms_log_error) == pytest.approx(rms, rel=1e-8)
     # 5% noise: the fitted model predicts the clean times to a few percent.
-    clean = numpy_step_time(_as_dict(TRUE_ACCELERATOR), params, tokens, bpp, batch, context)
+    clean = numpy_step_time(_as_dict(TRUE_HARDWARE), params, tokens, bpp, batch, context)
     assert np.max(np.abs(np.asarray(fit.predicted) / clean - 1)) < 0.05
 
 
@@ -72,10 +73,10 @@ def test_measure_records_become_draft_and_verify_rows(x64, tmp_path):
     path = tmp_path / "steps.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
     rows = calibration.read_step_times(path)
-    np.testing.assert_array_equal(rows.params, [1.25e8, 7e9, 7e9, 3.5e8, 1e9])
+    np.testing.assert_array_equal(rows.num_params, [1.25e8, 7e9, 7e9, 3.5e8, 1e9])
     np.testing.assert_array_equal(rows.tokens_per_step, [1, 5, 1, 1, 3])
     np.testing.assert_array_equal(rows.bytes_per_param, [2, 1, 1, 4, 2])
-    np.testing.assert_array_equal(rows.batch, [8, 8, 8, 1, 1])
+    np.testing.assert_array_equal(rows.batch_size, [8, 8, 8, 1, 1])
     np.testing.assert_array_equal(rows.context, [512, 512, 512, 0, 0])
     np.testing.assert_array_equal(rows.seconds, [2e-3, 2.5e-2, 2.2e-2, 3e-3, 4e-3])
 
@@ -125,5 +126,5 @@ def test_last_line_without_newline_is_a_record_and_the_file_is_left_alone(tmp_pa
     text = '{"params": 1e9, "seconds": 0.01}\n{"params": 2e9, "seconds": 0.02}'
     path.write_text(text)
     rows = calibration.read_step_times(path)
-    np.testing.assert_array_equal(np.asarray(rows.params), [1e9, 2e9])
+    np.testing.assert_array_equal(np.asarray(rows.num_params), [1e9, 2e9])
     assert path.read_text() == text

@@ -8,8 +8,9 @@ import pytest
 from sdsl_jax.planning import hardware as hw
 
 
-def _as_dict(acc):
-    return {key: float(value) for key, value in acc.items()}
+def _as_dict(hardware):
+    """The fields under their file names, as conftest's numpy_step_time takes them."""
+    return hw.hardware_record(hardware)
 
 
 def _grid():
@@ -24,7 +25,7 @@ def test_step_time_matches_numpy_formula(x64, name, numpy_step_time):
     acc = hw.hardware_preset(name)
     params, tokens, bpp, batch, context = _grid()
     ours = hw.step_time(acc, params, tokens, bytes_per_param=bpp,
-                        workload=hw.Workload(batch=batch, context=context))
+                        workload=hw.Workload(batch_size=batch, context=context))
     np.testing.assert_allclose(ours, numpy_step_time(_as_dict(acc), params, tokens, bpp, batch, context),
                                rtol=1e-12)
 
@@ -32,7 +33,7 @@ def test_step_time_matches_numpy_formula(x64, name, numpy_step_time):
 def test_limits_are_exactly_the_other_term(x64):
     acc = hw.hardware_preset("H100")
     params, tokens, bpp, batch, context = _grid()
-    workload = hw.Workload(batch=batch, context=context)
+    workload = hw.Workload(batch_size=batch, context=context)
     compute_only = hw.step_time(acc.replace(bandwidth=jnp.inf), params, tokens,
                                 bytes_per_param=bpp, workload=workload)
     memory_only = hw.step_time(acc.replace(peak_flops=jnp.inf), params, tokens,
@@ -42,7 +43,7 @@ def test_limits_are_exactly_the_other_term(x64):
     np.testing.assert_allclose(compute_only, flops / (989.4e12 * 0.5) + 3e-4, rtol=1e-14)
     np.testing.assert_allclose(memory_only, moved / (3.35e12 * 0.8) + 3e-4, rtol=1e-14)
     # Without attention or a cache, a weight step is exactly 2 P FLOPs per position.
-    np.testing.assert_allclose(hw.step_flops(7e9, 3.0, hw.Workload(batch=4.0, context=0.0)), 2 * 7e9 * 12)
+    np.testing.assert_allclose(hw.step_flops(7e9, 3.0, hw.Workload(batch_size=4.0, context=0.0)), 2 * 7e9 * 12)
 
 
 def test_model_shape_matches_published_shapes(x64):
@@ -77,11 +78,11 @@ def test_smooth_max_bounds_and_gradients(dtype):
 
 def test_gradients_match_finite_differences(x64):
     acc = hw.hardware_preset("A100")
-    workload = hw.Workload(batch=8.0, context=1024.0)
+    workload = hw.Workload(batch_size=8.0, context=1024.0)
 
-    def seconds(params, tokens, efficiency, batch):
+    def seconds(params, tokens, efficiency, batch_size):
         return hw.step_time(acc.replace(bandwidth_efficiency=efficiency), params, tokens,
-                            workload=workload.replace(batch=batch))
+                            workload=workload.replace(batch_size=batch_size))
 
     args = (3e9, 40.0, 0.8, 8.0)  # near the ridge, where both terms matter
     grads = jax.grad(seconds, argnums=(0, 1, 2, 3))(*args)
@@ -113,19 +114,28 @@ def test_presets_and_names():
     (dict(peak_flops=0.0), "peak_flops"),
     (dict(bandwidth=-1.0), "bandwidth"),
     (dict(compute_efficiency=0.0), "compute_efficiency"),
-    (dict(overhead=-1e-3), "overhead"),
+    (dict(overhead_seconds=-1e-3), "hardware.overhead_seconds"),
     (dict(sharpness=0.5), "sharpness"),
 ])
-def test_bad_accelerator_is_named(change, match):
+def test_bad_hardware_is_named(change, match):
     with pytest.raises(ValueError, match=match):
         hw.step_time(hw.hardware_preset("H100").replace(**change), 1e9)
 
 
 def test_bad_workload_and_inputs_are_named():
     acc = hw.hardware_preset("H100")
-    with pytest.raises(ValueError, match="workload.batch"):
-        hw.step_time(acc, 1e9, workload=hw.Workload(batch=0.0))
-    with pytest.raises(ValueError, match="params"):
+    with pytest.raises(ValueError, match="workload.batch_size"):
+        hw.step_time(acc, 1e9, workload=hw.Workload(batch_size=0.0))
+    with pytest.raises(ValueError, match="num_params"):
         hw.step_time(acc, -1e9)
     with pytest.raises(ValueError, match="tokens_per_step"):
         hw.step_time(acc, 1e9, 0.0)
+
+
+def test_hardware_record_keeps_the_file_names():
+    # What `sdsl plan --hardware --json` prints and the reproduce run writes:
+    # the overhead, in seconds, under "overhead", the fields in their order.
+    record = hw.hardware_record(hw.hardware_preset("H100"))
+    assert list(record) == ["peak_flops", "bandwidth", "compute_efficiency", "bandwidth_efficiency",
+                            "overhead", "sharpness"]
+    assert record["overhead"] == 3e-4 and all(type(v) is float for v in record.values())

@@ -68,14 +68,14 @@ FOUR_DEVICES = textwrap.dedent('''
     report["output_devices"] = len(out.sharding.device_set)
     report["shard_shapes"] = sorted({s.data.shape[0] for s in out.addressable_shards})
 
-    def wall(m, d, dp, accelerator, workload):
-        return lp.optimal_draft_size_wallclock(m, d, dp, hardware=accelerator, workload=workload).draft_params
+    def wall(m, d, dp, hardware, workload):
+        return lp.optimal_draft_size_wallclock(m, d, dp, hardware=hardware, workload=workload).draft_params
 
     k = 101
-    accelerator, workload = hw.hardware_preset("A100"), hw.Workload(batch=4.0)
-    walls = sharded.map_configs(wall, m[:k], d[:k], dp[:k], shared=(accelerator, workload))
+    hardware, workload = hw.hardware_preset("A100"), hw.Workload(batch_size=4.0)
+    walls = sharded.map_configs(wall, m[:k], d[:k], dp[:k], shared=(hardware, workload))
     report["wall_sharded_vs_single"] = differences(
-        {"draft_params": walls}, {"draft_params": wall(m[:k], d[:k], dp[:k], accelerator, workload)})
+        {"draft_params": walls}, {"draft_params": wall(m[:k], d[:k], dp[:k], hardware, workload)})
 
     rows, _ = acceptance_rows(synthetic_measurements(num_targets=5, num_drafts=7, seed=0))
     spread, count = sharded.shard_rows(rows)
@@ -135,6 +135,17 @@ def test_map_configs_broadcasts_and_chunks(x64):
     assert out["alpha"].shape == (3, 4)
     np.testing.assert_allclose(out["alpha"], fn(m, tokens, tokens)["alpha"], rtol=1e-13)
     assert sharded.padded_size(1001, 4) == 1004 and sharded.padded_size(0, 4) == 4
+
+
+def test_plan_sharded_returns_a_draft_plan_of_numpy_arrays():
+    m = np.array([[7e9], [70e9]])
+    plans = sharded.plan_sharded(m, [1e12, 15e12], 15e12, fields=["draft_params", "pays"])
+    assert isinstance(plans, sd.DraftPlan)
+    assert isinstance(plans.draft_params, np.ndarray) and plans.draft_params.shape == (2, 2)
+    assert plans["pays"].dtype == bool and plans.speedup is None and plans["lookahead"] is None
+    single = sd.optimal_draft_size(m, np.array([1e12, 15e12]), 15e12)
+    np.testing.assert_allclose(plans.draft_params, single.draft_params, rtol=1e-5)
+    np.testing.assert_array_equal(plans.pays, single.pays)
 
 
 def test_plan_sharded_names_bad_input():

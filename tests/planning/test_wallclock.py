@@ -52,7 +52,7 @@ def _best_speedup_general(a, seconds_draft, seconds_target):
     return max(-result.fun, 1.0)
 
 
-COMPUTE_BOUND = H100.replace(bandwidth=jnp.inf, overhead=0.0)
+COMPUTE_BOUND = H100.replace(bandwidth=jnp.inf, overhead_seconds=0.0)
 
 
 def _compute_bound_one_step(m):
@@ -80,16 +80,16 @@ def plans():
         # Forward mode through the compute-bound limit, with the plan itself as
         # its primal: one compilation for both.
         one_step = [jax.jvp(_compute_bound_one_step, (m,), (m,)) for m in TARGETS]
-        memory_bound = H100.replace(peak_flops=jnp.inf, overhead=0.0)
+        memory_bound = H100.replace(peak_flops=jnp.inf, overhead_seconds=0.0)
         return {
             "flop": _stack([sd.optimal_draft_size(m, TOKENS, TOKENS) for m in TARGETS]),
-            "general": wall(H100, hw.Workload(batch=8.0, context=2048.0)),
+            "general": wall(H100, hw.Workload(batch_size=8.0, context=2048.0)),
             "compute_one_step": _stack([plan for plan, _ in one_step]),
             # d/dlog M of every field, from jax.jvp with tangent M.
             "compute_one_step_per_log_target": _stack([tangent for _, tangent in one_step]),
             "compute_scored": wall(COMPUTE_BOUND, hw.Workload(context=0.0)),
-            "memory": wall(memory_bound, hw.Workload(batch=4.0, context=4096.0), draft_precision="fp8"),
-            "memory_plain": wall(memory_bound, hw.Workload(batch=4.0, context=0.0)),
+            "memory": wall(memory_bound, hw.Workload(batch_size=4.0, context=4096.0), draft_precision="fp8"),
+            "memory_plain": wall(memory_bound, hw.Workload(batch_size=4.0, context=0.0)),
         }
 
 
@@ -115,7 +115,8 @@ def test_compute_bound_scored_never_pays(plans):
 
 
 def _memory_law_grid(m, grid, draft_bpp, batch, context, numpy_step_time):
-    acc = dict({k: float(v) for k, v in H100.items()}, peak_flops=np.inf, overhead=0.0)
+    # numpy_step_time takes the fields under their file names (overhead in seconds: "overhead").
+    acc = dict(hw.hardware_record(H100), peak_flops=np.inf, overhead=0.0)
     seconds = lambda n, bpp: numpy_step_time(acc, n, 1.0, bpp, batch, context)
     return np.array([_best_speedup_linear(_acceptance(np.exp(s), m),
                                           seconds(np.exp(s), draft_bpp) / seconds(m, 2.0)) for s in grid])
@@ -137,7 +138,7 @@ def test_bandwidth_bound_is_the_memory_law(plans, numpy_step_time):
 
 def test_general_roofline_matches_brute_force(plans, numpy_step_time):
     wall = plans["general"]
-    acc = {k: float(v) for k, v in H100.items()}
+    acc = hw.hardware_record(H100)
     step = lambda n, k: numpy_step_time(acc, n, k, 2.0, 8.0, 2048.0)
 
     def speedup_at(s, m):
@@ -160,7 +161,7 @@ def test_general_roofline_matches_brute_force(plans, numpy_step_time):
 
 def test_integer_lookahead_is_the_best_integer(plans, numpy_step_time):
     wall = plans["general"]
-    acc = {k: float(v) for k, v in H100.items()}
+    acc = hw.hardware_record(H100)
     step = lambda n, k: numpy_step_time(acc, n, k, 2.0, 8.0, 2048.0)
     for i, m in enumerate(TARGETS):
         n, a = wall["draft_params"][i], wall["acceptance"][i]
@@ -174,21 +175,22 @@ def test_lookahead_solver_matches_bounded_search(x64):
     n = 300
     problem = dict(acceptance=rng.uniform(0.3, 0.995, n), draft_seconds=10 ** rng.uniform(-5, -2, n),
                    target_compute=10 ** rng.uniform(-5, -1, n), target_memory=10 ** rng.uniform(-3, -1, n),
-                   overhead=np.where(rng.uniform(size=n) < 0.3, 0.0, 10 ** rng.uniform(-5, -2, n)),
+                   overhead_seconds=np.where(rng.uniform(size=n) < 0.3, 0.0, 10 ** rng.uniform(-5, -2, n)),
                    sharpness=rng.choice([2.0, 8.0, 64.0], n))
     it = lp._Iteration(**{k: jnp.asarray(v) for k, v in problem.items()})
     gamma = np.asarray(jax.jit(lp._optimal_lookahead, static_argnums=0)(True, it))
     for i in range(n):
         a, td = problem["acceptance"][i], problem["draft_seconds"][i]
-        ca, cb, o, p = (problem[k][i] for k in ("target_compute", "target_memory", "overhead", "sharpness"))
+        ca, cb, o, p = (problem[k][i] for k in ("target_compute", "target_memory", "overhead_seconds", "sharpness"))
         target = lambda k: ((ca * k) ** p + cb**p) ** (1 / p) + o
         rate = lambda g: (1 - a ** (g + 1)) / (1 - a) * target(1.0) / (g * td + target(g + 1))
         assert rate(gamma[i]) >= _best_speedup_general(a, td, target) * (1 - 1e-12), i
 
 
-def _wall_outputs(m, batch, bandwidth, overhead):
-    p = lp.optimal_draft_size_wallclock(m, TOKENS, TOKENS, hardware=H100.replace(bandwidth=bandwidth, overhead=overhead),
-                                        workload=hw.Workload(batch=batch))
+def _wall_outputs(m, batch_size, bandwidth, overhead_seconds):
+    hardware = H100.replace(bandwidth=bandwidth, overhead_seconds=overhead_seconds)
+    p = lp.optimal_draft_size_wallclock(m, TOKENS, TOKENS, hardware=hardware,
+                                        workload=hw.Workload(batch_size=batch_size))
     return jnp.stack([p.draft_params, p.tokens_per_second, p.lookahead])
 
 
@@ -220,7 +222,7 @@ def test_evaluate_agrees_with_the_plan_at_its_own_optimum(x64, plans):
     wall = plans["general"]
     # Scalar calls, one compilation shared with the CLI test below.
     evaluate = lambda draft: _stack([lp.evaluate_draft_wallclock(
-        n, m, TOKENS, TOKENS, hardware=H100, workload=hw.Workload(batch=8.0, context=2048.0))
+        n, m, TOKENS, TOKENS, hardware=H100, workload=hw.Workload(batch_size=8.0, context=2048.0))
         for n, m in zip(draft, TARGETS)])
     again = evaluate(wall["draft_params"])
     for key in ("speedup", "lookahead", "tokens_per_second", "acceptance", "integer_lookahead"):
@@ -248,7 +250,7 @@ def test_float32_is_finite_across_presets():
     (dict(hardware="B200"), "B200"),
     (dict(draft_precision="fp7"), "draft_precision"),
     (dict(target_precision=-2.0), "target_precision"),
-    (dict(workload=hw.Workload(batch=-1.0)), "workload.batch"),
+    (dict(workload=hw.Workload(batch_size=-1.0)), "workload.batch_size"),
     (dict(target_params=0.0), "target_params"),
     (dict(method="newton"), "method"),
 ])
@@ -270,7 +272,7 @@ def test_cli_reports_both_optima(capsys, x64):
     code, out, err = _run(capsys, *argv, "--json")
     assert code == 0, err
     record = json.loads(out)
-    wall = lp.optimal_draft_size_wallclock(70e9, 15e12, 15e12, hardware="H100", workload=hw.Workload(batch=8.0))
+    wall = lp.optimal_draft_size_wallclock(70e9, 15e12, 15e12, hardware="H100", workload=hw.Workload(batch_size=8.0))
     flop = sd.optimal_draft_size(70e9, 15e12, 15e12)
     assert record["draft_params"] == pytest.approx(float(flop.draft_params), rel=1e-12)
     assert record["wallclock_optimal"]["draft_params"] == pytest.approx(float(wall.draft_params), rel=1e-12)
@@ -285,7 +287,7 @@ def test_cli_reports_both_optima(capsys, x64):
 
 
 def test_cli_calibrates_from_step_times(capsys, x64, tmp_path, numpy_step_time):
-    truth = {k: float(v) for k, v in H100.replace(bandwidth_efficiency=0.6, overhead=1e-3).items()}
+    truth = hw.hardware_record(H100.replace(bandwidth_efficiency=0.6, overhead_seconds=1e-3))
     # Step times from test_hardware's numpy transcription of the roofline (bf16, batch 1, context 2048).
     step = lambda params, tokens: float(numpy_step_time(truth, params, tokens, 2.0, 1.0, 2048.0))
     rows = []
