@@ -69,7 +69,7 @@ class ScipyJoint:
         drafts, self.d_idx = np.unique(key(rows.draft_params, rows.draft_tokens), return_inverse=True)
         targets, self.t_idx = np.unique(key(rows.target_params, rows.target_tokens), return_inverse=True)
         self.kd, self.kt = drafts.size, targets.size
-        self.lN = np.log(np.r_[drafts.real, targets.real, f(points.params)])
+        self.lN = np.log(np.r_[drafts.real, targets.real, f(points.num_params)])
         self.lD = np.log(np.r_[drafts.imag, targets.imag, f(points.tokens)])
         self.cN, self.cD = self.lN.mean(), self.lD.mean()
         self.log_loss = np.log(np.log(f(points.perplexity)))
@@ -139,7 +139,7 @@ def first_and_median(fn, repeats):
 
 
 def start_coefficients(rows, points):
-    pre = fit_pretraining_law(points.params, points.tokens, jnp.log(points.perplexity)).law
+    pre = fit_pretraining_law(points.num_params, points.tokens, jnp.log(points.perplexity)).law
     plane = fit_acceptance_law(rows).law
     return np.array([float(getattr(pre, f)) for f in COEFFICIENTS[:5]]
                     + [float(getattr(plane, f)) for f in COEFFICIENTS[5:]])
@@ -162,14 +162,14 @@ def bench_joint(args):
     data = joint_fit.prepare(rows, points)
     start = start_coefficients(rows, points)
     pre0 = joint_fit.theta_from_laws(*laws_of(start), data)[:5]
-    point_weight = jnp.ones(points.params.shape[0])
+    point_weight = jnp.ones(points.num_params.shape[0])
     _, solve, _ = first_and_median(lambda: joint_fit.refit(pre0, data, rows.weight, point_weight),
                                    args.repeats)
     stages = {
         "prepare (host)": float(np.median([timed(lambda: joint_fit.prepare(rows, points))[0]
                                            for _ in range(args.repeats)])),
         "Huber start": float(np.median([timed(lambda: fit_pretraining_law(
-            points.params, points.tokens, jnp.log(points.perplexity)))[0] for _ in range(args.repeats)])),
+            points.num_params, points.tokens, jnp.log(points.perplexity)))[0] for _ in range(args.repeats)])),
     }
 
     ref = ScipyJoint(rows, points)
@@ -215,7 +215,7 @@ def bench_bootstrap(args):
     # scipy on the first resamples, from the same point estimate, the same draw counts.
     row_key, point_key = jax.random.split(key)
     row_counts = np.asarray(resample_weights(row_key, side * side, args.resamples, jnp.float64))
-    point_counts = np.asarray(resample_weights(point_key, points.params.shape[0], args.resamples,
+    point_counts = np.asarray(resample_weights(point_key, points.num_params.shape[0], args.resamples,
                                                jnp.float64))
     ref = ScipyJoint(rows, points)
     u0 = ref.coordinates(np.asarray(fit.laws.coefficients))
@@ -297,7 +297,7 @@ def bench_parity(args):
             worst = max(worst, rel_diff([float(per.draft_coeff[t]), float(per.intercept[t])], ref.x).max())
         figures.setdefault("acceptance plane, per target (least_squares)", []).append(worst)
 
-        N, D, L = f(points.params), f(points.tokens), np.log(f(points.perplexity))
+        N, D, L = f(points.num_params), f(points.tokens), np.log(f(points.perplexity))
         huber = fit_pretraining_law(N, D, L)
         lN, lD, lL = np.log(N), np.log(D), np.log(L)
         # scipy from the starts the fit polishes (the best of its exponent grid), keeping the best.

@@ -9,7 +9,7 @@ kinds of observation feed the fits:
   accepted/trials counts by the Wilson interval, or from the reported
   acceptance_low/acceptance_high. A measurement with ten times the trials
   counts ten times as much, which is what an inverse-variance fit means.
-* perplexity points: each distinct (params, tokens, perplexity) model that
+* perplexity points: each distinct (num_params, tokens, perplexity) model that
   appears as a draft or a target, for the pre-training law. A target measured
   against nine drafts is one point, not nine: duplicating it would weight the
   pre-training fit by how many drafts happened to be paired with it.
@@ -45,9 +45,9 @@ class AcceptanceRows:
 
 @chex.dataclass(frozen=True)
 class PerplexityPoints:
-    """Distinct (params, tokens, perplexity) models; leaves have shape (k,)."""
+    """Distinct (num_params, tokens, perplexity) models; leaves have shape (k,)."""
 
-    params: jnp.ndarray
+    num_params: jnp.ndarray
     tokens: jnp.ndarray
     perplexity: jnp.ndarray
 
@@ -148,5 +148,5 @@ def points_from_columns(cols, dtype=None) -> PerplexityPoints:
     ]).astype(np.float64)
     unique = np.unique(stacked, axis=0)
     as_float = lambda v: jnp.asarray(v, dtype or jnp.result_type(float))
-    return PerplexityPoints(params=as_float(unique[:, 0]), tokens=as_float(unique[:, 1]),
+    return PerplexityPoints(num_params=as_float(unique[:, 0]), tokens=as_float(unique[:, 1]),
                             perplexity=as_float(unique[:, 2]))

@@ -207,7 +207,7 @@ def prepare(rows: AcceptanceRows, points: PerplexityPoints) -> JointData:
         pairs, row_pair = np.arange(kd * kt), pair_id
     else:
         pairs, row_pair = np.unique(pair_id, return_inverse=True)
-    point_log_params = np.log(np.asarray(points.params, np.float64))
+    point_log_params = np.log(np.asarray(points.num_params, np.float64))
     point_log_tokens = np.log(np.asarray(points.tokens, np.float64))
     log_params = np.concatenate([np.log(drafts.real), np.log(targets.real), point_log_params])
     log_tokens = np.concatenate([np.log(drafts.imag), np.log(targets.imag), point_log_tokens])
@@ -415,7 +415,7 @@ def check_inputs(rows: AcceptanceRows, points: PerplexityPoints, fit_target_coef
         raise TypeError(f"rows must be AcceptanceRows, got {type(rows).__name__}")
     if not isinstance(points, PerplexityPoints):
         raise TypeError(f"points must be PerplexityPoints, got {type(points).__name__}")
-    n, p = rows.acceptance.shape[0], points.params.shape[0]
+    n, p = rows.acceptance.shape[0], points.num_params.shape[0]
     if n < 4:
         raise ValueError(f"the end-to-end fit needs at least 4 acceptance measurements, got {n}")
     if p < 5:
@@ -453,7 +453,7 @@ def fit_joint(rows: AcceptanceRows, points: PerplexityPoints, *, start=None,
     check_inputs(rows, points, fit_target_coeff)
     data = prepare(rows, points)
     if start is None:
-        pre = pretraining_fit.fit_pretraining_law(points.params, points.tokens,
+        pre = pretraining_fit.fit_pretraining_law(points.num_params, points.tokens,
                                                   jnp.log(points.perplexity)).law
     else:
         pre = start[0]
@@ -564,7 +564,7 @@ def bootstrap_joint(fit: JointFit, rows: AcceptanceRows, points: PerplexityPoint
     row_key, point_key = jax.random.split(key)
     dtype = fit.theta.dtype
     row_counts = resample_weights(row_key, rows.acceptance.shape[0], num_resamples, dtype)
-    point_counts = resample_weights(point_key, points.params.shape[0], num_resamples, dtype)
+    point_counts = resample_weights(point_key, points.num_params.shape[0], num_resamples, dtype)
     thetas, decrement = _bootstrap(fit.theta, data, rows.weight, row_counts, point_counts,
                                    fit_target_coeff=fit_target_coeff, warm_steps=warm_steps,
                                    batch_size=min(batch_size, num_resamples))

@@ -126,8 +126,8 @@ def profiled_starts(log_params, log_tokens, losses, weight, exponents):
 
 
 @functools.partial(jax.jit, static_argnames=("max_steps", "refine"))
-def _fit(params, tokens, losses, weight, starts, exponents, max_steps, refine):
-    log_params, log_tokens, log_loss = jnp.log(params), jnp.log(tokens), jnp.log(losses)
+def _fit(num_params, tokens, losses, weight, starts, exponents, max_steps, refine):
+    log_params, log_tokens, log_loss = jnp.log(num_params), jnp.log(tokens), jnp.log(losses)
     if starts is None:
         grid, values = profiled_starts(log_params, log_tokens, losses, weight, exponents)
         starts = grid[jnp.argsort(values)[:refine]]
@@ -158,13 +158,13 @@ def _fit(params, tokens, losses, weight, starts, exponents, max_steps, refine):
                           converged=jnp.isfinite(values[best]) & (solutions.steps[best] < max_steps))
 
 
-def fit_pretraining_law(params, tokens, losses, weight=None, *, exponents=DEFAULT_EXPONENTS,
+def fit_pretraining_law(num_params, tokens, losses, weight=None, *, exponents=DEFAULT_EXPONENTS,
                         refine: int = DEFAULT_REFINE, starts=None,
                         max_steps: int = 300) -> PretrainingFit:
     """Fit E, A, B, a, b to loss points (N, D, L) by Huber regression on log L.
 
     Args:
-      params, tokens, losses: N, D and the loss L in nats (L = log perplexity),
+      num_params, tokens, losses: N, D and the loss L in nats (L = log perplexity),
         1-D arrays of the same length (at least 5 points: the law has 5
         coefficients).
       weight: optional per-point weight (a bootstrap's resample counts).
@@ -174,19 +174,21 @@ def fit_pretraining_law(params, tokens, losses, weight=None, *, exponents=DEFAUL
         (log E, log A, log B, a, b), replacing the grid (e.g. one warm start
         when refitting a bootstrap resample).
     """
-    params, tokens, losses = (jnp.asarray(v, jnp.result_type(v, float)) for v in (params, tokens, losses))
-    dtype = jnp.result_type(params, tokens, losses)
-    params, tokens, losses = (v.astype(dtype) for v in (params, tokens, losses))
-    if params.ndim != 1 or not params.shape == tokens.shape == losses.shape:
-        raise ValueError("params, tokens and losses must be 1-D arrays of one length, got shapes "
-                         f"{params.shape}, {tokens.shape}, {losses.shape}")
-    if params.shape[0] < 5:
-        raise ValueError(f"the pre-training law has 5 coefficients; {params.shape[0]} points cannot fix them")
-    for name, value in (("params", params), ("tokens", tokens), ("losses", losses)):
+    num_params, tokens, losses = (jnp.asarray(v, jnp.result_type(v, float))
+                                  for v in (num_params, tokens, losses))
+    dtype = jnp.result_type(num_params, tokens, losses)
+    num_params, tokens, losses = (v.astype(dtype) for v in (num_params, tokens, losses))
+    if num_params.ndim != 1 or not num_params.shape == tokens.shape == losses.shape:
+        raise ValueError("num_params, tokens and losses must be 1-D arrays of one length, got shapes "
+                         f"{num_params.shape}, {tokens.shape}, {losses.shape}")
+    if num_params.shape[0] < 5:
+        raise ValueError(f"the pre-training law has 5 coefficients; {num_params.shape[0]} points "
+                         "cannot fix them")
+    for name, value in (("num_params", num_params), ("tokens", tokens), ("losses", losses)):
         _validate.check_positive(name, value)
-    weight = jnp.ones_like(params) if weight is None else jnp.asarray(weight, dtype)
+    weight = jnp.ones_like(num_params) if weight is None else jnp.asarray(weight, dtype)
     if starts is not None:
         starts = jnp.atleast_2d(jnp.asarray(starts, dtype))
     exponents = jnp.asarray(exponents, dtype)
     refine = min(int(refine), exponents.size**2)
-    return _fit(params, tokens, losses, weight, starts, exponents, max_steps, refine)
+    return _fit(num_params, tokens, losses, weight, starts, exponents, max_steps, refine)

@@ -58,8 +58,8 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
     plane = plane_fit.fit_acceptance_law(rows, use_target=target_varies)
     per_target = plane_fit.fit_per_target(rows, len(targets))
     huber = None
-    if points.params.shape[0] >= 5:
-        huber = pretraining_fit.fit_pretraining_law(points.params, points.tokens,
+    if points.num_params.shape[0] >= 5:
+        huber = pretraining_fit.fit_pretraining_law(points.num_params, points.tokens,
                                                     jnp.log(points.perplexity))
     joint = joint_fit.fit_joint(rows, points, start=None if huber is None else (huber.law, plane.law),
                                 fit_target_coeff=target_varies)
@@ -115,7 +115,7 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
         "source": measurements.source,
         "measurements": len(measurements),
         "targets": len(targets),
-        "models": int(points.params.shape[0]),
+        "models": int(points.num_params.shape[0]),
         "weighting": "interval" if weighted else "equal",
         "confidence": confidence,
         "acceptance_plane": {

@@ -68,16 +68,16 @@ def pretraining_preset(name: str = DEFAULT_PRESET) -> PretrainingLaw:
             f"unknown pre-training law preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
-def loss(law: PretrainingLaw, params: ArrayLike, tokens: ArrayLike) -> jnp.ndarray:
-    """L(N, D) in nats per token for N = ``params`` trained on D = ``tokens``.
+def loss(law: PretrainingLaw, num_params: ArrayLike, tokens: ArrayLike) -> jnp.ndarray:
+    """L(N, D) in nats per token for N = ``num_params`` trained on D = ``tokens``.
 
-    Broadcasts over params, tokens and the law's leaves. Non-positive sizes are
-    rejected when the inputs are concrete; under tracing they give NaN or inf.
+    Broadcasts over num_params, tokens and the law's leaves. Non-positive sizes
+    are rejected when the inputs are concrete; under tracing they give NaN or inf.
     """
-    _validate.check_positive("params", params)
+    _validate.check_positive("num_params", num_params)
     _validate.check_positive("tokens", tokens)
-    params, tokens = _as_float(params, tokens)
-    return (law.irreducible_loss + model_term(law, jnp.log(params))
+    num_params, tokens = _as_float(num_params, tokens)
+    return (law.irreducible_loss + model_term(law, jnp.log(num_params))
             + data_term(law, jnp.log(tokens)))
 
 
@@ -93,9 +93,9 @@ def data_term(law: PretrainingLaw, log_tokens: ArrayLike) -> jnp.ndarray:
     return law.data_coeff * jnp.exp(-law.data_exponent * log_tokens)
 
 
-def perplexity(law: PretrainingLaw, params: ArrayLike, tokens: ArrayLike) -> jnp.ndarray:
+def perplexity(law: PretrainingLaw, num_params: ArrayLike, tokens: ArrayLike) -> jnp.ndarray:
     """exp(L(N, D)): the perplexity the acceptance law takes as its input."""
-    return jnp.exp(loss(law, params, tokens))
+    return jnp.exp(loss(law, num_params, tokens))
 
 
 def _as_float(*values):

@@ -37,7 +37,7 @@ def run(ctx: Context) -> dict:
     points = ctx.run.output("train")["loss_points"]
     with jax.enable_x64(True):
         loss_points = PerplexityPoints(
-            params=jnp.asarray([p["params"] for p in points], jnp.float64),
+            num_params=jnp.asarray([p["params"] for p in points], jnp.float64),
             tokens=jnp.asarray([p["tokens"] for p in points], jnp.float64),
             perplexity=jnp.exp(jnp.asarray([p["validation_loss"] for p in points], jnp.float64)))
         try:

@@ -19,7 +19,7 @@ FIELDS = ("irreducible_loss", "param_coeff", "param_exponent", "data_coeff", "da
 LOG_SCALE = (True, True, False, True, False)  # fitted as logarithms: intervals symmetric in log
 
 
-def _delta_intervals(theta, params, tokens, loss):
+def _delta_intervals(theta, num_params, tokens, loss):
     """(estimate, low, high, identifiable, fitted loss) at the fitted point, in one compilation."""
     import jax.numpy as jnp
 
@@ -29,7 +29,7 @@ def _delta_intervals(theta, params, tokens, loss):
     from sdsl_jax.fitting.uncertainty import delta_method_covariance, normal_intervals
 
     def nll(t):
-        residual = jnp.log(loss) - pretraining_fit.predicted_log_loss(t, jnp.log(params),
+        residual = jnp.log(loss) - pretraining_fit.predicted_log_loss(t, jnp.log(num_params),
                                                                       jnp.log(tokens))
         return concentrated_nll(jnp.sum(residual**2), loss.size)
 
@@ -40,7 +40,7 @@ def _delta_intervals(theta, params, tokens, loss):
     covariance, identifiable = delta_method_covariance(nll, theta, natural, (True,) * 5, loss.size)
     estimate = natural(theta)
     low, high = normal_intervals(estimate, covariance, 0.95, log_scale=jnp.asarray(LOG_SCALE))
-    fitted = pretraining_law.loss(pretraining_fit.from_theta(theta), params, tokens)
+    fitted = pretraining_law.loss(pretraining_fit.from_theta(theta), num_params, tokens)
     return estimate, low, high, identifiable, fitted
 
 

@@ -93,7 +93,7 @@ class Reference:
         self.lNt, self.lDt = np.log(_np(rows.target_params)), np.log(_np(rows.target_tokens))
         self.alpha = _np(rows.acceptance)
         self.w = _np(rows.weight) if row_weight is None else _np(row_weight)
-        self.lNp, self.lDp = np.log(_np(points.params)), np.log(_np(points.tokens))
+        self.lNp, self.lDp = np.log(_np(points.num_params)), np.log(_np(points.tokens))
         self.log_loss = np.log(np.log(_np(points.perplexity)))
         self.pw = np.ones_like(self.lNp) if point_weight is None else _np(point_weight)
         self.cN = np.mean(np.r_[self.lNd, self.lNt])
@@ -254,7 +254,7 @@ def _huber_residuals(theta, lN, lD, lL):
 
 def test_huber_fit_matches_scipy_least_squares(design):
     points = design.points
-    N, D, L = _np(points.params), _np(points.tokens), np.log(_np(points.perplexity))
+    N, D, L = _np(points.num_params), _np(points.tokens), np.log(_np(points.perplexity))
     fit = fit_pretraining_law(N, D, L)
     assert bool(fit.converged)
     lN, lD, lL = np.log(N), np.log(D), np.log(L)
@@ -293,7 +293,7 @@ def test_huber_fit_matches_scipy_least_squares(design):
 
 def _start_coordinates(ref, rows, points):
     """The fit's own start: the Huber law, and the plane on measured perplexities."""
-    pre = fit_pretraining_law(points.params, points.tokens, jnp.log(points.perplexity)).law
+    pre = fit_pretraining_law(points.num_params, points.tokens, jnp.log(points.perplexity)).law
     plane = fit_acceptance_law(rows).law
     c = [float(getattr(pre, f)) for f in COEFFICIENTS[:5]] + [
         float(getattr(plane, f)) for f in COEFFICIENTS[5:]]
@@ -319,7 +319,7 @@ def test_joint_fit_matches_scipy(design):
     # The JAX objective in all eight coordinates agrees with the reference,
     # row by row and from the acceptance moments, away from the optimum too.
     data = joint_fit.prepare(design.rows, design.points)
-    point_weight = jnp.ones(design.points.params.shape[0])
+    point_weight = jnp.ones(design.points.num_params.shape[0])
     moments = joint_fit.acceptance_moments(data, design.rows.weight)
     # Under jit, as the fit runs them (and one compile each, not one per op).
     joint_objective, moment_objective = jax.jit(joint_fit.joint_objective), jax.jit(joint_fit.moment_objective)
@@ -417,7 +417,7 @@ def test_bootstrap_resample_matches_scipy(design, bootstrap):
     key, samples, decrement = bootstrap
     k = int(np.argmax(decrement < 1e-6))
     row_key, point_key = jax.random.split(jax.random.fold_in(key, k - k % CHUNK))
-    n, p = design.rows.acceptance.shape[0], design.points.params.shape[0]
+    n, p = design.rows.acceptance.shape[0], design.points.num_params.shape[0]
     row_counts = _np(resample_weights(row_key, n, CHUNK, jnp.float64))[k % CHUNK]
     point_counts = _np(resample_weights(point_key, p, CHUNK, jnp.float64))[k % CHUNK]
     assert row_counts.sum() == n and point_counts.sum() == p
@@ -571,11 +571,11 @@ def test_too_few_rows_and_unidentifiable_fits_are_named(design):
     with pytest.raises(ValueError, match="target coefficient cannot be told from the intercept"):
         fit_joint(one_target, points, fit_target_coeff=True)
     with pytest.raises(ValueError, match="5 coefficients; 4 points cannot fix them"):
-        fit_pretraining_law(points.params[:4], points.tokens[:4], jnp.log(points.perplexity[:4]))
+        fit_pretraining_law(points.num_params[:4], points.tokens[:4], jnp.log(points.perplexity[:4]))
     with pytest.raises(ValueError, match="1-D arrays of one length"):
-        fit_pretraining_law(points.params, points.tokens[:5], jnp.log(points.perplexity))
+        fit_pretraining_law(points.num_params, points.tokens[:5], jnp.log(points.perplexity))
     with pytest.raises(ValueError, match="tokens must be > 0"):
-        fit_pretraining_law(points.params, -points.tokens, jnp.log(points.perplexity))
+        fit_pretraining_law(points.num_params, -points.tokens, jnp.log(points.perplexity))
     with pytest.raises(ValueError, match="rows.target_index must lie in"):
         fit_per_target(rows, 3)
     with pytest.raises(ValueError, match="weight must have one entry per row"):

@@ -58,8 +58,8 @@ def test_law_is_a_pytree_for_grad_and_vmap(x64):
                                      sd.loss(sd.HOFFMANN_2022, 1e9, 1e12)], rtol=1e-14)
 
 
-@pytest.mark.parametrize("params,tokens,name", [(0.0, 1e12, "params"), (1e9, -5.0, "tokens"),
-                                                (float("nan"), 1e12, "params")])
-def test_bad_sizes_are_rejected(params, tokens, name):
+@pytest.mark.parametrize("num_params,tokens,name", [(0.0, 1e12, "num_params"), (1e9, -5.0, "tokens"),
+                                                    (float("nan"), 1e12, "num_params")])
+def test_bad_sizes_are_rejected(num_params, tokens, name):
     with pytest.raises(ValueError, match=name):
-        sd.loss(sd.BESIROGLU_2024, params, tokens)
+        sd.loss(sd.BESIROGLU_2024, num_params, tokens)
