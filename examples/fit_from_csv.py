@@ -68,15 +68,15 @@ def main(argv=None) -> None:
               f"{format_count(args.target_tokens)} tokens, the draft on {format_count(draft_tokens)}:")
         # The delta method needs the covariance, the bootstrap the resamples;
         # a fit whose data cannot give one has None there.
-        methods = [m for m, have in (("delta", laws.covariance), ("bootstrap", laws.samples))
-                   if have is not None]
-        for method in methods:
+        intervals = [kind for kind, have in (("delta", laws.covariance), ("bootstrap", laws.samples))
+                     if have is not None]
+        for interval in intervals:
             n_star = draft_size_interval(laws, args.target_params, draft_tokens, args.target_tokens,
-                                         method=method)
+                                         interval=interval)
             if not bool(n_star.plan.pays):
                 print("  no draft pays under these laws")
                 return
-            print(f"  N* = {format_count(float(n_star.plan.draft_params))}, 95% interval ({method}) "
+            print(f"  N* = {format_count(float(n_star.plan.draft_params))}, 95% interval ({interval}) "
                   f"{format_count(float(n_star.low))} to {format_count(float(n_star.high))}"
                   f" (speedup {float(n_star.plan.speedup):.2f}x at lookahead "
                   f"{int(n_star.plan.integer_lookahead)})")

@@ -154,19 +154,19 @@ def _draft_interval(args, draft_tokens) -> dict:
         if args.interval not in (None, "none"):
             raise UsageError("sdsl plan: --interval needs --laws FILE (presets carry no uncertainty)")
         return {}
-    method = args.interval or ("bootstrap" if fitted.samples is not None else "delta")
-    if method == "none":
+    interval = args.interval or ("bootstrap" if fitted.samples is not None else "delta")
+    if interval == "none":
         return {}
-    if method == "bootstrap" and fitted.samples is None:
+    if interval == "bootstrap" and fitted.samples is None:
         raise UsageError(f"sdsl plan: --interval bootstrap: {args.laws} has no bootstrap samples "
                          "(refit with `sdsl fit --bootstrap N`)")
-    if method == "delta" and fitted.covariance is None:
+    if interval == "delta" and fitted.covariance is None:
         raise UsageError(f"sdsl plan: --interval delta: {args.laws} has no covariance")
     from sdsl_jax.fitting.uncertainty import draft_size_interval
     result = draft_size_interval(fitted, args.target_params, draft_tokens, args.target_tokens,
-                                 method=method, confidence=args.confidence, solver=args.method)
+                                 interval=interval, confidence=args.confidence, method=args.method)
     return dict(draft_params_low=float(result.low), draft_params_high=float(result.high),
-                interval=method, confidence=args.confidence,
+                interval=interval, confidence=args.confidence,
                 pays_fraction=float(result.pays_fraction))
 
 

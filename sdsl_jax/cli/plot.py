@@ -196,7 +196,7 @@ def _throughput(args):
         raise UsageError("sdsl plot throughput: argument --points: must be at least 2")
     return plot_throughput(laws, args.target_params, args.target_tokens, args.draft_tokens,
                            draft_params=grid, metric=args.metric, interval=args.interval,
-                           confidence=args.confidence, solver=args.method, points=args.points,
+                           confidence=args.confidence, method=args.method, points=args.points,
                            laws_source=source, title=args.title)
 
 
@@ -228,7 +228,7 @@ def _latency(args):
         raise UsageError(f"{args.table}: cannot read ({err.strerror})") from None
     laws, source = _laws(args)
     try:
-        return plot_latency(table, laws, draft_tokens=args.draft_tokens, solver=args.method,
+        return plot_latency(table, laws, draft_tokens=args.draft_tokens, method=args.method,
                             laws_source=source, title=args.title)
     except LatencyError as err:
         raise UsageError(str(err)) from None
@@ -241,7 +241,7 @@ def _draft_size(args):
                            draft_tokens=args.draft_tokens, target_params_range=args.target_params_range,
                            draft_tokens_range=args.draft_tokens_range,
                            target_tokens_range=args.target_tokens_range, points=args.points,
-                           interval=args.interval, confidence=args.confidence, solver=args.method,
+                           interval=args.interval, confidence=args.confidence, method=args.method,
                            show_rule=not args.no_rule, laws_source=source, title=args.title)
 
 

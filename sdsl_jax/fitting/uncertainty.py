@@ -31,7 +31,7 @@ from sdsl_jax.common import validation as _validate
 from sdsl_jax.planning import flop as planner
 from sdsl_jax.fitting import laws as laws_lib
 
-METHODS = ("delta", "bootstrap")
+INTERVALS = ("delta", "bootstrap")
 
 
 def _inverse(matrix):
@@ -154,28 +154,29 @@ class DraftSizeInterval:
 
 
 def draft_size_interval(laws: laws_lib.FittedLaws, target_params, draft_tokens, target_tokens, *,
-                        method: str = "delta", confidence: float = 0.95,
-                        solver: str = "bracket", **plan_kwargs) -> DraftSizeInterval:
+                        interval: str = "delta", confidence: float = 0.95,
+                        method: str = "bracket", **plan_kwargs) -> DraftSizeInterval:
     """N* for the fitted laws, with an interval from their uncertainty.
 
-    method="delta" needs ``laws.covariance``: the interval is
+    interval="delta" needs ``laws.covariance``: the interval is
     N* exp(+- z sigma) with sigma^2 = g' Sigma g, g the gradient of log N*
     with respect to the eight coefficients (central differences, see
-    :func:`_log_n_star_gradient`). method="bootstrap" needs ``laws.samples``:
+    :func:`_log_n_star_gradient`). interval="bootstrap" needs ``laws.samples``:
     the planner runs on every resampled pair of laws (lax.map, in chunks of
-    SAMPLES_CHUNK) and the interval is the equal-tailed percentile range of N*. ``solver`` is the
-    planner's method; other keyword arguments go to the planner too.
+    SAMPLES_CHUNK) and the interval is the equal-tailed percentile range of N*.
+    ``method`` is the planner's ("bracket" or "gradient"); other keyword
+    arguments go to the planner too.
     """
-    plan_kwargs = dict(plan_kwargs, method=solver)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    plan_kwargs = dict(plan_kwargs, method=method)
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
     _validate.check_open_unit("confidence", confidence)
     plan = planner.optimal_draft_size(target_params, draft_tokens, target_tokens,
                                       pretraining_law=laws.pretraining_law,
                                       acceptance_law=laws.acceptance_law, **plan_kwargs)
-    if method == "delta":
+    if interval == "delta":
         if laws.covariance is None:
-            raise ValueError("method='delta' needs laws with a covariance (fit them, or use 'bootstrap')")
+            raise ValueError("interval='delta' needs laws with a covariance (fit them, or use 'bootstrap')")
         grads = _log_n_star_gradient(laws.coefficients, plan, target_params, draft_tokens,
                                      target_tokens, plan_kwargs)
         sigma = jnp.sqrt(jnp.clip(jnp.einsum("...i,ij,...j->...", grads, laws.covariance, grads), 0.0))
@@ -185,7 +186,7 @@ def draft_size_interval(laws: laws_lib.FittedLaws, target_params, draft_tokens, 
         return DraftSizeInterval(plan=plan, low=low, high=high,
                                  pays_fraction=plan.pays.astype(low.dtype))
     if laws.samples is None:
-        raise ValueError("method='bootstrap' needs laws with bootstrap samples (fit with a bootstrap)")
+        raise ValueError("interval='bootstrap' needs laws with bootstrap samples (fit with a bootstrap)")
     draws, pays = _plans_of_samples(laws.samples, plan.target_perplexity, target_params, draft_tokens,
                                     target_tokens, plan_kwargs)
     low, high = percentile_intervals(draws, confidence)

@@ -158,10 +158,10 @@ def _draw_laws(ax, laws, target_params, target_tokens, x_range, interval, confid
     if not 0 < low_x < high_x:
         raise ValueError(f"draft perplexity range must satisfy 0 < low < high, got {x_range}")
     x = np.linspace(low_x, high_x, 100)
-    method = bands.interval_method(laws, interval)
+    kind = bands.interval_method(laws, interval)
     laws = bands.finite_samples(laws)
-    if method == "bootstrap" and laws.samples is None:
-        method = None
+    if kind == "bootstrap" and laws.samples is None:
+        kind = None
     palette = style.colors(target_params.size)
     for k, (m, tokens) in enumerate(zip(target_params, target_tokens)):
         quantity = lambda v: _plane_line(v, x, m, tokens)
@@ -170,10 +170,10 @@ def _draw_laws(ax, laws, target_params, target_tokens, x_range, interval, confid
                           label=f"M = {format_count(m)}, D' = {format_count(tokens)} "
                                 f"(target perplexity y = {y:.3g})")
         line.set_gid(f"law:{k}")
-        limits = bands.band(quantity, laws, method, confidence)
+        limits = bands.band(quantity, laws, kind, confidence)
         if limits is not None:
             style.band(ax, x, *limits, palette[k], gid=f"band:{k}")
-    if method is not None:
-        ax.fill_between([], [], [], color="gray", alpha=0.3, label=bands.band_label(method, laws, confidence))
+    if kind is not None:
+        ax.fill_between([], [], [], color="gray", alpha=0.3, label=bands.band_label(kind, laws, confidence))
     a, b, c = (float(getattr(laws.acceptance_law, f)) for f in laws_lib.ACCEPTANCE_FIELDS)
     ax.plot([], [], " ", label=f"alpha = {a:.4g} x + {b:.4g} y + {c:.4g}")

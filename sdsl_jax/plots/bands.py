@@ -33,7 +33,7 @@ INTERVALS = ("auto", "bootstrap", "delta", "none")
 _MIN_BUCKET = 16
 # Jitted so the delta method's forward-mode pass through the planner compiles
 # once per shape, not on every call.
-_interval = jax.jit(draft_size_interval, static_argnames=("method", "confidence", "solver"))
+_interval = jax.jit(draft_size_interval, static_argnames=("interval", "confidence", "method"))
 
 
 def preset_laws(pretraining_name: str = pretraining.DEFAULT_PRESET,
@@ -55,13 +55,14 @@ def finite_samples(laws: laws_lib.FittedLaws) -> laws_lib.FittedLaws:
 
 
 def interval_method(laws: laws_lib.FittedLaws, requested: str = "auto") -> str | None:
-    """The band method to use: None when the laws carry nothing to draw one from.
+    """The band's interval kind, "bootstrap" or "delta": None when the laws carry
+    nothing to draw one from.
 
     "auto" takes the bootstrap when there are samples, else the delta method
     when there is a covariance, else no band.
 
     Raises:
-      ValueError: a method was asked for that the laws cannot support.
+      ValueError: an interval was asked for that the laws cannot support.
     """
     if requested not in INTERVALS:
         raise ValueError(f"interval must be one of {INTERVALS}, got {requested!r}")
@@ -79,20 +80,20 @@ def interval_method(laws: laws_lib.FittedLaws, requested: str = "auto") -> str |
     return requested
 
 
-def band(quantity, laws: laws_lib.FittedLaws, method: str | None, confidence: float = 0.95,
+def band(quantity, laws: laws_lib.FittedLaws, interval: str | None, confidence: float = 0.95,
          *, log: bool = False):
     """(low, high) numpy arrays bounding ``quantity(coefficient_vector)``, or None.
 
     Args:
       quantity: a JAX function of the (8,) coefficient vector returning an array.
       laws: the laws whose covariance or samples describe the uncertainty.
-      method: "bootstrap", "delta" or None (no band).
+      interval: "bootstrap", "delta" or None (no band), as :func:`interval_method` gives it.
       confidence: the band's level.
       log: for a positive quantity: the delta band is symmetric in its log.
     """
-    if method is None:
+    if interval is None:
         return None
-    if method == "bootstrap":
+    if interval == "bootstrap":
         values = np.asarray(jax.vmap(quantity)(laws.samples), np.float64)
         tail = 100 * (1 - confidence) / 2
         return (np.nanpercentile(values, tail, axis=0),
@@ -109,9 +110,9 @@ def band(quantity, laws: laws_lib.FittedLaws, method: str | None, confidence: fl
     return np.asarray(low, np.float64), np.asarray(high, np.float64)
 
 
-def band_label(method: str | None, laws: laws_lib.FittedLaws, confidence: float) -> str:
+def band_label(interval: str | None, laws: laws_lib.FittedLaws, confidence: float) -> str:
     """How a band was made, for a legend: '95% band (bootstrap, 200 resamples)'."""
-    if method == "bootstrap":
+    if interval == "bootstrap":
         return f"{confidence:.0%} band (bootstrap, {laws.samples.shape[0]} resamples)"
     return f"{confidence:.0%} band (delta method)"
 
@@ -120,7 +121,7 @@ def _bucket(count: int) -> int:
     return max(_MIN_BUCKET, 1 << (count - 1).bit_length())
 
 
-def _plan_per_configuration(vectors, target_params, draft_tokens, target_tokens, solver):
+def _plan_per_configuration(vectors, target_params, draft_tokens, target_tokens, method):
     """The planner for configuration i under coefficient vector i; numpy leaves of length n."""
     count = target_params.size
     size = _bucket(count)
@@ -129,16 +130,17 @@ def _plan_per_configuration(vectors, target_params, draft_tokens, target_tokens,
     pad = lambda a: jnp.asarray(np.resize(a, (size,) + a.shape[1:]), dtype)
     pre, acc = laws_lib.laws_from_vector(pad(vectors))
     plan = planner.optimal_draft_size(pad(target_params), pad(draft_tokens), pad(target_tokens),
-                                      pretraining_law=pre, acceptance_law=acc, method=solver)
+                                      pretraining_law=pre, acceptance_law=acc, method=method)
     return jax.tree_util.tree_map(lambda a: np.asarray(a)[:count], plan)
 
 
 def plan_draft_sizes(laws: laws_lib.FittedLaws, target_params, draft_tokens, target_tokens, *,
-                     method: str | None = None, confidence: float = 0.95, solver: str = "bracket"):
+                     interval: str | None = None, confidence: float = 0.95, method: str = "bracket"):
     """(plan, low, high) for 1-D arrays of configurations, as numpy.
 
     ``plan`` is the planner's :class:`~sdsl_jax.planning.flop.DraftPlan` with numpy
-    leaves. ``low`` and ``high`` bound N* (None when ``method`` is None):
+    leaves (``method``: the planner's, "bracket" or "gradient"). ``low`` and
+    ``high`` bound N* (None when ``interval`` is None):
 
     * "bootstrap": the equal-tailed percentiles of N* over the resampled laws
       (0 counted where a resample finds no paying draft), as
@@ -151,17 +153,17 @@ def plan_draft_sizes(laws: laws_lib.FittedLaws, target_params, draft_tokens, tar
                                    for v in (target_params, draft_tokens, target_tokens)))
     count = arrays[0].size
     point = np.broadcast_to(np.asarray(laws.coefficients, np.float64), (count, 8))
-    plan = _plan_per_configuration(point, *arrays, solver)
-    if method is None:
+    plan = _plan_per_configuration(point, *arrays, method)
+    if interval is None:
         return plan, None, None
-    if method == "bootstrap":
+    if interval == "bootstrap":
         samples = np.asarray(laws.samples, np.float64)
         draws = _plan_per_configuration(np.repeat(samples, count, axis=0),
-                                        *(np.tile(a, len(samples)) for a in arrays), solver)
+                                        *(np.tile(a, len(samples)) for a in arrays), method)
         n_star = draws.draft_params.reshape(len(samples), count)
         low, high = percentile_intervals(n_star, confidence)
         return plan, np.asarray(low, np.float64), np.asarray(high, np.float64)
     size = _bucket(count)
     padded = [jnp.asarray(np.resize(a, size), jnp.result_type(float)) for a in arrays]
-    result = _interval(laws, *padded, method=method, confidence=confidence, solver=solver)
+    result = _interval(laws, *padded, interval=interval, confidence=confidence, method=method)
     return plan, np.asarray(result.low)[:count], np.asarray(result.high)[:count]

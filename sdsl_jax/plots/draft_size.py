@@ -45,7 +45,7 @@ def plot_draft_size(laws: laws_lib.FittedLaws, *, target_params: float = 70e9,
                     target_tokens: float = 15e12, draft_tokens: float | None = None,
                     target_params_range=(1e9, 3e11), draft_tokens_range=(1e10, 1e14),
                     target_tokens_range=(1e10, 1e14), points: int = 40, interval: str = "auto",
-                    confidence: float = 0.95, solver: str = "bracket", show_rule: bool = True,
+                    confidence: float = 0.95, method: str = "bracket", show_rule: bool = True,
                     laws_source: str | None = None, title: str | None = None):
     """N* and N*/M against M, D and D' (2 x 3 panels).
 
@@ -55,6 +55,8 @@ def plot_draft_size(laws: laws_lib.FittedLaws, *, target_params: float = 70e9,
         (M, D', D); D defaults to D'.
       *_range: (low, high) of each sweep.
       points: configurations per sweep.
+      interval: the band on N*: "auto", "bootstrap", "delta" or "none".
+      method: the planner's, "bracket" or "gradient".
       show_rule: draw the paper's linear rule in the M column.
       laws_source: where the laws came from, for the title.
 
@@ -71,17 +73,17 @@ def plot_draft_size(laws: laws_lib.FittedLaws, *, target_params: float = 70e9,
     for name, (low, high) in ranges.items():
         if not 0 < low < high:
             raise ValueError(f"the range of {name} must satisfy 0 < low < high, got ({low}, {high})")
-    method = bands.interval_method(laws, interval)
+    kind = bands.interval_method(laws, interval)
     laws = bands.finite_samples(laws)
-    if method == "bootstrap" and laws.samples is None:
-        method = None
+    if kind == "bootstrap" and laws.samples is None:
+        kind = None
     sweeps = draft_size_grid(base, ranges, points)
     # All three sweeps and the base configuration in one planner call: one
     # compilation, one pass.
     stacked = [np.append(np.concatenate([sweep[k] for sweep in sweeps]), base[key])
                for k, key in ((2, "target_params"), (3, "draft_tokens"), (4, "target_tokens"))]
     plan, low, high = bands.plan_draft_sizes(laws, stacked[0], stacked[1], stacked[2],
-                                             method=method, confidence=confidence, solver=solver)
+                                             interval=kind, confidence=confidence, method=method)
     n_base = float(plan.draft_params[-1]) if plan.pays[-1] else np.nan
 
     fig, axes = style.new_figure(2, 3, width=15.5, height=8.4)
@@ -127,7 +129,7 @@ def plot_draft_size(laws: laws_lib.FittedLaws, *, target_params: float = 70e9,
         style.plain_axis(bottom.yaxis)
         bottom.set_ylabel("cost ratio N* / M")
     if low is not None:
-        axes[0].fill_between([], [], [], color="C0", alpha=0.3, label=bands.band_label(method, laws, confidence))
+        axes[0].fill_between([], [], [], color="C0", alpha=0.3, label=bands.band_label(kind, laws, confidence))
     axes[0].legend(fontsize=8, loc="upper left")
     heading = ("Throughput-optimal draft size N* as the target size and the training data vary"
                "\n(top: N* in parameters; bottom: N* as a fraction of the target size M)"

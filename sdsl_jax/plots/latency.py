@@ -199,11 +199,12 @@ def _read_parquet(source):
         raise LatencyError(f"{source}: not a readable Parquet file ({err})") from None
 
 
-def optimal_sizes(table: LatencyTable, laws, *, draft_tokens=None, solver: str = "bracket") -> np.ndarray:
+def optimal_sizes(table: LatencyTable, laws, *, draft_tokens=None, method: str = "bracket") -> np.ndarray:
     """N* for every row: the optimal_draft_params column where given, else the planner's.
 
-    The planner needs each row's target_tokens, and draft_tokens unless
-    ``draft_tokens`` (one D for every row) is given.
+    The planner (``method``: "bracket" or "gradient") needs each row's
+    target_tokens, and draft_tokens unless ``draft_tokens`` (one D for every
+    row) is given.
 
     Raises:
       LatencyError: the columns the prediction needs are missing, or no
@@ -227,7 +228,7 @@ def optimal_sizes(table: LatencyTable, laws, *, draft_tokens=None, solver: str =
                 f"{name!r} (or give N* itself in 'optimal_draft_params'"
                 f"{'' if name == 'target_tokens' else ', or --draft-tokens'})")
     plan, _, _ = bands.plan_draft_sizes(laws, cols["target_params"][need], d[need], d_target[need],
-                                        solver=solver)
+                                        method=method)
     if not np.all(plan.pays):
         row = int(np.flatnonzero(need)[np.flatnonzero(~plan.pays)[0]]) + 1
         raise LatencyError(f"{table.source}: row {row}: no draft size pays for the target "
@@ -237,7 +238,7 @@ def optimal_sizes(table: LatencyTable, laws, *, draft_tokens=None, solver: str =
     return n_star
 
 
-def plot_latency(table: LatencyTable, laws=None, *, draft_tokens=None, solver: str = "bracket",
+def plot_latency(table: LatencyTable, laws=None, *, draft_tokens=None, method: str = "bracket",
                  laws_source: str | None = None, title: str | None = None):
     """TTFT, TPOT and TTOT against |N - N*| / M, with 95% interval bars.
 
@@ -246,6 +247,7 @@ def plot_latency(table: LatencyTable, laws=None, *, draft_tokens=None, solver: s
       laws: FittedLaws to predict N* where the table does not give it
         (default: the published presets).
       draft_tokens: one D for every row, overriding the draft_tokens column.
+      method: the planner's, "bracket" or "gradient".
 
     Returns:
       The Figure: one Axes per latency column present, in the order ttft,
@@ -257,7 +259,7 @@ def plot_latency(table: LatencyTable, laws=None, *, draft_tokens=None, solver: s
 
     laws = bands.preset_laws() if laws is None else laws
     cols = table.columns
-    n_star = optimal_sizes(table, laws, draft_tokens=draft_tokens, solver=solver)
+    n_star = optimal_sizes(table, laws, draft_tokens=draft_tokens, method=method)
     distance = np.abs(cols["draft_params"] - n_star) / cols["target_params"]
     targets = _names(cols, "target")
     drafts = _names(cols, "draft")

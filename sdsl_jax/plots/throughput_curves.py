@@ -64,7 +64,7 @@ def default_draft_grid(plan_draft_params, target_params, points: int) -> np.ndar
 
 def plot_throughput(laws: laws_lib.FittedLaws, target_params, target_tokens, draft_tokens=None, *,
                     draft_params=None, metric: str = "speedup", interval: str = "auto",
-                    confidence: float = 0.95, solver: str = "bracket", points: int = 200,
+                    confidence: float = 0.95, method: str = "bracket", points: int = 200,
                     laws_source: str | None = None, title: str | None = None):
     """Predicted speedup (or tokens per FLOP) against draft size N, one curve per target.
 
@@ -77,6 +77,7 @@ def plot_throughput(laws: laws_lib.FittedLaws, target_params, target_tokens, dra
       draft_params: the draft sizes to evaluate (default: a log grid around every N*).
       metric: "speedup" (x over the target alone) or "tokens-per-flop".
       interval: "auto", "bootstrap", "delta" or "none".
+      method: the planner's, "bracket" or "gradient".
       points: size of the default grid.
       laws_source: where the laws came from, for the title.
 
@@ -91,13 +92,13 @@ def plot_throughput(laws: laws_lib.FittedLaws, target_params, target_tokens, dra
     count = target_params.size
     target_tokens = _per_target("target_tokens", target_tokens, count)
     draft_tokens = target_tokens if draft_tokens is None else _per_target("draft_tokens", draft_tokens, count)
-    method = bands.interval_method(laws, interval)
+    kind = bands.interval_method(laws, interval)
     laws = bands.finite_samples(laws)
-    if method == "bootstrap" and laws.samples is None:
-        method = None
+    if kind == "bootstrap" and laws.samples is None:
+        kind = None
 
     plan, n_low, n_high = bands.plan_draft_sizes(laws, target_params, draft_tokens, target_tokens,
-                                                 method=method, confidence=confidence, solver=solver)
+                                                 interval=kind, confidence=confidence, method=method)
     n_star = np.asarray(plan.draft_params, np.float64)
     pays = np.asarray(plan.pays)
     grid = (default_draft_grid(n_star, target_params, points) if draft_params is None
@@ -120,7 +121,7 @@ def plot_throughput(laws: laws_lib.FittedLaws, target_params, target_tokens, dra
             label += f", D = {format_count(draft_tokens[k])}"
         (line,) = ax.plot(n, curve * scale, color=palette[k], lw=2)
         line.set_gid(f"curve:{k}")
-        limits = bands.band(quantity, laws, method, confidence, log=True)
+        limits = bands.band(quantity, laws, kind, confidence, log=True)
         if limits is not None:
             style.band(ax, n, limits[0][inside] * scale, limits[1][inside] * scale, palette[k],
                        gid=f"band:{k}")
@@ -148,9 +149,9 @@ def plot_throughput(laws: laws_lib.FittedLaws, target_params, target_tokens, dra
         ax.set_ylabel("predicted speedup over the target alone (x)")
     style.grid(ax)
     marker_label = "N* (planner)"
-    if method is not None:
+    if kind is not None:
         marker_label += f" with its {confidence:.0%} interval [low, high]"
-        ax.fill_between([], [], [], color="gray", alpha=0.3, label=bands.band_label(method, laws, confidence))
+        ax.fill_between([], [], [], color="gray", alpha=0.3, label=bands.band_label(kind, laws, confidence))
     ax.plot([], [], "o", color="white", mec="black", mew=1.2, ms=8, label=marker_label)
     ax.legend(fontsize=8, loc="best", framealpha=0.9)
     ax.set_title(title or "Predicted throughput against draft size (speculative decoding)\n"

@@ -34,9 +34,9 @@ def run(ctx: Context) -> dict:
     pairs = preset.pairs()
     with jax.enable_x64(True):
         laws = load_laws(os.path.join(ctx.run.root, ctx.run.output("acceptance")["laws_file"]))
-        method = "bootstrap" if laws.samples is not None else "delta"
+        interval = "bootstrap" if laws.samples is not None else "delta"
         target_params = np.array([size_params(t) for t in targets], np.float64)
-        plan, low, high = bands.plan_draft_sizes(laws, target_params, tokens, tokens, method=method)
+        plan, low, high = bands.plan_draft_sizes(laws, target_params, tokens, tokens, interval=interval)
         at = chain.evaluate(laws, [size_params(d) for d, _ in pairs],
                             [size_params(t) for _, t in pairs], tokens, tokens, preset.lookahead)
     results = []
@@ -65,5 +65,5 @@ def run(ctx: Context) -> dict:
             "extrapolated": bool(plan.extrapolated[k]), "at_bound": bool(plan.at_bound[k]),
             "ladder": ladder, "pick": pick["draft"],
             "pick_pays": bool((pick["speedup_at_lookahead"] or 0.0) > 1.0)})
-    return {"interval_method": method, "confidence": 0.95, "measured_lookahead": preset.lookahead,
+    return {"interval_method": interval, "confidence": 0.95, "measured_lookahead": preset.lookahead,
             "targets": results}

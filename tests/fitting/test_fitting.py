@@ -456,7 +456,7 @@ def _log_n_star(vector):
 def test_delta_n_star_interval_matches_finite_differences(design):
     laws = design.joint.laws
     interval = draft_size_interval(laws, TARGET["target_params"], TARGET["draft_tokens"],
-                                   TARGET["target_tokens"], method="delta")
+                                   TARGET["target_tokens"], interval="delta")
     c = _np(laws.coefficients)
     steps = 1e-6 * np.abs(c)
     grad = np.array([(_log_n_star(c + h * e) - _log_n_star(c - h * e)) / (2 * h)
@@ -473,14 +473,14 @@ def test_bootstrap_n_star_interval_is_percentiles_of_refitted_plans(design, boot
     laws = FittedLaws(pretraining_law=design.joint.laws.pretraining_law,
                       acceptance_law=design.joint.laws.acceptance_law, samples=jnp.asarray(samples))
     interval = draft_size_interval(laws, TARGET["target_params"], TARGET["draft_tokens"],
-                                   TARGET["target_tokens"], method="bootstrap")
+                                   TARGET["target_tokens"], interval="bootstrap")
     n_stars = np.exp([_log_n_star(s) for s in samples])  # the planner, one resample at a time
     np.testing.assert_allclose([float(interval.low), float(interval.high)],
                                np.percentile(n_stars, [2.5, 97.5]), rtol=1e-9)
     assert float(interval.pays_fraction) == 1.0
     # The two routes to the uncertainty of N* agree on this well-determined set.
     delta = draft_size_interval(design.joint.laws, TARGET["target_params"], TARGET["draft_tokens"],
-                                TARGET["target_tokens"], method="delta")
+                                TARGET["target_tokens"], interval="delta")
     width = lambda i: np.log(float(i.high) / float(i.low))
     assert 0.75 < width(interval) / width(delta) < 1.25, (width(interval), width(delta))
 
@@ -609,10 +609,10 @@ def test_interval_needs_the_right_uncertainty(design):
                       acceptance_law=design.joint.laws.acceptance_law)
     args = (TARGET["target_params"], TARGET["draft_tokens"], TARGET["target_tokens"])
     with pytest.raises(ValueError, match="needs laws with a covariance"):
-        draft_size_interval(bare, *args, method="delta")
+        draft_size_interval(bare, *args, interval="delta")
     with pytest.raises(ValueError, match="needs laws with bootstrap samples"):
-        draft_size_interval(bare, *args, method="bootstrap")
-    with pytest.raises(ValueError, match="method must be one of"):
-        draft_size_interval(bare, *args, method="jackknife")
+        draft_size_interval(bare, *args, interval="bootstrap")
+    with pytest.raises(ValueError, match="interval must be one of"):
+        draft_size_interval(bare, *args, interval="jackknife")
     with pytest.raises(ValueError, match=r"confidence must lie in \(0, 1\)"):
         draft_size_interval(design.joint.laws, *args, confidence=95)
