@@ -28,14 +28,16 @@ def fitted(tmp_path_factory):
 
 
 def _run(capsys, argv):
+    # (the failed-resamples tests; the others take conftest's run_cli)
     code = cli.main(argv)
     out, err = capsys.readouterr()
     return code, out, err
 
 
-def test_fit_writes_laws_and_reports_intervals(fitted, capsys):
+@pytest.mark.slow
+def test_fit_writes_laws_and_reports_intervals(fitted, run_cli):
     folder, path = fitted
-    code, out, _ = _run(capsys, ["fit", str(path), "--bootstrap", "50", "--json"])
+    code, out, _ = run_cli(["fit", str(path), "--bootstrap", "50", "--json"])
     assert code == 0
     report = json.loads(out)
     laws_path = folder / "measurements.laws.json"
@@ -57,22 +59,23 @@ def test_fit_writes_laws_and_reports_intervals(fitted, capsys):
                                [coefficients[c]["estimate"] for c in COEFFICIENTS], rtol=1e-6)
 
 
-def test_fit_refuses_to_overwrite_and_plan_uses_the_laws(fitted, capsys):
+@pytest.mark.slow
+def test_fit_refuses_to_overwrite_and_plan_uses_the_laws(fitted, run_cli):
     folder, path = fitted
     laws_path = folder / "measurements.laws.json"
     if not laws_path.exists():
         pytest.fail("the fit test must run first (module order)")
-    code, _, err = _run(capsys, ["fit", str(path)])
+    code, _, err = run_cli(["fit", str(path)])
     assert code == 2 and "--overwrite" in err and err.count("\n") == 1
 
-    code, out, _ = _run(capsys, ["plan", "--laws", str(laws_path), "--target-params", "70B",
-                                 "--target-tokens", "15T", "--json"])
+    code, out, _ = run_cli(["plan", "--laws", str(laws_path), "--target-params", "70B",
+                            "--target-tokens", "15T", "--json"])
     assert code == 0
     plan = json.loads(out)
     assert plan["interval"] == "bootstrap" and plan["laws"] == str(laws_path)
     assert plan["draft_params_low"] < plan["draft_params"] < plan["draft_params_high"]
-    code, out, _ = _run(capsys, ["plan", "--laws", str(laws_path), "--target-params", "70B",
-                                 "--target-tokens", "15T", "--interval", "delta", "--json"])
+    code, out, _ = run_cli(["plan", "--laws", str(laws_path), "--target-params", "70B",
+                            "--target-tokens", "15T", "--interval", "delta", "--json"])
     delta = json.loads(out)
     assert delta["draft_params"] == plan["draft_params"]
     # Two routes to the same uncertainty: the widths agree within a factor of two.
@@ -203,10 +206,10 @@ draft_perplexity,target_perplexity,lookahead,accepted,trials
     (6, "4 loss points (distinct models) cannot fix them: measure pairs among at least 5 models"),
     (4, "3 measurements cannot determine the acceptance plane's 3 coefficients"),
 ])
-def test_a_handful_of_real_rows_is_refused_in_one_line(tmp_path, capsys, lines, needle):
+def test_a_handful_of_real_rows_is_refused_in_one_line(tmp_path, run_cli, lines, needle):
     path = tmp_path / "rows.csv"
     path.write_text("\n".join(REAL_ROWS.splitlines()[:lines]) + "\n")
-    code, _, err = _run(capsys, ["fit", str(path)])
+    code, _, err = run_cli(["fit", str(path)])
     assert code == 2 and needle in err and err.count("\n") == 1
     assert not (tmp_path / "rows.laws.json").exists()
 
@@ -219,24 +222,24 @@ def test_a_handful_of_real_rows_is_refused_in_one_line(tmp_path, capsys, lines, 
      "cannot read"),
     (["plan", "--target-params", "70B", "--target-tokens", "15T", "--interval", "delta"], "--laws"),
 ])
-def test_bad_fit_and_laws_input_is_one_line(capsys, argv, needle):
-    code, _, err = _run(capsys, argv)
+def test_bad_fit_and_laws_input_is_one_line(run_cli, argv, needle):
+    code, _, err = run_cli(argv)
     assert code == 2 and needle in err and err.count("\n") == 1
 
 
-def test_bad_measurement_file_names_row_and_column(tmp_path, capsys):
+def test_bad_measurement_file_names_row_and_column(tmp_path, run_cli):
     path = tmp_path / "m.csv"
     path.write_text("draft_params,target_params,draft_tokens,target_tokens,draft_perplexity,"
                     "target_perplexity,lookahead,acceptance\n"
                     "125M,7B,1T,2T,20,8,4,0.6\n125M,7B,1T,2T,20,8,4,1.7\n")
-    code, _, err = _run(capsys, ["fit", str(path)])
+    code, _, err = run_cli(["fit", str(path)])
     assert code == 2 and "m.csv" in err and "row 2" in err and "acceptance" in err
     assert err.count("\n") == 1
 
 
-def test_bad_laws_file_is_named(tmp_path, capsys):
+def test_bad_laws_file_is_named(tmp_path, run_cli):
     path = tmp_path / "laws.json"
     path.write_text(json.dumps({"pretraining_law": {"irreducible_loss": 1.8}, "acceptance_law": {}}))
-    code, _, err = _run(capsys, ["plan", "--laws", str(path), "--target-params", "70B",
-                                 "--target-tokens", "15T"])
+    code, _, err = run_cli(["plan", "--laws", str(path), "--target-params", "70B",
+                            "--target-tokens", "15T"])
     assert code == 2 and "laws.json" in err and "param_coeff" in err

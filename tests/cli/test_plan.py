@@ -8,18 +8,12 @@ import sys
 
 import pytest
 
-from sdsl_jax.cli import main, plan_csv
+from sdsl_jax.cli import plan_csv
 from sdsl_jax.cli.plan import PLAN_KEYS
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_plan_readable(capsys):
-    code, out, err = run(capsys, "plan", "--target-params", "70B", "--target-tokens", "15T")
+def test_plan_readable(run_cli):
+    code, out, err = run_cli("plan", "--target-params", "70B", "--target-tokens", "15T")
     assert code == 0, err
     assert "optimal draft size N*" in out and "281M parameters" in out
     for label in ("draft perplexity", "target perplexity", "acceptance alpha",
@@ -27,10 +21,10 @@ def test_plan_readable(capsys):
         assert label in out
 
 
-def test_plan_json_matches_library(capsys, x64):
+def test_plan_json_matches_library(run_cli, x64):
     import sdsl_jax as sd
-    code, out, _ = run(capsys, "plan", "--target-params", "70e9", "--target-tokens", "15e12",
-                       "--draft-tokens", "2T", "--json")
+    code, out, _ = run_cli("plan", "--target-params", "70e9", "--target-tokens", "15e12",
+                           "--draft-tokens", "2T", "--json")
     assert code == 0
     record = json.loads(out)
     for key in ("draft_params", "acceptance", "lookahead", "speedup", "integer_lookahead",
@@ -53,8 +47,8 @@ def test_plan_json_matches_library(capsys, x64):
     (["plan", "--target-params", "70B", "--target-tokens", "15T", "--bogus"], "--bogus"),
     (["frobnicate"], "frobnicate"),
 ])
-def test_bad_input_is_one_line_and_exit_2(capsys, argv, names):
-    code, out, err = run(capsys, *argv)
+def test_bad_input_is_one_line_and_exit_2(run_cli, argv, names):
+    code, out, err = run_cli(*argv)
     assert code == 2
     assert err.count("\n") == 1 and names in err and "Traceback" not in err
 
@@ -73,10 +67,10 @@ def _write_configs(path, rows):
             handle.write(",".join(row) + "\n")
 
 
-def test_csv_in_csv_out(tmp_path, capsys, small_chunks):
+def test_csv_in_csv_out(tmp_path, run_cli, small_chunks):
     src, dst = tmp_path / "configs.csv", tmp_path / "plans.csv"
     _write_configs(src, [("70B", "15T", ""), ("13e9", "1T", "300B"), ("405B", "15T", "15T")])
-    code, _, err = run(capsys, "plan", "--csv", str(src), "--out", str(dst))
+    code, _, err = run_cli("plan", "--csv", str(src), "--out", str(dst))
     assert code == 0, err
     rows = list(csv.DictReader(open(dst)))
     assert len(rows) == 3 and set(PLAN_KEYS) <= set(rows[0])
@@ -85,18 +79,18 @@ def test_csv_in_csv_out(tmp_path, capsys, small_chunks):
     sizes = [float(r["draft_params"]) for r in rows]
     assert sizes[2] > sizes[0] > sizes[1] > 0
     # An existing output is never overwritten silently.
-    code, _, err = run(capsys, "plan", "--csv", str(src), "--out", str(dst))
+    code, _, err = run_cli("plan", "--csv", str(src), "--out", str(dst))
     assert code == 2 and "--resume" in err
 
 
-def test_csv_resume_keeps_written_rows(tmp_path, capsys, small_chunks):
+def test_csv_resume_keeps_written_rows(tmp_path, run_cli, small_chunks):
     src, dst = tmp_path / "configs.csv", tmp_path / "plans.csv"
     _write_configs(src, [("70B", "15T", ""), ("13B", "1T", ""), ("405B", "15T", "")])
-    assert run(capsys, "plan", "--csv", str(src), "--out", str(dst))[0] == 0
+    assert run_cli("plan", "--csv", str(src), "--out", str(dst))[0] == 0
     full = open(dst).read().splitlines()
     # Simulate a run killed while writing its third row.
     open(dst, "w").write("\n".join(full[:3]) + "\n" + full[3][:10])
-    assert run(capsys, "plan", "--csv", str(src), "--out", str(dst), "--resume")[0] == 0
+    assert run_cli("plan", "--csv", str(src), "--out", str(dst), "--resume")[0] == 0
     assert open(dst).read().splitlines() == full
 
 
@@ -105,26 +99,27 @@ def test_csv_resume_keeps_written_rows(tmp_path, capsys, small_chunks):
     ("target_params,target_tokens\n70B,abc\n", "row 2, column target_tokens"),
     ("target_params,draft_tokens\n70B,15T\n", "missing column 'target_tokens'"),
 ])
-def test_csv_errors_name_file_row_and_column(tmp_path, capsys, body, match):
+def test_csv_errors_name_file_row_and_column(tmp_path, run_cli, body, match):
     src = tmp_path / "bad.csv"
     src.write_text(body)
-    code, _, err = run(capsys, "plan", "--csv", str(src))
+    code, _, err = run_cli("plan", "--csv", str(src))
     assert code == 2 and match in err and "bad.csv" in err and err.count("\n") == 1
 
 
-def test_missing_csv_file(tmp_path, capsys):
-    code, _, err = run(capsys, "plan", "--csv", str(tmp_path / "nope.csv"))
+def test_missing_csv_file(tmp_path, run_cli):
+    code, _, err = run_cli("plan", "--csv", str(tmp_path / "nope.csv"))
     assert code == 2 and "nope.csv" in err
 
 
-def test_rule_command(capsys):
-    code, out, _ = run(capsys, "rule", "--points", "6", "--json")
+def test_rule_command(run_cli):
+    code, out, _ = run_cli("rule", "--points", "6", "--json")
     assert code == 0
     record = json.loads(out)
     assert record["published"]["slope"] == 2.71e-3
     assert 0 < record["linear"]["slope"] < 1e-2 and record["linear"]["r2"] > 0.9
 
 
+@pytest.mark.slow
 def test_module_entry_points_run_the_command_line():
     # `python -m sdsl_jax.cli` and the older `python -m sdsl_jax.cli.main` are the same
     # program, and neither warns (runpy does when the package imports the module it runs).

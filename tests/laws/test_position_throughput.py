@@ -131,20 +131,17 @@ def test_bad_input_is_refused(call, message):
 # `sdsl plan --position-rates`.
 
 
-def _plan(capsys, *argv):
-    from sdsl_jax import cli
-    code = cli.main(["plan", *map(str, argv)])
-    out, err = capsys.readouterr()
-    return code, out, err
+def _plan(run_cli, *argv):
+    return run_cli("plan", *argv)
 
 
-def test_plan_from_a_measure_summary(tmp_path, capsys):
+def test_plan_from_a_measure_summary(tmp_path, run_cli):
     rates = [0.92, 0.8, 0.71, 0.6, 0.55, None]  # position 6 never reached
     summary = {"draft_model": "d", "target_model": "t", "lookahead": 6, "acceptance": 0.78,
                "position_rates": rates, "cost_ratio": 0.04}
     path = tmp_path / "summary.json"
     path.write_text(json.dumps(summary, indent=2))
-    code, out, err = _plan(capsys, "--position-rates", path, "--json")
+    code, out, err = _plan(run_cli, "--position-rates", path, "--json")
     assert code == 0, err
     assert "positions 6..6 were never reached" in err
     plan = json.loads(out)
@@ -158,22 +155,22 @@ def test_plan_from_a_measure_summary(tmp_path, capsys):
     assert plan["iid_acceptance"] == 0.78 and plan["iid_lookahead"] == iid
     assert plan["iid_speedup"] == pytest.approx(float(throughput.speedup(0.78, iid, 0.04)))
     # --cost-ratio overrides the file's; the text puts both answers side by side.
-    code, out, _ = _plan(capsys, "--position-rates", path, "--cost-ratio", 0.3)
+    code, out, _ = _plan(run_cli, "--position-rates", path, "--cost-ratio", 0.3)
     assert code == 0 and "cost ratio c = 0.3 (--cost-ratio)" in out
     assert "measured rates" in out and "i.i.d. law, alpha = 0.7800" in out
     assert "optimal lookahead" in out and "speedup" in out
 
 
-def test_plan_from_a_plain_list(tmp_path, capsys):
+def test_plan_from_a_plain_list(tmp_path, run_cli):
     path = tmp_path / "rates.json"
     path.write_text("[0.9, 0.9, 0.9]")
-    code, out, err = _plan(capsys, "--position-rates", path, "--cost-ratio", 0.01, "--json")
+    code, out, err = _plan(run_cli, "--position-rates", path, "--cost-ratio", 0.01, "--json")
     assert code == 0, err
     plan = json.loads(out)
     # Equal rates: the pooled alpha is that rate, and the best lookahead is the last measured.
     assert plan["iid_acceptance"] == pytest.approx(0.9)
     assert plan["lookahead"] == 3 and plan["at_bound"]
-    code, out, _ = _plan(capsys, "--position-rates", path, "--cost-ratio", 0.01)
+    code, out, _ = _plan(run_cli, "--position-rates", path, "--cost-ratio", 0.01)
     assert "measure at a longer lookahead" in out
 
 
@@ -186,14 +183,14 @@ def test_plan_from_a_plain_list(tmp_path, capsys):
     ('{"a": 1}\n{"b": 2}\n', ["--cost-ratio", "0.1"], "is not one JSON value"),
     ("[0.5]", ["--cost-ratio", "0.1", "--target-params", "7B"], "drop --target-params"),
 ])
-def test_plan_mistakes_are_one_line(tmp_path, capsys, content, argv, message):
+def test_plan_mistakes_are_one_line(tmp_path, run_cli, content, argv, message):
     path = tmp_path / "rates.json"
     path.write_text(content)
-    code, out, err = _plan(capsys, "--position-rates", path, *argv)
+    code, out, err = _plan(run_cli, "--position-rates", path, *argv)
     assert code == 2 and message in err and err.count("\n") == 1 and out == "", err
 
 
-def test_cost_ratio_needs_position_rates(capsys):
-    code, _, err = _plan(capsys, "--target-params", "7B", "--target-tokens", "2T",
-                         "--cost-ratio", "0.1")
+def test_cost_ratio_needs_position_rates(run_cli):
+    code, _, err = _plan(run_cli, "--target-params", "7B", "--target-tokens", "2T",
+                          "--cost-ratio", "0.1")
     assert code == 2 and "--cost-ratio goes with --position-rates" in err

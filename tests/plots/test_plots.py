@@ -15,7 +15,6 @@ import jax
 import numpy as np
 import pytest
 
-from sdsl_jax import cli
 from sdsl_jax.planning import flop as planner, linear_rule
 from sdsl_jax.laws import acceptance as acceptance_lib
 from sdsl_jax.laws import pretraining
@@ -113,12 +112,6 @@ def _xy(line):
     return np.asarray(line.get_xdata(), np.float64), np.asarray(line.get_ydata(), np.float64)
 
 
-def _run(capsys, argv):
-    code = cli.main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 # ---------------------------------------------------------------- the command
 
 @pytest.mark.parametrize("figure, extra", [
@@ -128,11 +121,11 @@ def _run(capsys, argv):
     ("latency", ["{lat}"]),
     ("draft-size", ["--points", "5", "--target-params", "13B", "--target-tokens", "2T"]),
 ])
-def test_every_figure_is_written_as_png_and_pdf(files, capsys, figure, extra):
+def test_every_figure_is_written_as_png_and_pdf(files, run_cli, figure, extra):
     paths = dict(m=files / "measurements.csv", laws=files / "laws.json", lat=files / "latency.csv")
     stem = files / f"out-{figure}"
     argv = ["plot", figure, *(e.format(**paths) for e in extra), "--out", f"{stem}.png", "--dpi", "60"]
-    code, out, err = _run(capsys, argv)
+    code, out, err = run_cli(argv)
     assert code == 0, err
     png, pdf = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
@@ -151,8 +144,8 @@ def test_every_figure_is_written_as_png_and_pdf(files, capsys, figure, extra):
     (["plot", "draft-size", "--target-params-range", "10B", "1B"], "0 < low < high"),
     (["plot", "nosuch"], "invalid choice"),
 ])
-def test_mistakes_are_one_line_and_exit_2(files, capsys, argv, needle):
-    code, out, err = _run(capsys, [a.format(dir=files) for a in argv])
+def test_mistakes_are_one_line_and_exit_2(files, run_cli, argv, needle):
+    code, out, err = run_cli([a.format(dir=files) for a in argv])
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert needle in err

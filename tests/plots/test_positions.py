@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 
-from sdsl_jax import cli
 from sdsl_jax.plots.positions import RunsError, plot_positions, read_runs
 
 
@@ -64,11 +63,10 @@ def test_figure_data_are_the_counts(runs_files):
     assert rates_ax.get_xlabel().startswith("draft position") and counts_ax.get_ylabel()
 
 
-def test_command_writes_png_and_pdf(runs_files, tmp_path, capsys):
+def test_command_writes_png_and_pdf(runs_files, tmp_path, run_cli):
     stem = tmp_path / "positions"
-    code = cli.main(["plot", "positions", *map(str, runs_files), "--out", str(stem) + ".png",
-                     "--bootstrap", "200"])
-    out, err = capsys.readouterr()
+    code, out, err = run_cli(["plot", "positions", *runs_files, "--out", str(stem) + ".png",
+                              "--bootstrap", "200"])
     assert code == 0, err
     for suffix in (".png", ".pdf"):
         assert (tmp_path / f"positions{suffix}").stat().st_size > 1000
@@ -85,18 +83,16 @@ def test_command_writes_png_and_pdf(runs_files, tmp_path, capsys):
     ('\n[1, 2]\n', "line 2: expected a JSON object"),
     ("\n", "no iterations to count"),
 ])
-def test_mistakes_are_one_line(tmp_path, capsys, content, needle):
+def test_mistakes_are_one_line(tmp_path, run_cli, content, needle):
     path = tmp_path / "runs.jsonl"
     path.write_text(content)
     with pytest.raises(RunsError, match=None):
         read_runs(path)
-    code = cli.main(["plot", "positions", str(path), "--out", str(tmp_path / "x")])
-    out, err = capsys.readouterr()
+    code, out, err = run_cli(["plot", "positions", path, "--out", tmp_path / "x"])
     assert code == 2 and needle in err and err.count("\n") == 1, err
     assert not (tmp_path / "x.png").exists()
 
 
-def test_missing_file_is_one_line(tmp_path, capsys):
-    code = cli.main(["plot", "positions", str(tmp_path / "none.jsonl")])
-    _, err = capsys.readouterr()
+def test_missing_file_is_one_line(tmp_path, run_cli):
+    code, _, err = run_cli(["plot", "positions", tmp_path / "none.jsonl"])
     assert code == 2 and "cannot read" in err and err.count("\n") == 1
