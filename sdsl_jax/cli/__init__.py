@@ -5,8 +5,8 @@ reproduce), the options they share in :mod:`.options`, and the parser and
 dispatch in :mod:`.app`. The modules below the command line never import
 it; it only parses, calls the library and prints.
 
-Call ``sdsl_jax.cli.main``; ``python -m sdsl_jax.cli`` (and, for older
-scripts, ``python -m sdsl_jax.cli.main``) runs the command line too.
+Call ``sdsl_jax.cli.main``; ``python -m sdsl_jax.cli`` runs the command
+line too.
 """
 
 from sdsl_jax.cli.app import main

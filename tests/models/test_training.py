@@ -50,7 +50,7 @@ def killed_run(corpus_dir, cli_flags, tmp_path_factory):
     args = _cli_args(cli_flags, corpus_dir, out)
     log_path = out.parent / "killed.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "sdsl_jax.cli.main", *args], stdout=log, stderr=log,
+    proc = subprocess.Popen([sys.executable, "-m", "sdsl_jax.cli", *args], stdout=log, stderr=log,
                             env=dict(os.environ, JAX_PLATFORMS="cpu"))
     first = out / "10k" / "checkpoints" / str(CHECKPOINT_EVERY)
     result = {}
