@@ -6,12 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.optimize import brentq, minimize_scalar
+from scipy.optimize import minimize_scalar
 
 import sdsl_jax as sd
 from sdsl_jax.planning import hardware as hw
 from sdsl_jax.planning import wallclock as lp
-from sdsl_jax.cli import main
 
 PRE, ACC = sd.BESIROGLU_2024, sd.SDSL_2026
 TARGETS = np.array([7e9, 70e9, 405e9])
@@ -26,18 +25,6 @@ def _loss(n, tokens):
 def _acceptance(n, m):
     raw = ACC.draft_coeff * np.exp(_loss(n, TOKENS)) + ACC.target_coeff * np.exp(_loss(m, TOKENS)) + ACC.intercept
     return min(max(raw, 0.0), sd.MAX_ACCEPTANCE)
-
-
-def _best_speedup_linear(a, c):
-    """max over gamma of E / (gamma c + 1), by brentq on dS/dgamma (no Lambert W)."""
-    h = lambda g: -a ** (g + 1) * np.log(a) * (g * c + 1) - c * (1 - a ** (g + 1))
-    if a == 0 or h(0.0) <= 0:
-        return 1.0
-    hi = 1.0
-    while h(hi) > 0:
-        hi *= 2
-    g = brentq(h, 0.0, hi, xtol=1e-14, rtol=1e-15)
-    return (1 - a ** (g + 1)) / (1 - a) / (g * c + 1)
 
 
 def _best_speedup_general(a, seconds_draft, seconds_target):
@@ -93,6 +80,7 @@ def plans():
         }
 
 
+@pytest.mark.slow
 def test_compute_bound_one_step_reproduces_the_flop_law(plans):
     flop, wall = plans["flop"], plans["compute_one_step"]
     np.testing.assert_allclose(wall["draft_params"], flop["draft_params"], rtol=1e-10)
@@ -102,6 +90,7 @@ def test_compute_bound_one_step_reproduces_the_flop_law(plans):
     np.testing.assert_array_equal(wall["integer_lookahead"], flop["integer_lookahead"])
 
 
+@pytest.mark.slow
 def test_compute_bound_scored_never_pays(plans):
     wall = plans["compute_scored"]
     assert not wall["pays"].any() and np.all(wall["speedup"] == 1.0) and np.all(wall["draft_params"] == 0)
@@ -114,21 +103,25 @@ def test_compute_bound_scored_never_pays(plans):
         assert np.all((1 - a ** (gammas + 1)) / (1 - a) / (gammas * (c + 1) + 1) < 1)
 
 
-def _memory_law_grid(m, grid, draft_bpp, batch, context, numpy_step_time):
+def _memory_law_grid(m, grid, draft_bpp, batch, context, numpy_step_time, speedup_reference):
+    """S* at each log N, c the bytes ratio: conftest's brute-force S* (brentq on dS/dgamma)."""
     # numpy_step_time takes the fields under their file names (overhead in seconds: "overhead").
     acc = dict(hw.hardware_record(H100), peak_flops=np.inf, overhead=0.0)
     seconds = lambda n, bpp: numpy_step_time(acc, n, 1.0, bpp, batch, context)
-    return np.array([_best_speedup_linear(_acceptance(np.exp(s), m),
-                                          seconds(np.exp(s), draft_bpp) / seconds(m, 2.0)) for s in grid])
+    return np.array([speedup_reference.speedup(_acceptance(np.exp(s), m),
+                                               seconds(np.exp(s), draft_bpp) / seconds(m, 2.0))
+                     for s in grid])
 
 
-def test_bandwidth_bound_is_the_memory_law(plans, numpy_step_time):
+@pytest.mark.slow
+def test_bandwidth_bound_is_the_memory_law(plans, numpy_step_time, speedup_reference):
     wall = plans["memory"]
     for i, m in enumerate(TARGETS):
         grid = np.log(m) + np.linspace(np.log(1e-5), np.log(0.2), 2001)
-        brute = _memory_law_grid(m, grid, 1.0, 4.0, 4096.0, numpy_step_time)
+        brute = _memory_law_grid(m, grid, 1.0, 4.0, 4096.0, numpy_step_time, speedup_reference)
         best = int(np.argmax(brute))
-        ours = _memory_law_grid(m, [np.log(wall["draft_params"][i])], 1.0, 4.0, 4096.0, numpy_step_time)[0]
+        ours = _memory_law_grid(m, [np.log(wall["draft_params"][i])], 1.0, 4.0, 4096.0,
+                                numpy_step_time, speedup_reference)[0]
         assert ours >= brute[best] * (1 - 1e-12)
         assert abs(np.log(wall["draft_params"][i]) - grid[best]) <= grid[1] - grid[0]
         np.testing.assert_allclose(wall["speedup"][i], ours, rtol=1e-9)
@@ -136,6 +129,7 @@ def test_bandwidth_bound_is_the_memory_law(plans, numpy_step_time):
     np.testing.assert_allclose(plans["memory_plain"]["draft_params"], plans["flop"]["draft_params"], rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_general_roofline_matches_brute_force(plans, numpy_step_time):
     wall = plans["general"]
     acc = hw.hardware_record(H100)
@@ -159,6 +153,7 @@ def test_general_roofline_matches_brute_force(plans, numpy_step_time):
         np.testing.assert_allclose(wall["tokens_per_second"][i], 8 * ours / step(m, 1.0), rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_integer_lookahead_is_the_best_integer(plans, numpy_step_time):
     wall = plans["general"]
     acc = hw.hardware_record(H100)
@@ -194,6 +189,7 @@ def _wall_outputs(m, batch_size, bandwidth, overhead_seconds):
     return jnp.stack([p.draft_params, p.tokens_per_second, p.lookahead])
 
 
+@pytest.mark.slow
 def test_gradients_match_finite_differences(x64):
     # Reverse mode under jit: one compilation (eagerly, jax compiles the
     # linearisation's two halves separately, which costs a third more).
@@ -209,6 +205,7 @@ def test_gradients_match_finite_differences(x64):
         np.testing.assert_allclose(np.asarray(jac[i]), fd, rtol=1e-6, err_msg=str(i))
 
 
+@pytest.mark.slow
 def test_compute_bound_gradients_match_the_flop_law(x64, plans, flop_jacobian):
     # Forward mode through the limit (jax.jvp in the plans fixture): a bandwidth
     # of inf must not turn into inf * 0. The FLOP law's dN*/dM is reverse mode
@@ -218,6 +215,7 @@ def test_compute_bound_gradients_match_the_flop_law(x64, plans, flop_jacobian):
     np.testing.assert_allclose(wall, flop, rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_evaluate_agrees_with_the_plan_at_its_own_optimum(x64, plans):
     wall = plans["general"]
     # Scalar calls, one compilation shared with the CLI test below.
@@ -232,6 +230,7 @@ def test_evaluate_agrees_with_the_plan_at_its_own_optimum(x64, plans):
     assert np.all(flop_on_hw["speedup"] <= wall["speedup"] * (1 + 1e-12))
 
 
+@pytest.mark.slow
 def test_float32_is_finite_across_presets():
     m = jnp.asarray(10 ** np.random.default_rng(0).uniform(8, 12, 64), jnp.float32)
     for name in ("A100", "TPU-v5e", "CPU"):
@@ -261,15 +260,10 @@ def test_bad_input_is_named(kwargs, match):
         lp.optimal_draft_size_wallclock(**args)
 
 
-def _run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_cli_reports_both_optima(capsys, x64):
+@pytest.mark.slow
+def test_cli_reports_both_optima(run_cli, x64):
     argv = ("plan", "--target-params", "70B", "--target-tokens", "15T", "--hardware", "H100", "--batch", "8")
-    code, out, err = _run(capsys, *argv, "--json")
+    code, out, err = run_cli(*argv, "--json")
     assert code == 0, err
     record = json.loads(out)
     wall = lp.optimal_draft_size_wallclock(70e9, 15e12, 15e12, hardware="H100", workload=hw.Workload(batch_size=8.0))
@@ -279,14 +273,15 @@ def test_cli_reports_both_optima(capsys, x64):
     assert record["wallclock_optimal"]["integer_lookahead"] == float(wall.integer_lookahead)
     assert record["flop_optimal_on_hardware"]["integer_speedup"] <= record["wallclock_optimal"]["integer_speedup"]
     assert record["hardware"]["name"] == "H100-SXM" and record["hardware"]["batch"] == 8
-    code, out, err = _run(capsys, *argv)
+    code, out, err = run_cli(*argv)
     assert code == 0, err
     assert "FLOP-optimal" in out and "wall-clock-optimal" in out
     line = next(row for row in out.splitlines() if row.strip().startswith("draft size N*"))
     assert sd.format_count(float(flop.draft_params)) in line and sd.format_count(float(wall.draft_params)) in line
 
 
-def test_cli_calibrates_from_step_times(capsys, x64, tmp_path, numpy_step_time):
+@pytest.mark.slow
+def test_cli_calibrates_from_step_times(run_cli, x64, tmp_path, numpy_step_time):
     truth = hw.hardware_record(H100.replace(bandwidth_efficiency=0.6, overhead_seconds=1e-3))
     # Step times from test_hardware's numpy transcription of the roofline (bf16, batch 1, context 2048).
     step = lambda params, tokens: float(numpy_step_time(truth, params, tokens, 2.0, 1.0, 2048.0))
@@ -297,8 +292,8 @@ def test_cli_calibrates_from_step_times(capsys, x64, tmp_path, numpy_step_time):
                              draft_step_seconds=step(n, 1.0), target_step_seconds=step(m, k + 1.0)))
     path = tmp_path / "steps.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    code, out, err = _run(capsys, "plan", "--target-params", "70B", "--target-tokens", "15T",
-                          "--hardware", "H100", "--step-times", str(path), "--json")
+    code, out, err = run_cli("plan", "--target-params", "70B", "--target-tokens", "15T",
+                             "--hardware", "H100", "--step-times", str(path), "--json")
     assert code == 0, err
     info = json.loads(out)["hardware"]
     assert info["bandwidth_efficiency"] == pytest.approx(0.6, rel=1e-4)
@@ -312,6 +307,6 @@ def test_cli_calibrates_from_step_times(capsys, x64, tmp_path, numpy_step_time):
     (("--hardware", "H100", "--draft-precision", "fp7"), "--draft-precision"),
     (("--hardware", "H100", "--step-times", "/nonexistent.jsonl"), "--step-times: cannot read"),
 ])
-def test_cli_bad_hardware_options_are_named(capsys, extra, match):
-    code, _, err = _run(capsys, "plan", "--target-params", "70B", "--target-tokens", "15T", *extra)
+def test_cli_bad_hardware_options_are_named(run_cli, extra, match):
+    code, _, err = run_cli("plan", "--target-params", "70B", "--target-tokens", "15T", *extra)
     assert code == 2 and match in err
