@@ -67,6 +67,7 @@ def _write_configs(path, rows):
             handle.write(",".join(row) + "\n")
 
 
+@pytest.mark.slow
 def test_csv_in_csv_out(tmp_path, run_cli, small_chunks):
     src, dst = tmp_path / "configs.csv", tmp_path / "plans.csv"
     _write_configs(src, [("70B", "15T", ""), ("13e9", "1T", "300B"), ("405B", "15T", "15T")])
@@ -83,6 +84,7 @@ def test_csv_in_csv_out(tmp_path, run_cli, small_chunks):
     assert code == 2 and "--resume" in err
 
 
+@pytest.mark.slow
 def test_csv_resume_keeps_written_rows(tmp_path, run_cli, small_chunks):
     src, dst = tmp_path / "configs.csv", tmp_path / "plans.csv"
     _write_configs(src, [("70B", "15T", ""), ("13B", "1T", ""), ("405B", "15T", "")])
@@ -111,6 +113,7 @@ def test_missing_csv_file(tmp_path, run_cli):
     assert code == 2 and "nope.csv" in err
 
 
+@pytest.mark.slow
 def test_rule_command(run_cli):
     code, out, _ = run_cli("rule", "--points", "6", "--json")
     assert code == 0

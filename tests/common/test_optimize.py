@@ -43,6 +43,7 @@ def test_lbfgs_reaches_the_minimum_and_stops_before_its_step_limit(x64):
     assert float(solution.value) < 1e-14
 
 
+@pytest.mark.slow
 def test_lbfgs_in_float32_stops_at_the_rounding_floor():
     start = jnp.array([-1.2, 1.0], jnp.float32)
     solution = minimize(rosenbrock, start, max_steps=1000)
@@ -51,6 +52,7 @@ def test_lbfgs_in_float32_stops_at_the_rounding_floor():
     np.testing.assert_allclose(np.asarray(solution.params), np.ones(2), atol=2e-3)
 
 
+@pytest.mark.slow
 def test_lbfgs_vmaps_over_starts(x64):
     starts = jnp.array([[-1.2, 1.0, -0.5, 0.8], [2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
     batched = jax.jit(jax.vmap(lambda s: minimize(rosenbrock, s, max_steps=500)))(starts)
@@ -83,6 +85,7 @@ def test_newton_converges_quadratically_to_scipys_minimum(x64, logistic_data):
     assert errors[1] < 10 * errors[0] ** 2 and errors[2] < max(10 * errors[1] ** 2, 1e-13), errors
 
 
+@pytest.mark.slow
 def test_newton_never_increases_the_loss_and_vmaps(x64):
     # Rosenbrock is not convex: the step uses |H| and keeps the best damping.
     starts = jnp.array([[-1.2, 1.0], [0.5, -0.5], [1.5, 1.5]])

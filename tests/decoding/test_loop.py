@@ -54,6 +54,7 @@ def test_probabilities_match_softmax_and_one_hot():
     assert probabilities(jnp.ones(4, jnp.bfloat16), 1.0).dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_sample_inverts_the_cdf_exactly():
     draw = jax.jit(sample)
     weights = jnp.array([0.0, 0.2, 0.0, 0.5, 0.3, 0.0])
@@ -295,6 +296,7 @@ def test_iteration_lookahead_feeds_estimate_acceptance(pair, prompt_batch):
     np.testing.assert_allclose(float(est.acceptance), acc.sum() / trials, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_lookahead_one_and_single_token(pair, prompt_batch):
     # Lookahead 1: the draft's scan has no steps; greedy must match the target's.
     spec = generate(pair, prompt_batch, temperature=0.0, lookahead=1)

@@ -173,6 +173,7 @@ def test_speculative_samples_follow_target_joint(pair, runs, temperature):
     assert set(np.unique(first_k)) == {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_baseline_samples_follow_target_joint(pair, batch):
     gen = autoregressive_generate(pair[1], *batch, jax.random.PRNGKey(1), max_new_tokens=WINDOW,
                                   temperature=1.0)
@@ -187,6 +188,7 @@ def test_speculative_differs_from_draft_joint(pair, runs):
 
 
 @pytest.mark.parametrize("rule", [always_accept, no_residual], ids=["always-accept", "no-residual"])
+@pytest.mark.slow
 def test_wrong_rule_is_rejected(pair, batch, rule):
     gen = run(pair, batch, 1.0, accept_fn=rule)
     probs = exact_joint(pair[1].params, PROMPT, WINDOW, 1.0)
@@ -225,6 +227,7 @@ def greedy_reference(params, prompt, length):
     return seq[len(prompt):]
 
 
+@pytest.mark.slow
 def test_greedy_equals_target_greedy(models, prompts):
     draft, target, near = models
     expected = np.array([greedy_reference(target.params, p, LONG_NEW) for p in prompts])

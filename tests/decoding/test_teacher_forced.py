@@ -124,6 +124,7 @@ def test_alpha_matches_analytic_markov_value(pair, temperature):
     assert 2.5 * se < res.high - res.low < 6 * se + 1e-3
 
 
+@pytest.mark.slow
 def test_agrees_with_the_speculative_loop(pair):
     """The loop's count estimate and teacher forcing on the loop's own (target-distributed)
     output estimate the same alpha."""
@@ -199,6 +200,7 @@ def test_windows_count_every_position_once(window):
         assert counted == list(range(max(0, doc.size - 1))), (d, counted)
 
 
+@pytest.mark.slow
 def test_windows_of_a_document_are_one_bootstrap_unit(pair):
     """A bigram's beta depends on the current token only, so reading documents in windows
     must give exactly the whole-document numbers, interval included."""
@@ -236,6 +238,7 @@ def test_per_row_arguments_are_checked(pair):
         document_windows([[1, 2]], 1)
 
 
+@pytest.mark.slow
 def test_document_interval_covers_with_documents_of_very_different_lengths():
     """16 documents of 70 to 36k positions, rates ~ Beta(18, 12) around 0.6: the expanded
     percentile interval covers the rate at about its level (0.927 over 1000 runs once; the
@@ -252,6 +255,7 @@ def test_document_interval_covers_with_documents_of_very_different_lengths():
     assert 0.88 <= covered / runs <= 0.99  # 300 runs: a standard error of 0.015
 
 
+@pytest.mark.slow
 def test_document_interval_stays_near_the_documents():
     """One long document with an unusual rate (as the standard library's held-out files
     give): the interval stays within the documents' rates, where the bootstrap-t does not."""

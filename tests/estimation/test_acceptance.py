@@ -242,6 +242,7 @@ def coverage():
 
 
 @pytest.mark.parametrize("alpha", ALPHAS)
+@pytest.mark.slow
 def test_binomial_intervals_cover_iid_runs(coverage, alpha):
     row = coverage[False, alpha]
     assert 0.93 <= row["wilson"][0] <= 0.97
@@ -255,6 +256,7 @@ def test_binomial_intervals_cover_iid_runs(coverage, alpha):
 
 
 @pytest.mark.parametrize("alpha", ALPHAS)
+@pytest.mark.slow
 def test_bootstrap_covers_heterogeneous_runs(coverage, alpha):
     row = coverage[True, alpha]
     assert 0.93 <= row["bootstrap"][0] <= 0.97
@@ -294,6 +296,7 @@ def _ragged_runs(seed=4):
 INTERVALS = ("wilson", "clopper-pearson", "bootstrap")
 
 
+@pytest.mark.slow
 def test_estimate_acceptance_jit_vmap_and_dtype(dtype):
     accepted, lookahead, ids, num_prompts = _ragged_runs()
     keys = jax.random.split(jax.random.PRNGKey(5), accepted.shape[0])

@@ -88,6 +88,7 @@ def fit_batch():
 
 
 @pytest.mark.parametrize("method", ["likelihood-ratio", "pearson"])
+@pytest.mark.slow
 def test_fit_test_has_nominal_size_and_power(fit_batch, method):
     gamma, runs, n = 4, 1000, 300
     p_iid = fit_batch(simulate([0.7] * gamma, (runs, n), seed=10), gamma, method)
@@ -104,6 +105,7 @@ def test_fit_test_has_nominal_size_and_power(fit_batch, method):
     assert power > 0.8
 
 
+@pytest.mark.slow
 def test_bootstrap_across_prompts_sees_prompt_heterogeneity():
     gamma, prompts, iters = 4, 40, 30
     rng = np.random.default_rng(4)
@@ -135,6 +137,7 @@ def test_serving_stack_ratio_definition_and_closed_form():
             assert float(pmf @ np.arange(gamma + 1)) / gamma == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_lookahead_independence_by_simulation():
     """Runs at lookahead 2, 4, 8 of one i.i.d. process: the pooled estimates agree within
     their intervals; the serving stacks' ratio falls with the lookahead."""

@@ -44,6 +44,7 @@ def test_example_data_is_a_valid_measurement_set():
     assert np.max(cols["draft_params"]) < np.min(cols["target_params"])
 
 
+@pytest.mark.slow
 def test_example_prints_every_coefficient_with_both_intervals(printed):
     assert "144 measurements, 12 targets, 24 distinct models" in printed
     covered = 0
@@ -59,6 +60,7 @@ def test_example_prints_every_coefficient_with_both_intervals(printed):
     assert covered >= 7, printed
 
 
+@pytest.mark.slow
 def test_example_prints_n_star_with_intervals(printed):
     lines = re.findall(rf"N\* = (\S+), 95% interval \((\w+)\) (\S+) to (\S+) \(speedup {NUMBER}x",
                        printed)

@@ -223,6 +223,7 @@ def test_per_target_fits_match_polyfit(design):
         assert int(fit.measurements[t]) == np.sum(mine)
 
 
+@pytest.mark.slow
 def test_plane_under_jit_vmap_and_grad(design):
     rows = design.rows
     X, alpha = _plane_design(rows), _np(rows.acceptance)

@@ -177,6 +177,7 @@ def test_half_precision_files_are_read_exactly(storage, checkpoints, tmp_path):
     assert _max_diff(_logits(decoder, tokens), reference) < LOGIT_ATOL
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close(checkpoints, decoders):
     directory, _, tokens, reference = checkpoints["gpt2"]
     decoder = load_hf_decoder(directory, dtype=jnp.bfloat16)

@@ -357,6 +357,7 @@ def test_negexp_derivatives(dt, branch):
 
 
 @pytest.mark.parametrize("branch", BRANCHES)
+@pytest.mark.slow
 def test_vmap_jit_consistency(x64, branch):
     x = jnp.asarray(_points(np.float64, branch, "moderate")[:64].reshape(8, 8))
     # The direct run is test_ulp_accuracy's jitted one (padded: one compilation shared).

@@ -30,6 +30,7 @@ def _brute_force_tokens(rates, gamma):
         return total
 
 
+@pytest.mark.slow
 def test_equal_rates_reproduce_the_iid_law(x64):
     gamma_max = 64
     alpha = jnp.asarray(ALPHAS, jnp.float64)
@@ -91,6 +92,7 @@ def test_simulated_tokens_per_iteration_match():
     assert abs(float(pt.expected_tokens(rates)) - tokens.mean()) < 4 * se
 
 
+@pytest.mark.slow
 def test_jit_vmap_and_grad(x64):
     rates = jnp.asarray([[0.9, 0.8, 0.0, 0.6], [0.7, 0.7, 0.7, 0.7]])
     gamma = jnp.asarray([4, 2])

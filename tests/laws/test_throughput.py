@@ -45,6 +45,7 @@ def mp_optimal_lookahead(a, c):
 
 
 @pytest.mark.parametrize("alpha,c", list(itertools.product(ALPHAS, COST_RATIOS)))
+@pytest.mark.slow
 def test_optimal_lookahead_matches_mpmath_root(x64, alpha, c):
     ref = float(mp_optimal_lookahead(alpha, c))
     got = float(sd.optimal_lookahead(alpha, c))
@@ -55,6 +56,7 @@ def test_optimal_lookahead_matches_mpmath_root(x64, alpha, c):
 
 
 @pytest.mark.parametrize("alpha,c", [(a, c) for a, c in itertools.product(ALPHAS[:6], COST_RATIOS)])
+@pytest.mark.slow
 def test_optimal_lookahead_beats_brute_force_maximisation(x64, alpha, c, speedup_reference):
     """scipy's bounded maximisation of S never finds a better lookahead, and the peak is the
     brute-force S* reference's (brentq on dS/dgamma)."""
@@ -151,6 +153,7 @@ def _values_and_gradients(a, c):
     return {name: (f(a, c), jax.vmap(jax.grad(f, argnums=(0, 1)))(a, c)) for name, f in FUNCS.items()}
 
 
+@pytest.mark.slow
 def test_no_nan_or_inf_in_domain_values_and_gradients(dtype):
     a, c = _grid(dtype)
     for fn, (values, grads) in _values_and_gradients(a, c).items():
@@ -182,6 +185,7 @@ def test_optimal_speedup_gradient_is_envelope(x64):
     assert float(jax.grad(sd.optimal_speedup, argnums=1)(alpha, c)) == pytest.approx(float(envelope), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_jit_and_vmap_agree_with_eager(x64):
     # The float32-vs-float64 test's points: the eager run reuses its per-op compilations.
     a = jnp.asarray([0.3, 0.6, 0.8, 0.95, 0.99])

@@ -54,6 +54,7 @@ def plan(plan_and_jacobian):
     return plan_and_jacobian[0]
 
 
+@pytest.mark.slow
 def test_matches_brute_force_over_draft_size(plan, speedup_reference):
     for i, (m, d_target, flops) in enumerate(CONFIGS):
         # S* at each log N with D = C / (6 N): alpha in numpy, gamma* by brentq on dS/dgamma.
@@ -69,6 +70,7 @@ def test_matches_brute_force_over_draft_size(plan, speedup_reference):
     assert plan["pays"].all() and not plan["at_bound"].any()
 
 
+@pytest.mark.slow
 def test_budget_is_spent_and_chinchilla_bounds_the_draft(plan):
     np.testing.assert_allclose(6 * plan["draft_params"] * plan["draft_tokens"], CONFIGS[:, 2], rtol=1e-12)
     for i, (m, d_target, flops) in enumerate(CONFIGS):
@@ -81,6 +83,7 @@ def test_budget_is_spent_and_chinchilla_bounds_the_draft(plan):
         np.testing.assert_allclose(plan["tokens_per_flop"][i], plan["speedup"][i] / (2 * m), rtol=1e-14)
 
 
+@pytest.mark.slow
 def test_value_of_budget_matches_finite_differences(x64, plan):
     h = 1e-4
     up, _ = _plans(CONFIGS * [1, 1, np.exp(h)])
@@ -94,6 +97,7 @@ def test_value_of_budget_matches_finite_differences(x64, plan):
     assert np.all(plan["speedup_per_log_budget"] > 0)
 
 
+@pytest.mark.slow
 def test_grad_through_the_planner(x64, plan_and_jacobian):
     # Reverse mode, jitted, with respect to the budget and the target size at
     # once, at every configuration: against the planner's own value of budget
@@ -107,6 +111,7 @@ def test_grad_through_the_planner(x64, plan_and_jacobian):
     np.testing.assert_allclose(d_target[:, 1], fd, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_when_no_draft_pays(x64):
     hopeless = sd.AcceptanceLaw(draft_coeff=-0.0067, target_coeff=0.0, intercept=0.0)
     # (numpy scalars, as in _plans: Python floats would be weakly typed, another compilation)
@@ -116,6 +121,7 @@ def test_when_no_draft_pays(x64):
     assert float(plan.speedup_per_log_budget) == 0.0
 
 
+@pytest.mark.slow
 def test_float32_is_finite():
     rng = np.random.default_rng(0)
     m = jnp.asarray(10 ** rng.uniform(9, 12, 256), jnp.float32)

@@ -61,6 +61,7 @@ def _random_configs(n=4096):
     return np.stack([10 ** rng.uniform(8, 13, n), 10 ** rng.uniform(9, 14, n), 10 ** rng.uniform(9, 14, n)], 1)
 
 
+@pytest.mark.slow
 def test_bracket_solver_matches_reference_and_is_finite_everywhere(dtype, reference):
     # The six reference configurations and 4096 random ones in one jit(vmap)
     # call: one compilation per dtype serves both checks.
@@ -81,6 +82,7 @@ def test_bracket_solver_matches_reference_and_is_finite_everywhere(dtype, refere
     assert np.all(plan["speedup"] >= 1) and np.all(plan["draft_params"] < m)
 
 
+@pytest.mark.slow
 def test_gradient_solver_agrees_with_bracket_solver(dtype, reference):
     # float64: the reference configurations and the first three hard ones in one
     # call; float32: the reference configurations, to 1e-3.

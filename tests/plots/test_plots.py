@@ -121,6 +121,7 @@ def _xy(line):
     ("latency", ["{lat}"]),
     ("draft-size", ["--points", "5", "--target-params", "13B", "--target-tokens", "2T"]),
 ])
+@pytest.mark.slow
 def test_every_figure_is_written_as_png_and_pdf(files, run_cli, figure, extra):
     paths = dict(m=files / "measurements.csv", laws=files / "laws.json", lat=files / "latency.csv")
     stem = files / f"out-{figure}"
@@ -163,6 +164,7 @@ def _speedup_brute_force(n, m, d, d_target):
     return s.max(axis=0)
 
 
+@pytest.mark.slow
 def test_throughput_marks_the_planners_optimum_on_a_correct_curve():
     targets = np.array([7e9, 70e9])
     fig = plot_throughput(PRESET, targets, 2e12, points=40)
@@ -182,6 +184,7 @@ def test_throughput_marks_the_planners_optimum_on_a_correct_curve():
         assert n[max(peak - 1, 0)] <= n_star[0] <= n[min(peak + 1, n.size - 1)]
 
 
+@pytest.mark.slow
 def test_throughput_in_tokens_per_flop_divides_by_2m():
     fig = plot_throughput(PRESET, [7e9, 70e9], 2e12, metric="tokens-per-flop", points=40)
     speed = plot_throughput(PRESET, [7e9, 70e9], 2e12, points=40)
@@ -191,6 +194,7 @@ def test_throughput_in_tokens_per_flop_divides_by_2m():
                                    rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_throughput_interval_on_n_star_is_the_spread_over_resampled_laws(files):
     laws = load_laws(files / "laws.json")
     targets = np.array([7e9, 70e9])
