@@ -178,7 +178,7 @@ def test_rows_are_read_by_fit_plot_and_plan(reference):
         assert table.columns[f"{name}_low"][0] <= row[name] <= table.columns[f"{name}_high"][0]
     steps = read_step_times(rows)
     read = list(zip(np.asarray(steps.tokens_per_step).tolist(), np.asarray(steps.seconds).tolist(),
-                    np.asarray(steps.params).tolist()))
+                    np.asarray(steps.num_params).tolist()))
     # A draft step (1 token) and a verification (lookahead + 1 tokens) at least.
     assert (1.0, pytest.approx(row["draft_step_seconds"]), row["draft_params"]) in read
     assert (LOOKAHEAD + 1.0, pytest.approx(row["target_step_seconds"]), row["target_params"]) in read
