@@ -163,13 +163,13 @@ def bench(args, per_token: bool):
             bare_s = timed(bare, steps)
             base, base_timing = decode_timed(None, target, prompt, i, 0, args)
             target_s = timed(chains["target"], int(base.num_steps))
-            ratios["overhead"].append(1 - bare_s / timing.decode_s)
-            ratios["base_overhead"].append(1 - target_s / base_timing.decode_s)
+            ratios["overhead"].append(1 - bare_s / timing.decode_seconds)
+            ratios["base_overhead"].append(1 - target_s / base_timing.decode_secondseconds)
             ratios["speedup"].append(
-                ((int(gen.num_generated[0]) - 1) / timing.decode_s)
-                / ((int(base.num_generated[0]) - 1) / base_timing.decode_s))
-            spec_runs.append((timing.decode_s, gen))
-            base_runs.append((base_timing.decode_s, base))
+                ((int(gen.num_generated[0]) - 1) / timing.decode_seconds)
+                / ((int(base.num_generated[0]) - 1) / base_timing.decode_secondseconds))
+            spec_runs.append((timing.decode_seconds, gen))
+            base_runs.append((base_timing.decode_secondseconds, base))
     med = {k: float(np.median(v)) for k, v in ratios.items()}
     c, v = med["c"], med["v"]
     print(f"[units] cost ratio c = draft step / target step = {c:.4f}; verify ({gamma + 1} "
@@ -219,7 +219,7 @@ def bookkeeping(args):
     for _ in range(5 * args.repeats):
         gen, timing = decode_timed(draft, target, prompt, 0, gamma, args)
         steps = int(gen.num_steps)
-        per_iteration.append((timing.decode_s - timed(bare, steps)) / steps)
+        per_iteration.append((timing.decode_seconds - timed(bare, steps)) / steps)
     print(f"\n== bookkeeping: n-gram models, vocab {args.vocab}, lookahead {gamma}: the loop "
           f"costs {1e6 * float(np.median(per_iteration)):.1f} us per iteration beyond its "
           f"forward calls")

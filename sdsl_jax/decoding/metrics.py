@@ -54,8 +54,8 @@ from sdsl_jax.decoding.sampling import AcceptFn, speculative_accept
 class Timing:
     """Wall-clock seconds of the two timed pieces of a run (module docstring)."""
 
-    prefill_s: float
-    decode_s: float
+    prefill_seconds: float
+    decode_seconds: float
 
 
 def timed_generate(draft: Decoder | None, target: Decoder, prompt_tokens: jax.Array,
@@ -77,7 +77,7 @@ def timed_generate(draft: Decoder | None, target: Decoder, prompt_tokens: jax.Ar
     middle = clock()
     generation = jax.block_until_ready(decode_stage(state))
     end = clock()
-    return generation, Timing(prefill_s=middle - start, decode_s=end - middle)
+    return generation, Timing(prefill_seconds=middle - start, decode_seconds=end - middle)
 
 
 def row_latencies(generation: loop.Generation, timing: Timing,
@@ -91,8 +91,8 @@ def row_latencies(generation: loop.Generation, timing: Timing,
     finish = np.asarray(generation.finish_step, np.float64)
     steps = float(generation.num_steps)
     share = finish / steps if steps > 0 else np.zeros_like(finish)
-    decode = timing.decode_s * share
-    ttft = np.full(finish.shape, timing.prefill_s)
+    decode = timing.decode_seconds * share
+    ttft = np.full(finish.shape, timing.prefill_seconds)
     tpot = decode / (max_new_tokens - 1) if max_new_tokens > 1 else np.full(finish.shape, np.nan)
     return {"ttft_s": ttft, "tpot_s": tpot, "ttot_s": ttft + decode}
 

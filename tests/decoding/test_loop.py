@@ -373,7 +373,7 @@ def test_mean_interval_matches_scipy():
 
 def test_row_latencies_apportion_the_decode_time(pair, prompt_batch):
     gen = generate(pair, prompt_batch)
-    timing = metrics.Timing(prefill_s=0.5, decode_s=2.0)
+    timing = metrics.Timing(prefill_seconds=0.5, decode_seconds=2.0)
     lat = metrics.row_latencies(gen, timing, MAX_NEW)
     share = np.asarray(gen.finish_step) / int(gen.num_steps)
     np.testing.assert_allclose(lat["ttft_s"], 0.5)
@@ -388,7 +388,7 @@ def test_timed_generate_is_the_same_run(pair, prompt_batch):
     ref = generate(pair, prompt_batch, seed=3)
     np.testing.assert_array_equal(gen.tokens, ref.tokens)
     np.testing.assert_array_equal(gen.accepted, ref.accepted)
-    assert timing.prefill_s > 0 and timing.decode_s > 0
+    assert timing.prefill_seconds > 0 and timing.decode_seconds > 0
 
 
 @pytest.fixture(scope="module")
@@ -449,7 +449,7 @@ def test_summarize(records):
 
 def test_run_records_rows(pair, prompt_batch):
     gen = generate(pair, prompt_batch)
-    recs = run_records(gen, metrics.Timing(prefill_s=0.1, decode_s=0.9), prompt_ids=[5, 6, 7],
+    recs = run_records(gen, metrics.Timing(prefill_seconds=0.1, decode_seconds=0.9), prompt_ids=[5, 6, 7],
                        prompt_lengths=[1, 3, 5], max_new_tokens=MAX_NEW, temperature=1.0, rows=2)
     assert [r["prompt_id"] for r in recs] == [5, 6]
     assert recs[1]["accepted"] == np.asarray(gen.accepted)[1, :int(gen.num_iterations[1])].tolist()

@@ -134,7 +134,7 @@ def test_agrees_with_the_speculative_loop(pair):
     lens = jnp.ones((num_prompts,), jnp.int32)
     gen = loop.speculative_generate(draft, target, prompts, lens, jax.random.PRNGKey(5),
                                     lookahead=4, max_new_tokens=new, temperature=1.0)
-    records = run_records(gen, Timing(prefill_s=0.0, decode_s=1.0),
+    records = run_records(gen, Timing(prefill_seconds=0.0, decode_seconds=1.0),
                           prompt_ids=list(range(num_prompts)),
                           prompt_lengths=[1] * num_prompts, max_new_tokens=new, temperature=1.0)
     acc, gam, ids = acceptance_inputs(records)
