@@ -293,7 +293,8 @@ def test_teacher_forced_agrees_with_the_loop(model_dirs, corpus_dir, teacher_for
                                         jax.random.PRNGKey(7), lookahead=LOOKAHEAD,
                                         max_new_tokens=MAX_NEW, temperature=1.0,
                                         row_ids=jnp.array([i]))
-        records += run_records(gen, Timing(0.0, 1.0), prompt_ids=[i], prompt_lengths=[PROMPT_LEN],
+        records += run_records(gen, Timing(prefill_seconds=0.0, decode_seconds=1.0), prompt_ids=[i],
+                               prompt_lengths=[PROMPT_LEN],
                                max_new_tokens=MAX_NEW, temperature=1.0)
         generated.append(np.asarray(gen.tokens[0]))
     acc, gam, ids = acceptance_inputs(records)
