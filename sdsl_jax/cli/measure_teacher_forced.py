@@ -22,7 +22,7 @@ def run(args) -> int:
     from sdsl_jax.cli.measure import emit
     from sdsl_jax.cli.measure_models import check_pair, load_model
     from sdsl_jax.cli.measure_prompts import corpus_documents, file_prompts
-    from sdsl_jax.decoding.rows import finite
+    from sdsl_jax.common.validation import finite_or_none
     from sdsl_jax.decoding.summary import teacher_forced_summary
     from sdsl_jax.decoding.teacher_forced import document_windows, teacher_forced_acceptance
 
@@ -66,7 +66,7 @@ def run(args) -> int:
                    perplexity_source="validation")
     else:
         row["perplexity_source"] = "documents"
-    row = {key: finite(value) if isinstance(value, float) else value
+    row = {key: finite_or_none(value) if isinstance(value, float) else value
            for key, value in row.items()}
     emit(args, row, lambda: teacher_forced_summary(row, np.nanmin(result.document_acceptance),
                                                    np.nanmax(result.document_acceptance)))

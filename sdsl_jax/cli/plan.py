@@ -11,8 +11,8 @@ the wall-clock plan on an accelerator (:mod:`sdsl_jax.cli.plan_hardware`,
 from __future__ import annotations
 
 import json
-import math
 
+from sdsl_jax.common.validation import finite_or_none
 from sdsl_jax.cli.options import (UsageError, add_law_presets, check_confidence, count,
                                   fitted_laws, planner_laws)
 from sdsl_jax.cli.plan_positions import FILE_HELP
@@ -123,12 +123,6 @@ def run(args) -> int:
         if args.hardware:
             plan_hardware.print_wallclock(record)
     return 0
-
-
-def finite_or_none(value):
-    """A plan's number as JSON holds it: None where it is not finite."""
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def plan_records(plan, inputs) -> list[dict]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from sdsl_jax.cli.options import UsageError
-from sdsl_jax.cli.plan import finite_or_none
+from sdsl_jax.common.validation import finite_or_none
 
 
 def _hardware(args):

@@ -17,16 +17,9 @@ import math
 import os
 from typing import Any
 
+from sdsl_jax.common.validation import finite_or_none
 from sdsl_jax.common.io import JsonlError, parse_jsonl, write_jsonl
 from sdsl_jax.decoding.run import LATENCIES, SETTINGS, MeasureRunError
-
-
-def finite(value):
-    """``value`` as a float, or None where it is missing or not finite (JSON has no NaN)."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def _at_least_0(value: float) -> float:
@@ -107,7 +100,7 @@ def _summary_row(records, confidence, num_resamples, seed) -> dict[str, Any]:
     row.update({key: first[key] for key in (
         "max_new_tokens", "prompt_len", "batch", "context", "precision", "device", "prompt_set",
         "seed", "baseline")})
-    return {key: finite(value) if isinstance(value, float) else value for key, value in row.items()}
+    return {key: finite_or_none(value) if isinstance(value, float) else value for key, value in row.items()}
 
 
 def write_row(path: str, row: dict) -> None:

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sdsl_jax.common.validation import finite_or_none
 from sdsl_jax.fitting import acceptance as plane_fit
 from sdsl_jax.fitting import data as fit_data
 from sdsl_jax.fitting import joint as joint_fit
@@ -126,9 +127,9 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
         },
         "per_target": [
             {"target": targets[t], "measurements": int(per_target.measurements[t]),
-             "draft_coeff": _finite(per_target.draft_coeff[t]),
-             "intercept": _finite(per_target.intercept[t]),
-             "r2": _finite(per_target.r2[t])}
+             "draft_coeff": finite_or_none(per_target.draft_coeff[t]),
+             "intercept": finite_or_none(per_target.intercept[t]),
+             "r2": finite_or_none(per_target.r2[t])}
             for t in range(len(targets))],
         "pretraining_huber": None if huber is None else {
             **{f: float(getattr(huber.law, f)) for f in laws_lib.PRETRAINING_FIELDS},
@@ -165,11 +166,6 @@ def select_resamples(samples, decrement, min_share: float = MIN_CONVERGED_SHARE)
     if converged < max(2, min_share * ok.size):
         return None, converged
     return np.asarray(samples)[ok], converged
-
-
-def _finite(value):
-    value = float(value)
-    return value if np.isfinite(value) else None
 
 
 def bootstrap_summary(e2e) -> str | None:

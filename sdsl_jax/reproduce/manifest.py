@@ -27,9 +27,7 @@ import datetime
 import json
 import os
 
-# append_jsonl and read_jsonl are imported here for measure_stage, which still
-# takes them from this module.
-from sdsl_jax.common.io import append_jsonl, read_json, read_jsonl, write_json  # noqa: F401
+from sdsl_jax.common.io import read_json, write_json
 
 MANIFEST = "manifest.json"
 FORMAT = "sdsl-jax reproduce run"
