@@ -121,6 +121,7 @@ def failing_resamples(monkeypatch):
     return install
 
 
+@pytest.mark.slow
 def test_failed_resamples_are_counted_and_left_out(fitted, failing_resamples, capsys):
     folder, path = fitted
     laws_path = folder / "some-failed.laws.json"
@@ -149,6 +150,7 @@ def test_failed_resamples_are_counted_and_left_out(fitted, failing_resamples, ca
     assert code == 0 and f"bootstrap: {failed} of 50 resamples did not converge" in out
 
 
+@pytest.mark.slow
 def test_too_many_failed_resamples_leave_no_bootstrap_intervals(fitted, failing_resamples, capsys):
     # 20 of 50 fail: fewer than the 80% the intervals need converged.
     folder, path = fitted

@@ -137,6 +137,7 @@ def test_map_configs_broadcasts_and_chunks(x64):
     assert sharded.padded_size(1001, 4) == 1004 and sharded.padded_size(0, 4) == 4
 
 
+@pytest.mark.slow
 def test_plan_sharded_returns_a_draft_plan_of_numpy_arrays():
     m = np.array([[7e9], [70e9]])
     plans = sharded.plan_sharded(m, [1e12, 15e12], 15e12, fields=["draft_params", "pays"])
@@ -172,6 +173,7 @@ def test_shard_rows_names_bad_rows():
 # The four-device run's checks come last: the tests above run while it computes.
 
 
+@pytest.mark.slow
 def test_planning_is_spread_over_all_devices(four_devices):
     assert four_devices["devices"] == 4
     assert four_devices["output_devices"] == 4 and four_devices["shard_shapes"] == [250]
@@ -190,6 +192,7 @@ RELATIVE_TOLERANCE = 1e-12
 DECISIONS = ("pays", "extrapolated", "at_bound", "integer_lookahead")
 
 
+@pytest.mark.slow
 def test_sharded_plans_equal_single_device_plans(four_devices):
     sharded_diff = four_devices["flop_sharded_vs_single"]
     self_diff = four_devices["flop_single_quarters_vs_single"]
@@ -203,11 +206,13 @@ def test_sharded_plans_equal_single_device_plans(four_devices):
         assert rel <= RELATIVE_TOLERANCE, (field, rel, count)
 
 
+@pytest.mark.slow
 def test_sharded_wallclock_plans_equal_single_device(four_devices):
     rel, _, _ = four_devices["wall_sharded_vs_single"]["draft_params"]
     assert rel <= RELATIVE_TOLERANCE
 
 
+@pytest.mark.slow
 def test_sharded_fit_equals_single_device_fit(four_devices):
     count, padded, devices = four_devices["rows"]
     assert (count, padded, devices) == (35, 36, 4)
