@@ -253,6 +253,7 @@ def long_run(pair, prompts):
     return prompts, generate_long(*pair, prompts, 0.8, seed=2)
 
 
+@pytest.mark.slow
 def test_betas_equal_exact_overlap(pair, long_run):
     draft, target = pair
     prompts, gen = long_run
@@ -280,6 +281,7 @@ def test_betas_equal_exact_overlap(pair, long_run):
     assert checked > 2000
 
 
+@pytest.mark.slow
 def test_acceptance_counts_agree_with_betas(long_run):
     """Each judged position is accepted with probability beta, so sum K minus the
     sum of judged betas is a sum of zero-mean terms with variance sum beta (1 - beta)."""
@@ -295,6 +297,7 @@ def test_acceptance_counts_agree_with_betas(long_run):
     assert judged.size == trials
 
 
+@pytest.mark.slow
 def test_identical_draft_accepts_everything(models, prompts):
     target = models[1]
     gen = generate_long(target, target, prompts, 1.0, seed=4)

@@ -381,6 +381,7 @@ def recovery(x64_module):
     return np.array(covered)
 
 
+@pytest.mark.slow
 def test_known_coefficients_are_recovered_within_their_intervals(recovery):
     # 160 intervals: the count covered must be consistent with 95% (a
     # two-sided binomial test at the 1% level; the intervals of one fit are
@@ -407,12 +408,14 @@ def bootstrap(design):
     return key, np.concatenate([_np(c[0]) for c in chunks]), np.concatenate([_np(c[1]) for c in chunks])
 
 
+@pytest.mark.slow
 def test_bootstrap_resamples_converge(bootstrap):
     _, samples, decrement = bootstrap
     assert samples.shape == (RESAMPLES, 8) and np.all(np.isfinite(samples))
     assert np.mean(decrement < joint_fit.converged_decrement(np.float64)) >= 0.98
 
 
+@pytest.mark.slow
 def test_bootstrap_resample_matches_scipy(design, bootstrap):
     # Rebuild a resample's draw counts and refit it with scipy from scratch.
     key, samples, decrement = bootstrap
@@ -428,6 +431,7 @@ def test_bootstrap_resample_matches_scipy(design, bootstrap):
     assert _relative(samples[k], ref.natural(result.x)) < 1e-6
 
 
+@pytest.mark.slow
 def test_bootstrap_and_delta_intervals_agree(design, bootstrap):
     _, samples, _ = bootstrap
     low, high = percentile_intervals(samples, 0.95)
@@ -454,6 +458,7 @@ def _log_n_star(vector):
     return np.log(float(plan.draft_params))
 
 
+@pytest.mark.slow
 def test_delta_n_star_interval_matches_finite_differences(design):
     laws = design.joint.laws
     interval = draft_size_interval(laws, TARGET["target_params"], TARGET["draft_tokens"],
@@ -469,6 +474,7 @@ def test_delta_n_star_interval_matches_finite_differences(design):
     assert float(interval.high) == pytest.approx(n_star * np.exp(Z95 * sigma), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_bootstrap_n_star_interval_is_percentiles_of_refitted_plans(design, bootstrap):
     _, samples, _ = bootstrap
     laws = FittedLaws(pretraining_law=design.joint.laws.pretraining_law,

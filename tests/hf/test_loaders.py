@@ -145,6 +145,7 @@ CALLS = [
 # The cache code is shared; these cover both position schemes (OPT's offset of 2) and both
 # block orders. The other variants differ only inside a block, which the full-sequence test covers.
 @pytest.mark.parametrize("name", ["gpt2", "opt_pre_norm", "opt_350m_style"])
+@pytest.mark.slow
 def test_cached_decoding_with_per_row_starts_and_rollback(name, checkpoints, decoders):
     _, model, tokens, reference = checkpoints[name]
     decoder = decoders[name]

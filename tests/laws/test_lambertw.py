@@ -22,7 +22,8 @@ mpmath.mp.dps = 50
 ULP_BUDGET = 4.0
 DTYPES = [np.float32, np.float64]
 BRANCHES = [0, -1]
-MODES = ["eager", "jit"]
+# Op-by-op (eager) evaluation compiles every op again per dtype: the slow tier runs it.
+MODES = [pytest.param("eager", marks=pytest.mark.slow), "jit"]
 
 # Max ulp errors seen, printed at the end of the module (pytest -s) for the report.
 RECORD = {}
@@ -320,6 +321,7 @@ GRAD_POINTS_F64 = {0: [1e-200, 1e200], -1: [-1e-100]}
 
 
 @pytest.mark.parametrize("branch", BRANCHES)
+@pytest.mark.slow
 def test_grad_and_second_derivative(dt, branch):
     rtol = 1e-13 if dt is np.float64 else 3e-6
     f = lambda x: lambertw(x, branch)  # noqa: E731
@@ -338,6 +340,7 @@ def test_grad_and_second_derivative(dt, branch):
 
 
 @pytest.mark.parametrize("branch", BRANCHES)
+@pytest.mark.slow
 def test_negexp_derivatives(dt, branch):
     rtol = 1e-13 if dt is np.float64 else 3e-6
     f = lambda u: lambertw_negexp(u, branch)  # noqa: E731

@@ -126,6 +126,7 @@ GRID_TARGETS = np.geomspace(13e9, 110e9, 6)[:, None]
 GRID_TOKENS = np.array([3e11, 1e12, 3e12, 15e12])[None, :]
 
 
+@pytest.mark.slow
 def test_broadcasting(x64):
     plan = sd.optimal_draft_size(GRID_TARGETS, GRID_TOKENS, GRID_TOKENS)
     assert plan.draft_params.shape == (6, 4)

@@ -15,6 +15,7 @@ TARGETS = np.geomspace(13e9, 110e9, 6)[:, None]
 TOKENS = np.array([3e11, 1e12, 3e12, 15e12])[None, :]
 
 
+@pytest.mark.slow
 def test_refit_over_the_papers_target_range_is_close_to_published(x64):
     m, tokens = TARGETS, TOKENS
     rule = sd.fit_linear_rule(m, tokens, tokens)
@@ -28,6 +29,7 @@ def test_refit_over_the_papers_target_range_is_close_to_published(x64):
     assert worst == pytest.approx(rule.max_relative_error, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_log_tokens_term_improves_the_fit(x64):
     m, tokens = TARGETS, TOKENS
     plain = sd.fit_linear_rule(m, tokens, tokens)

@@ -338,6 +338,7 @@ def test_plane_is_the_weighted_least_squares_plane_over_the_points(files):
 
 # ---------------------------------------------------------------- latency
 
+@pytest.mark.slow
 def test_latency_x_is_the_distance_from_the_planners_optimum(files):
     table = latency.read_latency(files / "latency.csv")
     fig = plot_latency(table, PRESET)
@@ -417,6 +418,7 @@ def test_latency_optional_columns_may_be_absent(tmp_path):
 
 # ---------------------------------------------------------------- draft size
 
+@pytest.mark.slow
 def test_draft_size_panels_are_the_planner_over_each_sweep():
     fig = plot_draft_size(PRESET, target_params=13e9, target_tokens=2e12, points=5)
     assert len(fig.axes) == 6
