@@ -24,7 +24,6 @@ from sdsl_jax.decoding.metrics import (
     Timing,
     mean_interval,
     row_latencies,
-    student_t_quantile,
     summarize,
     timed_generate,
 )

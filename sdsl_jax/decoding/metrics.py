@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdsl_jax.common import validation as _validate
+from sdsl_jax.common.student_t import student_t_quantile_float
 from sdsl_jax.estimation.acceptance import estimate_acceptance
 from sdsl_jax.decoding.decoder import Decoder
 from sdsl_jax.decoding import loop
@@ -182,46 +183,6 @@ def law_speedup(acceptance, lookahead: int, cost_ratio, verify_cost=1.0) -> floa
 # Intervals across prompts.
 
 
-def _t_central_probability(t: float, df: int) -> float:
-    """P(|T| <= t) for Student's t with integer df, by the finite trigonometric
-    sums of Abramowitz & Stegun 26.7.3-4 (exact, no special functions)."""
-    theta = math.atan(t / math.sqrt(df))
-    s, c2 = math.sin(theta), math.cos(theta) ** 2
-    if df == 1:
-        return 2 * theta / math.pi
-    if df % 2 == 0:
-        # sin(theta) (1 + c2 (1/2) + c2^2 (1*3)/(2*4) + ...), df/2 terms.
-        j = np.arange(1, df // 2)
-        coef = np.cumprod((2 * j - 1) / (2 * j))
-        return s * (1 + float(np.sum(coef * c2 ** j)))
-    # (2/pi) (theta + sin cos (1 + c2 (2/3) + c2^2 (2*4)/(3*5) + ...)), (df-1)/2 terms.
-    j = np.arange(1, (df - 1) // 2)
-    coef = np.cumprod((2 * j) / (2 * j + 1))
-    return 2 / math.pi * (theta + s * math.sqrt(c2) * (1 + float(np.sum(coef * c2 ** j))))
-
-
-def student_t_quantile(probability: float, df: int) -> float:
-    """The quantile of Student's t: t with P(T <= t) = probability, df >= 1 an integer.
-
-    Bisection on the angle theta = atan(t / sqrt(df)) in (-pi/2, pi/2), where
-    the CDF is monotone and bounded, to float64 resolution.
-    """
-    _validate.check_open_unit("probability", probability)
-    if isinstance(df, bool) or int(df) != df or df < 1:
-        raise ValueError(f"df must be an integer >= 1, got {df!r}")
-    df = int(df)
-    central = abs(2 * probability - 1)
-    lo, hi = 0.0, math.pi / 2
-    for _ in range(80):
-        mid = (lo + hi) / 2
-        if _t_central_probability(math.sqrt(df) * math.tan(mid), df) < central:
-            lo = mid
-        else:
-            hi = mid
-    t = math.sqrt(df) * math.tan((lo + hi) / 2)
-    return t if probability >= 0.5 else -t
-
-
 def mean_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high): the Student-t interval for the mean of i.i.d. values.
 
@@ -235,7 +196,7 @@ def mean_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[fl
     mean = float(np.mean(x))
     if x.size < 2:
         return (mean, math.nan, math.nan)
-    half = student_t_quantile((1 + confidence) / 2, x.size - 1) * float(np.std(x, ddof=1)) \
+    half = student_t_quantile_float((1 + confidence) / 2, x.size - 1) * float(np.std(x, ddof=1)) \
         / math.sqrt(x.size)
     return (mean, mean - half, mean + half)
 

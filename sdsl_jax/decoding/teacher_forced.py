@@ -83,6 +83,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdsl_jax.common import validation as _validate
+from sdsl_jax.common.student_t import student_t_quantile_float
 from sdsl_jax.estimation.acceptance import bootstrap_interval
 from sdsl_jax.decoding.decoder import Decoder
 from sdsl_jax.decoding.sampling import acceptance_probability, probabilities
@@ -314,7 +315,6 @@ def document_interval(document_sums, document_positions, key, *, confidence: flo
     Returns:
       (low, high), floats.
     """
-    from sdsl_jax.decoding.metrics import student_t_quantile
     sums = np.asarray(document_sums, np.float64)
     counts = np.asarray(document_positions, np.float64)
     if sums.shape != counts.shape or sums.ndim != 1:
@@ -324,7 +324,7 @@ def document_interval(document_sums, document_positions, key, *, confidence: flo
     m = int(used.sum())
     level = float(confidence)
     if m >= 2:
-        z = math.sqrt(m / (m - 1)) * student_t_quantile((1 + level) / 2, m - 1)
+        z = math.sqrt(m / (m - 1)) * student_t_quantile_float((1 + level) / 2, m - 1)
         level = math.erf(z / math.sqrt(2))  # 1 - 2 Phi(-z)
     # Rounding can put a sum of betas a hair above its count; the interval
     # routine checks accepted <= trials.

@@ -350,17 +350,6 @@ def test_input_errors(pair, prompt_batch):
 # Metrics and records.
 
 
-def test_student_t_quantile_matches_scipy():
-    for df in (1, 2, 3, 4, 7, 30, 241):
-        for p in (0.975, 0.9995, 0.3, 0.025):
-            np.testing.assert_allclose(metrics.student_t_quantile(p, df), stats.t.ppf(p, df),
-                                       rtol=1e-10)
-    with pytest.raises(ValueError, match="df must be an integer"):
-        metrics.student_t_quantile(0.9, 2.5)
-    with pytest.raises(ValueError, match="probability"):
-        metrics.student_t_quantile(1.0, 3)
-
-
 def test_mean_interval_matches_scipy():
     x = np.random.default_rng(5).exponential(size=17)
     mean, low, high = metrics.mean_interval(x, 0.95)
