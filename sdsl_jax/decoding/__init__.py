@@ -23,6 +23,7 @@ from sdsl_jax.decoding.pair import measure_pair, run_records
 from sdsl_jax.decoding.metrics import (
     Timing,
     mean_interval,
+    record_batches,
     row_latencies,
     summarize,
     timed_generate,

@@ -34,6 +34,7 @@ prompts by default, since acceptance varies between prompts).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any, Iterable, Mapping
@@ -183,21 +184,57 @@ def law_speedup(acceptance, lookahead: int, cost_ratio, verify_cost=1.0) -> floa
 # Intervals across prompts.
 
 
-def mean_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): the Student-t interval for the mean of i.i.d. values.
+@functools.lru_cache(maxsize=256)
+def _t_quantile(probability: float, df: int) -> float:
+    # A summary asks for the same few (confidence, df) pairs over and over (and
+    # a coverage simulation thousands of times); each costs a float64 bisection.
+    return student_t_quantile_float(probability, df)
 
-    NaN values are dropped. With fewer than two values the ends are NaN.
+
+def mean_interval(values: Iterable[float], confidence: float = 0.95, *,
+                  batches: Iterable[Any] | None = None) -> tuple[float, float, float]:
+    """(mean, low, high): the interval for the mean per-prompt value, batches as the units.
+
+    Args:
+      values: one value per prompt; NaN values are dropped (with their batch).
+      confidence: the interval's level.
+      batches: the batch each value was timed in (labels numpy can sort, such
+        as ints, one per value; :func:`record_batches` gives them for records); values of one batch share its timing. None: every value is its
+        own batch (batch size 1), and the interval is the Student-t interval
+        for the mean of i.i.d. values.
+
+    The mean is the mean over prompts. Its interval is cluster-robust with the
+    batches as clusters (module docstring): with G batches of n_g prompts, N in
+    all, and batch sums S_g,
+
+        var = G / (G - 1) * sum_g (S_g - n_g * mean)^2 / N^2,
+        mean +- t_{G-1} sqrt(var),
+
+    which is exactly the Student-t interval at batch size 1, and the t
+    interval over the batch means when every batch has the same size. With
+    fewer than two batches the ends are NaN.
     """
     _validate.check_open_unit("confidence", confidence)
-    x = np.asarray(list(values), np.float64)
-    x = x[~np.isnan(x)]
+    x = np.asarray(list(values), np.float64).reshape(-1)
+    if batches is None:
+        labels = np.arange(x.size)
+    else:
+        labels = np.asarray(list(batches)).reshape(-1)
+        if labels.size != x.size:
+            raise ValueError(f"batches has {labels.size} labels for {x.size} values")
+    keep = ~np.isnan(x)
+    x, labels = x[keep], labels[keep]
     if x.size == 0:
         return (math.nan, math.nan, math.nan)
     mean = float(np.mean(x))
-    if x.size < 2:
+    _, which, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    units = counts.size
+    if units < 2:
         return (mean, math.nan, math.nan)
-    half = student_t_quantile_float((1 + confidence) / 2, x.size - 1) * float(np.std(x, ddof=1)) \
-        / math.sqrt(x.size)
+    # Each batch's deviation from the mean, weighted by its prompts: n_g (mean_g - mean).
+    deviation = np.bincount(which.reshape(-1), weights=x, minlength=units) - counts * mean
+    variance = units / (units - 1) * float(np.sum(deviation ** 2)) / x.size ** 2
+    half = _t_quantile((1 + confidence) / 2, units - 1) * math.sqrt(variance)
     return (mean, mean - half, mean + half)
 
 
@@ -225,6 +262,41 @@ def acceptance_inputs(records: Iterable[Mapping[str, Any]]):
     return accepted, lookahead, ids
 
 
+def record_batches(records: Iterable[Mapping[str, Any]]) -> np.ndarray:
+    """The timed batch of each record, as int labels for :func:`mean_interval`'s ``batches``.
+
+    A record of :func:`sdsl_jax.decoding.pair.measure_pair` names its batch
+    (``batch_index``, distinct within a run). Records written before that field
+    existed are assigned to batches by what their batch shared: records with
+    ``batch_size`` > 1 and exactly the same ``ttft_s`` (one prefill time per
+    batch; ``baseline_ttft_s`` too, when present) are one batch, split in their
+    order into runs of at most ``batch_size`` records (so identical times of
+    several batches, as only a made-up timing gives, still make batches of the
+    right size). Assumed: two batches never measure the very same prefill
+    time, which a clock read to the nanosecond makes all but impossible.
+    Records with ``batch_size`` 1, or none, are each their own batch. Inferred
+    labels are negative, so they never meet a recorded ``batch_index``.
+    """
+    records = list(records)
+    labels = np.empty(len(records), np.int64)
+    groups: dict[Any, list[int]] = {}
+    for i, r in enumerate(records):
+        if r.get("batch_index") is not None:
+            labels[i] = int(r["batch_index"])
+            continue
+        size = int(r.get("batch_size") or 1)
+        key = ((size, r.get("ttft_s"), r.get("baseline_ttft_s")) if size > 1
+               else ("alone", i))
+        groups.setdefault(key, []).append(i)
+    label = -1
+    for key, members in groups.items():
+        size = key[0] if key[0] != "alone" else 1
+        for start in range(0, len(members), size):
+            labels[members[start:start + size]] = label
+            label -= 1
+    return labels
+
+
 def summarize(records: Iterable[Mapping[str, Any]], confidence: float = 0.95,
               interval: str = "bootstrap", key: jax.Array | None = None,
               num_resamples: int = 1000) -> dict[str, Any]:
@@ -243,8 +315,10 @@ def summarize(records: Iterable[Mapping[str, Any]], confidence: float = 0.95,
       probability of the judged positions), mean_accepted (K per iteration),
       tokens_per_iteration, and ``<name>``, ``<name>_low``, ``<name>_high``
       for ttft_s, tpot_s, ttot_s and, when the records have a baseline,
-      speedup. The acceptance columns match the measurement-set format
-      (sdsl_jax.estimation.measurements).
+      speedup, with ``batches`` the number of timed batches their intervals
+      rest on (:func:`record_batches`; the batch is the unit, see
+      :func:`mean_interval`). The acceptance columns match the measurement-set
+      format (sdsl_jax.estimation.measurements).
     """
     records = list(records)
     if not records:
@@ -271,8 +345,13 @@ def summarize(records: Iterable[Mapping[str, Any]], confidence: float = 0.95,
     names = ["ttft_s", "tpot_s", "ttot_s"]
     if all(r.get("speedup") is not None for r in records):
         names.append("speedup")
+    # Rows of one batch share one timing: the batch, not the prompt, is the
+    # independent unit of every latency and speedup.
+    batches = record_batches(records)
+    out["batches"] = int(np.unique(batches).size)
     for name in names:
         mean, low, high = mean_interval(
-            [math.nan if r.get(name) is None else r[name] for r in records], confidence)
+            [math.nan if r.get(name) is None else r[name] for r in records], confidence,
+            batches=batches)
         out.update({name: mean, f"{name}_low": low, f"{name}_high": high})
     return out

@@ -44,7 +44,7 @@ def run_records(generation: loop.Generation, timing: Timing, *, prompt_ids: Sequ
                 prompt_lengths: Sequence[int], max_new_tokens: int, temperature: float,
                 draft: Decoder | None = None, target: Decoder | None = None,
                 baseline: tuple[loop.Generation, Timing] | None = None,
-                rows: int | None = None) -> list[dict[str, Any]]:
+                rows: int | None = None, batch_index: int | None = None) -> list[dict[str, Any]]:
     """Per-prompt records of a finished batch (the first ``rows`` rows; default all).
 
     Each record is a dict of plain JSON values:
@@ -55,7 +55,9 @@ def run_records(generation: loop.Generation, timing: Timing, *, prompt_ids: Sequ
       positions, sum min(K + 1, lookahead)), beta_sum and beta_count (exact
       acceptance probabilities of the judged positions), ttft_s, tpot_s,
       ttot_s (seconds; tpot_s is None when max_new_tokens is 1), batch_size,
-      device; draft_model, draft_params, target_model, target_params when the
+      batch_index (which timed batch of the run this is, when given: its rows
+      share one timing, so latency intervals take the batch as the unit, see
+      :func:`sdsl_jax.decoding.metrics.mean_interval`), device; draft_model, draft_params, target_model, target_params when the
       decoders are given; with a baseline run of the same batch,
       baseline_ttft_s, baseline_tpot_s, baseline_ttot_s and speedup (baseline
       decode time over speculative decode time).
@@ -88,6 +90,8 @@ def run_records(generation: loop.Generation, timing: Timing, *, prompt_ids: Sequ
             "ttft_s": float(lat["ttft_s"][b]), "tpot_s": _number(lat["tpot_s"][b]),
             "ttot_s": float(lat["ttot_s"][b]), "batch_size": batch, "device": device,
         }
+        if batch_index is not None:
+            rec["batch_index"] = int(batch_index)
         for role, dec in (("draft", draft), ("target", target)):
             if dec is not None:
                 rec[f"{role}_model"] = dec.name
@@ -107,13 +111,14 @@ def measure_pair(draft: Decoder, target: Decoder, prompts: Sequence[Sequence[int
                  lookahead: int, max_new_tokens: int, temperature: float, key: jax.Array, *,
                  prompt_ids: Sequence[int] | None = None, batch_size: int = 1,
                  prompt_len: int | None = None, baseline: bool = True,
-                 warmup: bool = True) -> Iterator[dict[str, Any]]:
+                 warmup: bool = True, first_batch: int = 0) -> Iterator[dict[str, Any]]:
     """Decode prompts with speculative sampling and yield one record per prompt.
 
     Prompts are padded to one length and batched in order; a short last batch
     is filled with copies of its last prompt (dropped from the output), so the
     loop compiles once. Records come out batch by batch (see
-    :func:`run_records` for their fields).
+    :func:`run_records` for their fields); each names its batch in
+    ``batch_index``, counted from ``first_batch``.
 
     Args:
       draft, target: the pair; vocabularies must match.
@@ -131,10 +136,15 @@ def measure_pair(draft: Decoder, target: Decoder, prompts: Sequence[Sequence[int
         speedup (the same keys; timed separately).
       warmup: run the first batch once, untimed, before measuring (this is
         where compilation happens).
+      first_batch: the ``batch_index`` of the first batch. Rows of one batch
+        share its timing and their latency intervals treat the batch as the
+        unit, so when extending a run (the missing prompts), pass one more
+        than the run's highest index, or two calls' batches would count as one.
     """
     _validate.check_int("lookahead", lookahead, 1)
     _validate.check_int("max_new_tokens", max_new_tokens, 2)
     _validate.check_int("batch_size", batch_size, 1)
+    _validate.check_int("first_batch", first_batch, 0)
     prompts = list(prompts)
     if not prompts:
         return
@@ -162,14 +172,15 @@ def measure_pair(draft: Decoder, target: Decoder, prompts: Sequence[Sequence[int
 
     if warmup:
         run(*batch_at(0)[:3])
-    for start in range(0, len(prompts), batch_size):
+    for number, start in enumerate(range(0, len(prompts), batch_size)):
         tok, lens, keys, idx = batch_at(start)
         (generation, timing), base = run(tok, lens, keys)
         rows = min(batch_size, len(prompts) - start)
         yield from run_records(generation, timing, prompt_ids=ids_arr[idx].tolist(),
                                prompt_lengths=lengths[idx].tolist(),
                                max_new_tokens=max_new_tokens, temperature=temperature,
-                               draft=draft, target=target, baseline=base, rows=rows)
+                               draft=draft, target=target, baseline=base, rows=rows,
+                               batch_index=first_batch + number)
 
 
 # --------------------------------------------------------------------------

@@ -5,8 +5,10 @@
 (:mod:`sdsl_jax.estimation.measurements`): the acceptance with its bootstrap
 interval across prompts, the acceptance at each draft position with the
 test of one rate at every position, the latency columns of ``sdsl plot
-latency`` (ttft, tpot, ttot and their _low/_high, seconds) with Student-t
-intervals across prompts, the speedup, the step times and the law's
+latency`` (ttft, tpot, ttot and their _low/_high, seconds) with t intervals
+that take the timed batch as the unit (the Student-t interval across prompts
+at batch size 1; :func:`sdsl_jax.decoding.metrics.mean_interval`), the
+speedup, the step times and the law's
 prediction. :func:`write_row` adds a row to a rows file, replacing the row
 of the same pair and settings, for ``sdsl fit`` and ``sdsl plot latency``.
 """
@@ -31,8 +33,9 @@ def summary_row(records: list[dict], *, confidence: float = 0.95, num_resamples:
     """One measurement-set row from the runs-file records of one pair and setting.
 
     The acceptance interval is a bootstrap over prompts; latency and speedup
-    intervals are Student-t intervals across prompts; step times are medians
-    over the records.
+    intervals are t intervals with the timed batches as units (the prompts'
+    Student-t interval at batch size 1), and ``timed_batches`` says how many
+    there were; step times are medians over the records.
     """
     import jax
     with jax.enable_x64(False):  # the precision the measurement ran in
@@ -81,11 +84,14 @@ def _summary_row(records, confidence, num_resamples, seed) -> dict[str, Any]:
         if s.get(key) is not None:
             row.update({name: s[key], f"{name}_low": _at_least_0(s[f"{key}_low"]),
                         f"{name}_high": s[f"{key}_high"]})
+    row["timed_batches"] = s["batches"]
     if first["baseline"]:
+        # The baseline decoded the same batches, each timed once for all its rows.
+        batches = metrics.record_batches(records)
         for name in LATENCIES:
             mean, low, high = metrics.mean_interval(
                 [np.nan if r.get(f"baseline_{name}_s") is None else r[f"baseline_{name}_s"]
-                 for r in records], confidence)
+                 for r in records], confidence, batches=batches)
             row.update({f"baseline_{name}": mean, f"baseline_{name}_low": _at_least_0(low),
                         f"baseline_{name}_high": high})
     # Each run (each resumption) times the steps once; its prompts carry the times.

@@ -25,6 +25,12 @@ tokens judged), with the accepted count of every iteration in
 --step-times`` too (draft_step_seconds, target_step_seconds, batch, context,
 precision).
 
+A line names the timed batch it came from (``batch_index``, counted across
+resumptions, so each batch of the file has its own): the lines of one batch
+share its prefill and decode times, and the summary's latency intervals take
+the batch as the unit. Runs files written before that field are grouped by
+:func:`sdsl_jax.decoding.metrics.record_batches`.
+
 The run's lines are aggregated into one measurement row, and that row
 kept in a rows file, by :mod:`sdsl_jax.decoding.rows`; the row's text is
 :mod:`sdsl_jax.decoding.summary`.
@@ -235,6 +241,9 @@ def _measure(draft: RunModel, target: RunModel, prompts, todo, settings, hashes,
     context = prompt_len + settings["max_new_tokens"] // 2
     steps = _measure_steps(draft.decoder, target.decoder, settings["lookahead"], batch, context)
     position = {i: j for j, i in enumerate(todo)}
+    # Batches are numbered across the runs file: a resumption's batches are new ones.
+    first_batch = 1 + max((int(r["batch_index"]) for r in done.values()
+                           if r.get("batch_index") is not None), default=-1)
     try:
         handle = open(path, "a", encoding="utf-8")
     except OSError as err:
@@ -244,7 +253,7 @@ def _measure(draft: RunModel, target: RunModel, prompts, todo, settings, hashes,
                                 settings["lookahead"], settings["max_new_tokens"],
                                 settings["temperature"], jax.random.PRNGKey(settings["seed"]),
                                 prompt_ids=todo, batch_size=batch, prompt_len=prompt_len,
-                                baseline=settings["baseline"])
+                                baseline=settings["baseline"], first_batch=first_batch)
     measured = 0
     with handle, tqdm(total=len(prompts), initial=len(prompts) - len(todo), unit="prompt",
                       desc="measure", disable=None if progress is None else not progress,

@@ -78,9 +78,14 @@ def _temperature(row: dict) -> str:
 def loop_summary(row: dict, *, runs_file: str, measured_now: int, from_earlier: int) -> str:
     """The summary of a loop run's row: acceptance, by draft position, speedups, latencies."""
     text = _models(row)
+    # Rows of a batch share one timing, so a batch's latencies are one
+    # observation: say how many the intervals rest on when that is not the prompts.
+    batches = row.get("timed_batches")
+    units = ("" if row["batch"] == 1 or batches is None else
+             f" (latency intervals over {batches} timed batch{'' if batches == 1 else 'es'})")
     text.append(f"lookahead {row['lookahead']}, {_temperature(row)}, {row['prompts']} prompts of "
                 f"{row['prompt_len']} tokens, {row['max_new_tokens']} new tokens each, batch "
-                f"{row['batch']}, on {row['device']}")
+                f"{row['batch']}{units}, on {row['device']}")
     text.append(f"{runs_file}: {measured_now} prompts measured now, {from_earlier} from an "
                 "earlier run")
     lines = [

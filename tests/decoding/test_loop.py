@@ -350,16 +350,6 @@ def test_input_errors(pair, prompt_batch):
 # Metrics and records.
 
 
-def test_mean_interval_matches_scipy():
-    x = np.random.default_rng(5).exponential(size=17)
-    mean, low, high = metrics.mean_interval(x, 0.95)
-    ref = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
-    np.testing.assert_allclose([low, high], ref, rtol=1e-10)
-    assert mean == pytest.approx(x.mean())
-    assert np.isnan(metrics.mean_interval([1.0])[1])
-    assert metrics.mean_interval([1.0, np.nan, 3.0])[0] == 2.0
-
-
 def test_row_latencies_apportion_the_decode_time(pair, prompt_batch):
     gen = generate(pair, prompt_batch)
     timing = metrics.Timing(prefill_seconds=0.5, decode_seconds=2.0)
@@ -402,14 +392,19 @@ def test_measure_pair_records(pair, records):
             (r["baseline_ttot_s"] - r["baseline_ttft_s"]) / (r["ttot_s"] - r["ttft_s"]))
         assert r["draft_params"] == pair[0].num_params and r["target_model"] == "target"
         assert r["batch_size"] == 3
+    # Two batches of 3 (the last one short); a batch's rows share its prefill time.
+    assert [r["batch_index"] for r in records] == [0, 0, 0, 1, 1]
+    assert len({r["ttft_s"] for r in records[:3]}) == 1 and records[3]["ttft_s"] == records[4]["ttft_s"]
 
 
 def test_measure_pair_resumes_with_the_same_randomness(pair, records):
     # Rerunning prompts 3 and 4 alone (as after a kill) repeats their runs.
     again = list(measure_pair(*pair, [[2, 2], [5]], LOOKAHEAD, MAX_NEW, 1.0,
                               jax.random.PRNGKey(9), prompt_ids=[3, 4], batch_size=3,
-                              prompt_len=5, baseline=False, warmup=False))
+                              prompt_len=5, baseline=False, warmup=False, first_batch=7))
     assert [r["accepted"] for r in again] == [r["accepted"] for r in records[3:]]
+    # A resumption numbers its batches on from the run's (first_batch).
+    assert [r["batch_index"] for r in again] == [7, 7]
     assert "speedup" not in again[0]
     with pytest.raises(ValueError, match="distinct"):
         next(measure_pair(*pair, [[1], [2]], 2, 4, 1.0, jax.random.PRNGKey(0), prompt_ids=[1, 1]))
@@ -427,9 +422,18 @@ def test_summarize(records):
     assert s["beta_mean"] == pytest.approx(sum(r["beta_sum"] for r in records) / trials)
     iterations = sum(r["iterations"] for r in records)
     assert s["tokens_per_iteration"] == pytest.approx(1 + accepted / iterations)
+    # Latencies: the batch is the unit (batches of 3 and 2 prompts).
+    assert s["batches"] == 2
     for name in ("ttft_s", "tpot_s", "ttot_s", "speedup"):
-        mean, low, high = metrics.mean_interval([r[name] for r in records])
+        mean, low, high = metrics.mean_interval([r[name] for r in records],
+                                                batches=[0, 0, 0, 1, 1])
         assert (s[name], s[f"{name}_low"], s[f"{name}_high"]) == pytest.approx((mean, low, high))
+    # Records from before batch_index: the batches are found again from the shared times.
+    old = [{k: v for k, v in r.items() if k != "batch_index"} for r in records]
+    np.testing.assert_array_equal(metrics.record_batches(old), [-1, -1, -1, -2, -2])
+    s_old = metrics.summarize(old, key=jax.random.PRNGKey(0), num_resamples=200)
+    for name in ("batches", "ttft_s", "ttft_s_low", "ttot_s_high", "speedup_low"):
+        assert s_old[name] == pytest.approx(s[name])
     with pytest.raises(ValueError, match="mix lookaheads"):
         metrics.summarize([records[0], dict(records[1], lookahead=3)])
     # The run records of a finished Generation are what measure_pair yields.
