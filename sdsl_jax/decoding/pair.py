@@ -57,10 +57,11 @@ def run_records(generation: loop.Generation, timing: Timing, *, prompt_ids: Sequ
       ttot_s (seconds; tpot_s is None when max_new_tokens is 1), batch_size,
       batch_index (which timed batch of the run this is, when given: its rows
       share one timing, so latency intervals take the batch as the unit, see
-      :func:`sdsl_jax.decoding.metrics.mean_interval`), device; draft_model, draft_params, target_model, target_params when the
-      decoders are given; with a baseline run of the same batch,
-      baseline_ttft_s, baseline_tpot_s, baseline_ttot_s and speedup (baseline
-      decode time over speculative decode time).
+      :func:`sdsl_jax.decoding.metrics.mean_interval`), device; draft_model,
+      draft_params, target_model, target_params when the decoders are given;
+      with a baseline run of the same batch, baseline_ttft_s,
+      baseline_tpot_s, baseline_ttot_s and speedup (baseline decode time over
+      speculative decode time).
     """
     batch = int(generation.tokens.shape[0])
     rows = batch if rows is None else int(rows)

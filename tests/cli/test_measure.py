@@ -394,12 +394,15 @@ def test_interrupted_run_keeps_finished_prompts_and_resumes(reference, model_dir
     # Randomness follows the prompt id: the resumed run is the uninterrupted one.
     assert [line["accepted_per_iteration"] for line in lines] == \
         [line["accepted_per_iteration"] for line in ref]
+    # Each line names its timed batch, numbered on across the resumption (batch size 1).
+    assert [line["batch_index"] for line in lines] == list(range(PROMPTS))
     # More prompts extend a finished run; prompt i stays the same text.
     code, out, _ = run_cli(_argv(model_dirs, corpus_dir, runs, "--json",
                                       prompts=PROMPTS + 1))
     assert code == 0 and json.loads(out)["prompts"] == PROMPTS + 1
     lines = _lines(runs)
     assert [line["prompt_id"] for line in lines] == list(range(PROMPTS + 1))
+    assert lines[PROMPTS]["batch_index"] == PROMPTS
     assert lines[PROMPTS]["prompt_hash"] == json_hash(_prompt(corpus_dir, 0, PROMPTS))
 
 

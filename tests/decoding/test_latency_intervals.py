@@ -121,3 +121,43 @@ def test_coverage_at_batch_four():
         assert z1[name] < 0.8, (name, z1[name])
     for name in ("ttft_s", "tpot_s", "ttot_s"):
         assert old[name] < 0.85, (name, old[name])
+
+
+@pytest.mark.slow
+def test_summary_row_and_text_take_the_batch_as_the_unit():
+    # Runs-file lines of 10 prompts in batches of 4 (4, 4, 2) through the measurement
+    # row and its printed summary; the old lines (no batch_index) give the same row.
+    from sdsl_jax.decoding.rows import summary_row
+    from sdsl_jax.decoding.summary import loop_summary
+
+    recs = sim.simulate_records(np.random.default_rng(2), batch_size=4, prompts=10)[0]
+    rng = np.random.default_rng(3)
+    lines = []
+    for i, r in enumerate(recs):
+        k = rng.integers(0, 3, size=6).tolist()
+        base_decode = r["speedup"] * (r["ttot_s"] - r["ttft_s"])
+        lines.append(dict(
+            r, prompt_id=i, lookahead=2, accepted_per_iteration=k, accepted=sum(k),
+            trials=sum(min(x + 1, 2) for x in k), beta_sum=1.0, beta_count=1,
+            draft_model="d", target_model="t", family=None, draft_params=10, target_params=30,
+            draft_tokens=1e3, target_tokens=1e3, perplexity_source="validation",
+            draft_perplexity=9.0, target_perplexity=7.0, temperature=1.0, baseline=True,
+            baseline_ttft_s=r["ttft_s"] * 0.9, baseline_ttot_s=r["ttft_s"] * 0.9 + base_decode,
+            baseline_tpot_s=base_decode / 63, draft_step_seconds=1e-3, target_step_seconds=5e-3,
+            baseline_step_seconds=4e-3, cost_ratio=0.25, verify_cost=1.25, max_new_tokens=64,
+            prompt_len=8, batch=4, context=40, precision="fp32", device="cpu", prompt_set="x",
+            seed=0))
+    row = summary_row(lines, num_resamples=100)
+    batches = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+    assert row["timed_batches"] == 3
+    for name, key in (("ttft", "ttft_s"), ("ttot", "ttot_s"), ("speedup", "speedup"),
+                      ("baseline_tpot", "baseline_tpot_s")):
+        mean, low, high = metrics.mean_interval([r[key] for r in lines], batches=batches)
+        assert (row[name], row[f"{name}_low"], row[f"{name}_high"]) == pytest.approx(
+            (mean, max(low, 0.0), high), rel=1e-9)
+    old = summary_row([{k: v for k, v in r.items() if k != "batch_index"} for r in lines],
+                      num_resamples=100)
+    assert (old["ttft_low"], old["baseline_ttot_high"]) == pytest.approx(
+        (row["ttft_low"], row["baseline_ttot_high"]), rel=1e-12)
+    text = loop_summary(row, runs_file="runs.jsonl", measured_now=10, from_earlier=0)
+    assert "batch 4 (latency intervals over 3 timed batches)" in text

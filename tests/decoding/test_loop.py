@@ -394,7 +394,8 @@ def test_measure_pair_records(pair, records):
         assert r["batch_size"] == 3
     # Two batches of 3 (the last one short); a batch's rows share its prefill time.
     assert [r["batch_index"] for r in records] == [0, 0, 0, 1, 1]
-    assert len({r["ttft_s"] for r in records[:3]}) == 1 and records[3]["ttft_s"] == records[4]["ttft_s"]
+    assert len({r["ttft_s"] for r in records[:3]}) == 1
+    assert records[3]["ttft_s"] == records[4]["ttft_s"]
 
 
 def test_measure_pair_resumes_with_the_same_randomness(pair, records):
