@@ -9,9 +9,26 @@ the acceptance rate at position i, given that it is reached, is
     r_i = P(K >= i | K >= i - 1),  estimated by  #(K >= i) / #(K >= i - 1),
 
 for i = 1..gamma. Each reached position is a Bernoulli trial, so the Wilson
-interval of those counts is the i.i.d. interval; iterations of one prompt
-share its difficulty, so with prompt ids a bootstrap that resamples prompts
-gives the honest one (as in :mod:`sdsl_jax.estimation.acceptance`).
+interval of those counts is the i.i.d. interval. Iterations of one prompt
+share its difficulty, so with prompt ids the honest interval treats prompts
+as the units: r_i is a ratio of per-prompt totals, sum_p #_p(K >= i) /
+sum_p #_p(K >= i - 1), and gets the cluster interval of the pooled
+acceptance (:func:`sdsl_jax.estimation.acceptance.cluster_interval`, vmapped
+over positions; the method and why are in that module's docstring). It
+contains the Wilson interval by construction.
+
+It replaces a plain percentile bootstrap over prompts, which is narrower than
+the binomial with few prompts (for 16 of 30 it gave [0.50, 0.60], where
+Wilson gives [0.36, 0.70]) and undercovers. Coverage of the 95% intervals at
+positions 1..4 (lookahead 4; per-prompt rates ~ Beta(mean 0.6,
+concentration 20), 4 to 30 iterations per prompt; truth the population
+ratio E[r^i] / E[r^(i - 1)]; 2000 runs per row, seed 7 + P; the worst
+position of the four is shown, standard error about 0.005):
+
+    prompts   percentile bootstrap   cluster
+__POSITION_TABLE__
+
+tests/estimation/test_positions.py checks the 4- and 32-prompt rows.
 
 Goodness of fit of the i.i.d. model
 -----------------------------------
@@ -52,7 +69,7 @@ import numpy as np
 from jax.scipy.special import gammaincc
 
 from sdsl_jax.common import validation as _validate
-from sdsl_jax.estimation.acceptance import wilson_interval
+from sdsl_jax.estimation.acceptance import cluster_interval, wilson_interval
 
 FIT_METHODS = ("likelihood-ratio", "pearson")
 
@@ -64,8 +81,10 @@ class PositionRates:
     Attributes:
       rate: #(K >= i) / #(K >= i - 1); NaN where position i was never reached.
       low, high: Wilson interval (i.i.d. trials).
-      bootstrap_low, bootstrap_high: percentile interval from resampling
-        prompts (NaN when no prompt ids were given).
+      bootstrap_low, bootstrap_high: the cluster interval across prompts
+        (:func:`sdsl_jax.estimation.acceptance.cluster_interval`; NaN when no
+        prompt ids were given). The names are kept from when this was a
+        bootstrap; no resampling is involved any more.
       accepted: #(K >= i), the accepted drafts at position i.
       reached: #(K >= i - 1), the iterations that judged position i.
     """
@@ -167,12 +186,12 @@ def per_position_acceptance(accepted, lookahead: int, prompt_ids=None, *, mask=N
       accepted: int K per iteration, any shape, in [0, lookahead].
       lookahead: gamma of every iteration (a Python int >= 1).
       prompt_ids: int prompt id per iteration (accepted's shape) for the
-        bootstrap across prompts; without it the bootstrap ends are NaN.
+        cluster interval across prompts; without it those ends are NaN.
       mask: bool, accepted's shape; False marks padding iterations.
       num_prompts: the number of prompts (default max(prompt_ids) + 1).
       confidence: two-sided level.
-      num_resamples: bootstrap resamples.
-      key: PRNG key for the bootstrap (default PRNGKey(0)).
+      num_resamples, key: ignored; kept so that calls written for the
+        bootstrap this interval replaced keep working.
 
     Returns:
       A :class:`PositionRates`, each field of shape [gamma].
@@ -199,31 +218,24 @@ def per_position_acceptance(accepted, lookahead: int, prompt_ids=None, *, mask=N
         if np.min(np.asarray(ids)) < 0 or np.max(np.asarray(ids)) >= num_prompts:
             raise ValueError(f"prompt_ids must lie in [0, num_prompts={num_prompts})")
         m = jnp.ones(k.shape, bool) if mask is None else jnp.asarray(mask)
-        b_low, b_high = _bootstrap_positions(
-            k.ravel(), m.ravel(), ids.ravel(), jax.random.PRNGKey(0) if key is None else key,
-            jnp.asarray(confidence, rate.dtype), lookahead, int(num_prompts), int(num_resamples))
+        b_low, b_high = _cluster_positions(k.ravel(), m.ravel(), ids.ravel(),
+                                           jnp.asarray(confidence, rate.dtype), lookahead,
+                                           int(num_prompts))
     return PositionRates(rate=rate, low=low, high=high, bootstrap_low=b_low,
                          bootstrap_high=b_high, accepted=acc, reached=reached)
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6, 7))
-def _bootstrap_positions(k, mask, ids, key, confidence, lookahead, num_prompts, num_resamples):
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _cluster_positions(k, mask, ids, confidence, lookahead, num_prompts):
     dtype = confidence.dtype
     onehot = (k[:, None] == jnp.arange(lookahead + 1)).astype(dtype) * mask[:, None]
     per_prompt = jax.ops.segment_sum(onehot, ids, num_segments=num_prompts)  # [P, gamma + 1]
-    acc_p, reached_p = _rates_from_histogram(per_prompt)
-    # Prompts without iterations (ids not used) are not units of the resampling.
-    present = reached_p[:, 0] > 0
-    draw = jax.random.categorical(key, jnp.where(present, 0.0, -jnp.inf),
-                                  shape=(num_resamples, num_prompts))
-    count = jnp.sum(present)
-    # Resample as many prompts as are present: the draws past `count` get weight 0.
-    weight = (jnp.arange(num_prompts) < count).astype(dtype)
-    acc_b = jnp.einsum("p,rpg->rg", weight, acc_p[draw])
-    reached_b = jnp.einsum("p,rpg->rg", weight, reached_p[draw])
-    ratio = jnp.where(reached_b > 0, acc_b / jnp.where(reached_b > 0, reached_b, 1.0), jnp.nan)
-    tail = (1 - confidence) / 2
-    return (jnp.nanquantile(ratio, tail, axis=0), jnp.nanquantile(ratio, 1 - tail, axis=0))
+    acc_p, reached_p = _rates_from_histogram(per_prompt)  # [P, gamma] each
+    # Prompts that never reached position i have 0 trials there and drop out
+    # of its interval. A position no prompt reached has no rate: NaN.
+    low, high = jax.vmap(cluster_interval, in_axes=(1, 1, None))(acc_p, reached_p, confidence)
+    reached = jnp.sum(reached_p, axis=0) > 0
+    return jnp.where(reached, low, jnp.nan), jnp.where(reached, high, jnp.nan)
 
 
 def truncated_geometric_pmf(acceptance, lookahead: int) -> jax.Array:
@@ -355,8 +367,9 @@ def summarize_positions(accepted, lookahead: int, prompt_ids=None, *, mask=None,
     Returns:
       A dict with
         position_rates, position_rates_low, position_rates_high: lists of
-          gamma rates and their intervals (the bootstrap across prompts with
-          prompt ids, where it exists; else Wilson);
+          gamma rates and their intervals (the cluster interval across
+          prompts with prompt ids, where the position was reached; else
+          Wilson);
         position_accepted, position_reached: the counts behind each rate;
         geometric_acceptance: the i.i.d. MLE alpha_hat;
         geometric_fit_statistic, geometric_fit_df, geometric_fit_p_value:
