@@ -42,8 +42,8 @@ counts behave like a binomial sample and the textbook binomial intervals apply:
 the likelihood is still binomial, and simulation shows both intervals keep
 their coverage: see tests/estimation/test_acceptance.py.)
 
-Why a bootstrap across prompts
-------------------------------
+Why prompts are the units
+-------------------------
 Real runs are not i.i.d. at one rate. alpha = E_prefix[beta] averages a
 per-position acceptance probability that varies a lot from prompt to prompt
 (code is easier to draft than poetry), and iterations of one prompt share it.
@@ -53,50 +53,124 @@ by a design effect of about 1 + (m - 1) rho, with m the trials per prompt and
 rho the intra-prompt correlation. With 50 trials per prompt even rho = 0.05
 more than triples the variance, so Wilson and Clopper-Pearson intervals,
 which assume a binomial variance, are far too narrow and undercover badly
-(73-83% instead of 95% in the heterogeneous simulation of the tests).
+(0.47-0.92 instead of 0.95 in the heterogeneous rows of the table below).
 
 The estimand is then the population ratio E[sum K] / E[sum trials] over the
 prompt distribution, and the prompts, not the tokens, are the independent
 units. (It is not the mean of the per-prompt rates: a prompt with a high rate
 reaches more positions per iteration and weighs more. With per-prompt rates
 ~ Beta(mean 0.3, concentration 20) and lookahead 4 the ratio is 0.314.)
-:func:`bootstrap_interval` resamples whole prompts with replacement,
-which keeps each prompt's internal correlation intact, and recomputes the
-ratio estimator for every resample (vmapped, one fixed-shape draw per
-resample, so it jits). Two methods:
 
-* ``"studentized"`` (default): the bootstrap-t on the logit scale. Each
-  resample gives t* = (logit alpha* - logit alpha_hat) / se*, with se* the
-  cluster-robust (linearisation) standard error of the ratio,
-  se^2 ~ sum_p (a_p - alpha t_p)^2 / (sum_p t_p)^2 over prompts p, mapped
-  to the logit scale by the delta method. The interval inverts the
-  bootstrap quantiles of t*. It is second-order accurate and, unlike the
-  percentile method, sees the extra uncertainty of estimating the standard
-  error from few prompts; the logit keeps it inside (0, 1) and lets it be
-  asymmetric where the skewness of the ratio near 0 or 1 asks for it.
-* ``"percentile"``: quantiles of the resampled ratios. Simpler but it
-  undercovers with few prompts (93-94% with the 32 prompts of the
-  heterogeneous simulation of the tests, measured once),
-  as the bootstrap variance is too small by (m - 1) / m and the percentile
-  method ignores that the standard error itself is estimated.
+The cluster interval (``interval="cluster"``, :func:`cluster_interval`)
+----------------------------------------------------------------------
+With a_p accepted and t_p trials in prompt p, R = sum a_p / sum t_p is a
+weighted mean of the prompt rates x_p = a_p / t_p with weights
+w_p = t_p / T, T = sum t_p. The interval is built from four pieces:
 
-Either way the result is widened, where needed, to contain the Wilson
-interval of the pooled counts: the bootstrap cannot see variation the run
-did not show (every draft accepted, or a single prompt), and the binomial
-interval is then the honest floor.
+1. The linearisation (cluster-robust, sandwich) variance of the ratio,
+   sum_p w_p^2 (x_p - R)^2, in its CR2 form: each term divided by 1 - w_p
+   (w_p is prompt p's leverage), which makes it unbiased when the prompt
+   rates are homoscedastic and reduces to the usual P / (P - 1) factor for
+   equal prompts (Bell & McCaffrey 2002).
+2. The logit scale: logit R +- q se / (R (1 - R)), which keeps the interval
+   inside (0, 1) and lets it be asymmetric near 0 and 1.
+3. A t quantile q with Bell-McCaffrey degrees of freedom: the variance is a
+   quadratic form in the prompt rates, and its Satterthwaite df under a
+   working model, df = tr(B Omega)^2 / tr((B Omega)^2), says how many
+   prompts' worth of information it holds (P - 1 for equal prompts, about 1
+   when one or two prompts carry most trials). The working model is
+   Var(x_p) = tau^2 + R (1 - R) / t_p: the binomial part is known and the
+   between-prompt part tau^2 is estimated from Pearson's X^2 by moments
+   (DerSimonian-Laird). df is at least 1; with one prompt it is infinite.
+4. The Wilson interval of the pooled counts as the floor: the interval is
+   widened to contain it. Prompts cannot show less than binomial variation,
+   and a run that shows none between prompts (every draft accepted, one
+   prompt) gets exactly Wilson's interval.
 
-Coverage of the 95% intervals measured by tests/estimation/test_acceptance.py
-(2000 simulated runs of 32 prompts x 16 iterations at lookahead 4, fixed
-seeds, standard error 0.005; heterogeneous: per-prompt alpha ~ Beta with
-concentration 20 around the mean; ``pytest -s`` prints the table):
+It has no resampling, so it is deterministic, O(P), and jit/vmap/grad-able;
+per-position rates vmap it over positions
+(:func:`sdsl_jax.estimation.positions.per_position_acceptance`) and
+teacher-forced acceptance applies it to documents
+(:mod:`sdsl_jax.decoding.teacher_forced`).
 
-    scenario       alpha   wilson  clopper-pearson  bootstrap
-    i.i.d.          0.3    0.946        0.950         0.957
-    i.i.d.          0.6    0.950        0.954         0.965
-    i.i.d.          0.9    0.950        0.954         0.963
-    heterogeneous   0.3    0.822        0.831         0.943
-    heterogeneous   0.6    0.779        0.786         0.953
-    heterogeneous   0.9    0.734        0.743         0.946
+Chosen by simulation against the alternatives: P prompts, each with its own
+rate ~ Beta(mean alpha, concentration c) (or alpha itself: i.i.d.), 4 to 30
+iterations per prompt (uniform), lookahead 4; truth the population ratio
+sum_j E[r^j] / sum_j E[r^(j - 1)] (j = 1..4, exact Beta moments);
+4000 runs per cell in numpy, alpha = 0.3, 0.6, 0.9:
+
+* the studentized bootstrap (``"bootstrap"``, the loop's interval before)
+  covers, but is absurdly wide with few prompts: [0, 1] at 2 prompts
+  (median width 1.000), and for the issue's 4 prompts (17/30, 13/29, 17/33,
+  14/31) [0.409, 0.997] around 0.496, where this interval gives Wilson's
+  [0.409, 0.583] (the prompts vary less than binomial noise);
+* the percentile bootstrap undercovers with few prompts (table below);
+* CR1 + t_(P - 1) on the logit scale with the Wilson floor covers 0.90-0.99
+  here but 0.70-0.90 for teacher-forced documents of very unequal length
+  (t_(P - 1) counts a 70-position document as a full unit);
+* the binomial variance as a known floor plus the estimated excess with a
+  Welch-Satterthwaite df between P - 1 and infinity undercovers with few
+  heterogeneous prompts (0.75-0.92 at 2 to 8 prompts, c <= 20): the excess
+  V_CR - V_binomial carries all of V_CR's noise, not a chi-square of its
+  own, so the df is largest exactly when the run happens to understate the
+  heterogeneity;
+* quasi-binomial (dispersion X^2 / (P - 1), t_(P - 1)) covers 1.000 at 2
+  and 4 prompts yet 0.89 at 32 prompts with c = 5, and Fieller's ratio
+  interval is unbounded most of the time below 8 prompts.
+
+Coverage of the 95% intervals (2000 runs per cell, per-cell seeds, float32,
+in JAX; range over alpha = 0.3, 0.6, 0.9; standard error 0.005; the
+studentized and percentile bootstraps with 1000 resamples; "cluster z=1" is
+the cluster interval at the 68% level, which a coverage band must reject):
+
+    P   c       wilson       bootstrap    percentile   cluster      cluster z=1  width boot.  width cluster
+    2   i.i.d.  0.946-0.953  0.999-1.000  0.949-0.956  0.991-0.996  0.812-0.826  1.000        0.585-0.847
+    2   100     0.886-0.925  0.998-1.000  0.902-0.938  0.984-0.992  0.790-0.807  1.000        0.794-0.903
+    2   20      0.691-0.799  0.994-0.999  0.757-0.835  0.974-0.984  0.732-0.733  1.000        0.935-0.970
+    2   5       0.465-0.556  0.926-0.999  0.605-0.672  0.911-0.961  0.679-0.692  1.000        0.995-0.999
+    4   i.i.d.  0.951-0.954  0.989-0.990  0.962-0.969  0.987-0.989  0.785-0.787  0.176-0.424  0.131-0.293
+    4   100     0.878-0.922  0.975-0.981  0.920-0.944  0.974-0.982  0.730-0.748  0.235-0.463  0.169-0.325
+    4   20      0.670-0.784  0.937-0.962  0.822-0.878  0.961-0.972  0.693-0.712  0.361-0.566  0.298-0.436
+    4   5       0.471-0.521  0.919-0.941  0.738-0.774  0.948-0.964  0.640-0.680  0.683-0.912  0.523-0.676
+    8   i.i.d.  0.946-0.962  0.969-0.980  0.954-0.968  0.973-0.982  0.736-0.768  0.070-0.163  0.067-0.153
+    8   100     0.870-0.917  0.955-0.963  0.920-0.937  0.959-0.964  0.673-0.729  0.085-0.179  0.084-0.172
+    8   20      0.687-0.787  0.936-0.945  0.875-0.896  0.953-0.959  0.682-0.689  0.129-0.245  0.135-0.241
+    8   5       0.486-0.507  0.933-0.946  0.836-0.875  0.946-0.964  0.664-0.711  0.197-0.390  0.210-0.402
+    32  i.i.d.  0.953-0.960  0.964-0.969  0.962-0.966  0.966-0.972  0.706-0.725  0.029-0.068  0.029-0.068
+    32  100     0.883-0.919  0.949-0.960  0.940-0.948  0.950-0.960  0.677-0.705  0.036-0.075  0.036-0.075
+    32  20      0.689-0.772  0.940-0.949  0.920-0.931  0.946-0.956  0.661-0.694  0.053-0.107  0.055-0.107
+    32  5       0.481-0.523  0.941-0.953  0.911-0.938  0.944-0.960  0.671-0.691  0.077-0.189  0.078-0.187
+
+Limits. With 2 prompts the df is 1 (t = 12.7): the interval is wide and
+over-covers where prompts vary little, and at the most heterogeneous
+corner (c = 5, alpha = 0.9, rates spread over most of [0, 1]) it covers
+0.911; two units cannot tell those cases apart. With one prompt the run
+shows nothing about variation between prompts and the interval is
+Wilson's, which undercovers when prompts do vary: measure more than one
+prompt. tests/estimation/test_acceptance.py checks the heterogeneous
+(c = 20, alpha = 0.6) cells at 2, 4 and 32 prompts and that z = 1 fails.
+
+The bootstrap (``interval="bootstrap"``)
+----------------------------------------
+:func:`bootstrap_interval` resamples whole prompts with replacement and
+recomputes the ratio estimator for every resample (vmapped, one fixed-shape
+draw per resample, so it jits). Two methods:
+
+* ``"studentized"`` (default): the bootstrap-t on the logit scale with the
+  cluster-robust standard error; it covers, but its ends are erratic with
+  few prompts (above).
+* ``"percentile"``: quantiles of the resampled ratios; it undercovers with
+  few prompts, as the bootstrap variance is too small by (P - 1) / P and the
+  percentile method ignores that the standard error itself is estimated.
+
+Either is widened to contain the Wilson interval. It is kept for
+comparison and for callers that ask for it; ``"cluster"`` is the interval
+to use.
+
+Coverage of the binomial intervals on i.i.d. runs and of the cluster
+interval (2000 runs of 32 prompts x 16 iterations at lookahead 4, seeds
+100-112; heterogeneous: concentration 20): tests/estimation/test_acceptance.py
+(slow tier, ``pytest -s`` prints the table).
 
 All functions are pure JAX: they broadcast, keep float32 by default and
 float64 under ``jax_enable_x64``, and run under jit and vmap. Arguments that
@@ -730,13 +804,16 @@ def estimate_acceptance(accepted: ArrayLike, lookahead: ArrayLike,
       lookahead: gamma per iteration, broadcasts against accepted (0 marks a
         padding iteration that contributes nothing).
       prompt_ids: integer prompt id of each iteration, broadcasts against
-        accepted; required for ``interval="bootstrap"``, ignored otherwise.
+        accepted; required for ``interval="cluster"`` and ``"bootstrap"``,
+        ignored otherwise.
       interval: "wilson" (default), "clopper-pearson" (both assume i.i.d.
-        trials) or "bootstrap" (resamples prompts; use it whenever acceptance
-        varies between prompts, i.e. almost always for real runs). Static.
+        trials), "cluster" (prompts as the units, :func:`cluster_interval`;
+        use it whenever acceptance varies between prompts, i.e. almost always
+        for real runs) or "bootstrap" (resamples prompts; erratic with few
+        prompts, kept for comparison). Static.
       confidence: two-sided level in (0, 1).
-      num_prompts: number of prompts (static) for the bootstrap; inferred as
-        max(prompt_ids) + 1 when omitted outside jit.
+      num_prompts: number of prompts (static) for "cluster" and "bootstrap";
+        inferred as max(prompt_ids) + 1 when omitted outside jit.
       num_resamples: bootstrap resamples (static).
       key: ``jax.random`` key for the bootstrap; default PRNGKey(0).
 
