@@ -91,6 +91,16 @@ def _interval(low, high) -> str:
     return f"[{low:.4g}, {high:.4g}]"
 
 
+def _delta_label(e2e) -> str:
+    """The delta-method column's heading: which covariance, and the t df where it is t-based."""
+    if e2e.get("covariance") == "cluster":
+        df = e2e.get("covariance_df")
+        return "delta, models clustered" + ("" if df is None else f" (t, {df:g} df)")
+    if e2e.get("covariance") == "iid":
+        return "delta, iid (normal)"
+    return "delta method"
+
+
 def _print_report(report, out_path) -> None:
     """The report as tables: the plane, per target, both laws end to end."""
     from sdsl_jax.fitting import report as fit_report
@@ -117,9 +127,10 @@ def _print_report(report, out_path) -> None:
               f"C_t {_fmt(t['intercept'], ' .4f')}  R^2 {_fmt(t['r2'], '.3f')}")
     print(f"\nBoth laws end to end (acceptance from N, D, M, D'), {level} intervals:")
     has_boot = e2e["bootstrap_resamples"] > 0
-    header = f"  {'coefficient':<17} {'estimate':>11}   {'delta method':<25}"
+    header = f"  {'coefficient':<17} {'estimate':>11}   {_delta_label(e2e):<25}"
     if has_boot:
-        header += f" bootstrap ({e2e['bootstrap_resamples']})"
+        unit = e2e.get("bootstrap_resampling")
+        header += f" bootstrap{'' if unit is None else ' over ' + unit} ({e2e['bootstrap_resamples']})"
     print(header)
     for name, entry in e2e["coefficients"].items():
         line = (f"  {name:<17} {entry['estimate']:>11.5g}   "

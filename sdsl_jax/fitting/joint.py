@@ -57,6 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sdsl_jax.fitting import clusters as clusters_lib
 from sdsl_jax.fitting import laws as laws_lib
 from sdsl_jax.fitting import pretraining as pretraining_fit
 from sdsl_jax.fitting.acceptance import concentrated_nll
@@ -106,6 +107,7 @@ class JointData:
     scales: PlaneScales
     log_params_centre: jnp.ndarray  # ()
     log_tokens_centre: jnp.ndarray  # ()
+    clusters: clusters_lib.ModelClusters  # which model (cluster) each table entry is
 
 
 @chex.dataclass(frozen=True)
@@ -122,6 +124,7 @@ class AcceptanceMoments:
     """
 
     total: jnp.ndarray  # W
+    observations: jnp.ndarray  # n: the rows counted (draw counts), not weighted
     mean: jnp.ndarray  # abar
     variance: jnp.ndarray  # sum w (alpha - abar)^2 / W
     draft_share: jnp.ndarray  # (kd,)
@@ -136,7 +139,9 @@ class JointFit:
     """Result of :func:`fit_joint`.
 
     Attributes:
-      laws: FittedLaws with the delta-method covariance.
+      laws: FittedLaws with the covariance ``fit_joint(covariance=...)``
+        chose (by default the cluster-robust one, with its t degrees of
+        freedom in ``laws.covariance_df``).
       theta: the optimum in the fit's coordinates (for warm starts).
       acceptance_r2: R^2 of acceptance predicted from sizes alone.
       acceptance_residuals: measured minus predicted acceptance per row.
@@ -147,6 +152,13 @@ class JointFit:
         rounding level), not at its step limit.
       identifiable: whether the Hessian was positive definite (if not, some
         coefficient is not determined by the data and its variance is inf).
+      iid_covariance: the inverse-Hessian covariance, every row and point
+        independent (the old default; too narrow when models deviate from
+        the law, see the module doc).
+      cluster_covariance: the two-way cluster-robust covariance (models as
+        clusters, :mod:`sdsl_jax.fitting.clusters`).
+      cluster_df: degrees of freedom of the t quantile that goes with
+        ``cluster_covariance``.
     """
 
     laws: laws_lib.FittedLaws
@@ -158,6 +170,12 @@ class JointFit:
     objective: jnp.ndarray
     converged: jnp.ndarray
     identifiable: jnp.ndarray
+    iid_covariance: jnp.ndarray | None = None
+    cluster_covariance: jnp.ndarray | None = None
+    cluster_df: jnp.ndarray | None = None
+
+
+COVARIANCES = ("cluster", "iid")
 
 
 def plane_scales(rows: AcceptanceRows) -> PlaneScales:
@@ -229,19 +247,29 @@ def prepare(rows: AcceptanceRows, points: PerplexityPoints) -> JointData:
         point_log_tokens=as_float(point_log_tokens - centre_tokens),
         point_log_loss=as_float(np.log(np.log(np.asarray(points.perplexity, np.float64)))),
         scales=plane_scales(rows),
-        log_params_centre=as_float(centre_params), log_tokens_centre=as_float(centre_tokens))
+        log_params_centre=as_float(centre_params), log_tokens_centre=as_float(centre_tokens),
+        clusters=clusters_lib.ModelClusters(**clusters_lib.model_clusters(
+            drafts, targets, points.num_params, points.tokens, pairs // kt, pairs % kt)))
 
 
-def acceptance_moments(data: JointData, row_weight) -> AcceptanceMoments:
-    """The moments of :class:`AcceptanceMoments` for row weights ``row_weight`` (n,)."""
+def acceptance_moments(data: JointData, row_weight, row_count=None) -> AcceptanceMoments:
+    """The moments of :class:`AcceptanceMoments` for row weights ``row_weight`` (n,).
+
+    ``row_count`` (n,): how many times each row counts as an observation (a
+    resample's draw counts; the weights are then the rows' own weights times
+    these). The profiled likelihood's (n / 2) log(SSR / n) needs n = sum of
+    the counts, not the weighted total. By default each row counts once.
+    """
     total = jnp.sum(row_weight)
+    observations = (jnp.asarray(row_weight.shape[0], row_weight.dtype) if row_count is None
+                    else jnp.sum(row_count))
     share = row_weight / total
     mean = jnp.sum(share * data.acceptance)
     centred = share * (data.acceptance - mean)
     kd, kt = data.draft_log_params.shape[0], data.target_log_params.shape[0]
     by = lambda values, index, size: jax.ops.segment_sum(values, index, num_segments=size)
     return AcceptanceMoments(
-        total=total, mean=mean, variance=jnp.sum(centred * (data.acceptance - mean)),
+        total=total, observations=observations, mean=mean, variance=jnp.sum(centred * (data.acceptance - mean)),
         draft_share=by(share, data.draft_model, kd), target_share=by(share, data.target_model, kt),
         pair_share=by(share, data.row_pair, data.pair_draft.shape[0]),
         draft_moment=by(centred, data.draft_model, kd), target_moment=by(centred, data.target_model, kt))
@@ -312,7 +340,8 @@ def _acceptance_term(theta, data: JointData, row_weight):
     xs, ys, _ = _predictions(theta[:5], data)
     predicted = theta[5] * xs[data.draft_model] + theta[6] * ys[data.target_model] + theta[7]
     residual = data.acceptance - predicted
-    return concentrated_nll(jnp.sum(row_weight * residual**2), jnp.sum(row_weight))
+    return concentrated_nll(jnp.sum(row_weight * residual**2),
+                            jnp.asarray(residual.shape[0], residual.dtype))
 
 
 def _covariances(pre_theta, data: JointData, moments: AcceptanceMoments):
@@ -351,7 +380,7 @@ def profiled_objective(pre_theta, data: JointData, moments: AcceptanceMoments, p
     else:
         slope_x, slope_y = cxa / cxx, jnp.zeros_like(cxa)
     explained = slope_x * cxa + slope_y * cya
-    value = concentrated_nll(moments.total * (moments.variance - explained), moments.total)
+    value = concentrated_nll(moments.total * (moments.variance - explained), moments.observations)
     plane = jnp.stack([slope_x, slope_y, moments.mean - slope_x * x_mean - slope_y * y_mean])
     return value + _loss_term(loss_residual, point_weight), plane
 
@@ -369,7 +398,7 @@ def moment_objective(theta, data: JointData, moments: AcceptanceMoments, point_w
     offset = moments.mean - bx * x_mean - by * y_mean - theta[7]
     ssr = (moments.variance + bx**2 * cxx + by**2 * cyy + 2 * bx * by * cxy - 2 * bx * cxa
            - 2 * by * cya + offset**2)
-    return (concentrated_nll(moments.total * ssr, moments.total),
+    return (concentrated_nll(moments.total * ssr, moments.observations),
             _loss_term(loss_residual, point_weight))
 
 
@@ -379,15 +408,21 @@ NEWTON_POLISH = 4  # Newton steps after L-BFGS (quadratic convergence: 2 usually
 @functools.partial(jax.jit, static_argnames=("fit_target_coeff", "warm_steps", "max_steps",
                                              "newton_steps"))
 def refit(pre_theta0, data: JointData, row_weight, point_weight, *, fit_target_coeff: bool = True,
-          warm_steps: int = 0, max_steps: int = 200, newton_steps: int = NEWTON_POLISH):
+          warm_steps: int = 0, max_steps: int = 200, newton_steps: int = NEWTON_POLISH,
+          row_count=None):
     """Minimise l from the pre-training coordinates ``pre_theta0`` (5,), the plane profiled.
+
+    ``row_count`` (n,): a resample's draw count of each row (``row_weight``
+    is then the rows' weights times it): the acceptance block's observation
+    count is its sum (see :func:`acceptance_moments`); by default each row
+    counts once.
 
     ``warm_steps`` Newton steps (for a start near the optimum; 0 skips them),
     then L-BFGS for up to ``max_steps`` (0 skips it; so does convergence of
     the Newton steps), then ``newton_steps`` Newton steps. Returns (theta (8,), Solution of the 5-coordinate search,
     whose grad_norm is the Newton decrement).
     """
-    moments = acceptance_moments(data, row_weight)
+    moments = acceptance_moments(data, row_weight, row_count)
     objective = lambda t: profiled_objective(t, data, moments, point_weight, fit_target_coeff)[0]
     pre_theta, needs_search = pre_theta0, True
     if warm_steps > 0:
@@ -430,7 +465,8 @@ def check_inputs(rows: AcceptanceRows, points: PerplexityPoints, fit_target_coef
 
 
 def fit_joint(rows: AcceptanceRows, points: PerplexityPoints, *, start=None,
-              fit_target_coeff: bool | None = None, max_steps: int = 200) -> JointFit:
+              fit_target_coeff: bool | None = None, max_steps: int = 200,
+              covariance: str = "cluster") -> JointFit:
     """Fit both laws end to end (module doc).
 
     Args:
@@ -444,12 +480,19 @@ def fit_joint(rows: AcceptanceRows, points: PerplexityPoints, *, start=None,
         only when the rows span more than one target perplexity; with one
         target B cannot be told apart from the intercept and is held at 0.
       max_steps: L-BFGS step limit.
+      covariance: which covariance ``laws`` carries: "cluster" (default),
+        the two-way cluster-robust sandwich over models, with t degrees of
+        freedom (``laws.covariance_df``); "iid", the inverse Hessian (rows
+        and points independent; normal quantiles). Both are computed, and
+        kept in ``iid_covariance`` and ``cluster_covariance``.
 
     A host-level driver (it lays the data out once with :func:`prepare`);
     the solve itself is one jitted call.
     """
     if fit_target_coeff is None:
         fit_target_coeff = bool(np.ptp(np.asarray(rows.target_perplexity)) > 0)
+    if covariance not in COVARIANCES:
+        raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
     check_inputs(rows, points, fit_target_coeff)
     data = prepare(rows, points)
     if start is None:
@@ -461,7 +504,10 @@ def fit_joint(rows: AcceptanceRows, points: PerplexityPoints, *, start=None,
     point_weight = jnp.ones_like(data.point_log_loss)
     theta, solution = refit(pre_theta0, data, rows.weight, point_weight,
                             fit_target_coeff=fit_target_coeff, max_steps=max_steps)
-    return _summarise(theta, solution, data, rows.weight, point_weight, fit_target_coeff)
+    fit = _summarise(theta, solution, data, rows.weight, point_weight, fit_target_coeff)
+    if covariance == "iid":
+        return fit.replace(laws=fit.laws.replace(covariance=fit.iid_covariance, covariance_df=None))
+    return fit
 
 
 @functools.partial(jax.jit, static_argnums=5)
@@ -473,7 +519,9 @@ def _summarise(theta, solution, data, row_weight, point_weight, fit_target_coeff
     blocks = lambda t: jnp.stack(moment_objective(t, data, moments, point_weight))
     covariance, identifiable = delta_method_covariance(
         blocks, theta, lambda t: natural_coefficients(t, data), free,
-        (jnp.sum(row_weight), jnp.sum(point_weight)))
+        (jnp.asarray(row_weight.shape[0], theta.dtype), jnp.sum(point_weight)))
+    robust = cluster_covariance(theta, data, row_weight, point_weight, free)
+    df = clusters_lib.cluster_degrees_of_freedom(data.clusters).astype(theta.dtype)
     coeffs = natural_coefficients(theta, data)
     pre, acc = laws_lib.laws_from_vector(coeffs)
     xs, ys, loss_res = _predictions(theta[:5], data)
@@ -483,7 +531,8 @@ def _summarise(theta, solution, data, row_weight, point_weight, fit_target_coeff
     losses = jnp.exp(data.point_log_loss)
     loss_fit = jnp.exp(data.point_log_loss - loss_res)
     return JointFit(
-        laws=laws_lib.FittedLaws(pretraining_law=pre, acceptance_law=acc, covariance=covariance),
+        laws=laws_lib.FittedLaws(pretraining_law=pre, acceptance_law=acc, covariance=robust,
+                                 covariance_df=df),
         theta=theta,
         acceptance_r2=1 - jnp.sum(residuals**2) / sst,
         acceptance_residuals=residuals,
@@ -491,7 +540,8 @@ def _summarise(theta, solution, data, row_weight, point_weight, fit_target_coeff
         loss_residuals=loss_res,
         objective=solution.value,
         converged=jnp.isfinite(solution.value) & (solution.grad_norm <= converged_decrement(theta.dtype)),
-        identifiable=identifiable)
+        identifiable=identifiable, iid_covariance=covariance, cluster_covariance=robust,
+        cluster_df=df)
 
 
 def converged_decrement(dtype) -> float:
@@ -530,15 +580,26 @@ def resample_converged(samples, decrement, tolerance: float = RESAMPLE_TOLERANCE
                 & (decrement <= tolerance))
 
 
+RESAMPLING = ("models", "rows")
+
+
 def bootstrap_joint(fit: JointFit, rows: AcceptanceRows, points: PerplexityPoints, key, *,
                     num_resamples: int = 1000, fit_target_coeff: bool | None = None,
                     warm_steps: int = 8, max_steps: int = 200, batch_size: int = 100,
-                    data: JointData | None = None, with_decrement: bool = False):
+                    data: JointData | None = None, with_decrement: bool = False,
+                    resample: str = "models"):
     """(num_resamples, 8) coefficients refitted on resampled measurements.
 
-    Rows and loss points are resampled with replacement (each resample is a
-    vector of draw counts used as weights, times the rows' own weights), and
-    every resample is refitted from the point estimate with ``warm_steps``
+    ``resample="models"`` (the default) draws draft models and target models
+    with replacement, two-way (:func:`sdsl_jax.fitting.clusters.model_resample_counts`):
+    a row counts its draft's draw count times its target's, a loss point its
+    model's. That is the unit the data vary by: a model's deviation from the
+    pre-training law is shared by all its rows and its loss point, so
+    resampling rows and points independently (``resample="rows"``, the old
+    behaviour) understates the spread. Each resample is a vector of draw
+    counts: the rows' weights are their own times these, and the acceptance
+    block's observation count is their sum (:func:`acceptance_moments`).
+    Every resample is refitted from the point estimate with ``warm_steps``
     Newton steps, vmapped (a resample's optimum usually lies a standard
     error or so away, where Newton converges quadratically). The resamples
     those steps leave short of :func:`converged_decrement` (where the data
@@ -560,25 +621,37 @@ def bootstrap_joint(fit: JointFit, rows: AcceptanceRows, points: PerplexityPoint
         fit_target_coeff = bool(fit.laws.acceptance_law.target_coeff != 0)
     if num_resamples < 1 or batch_size < 1:
         raise ValueError(f"num_resamples and batch_size must be >= 1, got {num_resamples}, {batch_size}")
+    if resample not in RESAMPLING:
+        raise ValueError(f"resample must be one of {RESAMPLING}, got {resample!r}")
     data = prepare(rows, points) if data is None else data
-    row_key, point_key = jax.random.split(key)
     dtype = fit.theta.dtype
-    row_counts = resample_weights(row_key, rows.acceptance.shape[0], num_resamples, dtype)
-    point_counts = resample_weights(point_key, points.num_params.shape[0], num_resamples, dtype)
-    thetas, decrement = _bootstrap(fit.theta, data, rows.weight, row_counts, point_counts,
+    if resample == "models":
+        draft_counts, target_counts, point_counts = clusters_lib.model_resample_counts(
+            key, data.clusters, num_resamples, dtype)
+        factors = (draft_counts, target_counts)
+        row_counts_of = lambda k: (np.asarray(draft_counts[k])[np.asarray(data.draft_model)]
+                                   * np.asarray(target_counts[k])[np.asarray(data.target_model)])
+    else:
+        row_key, point_key = jax.random.split(key)
+        row_counts = resample_weights(row_key, rows.acceptance.shape[0], num_resamples, dtype)
+        point_counts = resample_weights(point_key, points.num_params.shape[0], num_resamples, dtype)
+        factors = (row_counts,)
+        row_counts_of = lambda k: np.asarray(row_counts[k])
+    thetas, decrement = _bootstrap(fit.theta, data, rows.weight, factors, point_counts,
                                    fit_target_coeff=fit_target_coeff, warm_steps=warm_steps,
                                    batch_size=min(batch_size, num_resamples))
     thetas, decrement = np.array(thetas), np.array(decrement)
     with np.errstate(invalid="ignore"):
         short = ~(decrement <= converged_decrement(dtype))
     if max_steps > 0 and short.any():
-        row_weights = np.asarray(rows.weight)[None] * np.asarray(row_counts)
+        weight = np.asarray(rows.weight)
         point_counts = np.asarray(point_counts)
         for k in np.flatnonzero(short):
             start = thetas[k, :5] if np.all(np.isfinite(thetas[k, :5])) else fit.theta[:5]
-            theta, solution = refit(jnp.asarray(start, dtype), data, jnp.asarray(row_weights[k]),
+            count = row_counts_of(k)
+            theta, solution = refit(jnp.asarray(start, dtype), data, jnp.asarray(weight * count, dtype),
                                     jnp.asarray(point_counts[k]), fit_target_coeff=fit_target_coeff,
-                                    max_steps=max_steps)
+                                    max_steps=max_steps, row_count=jnp.asarray(count, dtype))
             refined = float(solution.grad_norm)
             # Keep whichever of the two ends is nearer its optimum.
             if np.isfinite(refined) and not refined >= decrement[k]:
@@ -593,14 +666,82 @@ def _natural_batch(thetas, data):
 
 
 @functools.partial(jax.jit, static_argnames=("fit_target_coeff", "warm_steps", "batch_size"))
-def _bootstrap(theta, data, row_weight, row_counts, point_counts, *, fit_target_coeff, warm_steps,
+def _bootstrap(theta, data, row_weight, factors, point_counts, *, fit_target_coeff, warm_steps,
                batch_size):
-    """(thetas (r, 8), Newton decrements (r,)) after ``warm_steps`` Newton steps per resample."""
+    """(thetas (r, 8), Newton decrements (r,)) after ``warm_steps`` Newton steps per resample.
+
+    ``factors``: (row counts (r, n),) or, for the model bootstrap, (draft
+    counts (r, kd), target counts (r, kt)), whose product per row is formed
+    inside the loop (O(rows) memory, not O(resamples x rows)).
+    """
     def one(counts):
-        row_count, point_count = counts
+        factor, point_count = counts
+        if len(factor) == 1:
+            row_count = factor[0]
+        else:
+            row_count = factor[0][data.draft_model] * factor[1][data.target_model]
         solved, solution = refit(theta[:5], data, row_weight * row_count, point_count,
                                  fit_target_coeff=fit_target_coeff, warm_steps=warm_steps,
-                                 max_steps=0, newton_steps=0)
+                                 max_steps=0, newton_steps=0, row_count=row_count)
         return solved, solution.grad_norm
 
-    return jax.lax.map(one, (row_counts, point_counts), batch_size=batch_size)
+    return jax.lax.map(one, (tuple(factors), point_counts), batch_size=batch_size)
+
+
+def observation_scores(theta, data: JointData, row_weight, point_weight) -> dict:
+    """The estimating equations of the fit, observation by observation, at theta.
+
+    The gradient of l is the sum of every row's w_i r_i d(r_i)/d(theta) / s_a^2
+    and every point's r_j d(r_j)/d(theta) / s_p^2 (s^2 = each block's
+    profiled variance SSR / n). A row's prediction depends on its pair
+    alone, so the rows' scores are summed per pair as (sum of w r over the
+    pair's rows) times the pair's gradient: O(rows) once, then O(pairs).
+    Returns a dict: pair_scores (q, 8), pair_gradient (q, 8) (d(residual) /
+    d(theta), shared by the pair's rows), pair_curvature (q,) (the pair's
+    Gauss-Newton Hessian is pair_curvature g g'), and point_scores,
+    point_gradient (p, 8), point_curvature (p,) likewise.
+    """
+    pre = theta[:5]
+    xs, ys, loss_res = _predictions(pre, data)
+    jx, jy, jp = jax.jacfwd(lambda t: _predictions(t, data))(pre)  # (kd, 5), (kt, 5), (p, 5)
+    residual = data.acceptance - (theta[5] * xs[data.draft_model] + theta[6] * ys[data.target_model]
+                                  + theta[7])
+    weighted = row_weight * residual
+    n_rows = jnp.asarray(residual.shape[0], theta.dtype)
+    row_variance = jnp.sum(weighted * residual) / n_rows
+    point_variance = jnp.sum(point_weight * loss_res**2) / jnp.sum(point_weight)
+    q = data.pair_draft.shape[0]
+    pair_sum = jax.ops.segment_sum(weighted, data.row_pair, num_segments=q) / row_variance
+    pair_weight = jax.ops.segment_sum(row_weight, data.row_pair, num_segments=q) / row_variance
+    d, t = data.pair_draft, data.pair_target
+    # d(residual)/d(theta) = -d(prediction)/d(theta), per pair.
+    gradient = -jnp.concatenate([theta[5] * jx[d] + theta[6] * jy[t], xs[d][:, None], ys[t][:, None],
+                                 jnp.ones((q, 1), theta.dtype)], axis=1)
+    point_gradient = jnp.concatenate([jp, jnp.zeros((loss_res.shape[0], 3), theta.dtype)], axis=1)
+    return dict(pair_scores=pair_sum[:, None] * gradient, pair_gradient=gradient,
+                pair_curvature=pair_weight,
+                point_scores=(point_weight * loss_res / point_variance)[:, None] * point_gradient,
+                point_gradient=point_gradient, point_curvature=point_weight / point_variance)
+
+
+def cluster_covariance(theta, data: JointData, row_weight, point_weight, free,
+                       adjustment: str = "CR3"):
+    """The two-way cluster-robust covariance of the eight natural coefficients (module doc).
+
+    :func:`sdsl_jax.fitting.clusters.cluster_covariance_theta` of
+    :func:`observation_scores`, H the Hessian of l; mapped to natural
+    coefficients through the Jacobian of the coordinate change, as the
+    iid covariance is. Coordinates not in ``free`` get zero variance.
+    """
+    index = np.flatnonzero(np.asarray(free))
+    moments = acceptance_moments(data, row_weight)
+    total = lambda t: jnp.sum(jnp.stack(moment_objective(t, data, moments, point_weight)))
+    hessian = jax.hessian(total)(theta)[np.ix_(index, index)]
+    o = observation_scores(theta, data, row_weight, point_weight)
+    cov = clusters_lib.cluster_covariance_theta(
+        hessian, data.clusters, data.pair_draft, data.pair_target, o["pair_scores"][:, index],
+        o["pair_gradient"][:, index], o["pair_curvature"], o["point_scores"][:, index],
+        o["point_gradient"][:, index], o["point_curvature"], adjustment)
+    cov_theta = jnp.zeros((theta.size, theta.size), theta.dtype).at[np.ix_(index, index)].set(cov)
+    jacobian = jax.jacobian(lambda t: natural_coefficients(t, data))(theta)
+    return jacobian @ cov_theta @ jacobian.T

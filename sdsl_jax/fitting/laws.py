@@ -1,8 +1,9 @@
 """Fitted laws with their uncertainty, as one pytree and one JSON file.
 
 :class:`FittedLaws` carries the pre-training and acceptance laws a fit
-produced, the covariance of their eight coefficients (delta method) and, when
-a bootstrap ran, the resampled coefficients. The planner takes its two laws
+produced, the covariance of their eight coefficients (delta method: by
+default the cluster-robust one, with the degrees of freedom of its t
+quantile) and, when a bootstrap ran, the resampled coefficients. The planner takes its two laws
 directly; :mod:`sdsl_jax.fitting.uncertainty` turns the rest into an interval
 on N*. The JSON file is what ``sdsl fit`` writes and ``sdsl plan --laws``
 reads; it stores every number with full precision (Python's repr).
@@ -27,7 +28,23 @@ PRETRAINING_FIELDS = ("irreducible_loss", "param_coeff", "param_exponent", "data
                       "data_exponent")
 ACCEPTANCE_FIELDS = ("draft_coeff", "target_coeff", "intercept")
 COEFFICIENTS = PRETRAINING_FIELDS + ACCEPTANCE_FIELDS
-FORMAT_VERSION = 1
+# 2: the covariance's kind ("covariance_kind") and t degrees of freedom
+# ("covariance_df"); a version-1 file (neither) reads as an iid covariance.
+FORMAT_VERSION = 2
+COVARIANCE_KINDS = {"cluster": "two-way cluster-robust over models (Student t intervals, "
+                               "covariance_df degrees of freedom)",
+                    "iid": "inverse Hessian, observations independent (normal intervals)"}
+
+
+def covariance_kind(laws) -> str | None:
+    """"cluster" or "iid": what ``laws.covariance`` is (None if there is none).
+
+    A covariance that comes with t degrees of freedom is the cluster-robust
+    one; one without (including every version-1 laws file) the iid one.
+    """
+    if laws.covariance is None:
+        return None
+    return "iid" if laws.covariance_df is None else "cluster"
 
 
 def coefficient_vector(pretraining_law, acceptance_law) -> jnp.ndarray:
@@ -55,12 +72,17 @@ class FittedLaws:
       covariance: (8, 8) covariance of the coefficients in COEFFICIENTS order
         (delta method), or None. Rows of coefficients the fit held fixed are 0.
       samples: (resamples, 8) bootstrap coefficients, or None.
+      covariance_df: degrees of freedom of the Student t quantile that turns
+        ``covariance`` into intervals (a cluster-robust covariance, estimated
+        from few models), or None for the normal quantile (an iid covariance,
+        and laws files written before this field existed).
     """
 
     pretraining_law: pretraining.PretrainingLaw
     acceptance_law: acceptance_lib.AcceptanceLaw
     covariance: jnp.ndarray | None = None
     samples: jnp.ndarray | None = None
+    covariance_df: jnp.ndarray | None = None
 
     @property
     def coefficients(self) -> jnp.ndarray:
@@ -101,6 +123,8 @@ def save_laws(path: str | os.PathLike, laws: FittedLaws, *, intervals: dict | No
                            for i, f in enumerate(ACCEPTANCE_FIELDS)},
         "coefficient_order": list(COEFFICIENTS),
         "covariance": as_list("covariance", laws.covariance),
+        "covariance_kind": covariance_kind(laws),
+        "covariance_df": None if laws.covariance_df is None else float(laws.covariance_df),
         "bootstrap_samples": as_list("bootstrap samples", laws.samples),
         "intervals": json_safe(intervals or {}),
         "summary": json_safe(summary or {}),
@@ -178,7 +202,12 @@ def load_laws(path: str | os.PathLike, dtype=None) -> FittedLaws:
             raise LawsFileError(f"{name}: '{key}' must be a finite matrix with 8 columns, got shape {arr.shape}")
         return jnp.asarray(arr, dtype)
 
+    covariance = matrix("covariance", lambda s: s == (8, 8))
+    df = document.get("covariance_df")
+    if df is not None and (isinstance(df, bool) or not isinstance(df, (int, float))
+                           or not df > 0 or math.isnan(df)):
+        raise LawsFileError(f"{name}: covariance_df must be a positive number or null, got {df!r}")
     pre, acc = laws_from_vector(jnp.asarray(values, dtype))
-    return FittedLaws(pretraining_law=pre, acceptance_law=acc,
-                      covariance=matrix("covariance", lambda s: s == (8, 8)),
-                      samples=matrix("bootstrap_samples", lambda s: len(s) == 2 and s[1] == 8 and s[0] >= 2))
+    return FittedLaws(pretraining_law=pre, acceptance_law=acc, covariance=covariance,
+                      samples=matrix("bootstrap_samples", lambda s: len(s) == 2 and s[1] == 8 and s[0] >= 2),
+                      covariance_df=None if df is None or covariance is None else jnp.asarray(df, dtype))

@@ -1,7 +1,9 @@
 """Every fit ``sdsl fit`` reports, as one call: the recommended workflow from Python.
 
 :func:`fit_all` fits the acceptance plane, the pre-training law and both
-end to end to a measurement set, with delta-method and bootstrap intervals,
+end to end to a measurement set, with delta-method intervals (by default
+from the cluster-robust covariance over models, with t quantiles) and
+bootstrap intervals (by default resampling models, two-way),
 and returns the fitted laws with a JSON-ready report; :func:`select_resamples`
 keeps the bootstrap resamples that converged, and :func:`bootstrap_summary`
 says in one line how many did not. The command line prints the report
@@ -31,15 +33,23 @@ MIN_CONVERGED_SHARE = 0.8
 
 
 def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence=0.95,
-            progress=None, points=None) -> dict:
+            progress=None, points=None, covariance="cluster", resample="models") -> dict:
     """Every fit ``sdsl fit`` reports, as plain Python values, plus the FittedLaws.
 
     ``points`` (PerplexityPoints) replaces the loss points the pre-training
     law is fitted to, by default the set's distinct models (e.g. to add
     checkpoints trained on fewer tokens, so that D varies).
 
+    ``covariance`` ("cluster" or "iid") and ``resample`` ("models" or
+    "rows") choose the delta method's covariance and the bootstrap's unit,
+    as :func:`~sdsl_jax.fitting.joint.fit_joint` and
+    :func:`~sdsl_jax.fitting.joint.bootstrap_joint` take them; the defaults
+    are the ones whose intervals cover (module doc of
+    :mod:`sdsl_jax.fitting.joint`). The report says which ("covariance",
+    "covariance_df", "bootstrap_resampling").
+
     Returns a dict with "laws" (FittedLaws of the end-to-end fit, with the
-    delta-method covariance and, if bootstrap > 0, the resampled coefficients
+    delta-method covariance (and its t degrees of freedom) and, if bootstrap > 0, the resampled coefficients
     of the resamples that converged) and "report" (JSON-ready numbers: a
     value that is not available, such as an interval the data cannot give,
     is None, never NaN). Resamples whose refit fails are counted in the
@@ -63,14 +73,15 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
         huber = pretraining_fit.fit_pretraining_law(points.num_params, points.tokens,
                                                     jnp.log(points.perplexity))
     joint = joint_fit.fit_joint(rows, points, start=None if huber is None else (huber.law, plane.law),
-                                fit_target_coeff=target_varies)
+                                fit_target_coeff=target_varies, covariance=covariance)
     coeffs = np.asarray(joint.laws.coefficients, np.float64)
     if not np.all(np.isfinite(coeffs)):
         raise ValueError("the end-to-end fit diverged (non-finite coefficients): the measurements "
                          "do not determine both laws; measure more (draft, target) pairs and models")
-    covariance = joint.laws.covariance
+    kind = covariance
+    covariance, df = joint.laws.covariance, joint.laws.covariance_df
     low, high = (np.array(v, np.float64) for v in uncertainty.normal_intervals(
-        joint.laws.coefficients, covariance, confidence, log_scale=_LOG_SCALE))
+        joint.laws.coefficients, covariance, confidence, log_scale=_LOG_SCALE, df=df))
     # A variance that overflowed (a coefficient fitted near the float limit)
     # gives that coefficient no interval (None in the report), not a zero-width one.
     overflowed = ~np.isfinite(np.diagonal(np.asarray(covariance, np.float64)))
@@ -88,7 +99,7 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
             chunk, decrement = joint_fit.bootstrap_joint(
                 joint, rows, points, jax.random.fold_in(key, start), num_resamples=BOOTSTRAP_BATCH,
                 batch_size=BOOTSTRAP_BATCH, data=data, fit_target_coeff=target_varies,
-                with_decrement=True)
+                with_decrement=True, resample=resample)
             chunks.append(np.asarray(chunk)[:size])
             decrements.append(np.asarray(decrement)[:size])
             if progress is not None:
@@ -96,7 +107,7 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
         samples, converged = select_resamples(np.concatenate(chunks), np.concatenate(decrements))
     laws = laws_lib.FittedLaws(pretraining_law=joint.laws.pretraining_law,
                                acceptance_law=joint.laws.acceptance_law,
-                               covariance=covariance,
+                               covariance=covariance, covariance_df=None if covariance is None else df,
                                samples=None if samples is None else jnp.asarray(samples))
 
     residuals = np.asarray(joint.acceptance_residuals, np.float64)
@@ -143,6 +154,12 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
                                "draft": str(measurements.draft_names[worst]),
                                "target": str(measurements.target_names[worst])},
             "converged": bool(joint.converged), "identifiable": bool(joint.identifiable),
+            # What the delta_low/high intervals come from: "cluster" (two-way
+            # cluster-robust over models, t quantile with covariance_df degrees
+            # of freedom) or "iid" (inverse Hessian, normal quantile).
+            "covariance": kind,
+            "covariance_df": None if df is None else float(df),
+            "bootstrap_resampling": resample,
             "bootstrap_requested": bootstrap,
             "bootstrap_failed": bootstrap - converged,
             # The resamples behind the bootstrap intervals (0: none reported).

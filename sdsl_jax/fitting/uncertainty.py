@@ -28,6 +28,7 @@ import numpy as np
 from jax.scipy.special import ndtri
 
 from sdsl_jax.common import validation as _validate
+from sdsl_jax.common.student_t import student_t_quantile
 from sdsl_jax.planning import flop as planner
 from sdsl_jax.fitting import laws as laws_lib
 
@@ -97,8 +98,12 @@ def delta_method_covariance(objective, theta, to_natural, free, n):
 
 
 @jax.jit  # a dozen small ops: one compile rather than one per op
-def normal_intervals(estimate, covariance, confidence=0.95, log_scale=None):
+def normal_intervals(estimate, covariance, confidence=0.95, log_scale=None, df=None):
     """estimate +- z sigma from a covariance matrix, per coefficient.
+
+    ``df``: degrees of freedom of a Student t quantile to use instead of the
+    normal z (a cluster-robust covariance estimated from few models, see
+    :mod:`sdsl_jax.fitting.clusters`); None (the default) or inf gives z.
 
     Where ``log_scale`` (a boolean per coefficient) is set, the interval is
     symmetric in log(coefficient) instead, estimate * exp(+- z sigma / estimate):
@@ -107,6 +112,8 @@ def normal_intervals(estimate, covariance, confidence=0.95, log_scale=None):
     never crosses zero.
     """
     z = ndtri(0.5 + confidence / 2)
+    if df is not None:
+        z = student_t_quantile(0.5 + confidence / 2, df)
     sigma = jnp.sqrt(jnp.clip(jnp.diagonal(covariance), 0.0))
     low, high = estimate - z * sigma, estimate + z * sigma
     if log_scale is None:

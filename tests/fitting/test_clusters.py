@@ -1,0 +1,216 @@
+"""Models as clusters: the two-way cluster-robust covariance against brute-force
+leave-one-out refits of a linear problem, the model-level resampling's counts,
+and the resample's observation count (n = sum of draw counts, not sum of
+weights times counts).
+
+The linear problems are tiny (4 drafts x 3 targets, float64); nothing here
+runs the end-to-end fit (test_fitting covers that, and its coverage).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sdsl_jax.fitting import acceptance_rows, perplexity_points, synthetic_measurements
+from sdsl_jax.fitting import clusters as clusters_lib
+from sdsl_jax.fitting import joint as joint_fit
+from sdsl_jax.laws import acceptance as acceptance_lib
+from sdsl_jax.laws import pretraining
+
+
+class Crossed:
+    """A linear model on a crossed draft x target design, with one 'loss point' per model.
+
+    Row (d, t): y = x' theta + e with x = (1, u_d, v_t); model m's point:
+    y = z_m' theta + e. Objective: half the sum of squared residuals (both
+    blocks' variance 1), so scores are r * d(r)/d(theta), curvature 1, and
+    the Hessian is X'X + Z'Z.
+    """
+
+    def __init__(self, seed, kd=4, kt=3, shared=None):
+        rng = np.random.default_rng(seed)
+        self.kd, self.kt = kd, kt
+        d, t = (v.ravel() for v in np.meshgrid(np.arange(kd), np.arange(kt), indexing="ij"))
+        self.d, self.t = d, t
+        u, v = rng.normal(size=kd), rng.normal(size=kt)
+        self.x = np.stack([np.ones(d.size), u[d], v[t]], axis=1)
+        effect_d, effect_t = rng.normal(size=kd), rng.normal(size=kt)
+        self.y = self.x @ [0.5, 1.0, -2.0] + effect_d[d] + effect_t[t] + 0.3 * rng.normal(size=d.size)
+        # Each model's point sees the model's own effect too.
+        self.z = rng.normal(size=(kd + kt, 3))
+        self.yp = self.z @ [0.5, 1.0, -2.0] + np.r_[effect_d, effect_t] + 0.3 * rng.normal(size=kd + kt)
+        drafts = np.arange(1, kd + 1) + 1j * np.ones(kd)
+        targets = np.arange(1, kt + 1) * 100.0 + 1j * np.ones(kt)
+        if shared is not None:  # the last draft is also target `shared` (a ladder of models)
+            targets[shared] = drafts[-1]
+        points = np.r_[drafts, targets] if shared is None else np.r_[drafts, np.delete(targets, shared)]
+        self.point_model = (np.r_[np.arange(kd), kd + np.arange(kt)] if shared is None
+                            else np.r_[np.arange(kd), kd + np.delete(np.arange(kt), shared)])
+        if shared is not None:
+            self.z, self.yp = self.z[self.point_model], self.yp[self.point_model]
+        self.clusters = clusters_lib.ModelClusters(**clusters_lib.model_clusters(
+            drafts, targets, points.real, points.imag, d, t))
+        self.shared = shared
+
+    def solve(self, row_mask, point_mask):
+        a = np.r_[self.x[row_mask], self.z[point_mask]]
+        b = np.r_[self.y[row_mask], self.yp[point_mask]]
+        return np.linalg.lstsq(a, b, rcond=None)[0]
+
+    def robust(self, adjustment):
+        theta = self.solve(np.ones(self.d.size, bool), np.ones(self.yp.size, bool))
+        r, rp = self.y - self.x @ theta, self.yp - self.z @ theta
+        hessian = self.x.T @ self.x + self.z.T @ self.z
+        return theta, np.asarray(clusters_lib.cluster_covariance_theta(
+            jnp.asarray(hessian), self.clusters, jnp.asarray(self.d), jnp.asarray(self.t),
+            jnp.asarray(-r[:, None] * self.x), jnp.asarray(-self.x), jnp.ones(self.d.size),
+            jnp.asarray(-rp[:, None] * self.z), jnp.asarray(-self.z), jnp.ones(self.yp.size),
+            adjustment))
+
+    def models_of_row(self):
+        """Each row's models, as indices into the distinct models (ladder-aware)."""
+        draft_model = self.d
+        target_model = self.kd + self.t
+        if self.shared is not None:
+            target_model = np.where(self.t == self.shared, self.kd - 1, target_model)
+        return draft_model, target_model
+
+
+def _clipped(matrix):
+    values, vectors = np.linalg.eigh(0.5 * (matrix + matrix.T))
+    return (vectors * np.clip(values, 0, None)) @ vectors.T
+
+
+@pytest.mark.parametrize("shared", [None, 1])
+def test_cr3_is_the_two_way_leave_one_model_out_jackknife(x64, shared):
+    # For a linear model the CR3 adjustment is exact: a_m = theta_(-m) - theta,
+    # the refit without every row of model m (in either role) and its point.
+    # Two-way: sum over models minus sum over (draft, target) pairs, whose rows
+    # the model sum counts twice.
+    problem = Crossed(seed=3, shared=shared)
+    theta, got = problem.robust("CR3")
+    draft_model, target_model = problem.models_of_row()
+    all_rows, all_points = np.ones(problem.d.size, bool), np.ones(problem.yp.size, bool)
+    total = np.zeros((3, 3))
+    for m in range(problem.kd + problem.kt):
+        rows = (draft_model != m) & (target_model != m)
+        points = problem.point_model != m
+        if rows.all() and points.all():
+            continue  # the shared target's own slot: not a model of its own
+        delta = problem.solve(rows, points) - theta
+        total += np.outer(delta, delta)
+    # A row whose draft and target are one model is in that model's sum once:
+    # nothing to subtract.
+    for pair in {(a, b) if a <= b else (b, a) for a, b in zip(draft_model, target_model) if a != b}:
+        rows = ~((np.minimum(draft_model, target_model) == pair[0])
+                 & (np.maximum(draft_model, target_model) == pair[1]))
+        delta = problem.solve(rows, all_points) - theta
+        total -= np.outer(delta, delta)
+    np.testing.assert_allclose(got, _clipped(total), rtol=1e-8, atol=1e-12)
+
+
+def test_cr1_is_the_cameron_gelbach_miller_formula(x64):
+    problem = Crossed(seed=4)
+    theta, got = problem.robust("CR1")
+    r, rp = problem.y - problem.x @ theta, problem.yp - problem.z @ theta
+    inverse = np.linalg.inv(problem.x.T @ problem.x + problem.z.T @ problem.z)
+    g, q = problem.kd + problem.kt, problem.d.size
+    meat = np.zeros((3, 3))
+    for m in range(problem.kd):
+        s = (problem.x[problem.d == m] * r[problem.d == m, None]).sum(0) + problem.z[m] * rp[m]
+        meat += g / (g - 1) * np.outer(s, s)
+    for m in range(problem.kt):
+        s = (problem.x[problem.t == m] * r[problem.t == m, None]).sum(0) + problem.z[problem.kd + m] * rp[problem.kd + m]
+        meat += g / (g - 1) * np.outer(s, s)
+    for i in range(q):  # one row per pair
+        meat -= q / (q - 1) * np.outer(problem.x[i] * r[i], problem.x[i] * r[i])
+    np.testing.assert_allclose(got, _clipped(inverse @ meat @ inverse), rtol=1e-8, atol=1e-12)
+    # Neither equals the iid covariance (sigma^2 H^-1): the effects make the
+    # rows of a model move together.
+    iid = (r @ r + rp @ rp) / (q + g - 3) * inverse
+    assert not np.allclose(np.diag(got), np.diag(iid), rtol=0.2)
+
+
+def test_cr2_lies_between_cr1_without_its_factor_and_cr3(x64):
+    # CR2 scales each model's influence by (I - A)^(-1/2), CR3 by (I - A)^(-1):
+    # on the diagonal, CR2 is between the unadjusted sandwich and CR3.
+    problem = Crossed(seed=5)
+    _, cr2 = problem.robust("CR2")
+    _, cr3 = problem.robust("CR3")
+    _, cr1 = problem.robust("CR1")
+    g = problem.kd + problem.kt
+    assert np.all(np.diag(cr2) < np.diag(cr3))
+    assert np.all(np.diag(cr2) > np.diag(cr1) * (g - 1) / g * 0.999)
+
+
+def test_model_resampling_weights_rows_by_their_models(x64):
+    # Rows of one model share its draw count; a row's count is its draft's
+    # times its target's; a loss point gets its model's count.
+    measurements = synthetic_measurements(num_targets=3, num_drafts=4, seed=2)
+    rows, _ = acceptance_rows(measurements)
+    points = perplexity_points(measurements)
+    data = joint_fit.prepare(rows, points)
+    draft_counts, target_counts, point_counts = (np.asarray(v) for v in clusters_lib.model_resample_counts(
+        jax.random.PRNGKey(0), data.clusters, 64, jnp.float64))
+    assert draft_counts.shape == (64, 4) and target_counts.shape == (64, 3)
+    assert np.all(draft_counts.sum(1) == 4) and np.all(target_counts.sum(1) == 3)
+    # Drawn with replacement: some resamples repeat a model and leave another out.
+    assert np.any(draft_counts == 0) and np.any(draft_counts >= 2)
+    row_counts = draft_counts[:, np.asarray(data.draft_model)] * target_counts[:, np.asarray(data.target_model)]
+    # Every row of draft 0 is 0 wherever draft 0 was not drawn.
+    rows_of_draft0 = np.asarray(data.draft_model) == 0
+    assert np.all(row_counts[draft_counts[:, 0] == 0][:, rows_of_draft0] == 0)
+    # Each point's count is that of the model with its (params, tokens).
+    point_draft = np.asarray(data.clusters.point_draft)
+    point_target = np.asarray(data.clusters.point_target)
+    for j in range(points.num_params.shape[0]):
+        expected = draft_counts[:, point_draft[j]] if point_draft[j] < 4 else target_counts[:, point_target[j]]
+        np.testing.assert_array_equal(point_counts[:, j], expected)
+    params = np.asarray(points.num_params)
+    drafts = np.unique(np.asarray(rows.draft_params))
+    assert np.all(np.isin(params[point_draft < 4], drafts))
+
+
+def _replicated(rows, points, row_count, point_count):
+    take = np.repeat(np.arange(row_count.size), row_count.astype(int))
+    keep = np.repeat(np.arange(point_count.size), point_count.astype(int))
+    return (jax.tree_util.tree_map(lambda v: v[take], rows),
+            jax.tree_util.tree_map(lambda v: v[keep], points))
+
+
+def test_resample_counts_observations_not_weights(x64):
+    # A resample (draw counts c, rows' own weights w) must be the same
+    # likelihood, up to a constant, as the replicated data set: the acceptance
+    # block's n is sum c, its SSR sum w c r^2. With n = sum w c (the old
+    # bookkeeping) the likelihood, and so the optimum, differ.
+    measurements = synthetic_measurements(num_targets=3, num_drafts=4, seed=1, trials=300)
+    rows, _ = acceptance_rows(measurements, "interval")
+    points = perplexity_points(measurements)
+    assert np.ptp(np.asarray(rows.weight)) > 0.05  # weights that are not all 1
+    rng = np.random.default_rng(0)
+    row_count = rng.integers(1, 4, rows.acceptance.shape[0]).astype(float)
+    point_count = rng.integers(1, 3, points.num_params.shape[0]).astype(float)
+    data = joint_fit.prepare(rows, points)
+    big_rows, big_points = _replicated(rows, points, row_count, point_count)
+    big = joint_fit.prepare(big_rows, big_points)
+    laws = [(pretraining.BESIROGLU_2024, acceptance_lib.SDSL_2026),
+            (pretraining.PretrainingLaw(irreducible_loss=1.9, param_coeff=400.0, param_exponent=0.33,
+                                        data_coeff=1900.0, data_exponent=0.35),
+             acceptance_lib.AcceptanceLaw(draft_coeff=-0.006, target_coeff=0.012, intercept=0.65))]
+
+    def value(d, row_weight, row_cnt, point_weight, law):
+        theta = joint_fit.theta_from_laws(*law, d)
+        moments = joint_fit.acceptance_moments(d, row_weight, row_cnt)
+        return float(sum(joint_fit.moment_objective(theta, d, moments, point_weight)))
+
+    w = np.asarray(rows.weight)
+    resampled = [value(data, jnp.asarray(w * row_count), jnp.asarray(row_count), jnp.asarray(point_count), law)
+                 for law in laws]
+    replicated = [value(big, big_rows.weight, None, jnp.ones(big_points.num_params.shape[0]), law)
+                  for law in laws]
+    old = [value(data, jnp.asarray(w * row_count), jnp.asarray(w * row_count), jnp.asarray(point_count), law)
+           for law in laws]
+    difference = lambda v: v[1] - v[0]
+    assert difference(resampled) == pytest.approx(difference(replicated), rel=1e-9, abs=1e-9)
+    assert abs(difference(old) - difference(replicated)) > 1e-4 * abs(difference(replicated))
