@@ -91,7 +91,7 @@ bootstrap (Hesterberg 2015), used here before, undercovered. By simulation
 counts; seed 5 + D; coverage of the 95% interval, median width w):
 
     documents  sizes                   expanded percentile (before)   cluster (now)
-    4          log-uniform, 70-36k     0.872 (w 0.186)                0.964 (w 0.534)
+    4          log-uniform, 70-36k     0.872 (w 0.186)                0.965 (w 0.534)
     16         log-uniform, 70-36k     0.907 (w 0.121)                0.969 (w 0.206)
     64         log-uniform, 70-36k     -                              0.970 (w 0.082)
     16         all 2000 positions      0.938 (w 0.092)                0.941 (w 0.092)

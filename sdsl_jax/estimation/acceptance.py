@@ -711,6 +711,50 @@ def cluster_interval(prompt_accepted: ArrayLike, prompt_trials: ArrayLike,
     return _cluster_ends(a, t, jnp.asarray(confidence, dtype))
 
 
+def _bell_mccaffrey_traces(w, u, c, omega):
+    """tr(B Omega) and tr((B Omega)^2) for B = M' diag(c) M, M = I - 1 w', in O(P).
+
+    The variance is r' C r with residuals r = M x, so under Var(x) =
+    diag(omega) the two traces are tr(C N) and sum_ij c_i c_j N_ij^2, with
+    N = M Omega M' the residuals' covariance,
+
+        N_ij = delta_ij omega_i - w_i omega_i - w_j omega_j + sum_k w_k^2 omega_k.
+
+    Written that way the terms of a prompt that holds nearly all the trials
+    (c_p ~ 1 / (1 - w_p) large, N_pj ~ 1 - w_p small) cancel to nothing in
+    float32. So that prompt, the one with the largest weight (only one can
+    have w > 1/2, so every other c is at most 2 w^2), is handled on its own,
+    with N written in the exact 1 - w = u and the sum over the other prompts:
+
+        N_ii = omega_i u_i^2 + sum_(k != i) w_k^2 omega_k,
+        N_ij = -w_i u_i omega_i - w_j u_j omega_j + sum_(k != i, j) w_k^2 omega_k.
+
+    The rest is a diagonal plus a rank-two sum, whose c are bounded.
+    """
+    top = jnp.argmax(w)
+    is_top = jnp.arange(w.shape[0]) == top
+    v = w * w * omega
+    rest_top = jnp.sum(jnp.where(is_top, 0.0, v))  # sum over k != top
+    w_t, u_t, o_t, c_t = w[top], u[top], omega[top], c[top]
+    s2 = rest_top + v[top]
+    # Diagonal of N.
+    n_diag = jnp.where(is_top, o_t * u_t * u_t + rest_top, omega * u * u + (s2 - v))
+    trace = jnp.sum(c * n_diag)
+    # Row of N at the top prompt, j != top.
+    n_top = -w_t * u_t * o_t - w * u * omega + (rest_top - v)
+    n_top = jnp.where(is_top, 0.0, n_top)
+    cross = 2 * c_t * jnp.sum(c * n_top * n_top)
+    corner = (c_t * n_diag[top]) ** 2
+    # The other prompts: N_ij = delta_ij omega_i + beta_i + beta_j with
+    # beta_i = s2 / 2 - w_i omega_i, so sum_ij c_i c_j N_ij^2 over them is
+    # sum c^2 omega^2 + 4 sum c^2 omega beta + 2 (sum c)(sum c beta^2) + 2 (sum c beta)^2.
+    ck = jnp.where(is_top, 0.0, c)
+    beta = s2 / 2 - w * omega
+    others = (jnp.sum(ck * ck * omega * omega) + 4 * jnp.sum(ck * ck * omega * beta)
+              + 2 * jnp.sum(ck) * jnp.sum(ck * beta * beta) + 2 * jnp.sum(ck * beta) ** 2)
+    return trace, others + cross + corner
+
+
 def _cluster_parts(a, t):
     """(ratio, total trials, CR2 variance, Bell-McCaffrey df) of sum a / sum t."""
     live = t > 0
@@ -720,13 +764,16 @@ def _cluster_parts(a, t):
     ratio = jnp.where(total_t > 0, total_a / total_safe, 0.0)
     t_safe = jnp.where(live, t, 1.0)
     w = t / total_safe  # each prompt's weight in the ratio, and its leverage
+    # 1 - w_p from the other prompts' trials, exact even when prompt p holds
+    # nearly all of them (1 - w would lose every digit there).
+    u = (total_t - t) / total_safe
     resid = jnp.where(live, a / t_safe - ratio, 0.0)  # per-prompt rate minus the ratio
     # CR2: the linearised variance sum_p w_p^2 r_p^2, each term divided by
     # 1 - h_p (h_p = w_p, the leverage of prompt p) so that it is unbiased
     # when the rates are homoscedastic; with equal prompts 1 / (1 - h_p) is
     # the usual P / (P - 1).
-    keep = live & (w < 1)
-    c = jnp.where(keep, w * w / jnp.where(keep, 1 - w, 1.0), 0.0)
+    keep = live & (u > 0)
+    c = jnp.where(keep, w * w / jnp.where(keep, u, 1.0), 0.0)
     variance = jnp.sum(c * resid * resid)
 
     # Working model for the degrees of freedom: prompt p's rate has variance
@@ -736,31 +783,12 @@ def _cluster_parts(a, t):
     pq = ratio * (1 - ratio)
     pq_safe = jnp.where(pq > 0, pq, 1.0)
     pearson = jnp.sum(t * resid * resid) / pq_safe
-    spread = total_t - jnp.sum(t * t) / total_safe
+    spread = jnp.sum(t * u)  # T - sum t_p^2 / T
     tau2 = jnp.where((pq > 0) & (spread > 0),
                      jnp.maximum(pq * (pearson - (m - 1)) / jnp.where(spread > 0, spread, 1.0), 0.0),
                      0.0)
-    omega = jnp.where(live, tau2 + pq / t_safe, 0.0)
-    # Bell-McCaffrey: the variance is r' C r with r = M x, M = I - 1 w', so
-    # under Var(x) = diag(omega) it is a quadratic form in B = M' C M, and
-    # df = tr(B Omega)^2 / tr((B Omega)^2). B = diag(c) - c w' - w c' + S w w'
-    # (S = sum c) is diagonal plus rank two, which gives both traces in O(P)
-    # without forming a P x P matrix.
-    s = jnp.sum(c)
-    d = c * omega
-    cw = jnp.sum(c * w * omega)
-    trace = jnp.sum(d) - 2 * cw + s * jnp.sum(w * w * omega)
-    # Omega^(1/2) B Omega^(1/2) = diag(d) + U K U', U = [c~, w~] (x~ = x sqrt(omega)),
-    # K = [[0, -1], [-1, S]].
-    g_cc = jnp.sum(c * c * omega)
-    g_ww = jnp.sum(w * w * omega)
-    g_cw = cw
-    low_rank_diag = -2 * c * w * omega + s * w * w * omega
-    # tr((K G)^2) with G = U'U, (K G) = [[-g_cw, -g_ww], [-g_cc + S g_cw, -g_cw + S g_ww]].
-    k11, k12 = -g_cw, -g_ww
-    k21, k22 = -g_cc + s * g_cw, -g_cw + s * g_ww
-    low_rank_sq = k11 * k11 + 2 * k12 * k21 + k22 * k22
-    frobenius = jnp.sum(d * d) + 2 * jnp.sum(d * low_rank_diag) + low_rank_sq
+    omega = jnp.where(keep, tau2 + pq / t_safe, 0.0)
+    trace, frobenius = _bell_mccaffrey_traces(w, u, c, omega)
     ok = (m > 1) & (frobenius > 0) & (trace > 0)
     # One prompt's worth of information at the least: below one degree of
     # freedom the t quantile runs away (12.7 at df 1, 63.7 at df 0.5) on
