@@ -144,7 +144,11 @@ the cluster interval at the 68% level, which a coverage band must reject):
 Limits. With 2 prompts the df is 1 (t = 12.7): the interval is wide and
 over-covers where prompts vary little, and at the most heterogeneous
 corner (c = 5, alpha = 0.9, rates spread over most of [0, 1]) it covers
-0.911; two units cannot tell those cases apart. With one prompt the run
+0.911; two units cannot tell those cases apart. With 4 and 8 prompts that
+vary little it over-covers too (0.96-0.99): a variance estimated from a few
+prompts of unequal size is noisy (df about 2.4 for 4 prompts of 4-30
+iterations), and the t quantile pays for that noise whether or not the
+prompts vary; it is what covering at c = 5-20 costs. With one prompt the run
 shows nothing about variation between prompts and the interval is
 Wilson's, which undercovers when prompts do vary: measure more than one
 prompt. tests/estimation/test_acceptance.py checks the heterogeneous
