@@ -78,9 +78,12 @@ def test_fit_refuses_to_overwrite_and_plan_uses_the_laws(fitted, run_cli):
                             "--target-tokens", "15T", "--interval", "delta", "--json"])
     delta = json.loads(out)
     assert delta["draft_params"] == plan["draft_params"]
-    # Two routes to the same uncertainty: the widths agree within a factor of two.
+    # Two routes to the uncertainty of N*. The bootstrap resamples draft and
+    # target models two-way, which is conservative (each row's own noise is
+    # drawn with both its models): about twice the delta interval's width,
+    # never narrower.
     width = lambda p: np.log(p["draft_params_high"] / p["draft_params_low"])
-    assert 0.5 < width(delta) / width(plan) < 2
+    assert 0.25 < width(delta) / width(plan) < 1
 
 
 # --- resamples whose refit fails (regression: NaN reached the laws file) -----------------
