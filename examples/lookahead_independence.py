@@ -83,7 +83,7 @@ for gamma in args.lookaheads:
     k = np.asarray(gen.accepted)
     mask = np.arange(k.shape[1]) < iterations[:, None]
     ids = np.broadcast_to(np.arange(args.prompts)[:, None], k.shape)
-    est = estimate_acceptance(k, np.where(mask, gamma, 0), ids, interval="bootstrap",
+    est = estimate_acceptance(k, np.where(mask, gamma, 0), ids, interval="cluster",
                               num_prompts=args.prompts)
     positions = summarize_positions(k, gamma, ids, mask=mask, num_prompts=args.prompts)
     low, high = serving_ratio_interval(k, mask, gamma)

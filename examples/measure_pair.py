@@ -64,13 +64,13 @@ records = list(measure_pair(draft, target, prompts, lookahead=args.lookahead,
                             key=jax.random.PRNGKey(0)))
 accepted = np.concatenate([np.asarray(r["accepted"]) for r in records])
 prompt_ids = np.concatenate([np.full(len(r["accepted"]), r["prompt_id"]) for r in records])
-loop_estimate = estimate_acceptance(accepted, args.lookahead, prompt_ids, interval="bootstrap",
+loop_estimate = estimate_acceptance(accepted, args.lookahead, prompt_ids, interval="cluster",
                                     num_prompts=len(records))
 speedups = [r["speedup"] for r in records if r["speedup"] is not None]
 print(f"\nspeculative loop, lookahead {args.lookahead}, {len(records)} prompts:")
 print(f"  acceptance {float(loop_estimate.acceptance):.4f}  "
       f"95% [{float(loop_estimate.low):.4f}, {float(loop_estimate.high):.4f}]  "
-      f"(bootstrap over prompts)")
+      f"(prompts as clusters)")
 print(f"  median speedup over the target alone {np.median(speedups):.3f}x")
 
 # 3. Teacher-forced: the exact beta at every position of held-out documents.

@@ -29,9 +29,9 @@ planning
     ``fit_linear_rule`` -> ``LinearRule``.
 estimation
     ``estimate_acceptance`` -> ``AcceptanceEstimate``, ``wilson_interval``,
-    ``clopper_pearson_interval``, ``bootstrap_interval``; measurement sets:
-    ``MeasurementSet``, ``read_measurements``, ``write_measurements``,
-    ``MeasurementError``.
+    ``clopper_pearson_interval``, ``cluster_interval`` (prompts as clusters),
+    ``bootstrap_interval``; measurement sets: ``MeasurementSet``,
+    ``read_measurements``, ``write_measurements``, ``MeasurementError``.
 fitting
     ``fit_acceptance_law``, ``fit_pretraining_law``, ``fit_joint`` (more in
     :mod:`sdsl_jax.fitting`); ``draft_size_interval``; laws files:
@@ -63,6 +63,7 @@ from sdsl_jax.laws.acceptance import (
 from sdsl_jax.estimation.acceptance import (
     AcceptanceEstimate,
     bootstrap_interval,
+    cluster_interval,
     clopper_pearson_interval,
     estimate_acceptance,
     wilson_interval,
@@ -143,7 +144,7 @@ __all__ = [
     "initialize_distributed", "map_configs", "plan_sharded",
     "LinearRule", "fit_linear_rule", "published_rule",
     # estimation
-    "AcceptanceEstimate", "MeasurementError", "MeasurementSet", "bootstrap_interval",
+    "AcceptanceEstimate", "MeasurementError", "MeasurementSet", "bootstrap_interval", "cluster_interval",
     "clopper_pearson_interval", "estimate_acceptance", "read_measurements", "wilson_interval",
     "write_measurements",
     # fitting

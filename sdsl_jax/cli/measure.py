@@ -24,6 +24,7 @@ load only when a run starts.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -52,7 +53,7 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--teacher-forced", action="store_true", help=(
         "measure alpha without a generation loop: the exact beta = sum_v min(p, q) at every "
         "position of held-out corpus documents (or the lines of --prompt-file), read by both "
-        "models teacher-forced, with a bootstrap interval across documents; writes --rows, "
+        "models teacher-forced, with an interval that takes documents as clusters; writes --rows, "
         "--summary or --json, no runs file"))
     parser.add_argument("--lookahead", type=int, metavar="K", help=(
         "drafted tokens per iteration (gamma), >= 1; required for the loop, and with "
@@ -103,9 +104,10 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--target-tokens", metavar="D'", help="training tokens of the target, likewise")
     parser.add_argument("--confidence", type=float, default=0.95,
                         help="level of every interval (default: %(default)s)")
-    parser.add_argument("--bootstrap", type=int, default=1000, metavar="R",
-                        help="bootstrap resamples of prompts for the acceptance interval "
-                             "(default: %(default)s)")
+    # The acceptance intervals no longer resample (prompts and documents are
+    # clusters of a closed-form interval); the option stays so that command
+    # lines written for earlier versions still run.
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="R", help=argparse.SUPPRESS)
 
 
 def run(args) -> int:
@@ -183,7 +185,6 @@ def _check_arguments(args) -> None:
              2 if args.prompt_file is None or args.teacher_forced else 1)
     at_least("--max-new-tokens", args.max_new_tokens, 2)
     at_least("--batch-size", args.batch_size, 1)
-    at_least("--bootstrap", args.bootstrap, 1)
     at_least("--seed", args.seed, 0)
     if args.teacher_forced:
         loop_only = [flag for flag, given in (
@@ -194,9 +195,6 @@ def _check_arguments(args) -> None:
             raise UsageError(f"sdsl measure: --teacher-forced runs no generation loop; drop "
                              f"{', '.join(loop_only)} (documents: --documents N; results: "
                              "--rows, --summary, --json)")
-        if args.bootstrap < 2:
-            raise UsageError("sdsl measure: argument --bootstrap: must be at least 2 with "
-                             "--teacher-forced")
         args.batch_size = 64 if args.batch_size is None else args.batch_size
     else:
         if args.documents is not None:

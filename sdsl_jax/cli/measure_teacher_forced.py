@@ -2,8 +2,8 @@
 
 Both models read held-out documents (or the lines of --prompt-file)
 teacher-forced, in windows of --prompt-len, and alpha is the mean exact
-beta = sum_v min(p, q) over every position, with a bootstrap interval
-across documents (:func:`sdsl_jax.decoding.teacher_forced.teacher_forced_acceptance`).
+beta = sum_v min(p, q) over every position, with an interval that
+takes documents as clusters (:func:`sdsl_jax.decoding.teacher_forced.teacher_forced_acceptance`).
 The result is one measurement row (--rows, --summary, --json) and no runs
 file.
 """

@@ -362,7 +362,7 @@ def record_batches(records: Iterable[Mapping[str, Any]]) -> np.ndarray:
 
 
 def summarize(records: Iterable[Mapping[str, Any]], confidence: float = 0.95,
-              interval: str = "bootstrap", key: jax.Array | None = None,
+              interval: str = "cluster", key: jax.Array | None = None,
               num_resamples: int = 1000) -> dict[str, Any]:
     """Acceptance with its interval, accepted length, speedup and latencies across prompts.
 
@@ -370,8 +370,10 @@ def summarize(records: Iterable[Mapping[str, Any]], confidence: float = 0.95,
       records: per-prompt records of :func:`sdsl_jax.decoding.pair.measure_pair`,
         all with the same lookahead.
       confidence: level of every interval.
-      interval: the acceptance interval, as in ``estimate_acceptance``.
-      key, num_resamples: for the bootstrap.
+      interval: the acceptance interval, as in ``estimate_acceptance``; the
+        default, "cluster", takes prompts as the units and covers from two
+        prompts on (:func:`sdsl_jax.estimation.acceptance.cluster_interval`).
+      key, num_resamples: for interval="bootstrap" only.
 
     Returns:
       A flat dict of plain numbers: prompts, lookahead, accepted, trials,

@@ -2,8 +2,8 @@
 
 :func:`summary_row` aggregates the lines of a runs file
 (:mod:`sdsl_jax.decoding.run`) into one row of the measurement-set format
-(:mod:`sdsl_jax.estimation.measurements`): the acceptance with its bootstrap
-interval across prompts, the acceptance at each draft position with the
+(:mod:`sdsl_jax.estimation.measurements`): the acceptance with its interval
+across prompts (prompts as clusters), the acceptance at each draft position with the
 test of one rate at every position, the latency columns of ``sdsl plot
 latency`` (ttft, tpot, ttot and their _low/_high, seconds) with t intervals
 that take the timed batch as the unit (the Student-t interval across prompts
@@ -32,7 +32,7 @@ def summary_row(records: list[dict], *, confidence: float = 0.95, num_resamples:
                 seed: int = 0) -> dict[str, Any]:
     """One measurement-set row from the runs-file records of one pair and setting.
 
-    The acceptance interval is a bootstrap over prompts; latency and speedup
+    The acceptance interval takes prompts as clusters (``cluster_interval``); latency and speedup
     intervals are t intervals with the timed batches as units (the prompts'
     Student-t interval at batch size 1), and ``timed_batches`` says how many
     there were; step times are medians over the records.

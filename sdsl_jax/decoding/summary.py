@@ -91,7 +91,7 @@ def loop_summary(row: dict, *, runs_file: str, measured_now: int, from_earlier: 
     lines = [
         ("acceptance alpha", f"{row['acceptance']:.4f}",
          _interval(row["acceptance_low"], row["acceptance_high"], lambda v: f"{v:.4f}"),
-         f"bootstrap over prompts; {row['accepted']:,} of {row['trials']:,} judged drafts "
+         f"prompts as clusters; {row['accepted']:,} of {row['trials']:,} judged drafts "
          f"accepted; mean exact beta {row['beta_mean']:.4f}"),
         ("accepted per iteration", f"{row['mean_accepted']:.3f}", "",
          f"{row['tokens_per_iteration']:.3f} tokens per iteration"),
@@ -131,7 +131,7 @@ def teacher_forced_summary(row: dict, lowest: float, highest: float) -> str:
     lines = [
         ("acceptance alpha", f"{row['acceptance']:.4f}",
          _interval(row["acceptance_low"], row["acceptance_high"], lambda v: f"{v:.4f}"),
-         f"mean exact beta = sum_v min(p, q) over every position; bootstrap over documents "
+         f"mean exact beta = sum_v min(p, q) over every position; documents as clusters "
          f"(per document {lowest:.3f} to {highest:.3f})"),
         ("draft perplexity", f"{row['draft_document_perplexity']:.4g}", "",
          "per token of these documents"),

@@ -5,8 +5,8 @@ so the accepted count K of an iteration is a truncated geometric. This figure
 checks that on runs of ``sdsl measure`` (sdsl_jax.estimation.positions has the math):
 
 * left, the acceptance rate at draft position i = 1..gamma,
-  #(K >= i) / #(K >= i - 1), with its 95% interval (a bootstrap that
-  resamples prompts), and the fitted i.i.d. model: one rate, the MLE
+  #(K >= i) / #(K >= i - 1), with its 95% interval (prompts as
+  clusters: ``cluster_interval``), and the fitted i.i.d. model: one rate, the MLE
   alpha_hat, at every position (dashed);
 * right, the share of iterations that accepted K = 0..gamma drafts against
   the truncated geometric at alpha_hat, with the likelihood-ratio fit test's
@@ -189,6 +189,6 @@ def plot_positions(runs: Sequence[PositionRuns], *, confidence: float = 0.95,
         style.grid(ax)
         ax.legend(fontsize=7.5, loc="best")
     fig.suptitle(title or "Acceptance by draft position against the i.i.d. (truncated "
-                 "geometric) model\nbars: bootstrap intervals over prompts; dashed: one rate "
+                 "geometric) model\nbars: 95% intervals, prompts as clusters; dashed: one rate "
                  "alpha_hat at every position, as the throughput law assumes", fontsize=11)
     return fig

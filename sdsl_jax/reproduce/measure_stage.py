@@ -4,7 +4,7 @@ The loop is the run ``sdsl measure`` makes (:mod:`sdsl_jax.decoding.run`),
 with its defaults, once per pair on held-out prompts at batch 1: each
 finished prompt lands in the pair's runs file at once, so a killed run
 resumes prompt by prompt, and the pair's summary row (acceptance with its
-bootstrap interval across prompts; TTFT, TPOT, TTOT and the speedup over
+interval across prompts (prompts as clusters); TTFT, TPOT, TTOT and the speedup over
 the target alone with Student-t intervals; the measured step times) goes to
 ``measure/rows.jsonl``, which ``sdsl fit``, ``sdsl plot latency`` and
 ``sdsl plan --step-times`` read; the text ``sdsl measure`` would print goes

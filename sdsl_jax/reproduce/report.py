@@ -313,9 +313,9 @@ def _acceptance_pairs(outputs: dict) -> list[str]:
                      "not run" if t is None else interval(t["acceptance"], t["acceptance_low"],
                                                           t["acceptance_high"]),
                      num(chain[key]["end_to_end"])])
-    return (["alpha from the speculative loop (bootstrap interval across prompts), the mean exact "
+    return (["alpha from the speculative loop (interval with prompts as clusters), the mean exact "
              "acceptance probability beta of the judged positions, the teacher-forced alpha on "
-             "held-out text (bootstrap across documents), and alpha as the fitted laws predict it "
+             "held-out text (documents as clusters), and alpha as the fitted laws predict it "
              "from the sizes and training tokens alone.", ""]
             + _table(["draft", "target", "N/M", "loop alpha", "accepted / judged", "mean beta",
                       "teacher-forced alpha", "end-to-end law"], rows)

@@ -270,7 +270,7 @@ def test_teacher_forced_on_the_corpus_greedy_text_summary(model_dirs, corpus_dir
     held_out = corpus_lib.load_corpus([str(corpus_dir)], include_stdlib=False).validation
     # One held-out document (BOS + its bytes), every position of it.
     for text in ("teacher-forced, greedy: 1 held-out document,",
-                 f"{held_out.size - 1:,} positions", "acceptance alpha", "bootstrap over documents",
+                 f"{held_out.size - 1:,} positions", "acceptance alpha", "documents as clusters",
                  "target perplexity"):
         assert text in out, (text, out)
 
@@ -298,7 +298,7 @@ def test_teacher_forced_agrees_with_the_loop(model_dirs, corpus_dir, teacher_for
                                max_new_tokens=MAX_NEW, temperature=1.0)
         generated.append(np.asarray(gen.tokens[0]))
     acc, gam, ids = acceptance_inputs(records)
-    loop_estimate = estimate_acceptance(acc, gam, ids, interval="bootstrap",
+    loop_estimate = estimate_acceptance(acc, gam, ids, interval="cluster",
                                         num_prompts=TF_DOCUMENTS)
     text = np.concatenate([prompts, np.stack(generated)], axis=1)
     # Drafted positions predict the tokens after the first new one: positions >= the
