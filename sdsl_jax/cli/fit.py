@@ -93,11 +93,13 @@ def _interval(low, high) -> str:
 
 def _delta_label(e2e) -> str:
     """The delta-method column's heading: which covariance, and the t df where it is t-based."""
+    # Short enough for the column: "clustered" = two-way cluster-robust over
+    # models, t16 = Student t with 16 degrees of freedom.
     if e2e.get("covariance") == "cluster":
         df = e2e.get("covariance_df")
-        return "delta, models clustered" + ("" if df is None else f" (t, {df:g} df)")
+        return "delta (clustered" + ("" if df is None else f", t{df:g}") + ")"
     if e2e.get("covariance") == "iid":
-        return "delta, iid (normal)"
+        return "delta (iid, z)"
     return "delta method"
 
 
@@ -146,6 +148,9 @@ def _print_report(report, out_path) -> None:
     note = fit_report.bootstrap_summary(e2e)
     if note is not None:
         print(f"  {note}")
+    if e2e.get("covariance") == "cluster":
+        print("  delta: covariance clustered by model (a model's deviation from the law is shared "
+              "by its rows and its loss point)")
     if not e2e["identifiable"]:
         print("  warning: the data do not determine every coefficient (singular Hessian); "
               "the delta-method intervals of the undetermined ones are not meaningful. "

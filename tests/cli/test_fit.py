@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import scipy.stats
 import pytest
 
 from sdsl_jax import cli
@@ -55,6 +56,15 @@ def test_fit_writes_laws_and_reports_intervals(fitted, run_cli):
     assert 0.5 < report["end_to_end"]["acceptance_r2"] <= 1
     laws = load_laws(laws_path)
     assert laws.samples.shape == (50, 8) and laws.covariance.shape == (8, 8)
+    # The delta intervals are t intervals from the covariance clustered by
+    # model (24 models: 23 degrees of freedom); the bootstrap resampled models.
+    e2e = report["end_to_end"]
+    assert e2e["covariance"] == "cluster" and e2e["covariance_df"] == 23.0
+    assert e2e["bootstrap_resampling"] == "models" and float(laws.covariance_df) == 23.0
+    se = np.sqrt(np.asarray(laws.covariance, np.float64)[5, 5])
+    np.testing.assert_allclose([draft["delta_low"], draft["delta_high"]],
+                               draft["estimate"] + np.array([-1, 1]) * scipy.stats.t.ppf(0.975, 23) * se,
+                               rtol=1e-5)
     np.testing.assert_allclose(np.asarray(laws.coefficients),
                                [coefficients[c]["estimate"] for c in COEFFICIENTS], rtol=1e-6)
 
@@ -151,6 +161,8 @@ def test_failed_resamples_are_counted_and_left_out(fitted, failing_resamples, ca
     code, out, _ = _run(capsys, ["fit", str(path), "--bootstrap", "50", "--overwrite",
                                  "--out", str(laws_path)])
     assert code == 0 and f"bootstrap: {failed} of 50 resamples did not converge" in out
+    # The table says which intervals it prints.
+    assert "delta (clustered, t23)" in out and "bootstrap over models" in out
 
 
 @pytest.mark.slow
