@@ -165,6 +165,23 @@ def _log_draft_at_loss(target_loss, ctx: _Context, log_peak):
     return jnp.where(found, s, log_peak), found
 
 
+def _search_range(ctx: _Context, settings) -> solver.SearchRange:
+    """The settings' range of log N, its lower end raised to where the draft's
+    loss stays finite (:func:`solver.finite_floor`).
+
+    On the falling branch (N < N_c) the data term B (6 N / C)^b is at most its
+    value at N_c, so the floor taken with that bound keeps every N of the
+    window between it and N_c below the loss bound. Where even the Chinchilla
+    draft is past the bound the floor is N_c itself.
+    """
+    pre = ctx.pretraining_law
+    log_peak = _chinchilla_log_draft(ctx)
+    bound = pre.irreducible_loss + pretraining.data_term(pre, ctx.log_token_budget - log_peak)
+    floor = solver.finite_floor(pre, bound)
+    return solver.search_range(ctx.target_params, settings,
+                               jnp.where(jnp.isfinite(floor), floor, log_peak))
+
+
 def _budget_window(ctx: _Context, search: solver.SearchRange) -> solver.Window:
     """[lo, hi] on the rising branch where 0 < alpha < cap; see solver.acceptance_window."""
     log_lo, log_hi = search
@@ -191,7 +208,7 @@ def _plan_core(settings, log_budget, target_params, target_tokens, pretraining_l
     target_ppl = pretraining.perplexity(pretraining_law, target_params, target_tokens)
     ctx = _Context(target_params, log_budget - jnp.log(FLOPS_PER_PARAM_TOKEN), target_ppl,
                    pretraining_law, acceptance_law)
-    search = solver.search_range(target_params, settings)
+    search = _search_range(ctx, settings)
     solution = solver.solve(settings, ctx, search, _budget_window(ctx, search))
     log_draft = solution.log_draft
 
@@ -248,6 +265,12 @@ def optimal_draft_under_budget(
     Returns:
       A :class:`BudgetPlan`, with the marginal value of budget. jit, vmap and
       grad work through it (gradients of N* by the implicit function theorem).
+
+    Domain: as :func:`sdsl_jax.optimal_draft_size`'s, with the budget's
+    Chinchilla-optimal draft in place of the unbounded one: fields and
+    gradients are finite wherever its loss and the target's are below half
+    the log of the dtype's largest number (default laws, float32: M, D' >= 1e5
+    and C >= 1e11 FLOPs).
     """
     settings = solver.checked_settings(method, cost_ratio_bounds, _OBJECTIVE)
     given = inputs.planner_inputs(dict(target_params=target_params, target_tokens=target_tokens,

@@ -109,6 +109,13 @@ def acceptance_at(log_draft, ctx: Context):
     return alpha, draft_ppl, jnp.exp(log_draft) / ctx.target_params
 
 
+def search_range(ctx: Context, settings: solver.Settings) -> solver.SearchRange:
+    """The settings' range of log N, its lower end raised to where the draft's
+    perplexity stays finite (:func:`solver.finite_floor`)."""
+    return solver.search_range(ctx.target_params, settings,
+                               solver.finite_floor(ctx.pretraining_law, ctx.draft_data_loss))
+
+
 def window(ctx: Context, search: solver.SearchRange) -> solver.Window:
     """The search range cut to where 0 < alpha < cap (:func:`solver.acceptance_window`)."""
     return solver.acceptance_window(ctx.pretraining_law, ctx.acceptance_law,
@@ -136,7 +143,7 @@ def _plan(settings: solver.Settings, target_params, draft_tokens, target_tokens,
     target_params, draft_tokens, target_tokens = jnp.broadcast_arrays(
         target_params, draft_tokens, target_tokens)
     ctx = context(target_params, draft_tokens, target_tokens, pretraining_law, acceptance_law)
-    search = solver.search_range(target_params, settings)
+    search = search_range(ctx, settings)
     solution = solver.solve(settings, ctx, search, window(ctx, search))
     log_draft = solution.log_draft
 
@@ -181,6 +188,14 @@ def optimal_draft_size(
       A :class:`DraftPlan` whose leaves have the broadcast shape of the inputs.
       jit, vmap and grad work through it; gradients of ``draft_params`` come
       from the implicit function theorem.
+
+    Domain: every field and every gradient (with respect to M, D, D' and the
+    laws' coefficients) is finite, whether or not a draft pays, wherever the
+    target's loss L(M, D') and the loss of an unbounded draft, E + B / D^b,
+    are below half the log of the dtype's largest number (44.4 nats in
+    float32, 354.9 in float64): for the default laws, M, D, D' >= 1e5 in
+    float32 and >= 1e3 in float64 (tests/planning/test_finite_gradients.py).
+    ``draft_perplexity`` is inf where no draft pays, as documented.
     """
     settings = solver.checked_settings(method, cost_ratio_bounds, FLOP_OBJECTIVE)
     given = inputs.planner_inputs(dict(target_params=target_params, draft_tokens=draft_tokens,

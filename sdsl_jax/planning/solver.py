@@ -11,7 +11,11 @@ configurations.
 The search runs over s = log N in three steps:
 
 1. The range: log N in [log M + log c_lo, log M + log c_hi], c the cost ratio
-   N / M, (c_lo, c_hi) the public ``cost_ratio_bounds`` (:func:`search_range`).
+   N / M, (c_lo, c_hi) the public ``cost_ratio_bounds`` (:func:`search_range`),
+   its lower end raised to where the draft's loss reaches half the log of
+   the dtype's largest number (:func:`finite_floor`), so that the search,
+   and the solution where nothing pays, never visit a draft whose
+   perplexity overflows: that is what keeps every gradient finite.
 2. The window: the range cut to where the acceptance plane lies inside
    (0, cap) (:func:`acceptance_window`): below it nothing pays, above it alpha
    is pinned at its cap and S* falls. Cutting there removes the kink the clip
@@ -44,6 +48,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from sdsl_jax.laws import acceptance as acceptance_lib
@@ -109,11 +114,50 @@ class SearchRange(NamedTuple):
     log_hi: jnp.ndarray
 
 
-def search_range(target_params, settings: Settings) -> SearchRange:
-    """log N in [log M + log c_lo, log M + log c_hi] (module doc, step 1)."""
+def search_range(target_params, settings: Settings, log_floor=None) -> SearchRange:
+    """log N in [log M + log c_lo, log M + log c_hi] (module doc, step 1), its
+    lower end raised to ``log_floor`` where given (:func:`finite_floor`), but
+    never above the upper end."""
     log_target = jnp.log(target_params)
-    return SearchRange(log_target + jnp.log(settings.min_cost_ratio),
-                       log_target + jnp.log(settings.max_cost_ratio))
+    log_lo = log_target + jnp.log(settings.min_cost_ratio)
+    log_hi = log_target + jnp.log(settings.max_cost_ratio)
+    if log_floor is not None:
+        log_lo = jnp.minimum(jnp.maximum(log_lo, log_floor), log_hi)
+    return SearchRange(log_lo, log_hi)
+
+
+def max_loss(dtype) -> float:
+    """The largest draft loss the search visits: half the log of the dtype's
+    largest number (44.4 nats in float32, 354.9 in float64).
+
+    At that loss the perplexity is sqrt(max), so the perplexity times the
+    factors its derivatives carry (powers of the loss's slope, a few tens)
+    stays finite, and so do the solver's implicit derivatives and their
+    transposes. Drafting pays only at perplexities far below it (alpha > 0
+    needs x < (B y + C) / |A|, about 1e3 for the paper's plane).
+    """
+    return 0.5 * float(np.log(np.finfo(dtype).max))
+
+
+def finite_floor(pretraining_law, other_loss):
+    """log N at which the draft's loss ``other_loss`` + A / N^a reaches
+    :func:`max_loss`; +inf where ``other_loss`` (the loss without the model
+    term, or a bound on it) is already there.
+
+    The default lower end of the search, 1e-8 M, is under one parameter for
+    targets below 1e8, and A / N^a, and with it the perplexity, overflows
+    there (in float32 already below a few hundred parameters). Where nothing
+    pays the solver returns the lower end and the planners evaluate their
+    fields there: the infinite perplexity then turns the zero derivative of
+    the masked fields into NaN (0 * inf) in every gradient. Raising the lower
+    end to this floor keeps every point the solver visits, and the solution,
+    where the laws are finite.
+    """
+    pre = pretraining_law
+    room = max_loss(jnp.result_type(other_loss)) - other_loss
+    ok = room > 0
+    log_n = (jnp.log(pre.param_coeff) - jnp.log(jnp.where(ok, room, 1.0))) / pre.param_exponent
+    return jnp.where(ok, log_n, jnp.inf)
 
 
 class Window(NamedTuple):

@@ -369,7 +369,7 @@ def _plan(settings: solver.Settings, scored: bool, target_params, draft_tokens, 
     target_params, draft_tokens, target_tokens = jnp.broadcast_arrays(
         target_params, draft_tokens, target_tokens)
     ctx = _context(target_params, draft_tokens, target_tokens, *laws_and_hardware)
-    search = solver.search_range(target_params, settings)
+    search = flop.search_range(ctx.base, settings)
     solution = solver.solve(settings, ctx, search, flop.window(ctx.base, search))
     return _report(ctx, solution.log_draft, scored, solution.clipped_at_cap, solution.at_bound)
 
@@ -450,7 +450,8 @@ def optimal_draft_size_wallclock(
       A :class:`WallClockPlan`. jit, vmap and grad work through it: gradients
       of N* (with respect to M, D, D', the laws, the hardware and the
       workload) come from the implicit function theorem, and those of the
-      speedup by the envelope theorem.
+      speedup by the envelope theorem. They are finite, paying or not, over
+      :func:`sdsl_jax.optimal_draft_size`'s domain.
     """
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
