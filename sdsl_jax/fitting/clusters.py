@@ -141,9 +141,11 @@ def _grouped_outer(vectors, weight, index, size, grid, axis):
     """
     if grid is not None:
         v = vectors.reshape(grid + (vectors.shape[-1],))
-        w = weight.reshape(grid)
-        spec = "dtk,dt,dtl->dkl" if axis == 0 else "dtk,dt,dtl->tkl"
-        return jnp.einsum(spec, v, w, v)
+        weighted = v * weight.reshape(grid)[..., None]
+        # Two operands, so one batched matrix product (a three-operand
+        # einsum may form the (kd, kt, k, k) product first).
+        spec = "dtk,dtl->dkl" if axis == 0 else "dtk,dtl->tkl"
+        return jnp.einsum(spec, weighted, v)
     outer = weight[:, None, None] * vectors[:, :, None] * vectors[:, None, :]
     return jax.ops.segment_sum(outer, index, num_segments=size)
 
@@ -220,7 +222,7 @@ def cluster_covariance_theta(hessian, clusters: ModelClusters, pair_draft, pair_
         adjusted = jnp.einsum("gij,gj,gkj,gk->gi", lev_vectors, factor, lev_vectors, whitened)
         models = adjusted @ root_inv
         # A pair's rows share one gradient, so its leverage is rank one: a scalar.
-        pair_leverage = pair_curvature * jnp.einsum("qi,ij,qj->q", pair_gradient, inverse, pair_gradient)
+        pair_leverage = pair_curvature * jnp.sum((pair_gradient @ inverse) * pair_gradient, axis=1)
         pair_factor = jnp.clip(1.0 - pair_leverage, 0.05) ** -power
     pairs = by((pair_factor * distinct)[:, None] * pair_scores @ inverse, clusters.pair_group, q) \
         if adjustment != "CR1" else by(pair_factor * distinct[:, None] * pair_scores @ inverse,
