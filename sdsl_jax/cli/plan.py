@@ -51,8 +51,9 @@ def _add_arguments(plan) -> None:
     plan.add_argument("--laws", metavar="FILE", help=(
         "use laws fitted by `sdsl fit` (replaces the presets) and report an interval on N*"))
     plan.add_argument("--interval", choices=("delta", "bootstrap", "none"), default=None, help=(
-        "with --laws: how to carry the coefficients' uncertainty to N* (default: bootstrap "
-        "when the file has bootstrap samples, else delta)"))
+        "with --laws: how to carry the coefficients' uncertainty to N* (default: delta, whose "
+        "coverage is checked, for a covariance clustered by model; for an older laws file the "
+        "bootstrap when it has samples)"))
     plan.add_argument("--confidence", type=float, default=0.95, help="interval level (default: 0.95)")
     wall = plan.add_argument_group("wall-clock planning (with --hardware)")
     wall.add_argument("--hardware", metavar="NAME", help=(
@@ -148,7 +149,8 @@ def _draft_interval(args, draft_tokens) -> dict:
         if args.interval not in (None, "none"):
             raise UsageError("sdsl plan: --interval needs --laws FILE (presets carry no uncertainty)")
         return {}
-    interval = args.interval or ("bootstrap" if fitted.samples is not None else "delta")
+    from sdsl_jax.fitting.laws import default_interval
+    interval = args.interval or default_interval(fitted) or "none"
     if interval == "none":
         return {}
     if interval == "bootstrap" and fitted.samples is None:

@@ -47,6 +47,22 @@ def covariance_kind(laws) -> str | None:
     return "iid" if laws.covariance_df is None else "cluster"
 
 
+def default_interval(laws) -> str | None:
+    """The interval kind to report for these laws when none is asked for.
+
+    The one whose coverage benchmarks/bench_coverage.py checks: "delta" for a
+    covariance clustered by model (t intervals); for an older, iid covariance
+    the bootstrap when there are samples (a bootstrap over rows beats the iid
+    delta method there), else "delta"; None when the laws carry neither.
+    The bootstrap over models is conservative, so it is used only on request.
+    """
+    if covariance_kind(laws) == "cluster":
+        return "delta"
+    if laws.samples is not None:
+        return "bootstrap"
+    return "delta" if laws.covariance is not None else None
+
+
 def coefficient_vector(pretraining_law, acceptance_law) -> jnp.ndarray:
     """The eight coefficients in COEFFICIENTS order (leading batch axes kept)."""
     leaves = [getattr(pretraining_law, f) for f in PRETRAINING_FIELDS]

@@ -7,9 +7,18 @@ usually, bootstrap samples, and the figures turn them into bands:
 
 * bootstrap: the quantity is evaluated under every resampled coefficient
   vector (vmapped) and the band is the equal-tailed percentile range;
-* delta: value +- z sigma with sigma^2 = g' Sigma g, g the gradient of the
+* delta: value +- q sigma with sigma^2 = g' Sigma g, g the gradient of the
   quantity with respect to the eight coefficients (forward mode); for a
-  positive quantity the band is symmetric in its logarithm.
+  positive quantity the band is symmetric in its logarithm. q is Student t's
+  quantile with the laws' ``covariance_df`` for a covariance clustered by
+  model, the normal one for an iid covariance.
+
+Which one a figure draws by default: the one whose coverage was checked
+(benchmarks/bench_coverage.py). For laws with a covariance clustered by
+model that is the delta band; the bootstrap over models is conservative
+(it counts each measurement's own noise with both of its models), so it is
+drawn only when asked for. Older laws files (an iid covariance, bootstrap
+over rows) keep the bootstrap band, the better of their two.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtri
 
+from sdsl_jax.common.student_t import student_t_quantile
 from sdsl_jax.laws import acceptance as acceptance_lib
 from sdsl_jax.planning import flop as planner
 from sdsl_jax.laws import pretraining
@@ -58,8 +68,10 @@ def interval_method(laws: laws_lib.FittedLaws, requested: str = "auto") -> str |
     """The band's interval kind, "bootstrap" or "delta": None when the laws carry
     nothing to draw one from.
 
-    "auto" takes the bootstrap when there are samples, else the delta method
-    when there is a covariance, else no band.
+    "auto" takes the delta method for a covariance clustered by model (the
+    interval that covers: module docstring), else the bootstrap when there
+    are samples, else the delta method when there is a covariance, else no
+    band.
 
     Raises:
       ValueError: an interval was asked for that the laws cannot support.
@@ -69,9 +81,7 @@ def interval_method(laws: laws_lib.FittedLaws, requested: str = "auto") -> str |
     if requested == "none":
         return None
     if requested == "auto":
-        if laws.samples is not None:
-            return "bootstrap"
-        return "delta" if laws.covariance is not None else None
+        return laws_lib.default_interval(laws)
     if requested == "bootstrap" and laws.samples is None:
         raise ValueError("--interval bootstrap needs a laws file with bootstrap samples "
                          "(fit with `sdsl fit --bootstrap N`)")
@@ -103,7 +113,9 @@ def band(quantity, laws: laws_lib.FittedLaws, interval: str | None, confidence: 
     center = fn(coefficients)
     gradient = jax.jacfwd(fn)(coefficients)
     sigma = jnp.sqrt(jnp.clip(jnp.einsum("...i,ij,...j->...", gradient, laws.covariance, gradient), 0.0))
-    z = float(ndtri(0.5 + confidence / 2))
+    level = 0.5 + confidence / 2
+    df = laws.covariance_df
+    z = float(ndtri(level)) if df is None else float(student_t_quantile(level, df))
     low, high = center - z * sigma, center + z * sigma
     if log:
         low, high = jnp.exp(low), jnp.exp(high)
@@ -114,6 +126,9 @@ def band_label(interval: str | None, laws: laws_lib.FittedLaws, confidence: floa
     """How a band was made, for a legend: '95% band (bootstrap, 200 resamples)'."""
     if interval == "bootstrap":
         return f"{confidence:.0%} band (bootstrap, {laws.samples.shape[0]} resamples)"
+    if laws.covariance_df is not None:
+        return (f"{confidence:.0%} band (delta method, clustered by model, "
+                f"t with {float(laws.covariance_df):g} df)")
     return f"{confidence:.0%} band (delta method)"
 
 
