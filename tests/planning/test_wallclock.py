@@ -230,20 +230,6 @@ def test_evaluate_agrees_with_the_plan_at_its_own_optimum(x64, plans):
     assert np.all(flop_on_hw["speedup"] <= wall["speedup"] * (1 + 1e-12))
 
 
-@pytest.mark.slow
-def test_float32_is_finite_across_presets():
-    m = jnp.asarray(10 ** np.random.default_rng(0).uniform(8, 12, 64), jnp.float32)
-    for name in ("A100", "TPU-v5e", "CPU"):
-        plan = lp.optimal_draft_size_wallclock(m, 2e12, 2e12, hardware=name)
-        assert plan.draft_params.dtype == jnp.float32
-        # Checked in numpy: a jnp reduction per field would compile one more small program each.
-        plan = jax.tree_util.tree_map(np.asarray, plan)
-        for key, leaf in plan.items():
-            if leaf.dtype != bool and key != "draft_perplexity":
-                assert np.all(np.isfinite(leaf)), (name, key)
-        assert np.all(plan["speedup"] >= 1)
-
-
 @pytest.mark.parametrize("kwargs,match", [
     (dict(verify="twice"), "verify"),
     (dict(hardware="B200"), "B200"),
