@@ -208,9 +208,9 @@ def draft_size_interval(laws: laws_lib.FittedLaws, target_params, draft_tokens, 
         plan, grads = _log_n_star_gradient(laws.coefficients.astype(given.dtype), *given.values,
                                            tuple(sorted(plan_kwargs.items())))
         sigma = jnp.sqrt(jnp.clip(jnp.einsum("...i,ij,...j->...", grads, laws.covariance, grads), 0.0))
-        df = getattr(laws, "covariance_df", None)
         level = 0.5 + confidence / 2
-        quantile = ndtri(level) if df is None else student_t_quantile(level, df)
+        quantile = (ndtri(level) if laws.covariance_df is None
+                    else student_t_quantile(level, laws.covariance_df))
         low = jnp.where(plan.pays, plan.draft_params * jnp.exp(-quantile * sigma), 0.0)
         high = jnp.where(plan.pays, plan.draft_params * jnp.exp(quantile * sigma), 0.0)
         return DraftSizeInterval(plan=plan, low=low, high=high,

@@ -60,8 +60,6 @@ def test_float32_interval_is_within_1e3_of_float64():
 
 @pytest.mark.slow
 def test_interval_uses_students_t_where_the_laws_carry_degrees_of_freedom():
-    if "covariance_df" not in FittedLaws.__dataclass_fields__:
-        pytest.skip("FittedLaws carries no covariance_df")
     normal = _ends(np.float32, COVARIANCES[-1])
     student = _ends(np.float32, COVARIANCES[-1], covariance_df=jnp.asarray(5.0, np.float32))
     ratio = scipy.stats.t.ppf(0.975, 5) / scipy.stats.norm.ppf(0.975)
