@@ -78,15 +78,19 @@ def test_fit_refuses_to_overwrite_and_plan_uses_the_laws(fitted, run_cli):
     code, _, err = run_cli(["fit", str(path)])
     assert code == 2 and "--overwrite" in err and err.count("\n") == 1
 
+    # The default interval is the one whose coverage is checked: delta, for
+    # laws whose covariance is clustered by model.
     code, out, _ = run_cli(["plan", "--laws", str(laws_path), "--target-params", "70B",
                             "--target-tokens", "15T", "--json"])
     assert code == 0
-    plan = json.loads(out)
-    assert plan["interval"] == "bootstrap" and plan["laws"] == str(laws_path)
-    assert plan["draft_params_low"] < plan["draft_params"] < plan["draft_params_high"]
-    code, out, _ = run_cli(["plan", "--laws", str(laws_path), "--target-params", "70B",
-                            "--target-tokens", "15T", "--interval", "delta", "--json"])
     delta = json.loads(out)
+    assert delta["interval"] == "delta" and delta["laws"] == str(laws_path)
+    assert delta["draft_params_low"] < delta["draft_params"] < delta["draft_params_high"]
+    code, out, _ = run_cli(["plan", "--laws", str(laws_path), "--target-params", "70B",
+                            "--target-tokens", "15T", "--interval", "bootstrap", "--json"])
+    plan = json.loads(out)
+    assert plan["interval"] == "bootstrap"
+    assert plan["draft_params_low"] < plan["draft_params"] < plan["draft_params_high"]
     assert delta["draft_params"] == plan["draft_params"]
     # Two routes to the uncertainty of N*. The bootstrap resamples draft and
     # target models two-way, which is conservative (each row's own noise is

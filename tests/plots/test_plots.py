@@ -12,8 +12,10 @@ import csv
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
 from sdsl_jax.planning import flop as planner, linear_rule
 from sdsl_jax.laws import acceptance as acceptance_lib
@@ -232,11 +234,20 @@ def test_bands_are_percentiles_or_delta_method_of_the_coefficients(files):
                   else (center - Z_95 * sigma, center + Z_95 * sigma))
         np.testing.assert_allclose(low, expect[0], rtol=1e-6)
         np.testing.assert_allclose(high, expect[1], rtol=1e-6)
+    # A covariance clustered by model comes with degrees of freedom: Student t's quantile.
+    clustered = laws.replace(covariance_df=jnp.asarray(7.0))
+    low, high = bands.band(quantity, clustered, "delta", 0.95)
+    low_z, high_z = bands.band(quantity, laws, "delta", 0.95)
+    np.testing.assert_allclose((high - low) / (high_z - low_z), scipy.stats.t.ppf(0.975, 7) / Z_95,
+                               rtol=1e-5)
+    assert "t with 7 df" in bands.band_label("delta", clustered, 0.95)
 
 
 def test_interval_method_follows_what_the_laws_carry(files):
     laws = load_laws(files / "laws.json")
     assert bands.interval_method(laws) == "bootstrap"
+    # Laws clustered by model: the delta interval, whose coverage is checked, even with samples.
+    assert bands.interval_method(laws.replace(covariance_df=jnp.asarray(23.0))) == "delta"
     assert bands.interval_method(laws.replace(samples=None)) == "delta"
     assert bands.interval_method(PRESET) is None and bands.interval_method(laws, "none") is None
     with pytest.raises(ValueError, match="covariance"):
