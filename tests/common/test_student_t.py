@@ -30,6 +30,7 @@ def test_float64_matches_scipy(x64):
                                    err_msg=f"df={df}")
 
 
+@pytest.mark.slow  # the derivative compiles the bisection three more times
 def test_jit_vmap_and_derivatives(x64):
     p, df = np.array([0.9, 0.975]), np.array([2.0, 3.5])
     np.testing.assert_allclose(jax.jit(jax.vmap(student_t_quantile))(p, df), stats.t.ppf(p, df),
