@@ -92,7 +92,10 @@ def loop_summary(row: dict, *, runs_file: str, measured_now: int, from_earlier: 
         ("acceptance alpha", f"{row['acceptance']:.4f}",
          _interval(row["acceptance_low"], row["acceptance_high"], lambda v: f"{v:.4f}"),
          f"prompts as clusters; {row['accepted']:,} of {row['trials']:,} judged drafts "
-         f"accepted; mean exact beta {row['beta_mean']:.4f}"),
+         f"accepted; mean exact beta {row['beta_mean']:.4f}"
+         # With fewer than four prompts the interval cannot learn how much
+         # prompts differ; it stays honest by being wide (estimation.acceptance).
+         + ("; under 4 prompts the interval is wide: measure more" if row["prompts"] < 4 else "")),
         ("accepted per iteration", f"{row['mean_accepted']:.3f}", "",
          f"{row['tokens_per_iteration']:.3f} tokens per iteration"),
     ]

@@ -161,3 +161,8 @@ def test_summary_row_and_text_take_the_batch_as_the_unit():
         (row["ttft_low"], row["baseline_ttot_high"]), rel=1e-12)
     text = loop_summary(row, runs_file="runs.jsonl", measured_now=10, from_earlier=0)
     assert "batch 4 (latency intervals over 3 timed batches)" in text
+    assert "interval is wide" not in text
+    # Under four prompts the summary says why the acceptance interval is wide.
+    few = summary_row(lines[:2], num_resamples=100)
+    text = loop_summary(few, runs_file="runs.jsonl", measured_now=2, from_earlier=0)
+    assert "under 4 prompts the interval is wide: measure more" in text
