@@ -38,6 +38,7 @@ from sdsl_jax.fitting.laws import (
     save_laws,
 )
 from sdsl_jax.fitting.pretraining import PretrainingFit, fit_pretraining_law
+from sdsl_jax.fitting.profile import ProfileIntervals, profile_intervals
 from sdsl_jax.fitting.synthetic import synthetic_fit_inputs, synthetic_measurements
 from sdsl_jax.fitting.uncertainty import (
     DraftSizeInterval,
@@ -49,10 +50,10 @@ from sdsl_jax.fitting.uncertainty import (
 __all__ = [
     "AcceptanceFit", "AcceptanceRows", "COEFFICIENTS", "DraftSizeInterval", "FittedLaws",
     "JointFit", "LawsFileError", "ModelClusters", "PerTargetFit", "PerplexityPoints",
-    "PretrainingFit", "acceptance_rows", "bootstrap_joint", "cluster_covariance",
-    "coefficient_vector", "covariance_kind", "default_interval", "draft_size_interval",
-    "fit_acceptance_law", "fit_joint", "fit_per_target", "fit_pretraining_law", "json_safe", "laws_from_vector",
-    "load_laws", "model_resample_counts", "normal_intervals", "percentile_intervals",
-    "perplexity_points", "resample_converged", "save_laws", "synthetic_fit_inputs",
-    "synthetic_measurements",
+    "PretrainingFit", "ProfileIntervals", "acceptance_rows", "bootstrap_joint",
+    "cluster_covariance", "coefficient_vector", "covariance_kind", "default_interval",
+    "draft_size_interval", "fit_acceptance_law", "fit_joint", "fit_per_target",
+    "fit_pretraining_law", "json_safe", "laws_from_vector", "load_laws", "model_resample_counts",
+    "normal_intervals", "percentile_intervals", "perplexity_points", "profile_intervals",
+    "resample_converged", "save_laws", "synthetic_fit_inputs", "synthetic_measurements",
 ]
