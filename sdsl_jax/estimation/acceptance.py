@@ -543,6 +543,20 @@ def prompt_totals(accepted: ArrayLike, lookahead: ArrayLike, prompt_ids: ArrayLi
     return per_accepted, per_trials
 
 
+def _prompt_counts(prompt_accepted, prompt_trials):
+    """Per-prompt counts checked (eagerly) and as 1-D arrays of one float dtype."""
+    _validate.check_in_range("prompt_accepted", prompt_accepted, 0.0, float("inf"))
+    _validate.check_in_range("prompt_trials", prompt_trials, 0.0, float("inf"))
+    _check_at_most("prompt_accepted", prompt_accepted, "prompt_trials", prompt_trials)
+    dtype = _float_dtype(prompt_accepted, prompt_trials)
+    a = jnp.asarray(prompt_accepted, dtype)
+    t = jnp.asarray(prompt_trials, dtype)
+    if a.ndim != 1 or t.ndim != 1 or a.shape != t.shape:
+        raise ValueError("prompt_accepted and prompt_trials must be 1-D of one shape "
+                         f"(prompts on the axis; vmap for batches), got {a.shape} and {t.shape}")
+    return a, t
+
+
 def _resample_indices(key, num_resamples, size, count):
     """(num_resamples, size) uniform integers in [0, count), count traced.
 
@@ -596,16 +610,8 @@ def bootstrap_interval(prompt_accepted: ArrayLike, prompt_trials: ArrayLike, key
     num_resamples = _validate.check_static_int("num_resamples", num_resamples, 2,
                                                 fixes="an array shape")
     _check_confidence(confidence)
-    _validate.check_in_range("prompt_accepted", prompt_accepted, 0.0, float("inf"))
-    _validate.check_in_range("prompt_trials", prompt_trials, 0.0, float("inf"))
-    _check_at_most("prompt_accepted", prompt_accepted, "prompt_trials", prompt_trials)
-    dtype = _float_dtype(prompt_accepted, prompt_trials)
-    a = jnp.asarray(prompt_accepted, dtype)
-    t = jnp.asarray(prompt_trials, dtype)
-    if a.ndim != 1 or t.ndim != 1 or a.shape != t.shape:
-        raise ValueError("prompt_accepted and prompt_trials must be 1-D of one shape "
-                         f"(prompts on the axis; vmap for batches), got {a.shape} and {t.shape}")
-    return _bootstrap_ends(a, t, key, jnp.asarray(confidence, dtype), num_resamples, method)
+    a, t = _prompt_counts(prompt_accepted, prompt_trials)
+    return _bootstrap_ends(a, t, key, jnp.asarray(confidence, a.dtype), num_resamples, method)
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5))
@@ -703,16 +709,8 @@ def cluster_interval(prompt_accepted: ArrayLike, prompt_trials: ArrayLike,
       (low, high), scalars of the float dtype. [0, 1] when there are no trials.
     """
     _check_confidence(confidence)
-    _validate.check_in_range("prompt_accepted", prompt_accepted, 0.0, float("inf"))
-    _validate.check_in_range("prompt_trials", prompt_trials, 0.0, float("inf"))
-    _check_at_most("prompt_accepted", prompt_accepted, "prompt_trials", prompt_trials)
-    dtype = _float_dtype(prompt_accepted, prompt_trials)
-    a = jnp.asarray(prompt_accepted, dtype)
-    t = jnp.asarray(prompt_trials, dtype)
-    if a.ndim != 1 or t.ndim != 1 or a.shape != t.shape:
-        raise ValueError("prompt_accepted and prompt_trials must be 1-D of one shape "
-                         f"(prompts on the axis; vmap for batches), got {a.shape} and {t.shape}")
-    return _cluster_ends(a, t, jnp.asarray(confidence, dtype))
+    a, t = _prompt_counts(prompt_accepted, prompt_trials)
+    return _cluster_ends(a, t, jnp.asarray(confidence, a.dtype))
 
 
 def _bell_mccaffrey_traces(w, u, c, omega):
