@@ -36,6 +36,8 @@ def add_parser(commands) -> None:
     def common(cmd, name, laws=True, intervals=True):
         cmd.add_argument("--out", metavar="STEM", default=name, help=(
             "write STEM.png and STEM.pdf (a .png or .pdf suffix is dropped; default: %(default)s)"))
+        cmd.add_argument("--overwrite", action="store_true",
+                         help="replace STEM.png and STEM.pdf if they exist")
         cmd.add_argument("--dpi", type=int, default=150, help="PNG resolution (default: %(default)s)")
         cmd.add_argument("--title", help="replace the figure's title")
         if not laws:
@@ -280,6 +282,12 @@ def run(args) -> int:
     stem = style.output_stem(args.out)
     if not stem.parent.is_dir():
         raise UsageError(f"{prog}: argument --out: folder {str(stem.parent)!r} does not exist")
+    # Refused before anything is drawn, so no earlier figure is lost.
+    for path in style.output_paths(stem):
+        if path.is_dir():
+            raise UsageError(f"{prog}: argument --out: {path} is a folder")
+        if path.exists() and not args.overwrite:
+            raise UsageError(f"{prog}: {path} exists; pass --overwrite to replace it or --out STEM")
     try:
         fig = _DRAW[args.figure](args)
     except ValueError as err:

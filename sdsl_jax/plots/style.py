@@ -10,11 +10,13 @@ CLI's parser) stays cheap until a figure is actually drawn.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 
+from sdsl_jax.common.io import atomic_write
 from sdsl_jax.common.quantities import format_count
 
 # Wide enough that a panel title and axis labels never collide at 150 dpi.
@@ -125,8 +127,18 @@ def output_stem(path: str | os.PathLike) -> Path:
     return path
 
 
+def output_paths(stem: str | os.PathLike) -> list[Path]:
+    """STEM.png and STEM.pdf, the files :func:`save` writes."""
+    stem = output_stem(stem)
+    return [stem.with_name(f"{stem.name}.{fmt}") for fmt in FORMATS]
+
+
 def save(fig, stem: str | os.PathLike, *, dpi: int = 150) -> list[Path]:
     """Write ``fig`` as STEM.png and STEM.pdf; returns the two paths.
+
+    Both are drawn in memory first and then each replaces its file atomically
+    (:func:`sdsl_jax.common.io.atomic_write`): a drawing that fails leaves any
+    earlier figure as it was, and no reader sees half a file.
 
     Raises:
       FileNotFoundError: the folder of STEM does not exist.
@@ -135,13 +147,16 @@ def save(fig, stem: str | os.PathLike, *, dpi: int = 150) -> list[Path]:
     folder = stem.parent
     if not folder.is_dir():
         raise FileNotFoundError(f"folder {str(folder)!r} does not exist")
-    paths = []
+    paths = output_paths(stem)
+    drawn = []
     for fmt in FORMATS:
-        path = stem.with_name(f"{stem.name}.{fmt}")
+        buffer = io.BytesIO()
         # Stamping the creation date into the PDF would make every rerun differ.
         metadata = {"CreationDate": None} if fmt == "pdf" else None
-        fig.savefig(path, format=fmt, dpi=dpi, metadata=metadata)
-        paths.append(path)
+        fig.savefig(buffer, format=fmt, dpi=dpi, metadata=metadata)
+        drawn.append(buffer.getvalue())
+    for path, data in zip(paths, drawn):
+        atomic_write(path, lambda handle, data=data: handle.write(data), mode="wb")
     return paths
 
 

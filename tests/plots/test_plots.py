@@ -450,3 +450,24 @@ def test_draft_size_panels_are_the_planner_over_each_sweep():
     rule = [l for l in fig.axes[0].get_lines() if "rule" in str(l.get_label())]
     np.testing.assert_allclose(rule[0].get_ydata(), 2.71e-3 * np.geomspace(1e9, 3e11, 5) + 87e6, rtol=1e-12)
     assert linear_rule.PUBLISHED_SLOPE == 2.71e-3
+
+
+def test_plot_refuses_to_overwrite_a_figure_and_replaces_it_with_overwrite(tmp_path, run_cli):
+    stem = tmp_path / "fig"
+    png, pdf = tmp_path / "fig.png", tmp_path / "fig.pdf"
+    pdf.write_bytes(b"an earlier figure")
+    argv = ["plot", "throughput", "--target-params", "7B", "--target-tokens", "2T", "--points", "8",
+            "--dpi", "30", "--out", str(stem)]
+    code, out, err = run_cli(argv)
+    # Refused before anything is drawn: one line, nothing written, the old file as it was.
+    assert code == 2 and "fig.pdf exists" in err and "--overwrite" in err and err.count("\n") == 1
+    assert pdf.read_bytes() == b"an earlier figure" and not png.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.pdf"]
+    code, out, err = run_cli(argv + ["--overwrite"])
+    assert code == 0, err
+    assert pdf.read_bytes()[:5] == b"%PDF-" and png.read_bytes()[:4] == b"\x89PNG"
+    # No temporary file is left beside them.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.pdf", "fig.png"]
+    (tmp_path / "dir.png").mkdir()
+    code, _, err = run_cli(argv[:-1] + [str(tmp_path / "dir"), "--overwrite"])
+    assert code == 2 and "is a folder" in err
