@@ -21,13 +21,19 @@ def add_parser(commands) -> None:
     _add_arguments(rule)
 
 
+# The grid is planned at once (points x tokens configurations, each a planner's
+# worth of arrays): beyond this the command would exhaust memory rather than refine the fit.
+MAX_POINTS = 10_000
+
+
 def _add_arguments(rule) -> None:
     """The arguments of ``sdsl rule``."""
     rule.add_argument("--min-target-params", type=count, default=13e9, metavar="M")
     rule.add_argument("--max-target-params", type=count, default=110e9, metavar="M")
     rule.add_argument("--tokens", type=count, nargs="+", default=[3e11, 1e12, 3e12, 15e12],
                       metavar="D", help="training-token counts (draft and target alike)")
-    rule.add_argument("--points", type=int, default=24, help="targets on the log grid")
+    rule.add_argument("--points", type=int, default=24,
+                      help=f"targets on the log grid, 2 to {MAX_POINTS:,} (default: %(default)s)")
     rule.add_argument("--json", action="store_true")
     add_law_presets(rule)
 
@@ -37,8 +43,9 @@ def run(args) -> int:
     import numpy as np
     from sdsl_jax.planning import linear_rule
 
-    if args.points < 2:
-        raise UsageError("sdsl rule: argument --points: must be at least 2")
+    if not 2 <= args.points <= MAX_POINTS:
+        raise UsageError(f"sdsl rule: argument --points: must lie in [2, {MAX_POINTS}], "
+                         f"got {args.points}")
     if args.min_target_params >= args.max_target_params:
         raise UsageError("sdsl rule: argument --max-target-params: must exceed --min-target-params")
     m = np.geomspace(args.min_target_params, args.max_target_params, args.points)[:, None]

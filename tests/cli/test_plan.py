@@ -122,6 +122,14 @@ def test_rule_command(run_cli):
     assert 0 < record["linear"]["slope"] < 1e-2 and record["linear"]["r2"] > 0.9
 
 
+@pytest.mark.parametrize("points", ["1", "99999999999"])
+def test_rule_refuses_a_grid_it_cannot_plan(run_cli, points):
+    # 99999999999 targets was a 745 GiB allocation and a traceback.
+    code, out, err = run_cli("rule", "--points", points)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "--points" in err and points in err
+
+
 @pytest.mark.slow
 def test_module_entry_point_runs_the_command_line():
     # `python -m sdsl_jax.cli` is the `sdsl` program, and runs without a warning
