@@ -319,6 +319,15 @@ def iteration_trials(accepted: ArrayLike, lookahead: ArrayLike) -> jnp.ndarray:
     return jnp.minimum(k.astype(dtype) + 1, g.astype(dtype))
 
 
+def _checked_counts(success_name, successes, trial_name, trials):
+    """Successes and trials checked (eagerly: >= 0, successes <= trials) as one float dtype."""
+    _validate.check_in_range(success_name, successes, 0.0, float("inf"))
+    _validate.check_in_range(trial_name, trials, 0.0, float("inf"))
+    _check_at_most(success_name, successes, trial_name, trials)
+    dtype = _float_dtype(successes, trials)
+    return jnp.asarray(successes, dtype), jnp.asarray(trials, dtype)
+
+
 def wilson_interval(successes: ArrayLike, trials: ArrayLike,
                     confidence: ArrayLike = 0.95) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Wilson score interval for a binomial proportion.
@@ -342,12 +351,8 @@ def wilson_interval(successes: ArrayLike, trials: ArrayLike,
       (low, high) in the broadcast shape, float dtype.
     """
     _check_confidence(confidence)
-    _validate.check_in_range("successes", successes, 0.0, float("inf"))
-    _validate.check_in_range("trials", trials, 0.0, float("inf"))
-    _check_at_most("successes", successes, "trials", trials)
-    dtype = _float_dtype(successes, trials)
-    k = jnp.asarray(successes, dtype)
-    n = jnp.asarray(trials, dtype)
+    k, n = _checked_counts("successes", successes, "trials", trials)
+    dtype = k.dtype
     return _wilson_ends(k, n, jnp.asarray(confidence, dtype))
 
 
@@ -499,12 +504,8 @@ def clopper_pearson_interval(successes: ArrayLike, trials: ArrayLike,
       (low, high) in the broadcast shape, float dtype.
     """
     _check_confidence(confidence)
-    _validate.check_in_range("successes", successes, 0.0, float("inf"))
-    _validate.check_in_range("trials", trials, 0.0, float("inf"))
-    _check_at_most("successes", successes, "trials", trials)
-    dtype = _float_dtype(successes, trials)
-    k = jnp.asarray(successes, dtype)
-    n = jnp.asarray(trials, dtype)
+    k, n = _checked_counts("successes", successes, "trials", trials)
+    dtype = k.dtype
     k, n = jnp.broadcast_arrays(k, n)
     tail = jnp.broadcast_to((1 - jnp.asarray(confidence, dtype)) / 2, k.shape)
     low, high = _clopper_pearson_ends(k, n, tail, dtype)
@@ -545,12 +546,7 @@ def prompt_totals(accepted: ArrayLike, lookahead: ArrayLike, prompt_ids: ArrayLi
 
 def _prompt_counts(prompt_accepted, prompt_trials):
     """Per-prompt counts checked (eagerly) and as 1-D arrays of one float dtype."""
-    _validate.check_in_range("prompt_accepted", prompt_accepted, 0.0, float("inf"))
-    _validate.check_in_range("prompt_trials", prompt_trials, 0.0, float("inf"))
-    _check_at_most("prompt_accepted", prompt_accepted, "prompt_trials", prompt_trials)
-    dtype = _float_dtype(prompt_accepted, prompt_trials)
-    a = jnp.asarray(prompt_accepted, dtype)
-    t = jnp.asarray(prompt_trials, dtype)
+    a, t = _checked_counts("prompt_accepted", prompt_accepted, "prompt_trials", prompt_trials)
     if a.ndim != 1 or t.ndim != 1 or a.shape != t.shape:
         raise ValueError("prompt_accepted and prompt_trials must be 1-D of one shape "
                          f"(prompts on the axis; vmap for batches), got {a.shape} and {t.shape}")
