@@ -15,12 +15,15 @@ same two promises:
   fresh line.
 
 Files a person wrote (a measurement set, a runs file) are read whole with
-:func:`iter_jsonl`, which keeps a last line without its newline.
+:func:`iter_jsonl`, which keeps a last line without its newline; their text
+is decoded as :mod:`sdsl_jax.common.tables` decodes every input file (UTF-8,
+a byte-order mark dropped, a clear error for Latin-1, UTF-16 or binary).
 
 Errors are :class:`OSError` (the file system, naming the destination rather
 than the temporary file) or :class:`JsonlError` (a line that is not a JSON
-object), with the file and line named; callers turn them into their own
-messages.
+object, or text that is not UTF-8; an
+:class:`~sdsl_jax.common.tables.InputFileError`), with the file and line
+named; callers turn them into their own messages.
 """
 
 from __future__ import annotations
@@ -31,24 +34,28 @@ import os
 import uuid
 from typing import Any, Callable, Iterable, Iterator
 
+from sdsl_jax.common.tables import InputFileError, decode_text
+
 _BOM = "\ufeff"
 
 
-class JsonlError(ValueError):
+class JsonlError(InputFileError):
     """A line of a JSON Lines file that is not a JSON object; names the file and line.
 
     ``kind`` says what is wrong, for callers that word it their own way:
-    "utf-8" (the bytes are not UTF-8 text), "json" (not valid JSON; ``detail``
-    is the parser's message) or "object" (valid JSON but not an object;
-    ``detail`` is the value's Python type name).
+    "utf-8" (the bytes are not UTF-8 text: Latin-1, UTF-16, binary; ``detail``
+    is what :func:`sdsl_jax.common.tables.decode_text` says, and is the whole
+    message), "json" (not valid JSON; ``detail`` is the parser's message) or
+    "object" (valid JSON but not an object; ``detail`` is the value's Python
+    type name).
     """
 
-    _WORDING = {"utf-8": "not UTF-8 text ({})", "json": "not valid JSON ({})",
-                "object": "expected a JSON object, got {}"}
+    _WORDING = {"json": "not valid JSON ({})", "object": "expected a JSON object, got {}"}
 
     def __init__(self, path: str, line: int, kind: str, detail: str):
-        super().__init__(f"{path}: line {line}: {self._WORDING[kind].format(detail)}")
-        self.path, self.line, self.kind, self.detail = path, line, kind, detail
+        message = detail if kind == "utf-8" else f"{path}: line {line}: {self._WORDING[kind].format(detail)}"
+        super().__init__(message, path=path, line=line)
+        self.kind, self.detail = kind, detail
 
 
 # --------------------------------------------------------------------------
@@ -124,8 +131,10 @@ def write_json(path: str | os.PathLike, data: Any, *, indent: int | None = 1,
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """The JSON document in ``path`` (UTF-8)."""
-    with open(path, encoding="utf-8") as handle:
+    """The JSON document in ``path`` (UTF-8, a byte-order mark allowed), for files the
+    toolkit wrote; a file a user gives is read with :func:`sdsl_jax.common.tables.read_json`,
+    whose errors name the file, line and column."""
+    with open(path, encoding="utf-8-sig") as handle:
         return json.load(handle)
 
 
@@ -190,14 +199,15 @@ def iter_jsonl(data: bytes | str, path: str = "<data>") -> Iterator[tuple[int, d
 
     Raises:
       JsonlError: bytes that are not UTF-8 (naming the line of the first bad
-        byte), or a line that is not valid JSON or not a JSON object.
+        byte, or saying the file is UTF-16 or binary), or a line that is not
+        valid JSON or not a JSON object.
     """
     if isinstance(data, bytes):
         try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as err:
-            line = data[:err.start].count(b"\n") + 1
-            raise JsonlError(path, line, "utf-8", err.reason) from None
+            data = decode_text(data, path)
+        except InputFileError as err:
+            # A byte-order mark of UTF-16 or UTF-32 is at the start: line 1.
+            raise JsonlError(path, err.line or 1, "utf-8", str(err)) from None
     if data.startswith(_BOM):
         data = data[len(_BOM):]
     for number, line in enumerate(io.StringIO(data, newline=None), 1):

@@ -158,7 +158,8 @@ def test_unicode_line_separators_inside_strings_do_not_split_lines():
     (b'{"a": 1}\n[1, 2]\n', 2, "object", "expected a JSON object, got list"),
     (b'{"a": 1}\n\n"text"\n', 3, "object", "expected a JSON object, got str"),
     (b'{"a": 1}\n{not json}\n', 2, "json", "not valid JSON (Expecting property name"),
-    (b'{"a": 1}\n{"b": "\xff"}\n', 2, "utf-8", "not UTF-8 text (invalid start byte)"),
+    (b'{"a": 1}\n{"b": "\xff"}\n', 2, "utf-8", "not UTF-8 text (byte 0xFF); save it as UTF-8"),
+    (b'{"a": 1}\n{"b": "\x00"}\n', 2, "utf-8", "a NUL byte; this looks like a binary file"),
 ])
 def test_bad_lines_are_named_by_file_and_line(tmp_path, data, line, kind, message):
     path = tmp_path / "bad.jsonl"
@@ -178,3 +179,24 @@ def test_records_come_one_at_a_time():
     assert next(records) == (2, {"a": 2})
     with pytest.raises(JsonlError, match="line 3"):
         next(records)
+
+
+def test_utf16_json_lines_say_so_on_line_1(tmp_path):
+    path = tmp_path / "wide.jsonl"
+    path.write_bytes('{"a": 1}\n'.encode("utf-16"))
+    with pytest.raises(JsonlError) as info:
+        read_jsonl(path)
+    assert (info.value.line, info.value.kind) == (1, "utf-8")
+    assert str(info.value) == f"{path} is UTF-16 text; save it as UTF-8"
+
+
+def test_a_json_error_is_an_input_file_error():
+    from sdsl_jax.common.tables import InputFileError
+    with pytest.raises(InputFileError, match="line 1"):
+        parse_jsonl(b"[1]\n", "x.jsonl")
+
+
+def test_read_json_skips_a_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n')
+    assert read_json(path) == {"a": 1}
