@@ -217,9 +217,14 @@ class CsvTable:
         """One {column: cell} dict per row."""
         return [dict(zip(self.header, row)) for row in self.rows]
 
+    def label(self, index: int) -> str:
+        """'row R' for the row at 0-based ``index``, with ' (line L)' where blank lines or a
+        multi-line cell make the file's line differ from R + 1."""
+        row, line = self.row_numbers[index], self.line_numbers[index]
+        return f"row {row}" + ("" if line == row + 1 else f" (line {line})")
+
     def where(self, index: int, column: str | None = None) -> str:
-        """'FILE: row R' (with '(line L)' where blank lines or a multi-line cell make them differ),
-        and ', column 'C'' if given, for the row at 0-based ``index``."""
+        """'FILE: row R (line L), column 'C'' for the row at 0-based ``index`` (see :meth:`label`)."""
         return _where(self.path, self.row_numbers[index], self.line_numbers[index], column)
 
     def error(self, index: int, column: str | None, problem: str) -> InputFileError:

@@ -10,7 +10,8 @@ Required columns:
 
   draft_params, target_params          parameter counts N and M, > 0
   draft_tokens, target_tokens          training tokens D and D', > 0
-  draft_perplexity, target_perplexity  perplexities x and y on the prompts, > 0
+  draft_perplexity, target_perplexity  perplexities x and y on the prompts, >= 1
+                                       (a perplexity is exp(loss), loss >= 0)
   lookahead                            gamma, an integer >= 1 (4 or 4.0, not 4.5)
 
 and the acceptance, in either of two forms (a row may use either; a row that
@@ -28,7 +29,14 @@ Optional columns:
   family, prompt_set
 
 Any other column is kept as text, so a file round-trips through this module
-without losing what it carries.
+without losing what it carries; but a column whose name is a near miss of a
+known one that the file lacks (``target_param``, ``Trials``) is refused with
+a did-you-mean, since its values would otherwise be silently ignored.
+
+Files are read through :mod:`sdsl_jax.common.tables`: UTF-8 with or without
+a byte-order mark; Latin-1, UTF-16 or binary files, duplicated or blank
+column names and CSV rows with more or fewer fields than the header are
+refused with the file, row and column named.
 
 Sizes (``*_params``, ``*_tokens``) may be written ``70e9``, ``70B``, ``15T`` or
 ``125M`` (see :func:`sdsl_jax.common.quantities.parse_count`). An absent value is an
@@ -64,15 +72,17 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from sdsl_jax.common.io import JsonlError, atomic_write, iter_jsonl, write_jsonl
+from sdsl_jax.common.io import atomic_write, iter_jsonl, write_jsonl
 from sdsl_jax.common.quantities import format_count, parse_count
+from sdsl_jax.common.tables import (InputFileError, check_column_names, decode_text,
+                                    parse_csv_table, read_bytes)
 
 SIZE_COLUMNS = ("draft_params", "target_params", "draft_tokens", "target_tokens")
 REQUIRED_COLUMNS = SIZE_COLUMNS + ("draft_perplexity", "target_perplexity", "lookahead")
 # Column -> rule. An int is the minimum of an integer column.
 _RULES: dict[str, Any] = {
     **{name: "size" for name in SIZE_COLUMNS},
-    "draft_perplexity": "positive", "target_perplexity": "positive",
+    "draft_perplexity": "perplexity", "target_perplexity": "perplexity",
     "acceptance": "fraction", "acceptance_low": "fraction", "acceptance_high": "fraction",
     "lookahead": 1, "accepted": 0, "trials": 1, "prompts": 1,
 }
@@ -80,10 +90,18 @@ INTEGER_COLUMNS = tuple(name for name, rule in _RULES.items() if isinstance(rule
 # Reported numbers are rounded; 1e-6 forgives that and nothing a fit would notice.
 TOLERANCE = 1e-6
 _FORMATS = {"csv": "csv", "jsonl": "jsonl", "ndjson": "jsonl", "parquet": "parquet"}
+TEXT_COLUMNS = ("draft_model", "target_model", "family", "prompt_set")
+# Every column the format names; others are kept, unless they look like a typo of one of these.
+KNOWN_COLUMNS = tuple(_RULES) + TEXT_COLUMNS
 
 
-class MeasurementError(ValueError):
+class MeasurementError(InputFileError):
     """A measurement file or table that does not follow the format."""
+
+
+def _from_input(err: InputFileError) -> MeasurementError:
+    """The reading layer's error as this module's (the message already names file, row, column)."""
+    return MeasurementError(str(err), path=err.path, row=err.row, line=err.line, column=err.column)
 
 
 class _Checked(dict):
@@ -187,17 +205,23 @@ def read_measurements(path: str | os.PathLike, format: str | None = None) -> Mea
     header not counted.
 
     Raises:
-      MeasurementError: the file breaks the format; the message names the
-        file, and the row and column where there is one.
-      FileNotFoundError: no such file.
+      MeasurementError: the file breaks the format, or is missing, a folder,
+        unreadable or not UTF-8 text; the message names the file, and the row
+        and column where there is one.
     """
     source = os.fspath(path)
     kind = _format_of(source, format)
-    with open(path, "rb") as f:
-        if not f.read(1):
-            raise MeasurementError(f"{source}: empty file, expected a {kind} measurement set")
-    reader = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[kind]
-    raw, labels = reader(path, source)
+    try:
+        data = read_bytes(source)
+        if not data:
+            raise MeasurementError(f"{source}: empty file, expected a {kind} measurement set",
+                                   path=source)
+        reader = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[kind]
+        raw, labels = reader(data, source)
+    except MeasurementError:
+        raise
+    except InputFileError as err:
+        raise _from_input(err) from None
     return MeasurementSet(_parse(raw, source, labels, nan_is_absent=False), source)
 
 
@@ -220,64 +244,56 @@ def _format_of(source: str, format: str | None) -> str:
         return _FORMATS[format]
     suffix = Path(source).suffix.lower()
     if suffix.lstrip(".") not in _FORMATS:
+        # The CLI has no format option: the extension is what a user can change.
         raise MeasurementError(
-            f"{source}: cannot tell the format from the extension {suffix or '(none)'!r}; supported extensions: "
-            ".csv, .jsonl, .ndjson, .parquet (or pass format='csv', 'jsonl' or 'parquet')")
+            f"{source}: cannot tell the format from the extension {suffix or '(none)'!r}; name the "
+            "file .csv, .jsonl, .ndjson or .parquet", path=source)
     return _FORMATS[suffix.lstrip(".")]
 
 
-def _label(row: int, line: int, header_lines: int) -> str:
-    return f"row {row}" if line == row + header_lines else f"row {row} (line {line})"
+def _read_csv(data: bytes, source: str):
+    # Required columns are checked here only as far as the header goes; which
+    # acceptance columns a set needs is _check_columns' question.
+    table = parse_csv_table(decode_text(data, source), source, required=REQUIRED_COLUMNS,
+                            optional=KNOWN_COLUMNS, unknown="keep", allow_empty=True)
+    if not table.rows:
+        raise MeasurementError(f"{source}: no measurement rows (the file has only a header)",
+                               path=source)
+    columns = {name: table.column(name) for name in table.header}
+    return columns, [table.label(i) for i in range(len(table))]
 
 
-def _read_csv(path, source):
-    # utf-8-sig: spreadsheets often start their CSV exports with a byte-order mark.
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = [name.strip() for name in next(reader, [])]
-        _check_names(header, source)
-        rows, labels = [], []
-        for record in reader:
-            if not record:  # a blank line; a line of empty cells is a row (and an error)
-                continue
-            rows.append(record)
-            labels.append(_label(len(rows), reader.line_num, header_lines=1))
-            if len(record) != len(header):
-                raise MeasurementError(f"{source}: {labels[-1]}: {len(record)} fields, "
-                                       f"but the header names {len(header)} columns")
-    if not rows:
-        raise MeasurementError(f"{source}: no measurement rows (the file has only a header)")
-    return {name: [row[i] for row in rows] for i, name in enumerate(header)}, labels
-
-
-def _read_jsonl(path, source):
+def _read_jsonl(data: bytes, source: str):
     records, labels = [], []
-    try:
-        for line_number, record in iter_jsonl(Path(path).read_bytes(), source):
-            records.append(record)
-            labels.append(_label(len(records), line_number, header_lines=0))
-    except JsonlError as e:
-        # Its wording is this format's: "<file>: line <n>: not valid JSON (...)"
-        # or "... expected a JSON object, got <type>".
-        raise MeasurementError(str(e)) from None
+    # Its wording is this format's: "<file>: line <n>: not valid JSON (...)"
+    # or "... expected a JSON object, got <type>".
+    for line_number, record in iter_jsonl(decode_text(data, source), source):
+        records.append(record)
+        labels.append(f"row {len(records)}" if line_number == len(records)
+                      else f"row {len(records)} (line {line_number})")
     if not records:
-        raise MeasurementError(f"{source}: no measurement rows (only blank lines)")
-    return _records_to_columns(records, source), labels
+        raise MeasurementError(f"{source}: no measurement rows (only blank lines)", path=source)
+    columns = _records_to_columns(records, source)
+    check_column_names(columns, source, required=(), known=KNOWN_COLUMNS, unknown="keep")
+    return columns, labels
 
 
-def _read_parquet(path, source):
+def _read_parquet(data: bytes, source: str):
     # Imported here so CSV and JSON Lines work where pyarrow is not installed.
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        with open(path, "rb") as f:
-            table = pq.read_table(f)
+        # One thread: a measurement set is small, and pyarrow's thread pool
+        # still running at interpreter exit can abort the process (status 134)
+        # after a refusal has been printed.
+        table = pq.read_table(pa.BufferReader(data), use_threads=False)
     except pa.ArrowException as e:
-        raise MeasurementError(f"{source}: not a readable Parquet file ({e})") from None
+        raise MeasurementError(f"{source}: not a readable Parquet file ({e})", path=source) from None
     _check_names(table.column_names, source)
+    check_column_names(table.column_names, source, required=(), known=KNOWN_COLUMNS, unknown="keep")
     if table.num_rows == 0:
-        raise MeasurementError(f"{source}: no measurement rows")
+        raise MeasurementError(f"{source}: no measurement rows", path=source)
     return {name: table.column(name).to_pylist() for name in table.column_names}, None
 
 
@@ -387,8 +403,10 @@ def _number(cell, rule, nan_is_absent: bool) -> float:
 
     if not math.isfinite(value):
         raise _CellError(f"{shown} is not a finite number")
-    if rule in ("size", "positive") and not value > 0:
+    if rule == "size" and not value > 0:
         raise _CellError(f"{shown} is not a positive number")
+    if rule == "perplexity" and not value >= 1:
+        raise _CellError(f"{shown} is below 1; a perplexity is exp(loss) >= 1")
     if rule == "fraction" and not 0 <= value <= 1:
         raise _CellError(f"{shown} is not in [0, 1]")
     if isinstance(rule, int) and not (value == int(value) and value >= rule):

@@ -103,7 +103,7 @@ def test_from_columns_keyword_and_nan_absent():
         lookahead=[4, 5], acceptance=[0.6, np.nan], accepted=[None, 3], trials=[np.nan, 4])
     np.testing.assert_array_equal(ms.columns["draft_params"], [125e6, 1e9])
     np.testing.assert_array_equal(ms.acceptance, [0.6, 0.75])
-    with pytest.raises(MeasurementError, match=r"measurements: row 2, column 'draft_perplexity': -1 is not"):
+    with pytest.raises(MeasurementError, match=r"measurements: row 2, column 'draft_perplexity': -1 is below 1"):
         MeasurementSet.from_columns(
             draft_params=[1e8, 1e8], target_params=[7e10, 7e10], draft_tokens=[1e12, 1e12],
             target_tokens=[1e12, 1e12], draft_perplexity=[12, -1], target_perplexity=[7, 7],
@@ -211,7 +211,11 @@ def test_empty_and_header_only_files(tmp_path):
 
 def test_csv_ragged_row_and_blank_lines(tmp_path):
     path = _csv(tmp_path, ROW, "125e6,70e9")
-    with pytest.raises(MeasurementError, match=r"measurements\.csv: row 2: 2 fields, but the header names 8"):
+    with pytest.raises(MeasurementError, match=r"measurements\.csv: row 2: 2 fields but the header names 8 "
+                                               r"columns; missing columns 'draft_tokens', "):
+        read_measurements(path)
+    path = _csv(tmp_path, ROW, ROW + ",extra")
+    with pytest.raises(MeasurementError, match=r"measurements\.csv: row 2: 9 fields .* column 9 has no header"):
         read_measurements(path)
     # A blank line is skipped, and the error then gives the file line as well as the row.
     path = _csv(tmp_path, ROW, "", "-1,70e9,2e12,15e12,12.5,6.9,4,0.7")
@@ -285,8 +289,10 @@ def test_parquet_errors(tmp_path):
 
 def test_unknown_extension_and_format(tmp_path):
     path = _write(tmp_path, "measurements.xlsx", HEADER + "\n" + ROW + "\n")
-    with pytest.raises(MeasurementError, match=r"measurements\.xlsx: .*'\.xlsx'.*\.csv, \.jsonl, \.ndjson, \.parquet"):
+    with pytest.raises(MeasurementError, match=r"measurements\.xlsx: .*'\.xlsx'.*\.csv, \.jsonl, \.ndjson or \.parquet") as info:
         read_measurements(path)
+    # The CLI has no format option, so the message must not suggest one.
+    assert "format" not in str(info.value).split(";")[1]
     # An explicit format overrides the extension.
     assert len(read_measurements(path, format="csv")) == 1
     with pytest.raises(ValueError, match="unknown measurement format 'xls'"):
@@ -311,3 +317,99 @@ def test_direct_construction_validates_and_arrays_are_read_only():
         picked.columns["draft_params"][0] = -1.0
     with pytest.raises(MeasurementError, match="differ in length"):
         MeasurementSet.from_columns({**dict(ms.columns), "seed": ["1"]})
+
+
+# --------------------------------------------------------------------------
+# What a careless user gives: encodings, files that are not files, headers.
+
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl"])
+@pytest.mark.parametrize("data, words", [
+    (lambda text: text.encode("latin-1"), ("line 2", "not UTF-8", "0xE9")),
+    (lambda text: text.encode("utf-16"), ("UTF-16", "save it as UTF-8")),
+    (lambda text: text.encode().replace(b"Caf", b"\x00af"), ("NUL", "binary")),
+])
+def test_encodings_other_than_utf8_are_one_line(tmp_path, ext, data, words):
+    if ext == "csv":
+        text = f"{HEADER},draft_model\n{ROW},Café\n"
+    else:
+        record = dict(zip(HEADER.split(","), ROW.split(",")), draft_model="Café")
+        text = json.dumps(record, ensure_ascii=False) + "\n"
+        text = "\n" + text  # the bad byte on line 2 in both formats
+    path = tmp_path / f"m.{ext}"
+    path.write_bytes(data(text))
+    with pytest.raises(MeasurementError) as info:
+        read_measurements(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    for word in words:
+        assert word in message, (word, message)
+
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl"])
+def test_a_bom_reads_like_no_bom(tmp_path, ext):
+    plain = MeasurementSet.from_records(_records())
+    write_measurements(plain, tmp_path / f"plain.{ext}")
+    marked = tmp_path / f"marked.{ext}"
+    marked.write_bytes(b"\xef\xbb\xbf" + (tmp_path / f"plain.{ext}").read_bytes())
+    np.testing.assert_array_equal(read_measurements(marked).acceptance, plain.acceptance)
+
+
+def test_a_folder_a_missing_file_and_a_binary_file(tmp_path):
+    (tmp_path / "dir.csv").mkdir()
+    with pytest.raises(MeasurementError, match=r"dir\.csv is a folder, expected a file"):
+        read_measurements(tmp_path / "dir.csv")
+    with pytest.raises(MeasurementError, match=r"nope\.csv: no such file"):
+        read_measurements(tmp_path / "nope.csv")
+    (tmp_path / "book.csv").write_bytes(b"PK\x03\x04" + bytes(range(256)))
+    with pytest.raises(MeasurementError, match=r"book\.csv looks like a zip archive"):
+        read_measurements(tmp_path / "book.csv")
+
+
+def test_duplicated_and_blank_column_names(tmp_path):
+    with pytest.raises(MeasurementError, match=r"measurements\.csv: column 'lookahead' appears twice"):
+        read_measurements(_csv(tmp_path, ROW + ",4", header=HEADER + ",lookahead"))
+    with pytest.raises(MeasurementError, match=r"measurements\.csv: column 9 has no name"):
+        read_measurements(_csv(tmp_path, ROW + ",", header=HEADER + ","))
+
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl", "parquet"])
+def test_a_misspelt_column_is_refused_with_a_guess_but_extra_columns_are_kept(tmp_path, ext):
+    if ext == "parquet":
+        pytest.importorskip("pyarrow")
+    path = tmp_path / f"m.{ext}"
+    # Written by hand: the writer refuses 'accepted' without 'trials'.
+    header = HEADER + ",accepted,trial,seed"
+    if ext == "csv":
+        path.write_text(f"{header}\n{ROW},7,10,3\n")
+    elif ext == "jsonl":
+        path.write_text(json.dumps(dict(zip(header.split(","), ROW.split(",") + ["7", "10", "3"]))) + "\n")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        pq.write_table(pa.table({name: [value] for name, value in
+                                 zip(header.split(","), ROW.split(",") + ["7", "10", "3"])}), path)
+    with pytest.raises(MeasurementError, match=r"unknown column 'trial' \(did you mean 'trials'\?\)"):
+        read_measurements(path)
+
+
+def test_extra_columns_far_from_known_ones_round_trip(tmp_path):
+    path = _csv(tmp_path, ROW + ",17,ok", header=HEADER + ",seed,notes")
+    ms = read_measurements(path)
+    assert list(ms.columns["seed"]) == ["17"] and list(ms.columns["notes"]) == ["ok"]
+
+
+def test_a_perplexity_below_1_says_what_a_perplexity_is(tmp_path):
+    rows = [ROW] * 10 + ["125e6,70e9,2e12,15e12,12.5,0.5,4,0.7"]
+    with pytest.raises(MeasurementError, match=r"measurements\.csv: row 11, column 'target_perplexity': "
+                                               r"0\.5 is below 1; a perplexity is exp\(loss\) >= 1"):
+        read_measurements(_csv(tmp_path, *rows))
+    # Exactly 1 (a loss of 0) is a perplexity.
+    assert read_measurements(_csv(tmp_path, "125e6,70e9,2e12,15e12,1,1.0,4,0.7")).columns[
+        "draft_perplexity"][0] == 1.0
+
+
+def test_broken_csv_quoting_names_the_line(tmp_path):
+    path = _csv(tmp_path, ROW, '125e6,70e9,2e12,15e12,12.5,6.9,4,"0.7"x')
+    with pytest.raises(MeasurementError, match=r"measurements\.csv: line 3: not valid CSV"):
+        read_measurements(path)
