@@ -31,8 +31,18 @@ def build_parser() -> Parser:
     return parser
 
 
+# Exit status of a failure that is not the user's mistake: a bug to report.
+EXIT_INTERNAL = 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``sdsl`` with ``argv`` (default: the command line); the exit status."""
+    """Run ``sdsl`` with ``argv`` (default: the command line); the exit status.
+
+    0: done. 2: a mistake in the arguments or files, or more memory than the
+    machine has (one ``error:`` line). 1: a bug (one line; ``SDSL_DEBUG=1``
+    shows the traceback). 130: interrupted.
+    """
+    args = None
     try:
         args = build_parser().parse_args(argv)
         import jax
@@ -50,3 +60,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader (head, less) left early: not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as err:  # noqa: BLE001 - the last line of defence, see below
+        prog = f"sdsl {args.command}" if args is not None else "sdsl"
+        if _out_of_memory(err):
+            print(f"error: {prog}: out of memory ({_first_line(err)}); ask for fewer points, "
+                  "rows, prompts or a smaller batch", file=sys.stderr)
+            return EXIT_USAGE
+        if os.environ.get("SDSL_DEBUG"):
+            raise
+        # Every mistake we know of is a UsageError; anything else is a bug,
+        # reported in one line rather than a traceback the user cannot act on.
+        print(f"error: {prog}: internal error: {type(err).__name__}: {_first_line(err)} "
+              "(please report it; SDSL_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """numpy's MemoryError, or XLA failing to allocate a buffer."""
+    return isinstance(err, MemoryError) or (
+        type(err).__name__ in ("XlaRuntimeError", "JaxRuntimeError")
+        and "RESOURCE_EXHAUSTED" in str(err))

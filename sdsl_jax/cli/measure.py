@@ -32,6 +32,10 @@ import os
 from sdsl_jax.cli.options import UsageError, check_confidence, check_corpus
 
 ROW_FORMATS = (".jsonl", ".ndjson")
+# Drafted tokens per iteration. Measured lookaheads in the literature stay below
+# 16; this leaves room for any realistic pair and bounds the loop's buffers,
+# which grow with it.
+MAX_LOOKAHEAD = 128
 
 
 def add_parser(commands) -> None:
@@ -162,10 +166,15 @@ def emit(args, row: dict, summary) -> None:
     """--rows, --summary, then --json or the text ``summary()`` returns."""
     from sdsl_jax.common.io import atomic_write_text
     from sdsl_jax.decoding.rows import write_row
-    if args.rows:
-        write_row(args.rows, row)
-    if args.summary:
-        atomic_write_text(args.summary, json.dumps(row, indent=2) + "\n")
+    try:
+        if args.rows:
+            write_row(args.rows, row)
+        if args.summary:
+            atomic_write_text(args.summary, json.dumps(row, indent=2) + "\n")
+    except OSError as err:
+        # Checked before the run; a disk that fills up since is still no traceback.
+        raise UsageError(f"sdsl measure: cannot write {err.filename} "
+                         f"({err.strerror or err})") from None
     if args.json:
         print(json.dumps(row))
     else:
@@ -218,10 +227,69 @@ def _check_arguments(args) -> None:
         raise UsageError("sdsl measure: --prompt-file gives the prompts; drop --corpus, "
                          "--no-stdlib and --validation-fraction")
     check_corpus("sdsl measure", args.corpus, args.no_stdlib and args.prompt_file is None)
+    if args.lookahead is not None:
+        if args.lookahead > MAX_LOOKAHEAD:
+            raise UsageError(f"sdsl measure: argument --lookahead: must be at most "
+                             f"{MAX_LOOKAHEAD}, got {args.lookahead}")
+        if not args.teacher_forced and args.lookahead >= args.max_new_tokens:
+            # An iteration emits up to K + 1 tokens; drafts past the T-th new token
+            # are cut off unjudged, which would bias the acceptance.
+            raise UsageError(f"sdsl measure: argument --lookahead: must be below "
+                             f"--max-new-tokens ({args.max_new_tokens}), got {args.lookahead}")
+    _check_outputs(args)
+
+
+def _check_outputs(args) -> None:
+    """--out, --rows and --summary: writable, distinct, not an input, and, where one exists,
+    this command's own file (it is continued or updated, never replaced by other data)."""
+    from sdsl_jax.cli.outputs import check_output_file, same_file
+    from sdsl_jax.decoding.run import MeasureRunError, read_runs
+
+    prog = "sdsl measure"
     if args.rows and os.path.splitext(args.rows)[1].lower() not in ROW_FORMATS:
-        raise UsageError(f"sdsl measure: argument --rows: {args.rows}: write rows as JSON Lines "
+        raise UsageError(f"{prog}: argument --rows: {args.rows}: write rows as JSON Lines "
                          "(.jsonl)")
-    for flag, path in (("--out", args.out), ("--rows", args.rows), ("--summary", args.summary)):
-        folder = os.path.dirname(os.path.abspath(path)) if path else None
-        if folder and not os.path.isdir(folder):
-            raise UsageError(f"sdsl measure: argument {flag}: directory {folder} does not exist")
+    given = [(flag, path) for flag, path in (("--out", args.out), ("--rows", args.rows),
+                                             ("--summary", args.summary)) if path]
+    for i, (flag, path) in enumerate(given):
+        for other_flag, other in given[:i]:
+            if os.path.abspath(path) == os.path.abspath(other) or same_file(path, other):
+                raise UsageError(f"{prog}: argument {flag}: {path} is also {other_flag}; "
+                                 "give each its own file")
+    inputs = [args.prompt_file] + [p for p in args.corpus if os.path.isfile(p)]
+    for flag, path in given:
+        check_output_file(prog, flag, path, inputs=inputs, resume=True)
+    if args.out and os.path.exists(args.out):
+        try:  # only checked here: the settings are compared once the models are loaded
+            read_runs(args.out, repair=False)
+        except MeasureRunError as err:
+            raise UsageError(str(err)) from None
+    if args.rows and os.path.exists(args.rows):
+        _check_own_file(args.rows, "--rows", "a rows file", lines=True)
+    if args.summary and os.path.exists(args.summary):
+        _check_own_file(args.summary, "--summary", "a summary", lines=False)
+
+
+# Every row and summary `sdsl measure` writes has these.
+_ROW_KEYS = ("draft_model", "target_model", "draft_params", "target_params", "acceptance",
+             "lookahead")
+
+
+def _check_own_file(path: str, flag: str, what: str, lines: bool) -> None:
+    """An existing --rows or --summary file is updated only if `sdsl measure` wrote it."""
+    from sdsl_jax.common.io import JsonlError, parse_jsonl
+    refuse = (f"sdsl measure: argument {flag}: {path} exists and is not {what} of `sdsl "
+              "measure`, so it is left alone; choose another file")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as err:
+        raise UsageError(f"sdsl measure: argument {flag}: cannot read {path} "
+                         f"({err.strerror or err})") from None
+    try:
+        records = parse_jsonl(data, path) if lines else [json.loads(data.decode("utf-8-sig"))]
+    except (JsonlError, UnicodeDecodeError, ValueError):
+        raise UsageError(f"{refuse} (not JSON{' Lines' if lines else ''})") from None
+    for record in records:
+        if not isinstance(record, dict) or any(key not in record for key in _ROW_KEYS):
+            raise UsageError(refuse)

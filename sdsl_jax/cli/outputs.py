@@ -43,12 +43,14 @@ def _parent(path: str) -> str:
 
 
 def check_output_file(prog: str, flag: str, path: str, *, inputs: Iterable[str] = (),
-                      overwrite: bool = False, resume: bool = False) -> None:
+                      overwrite: bool = False, resume: bool = False,
+                      resumable: bool = False) -> None:
     """Refuse ``path`` as the output of ``flag`` before any work; see the module docstring.
 
     ``inputs`` are the files the command reads (a None among them is
     skipped); ``overwrite`` or ``resume`` allow an existing file (the
-    caller checks that a file it resumes is its own output).
+    caller checks that a file it resumes is its own output); ``resumable``
+    says the command has ``--resume``, so the refusal offers it.
     """
     where = f"{prog}: argument {flag}"
     if not path:
@@ -56,17 +58,20 @@ def check_output_file(prog: str, flag: str, path: str, *, inputs: Iterable[str] 
     if os.path.isdir(path):
         raise UsageError(f"{where}: {path} is a folder; name a file")
     folder = _parent(path)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"{where}: cannot write {path}: {os.path.dirname(path)} is a file, "
+                         "not a folder")
     if not os.path.isdir(folder):
-        what = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
-        raise UsageError(f"{where}: the folder {folder} {what}")
+        raise UsageError(f"{where}: the folder {os.path.dirname(path)} does not exist")
     for source in inputs:
         if source and same_file(path, source):
             raise UsageError(f"{where}: {path} is the input {source}; writing there would "
                              "replace the data it was made from: choose another file")
     if os.path.exists(path):
         if not (overwrite or resume):
-            raise UsageError(f"{where}: {path} exists; pass --overwrite to replace it or "
-                             "choose another file")
+            options = ("--resume to continue it, --overwrite to replace it,"
+                       if resumable else "--overwrite to replace it")
+            raise UsageError(f"{where}: {path} exists; pass {options} or choose another file")
         if not os.access(path, os.W_OK):
             raise UsageError(f"{where}: {path} is not writable")
     # A new file is created in its folder, and an atomic replacement puts a
@@ -87,9 +92,12 @@ def check_output_folder(prog: str, flag: str, path: str) -> None:
             raise UsageError(f"{where}: cannot write in {path} (permission denied)")
         return
     parent = _parent(path)
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise UsageError(f"{where}: cannot create {path}: {os.path.dirname(path)} is a file, "
+                         "not a folder")
     if not os.path.isdir(parent):
-        what = "is a file, not a folder" if os.path.exists(parent) else "does not exist"
-        raise UsageError(f"{where}: the folder {parent} {what}; create it first")
+        raise UsageError(f"{where}: the folder {os.path.dirname(path)} does not exist; "
+                         "create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"{where}: cannot create {path} in {parent} (permission denied)")
 

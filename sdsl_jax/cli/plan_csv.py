@@ -9,11 +9,13 @@ chunk's rows are flushed as they are produced: with ``--out FILE
 from __future__ import annotations
 
 import csv
+import math
 import os
 import sys
 
 from sdsl_jax.cli.options import UsageError, planner_laws
-from sdsl_jax.common.io import atomic_write_text
+from sdsl_jax.cli.outputs import check_output_file
+from sdsl_jax.common.io import atomic_write
 from sdsl_jax.cli.plan import INPUT_KEYS, PLAN_KEYS, plan_records
 
 CHUNK_ROWS = 65536
@@ -25,37 +27,63 @@ def run(args) -> int:
     from tqdm import tqdm
     from sdsl_jax.planning import flop as planner
 
-    columns = _read_configs(args.csv, args.draft_tokens)
-    total = len(columns["target_params"])
-    done = 0
+    if args.resume and args.overwrite:
+        raise UsageError("sdsl plan: --resume continues --out and --overwrite replaces it; "
+                         "choose one")
     if args.out:
-        if os.path.exists(args.out) and not (args.resume or args.overwrite):
-            raise UsageError(f"sdsl plan: --out: {args.out} exists; pass --resume to continue it "
-                             "or --overwrite to replace it")
-        if args.resume and os.path.exists(args.out):
-            done = _rows_already_written(args.out)
-        handle = open(args.out, "a" if done else "w", newline="")
-    else:
-        handle = sys.stdout
-    writer = csv.DictWriter(handle, fieldnames=list(INPUT_KEYS) + list(PLAN_KEYS))
-    if not done:
-        writer.writeheader()
+        check_output_file("sdsl plan", "--out", args.out, inputs=(args.csv, args.laws),
+                          overwrite=args.overwrite, resume=args.resume, resumable=True)
+    elif args.resume or args.overwrite:
+        raise UsageError("sdsl plan: --resume and --overwrite go with --out FILE")
+    # Everything is read and checked before the first row is written.
+    columns = _read_configs(args.csv, args.draft_tokens)
     laws = planner_laws(args)
+    total = len(columns["target_params"])
+    fields = list(INPUT_KEYS) + list(PLAN_KEYS)
+    done, complete = 0, None
+    if args.out and args.resume and os.path.exists(args.out):
+        done, complete = _rows_already_written(args.out, fields, columns)
     arrays = {key: np.asarray(values, np.float64) for key, values in columns.items()}
-    with tqdm(total=total, initial=done, unit="config", disable=None, file=sys.stderr) as bar:
-        for start in range(done, total, CHUNK_ROWS):
-            stop = min(start + CHUNK_ROWS, total)
-            # Pad the last chunk to a full one so every chunk reuses one compilation.
-            chunk = {key: np.resize(values[start:stop], CHUNK_ROWS) for key, values in arrays.items()}
-            plan = planner.optimal_draft_size(chunk["target_params"], chunk["draft_tokens"],
-                                              chunk["target_tokens"], **laws)
-            records = plan_records(plan, chunk)[: stop - start]
-            writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in records)
-            handle.flush()  # results land as they are produced; a kill loses one chunk at most
-            bar.update(stop - start)
-    if handle is not sys.stdout:
-        handle.close()
-        print(f"wrote {total} configurations to {args.out}", file=sys.stderr)
+
+    def plan_rows(handle, first: bool) -> None:
+        writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
+        if first:
+            writer.writeheader()
+        with tqdm(total=total, initial=done, unit="config", disable=None,
+                  file=sys.stderr) as bar:
+            for start in range(done, total, CHUNK_ROWS):
+                stop = min(start + CHUNK_ROWS, total)
+                # Pad the last chunk to a full one so every chunk reuses one compilation.
+                chunk = {key: np.resize(values[start:stop], CHUNK_ROWS)
+                         for key, values in arrays.items()}
+                plan = planner.optimal_draft_size(chunk["target_params"], chunk["draft_tokens"],
+                                                  chunk["target_tokens"], **laws)
+                records = plan_records(plan, chunk)[: stop - start]
+                writer.writerows({k: ("" if v is None else v) for k, v in r.items()}
+                                 for r in records)
+                handle.flush()  # results land as they are produced; a kill loses one chunk at most
+                bar.update(stop - start)
+
+    if not args.out:
+        plan_rows(sys.stdout, first=True)
+        return 0
+    try:
+        if os.path.exists(args.out) and not args.resume:
+            # --overwrite: the old file stays whole until the new one is complete.
+            atomic_write(args.out, lambda handle: plan_rows(handle, first=True), newline="")
+        else:
+            has_header = bool(complete)
+            if complete is not None:
+                # A row cut off mid-write by a kill has no newline yet: drop it and plan it again.
+                with open(args.out, "r+b") as handle:
+                    handle.truncate(complete)
+            with open(args.out, "a" if has_header else "w", encoding="utf-8",
+                      newline="") as handle:
+                plan_rows(handle, first=not has_header)
+    except OSError as err:
+        raise UsageError(f"sdsl plan: argument --out: cannot write {args.out} "
+                         f"({err.strerror or err})") from None
+    print(f"wrote {total} configurations to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -92,11 +120,49 @@ def _read_configs(path: str, default_draft_tokens):
     return columns
 
 
-def _rows_already_written(path: str) -> int:
-    """Complete rows in an output file from an earlier, interrupted run."""
-    with open(path, newline="") as handle:
-        text = handle.read()
-    # A row cut off mid-write has no newline yet: drop it and rewrite it.
-    complete = text[: text.rfind("\n") + 1]
-    atomic_write_text(path, complete)
-    return max(0, complete.count("\n") - 1)
+def _rows_already_written(path: str, fields: list[str], columns: dict) -> tuple[int, int]:
+    """(rows already planned, bytes of them) in ``path``, an output of an earlier run of
+    this very command; anything else is refused before a byte of it changes.
+
+    The file must start with this command's header, and each complete row must
+    plan the configuration on the same row of the input: a file written by
+    another command, or for another input, is not resumed.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as err:
+        raise UsageError(f"sdsl plan: argument --out: cannot read {path} to resume it "
+                         f"({err.strerror or err})") from None
+    refuse = (f"sdsl plan: argument --out: {path} is not an output of this `sdsl plan --csv` "
+              "run, so --resume leaves it alone")
+    # A row cut off mid-write by a kill has no newline yet.
+    complete = data[: data.rfind(b"\n") + 1]
+    try:
+        text = complete.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{refuse} (it is not UTF-8 text)") from None
+    lines = [line.rstrip("\r") for line in text.split("\n")[:-1]]
+    if not lines:
+        if data and not b",".join(f.encode() for f in fields).startswith(data):
+            raise UsageError(f"{refuse} (its first line is not this command's header)")
+        return 0, 0
+    if next(csv.reader([lines[0]]), None) != fields:
+        raise UsageError(f"{refuse} (its first line is not this command's header)")
+    rows = list(csv.reader(lines[1:]))
+    total = len(columns["target_params"])
+    if len(rows) > total:
+        raise UsageError(f"{refuse} (it has {len(rows)} rows, the input {total})")
+    for number, row in enumerate(rows, 1):
+        if len(row) != len(fields):
+            raise UsageError(f"{refuse} (row {number} has {len(row)} fields, not {len(fields)})")
+        for key in INPUT_KEYS:
+            try:
+                written = float(row[fields.index(key)])
+            except ValueError:
+                written = math.nan
+            if not written == columns[key][number - 1]:
+                raise UsageError(f"{refuse} (row {number} planned {key} = "
+                                 f"{row[fields.index(key)]!r}, the input's row {number} has "
+                                 f"{columns[key][number - 1]:g}); pass --overwrite to replace it")
+    return len(rows), len(complete)

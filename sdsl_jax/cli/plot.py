@@ -9,12 +9,19 @@ do not pay for them.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from sdsl_jax.cli.options import (UsageError, check_confidence, count, load_laws_file,
                                   read_measurement_set)
+from sdsl_jax.cli.outputs import check_output_file
 
 FIGURES = ("plane", "throughput", "acceptance", "latency", "draft-size", "positions")
+# Bounds that keep a figure drawable: a 100,000-dpi PNG or a curve of 1e11
+# points exhausts memory long before it shows more.
+MIN_DPI, MAX_DPI = 10, 2400
+MAX_POINTS = 10_000
+MAX_RESAMPLES = 100_000
 
 
 def _latency_columns_help() -> str:
@@ -190,12 +197,7 @@ def _throughput(args):
     laws, source = _laws(args)
     grid = None
     if args.draft_range:
-        low, high = args.draft_range
-        if not low < high:
-            raise UsageError("sdsl plot throughput: argument --draft-range: LOW must be below HIGH")
-        grid = np.geomspace(low, high, args.points)
-    if args.points < 2:
-        raise UsageError("sdsl plot throughput: argument --points: must be at least 2")
+        grid = np.geomspace(*args.draft_range, args.points)
     return plot_throughput(laws, args.target_params, args.target_tokens, args.draft_tokens,
                            draft_params=grid, metric=args.metric, interval=args.interval,
                            confidence=args.confidence, method=args.method, points=args.points,
@@ -267,6 +269,31 @@ def _positions(args):
                               seed=args.seed, title=args.title)
 
 
+def _check_numbers(prog: str, args) -> None:
+    """Sizes of at least one parameter or token, perplexities of at least 1, ranges LOW < HIGH."""
+    for flag in ("target_params", "target_tokens", "draft_tokens"):
+        values = getattr(args, flag, None)
+        for value in ([] if values is None else values if isinstance(values, list) else [values]):
+            if not value >= 1:
+                raise UsageError(f"{prog}: argument --{flag.replace('_', '-')}: must be at least "
+                                 f"1, got {value:g}")
+    for flag, minimum, what in (("draft_range", 1, "sizes"), ("target_params_range", 1, "sizes"),
+                                ("draft_tokens_range", 1, "token counts"),
+                                ("target_tokens_range", 1, "token counts"),
+                                ("draft_perplexity", 1, "perplexities (exp of a loss)")):
+        pair = getattr(args, flag, None)
+        if pair is None:
+            continue
+        name = "--" + flag.replace("_", "-")
+        low, high = pair
+        if not (math.isfinite(low) and math.isfinite(high) and minimum <= low < high):
+            raise UsageError(f"{prog}: argument {name}: {what} need {minimum} <= LOW < HIGH, "
+                             f"both finite; got {low:g} {high:g}")
+    if getattr(args, "bootstrap", None) is not None and args.bootstrap > MAX_RESAMPLES:
+        raise UsageError(f"{prog}: argument --bootstrap: must be at most {MAX_RESAMPLES:,}, "
+                         f"got {args.bootstrap}")
+
+
 _DRAW = {"plane": _plane, "throughput": _throughput, "acceptance": _acceptance,
          "latency": _latency, "draft-size": _draft_size, "positions": _positions}
 
@@ -276,18 +303,21 @@ def run(args) -> int:
     from sdsl_jax.plots import style
 
     prog = f"sdsl plot {args.figure}"
-    if args.dpi < 10:
-        raise UsageError(f"{prog}: argument --dpi: must be at least 10, got {args.dpi}")
+    if not MIN_DPI <= args.dpi <= MAX_DPI:
+        raise UsageError(f"{prog}: argument --dpi: must lie in [{MIN_DPI}, {MAX_DPI}], "
+                         f"got {args.dpi}")
     check_confidence(prog, getattr(args, "confidence", 0.5))
+    points = getattr(args, "points", None)
+    if points is not None and not 2 <= points <= MAX_POINTS:
+        raise UsageError(f"{prog}: argument --points: must lie in [2, {MAX_POINTS}], "
+                         f"got {points}")
+    _check_numbers(prog, args)
     stem = style.output_stem(args.out)
-    if not stem.parent.is_dir():
-        raise UsageError(f"{prog}: argument --out: folder {str(stem.parent)!r} does not exist")
+    inputs = [getattr(args, name, None) for name in ("measurements", "table", "laws")]
+    inputs += getattr(args, "runs", None) or []
     # Refused before anything is drawn, so no earlier figure is lost.
     for path in style.output_paths(stem):
-        if path.is_dir():
-            raise UsageError(f"{prog}: argument --out: {path} is a folder")
-        if path.exists() and not args.overwrite:
-            raise UsageError(f"{prog}: {path} exists; pass --overwrite to replace it or --out STEM")
+        check_output_file(prog, "--out", str(path), inputs=inputs, overwrite=args.overwrite)
     try:
         fig = _DRAW[args.figure](args)
     except ValueError as err:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from sdsl_jax.cli.options import PROGRESS, UsageError, check_corpus
+from sdsl_jax.cli.outputs import check_output_folder
 
 
 def add_parser(commands) -> None:
@@ -55,6 +56,7 @@ def run(args) -> int:
     if args.stop_after is not None and args.stop_after not in STAGE_NAMES:
         raise UsageError(f"sdsl reproduce: argument --stop-after: unknown stage "
                          f"{args.stop_after!r} (stages: {', '.join(STAGE_NAMES)})")
+    check_output_folder("sdsl reproduce", "--out", args.out)
     progress = PROGRESS[args.progress]
     try:
         result = reproduce(preset, args.out, corpus_paths=args.corpus,

@@ -8,10 +8,12 @@ it); JAX, flax and orbax load only when a run starts.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
 from sdsl_jax.cli.options import PROGRESS, UsageError, check_corpus
+from sdsl_jax.cli.outputs import check_output_folder, make_output_folder
 
 
 def add_parser(commands) -> None:
@@ -81,19 +83,6 @@ def _sizes(args) -> tuple[str | None, list[str]]:
     return family, sizes
 
 
-def _prepare_out(path: str) -> None:
-    """Create DIR and prove it is writable before any slow work starts."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write-test-{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.unlink(probe)
-    except OSError as err:
-        raise UsageError(f"sdsl train: argument --out: cannot write to {path}: "
-                         f"{err.strerror or err}") from None
-
-
 def _print_cards(cards) -> None:
     from sdsl_jax.common.quantities import format_count as fc
     header = f"{'size':>6}  {'params':>11}  {'non-emb':>11}  {'tokens':>8}  {'val loss':>8}  " \
@@ -115,8 +104,19 @@ def run(args) -> int:
                         ("--eval-tokens", args.eval_tokens)):
         if value < 1:
             raise UsageError(f"sdsl train: argument {flag}: must be at least 1, got {value}")
+    if args.learning_rate is not None and not (math.isfinite(args.learning_rate)
+                                               and args.learning_rate > 0):
+        raise UsageError(f"sdsl train: argument --learning-rate: must be a finite number > 0, "
+                         f"got {args.learning_rate}")
+    if args.warmup_steps is not None and not 0 <= args.warmup_steps < args.steps:
+        raise UsageError(f"sdsl train: argument --warmup-steps: must lie in [0, --steps) = "
+                         f"[0, {args.steps}), got {args.warmup_steps}")
+    if args.validation_fraction is not None and not 0 < args.validation_fraction < 1:
+        raise UsageError(f"sdsl train: argument --validation-fraction: must lie in (0, 1), "
+                         f"got {args.validation_fraction}")
     check_corpus("sdsl train", args.corpus, args.no_stdlib)
-    _prepare_out(args.out)
+    # Checked now, created only once the corpus has loaded: a refused run leaves no folder.
+    check_output_folder("sdsl train", "--out", args.out)
 
     import jax
     from sdsl_jax.models import corpus as corpus_lib, training
@@ -141,6 +141,7 @@ def run(args) -> int:
             print(f"corpus: {summary['train_tokens']:,} training tokens in "
                   f"{summary['train_documents']} documents, {summary['validation_tokens']:,} "
                   f"held out in {summary['validation_documents']}", file=sys.stderr)
+            make_output_folder("sdsl train", "--out", args.out)
             cards = []
             for size in sizes:
                 card = training.train_model(size, corpus, settings, os.path.join(args.out, size),

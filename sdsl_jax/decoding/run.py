@@ -56,6 +56,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sys
 from typing import Any, Sequence
 
@@ -148,27 +149,48 @@ def prompt_hash(tokens) -> str:
 # The runs file.
 
 
-def read_runs(path: str) -> list[dict]:
-    """The lines of an earlier run in ``path`` ([] if none); a line cut off by a kill is
-    dropped from the file (:func:`sdsl_jax.common.io.read_jsonl`)."""
+def read_runs(path: str, *, repair: bool = True) -> list[dict]:
+    """The lines of an earlier run in ``path`` ([] if none).
+
+    Every complete line must be a record of this command, or the file is
+    refused (:class:`MeasureRunError`) before a byte of it changes: only then,
+    with ``repair``, is a last line cut off by a kill dropped from the file
+    (:func:`sdsl_jax.common.io.read_jsonl`). ``repair=False`` only checks, as
+    ``sdsl measure`` does before it loads a model.
+    """
     not_ours = "is not a record of this `sdsl measure`"
     try:
-        records = read_jsonl(path)
+        # Checked without repair first: a file that is not ours keeps every byte.
+        records = read_jsonl(path, repair=False)
+    except IsADirectoryError:
+        raise MeasureRunError(f"sdsl measure: argument --out: {path} is a folder; name a "
+                              "runs file") from None
     except OSError as err:
         raise MeasureRunError(f"sdsl measure: argument --out: cannot read {path}: "
                               f"{err.strerror}") from None
     except JsonlError as err:
         if err.kind == "object":
-            raise MeasureRunError(f"sdsl measure: {path}: line {err.line} {not_ours} (no 'a JSON "
-                                  "object'); choose another --out") from None
+            raise MeasureRunError(f"sdsl measure: {path}: line {err.line} {not_ours} (not a "
+                                  "JSON object); choose another --out") from None
         what = f"is not JSON ({err.detail})" if err.kind == "json" else "is not UTF-8 text"
         raise MeasureRunError(f"sdsl measure: {path}: line {err.line} {what}; is this a runs "
-                              "file of `sdsl measure`?") from None
+                              "file of `sdsl measure`? Choose another --out") from None
     for index, record in enumerate(records):
         missing = [key for key in SETTINGS + LINE_KEYS if key not in record]
         if missing:
             raise MeasureRunError(f"sdsl measure: {path}: line {_line_number(path, index)} "
                                   f"{not_ours} (no {missing[0]!r}); choose another --out")
+    data = b""
+    if os.path.exists(path):
+        with open(path, "rb") as handle:
+            data = handle.read()
+    lines = data.split(b"\n")
+    if lines[-1] and not lines[-1].startswith(b'{"'):
+        # What a kill can cut off is the start of one of our lines, never other text.
+        raise MeasureRunError(f"sdsl measure: {path}: line {len(lines)} {not_ours}; "
+                              "choose another --out")
+    if repair and lines[-1]:
+        read_jsonl(path, repair=True)
     return records
 
 

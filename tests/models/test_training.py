@@ -223,7 +223,7 @@ def test_cli_errors_are_one_line_with_exit_2(run_cli, tmp_path):
         run_cli, base + ["--family", "tiny", "--sizes", "1m"])
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    assert "--out: cannot write to" in _one_line_error(
+    assert "--out: cannot create" in _one_line_error(
         run_cli, ["train", "--family", "tiny", "--steps", "5", "--out", str(blocker / "sub")])
     assert "--steps: must be at least 1" in _one_line_error(
         run_cli, ["train", "--family", "tiny", "--steps", "0", "--out", str(tmp_path / "o")])

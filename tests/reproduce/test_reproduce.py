@@ -354,10 +354,10 @@ def test_cli_errors(corpus_dir, tmp_path, run_cli):
     (tmp_path / "file").write_text("x")
     line = _one_line_error(*run_cli("reproduce", "--preset", "tiny", "--out",
                                     tmp_path / "file" / "run", *corpus)[::2])
-    assert "cannot write" in line
+    assert "cannot create" in line
     line = _one_line_error(*run_cli("reproduce", "--preset", "tiny", "--out", tmp_path / "file",
                                     *corpus)[::2])
-    assert "not a directory" in line
+    assert "is a file, not a folder" in line
     line = _one_line_error(*run_cli("reproduce", "--out", tmp_path / "b", "--no-stdlib")[::2])
     assert "--no-stdlib leaves no text" in line
     line = _one_line_error(*run_cli("reproduce", "--out", tmp_path / "b", "--corpus",
