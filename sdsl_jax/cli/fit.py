@@ -12,6 +12,7 @@ import os
 import sys
 
 from sdsl_jax.cli.options import UsageError, check_confidence, read_measurement_set
+from sdsl_jax.cli.outputs import check_output_file
 
 
 def add_parser(commands) -> None:
@@ -51,8 +52,10 @@ def run(args) -> int:
         raise UsageError(f"sdsl fit: argument --bootstrap: must be >= 0, got {args.bootstrap}")
     check_confidence("sdsl fit", args.confidence)
     out = args.out or f"{os.path.splitext(args.measurements)[0]}.laws.json"
-    if os.path.exists(out) and not args.overwrite:
-        raise UsageError(f"sdsl fit: {out} exists; pass --overwrite to replace it or --out FILE")
+    # Before the measurements are read: a refusal after the fit would lose the
+    # fit, and --out on the measurements (even with --overwrite) would lose them.
+    check_output_file("sdsl fit", "--out", out, inputs=(args.measurements,),
+                      overwrite=args.overwrite)
     measurements = read_measurement_set(args.measurements)
     if len(measurements) < 4:
         raise UsageError(f"{args.measurements}: {len(measurements)} measurements cannot determine "
@@ -83,6 +86,10 @@ def run(args) -> int:
 def _fmt(value, spec) -> str:
     """``value`` formatted, or n/a where the report has none (None)."""
     return "n/a" if value is None else format(value, spec)
+
+
+def _undetermined(reason: str) -> str:
+    return f"undetermined ({reason})"
 
 
 def _interval(low, high) -> str:
@@ -116,14 +123,18 @@ def _print_report(report, out_path) -> None:
     print("\nAcceptance plane on measured perplexities, alpha = A x + B y + C:")
     for name, key, s in (("A (draft)", "draft_coeff", se[0]), ("B (target)", "target_coeff", se[1]),
                          ("C", "intercept", se[2])):
+        if key in plane.get("undetermined", {}):
+            print(f"  {name:<11} {_undetermined(plane['undetermined'][key])}")
+            continue
         print(f"  {name:<11} {_fmt(plane[key], ' .5g')}  +- {_fmt(s, '.2g')} (s.e.)")
     print(f"  R^2 {_fmt(plane['r2'], '.4f')}, rms residual {_fmt(plane['rms_residual'], '.4f')}")
     print("\nPer target, alpha = A_t x + C_t:")
     width = max(len(t["target"]) for t in report["per_target"])
     for t in report["per_target"]:
         if t["draft_coeff"] is None:
-            print(f"  {t['target']:<{width}}  {t['measurements']:>4} rows  (one draft perplexity: "
-                  "no slope to fit)")
+            reason = t.get("undetermined", {}).get("draft_coeff", fit_report.ONE_DRAFT)
+            print(f"  {t['target']:<{width}}  {t['measurements']:>4} rows  A_t, C_t "
+                  f"{_undetermined(reason)}")
             continue
         print(f"  {t['target']:<{width}}  {t['measurements']:>4} rows  A_t {t['draft_coeff']: .5f}  "
               f"C_t {_fmt(t['intercept'], ' .4f')}  R^2 {_fmt(t['r2'], '.3f')}")
@@ -134,7 +145,11 @@ def _print_report(report, out_path) -> None:
         unit = e2e.get("bootstrap_resampling")
         header += f" bootstrap{'' if unit is None else ' over ' + unit} ({e2e['bootstrap_resamples']})"
     print(header)
+    undetermined = e2e.get("undetermined", {})
     for name, entry in e2e["coefficients"].items():
+        if name in undetermined:
+            print(f"  {name:<17} {_undetermined(undetermined[name])}")
+            continue
         line = (f"  {name:<17} {entry['estimate']:>11.5g}   "
                 f"{_interval(entry['delta_low'], entry['delta_high']):<25}")
         if has_boot:
@@ -151,10 +166,10 @@ def _print_report(report, out_path) -> None:
     if e2e.get("covariance") == "cluster":
         print("  delta: covariance clustered by model (a model's deviation from the law is shared "
               "by its rows and its loss point)")
-    if not e2e["identifiable"]:
-        print("  warning: the data do not determine every coefficient (singular Hessian); "
-              "the delta-method intervals of the undetermined ones are not meaningful. "
-              "Measure more targets, or drafts trained on more varied data.")
+    if undetermined:
+        print(f"  note: the data do not determine {', '.join(undetermined)}; the laws file "
+              "keeps the point estimates the fit stopped at but no covariance or bootstrap "
+              "samples, so `sdsl plan --laws` gives N* without an interval")
     if not e2e["converged"]:
         print("  warning: the optimiser stopped before its gradient tolerance; the estimates "
               "may be off in poorly determined directions.")

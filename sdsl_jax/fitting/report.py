@@ -31,6 +31,21 @@ BOOTSTRAP_BATCH = 50
 # Bootstrap intervals need this share of the resamples to converge (see fit_all).
 MIN_CONVERGED_SHARE = 0.8
 
+# Why a coefficient is undetermined, as the report says it (report["..."]["undetermined"]).
+ONE_TARGET = "one target perplexity: measure more targets"
+ONE_DRAFT = "one draft perplexity: measure more drafts against this target"
+COLLINEAR = ("draft and target perplexities are collinear: measure pairs whose draft and "
+             "target perplexities vary independently")
+ONE_TOKEN_COUNT = ("every model was trained on one token count: measure models trained on "
+                   "more than one")
+ONE_SIZE = "every model has one size: measure models of more than one size"
+_DATA_TERM = ("irreducible_loss", "data_coeff", "data_exponent")
+_PARAM_TERM = ("irreducible_loss", "param_coeff", "param_exponent")
+FLAT = "the data do not determine it (singular Hessian): measure more, and more varied, models"
+# A natural coefficient whose gradient has at least this share along a flat
+# direction of the fit moves with it: rounding leaves shares near 1e-8.
+_FLAT_SHARE = 1e-3
+
 
 def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence=0.95,
             progress=None, points=None, covariance="cluster", resample="models") -> dict:
@@ -80,6 +95,16 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
                          "do not determine both laws; measure more (draft, target) pairs and models")
     kind = covariance
     covariance, df = joint.laws.covariance, joint.laws.covariance_df
+    undetermined = {} if target_varies else {"target_coeff": ONE_TARGET}
+    # With one token count B / D^b is a constant beside E (and with one size
+    # A / N^a is): the three trade off exactly, whatever the Hessian at the
+    # optimum says (an optimum with B / D^b -> 0 leaves E locally determined).
+    for column, names, reason in ((points.tokens, _DATA_TERM, ONE_TOKEN_COUNT),
+                                  (points.num_params, _PARAM_TERM, ONE_SIZE)):
+        if np.ptp(np.asarray(column)) == 0:
+            undetermined.update(dict.fromkeys(names, reason))
+    for name in undetermined_coefficients(joint, rows, points, target_varies):
+        undetermined.setdefault(name, FLAT)
     low, high = (np.array(v, np.float64) for v in uncertainty.normal_intervals(
         joint.laws.coefficients, covariance, confidence, log_scale=_LOG_SCALE, df=df))
     # A variance that overflowed (a coefficient fitted near the float limit)
@@ -88,6 +113,17 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
     low[overflowed] = high[overflowed] = np.nan
     if not np.all(np.isfinite(np.asarray(covariance))):
         covariance = None  # a laws file holds a finite covariance or none
+    if undetermined:
+        # The covariance gives an undetermined coefficient a variance of 0 (B
+        # held at 0) or a meaningless pseudo-inverse one: written to the laws
+        # file, `sdsl plan --laws` would carry it into an N* interval that
+        # claims the data fixed what they did not (too narrow for every target
+        # but the measured ones). A covariance cannot say "infinite", so the
+        # file gets none and no samples (the resamples hold B at 0 too): the
+        # planner still has the point estimate, and says it has no interval.
+        # The report keeps the intervals of the coefficients that are
+        # determined: their variances do not depend on the flat directions.
+        covariance = None
     samples, converged = None, 0
     if bootstrap > 0:
         key = jax.random.PRNGKey(seed)
@@ -108,7 +144,7 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
     laws = laws_lib.FittedLaws(pretraining_law=joint.laws.pretraining_law,
                                acceptance_law=joint.laws.acceptance_law,
                                covariance=covariance, covariance_df=None if covariance is None else df,
-                               samples=None if samples is None else jnp.asarray(samples))
+                               samples=None if samples is None or undetermined else jnp.asarray(samples))
 
     residuals = np.asarray(joint.acceptance_residuals, np.float64)
     worst = int(np.argmax(np.abs(residuals)))
@@ -121,8 +157,11 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
             tail = 100 * (1 - confidence) / 2
             entry["bootstrap_low"] = float(np.percentile(samples[:, i], tail))
             entry["bootstrap_high"] = float(np.percentile(samples[:, i], 100 - tail))
+        if name in undetermined:
+            # Never "0 +- 0": no estimate, no interval (the reason is in "undetermined").
+            entry = {key: None for key in entry}
         coefficient_table[name] = entry
-    plane_se = np.sqrt(np.clip(np.diag(np.asarray(plane.covariance)), 0, None))
+    plane_report = _plane_report(plane, target_varies)
     report = {
         "source": measurements.source,
         "measurements": len(measurements),
@@ -130,18 +169,8 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
         "models": int(points.num_params.shape[0]),
         "weighting": "interval" if weighted else "equal",
         "confidence": confidence,
-        "acceptance_plane": {
-            "draft_coeff": float(plane.law.draft_coeff), "target_coeff": float(plane.law.target_coeff),
-            "intercept": float(plane.law.intercept),
-            "standard_errors": plane_se.tolist(), "r2": float(plane.r2),
-            "rms_residual": float(plane.rms_residual), "identifiable": bool(plane.identifiable),
-        },
-        "per_target": [
-            {"target": targets[t], "measurements": int(per_target.measurements[t]),
-             "draft_coeff": finite_or_none(per_target.draft_coeff[t]),
-             "intercept": finite_or_none(per_target.intercept[t]),
-             "r2": finite_or_none(per_target.r2[t])}
-            for t in range(len(targets))],
+        "acceptance_plane": plane_report,
+        "per_target": [_per_target_report(targets[t], per_target, t) for t in range(len(targets))],
         "pretraining_huber": None if huber is None else {
             **{f: float(getattr(huber.law, f)) for f in laws_lib.PRETRAINING_FIELDS},
             "r2": float(huber.r2)},
@@ -154,6 +183,9 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
                                "draft": str(measurements.draft_names[worst]),
                                "target": str(measurements.target_names[worst])},
             "converged": bool(joint.converged), "identifiable": bool(joint.identifiable),
+            # Coefficient -> why the data cannot determine it; those have no
+            # estimate or interval above, and the laws file no covariance.
+            "undetermined": undetermined,
             # What the delta_low/high intervals come from: "cluster" (two-way
             # cluster-robust over models, t quantile with covariance_df degrees
             # of freedom) or "iid" (inverse Hessian, normal quantile).
@@ -167,6 +199,75 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
         },
     }
     return {"laws": laws, "report": laws_lib.json_safe(report)}
+
+
+def _plane_report(plane, target_varies: bool) -> dict:
+    """The acceptance plane's part of the report; an undetermined coefficient is None,
+    with its reason in "undetermined", never 0 with a standard error of 0."""
+    names = laws_lib.ACCEPTANCE_FIELDS
+    values = [float(getattr(plane.law, name)) for name in names]
+    se = np.sqrt(np.clip(np.diag(np.asarray(plane.covariance, np.float64)), 0, None)).tolist()
+    undetermined = {}
+    if not bool(plane.identifiable):
+        # x varies (a single draft perplexity is refused before the fit), so the
+        # Gram matrix is singular because x and y are collinear: the flat
+        # direction moves A, B and C together.
+        undetermined = {name: COLLINEAR for name in names}
+    elif not target_varies:
+        undetermined = {"target_coeff": ONE_TARGET}
+    for i, name in enumerate(names):
+        if name in undetermined:
+            values[i] = se[i] = None
+    return {**dict(zip(names, values)), "standard_errors": se, "r2": float(plane.r2),
+            "rms_residual": float(plane.rms_residual), "identifiable": bool(plane.identifiable),
+            "undetermined": undetermined}
+
+
+def _per_target_report(target: str, per_target, t: int) -> dict:
+    """One target's alpha = A_t x + C_t; with one draft perplexity neither is determined."""
+    entry = {"target": target, "measurements": int(per_target.measurements[t]),
+             "draft_coeff": finite_or_none(per_target.draft_coeff[t]),
+             "intercept": finite_or_none(per_target.intercept[t]),
+             "r2": finite_or_none(per_target.r2[t]), "undetermined": {}}
+    if entry["draft_coeff"] is None:
+        entry.update(intercept=None, r2=None,
+                     undetermined={"draft_coeff": ONE_DRAFT, "intercept": ONE_DRAFT})
+    return entry
+
+
+def undetermined_coefficients(fit, rows, points, fit_target_coeff: bool = True) -> list[str]:
+    """The coefficients (laws.COEFFICIENTS names) that move along a flat direction of an
+    end-to-end fit whose Hessian is singular (``fit.identifiable`` False).
+
+    The flat directions are the Hessian's eigenvectors below the rank cut-off
+    :func:`~sdsl_jax.fitting.uncertainty.delta_method_covariance` applies (p
+    eps times the largest eigenvalue), in the fit's coordinates; a natural
+    coefficient is undetermined when its gradient has a share of at least
+    1e-3 along one of them. The others are estimable: their delta-method
+    variances are the same whichever generalised inverse is used. A held
+    coefficient (B with ``fit_target_coeff`` False) is not listed. Costs one
+    Hessian (compiled once per data shape); an identifiable fit returns [].
+    """
+    if bool(fit.identifiable):
+        return []
+    data = joint_fit.prepare(rows, points)
+    moments = joint_fit.acceptance_moments(data, rows.weight)
+    point_weight = jnp.ones_like(data.point_log_loss)
+    total = lambda t: jnp.sum(jnp.stack(joint_fit.moment_objective(t, data, moments, point_weight)))
+    index = np.array([i for i in range(len(laws_lib.COEFFICIENTS))
+                      if i != joint_fit.TARGET_COEFF or fit_target_coeff])
+    hessian = np.asarray(jax.hessian(total)(fit.theta), np.float64)[np.ix_(index, index)]
+    eigenvalues, vectors = np.linalg.eigh(hessian)
+    cutoff = index.size * np.finfo(np.asarray(fit.theta).dtype).eps * abs(eigenvalues[-1])
+    # At least the flattest direction: the fit called the Hessian singular,
+    # and a second eigendecomposition may round its eigenvalue just above the cut-off.
+    flat = vectors[:, np.maximum(eigenvalues <= cutoff, eigenvalues == eigenvalues[0])]
+    jacobian = np.asarray(jax.jacobian(lambda t: joint_fit.natural_coefficients(t, data))(fit.theta),
+                          np.float64)[:, index]
+    moved = np.abs(jacobian @ flat).max(axis=1)
+    scale = np.abs(jacobian).max(axis=1)
+    return [name for name, m, s in zip(laws_lib.COEFFICIENTS, moved, scale)
+            if s > 0 and m > _FLAT_SHARE * s]
 
 
 def select_resamples(samples, decrement, min_share: float = MIN_CONVERGED_SHARE):
