@@ -21,6 +21,38 @@ PLAN_KEYS = ("draft_params", "cost_ratio", "draft_perplexity", "target_perplexit
              "acceptance", "lookahead", "integer_lookahead", "speedup", "integer_speedup",
              "tokens_per_flop", "integer_tokens_per_flop", "pays", "extrapolated", "at_bound")
 INPUT_KEYS = ("target_params", "target_tokens", "draft_tokens")
+SIZE_UNITS = {"target_params": "parameter", "target_tokens": "token", "draft_tokens": "token"}
+
+
+def check_sizes(prog: str, where, target_params, target_tokens, draft_tokens=None) -> None:
+    """Refuse a size below one parameter or one token, or one that is not finite.
+
+    ``where`` says where the values came from: None for the options (the
+    message names --target-params, ...); a string such as ``"configs.csv,
+    row 3"`` for one row of a file (it names the column after it); for
+    arrays of many rows, a function of the first bad row's index that
+    returns that string. A None size (no --draft-tokens) is skipped.
+    Raises UsageError with one line.
+    """
+    import numpy as np
+    for key, value in (("target_params", target_params), ("target_tokens", target_tokens),
+                       ("draft_tokens", draft_tokens)):
+        if value is None:
+            continue
+        values = np.ravel(np.asarray(value, np.float64))
+        # NaN fails both comparisons, so it is caught here too.
+        bad = np.flatnonzero(~(np.isfinite(values) & (values >= 1)))
+        if bad.size == 0:
+            continue
+        got = values[bad[0]]
+        if where is None:
+            place = f"argument --{key.replace('_', '-')}"
+        else:
+            place = f"{where(int(bad[0])) if callable(where) else where}, column {key}"
+        unit = SIZE_UNITS[key]
+        problem = (f"must be at least 1 ({unit}s are counted in whole {unit}s)"
+                   if np.isfinite(got) else "must be a finite number")
+        raise UsageError(f"{prog}: {place}: {problem}, got {got:g}")
 
 
 def add_parser(commands) -> None:
@@ -59,14 +91,16 @@ def _add_arguments(plan) -> None:
     wall.add_argument("--hardware", metavar="NAME", help=(
         "also find the draft size that maximises tokens per second on this accelerator "
         "(A100, H100, H200, TPU-v5e, CPU) and print it beside the FLOP-optimal one"))
-    wall.add_argument("--batch", type=float, default=1.0, help="sequences decoded together (default: 1)")
-    wall.add_argument("--context", type=count, default=2048.0, metavar="S", help=(
+    # Their defaults are filled in by plan_hardware.check_options, so that one
+    # given without --hardware is refused instead of ignored.
+    wall.add_argument("--batch", type=float, help="sequences decoded together, 1 to 65536 (default: 1)")
+    wall.add_argument("--context", type=count, metavar="S", help=(
         "cached positions each sequence attends to (default: 2048)"))
-    wall.add_argument("--draft-precision", default="bf16", help="draft weights: bf16, fp8, int4, ... (default: bf16)")
-    wall.add_argument("--target-precision", default="bf16", help="target weights (default: bf16)")
-    wall.add_argument("--kv-fraction", type=float, default=1.0, help=(
-        "key-value heads over query heads, e.g. 0.125 for 8 of 64 (default: 1)"))
-    wall.add_argument("--verify", choices=("scored", "one_step"), default="scored", help=(
+    wall.add_argument("--draft-precision", help="draft weights: bf16, fp8, int4, ... (default: bf16)")
+    wall.add_argument("--target-precision", help="target weights (default: bf16)")
+    wall.add_argument("--kv-fraction", type=float, help=(
+        "key-value heads over query heads, in (0, 1], e.g. 0.125 for 8 of 64 (default: 1)"))
+    wall.add_argument("--verify", choices=("scored", "one_step"), help=(
         "cost the verification as gamma+1 scored positions, or as one target step like the "
         "FLOP law (default: scored)"))
     wall.add_argument("--step-times", metavar="FILE", help=(
@@ -84,6 +118,8 @@ def _add_arguments(plan) -> None:
 
 def run(args) -> int:
     """The ``sdsl plan`` command: one mode of the four, by the options given."""
+    from sdsl_jax.cli import plan_hardware
+    plan_hardware.check_options(args)
     if args.position_rates:
         from sdsl_jax.cli import plan_positions
         return plan_positions.run(args)
@@ -102,17 +138,21 @@ def run(args) -> int:
     for flag, value in (("--target-params", args.target_params), ("--target-tokens", args.target_tokens)):
         if value is None:
             raise UsageError(f"sdsl plan: argument {flag} is required (or give --csv FILE)")
+    check_sizes("sdsl plan", None, args.target_params, args.target_tokens, args.draft_tokens)
+    check_confidence("sdsl plan", args.confidence)
     from sdsl_jax.planning import flop as planner
     draft_tokens = args.draft_tokens if args.draft_tokens else args.target_tokens
     inputs = dict(target_params=args.target_params, target_tokens=args.target_tokens,
                   draft_tokens=draft_tokens)
     laws = planner_laws(args)
+    # Every file is read (and --step-times fitted) before anything is planned.
+    setup = plan_hardware.prepare(args) if args.hardware else None
+    interval_kind = _interval_kind(args)
     plan = planner.optimal_draft_size(args.target_params, draft_tokens, args.target_tokens, **laws)
     record = plan_records(plan, inputs)[0]
-    record.update(_draft_interval(args, draft_tokens))
+    record.update(_draft_interval(args, draft_tokens, interval_kind))
     if args.hardware:
-        from sdsl_jax.cli import plan_hardware
-        record.update(plan_hardware.wallclock_plan(args, record, laws))
+        record.update(plan_hardware.wallclock_plan(args, record, laws, setup))
     if args.json:
         if args.laws:
             record.update(laws=args.laws)
@@ -141,23 +181,50 @@ def plan_records(plan, inputs) -> list[dict]:
     return records
 
 
-def _draft_interval(args, draft_tokens) -> dict:
-    """N*'s interval under fitted laws ({} without --laws or with --interval none)."""
+def _interval_kind(args) -> str:
+    """The interval on N* to report: "delta", "bootstrap" or "none" (checked against the laws)."""
     fitted = fitted_laws(args)
-    check_confidence("sdsl plan", args.confidence)
     if fitted is None:
         if args.interval not in (None, "none"):
             raise UsageError("sdsl plan: --interval needs --laws FILE (presets carry no uncertainty)")
-        return {}
+        return "none"
     from sdsl_jax.fitting.laws import default_interval
     interval = args.interval or default_interval(fitted) or "none"
-    if interval == "none":
-        return {}
+    undetermined = _undetermined(args.laws)
+    why = "" if not undetermined else (
+        f" (its fit left {', '.join(undetermined)} undetermined: "
+        f"{'; '.join(sorted(set(undetermined.values())))})")
     if interval == "bootstrap" and fitted.samples is None:
-        raise UsageError(f"sdsl plan: --interval bootstrap: {args.laws} has no bootstrap samples "
-                         "(refit with `sdsl fit --bootstrap N`)")
+        raise UsageError(f"sdsl plan: argument --interval bootstrap: {args.laws} has no bootstrap "
+                         f"samples{why or ' (refit with `sdsl fit --bootstrap N`)'}")
     if interval == "delta" and fitted.covariance is None:
-        raise UsageError(f"sdsl plan: --interval delta: {args.laws} has no covariance")
+        raise UsageError(f"sdsl plan: argument --interval delta: {args.laws} has no covariance{why}")
+    return interval
+
+
+def _undetermined(path) -> dict:
+    """Coefficient -> reason, for the coefficients the fit behind a laws file could not
+    determine (its summary, as `sdsl fit` writes it); {} for any other file."""
+    from sdsl_jax.common.io import read_json
+    try:
+        found = read_json(path).get("summary", {}).get("end_to_end", {}).get("undetermined", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {str(k): str(v) for k, v in found.items()}
+
+
+def _draft_interval(args, draft_tokens, interval: str) -> dict:
+    """N*'s interval under fitted laws ({} without --laws or with --interval none); where
+    the laws file carries no uncertainty because its fit left coefficients undetermined,
+    {"undetermined": {coefficient: reason}} instead, which the table prints as a note."""
+    if fitted_laws(args) is None:
+        return {}
+    if interval == "none":
+        undetermined = _undetermined(args.laws) if args.interval is None else {}
+        return {"undetermined": undetermined} if undetermined else {}
+    fitted = fitted_laws(args)
     from sdsl_jax.fitting.uncertainty import draft_size_interval
     result = draft_size_interval(fitted, args.target_params, draft_tokens, args.target_tokens,
                                  interval=interval, confidence=args.confidence, method=args.method)
@@ -191,6 +258,9 @@ def _print_plan(record: dict, args) -> None:
     if record.get("draft_params_low") is not None:
         rows.append((f"  {record['confidence']:.0%} interval ({record['interval']})",
                      f"{fc(record['draft_params_low'])} to {fc(record['draft_params_high'])}"))
+    if record.get("undetermined"):
+        rows.append(("  interval", "none: the fit left " + ", ".join(record["undetermined"])
+                     + " undetermined"))
     rows += [
         ("draft perplexity", f"{record['draft_perplexity']:.4g}"),
         ("target perplexity", f"{record['target_perplexity']:.4g}"),
@@ -209,3 +279,8 @@ def _print_plan(record: dict, args) -> None:
               "the perplexities are outside the range it was fitted on.")
     if record["at_bound"]:
         print("\nnote: N* sits at the end of the searched range N/M in [1e-8, 1].")
+    if record.get("undetermined"):
+        reasons = "; ".join(f"{k}: {v}" for k, v in record["undetermined"].items())
+        print(f"\nnote: {args.laws} carries no covariance or bootstrap samples because its "
+              f"measurements do not determine every coefficient ({reasons}); N* is the point "
+              "estimate, most reliable near the measured models.")

@@ -14,36 +14,80 @@ from sdsl_jax.cli.options import UsageError
 from sdsl_jax.common.validation import finite_or_none
 
 
-def _hardware(args):
-    """(hardware, workload, calibration or None) from the --hardware options."""
+# The wall-clock options and their defaults. They default to None in the
+# parser, so that one given without --hardware (which alone reads them) is
+# refused rather than ignored; check_options fills these in.
+DEFAULTS = {"batch": 1.0, "context": 2048.0, "draft_precision": "bf16", "target_precision": "bf16",
+            "kv_fraction": 1.0, "verify": "scored", "step_times": None}
+FLAGS = {key: "--" + key.replace("_", "-") for key in DEFAULTS}
+
+# The roofline prices one accelerator's step and ignores memory capacity, but
+# every sequence of the batch keeps its key-value cache in that memory: even a
+# 10M-parameter model at a context of 2048 caches about 10 MB per sequence in
+# bf16, so an 80-141 GB device holds some ten thousand sequences at most
+# (serving engines batch hundreds to a few thousand). Beyond 65536 the model
+# would price a step no device can take.
+MAX_BATCH = 65536.0
+# The longest context windows of current models are about 10M tokens; 2^24
+# leaves room, and beyond it the attention term prices caches no device holds.
+MAX_CONTEXT = float(2**24)
+
+
+def check_options(args) -> None:
+    """Refuse a wall-clock option given without --hardware; with it, fill in the defaults
+    and check every value (before anything is planned)."""
+    if not args.hardware:
+        for key, flag in FLAGS.items():
+            if getattr(args, key) is not None:
+                what = ("calibrates --hardware" if key == "step_times"
+                        else "is a wall-clock option of --hardware")
+                raise UsageError(f"sdsl plan: argument {flag}: {what}; add --hardware NAME")
+        return
+    for key, default in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
     from sdsl_jax.planning import hardware as hw
-    from sdsl_jax.planning.calibration import calibrate, read_step_times
     try:
-        hardware = hw.hardware_preset(args.hardware)
+        hw.hardware_preset(args.hardware)
     except ValueError as err:
-        raise UsageError(f"sdsl plan: --hardware: {err}") from None
-    if not (math.isfinite(args.batch) and args.batch > 0):
-        raise UsageError(f"sdsl plan: argument --batch: must be a finite number > 0, got {args.batch:g}")
-    if not (math.isfinite(args.kv_fraction) and args.kv_fraction >= 0):
-        raise UsageError(f"sdsl plan: argument --kv-fraction: must be a finite number >= 0, "
-                         f"got {args.kv_fraction:g}")
+        raise UsageError(f"sdsl plan: argument --hardware: {err}") from None
+    for flag, value, low, high, what in (
+            ("--batch", args.batch, 1.0, MAX_BATCH, "sequences"),
+            ("--context", args.context, 1.0, MAX_CONTEXT, "cached positions")):
+        if not (math.isfinite(value) and low <= value <= high):
+            raise UsageError(f"sdsl plan: argument {flag}: must be a number of {what} in "
+                             f"[{low:,.0f}, {high:,.0f}], got {value:g}")
+    if not (math.isfinite(args.kv_fraction) and 0 < args.kv_fraction <= 1):
+        raise UsageError(f"sdsl plan: argument --kv-fraction: must lie in (0, 1] (key-value heads "
+                         f"over query heads), got {args.kv_fraction:g}")
     for flag, value in (("--draft-precision", args.draft_precision),
                         ("--target-precision", args.target_precision)):
         try:
             hw.bytes_per_param(_precision(value))
         except ValueError as err:
             raise UsageError(f"sdsl plan: argument {flag}: {err}") from None
+
+
+def prepare(args):
+    """(hardware, workload, calibration or None) from the --hardware options, checked by
+    :func:`check_options`; reads and fits --step-times, so call it before planning."""
+    from sdsl_jax.planning import hardware as hw
+    from sdsl_jax.planning.calibration import calibrate, read_step_times
+    hardware = hw.hardware_preset(args.hardware)
     workload = hw.Workload(batch_size=args.batch, context=args.context, kv_fraction=args.kv_fraction)
     calibration = None
     if args.step_times:
         try:
             rows = read_step_times(args.step_times)
         except OSError as err:
-            raise UsageError(f"sdsl plan: --step-times: cannot read {args.step_times}: "
+            raise UsageError(f"sdsl plan: argument --step-times: cannot read {args.step_times}: "
                              f"{err.strerror}") from None
         except ValueError as err:
-            raise UsageError(f"sdsl plan: --step-times: {err}") from None
-        calibration = calibrate(hardware, rows, workload=workload)
+            raise UsageError(f"sdsl plan: argument --step-times: {err}") from None
+        try:
+            calibration = calibrate(hardware, rows, workload=workload)
+        except ValueError as err:
+            raise UsageError(f"sdsl plan: argument --step-times: {args.step_times}: {err}") from None
         hardware = calibration.hardware
     return hardware, workload, calibration
 
@@ -65,11 +109,11 @@ def _wallclock_record(plan) -> dict:
     return record
 
 
-def wallclock_plan(args, record: dict, laws: dict) -> dict:
+def wallclock_plan(args, record: dict, laws: dict, setup) -> dict:
     """The --hardware part of `sdsl plan`: the wall-clock plan and the FLOP plan's
-    draft evaluated on the same hardware."""
+    draft evaluated on the same hardware (``setup`` from :func:`prepare`)."""
     from sdsl_jax.planning import hardware as hw, wallclock as lp
-    hardware, workload, calibration = _hardware(args)
+    hardware, workload, calibration = setup
     common = dict(hardware=hardware, workload=workload, verify=args.verify,
                   draft_precision=_precision(args.draft_precision),
                   target_precision=_precision(args.target_precision),
