@@ -77,11 +77,11 @@ def read_bytes(path: str | os.PathLike) -> bytes:
         with open(source, "rb") as handle:
             return handle.read()
     except FileNotFoundError:
-        raise InputFileError(f"{source}: no such file", path=source) from None
+        raise InputFileError(f"{source}: cannot read it: no such file", path=source) from None
     except IsADirectoryError:
         raise InputFileError(f"{source} is a folder, expected a file", path=source) from None
     except OSError as err:
-        raise InputFileError(f"{source}: cannot read it ({err.strerror or err})", path=source) from None
+        raise InputFileError(f"{source}: cannot read it: {err.strerror or err}", path=source) from None
 
 
 def read_text(path: str | os.PathLike) -> str:

@@ -79,7 +79,7 @@ def test_binary_bytes_without_a_nul_say_binary(tmp_path):
 
 def test_a_folder_and_a_missing_file(tmp_path):
     _refused(lambda: read_text(tmp_path), str(tmp_path), "is a folder, expected a file")
-    _refused(lambda: read_text(tmp_path / "nope.csv"), "nope.csv", "no such file")
+    _refused(lambda: read_text(tmp_path / "nope.csv"), "nope.csv: cannot read it: no such file")
 
 
 def test_an_unreadable_file_gives_the_system_reason(tmp_path, monkeypatch):

@@ -359,7 +359,7 @@ def test_a_folder_a_missing_file_and_a_binary_file(tmp_path):
     (tmp_path / "dir.csv").mkdir()
     with pytest.raises(MeasurementError, match=r"dir\.csv is a folder, expected a file"):
         read_measurements(tmp_path / "dir.csv")
-    with pytest.raises(MeasurementError, match=r"nope\.csv: no such file"):
+    with pytest.raises(MeasurementError, match=r"nope\.csv: cannot read it: no such file"):
         read_measurements(tmp_path / "nope.csv")
     (tmp_path / "book.csv").write_bytes(b"PK\x03\x04" + bytes(range(256)))
     with pytest.raises(MeasurementError, match=r"book\.csv looks like a zip archive"):
