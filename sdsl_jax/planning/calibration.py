@@ -34,6 +34,7 @@ import numpy as np
 
 from sdsl_jax.common import validation as _validate
 from sdsl_jax.common.io import JsonlError, iter_jsonl
+from sdsl_jax.common.tables import decode_text
 from sdsl_jax.common.optimize import minimize
 from sdsl_jax.planning import hardware as hw
 
@@ -156,18 +157,21 @@ def read_step_times(path: str | os.PathLike, dtype=None) -> StepTimes:
     """Step times from a JSON Lines file (one record per line; fields: ``STEP_TIME_FIELDS``).
 
     Raises:
-      OSError: the file cannot be read.
-      ValueError: naming the line that is not JSON, or the record and field
-        that is wrong (:func:`step_time_rows`).
+      OSError: the file cannot be read (missing, a folder, no permission).
+      ValueError: the file is not UTF-8 text (Latin-1, UTF-16, binary: an
+        :class:`~sdsl_jax.common.tables.InputFileError`), or naming the line
+        that is not JSON, or the record and field that is wrong
+        (:func:`step_time_rows`).
     """
     # Every line is a record, the last one too with or without its newline:
     # a measurement file is the user's input, not an append-only log.
     with open(path, "rb") as handle:
         data = handle.read()
     source = str(path)
+    text = decode_text(data, source)
     records = []
     try:
-        for _, record in iter_jsonl(data, source):
+        for _, record in iter_jsonl(text, source):
             records.append(record)
     except JsonlError as err:
         if err.kind == "json":
@@ -176,13 +180,13 @@ def read_step_times(path: str | os.PathLike, dtype=None) -> StepTimes:
             raise
         # JSON but not an object: a record without named fields, which
         # step_time_rows names by its record number like any other bad record.
-        records.append(json.loads(_line(data, err.line)))
+        records.append(json.loads(_line(text, err.line)))
     return step_time_rows(records, source=source, dtype=dtype)
 
 
-def _line(data: bytes, number: int) -> str:
-    """Line ``number`` (from 1) of UTF-8 ``data``, lines split as common/io splits them."""
-    return io.StringIO(data.decode("utf-8-sig"), newline=None).readlines()[number - 1]
+def _line(text: str, number: int) -> str:
+    """Line ``number`` (from 1) of ``text``, lines split as common/io splits them."""
+    return io.StringIO(text.lstrip("\ufeff"), newline=None).readlines()[number - 1]
 
 
 def predict_step_times(hardware: hw.Hardware, rows: StepTimes,

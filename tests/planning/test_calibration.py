@@ -128,3 +128,30 @@ def test_last_line_without_newline_is_a_record_and_the_file_is_left_alone(tmp_pa
     rows = calibration.read_step_times(path)
     np.testing.assert_array_equal(np.asarray(rows.num_params), [1e9, 2e9])
     assert path.read_text() == text
+
+
+@pytest.mark.parametrize("data, words", [
+    ('{"params": 1e9, "seconds": 0.01, "device": "caf\xe9"}\n'.encode("latin-1"),
+     ("line 1", "not UTF-8", "0xE9")),
+    ('{"params": 1e9, "seconds": 0.01}\n'.encode("utf-16"), ("UTF-16", "save it as UTF-8")),
+    (b'{"params": 1e9, "seconds": 0.01}\n{"params": 2e9, "seconds": 0.\x0002}\n', ("line 2", "binary")),
+])
+def test_step_time_files_that_are_not_utf8_are_one_value_error(tmp_path, data, words):
+    path = tmp_path / "steps.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(ValueError) as err:
+        calibration.read_step_times(path)
+    message = str(err.value)
+    assert message.startswith(str(path)) and "\n" not in message
+    assert not isinstance(err.value, UnicodeDecodeError)
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_step_times_with_a_bom_read_like_without(tmp_path):
+    path = tmp_path / "steps.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"params": 1e9, "seconds": 0.01}\n[1]\n')
+    with pytest.raises(ValueError, match="record 2: expected an object"):
+        calibration.read_step_times(path)
+    path.write_bytes(b'\xef\xbb\xbf{"params": 1e9, "seconds": 0.01}\n')
+    np.testing.assert_array_equal(np.asarray(calibration.read_step_times(path).num_params), [1e9])
