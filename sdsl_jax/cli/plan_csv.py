@@ -89,34 +89,32 @@ def run(args) -> int:
 
 def _read_configs(path: str, default_draft_tokens):
     """The columns of :data:`INPUT_KEYS` as parsed numbers, each error naming file, row and
-    column."""
+    column (rows counted from the first data row, as in every table the CLI reads)."""
     from sdsl_jax.common.quantities import parse_count
+    from sdsl_jax.common.tables import InputFileError, read_csv_table
     try:
-        handle = open(path, newline="")
-    except OSError as err:
-        raise UsageError(f"sdsl plan: --csv: cannot read {path}: {err.strerror}") from None
-    with handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        for required in ("target_params", "target_tokens"):
-            if required not in header:
-                raise UsageError(f"{path}: missing column {required!r} (found {header})")
-        columns = {key: [] for key in INPUT_KEYS}
-        for line, row in enumerate(reader, start=2):
-            for key in INPUT_KEYS:
-                text = row.get(key)
-                if key == "draft_tokens" and (text is None or text.strip() == ""):
-                    value = default_draft_tokens if default_draft_tokens else columns["target_tokens"][-1]
-                else:
-                    if text is None:
-                        raise UsageError(f"{path}: row {line}, column {key}: missing value")
-                    try:
-                        value = parse_count(text)
-                    except ValueError as err:
-                        raise UsageError(f"{path}: row {line}, column {key}: {err}") from None
-                columns[key].append(value)
-    if not columns["target_params"]:
-        raise UsageError(f"{path}: no rows")
+        table = read_csv_table(path, required=INPUT_KEYS[:2], optional=INPUT_KEYS[2:])
+    except InputFileError as err:
+        raise UsageError(f"sdsl plan: --csv: {err}") from None
+    columns = {key: [] for key in INPUT_KEYS}
+    for index, row in enumerate(table.records()):
+        for key in INPUT_KEYS:
+            text = row.get(key, "").strip()
+            if key == "draft_tokens" and not text:
+                # No draft_tokens: --draft-tokens, else the target's.
+                value = default_draft_tokens if default_draft_tokens else columns["target_tokens"][-1]
+            else:
+                try:
+                    value = parse_count(text) if text else None
+                except ValueError as err:
+                    raise UsageError(f"sdsl plan: --csv: {table.where(index, key)}: {err}") from None
+                if value is None:
+                    raise UsageError(f"sdsl plan: --csv: {table.where(index, key)}: no value")
+                if value < 1:
+                    unit = "parameter" if key.endswith("params") else "token"
+                    raise UsageError(f"sdsl plan: --csv: {table.where(index, key)}: {text} is "
+                                     f"less than one {unit}")
+            columns[key].append(value)
     return columns
 
 
