@@ -30,13 +30,20 @@ Optional columns:
   family                        draft family; points are coloured by it
   prompts                       how many prompts each mean is over
 
-Other columns are ignored. An empty cell (CSV), null (JSON) or missing key is
-absent; a latency that is absent leaves the point out of that panel.
+Other columns are ignored, except one whose name is a near miss of a column
+above that the table lacks (``ttf``, ``TPOT``): it is refused with a
+did-you-mean, since its values would otherwise be silently dropped. An empty
+cell (CSV), null (JSON) or missing key is absent; a latency that is absent
+leaves the point out of that panel.
+
+Files are read through :mod:`sdsl_jax.common.tables`: UTF-8 with or without a
+byte-order mark; other encodings, binary files, duplicated or blank column
+names and CSV rows with more or fewer fields than the header are refused with
+the file, row and column named.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
@@ -46,6 +53,8 @@ import numpy as np
 
 from sdsl_jax.common.io import JsonlError, parse_jsonl
 from sdsl_jax.common.quantities import format_count, parse_count
+from sdsl_jax.common.tables import (InputFileError, check_column_names, decode_text,
+                                    parse_csv_table, read_bytes)
 
 METRICS = ("ttft", "tpot", "ttot")
 REQUIRED_COLUMNS = ("draft_params", "target_params")
@@ -53,6 +62,7 @@ SIZE_COLUMNS = ("draft_params", "target_params", "draft_tokens", "target_tokens"
 NUMBER_COLUMNS = SIZE_COLUMNS + METRICS + tuple(f"{m}_{end}" for m in METRICS for end in ("low", "high")) + (
     "prompts",)
 TEXT_COLUMNS = ("draft_model", "target_model", "family")
+KNOWN_COLUMNS = NUMBER_COLUMNS + TEXT_COLUMNS
 # metric -> (panel title, unit label, scale from seconds)
 PANELS = {
     "ttft": ("time to first token (TTFT)", "TTFT (ms)", 1e3),
@@ -64,7 +74,7 @@ _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "p
 _TOLERANCE = 1e-9
 
 
-class LatencyError(ValueError):
+class LatencyError(InputFileError):
     """A latency table that cannot be used; the message names the file, row and column."""
 
 
@@ -87,17 +97,26 @@ def read_latency(path: str | os.PathLike) -> LatencyTable:
     """Read and validate a latency table (see the module docstring for the columns).
 
     Raises:
-      LatencyError: a missing required column, or a bad value (file, row, column named).
-      FileNotFoundError: no such file.
+      LatencyError: a missing, unreadable or non-UTF-8 file, a missing
+        required column, a misspelt one, or a bad value (file, row, column named).
     """
     source = os.fspath(path)
     kind = _FORMATS.get(Path(source).suffix.lower())
     if kind is None:
         raise LatencyError(f"{source}: cannot tell the format from the extension; "
-                           "use .csv, .jsonl, .ndjson or .parquet")
-    with open(source, "rb"):
-        pass  # FileNotFoundError / PermissionError before any parsing
-    records = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[kind](source)
+                           "name the file .csv, .jsonl, .ndjson or .parquet", path=source)
+    try:
+        data = read_bytes(source)
+        if not data:
+            raise LatencyError(f"{source}: empty file, expected a latency table", path=source)
+        records = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[kind](data, source)
+        check_column_names(dict.fromkeys(name for record in records for name in record), source,
+                           required=(), known=KNOWN_COLUMNS, unknown="keep")
+    except LatencyError:
+        raise
+    except InputFileError as err:
+        raise LatencyError(str(err), path=err.path, row=err.row, line=err.line,
+                           column=err.column) from None
     return latency_table(records, source)
 
 
@@ -166,37 +185,33 @@ def _number(source, row, name, value) -> float:
     return number
 
 
-def _read_csv(source):
-    with open(source, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames:
-            raise LatencyError(f"{source}: empty file (expected a header row)")
-        rows = []
-        for record in reader:
-            if None in record or any(v is None for v in record.values()):
-                raise LatencyError(f"{source}: row {len(rows) + 1}: the number of fields "
-                                   "does not match the header")
-            rows.append({k.strip(): v for k, v in record.items()})
-    return rows
+def _read_csv(data: bytes, source: str) -> list[dict]:
+    # Unknown columns are ignored (the module docstring), so "keep"; the
+    # required ones are latency_table's to name, for every format alike.
+    return parse_csv_table(decode_text(data, source), source, required=(), optional=KNOWN_COLUMNS,
+                           unknown="keep").records()
 
 
-def _read_jsonl(source):
+def _read_jsonl(data: bytes, source: str) -> list[dict]:
     try:
-        return parse_jsonl(Path(source).read_bytes(), source)
+        return parse_jsonl(decode_text(data, source), source)
     except JsonlError as err:
         if err.kind == "object":
-            raise LatencyError(f"{source}: line {err.line}: expected a JSON object") from None
-        raise LatencyError(str(err)) from None
+            raise LatencyError(f"{source}: line {err.line}: expected a JSON object",
+                               path=source, line=err.line) from None
+        raise
 
 
-def _read_parquet(source):
+def _read_parquet(data: bytes, source: str) -> list[dict]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(source).to_pylist()
+        # One thread: pyarrow's pool still running at interpreter exit can
+        # abort the process after a refusal has been printed.
+        return pq.read_table(pa.BufferReader(data), use_threads=False).to_pylist()
     except pa.ArrowException as err:
-        raise LatencyError(f"{source}: not a readable Parquet file ({err})") from None
+        raise LatencyError(f"{source}: not a readable Parquet file ({err})", path=source) from None
 
 
 def optimal_sizes(table: LatencyTable, laws, *, draft_tokens=None, method: str = "bracket") -> np.ndarray:

@@ -144,7 +144,7 @@ def test_every_figure_is_written_as_png_and_pdf(files, run_cli, figure, extra):
     (["plot", "throughput", "--target-params", "7B", "13B", "--target-tokens", "1T", "2T", "3T"],
      "one per target"),
     (["plot", "throughput", "--interval", "bootstrap"], "bootstrap samples"),
-    (["plot", "draft-size", "--target-params-range", "10B", "1B"], "0 < low < high"),
+    (["plot", "draft-size", "--target-params-range", "10B", "1B"], "1 <= LOW < HIGH"),
     (["plot", "nosuch"], "invalid choice"),
 ])
 def test_mistakes_are_one_line_and_exit_2(files, run_cli, argv, needle):
@@ -471,3 +471,64 @@ def test_plot_refuses_to_overwrite_a_figure_and_replaces_it_with_overwrite(tmp_p
     (tmp_path / "dir.png").mkdir()
     code, _, err = run_cli(argv[:-1] + [str(tmp_path / "dir"), "--overwrite"])
     assert code == 2 and "is a folder" in err
+
+
+# ---------------------------------------------------------------- latency files a user gives
+
+_LATENCY_HEADER = "draft_params,target_params,optimal_draft_params,tpot"
+
+
+@pytest.mark.parametrize("name, data, words", [
+    ("lat.csv", f"{_LATENCY_HEADER},draft_model\n1e8,1e9,2e8,0.02,caf\xe9\n".encode("latin-1"),
+     ("line 2", "0xE9", "UTF-8")),
+    ("lat.csv", f"{_LATENCY_HEADER}\n1e8,1e9,2e8,0.02\n".encode("utf-16"), ("UTF-16",)),
+    ("lat.jsonl", '{"draft_params": 1e8, "family": "caf\xe9"}\n'.encode("latin-1"), ("line 1", "0xE9")),
+    ("lat.csv", b"PK\x03\x04\x14\x00\x06\x00", ("zip archive",)),
+    ("lat.csv", f"{_LATENCY_HEADER}\n1e8,1e9,2e8,0.02\x00\n".encode(), ("NUL", "binary")),
+    ("lat.csv", f"{_LATENCY_HEADER},tpot\n1e8,1e9,2e8,0.02,0.03\n".encode(), ("'tpot'", "twice")),
+    ("lat.csv", f"{_LATENCY_HEADER}\n1e8,1e9,2e8,0.02,0.5\n".encode(),
+     ("row 1", "5 fields", "column 5 has no header")),
+    ("lat.csv", f"{_LATENCY_HEADER}\n1e8,1e9,2e8,0.02\n1e8,1e9,2e8\n".encode(),
+     ("row 2", "missing column 'tpot'")),
+    ("lat.csv", b"draft_params,target_params,optimal_draft_params,tpot,ttf\n1,2,3,4,5\n",
+     ("'ttf'", "did you mean 'ttft'?")),
+    ("lat.jsonl", b'{"draft_params": 1, "target_params": 2, "TPOT": 0.1}\n', ("'TPOT'", "'tpot'")),
+    ("lat.csv", b"", ("empty",)),
+    ("lat.csv", f"{_LATENCY_HEADER}\n".encode(), ("only a header",)),
+    ("lat.txt", f"{_LATENCY_HEADER}\n".encode(), (".csv, .jsonl",)),
+])
+def test_latency_files_a_user_gives_are_refused_in_one_line(tmp_path, name, data, words):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(latency.LatencyError) as err:
+        latency.read_latency(path)
+    message = str(err.value)
+    assert message.startswith(str(path)) and "\n" not in message, message
+    assert "format=" not in message
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_latency_reads_a_bom_and_keeps_ignoring_columns_far_from_known_ones(tmp_path):
+    path = tmp_path / "lat.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + f"{_LATENCY_HEADER},notes\n1e8,1e9,2e8,0.02,fast\n".encode())
+    table = latency.read_latency(path)
+    assert table.columns["tpot"][0] == 0.02 and "notes" not in table.columns
+
+
+def test_latency_folder_and_missing_file(tmp_path):
+    (tmp_path / "d.csv").mkdir()
+    with pytest.raises(latency.LatencyError, match="is a folder"):
+        latency.read_latency(tmp_path / "d.csv")
+    with pytest.raises(latency.LatencyError, match="no such file"):
+        latency.read_latency(tmp_path / "none.csv")
+
+
+def test_latency_parquet_with_a_null_is_read_in_one_thread(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    path = tmp_path / "lat.parquet"
+    pq.write_table(pa.table({"draft_params": [1e8, None], "target_params": [1e9, 1e9],
+                             "tpot": [0.02, 0.03]}), path)
+    with pytest.raises(latency.LatencyError, match=r"row 2, column 'draft_params': a value is required"):
+        latency.read_latency(path)
