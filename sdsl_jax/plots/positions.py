@@ -19,23 +19,25 @@ lookahead.
 A runs file is JSON Lines, one object per prompt, with ``lookahead`` (gamma,
 the same on every line) and ``accepted_per_iteration`` (K of each iteration,
 integers in [0, gamma]); ``prompt_id``, ``draft_model`` and ``target_model``
-are used when present. ``sdsl measure --out`` writes such files.
+are used when present. ``sdsl measure --out`` writes such files. The file is
+UTF-8 text (a byte-order mark is dropped); a Latin-1, UTF-16 or binary file,
+a folder or a missing file is one :class:`RunsError` naming it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from sdsl_jax.common.io import JsonlError, iter_jsonl
+from sdsl_jax.common.tables import InputFileError, read_text
 from sdsl_jax.common.validation import is_int
 
 
-class RunsError(ValueError):
+class RunsError(InputFileError):
     """A runs file that cannot be drawn; the message names the file and the line."""
 
 
@@ -100,13 +102,17 @@ def read_runs(path: str | os.PathLike) -> PositionRuns:
 
 
 def _records(source: str):
-    """(line number, record) of each non-blank line; RunsError for one that is not an object."""
+    """(line number, record) of each non-blank line; RunsError for a file that cannot be read
+    as JSON Lines or a line that is not an object."""
     try:
-        yield from iter_jsonl(Path(source).read_bytes(), source)
+        yield from iter_jsonl(read_text(source), source)
     except JsonlError as err:
         if err.kind == "object":
-            raise RunsError(f"{source}: line {err.line}: expected a JSON object") from None
-        raise RunsError(str(err)) from None
+            raise RunsError(f"{source}: line {err.line}: expected a JSON object",
+                            path=source, line=err.line) from None
+        raise RunsError(str(err), path=source, line=err.line) from None
+    except InputFileError as err:
+        raise RunsError(str(err), path=source, line=err.line) from None
 
 
 def plot_positions(runs: Sequence[PositionRuns], *, confidence: float = 0.95,

@@ -96,3 +96,33 @@ def test_mistakes_are_one_line(tmp_path, run_cli, content, needle):
 def test_missing_file_is_one_line(tmp_path, run_cli):
     code, _, err = run_cli(["plot", "positions", tmp_path / "none.jsonl"])
     assert code == 2 and "cannot read" in err and err.count("\n") == 1
+
+
+_GOOD = '{"lookahead": 2, "accepted_per_iteration": [0, 1, 2], "draft_model": "d"}\n'
+
+
+@pytest.mark.parametrize("data, words", [
+    (_GOOD.replace('"d"', '"caf\xe9"').encode("latin-1"), ("line 1", "0xE9", "save it as UTF-8")),
+    (_GOOD.encode("utf-16"), ("UTF-16", "save it as UTF-8")),
+    (_GOOD.encode() + b"\x00\x01\x02", ("line 2", "NUL", "binary")),
+    (b"\x89PNG\r\n\x1a\n" + bytes(range(256)), ("PNG",)),
+])
+def test_runs_files_that_are_not_utf8_are_one_line(tmp_path, run_cli, data, words):
+    path = tmp_path / "runs.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(RunsError) as info:
+        read_runs(path)
+    message = str(info.value)
+    assert message.startswith(str(path)) and "\n" not in message
+    for word in words:
+        assert word in message, (word, message)
+    code, _, err = run_cli(["plot", "positions", path, "--out", tmp_path / "x"])
+    assert code == 2 and err.count("\n") == 1 and words[0] in err, err
+
+
+def test_a_runs_file_with_a_bom_reads_and_a_folder_is_named(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + _GOOD.encode())
+    assert read_runs(path).lookahead == 2
+    with pytest.raises(RunsError, match="is a folder, expected a file"):
+        read_runs(tmp_path)
