@@ -21,6 +21,7 @@ from typing import Any
 
 from sdsl_jax.common.validation import finite_or_none
 from sdsl_jax.common.io import JsonlError, parse_jsonl, write_jsonl
+from sdsl_jax.common.tables import InputFileError, read_text
 from sdsl_jax.decoding.run import LATENCIES, SETTINGS, MeasureRunError
 
 
@@ -115,15 +116,14 @@ def write_row(path: str, row: dict) -> None:
     rows = []
     if os.path.exists(path):
         try:
-            with open(path, "rb") as handle:
-                # The whole file, last line included with or without its newline: a
-                # rows file is replaced whole, never appended to, so nothing is torn.
-                rows = parse_jsonl(handle.read(), path)
-        except OSError as err:
-            raise MeasureRunError(f"sdsl measure: argument --rows: cannot read {path}: "
-                                  f"{err.strerror}") from None
+            # The whole file, last line included with or without its newline: a
+            # rows file is replaced whole, never appended to, so nothing is torn.
+            rows = parse_jsonl(read_text(path), path)
         except JsonlError as err:
             raise MeasureRunError(f"sdsl measure: argument --rows: cannot read {err}") from None
+        except InputFileError as err:
+            # A folder, no permission, Latin-1 or binary: the file is left as it is.
+            raise MeasureRunError(f"sdsl measure: argument --rows: {err}") from None
     # A row names its batch size "batch", as step-time records do; a
     # teacher-forced row never replaces the loop's row of the same pair.
     key = lambda r: tuple(r.get("batch" if k == "batch_size" else k) for k in SETTINGS) + (
