@@ -49,6 +49,23 @@ class LinearRule:
                 + self.log_tokens_coeff * jnp.log(jnp.asarray(draft_tokens)))
 
 
+class RuleUndefinedError(ValueError):
+    """Speculation does not pay at some configurations of the grid, so the line through
+    N* is undefined there (the planner returns no draft).
+
+    Attributes:
+      pays: boolean array, the broadcast grid, True where speculation pays.
+      target_params, draft_tokens, target_tokens: the grid, broadcast to ``pays``' shape.
+    """
+
+    def __init__(self, message, *, pays, target_params, draft_tokens, target_tokens):
+        super().__init__(message)
+        self.pays = pays
+        self.target_params = target_params
+        self.draft_tokens = draft_tokens
+        self.target_tokens = target_tokens
+
+
 def fit_linear_rule(target_params: ArrayLike, draft_tokens: ArrayLike, target_tokens: ArrayLike,
                     *, with_log_tokens: bool = False, **plan_kwargs) -> LinearRule:
     """Least-squares line through the planner's N* over a grid of configurations.
@@ -58,12 +75,27 @@ def fit_linear_rule(target_params: ArrayLike, draft_tokens: ArrayLike, target_to
         broadcast point is one configuration of the fit.
       with_log_tokens: also fit the log(D) term.
       **plan_kwargs: passed to :func:`sdsl_jax.optimal_draft_size` (laws, method).
+
+    Raises:
+      RuleUndefinedError: where speculation does not pay at some configuration
+        (it carries the grid and where it pays).
     """
     plan = planner.optimal_draft_size(target_params, draft_tokens, target_tokens, **plan_kwargs)
-    m, d, n_star = (np.ravel(np.asarray(v, np.float64)) for v in jnp.broadcast_arrays(
-        jnp.asarray(target_params), jnp.asarray(draft_tokens), plan.draft_params))
-    if not np.all(np.asarray(plan.pays)):
-        raise ValueError("speculation does not pay for some configurations; the rule is undefined there")
+    grid = [np.asarray(v, np.float64) for v in jnp.broadcast_arrays(
+        jnp.asarray(target_params), jnp.asarray(draft_tokens), jnp.asarray(target_tokens),
+        plan.draft_params)]
+    pays = np.broadcast_to(np.asarray(plan.pays), grid[0].shape)
+    if not np.all(pays):
+        first = np.unravel_index(np.argmin(pays), pays.shape)
+        raise RuleUndefinedError(
+            f"speculation does not pay at {pays.size - int(pays.sum())} of {pays.size} "
+            f"configurations (e.g. target_params={grid[0][first]:.4g}, draft_tokens="
+            f"{grid[1][first]:.4g}, target_tokens={grid[2][first]:.4g}); the rule is undefined there",
+            pays=pays, target_params=grid[0], draft_tokens=grid[1], target_tokens=grid[2])
+    m, d, n_star = (np.ravel(v) for v in (grid[0], grid[1], grid[3]))
+    if with_log_tokens and np.ptp(d) == 0:
+        raise ValueError("with_log_tokens needs more than one draft_tokens value: with one, "
+                         "log D is a constant beside the intercept and its coefficient is undetermined")
     columns = [m, np.ones_like(m)] + ([np.log(d)] if with_log_tokens else [])
     design = np.stack(columns, axis=1)
     # Scale columns so the solve is well conditioned when M ~ 1e11 and 1 sit side by side.
