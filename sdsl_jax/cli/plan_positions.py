@@ -24,16 +24,20 @@ FILE_HELP = ("JSON from `sdsl measure --json` or `--summary` (its position_rates
 
 def _read(path: str):
     """(rates, acceptance or None, cost ratio or None, label) from FILE."""
+    from sdsl_jax.common.tables import InputFileError, read_text
     prog = "sdsl plan: --position-rates"
     try:
-        with open(path, encoding="utf-8") as handle:
-            content = json.load(handle)
-    except OSError as err:
-        raise UsageError(f"{prog}: cannot read {path}: {err.strerror}") from None
+        # UTF-8 with or without a byte-order mark; a folder, a missing, Latin-1,
+        # UTF-16 or binary file is one line naming it.
+        text = read_text(path)
+    except InputFileError as err:
+        raise UsageError(f"{prog}: {err}") from None
+    try:
+        content = json.loads(text)
     except json.JSONDecodeError as err:
         raise UsageError(f"{prog}: {path} is not one JSON value ({err.msg} at line "
-                         f"{err.lineno}); give the output of `sdsl measure --json` or a list "
-                         "of rates") from None
+                         f"{err.lineno}, column {err.colno}); give the output of `sdsl measure "
+                         "--json` or a list of rates") from None
     acceptance = cost_ratio = None
     label = path
     if isinstance(content, dict):
@@ -43,6 +47,13 @@ def _read(path: str):
         rates = content["position_rates"]
         acceptance = content.get("acceptance")
         cost_ratio = content.get("cost_ratio")
+        # Checked here, where the file can be named: the planner takes them as they are.
+        if acceptance is not None and not _is_number(acceptance, 0, 1):
+            raise UsageError(f"{prog}: {path}: acceptance must be a number in [0, 1] or null, "
+                             f"got {acceptance!r}")
+        if cost_ratio is not None and not (_is_number(cost_ratio, 0, math.inf) and cost_ratio > 0):
+            raise UsageError(f"{prog}: {path}: cost_ratio must be a finite number > 0 or null, "
+                             f"got {cost_ratio!r}")
         if content.get("draft_model") and content.get("target_model"):
             label = f"{path}: {content['draft_model']} -> {content['target_model']}"
             if content.get("lookahead"):
@@ -59,8 +70,7 @@ def _read(path: str):
     for i, rate in enumerate(rates, 1):
         if rate is None:
             break
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (
-                math.isfinite(rate) and 0 <= rate <= 1):
+        if not _is_number(rate, 0, 1):
             raise UsageError(f"{prog}: {path}: the rate at draft position {i} must be a number "
                              f"in [0, 1], got {rate!r}")
         usable.append(float(rate))
@@ -70,6 +80,12 @@ def _read(path: str):
         print(f"note: draft positions {len(usable) + 1}..{len(rates)} were never reached; "
               f"planning over 1..{len(usable)}", file=sys.stderr)
     return usable, acceptance, cost_ratio, label
+
+
+def _is_number(value, low: float, high: float) -> bool:
+    """A finite JSON number (not true/false) in [low, high]."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            and low <= value <= high)
 
 
 def run(args) -> int:
