@@ -61,12 +61,14 @@ def _corpus_prompts(args, model: Model, count: int, length: int):
 def file_prompts(args, model: Model):
     """(token lists, prompt-set name): the first --prompts (or --documents) lines of
     --prompt-file, all by default."""
+    from sdsl_jax.common.tables import InputFileError, decode_text, read_bytes
     try:
-        with open(args.prompt_file, encoding="utf-8") as handle:
-            content = handle.read()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"sdsl measure: argument --prompt-file: cannot read "
-                         f"{args.prompt_file}: {err}") from None
+        data = read_bytes(args.prompt_file)
+        # UTF-8, a byte-order mark dropped (it is not part of the first prompt);
+        # Latin-1, UTF-16 or binary is one line naming the file and line.
+        content = decode_text(data, args.prompt_file)
+    except InputFileError as err:
+        raise UsageError(f"sdsl measure: argument --prompt-file: {err}") from None
     lines = [line for line in content.splitlines() if line.strip()]
     if not lines:
         raise UsageError(f"sdsl measure: argument --prompt-file: {args.prompt_file} has no prompts")
@@ -77,7 +79,11 @@ def file_prompts(args, model: Model):
         raise UsageError(f"sdsl measure: argument {flag}: {args.prompt_file} has only "
                          f"{len(lines)} lines, {count} asked for")
     prompts = [model.encode(line) for line in lines[:count]]
-    digest = hashlib.sha256(content.encode("utf-8")).hexdigest()
+    # The name hashes the text as it was read before the byte-order mark was
+    # dropped (newlines as Python's text mode gives them), so that a run
+    # resumed on the same file keeps its prompt set.
+    as_before = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    digest = hashlib.sha256(as_before.encode("utf-8")).hexdigest()
     return prompts, f"file:{digest[:16]}"
 
 

@@ -135,13 +135,14 @@ def _looks_binary(data: bytes) -> bool:
 
 
 def _looks_like_utf16(data: bytes) -> bool:
-    # ASCII text in UTF-16 has a NUL in every other byte, all on one side.
+    # ASCII text in UTF-16 is printable bytes with a NUL beside each, all on one side.
     head = data[:512]
-    if len(head) < 4:
+    if len(head) < 8:
         return False
     even, odd = head[0::2], head[1::2]
-    return even.count(0) == 0 and odd.count(0) >= len(odd) // 2 or (
-        odd.count(0) == 0 and even.count(0) >= len(even) // 2)
+    printable = lambda side: sum(b in b"\t\n\r" or 32 <= b < 127 for b in side) >= 0.9 * len(side)
+    zeros = lambda side: side.count(0) >= 0.9 * len(side)
+    return (zeros(odd) and printable(even)) or (zeros(even) and printable(odd))
 
 
 # --------------------------------------------------------------------------

@@ -244,3 +244,11 @@ def test_input_file_error_is_a_value_error_with_its_parts(tmp_path):
     with pytest.raises(ValueError) as info:
         _read(path)
     assert (info.value.path, info.value.row, info.value.line) == (str(path), 1, 2)
+
+
+def test_short_binary_is_not_taken_for_utf16(tmp_path):
+    path = _csv(tmp_path, b"\x00\x01\x02abc")
+    message = _refused(lambda: read_text(path), "NUL", "binary")
+    assert "UTF-16" not in message
+    path = _csv(tmp_path, "prompt one\n".encode("utf-16-be"))
+    _refused(lambda: read_text(path), "UTF-16")
