@@ -194,7 +194,12 @@ def _fit_per_target(rows, num_targets):
     x_mean, alpha_mean = total(w * x) / safe, total(w * alpha) / safe
     dx, dalpha = x - x_mean[t], alpha - alpha_mean[t]  # centred within each target
     sxx, sxa = total(w * dx**2), total(w * dx * dalpha)
-    slope = jnp.where(sxx > 0, sxa / jnp.where(sxx > 0, sxx, 1.0), jnp.nan)
+    # One draft perplexity leaves deviations of rounding size about a mean that
+    # is not exactly x, not exactly 0: a spread below 100 eps of the largest x
+    # (real spreads are 1e10 times that) is none, and the slope undetermined.
+    x_scale = jax.ops.segment_max(jnp.abs(x), t, num_segments=num_targets)
+    spread = sxx > w_sum * (100 * jnp.finfo(x.dtype).eps * x_scale) ** 2
+    slope = jnp.where(spread, sxa / jnp.where(spread, sxx, 1.0), jnp.nan)
     intercept = alpha_mean - slope * x_mean
     # Unweighted R^2 within each target, as the paper reports it.
     residual = alpha - (slope[t] * x + intercept[t])

@@ -161,7 +161,7 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
             # Never "0 +- 0": no estimate, no interval (the reason is in "undetermined").
             entry = {key: None for key in entry}
         coefficient_table[name] = entry
-    plane_report = _plane_report(plane, target_varies)
+    plane_report = plane_summary(plane, target_varies)
     report = {
         "source": measurements.source,
         "measurements": len(measurements),
@@ -170,7 +170,7 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
         "weighting": "interval" if weighted else "equal",
         "confidence": confidence,
         "acceptance_plane": plane_report,
-        "per_target": [_per_target_report(targets[t], per_target, t) for t in range(len(targets))],
+        "per_target": [per_target_summary(targets[t], per_target, t) for t in range(len(targets))],
         "pretraining_huber": None if huber is None else {
             **{f: float(getattr(huber.law, f)) for f in laws_lib.PRETRAINING_FIELDS},
             "r2": float(huber.r2)},
@@ -201,7 +201,7 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
     return {"laws": laws, "report": laws_lib.json_safe(report)}
 
 
-def _plane_report(plane, target_varies: bool) -> dict:
+def plane_summary(plane, target_varies: bool) -> dict:
     """The acceptance plane's part of the report; an undetermined coefficient is None,
     with its reason in "undetermined", never 0 with a standard error of 0."""
     names = laws_lib.ACCEPTANCE_FIELDS
@@ -223,7 +223,7 @@ def _plane_report(plane, target_varies: bool) -> dict:
             "undetermined": undetermined}
 
 
-def _per_target_report(target: str, per_target, t: int) -> dict:
+def per_target_summary(target: str, per_target, t: int) -> dict:
     """One target's alpha = A_t x + C_t; with one draft perplexity neither is determined."""
     entry = {"target": target, "measurements": int(per_target.measurements[t]),
              "draft_coeff": finite_or_none(per_target.draft_coeff[t]),
@@ -233,6 +233,17 @@ def _per_target_report(target: str, per_target, t: int) -> dict:
         entry.update(intercept=None, r2=None,
                      undetermined={"draft_coeff": ONE_DRAFT, "intercept": ONE_DRAFT})
     return entry
+
+
+@jax.jit
+def _hessian_and_jacobian(theta, data, row_weight):
+    """The end-to-end objective's Hessian at theta (the fit's coordinates) and the
+    Jacobian of the natural coefficients, in one compiled call."""
+    moments = joint_fit.acceptance_moments(data, row_weight)
+    point_weight = jnp.ones_like(data.point_log_loss)
+    total = lambda t: jnp.sum(jnp.stack(joint_fit.moment_objective(t, data, moments, point_weight)))
+    return (jax.hessian(total)(theta),
+            jax.jacobian(lambda t: joint_fit.natural_coefficients(t, data))(theta))
 
 
 def undetermined_coefficients(fit, rows, points, fit_target_coeff: bool = True) -> list[str]:
@@ -251,19 +262,16 @@ def undetermined_coefficients(fit, rows, points, fit_target_coeff: bool = True) 
     if bool(fit.identifiable):
         return []
     data = joint_fit.prepare(rows, points)
-    moments = joint_fit.acceptance_moments(data, rows.weight)
-    point_weight = jnp.ones_like(data.point_log_loss)
-    total = lambda t: jnp.sum(jnp.stack(joint_fit.moment_objective(t, data, moments, point_weight)))
+    hessian, jacobian = _hessian_and_jacobian(fit.theta, data, rows.weight)
     index = np.array([i for i in range(len(laws_lib.COEFFICIENTS))
                       if i != joint_fit.TARGET_COEFF or fit_target_coeff])
-    hessian = np.asarray(jax.hessian(total)(fit.theta), np.float64)[np.ix_(index, index)]
+    hessian = np.asarray(hessian, np.float64)[np.ix_(index, index)]
     eigenvalues, vectors = np.linalg.eigh(hessian)
     cutoff = index.size * np.finfo(np.asarray(fit.theta).dtype).eps * abs(eigenvalues[-1])
     # At least the flattest direction: the fit called the Hessian singular,
     # and a second eigendecomposition may round its eigenvalue just above the cut-off.
     flat = vectors[:, np.maximum(eigenvalues <= cutoff, eigenvalues == eigenvalues[0])]
-    jacobian = np.asarray(jax.jacobian(lambda t: joint_fit.natural_coefficients(t, data))(fit.theta),
-                          np.float64)[:, index]
+    jacobian = np.asarray(jacobian, np.float64)[:, index]
     moved = np.abs(jacobian @ flat).max(axis=1)
     scale = np.abs(jacobian).max(axis=1)
     return [name for name, m, s in zip(laws_lib.COEFFICIENTS, moved, scale)

@@ -80,6 +80,9 @@ def fit_linear_rule(target_params: ArrayLike, draft_tokens: ArrayLike, target_to
       RuleUndefinedError: where speculation does not pay at some configuration
         (it carries the grid and where it pays).
     """
+    if with_log_tokens and np.ptp(np.asarray(draft_tokens, np.float64)) == 0:
+        raise ValueError("with_log_tokens needs more than one draft_tokens value: with one, "
+                         "log D is a constant beside the intercept and its coefficient is undetermined")
     plan = planner.optimal_draft_size(target_params, draft_tokens, target_tokens, **plan_kwargs)
     grid = [np.asarray(v, np.float64) for v in jnp.broadcast_arrays(
         jnp.asarray(target_params), jnp.asarray(draft_tokens), jnp.asarray(target_tokens),
@@ -93,9 +96,6 @@ def fit_linear_rule(target_params: ArrayLike, draft_tokens: ArrayLike, target_to
             f"{grid[1][first]:.4g}, target_tokens={grid[2][first]:.4g}); the rule is undefined there",
             pays=pays, target_params=grid[0], draft_tokens=grid[1], target_tokens=grid[2])
     m, d, n_star = (np.ravel(v) for v in (grid[0], grid[1], grid[3]))
-    if with_log_tokens and np.ptp(d) == 0:
-        raise ValueError("with_log_tokens needs more than one draft_tokens value: with one, "
-                         "log D is a constant beside the intercept and its coefficient is undetermined")
     columns = [m, np.ones_like(m)] + ([np.log(d)] if with_log_tokens else [])
     design = np.stack(columns, axis=1)
     # Scale columns so the solve is well conditioned when M ~ 1e11 and 1 sit side by side.
