@@ -458,7 +458,7 @@ def _refuse_unless_overwrite(argv) -> str:
 # --------------------------------------------------------------------------
 # Modes and mutations.
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Mode:
     """One subcommand in one mode: a valid baseline and what may be done to it.
 
@@ -491,6 +491,9 @@ class Mode:
     corpus: bool = False
     models: bool = False
     default_outputs: tuple[str, ...] = ()
+
+    def __repr__(self):
+        return f"Mode({self.name!r})"
 
     @property
     def subcommand(self) -> str:
@@ -528,8 +531,7 @@ MODES = (
                  "--draft-tokens": "count", **PRESETS},
          required=("--target-params", "--target-tokens"),
          foreign=(("--out", "{dir}/plan.csv"), ("--resume",), ("--overwrite",),
-                  ("--cost-ratio", "0.1"), ("--interval", "delta"), *HARDWARE_ONLY),
-         inputs={"steps.jsonl": "steps"}),
+                  ("--cost-ratio", "0.1"), ("--interval", "delta"), *HARDWARE_ONLY)),
     Mode("plan --laws", ("plan",),
          options=_opts(("--laws", "{dir}/laws.json"), ("--target-params", "70B"),
                        ("--target-tokens", "15T"), "--json"),
@@ -661,7 +663,7 @@ MODES = (
 MODES_BY_NAME = {mode.name: mode for mode in MODES}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Mutation:
     """One way to spoil a baseline. ``expect`` is REFUSE, ACCEPT or EITHER, or a function
     of the final argv giving one (notes.txt as --out is fine with --overwrite)."""
@@ -674,6 +676,9 @@ class Mutation:
     add: tuple[str, ...] = ()
     file: str | None = None  # the input file it corrupts, or the output it pre-creates
     corrupt: Callable[[bytes], bytes] | None = None
+
+    def __repr__(self):
+        return f"Mutation({self.label!r})"
 
 
 def mutations(mode: Mode) -> list[Mutation]:

@@ -64,9 +64,14 @@ def laws_bytes(tmp_path_factory):
 
 
 @pytest.fixture
-def env(request, corpus_dir):
+def env(request, corpus_dir, monkeypatch):
     """What a mode's cases need: the corpus, the trained pair and the laws, built only
     for the modes that read them."""
+    from sdsl_jax.cli import plan_csv
+    # `plan --csv` pads every chunk to CHUNK_ROWS configurations: 2, as tests/cli/test_plan.py
+    # plans them, shares its compilation instead of compiling 65536 rows for three.
+    monkeypatch.setattr(plan_csv, "CHUNK_ROWS", 2, raising=False)
+
     def for_mode(mode):
         found = {"corpus": corpus_dir}
         if mode.models:
