@@ -158,16 +158,25 @@ def _duplicate_column(column: str):
 
 
 def _latin1(data: bytes) -> bytes:
-    """The text with an accented name written in Latin-1 (not UTF-8)."""
+    """The text with an accented letter written in Latin-1 (not UTF-8)."""
     text = data.decode("utf-8")
-    first_line_end = text.index("\n") + 1 if "\n" in text else 0
-    accented = "caf\u00e9"
     if text.lstrip().startswith(("{", "[")) and '"' in text:
-        # Inside a JSON string, so only the encoding is wrong.
-        i = text.index('"') + 1
-        return (text[:i] + accented + text[i:]).encode("latin-1")
-    return (text[:first_line_end] + text[first_line_end:].replace("d", "d" + accented, 1)).encode(
-        "latin-1")
+        i = text.index('"') + 1  # inside a JSON string, so only the encoding is wrong
+    else:
+        i = text.index("\n") + 1  # the first cell of the first row below the header
+    return (text[:i] + "caf\u00e9" + text[i:]).encode("latin-1")
+
+
+def _cut_mid_line(data: bytes) -> bytes:
+    """The file cut off inside a line past its middle: after a CSV row's first cell, or
+    inside a JSON value, so what is left cannot be a whole file."""
+    middle = len(data) // 2
+    newline = data.find(b"\n", middle)
+    end = data.find(b"\n", newline + 1)
+    if newline < 0 or end < 0:
+        return data[:middle]
+    comma = data.find(b",", newline + 1, end)
+    return data[:comma + 1] if comma > 0 else data[:newline + 1 + (end - newline) // 2]
 
 
 TEXT_CORRUPTIONS: dict[str, tuple[Callable[[bytes], bytes], str]] = {
@@ -176,9 +185,10 @@ TEXT_CORRUPTIONS: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "UTF-16 text": (lambda d: d.decode("utf-8").encode("utf-16"), REFUSE),
     "a UTF-8 BOM": (lambda d: b"\xef\xbb\xbf" + d, ACCEPT),
     "CRLF line ends": (lambda d: d.replace(b"\n", b"\r\n"), ACCEPT),
-    "NUL bytes": (lambda d: d[: len(d) // 2] + b"\x00\x00" + d[len(d) // 2:], REFUSE),
+    # NUL is valid UTF-8: a reader may refuse it or read it, but must not break on it.
+    "NUL bytes": (lambda d: d[: len(d) // 2] + b"\x00\x00" + d[len(d) // 2:], EITHER),
     "an empty file": (lambda d: b"", REFUSE),
-    "the first half only (cut mid-line)": (lambda d: d[: len(d) // 2 + 3], REFUSE),
+    "cut off mid-line": (_cut_mid_line, REFUSE),
 }
 
 
@@ -357,8 +367,8 @@ MEASUREMENT_CORRUPTIONS = _csv_corruptions(
 
 CONFIG_CORRUPTIONS = _csv_corruptions(
     required=("target_params", "target_tokens"), optional=("draft_tokens",),
-    cells={"target_params": ("-70B", "0", "nan", "inf", "1e400", "garbage"),
-           "target_tokens": ("-1", "0.5"), "draft_tokens": ("0", "-2T", "nan")})
+    cells={"target_params": ("-70B", "0", "0.5", "nan", "inf", "1e400", "garbage"),
+           "target_tokens": ("-1",), "draft_tokens": ("0", "-2T", "nan")})
 
 LATENCY_CORRUPTIONS = _csv_corruptions(
     required=("draft_params", "target_params", "tpot"), optional=("draft_tokens",),
