@@ -40,6 +40,7 @@ from sdsl_jax.fitting import (
     synthetic_measurements,
 )
 from sdsl_jax.fitting import clusters as clusters_lib
+from sdsl_jax.fitting import report as fit_report
 from sdsl_jax.fitting import joint as joint_fit
 from sdsl_jax.fitting import pretraining as pretraining_fit
 from sdsl_jax.fitting.acceptance import plane_objective
@@ -643,6 +644,56 @@ def test_single_token_count_leaves_the_data_term_undetermined(x64_module):
     d = Design(seed=3, tokens_range=(1e12, 1e12))
     fit = fit_joint(d.rows, d.points)
     assert not bool(fit.identifiable)
+
+
+@pytest.mark.slow
+def test_the_flat_directions_name_the_undetermined_coefficients(x64_module):
+    # The same singular fit: its flat directions move E, B and b and nothing
+    # else, so the size term and the plane keep their intervals.
+    d = Design(seed=3, tokens_range=(1e12, 1e12))
+    fit = fit_joint(d.rows, d.points)
+    assert fit_report.undetermined_coefficients(fit, d.rows, d.points) == [
+        "irreducible_loss", "data_coeff", "data_exponent"]
+
+
+def test_an_identifiable_fit_has_no_undetermined_coefficients(design):
+    assert bool(design.joint.identifiable)
+    assert fit_report.undetermined_coefficients(design.joint, design.rows, design.points) == []
+
+
+def test_an_undetermined_plane_coefficient_is_none_with_its_reason_never_zero(design):
+    rows = design.rows
+    # One target perplexity: B is held at 0 by the fit, and reported as undetermined.
+    one_target = rows.replace(target_perplexity=jnp.full_like(rows.target_perplexity, 8.0))
+    plane = fit_report.plane_summary(fit_acceptance_law(one_target, use_target=False), False)
+    assert plane["target_coeff"] is None and plane["standard_errors"][1] is None
+    assert plane["undetermined"] == {"target_coeff": fit_report.ONE_TARGET}
+    assert plane["draft_coeff"] < 0 and plane["standard_errors"][0] > 0
+    assert plane["intercept"] > 0 and plane["standard_errors"][2] > 0
+    # Collinear perplexities: A, B and C move together along the flat direction.
+    collinear = rows.replace(target_perplexity=0.5 * rows.draft_perplexity + 3.0)
+    plane = fit_report.plane_summary(fit_acceptance_law(collinear), True)
+    fields = ("draft_coeff", "target_coeff", "intercept")
+    assert [plane[k] for k in fields] == [None] * 3 and plane["standard_errors"] == [None] * 3
+    assert set(plane["undetermined"]) == set(fields)
+    # The design determines all three.
+    plane = fit_report.plane_summary(fit_acceptance_law(rows), True)
+    assert plane["undetermined"] == {} and all(s > 0 for s in plane["standard_errors"])
+
+
+@pytest.mark.parametrize("value", [20.0, 13.37, 7.1])
+def test_a_target_with_one_draft_perplexity_has_no_slope(design, value):
+    # Regression: rounding left a spread of 1e-15 about the mean of a constant
+    # x, and the per-target fit reported slopes of +0.05 or +0.09 for 13.37 and 7.1.
+    rows, targets = design.rows, design.targets
+    first = np.asarray(rows.target_index) == 0
+    x = jnp.asarray(np.where(first, value, _np(rows.draft_perplexity)), rows.draft_perplexity.dtype)
+    fit = fit_per_target(rows.replace(draft_perplexity=x), len(targets))
+    lone, other = (fit_report.per_target_summary(targets[t], fit, t) for t in (0, 1))
+    assert lone["draft_coeff"] is None and lone["intercept"] is None and lone["r2"] is None
+    assert lone["undetermined"] == {"draft_coeff": fit_report.ONE_DRAFT,
+                                    "intercept": fit_report.ONE_DRAFT}
+    assert other["undetermined"] == {} and other["draft_coeff"] < 0
 
 
 def test_interval_needs_the_right_uncertainty(design):
