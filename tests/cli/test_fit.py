@@ -264,3 +264,87 @@ def test_bad_laws_file_is_named(tmp_path, run_cli):
     code, _, err = run_cli(["plan", "--laws", str(path), "--target-params", "70B",
                             "--target-tokens", "15T"])
     assert code == 2 and "laws.json" in err and "param_coeff" in err
+
+
+# --- --out is checked before the measurements are read ------------------------------------
+
+@pytest.mark.parametrize("out,needle", [
+    ("m.csv", "is the input"),              # even with --overwrite: it would replace the data
+    ("missing/laws.json", "does not exist"),
+    (".", "is a folder"),
+])
+def test_fit_out_is_refused_before_anything_is_read_or_written(tmp_path, run_cli, out, needle):
+    path = tmp_path / "m.csv"
+    path.write_text(REAL_ROWS)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, stdout, err = run_cli(["fit", str(path), "--out", str(tmp_path / out), "--overwrite"])
+    assert code == 2 and stdout == "" and err.count("\n") == 1
+    assert "--out" in err and needle in err
+    assert path.read_text() == REAL_ROWS and sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# --- data that cannot determine a coefficient: never "0 +- 0" ------------------------------
+
+@pytest.fixture(scope="module")
+def one_target(tmp_path_factory):
+    """One target, eight drafts: B (the target coefficient) cannot be told from C."""
+    folder = tmp_path_factory.mktemp("one-target")
+    path = folder / "one-target.csv"
+    write_measurements(synthetic_measurements(seed=5, num_targets=1, num_drafts=8), path)
+    return folder, path
+
+
+@pytest.mark.slow
+def test_one_target_reports_b_as_undetermined_and_writes_no_covariance(one_target, run_cli):
+    folder, path = one_target
+    laws_path = folder / "one-target.laws.json"
+    code, out, err = run_cli(["fit", str(path), "--bootstrap", "0"])
+    assert code == 0, err
+    reason = "undetermined (one target perplexity: measure more targets)"
+    assert f"B (target)  {reason}" in out and f"target_coeff      {reason}" in out
+    # The estimate and every interval of the other coefficients are still there.
+    assert "draft_coeff" in out and "[0, 0]" not in out and " 0  +- 0 " not in out
+    document = _strict_json(laws_path)
+    assert document["covariance"] is None and document["bootstrap_samples"] is None
+    e2e = document["summary"]["end_to_end"]
+    assert e2e["undetermined"] == {"target_coeff": fit_report.ONE_TARGET}
+    assert set(e2e["coefficients"]["target_coeff"].values()) == {None}
+    assert e2e["coefficients"]["draft_coeff"]["delta_low"] < e2e["coefficients"]["draft_coeff"]["delta_high"]
+
+    # --json: null with the reason; the bootstrap's resamples, which hold B at 0
+    # too, give the other coefficients intervals but are not written to the laws.
+    code, out, err = run_cli(["fit", str(path), "--bootstrap", "5", "--json", "--overwrite"])
+    assert code == 0, err
+    report = json.loads(out, parse_constant=lambda c: pytest.fail(f"stdout holds {c}"))
+    plane = report["acceptance_plane"]
+    assert plane["target_coeff"] is None and plane["standard_errors"][1] is None
+    assert plane["undetermined"] == {"target_coeff": fit_report.ONE_TARGET}
+    assert plane["standard_errors"][0] > 0
+    assert set(report["end_to_end"]["coefficients"]["target_coeff"].values()) == {None}
+    assert _strict_json(laws_path)["bootstrap_samples"] is None
+
+    # `sdsl plan --laws`: the point estimate and a note, no interval.
+    argv = ["plan", "--laws", str(laws_path), "--target-params", "7B", "--target-tokens", "1T"]
+    code, out, err = run_cli(argv)
+    assert code == 0, err
+    assert "interval                    none: the fit left target_coeff undetermined" in out
+    assert "measure more targets" in out and "+-" not in out
+    code, out, _ = run_cli(argv + ["--json"])
+    record = json.loads(out)
+    assert record["undetermined"] == {"target_coeff": fit_report.ONE_TARGET}
+    assert "draft_params_low" not in record and record["draft_params"] > 0
+    for interval in ("delta", "bootstrap"):
+        code, out, err = run_cli(argv + ["--interval", interval])
+        assert code == 2 and out == "" and err.count("\n") == 1
+        assert f"--interval {interval}" in err and "target_coeff undetermined" in err
+
+
+def test_one_draft_perplexity_is_refused_in_one_line(tmp_path, run_cli):
+    # A single draft perplexity leaves A undetermined: refused before any fit.
+    path = tmp_path / "one-draft.csv"
+    measurements = synthetic_measurements(seed=5, num_targets=8, num_drafts=1)
+    write_measurements(measurements, path)
+    code, out, err = run_cli(["fit", str(path)])
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "same draft perplexity" in err and "measure more than one draft" in err
+    assert not (tmp_path / "one-draft.laws.json").exists()
