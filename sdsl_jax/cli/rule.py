@@ -103,8 +103,9 @@ def _where_it_pays(err) -> str:
     bad = np.flatnonzero(~everywhere)
     at = ", ".join(fc(v) for v in d[~err.pays.all(axis=0)])
     some = "" if bad.size == bad[-1] - bad[0] + 1 else "some "
+    span = fc(m[bad[0]]) if bad.size == 1 else f"{fc(m[bad[0]])} to {fc(m[bad[-1]])}"
     head = (f"sdsl rule: speculation does not pay under these laws for {some}targets of "
-            f"{fc(m[bad[0]])} to {fc(m[bad[-1]])} parameters at D = {at}")
+            f"{span} parameters at D = {at}")
     # The runs of targets at the ends of the range where it pays at every D.
     top = m.size - 1 - bad[-1]
     bottom = bad[0]

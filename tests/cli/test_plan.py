@@ -97,9 +97,10 @@ def test_csv_resume_keeps_written_rows(tmp_path, run_cli, small_chunks):
 
 
 @pytest.mark.parametrize("body,match", [
-    ("target_params,target_tokens\n70B,15T\n-3,15T\n", "row 3, column target_params"),
-    ("target_params,target_tokens\n70B,abc\n", "row 2, column target_tokens"),
-    ("target_params,draft_tokens\n70B,15T\n", "missing column 'target_tokens'"),
+    # Rows count from the first data row, as in every table the CLI reads.
+    ("target_params,target_tokens\n70B,15T\n-3,15T\n", "row 2, column 'target_params'"),
+    ("target_params,target_tokens\n70B,abc\n", "row 1, column 'target_tokens'"),
+    ("target_params,draft_tokens\n70B,15T\n", "missing required column 'target_tokens'"),
 ])
 def test_csv_errors_name_file_row_and_column(tmp_path, run_cli, body, match):
     src = tmp_path / "bad.csv"
@@ -139,3 +140,138 @@ def test_module_entry_point_runs_the_command_line():
                             capture_output=True, text=True, env=env)
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert result.stdout.startswith("usage: sdsl rule")
+
+
+# --- domain checks on every numeric option (issue 15) --------------------------------------
+
+PLAN = ["plan", "--target-params", "70B", "--target-tokens", "15T"]
+
+
+@pytest.mark.parametrize("extra,names,needle", [
+    # Sizes of at least one parameter and one token.
+    (["--target-params", "0.5"], "--target-params", "at least 1"),
+    (["--target-tokens", "0.9"], "--target-tokens", "at least 1"),
+    (["--draft-tokens", "1e-3"], "--draft-tokens", "at least 1"),
+    # A wall-clock option without --hardware was ignored; now it is refused.
+    (["--step-times", "steps.jsonl"], "--step-times", "calibrates --hardware; add --hardware NAME"),
+    (["--batch", "8"], "--batch", "add --hardware NAME"),
+    (["--context", "4096"], "--context", "add --hardware NAME"),
+    (["--draft-precision", "fp8"], "--draft-precision", "add --hardware NAME"),
+    (["--target-precision", "int4"], "--target-precision", "add --hardware NAME"),
+    (["--kv-fraction", "0.125"], "--kv-fraction", "add --hardware NAME"),
+    (["--verify", "scored"], "--verify", "add --hardware NAME"),
+    # With --hardware: each value within the roofline's domain.
+    (["--hardware", "H100", "--kv-fraction", "0"], "--kv-fraction", "(0, 1]"),
+    (["--hardware", "H100", "--kv-fraction", "1.5"], "--kv-fraction", "(0, 1]"),
+    (["--hardware", "H100", "--kv-fraction", "nan"], "--kv-fraction", "(0, 1]"),
+    (["--hardware", "H100", "--batch", "0.5"], "--batch", "[1, 65,536]"),
+    (["--hardware", "H100", "--batch", "1e9"], "--batch", "[1, 65,536]"),
+    (["--hardware", "H100", "--batch", "inf"], "--batch", "[1, 65,536]"),
+    (["--hardware", "H100", "--context", "0.5"], "--context", "[1, 16,777,216]"),
+    (["--hardware", "H100", "--context", "1e12"], "--context", "[1, 16,777,216]"),
+    (["--hardware", "H100", "--target-precision", "0"], "--target-precision", "> 0"),
+])
+def test_numeric_options_outside_their_domain_are_one_line(run_cli, extra, names, needle):
+    code, out, err = run_cli(*PLAN, *extra)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert names in err and needle in err and "Traceback" not in err
+
+
+def test_step_times_are_read_before_anything_is_planned(tmp_path, run_cli):
+    # A directory, and Latin-1 bytes, given as --step-times: one line, no plan printed.
+    latin = tmp_path / "steps.jsonl"
+    latin.write_bytes(b'{"draft_step_seconds": 0.001, "caf\xe9": 1}\n')
+    for path in (tmp_path, latin):
+        code, out, err = run_cli(*PLAN, "--hardware", "H100", "--step-times", path)
+        assert code == 2 and out == "" and err.count("\n") == 1 and "--step-times" in err
+
+
+def test_wallclock_defaults_are_filled_in_only_with_hardware():
+    import argparse
+    from sdsl_jax.cli import plan_hardware
+    given = {key: None for key in plan_hardware.DEFAULTS}
+    args = argparse.Namespace(hardware=None, **given)
+    plan_hardware.check_options(args)
+    assert all(getattr(args, key) is None for key in given)
+    args = argparse.Namespace(hardware="H100", **dict(given, batch=8.0))
+    plan_hardware.check_options(args)
+    # The printed and JSON values are those of the old parser defaults.
+    assert (args.batch, args.context, args.kv_fraction) == (8.0, 2048.0, 1.0)
+    assert (args.draft_precision, args.target_precision, args.verify) == ("bf16", "bf16", "scored")
+    assert args.step_times is None
+
+
+def test_check_sizes_names_the_file_row_and_column():
+    from sdsl_jax.cli.options import UsageError
+    from sdsl_jax.cli.plan import check_sizes
+    check_sizes("sdsl plan", None, 1.0, 1.0, None)  # one parameter and one token are sizes
+    with pytest.raises(UsageError, match=r"^sdsl plan: configs.csv, row 3, column target_tokens: "
+                                         r"must be at least 1 .*got 0.5$"):
+        check_sizes("sdsl plan", "configs.csv, row 3", 70e9, 0.5, None)
+    # Arrays: the first bad row, through a function of its index.
+    with pytest.raises(UsageError, match=r"configs.csv, row 4, column draft_tokens: must be a finite "
+                                         r"number, got nan"):
+        check_sizes("sdsl plan", lambda i: f"configs.csv, row {i + 2}", [70e9, 7e9, 1e9],
+                    [15e12] * 3, [1e12, 1e12, float("nan")])
+
+
+# --- sdsl rule: a range where speculation pays ---------------------------------------------
+
+@pytest.mark.parametrize("argv,names", [
+    (["--min-target-params", "0.5"], "--min-target-params"),
+    (["--max-target-params", "0.5", "--min-target-params", "0.1"], "--min-target-params"),
+    (["--tokens", "3e11", "0.5"], "--tokens"),
+    (["--min-target-params", "110B", "--max-target-params", "13B"], "--max-target-params"),
+])
+def test_rule_refuses_sizes_below_one_and_an_empty_range(run_cli, argv, names):
+    code, out, err = run_cli("rule", *argv)
+    assert code == 2 and out == "" and err.count("\n") == 1 and names in err
+
+
+def _refuse_where(monkeypatch, pays):
+    """Make the rule's fit find speculation not paying where ``pays`` (targets x D) is False."""
+    import numpy as np
+    from sdsl_jax.planning import linear_rule
+
+    def fit(target_params, draft_tokens, target_tokens, **kwargs):
+        grid = np.broadcast_arrays(np.asarray(target_params, float), np.asarray(draft_tokens, float))
+        raise linear_rule.RuleUndefinedError("does not pay", pays=np.asarray(pays),
+                                             target_params=grid[0], draft_tokens=grid[1],
+                                             target_tokens=grid[1])
+    monkeypatch.setattr(linear_rule, "fit_linear_rule", fit)
+
+
+@pytest.mark.parametrize("pays,needle", [
+    # Small targets do not pay at the smaller D: raise the lower end.
+    ([[0, 1], [0, 1], [1, 1], [1, 1]], "targets of 1K to 10K parameters at D = 1M; it pays at every "
+                                       "D for the targets above 10K: raise --min-target-params to 100K"),
+    # Large ones do not at the larger D: lower the upper end.
+    ([[1, 1], [1, 1], [1, 1], [1, 0]], "targets of 1M parameters at D = 1B; it pays at every D "
+                                       "for the targets below 1M: lower --max-target-params to 100K"),
+    # Gaps with no clean end.
+    ([[1, 1], [0, 1], [1, 1], [0, 1]], "for some targets of 10K to 1M parameters at D = 1M; no stretch"),
+])
+def test_rule_says_where_speculation_pays(run_cli, monkeypatch, pays, needle):
+    _refuse_where(monkeypatch, [[bool(v) for v in row] for row in pays])
+    code, out, err = run_cli("rule", "--min-target-params", "1K", "--max-target-params", "1M",
+                             "--points", "4", "--tokens", "1M", "1B")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert needle in err, err
+
+
+@pytest.mark.slow
+def test_rule_over_targets_too_small_to_pay_is_one_line(run_cli):
+    # Was a ValueError traceback: "speculation does not pay for some configurations".
+    code, out, err = run_cli("rule", "--min-target-params", "1K", "--max-target-params", "1B",
+                             "--points", "6", "--tokens", "300B", "15T")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "speculation does not pay under these laws" in err and "--min-target-params" in err
+
+
+@pytest.mark.slow
+def test_rule_with_one_token_count_leaves_the_log_term_undetermined(run_cli):
+    code, out, err = run_cli("rule", "--points", "6", "--tokens", "1T", "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["with_log_tokens"] is None and record["linear"]["r2"] > 0.9
+    assert record["undetermined"] == {"with_log_tokens": "one token count: give --tokens more than one value"}

@@ -36,3 +36,23 @@ def test_log_tokens_term_improves_the_fit(x64):
     with_log = sd.fit_linear_rule(m, tokens, tokens, with_log_tokens=True)
     assert with_log.r2 >= plain.r2
     assert with_log.log_tokens_coeff != 0.0
+
+
+@pytest.mark.slow
+def test_where_speculation_does_not_pay_the_rule_is_refused_with_the_grid(x64):
+    # The shapes of the tests above (one compilation): targets from 1K, too
+    # small for any draft to pay at the larger token counts.
+    m = np.geomspace(1e3, 110e9, 6)[:, None]
+    from sdsl_jax.planning.linear_rule import RuleUndefinedError
+    with pytest.raises(RuleUndefinedError, match="does not pay at") as err:
+        sd.fit_linear_rule(m, TOKENS, TOKENS)
+    plan = sd.optimal_draft_size(m, TOKENS, TOKENS)
+    np.testing.assert_array_equal(err.value.pays, np.asarray(plan.pays))
+    assert not err.value.pays.all() and err.value.pays[-1].all()
+    np.testing.assert_array_equal(err.value.target_params[:, 0], m[:, 0])
+    np.testing.assert_array_equal(err.value.draft_tokens[0], TOKENS[0])
+
+
+def test_the_log_tokens_term_needs_more_than_one_token_count():
+    with pytest.raises(ValueError, match="more than one draft_tokens value"):
+        sd.fit_linear_rule(TARGETS, 1e12, 1e12, with_log_tokens=True)
