@@ -37,11 +37,16 @@ def check_options(args) -> None:
     """Refuse a wall-clock option given without --hardware; with it, fill in the defaults
     and check every value (before anything is planned)."""
     if not args.hardware:
+        # --csv and --position-rates do not take --hardware: there, adding it is no cure.
+        mode = next((flag for flag, value in (("--csv", getattr(args, "csv", None)),
+                                              ("--position-rates", getattr(args, "position_rates", None)))
+                     if value), None)
+        advice = f"drop it (--hardware does not go with {mode})" if mode else "add --hardware NAME"
         for key, flag in FLAGS.items():
             if getattr(args, key) is not None:
                 what = ("calibrates --hardware" if key == "step_times"
                         else "is a wall-clock option of --hardware")
-                raise UsageError(f"sdsl plan: argument {flag}: {what}; add --hardware NAME")
+                raise UsageError(f"sdsl plan: argument {flag}: {what}; {advice}")
         return
     for key, default in DEFAULTS.items():
         if getattr(args, key) is None:

@@ -177,6 +177,13 @@ def test_numeric_options_outside_their_domain_are_one_line(run_cli, extra, names
     assert names in err and needle in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("mode", [["--csv", "configs.csv"], ["--position-rates", "rates.json"]])
+def test_wallclock_options_in_modes_without_hardware_are_refused(run_cli, mode):
+    code, out, err = run_cli("plan", *mode, "--kv-fraction", "0.5")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "--kv-fraction" in err and f"drop it (--hardware does not go with {mode[0]})" in err
+
+
 def test_step_times_are_read_before_anything_is_planned(tmp_path, run_cli):
     # A directory, and Latin-1 bytes, given as --step-times: one line, no plan printed.
     latin = tmp_path / "steps.jsonl"
