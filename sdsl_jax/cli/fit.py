@@ -15,6 +15,14 @@ from sdsl_jax.cli.options import UsageError, check_confidence, read_measurement_
 from sdsl_jax.cli.outputs import check_output_file
 
 
+# Percentile intervals settle to about 1% of their width within a few thousand
+# resamples, and every resample is 8 numbers in the laws file (about 200 bytes of
+# JSON): beyond 100,000 the run and the file grow without improving the interval.
+MAX_BOOTSTRAP = 100_000
+# The bootstrap's PRNG key takes a 64-bit seed (the command line runs in float64 mode).
+MAX_SEED = 2**63 - 1
+
+
 def add_parser(commands) -> None:
     """Register ``fit`` on the ``sdsl`` subcommands."""
     fit = commands.add_parser("fit", help="fit the laws to your acceptance measurements",
@@ -32,7 +40,8 @@ def _add_arguments(fit) -> None:
         "where to write the fitted laws (default: MEASUREMENTS with the suffix .laws.json)"))
     fit.add_argument("--overwrite", action="store_true", help="replace an existing laws file")
     fit.add_argument("--bootstrap", type=int, default=200, metavar="N", help=(
-        "bootstrap resamples for percentile intervals (0: delta method only; default: %(default)s)"))
+        "bootstrap resamples for percentile intervals, 0 to 100,000 (0: delta method only; "
+        "default: %(default)s)"))
     fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
     fit.add_argument("--weighting", choices=("auto", "interval", "equal"), default="auto", help=(
         "weight measurements by their intervals, equally, or by intervals when all have one "
@@ -48,9 +57,16 @@ def run(args) -> int:
     from sdsl_jax.fitting import laws as laws_lib
     from sdsl_jax.fitting import report as fit_report
 
-    if args.bootstrap < 0:
-        raise UsageError(f"sdsl fit: argument --bootstrap: must be >= 0, got {args.bootstrap}")
+    if not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
+        raise UsageError(f"sdsl fit: argument --bootstrap: must lie in [0, {MAX_BOOTSTRAP}], "
+                         f"got {args.bootstrap}")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise UsageError(f"sdsl fit: argument --seed: must lie in [0, 2^63 - 1], got {args.seed}")
     check_confidence("sdsl fit", args.confidence)
+    try:  # a missing input is the first thing to say, before anything about --out
+        open(args.measurements, "rb").close()
+    except OSError as err:
+        raise UsageError(f"{args.measurements}: cannot read ({err.strerror})") from None
     out = args.out or f"{os.path.splitext(args.measurements)[0]}.laws.json"
     # Before the measurements are read: a refusal after the fit would lose the
     # fit, and --out on the measurements (even with --overwrite) would lose them.
@@ -67,7 +83,9 @@ def run(args) -> int:
                                         bootstrap=args.bootstrap, seed=args.seed,
                                         confidence=args.confidence, progress=bar.update)
     except ValueError as err:
-        raise UsageError(f"sdsl fit: {err}") from None
+        # The library names its keyword; the user knows the option.
+        message = str(err).replace("weighting='interval'", "--weighting interval")
+        raise UsageError(f"sdsl fit: {args.measurements}: {message}") from None
     report = result["report"]
     try:
         laws_lib.save_laws(out, result["laws"], summary=report)

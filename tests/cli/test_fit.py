@@ -248,6 +248,33 @@ def test_bad_fit_and_laws_input_is_one_line(run_cli, argv, needle):
     assert code == 2 and needle in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("argv,needle", [
+    (["--bootstrap", "100001"], "--bootstrap: must lie in [0, 100000], got 100001"),
+    (["--seed", "-1"], "--seed: must lie in [0, 2^63 - 1], got -1"),
+    (["--seed", str(2**64)], "--seed"),
+])
+def test_bootstrap_and_seed_outside_their_range_are_one_line(tmp_path, run_cli, argv, needle):
+    # 10^9 resamples would run for days and write gigabytes of samples; a seed
+    # past 64 bits was an OverflowError traceback after the fit.
+    path = tmp_path / "m.csv"
+    path.write_text(REAL_ROWS)
+    code, out, err = run_cli(["fit", str(path), *argv])
+    assert code == 2 and out == "" and err.count("\n") == 1 and needle in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv"]
+
+
+def test_interval_weighting_without_intervals_names_the_option_and_the_file(tmp_path, run_cli):
+    path = tmp_path / "m.csv"
+    path.write_text("draft_params,target_params,draft_tokens,target_tokens,draft_perplexity,"
+                    "target_perplexity,lookahead,acceptance\n"
+                    "125M,7B,1T,2T,20,8,4,0.6\n350M,7B,1T,2T,15,8,4,0.65\n"
+                    "125M,13B,1T,2T,20,7,4,0.62\n350M,13B,1T,2T,15,7,4,0.66\n")
+    code, out, err = run_cli(["fit", str(path), "--weighting", "interval"])
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "m.csv" in err and "--weighting interval needs an interval" in err
+    assert "weighting=" not in err
+
+
 def test_bad_measurement_file_names_row_and_column(tmp_path, run_cli):
     path = tmp_path / "m.csv"
     path.write_text("draft_params,target_params,draft_tokens,target_tokens,draft_perplexity,"
