@@ -606,7 +606,8 @@ MODES = (
          options=_opts(("--draft", "{draft}"), ("--target", "{target}"), ("--lookahead", "2"),
                        ("--max-new-tokens", "4"), ("--prompt-file", "{dir}/prompts.txt"),
                        ("--out", "{dir}/runs-out.jsonl"), "--no-baseline"),
-         values={"--prompt-file": "in", "--prompts": "int1", "--prompt-len": "int1-bounded"},
+         values={"--prompt-file": "in", "--prompts": "int1", "--prompt-len": "int1-bounded",
+                 "--out": "out"},
          inputs={"prompts.txt": "prompts"},
          foreign=(("--corpus", "{dir}/prompts.txt"), ("--validation-fraction", "0.1")),
          refusals_only=True, models=True),
@@ -797,8 +798,8 @@ class Result:
     seconds: float
 
 
-class CaseTimeout(Exception):
-    """A case ran past CASE_SECONDS."""
+class CaseTimeout(BaseException):
+    """A case ran past CASE_SECONDS (no Exception, so no catch-all in the CLI takes it)."""
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -866,7 +867,8 @@ def output_paths(case: Case, argv: list[str]) -> list[str]:
             continue
         if not _:
             value = argv[i + 1] if i + 1 < len(argv) else ""
-        given.add(flag)
+        if value:
+            given.add(flag)
         if kinds[flag] == "out-stem":
             stem = value[:-4] if value.lower().endswith((".png", ".pdf")) else value
             paths += [stem + ".png", stem + ".pdf"]
@@ -901,9 +903,11 @@ def run_case(case: Case, folder: Path, env: dict) -> Result:
         (folder / name).write_bytes(content)
     for name in ("sub", "sub.csv", "sub.json", "sub.jsonl", "sub.png"):
         (folder / name).mkdir()
-    if case.mode.corpus or "{dir}/corpus" in " ".join(case.argv):
+    joined = " ".join(case.argv)
+    if case.mode.corpus or "{dir}/corpus" in joined or "{corpus}" in joined:
         shutil.copytree(env["corpus"], folder / "corpus")
-    names = {"dir": folder, "draft": env.get("draft", ""), "target": env.get("target", "")}
+    names = {"dir": folder, "corpus": folder / "corpus", "draft": env.get("draft", ""),
+             "target": env.get("target", "")}
     # Resolve {dir} inside every value, including those given as --flag=VALUE.
     argv = [_resolve(token, names) for token in case.argv]
     before = _snapshot(folder)
