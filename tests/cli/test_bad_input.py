@@ -15,7 +15,6 @@ FILE as one JSON line, and ``python tests/cli/bad_input_cases.py FILE`` prints
 the table of refusals per subcommand.
 """
 
-import collections
 import importlib.util
 import pathlib
 import shutil
@@ -39,9 +38,6 @@ def _load_cases():
 
 
 cases = _load_cases()
-
-# Cases run per mode, by subcommand, for the closing note's count.
-CASES_RUN = collections.Counter()
 
 COMMON = dict(derandomize=True, deadline=None, database=None,
               # A failing case is reported as drawn: the mutations are a short list
@@ -90,7 +86,6 @@ def _check(mode, data, env, tmp_path_factory):
     case = cases.build_case(mode, chosen, base)
     folder = tmp_path_factory.mktemp("bad-input")
     result = cases.run_case(case, folder / "case", found)
-    CASES_RUN[mode.subcommand] += 1
     cases.record(case, result, folder / "case")
     assert not result.violations, (
         f"sdsl {' '.join(case.argv)}\n  spoiled: {'; '.join(case.labels)}\n  exit {result.code}"
