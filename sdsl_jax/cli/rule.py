@@ -25,6 +25,10 @@ def add_parser(commands) -> None:
 # worth of arrays): beyond this the command would exhaust memory rather than refine the fit.
 MAX_POINTS = 10_000
 ONE_COUNT = "one token count: give --tokens more than one value"
+# A quadrillion parameters, a thousand times today's largest models. Far beyond,
+# N* reaches the planner's search bound (N/M = 1e-8; from about 1e20 at small D)
+# and the "rule" is a line through the bound, not through the law.
+MAX_TARGET_PARAMS = 1e15
 
 
 def _add_arguments(rule) -> None:
@@ -53,6 +57,9 @@ def run(args) -> int:
         for value in values:
             if not value >= 1:
                 raise UsageError(f"sdsl rule: argument {flag}: must be at least 1 {unit}, got {value:g}")
+            if unit == "parameter" and value > MAX_TARGET_PARAMS:
+                raise UsageError(f"sdsl rule: argument {flag}: must be at most {MAX_TARGET_PARAMS:g} "
+                                 f"parameters (beyond, N* is the planner's search bound), got {value:g}")
     if args.min_target_params >= args.max_target_params:
         raise UsageError(f"sdsl rule: argument --max-target-params: must exceed --min-target-params "
                          f"({args.max_target_params:g} <= {args.min_target_params:g})")
@@ -103,7 +110,8 @@ def _where_it_pays(err) -> str:
     bad = np.flatnonzero(~everywhere)
     at = ", ".join(fc(v) for v in d[~err.pays.all(axis=0)])
     some = "" if bad.size == bad[-1] - bad[0] + 1 else "some "
-    span = fc(m[bad[0]]) if bad.size == 1 else f"{fc(m[bad[0]])} to {fc(m[bad[-1]])}"
+    low, high = fc(m[bad[0]]), fc(m[bad[-1]])
+    span = low if low == high else f"{low} to {high}"
     head = (f"sdsl rule: speculation does not pay under these laws for {some}targets of "
             f"{span} parameters at D = {at}")
     # The runs of targets at the ends of the range where it pays at every D.

@@ -100,10 +100,14 @@ def fit_linear_rule(target_params: ArrayLike, draft_tokens: ArrayLike, target_to
     design = np.stack(columns, axis=1)
     # Scale columns so the solve is well conditioned when M ~ 1e11 and 1 sit side by side.
     scale = np.abs(design).max(axis=0)
-    coeffs = np.linalg.lstsq(design / scale, n_star, rcond=None)[0] / scale
-    fitted = design @ coeffs
-    residual = n_star - fitted
-    r2 = 1.0 - residual @ residual / np.sum((n_star - n_star.mean()) ** 2)
+    # And N* in units of its largest value, so that squares of N* ~ 1e200 (a
+    # target of 1e300) do not overflow to an R^2 of NaN.
+    unit = np.abs(n_star).max()
+    coeffs = np.linalg.lstsq(design / scale, n_star / unit, rcond=None)[0] / scale
+    residual = n_star / unit - design @ coeffs
+    spread = n_star / unit - np.mean(n_star / unit)
+    r2 = 1.0 - residual @ residual / (spread @ spread)
+    coeffs, residual = coeffs * unit, residual * unit
     return LinearRule(
         slope=float(coeffs[0]), intercept=float(coeffs[1]),
         log_tokens_coeff=float(coeffs[2]) if with_log_tokens else 0.0,

@@ -229,6 +229,7 @@ def test_check_sizes_names_the_file_row_and_column():
     (["--max-target-params", "0.5", "--min-target-params", "0.1"], "--min-target-params"),
     (["--tokens", "3e11", "0.5"], "--tokens"),
     (["--min-target-params", "110B", "--max-target-params", "13B"], "--max-target-params"),
+    (["--max-target-params", "1e300"], "--max-target-params"),
 ])
 def test_rule_refuses_sizes_below_one_and_an_empty_range(run_cli, argv, names):
     code, out, err = run_cli("rule", *argv)

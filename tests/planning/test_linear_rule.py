@@ -1,3 +1,5 @@
+import types
+
 import numpy as np
 import pytest
 
@@ -56,3 +58,24 @@ def test_where_speculation_does_not_pay_the_rule_is_refused_with_the_grid(x64):
 def test_the_log_tokens_term_needs_more_than_one_token_count():
     with pytest.raises(ValueError, match="more than one draft_tokens value"):
         sd.fit_linear_rule(TARGETS, 1e12, 1e12, with_log_tokens=True)
+
+
+def test_r2_of_huge_draft_sizes_does_not_overflow(monkeypatch, x64):
+    # N* ~ 1e288 (a target of 1e296): its squares overflowed and R^2 was NaN.
+    # The fit is invariant to the unit of M and N*: the same grid in units of
+    # 1e280 parameters gives the same R^2 and relative errors.
+    from sdsl_jax.planning import linear_rule
+    m = np.geomspace(1e290, 1e296, 5)
+    n_star = 1e-8 * m * (1 + 0.01 * np.array([1, -1, 1, -1, 1]))
+
+    def fit(unit):
+        plan = types.SimpleNamespace(draft_params=n_star / unit, pays=np.ones(5, bool))
+        monkeypatch.setattr(linear_rule.planner, "optimal_draft_size", lambda *a, **k: plan)
+        return linear_rule.fit_linear_rule(m / unit, 1e12, 1e12)
+
+    huge, moderate = fit(1.0), fit(1e280)
+    assert np.isfinite(huge.r2) and 0.99 < huge.r2 < 1
+    assert huge.r2 == pytest.approx(moderate.r2, rel=1e-9)
+    assert huge.max_relative_error == pytest.approx(moderate.max_relative_error, rel=1e-6)
+    assert huge.slope == pytest.approx(moderate.slope, rel=1e-9)
+    assert huge.intercept == pytest.approx(moderate.intercept * 1e280, rel=1e-6)
