@@ -41,6 +41,8 @@ ONE_TOKEN_COUNT = ("every model was trained on one token count: measure models t
 ONE_SIZE = "every model has one size: measure models of more than one size"
 _DATA_TERM = ("irreducible_loss", "data_coeff", "data_exponent")
 _PARAM_TERM = ("irreducible_loss", "param_coeff", "param_exponent")
+EXACT = ("5 models fit the pre-training law's 5 coefficients exactly, leaving no residual to "
+         "measure their uncertainty: measure more models")
 FLAT = "the data do not determine it (singular Hessian): measure more, and more varied, models"
 # A natural coefficient whose gradient has at least this share along a flat
 # direction of the fit moves with it: rounding leaves shares near 1e-8.
@@ -103,8 +105,12 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
                                   (points.num_params, _PARAM_TERM, ONE_SIZE)):
         if np.ptp(np.asarray(column)) == 0:
             undetermined.update(dict.fromkeys(names, reason))
+    # Five models fit the pre-training law's five coefficients exactly: the
+    # loss block's variance is 0, the profiled likelihood unbounded, and
+    # nothing measures their uncertainty.
+    flat = EXACT if points.num_params.shape[0] <= len(laws_lib.PRETRAINING_FIELDS) else FLAT
     for name in undetermined_coefficients(joint, rows, points, target_varies):
-        undetermined.setdefault(name, FLAT)
+        undetermined.setdefault(name, flat if name in laws_lib.PRETRAINING_FIELDS else FLAT)
     low, high = (np.array(v, np.float64) for v in uncertainty.normal_intervals(
         joint.laws.coefficients, covariance, confidence, log_scale=_LOG_SCALE, df=df))
     # A variance that overflowed (a coefficient fitted near the float limit)

@@ -375,3 +375,23 @@ def test_one_draft_perplexity_is_refused_in_one_line(tmp_path, run_cli):
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "same draft perplexity" in err and "measure more than one draft" in err
     assert not (tmp_path / "one-draft.laws.json").exists()
+
+
+@pytest.mark.slow
+def test_five_models_leave_the_pretraining_uncertainty_undetermined(tmp_path, run_cli):
+    # Five models, five coefficients: the loss points are fitted exactly, the
+    # Hessian is singular, and the old table printed intervals from its
+    # pseudo-inverse. The plane, fitted to the acceptances, keeps its intervals.
+    path = tmp_path / "five.csv"
+    write_measurements(synthetic_measurements(seed=1, num_targets=2, num_drafts=3), path)
+    code, out, err = run_cli(["fit", str(path), "--bootstrap", "0", "--json"])
+    assert code == 0, err
+    e2e = json.loads(out)["end_to_end"]
+    assert not e2e["identifiable"]
+    assert e2e["undetermined"] == dict.fromkeys(COEFFICIENTS[:5], fit_report.EXACT)
+    for name in COEFFICIENTS[:5]:
+        assert set(e2e["coefficients"][name].values()) == {None}
+    for name in COEFFICIENTS[5:]:
+        entry = e2e["coefficients"][name]
+        assert entry["delta_low"] < entry["estimate"] < entry["delta_high"]
+    assert _strict_json(tmp_path / "five.laws.json")["covariance"] is None
