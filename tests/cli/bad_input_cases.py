@@ -33,6 +33,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -307,7 +308,8 @@ RATES_CORRUPTIONS = {
     "cost_ratio as text": (_json_edit(_set_key("cost_ratio", "0.05")), REFUSE),
     "acceptance above 1": (_json_edit(_set_key("acceptance", 2.0)), REFUSE),
     "acceptance as text": (_json_edit(_set_key("acceptance", "high")), REFUSE),
-    "lookahead 0 beside 4 rates": (_json_edit(_set_key("lookahead", 0)), REFUSE),
+    # Only a label: a reader may refuse the contradiction or plan the rates it holds.
+    "lookahead 0 beside 4 rates": (_json_edit(_set_key("lookahead", 0)), EITHER),
 }
 
 
@@ -371,10 +373,30 @@ CONFIG_CORRUPTIONS = _csv_corruptions(
            "target_tokens": ("-1",), "draft_tokens": ("0", "-2T", "nan")})
 
 LATENCY_CORRUPTIONS = _csv_corruptions(
-    required=("draft_params", "target_params", "tpot"), optional=("draft_tokens",),
+    required=("draft_params", "target_params"), optional=("draft_tokens",),
     cells={"draft_params": ("-1", "0", "nan"), "ttft": ("-0.05", "inf", "garbage"),
            "tpot": ("nan",), "ttft_low": ("0.9",), "prompts": ("-3", "1.5"),
            "target_tokens": ("0",)})
+
+# At least one of ttft, tpot and ttot; each alone is a valid table.
+_LATENCY_COLUMNS = ("ttft", "ttft_low", "ttft_high", "tpot", "ttot")
+
+
+def _keep_one_latency(keep: str | None):
+    def spoil(data):
+        for column in _LATENCY_COLUMNS:
+            if column != keep and not (keep and column.startswith(keep + "_")):
+                data = _drop_column(column)(data)
+        return data
+    return spoil
+
+
+LATENCY_CORRUPTIONS.update({
+    "no latency column at all": (_keep_one_latency(None), REFUSE),
+    "tpot the only latency": (_keep_one_latency("tpot"), ACCEPT),
+    "an empty tpot cell": (_set_cell("tpot", ""), ACCEPT),
+    "ttft_low without ttft_high": (_drop_column("ttft_high"), REFUSE),
+})
 
 PROMPT_CORRUPTIONS = {
     "binary bytes": (lambda d: bytes(range(128, 256)) * 4, REFUSE),
@@ -975,6 +997,10 @@ def run_case(case: Case, folder: Path, env: dict) -> Result:
         if not (stderr.startswith("error: ") and stderr.count("\n") == 1
                 and stderr.endswith("\n")):
             violations.append(f"exit 2 with stderr not one 'error: ' line: {stderr[:300]!r}")
+        # The user typed numbers, not numpy or JAX objects: a repr in the message is a
+        # library's message passed through unread.
+        if re.search(r"\bnp\.\w+\(|\bArray\(|\barray\(", stderr):
+            violations.append(f"exit 2 with a Python repr in the message: {stderr.strip()[:300]!r}")
     for d, snapshot in zip(model_dirs, models_before):
         if _snapshot(d) != snapshot:
             violations.append(f"the model folder {d.name} was changed")

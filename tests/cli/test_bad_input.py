@@ -46,7 +46,7 @@ COMMON = dict(derandomize=True, deadline=None, database=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture,
                                      HealthCheck.too_slow, HealthCheck.data_too_large])
 FAST = settings(max_examples=6, **COMMON)
-SLOW = settings(max_examples=60, **COMMON)
+SLOW = settings(max_examples=25, **COMMON)
 
 
 @pytest.fixture(scope="session")
