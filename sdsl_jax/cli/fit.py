@@ -185,9 +185,10 @@ def _print_report(report, out_path) -> None:
         print("  delta: covariance clustered by model (a model's deviation from the law is shared "
               "by its rows and its loss point)")
     if undetermined:
-        print(f"  note: the data do not determine {', '.join(undetermined)}; the laws file "
-              "keeps the point estimates the fit stopped at but no covariance or bootstrap "
-              "samples, so `sdsl plan --laws` gives N* without an interval")
+        held = " (target_coeff held at 0)" if "target_coeff" in undetermined else ""
+        print(f"  note: the data do not determine {', '.join(undetermined)}; the laws file holds "
+              f"the values the fit ended at{held} but no covariance or bootstrap samples, so "
+              "`sdsl plan --laws` gives N* without an interval")
     if not e2e["converged"]:
         print("  warning: the optimiser stopped before its gradient tolerance; the estimates "
               "may be off in poorly determined directions.")
