@@ -20,8 +20,10 @@ in-process and returns what it broke of the README's promise:
   line ends) is not.
 
 With the environment variable ``SDSL_BAD_INPUT_REPORT`` naming a file, every
-case appends one JSON line there; ``python tests/cli/bad_input_cases.py
-REPORT`` prints the table of refusals per subcommand from it.
+case appends one JSON line there; ``python tests/cli/bad_input_cases.py table
+REPORT`` prints the table of refusals per subcommand from it, and
+``python tests/cli/bad_input_cases.py run REPORT [MODE ...]`` runs every single
+mutation once (the tests draw a few) and prints those that break a promise.
 """
 
 from __future__ import annotations
@@ -1062,5 +1064,62 @@ def summarise(path: str) -> str:
     return "\n".join(lines)
 
 
+def run_every_mutation(report: str, names: list[str]) -> int:
+    """Run every single mutation of the named modes (all without names) once, append each
+    case to ``report`` and print the ones that broke a promise; the number that did.
+
+    The property tests draw a few of these; this runs them all (about 1,400 cases, most
+    refused at once), with a corpus of this Python's standard library and a pair trained
+    for one step, so it needs none of the test fixtures.
+    """
+    import sysconfig
+    import tempfile
+
+    from sdsl_jax.cli import main
+    from sdsl_jax.cli import plan_csv
+
+    plan_csv.CHUNK_ROWS = 2  # as the tests plan: three rows need no 65536-row compilation
+    os.environ[REPORT_ENV] = report
+    root = Path(tempfile.mkdtemp(prefix="sdsl-bad-input-"))
+    corpus = root / "corpus"
+    corpus.mkdir()
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for name in ("os.py", "argparse.py", "string.py", "textwrap.py", "shutil.py", "csv.py"):
+        shutil.copy(stdlib / name, corpus / name)
+    quiet = contextlib.redirect_stderr(io.StringIO())
+    with quiet, contextlib.redirect_stdout(io.StringIO()):
+        assert main(["fit", str(MEASUREMENTS), "--bootstrap", "0", "--out",
+                     str(root / "laws.json")]) == 0
+        assert main(["train", "--sizes", "10k", "30k", "--out", str(root / "pair"), "--no-stdlib",
+                     "--corpus", str(corpus), "--steps", "1", "--batch-size", "2", "--seq-len",
+                     "16", "--eval-tokens", "64", "--progress", "never"]) == 0
+    env = {"corpus": corpus, "draft": root / "pair" / "10k", "target": root / "pair" / "30k"}
+    broken = 0
+    for mode in MODES:
+        if names and mode.name not in names:
+            continue
+        base = base_files((root / "laws.json").read_bytes() if "laws.json" in mode.inputs
+                          else None)
+        for i, mutation in enumerate([None, *mutations(mode)]):
+            case = build_case(mode, [] if mutation is None else [mutation], base)
+            folder = root / "cases" / f"{mode.name.replace(' ', '_')}-{i}"
+            result = run_case(case, folder, env)
+            record(case, result, folder)
+            if result.violations:
+                broken += 1
+                print(f"{mode.name}: {'; '.join(case.labels)} -> exit {result.code}: "
+                      + " | ".join(v.replace(str(folder), "{dir}") for v in result.violations),
+                      flush=True)
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+    print(f"{broken} cases broke a promise; the cases that did are kept in {root}/cases")
+    return broken
+
+
 if __name__ == "__main__":
-    print(summarise(sys.argv[1]))
+    # python tests/cli/bad_input_cases.py table REPORT      the table of refusals per mode
+    # python tests/cli/bad_input_cases.py run REPORT [MODE ...]   every single mutation
+    if sys.argv[1] == "table":
+        print(summarise(sys.argv[2]))
+    else:
+        sys.exit(1 if run_every_mutation(sys.argv[2], sys.argv[3:]) else 0)

@@ -11,7 +11,7 @@ complete outputs on exit 0; what must be refused must be refused.
 The fast tier draws a few cases per mode; the ``slow`` variant many more.
 Cases are drawn deterministically (``derandomize``), so CI sees the same
 cases every run. With SDSL_BAD_INPUT_REPORT=FILE every case is appended to
-FILE as one JSON line, and ``python tests/cli/bad_input_cases.py FILE`` prints
+FILE as one JSON line, and ``python tests/cli/bad_input_cases.py table FILE`` prints
 the table of refusals per subcommand.
 """
 
