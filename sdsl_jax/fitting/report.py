@@ -221,10 +221,17 @@ def plane_summary(plane, target_varies: bool) -> dict:
         undetermined = {name: COLLINEAR for name in names}
     elif not target_varies:
         undetermined = {"target_coeff": ONE_TARGET}
+    # A plane through every measurement (all acceptances equal, e.g. a model
+    # drafting for itself) leaves no residual to estimate the noise by: its
+    # standard errors of exactly 0 would claim certainty, so there are none.
+    # (Acceptances lie in [0, 1]: a residual at rounding level is none.)
+    exact = float(plane.rms_residual) <= 1e3 * np.finfo(np.asarray(plane.rms_residual).dtype).eps
     for i, name in enumerate(names):
         if name in undetermined:
             values[i] = se[i] = None
-    return {**dict(zip(names, values)), "standard_errors": se, "r2": float(plane.r2),
+        elif exact:
+            se[i] = None
+    return {**dict(zip(names, values)), "standard_errors": se, "r2": finite_or_none(plane.r2),
             "rms_residual": float(plane.rms_residual), "identifiable": bool(plane.identifiable),
             "undetermined": undetermined}
 

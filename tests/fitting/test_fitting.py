@@ -681,6 +681,16 @@ def test_an_undetermined_plane_coefficient_is_none_with_its_reason_never_zero(de
     assert plane["undetermined"] == {} and all(s > 0 for s in plane["standard_errors"])
 
 
+def test_a_plane_through_every_measurement_has_no_standard_errors(design):
+    # All acceptances equal (a model drafting for itself): A = B = 0 and C = 1
+    # fit exactly, and the textbook standard errors are 0 (no residual).
+    rows = design.rows
+    plane = fit_report.plane_summary(fit_acceptance_law(rows.replace(
+        acceptance=jnp.ones_like(rows.acceptance))), True)
+    assert [plane[k] for k in ("draft_coeff", "target_coeff", "intercept")] == pytest.approx([0, 0, 1])
+    assert plane["standard_errors"] == [None] * 3 and plane["undetermined"] == {}
+
+
 @pytest.mark.parametrize("value", [20.0, 13.37, 7.1])
 def test_a_target_with_one_draft_perplexity_has_no_slope(design, value):
     # Regression: rounding left a spread of 1e-15 about the mean of a constant
