@@ -820,6 +820,7 @@ class Result:
     stderr: str
     violations: list[str]
     seconds: float
+    outputs: list[str]  # the output paths the command line named, resolved
 
 
 class CaseTimeout(BaseException):
@@ -1010,7 +1011,8 @@ def run_case(case: Case, folder: Path, env: dict) -> Result:
         violations.append("accepted (exit 0) what must be refused")
     if code == 2 and case.expect == ACCEPT:
         violations.append(f"refused a valid input: {stderr.strip()[:200]}")
-    return Result(code, stdout, stderr, violations, seconds)
+    return Result(code, stdout, stderr, violations, seconds,
+                  [str(folder / p) for p in sorted(outputs)])
 
 
 def _inputs(case: Case, folder: Path, argv: list[str]) -> set[str]:

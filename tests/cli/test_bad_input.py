@@ -114,28 +114,30 @@ def test_bad_input_keeps_every_promise_many(mode, data, env, tmp_path_factory):
 # --------------------------------------------------------------------------
 # Valid runs, fixed: the checks above pass on them, and their outputs are complete.
 
-@pytest.mark.parametrize("name", ["plan", "plan --csv", "plan --position-rates",
-                                  "plot positions"])
-def test_valid_baselines_keep_every_promise(name, env, tmp_path_factory):
+CHEAP = ("plan", "plan --csv", "plan --position-rates", "plot positions")
+
+
+def _valid_run(name, env, tmp_path_factory):
     mode = cases.MODES_BY_NAME[name]
     found, base = env(mode)
     case = cases.build_case(mode, [], base)
-    folder = tmp_path_factory.mktemp("bad-input-valid") / "case"
-    result = cases.run_case(case, folder, found)
+    assert case.expect == cases.ACCEPT
+    result = cases.run_case(case, tmp_path_factory.mktemp("bad-input-valid") / "case", found)
     assert result.code == 0 and not result.violations, (result.stderr, result.violations)
+    # Every output the command line names was written (and run_case found it complete).
+    missing = [p for p in result.outputs if not pathlib.Path(p).exists()]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("name", CHEAP)
+def test_valid_baselines_keep_every_promise(name, env, tmp_path_factory):
+    _valid_run(name, env, tmp_path_factory)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [m.name for m in cases.MODES
-                                  if m.name not in ("plan", "plan --csv", "plan --position-rates",
-                                                    "plot positions")])
+@pytest.mark.parametrize("name", [m.name for m in cases.MODES if m.name not in CHEAP])
 def test_valid_baselines_keep_every_promise_slow(name, env, tmp_path_factory):
-    mode = cases.MODES_BY_NAME[name]
-    found, base = env(mode)
-    case = cases.build_case(mode, [], base)
-    folder = tmp_path_factory.mktemp("bad-input-valid") / "case"
-    result = cases.run_case(case, folder, found)
-    assert result.code == 0 and not result.violations, (result.stderr, result.violations)
+    _valid_run(name, env, tmp_path_factory)
 
 
 # --------------------------------------------------------------------------
