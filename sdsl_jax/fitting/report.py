@@ -83,6 +83,13 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
     target_varies = bool(np.ptp(np.asarray(rows.target_perplexity)) > 0)
     # Before any fit: a set the end-to-end fit must refuse is refused at once.
     joint_fit.check_inputs(rows, points, target_varies)
+    acceptance = np.asarray(rows.acceptance)
+    if np.ptp(acceptance) == 0:
+        # A flat plane fits exactly: no residual measures any uncertainty, and
+        # the end-to-end likelihood is unbounded (its variance is 0).
+        raise ValueError(f"every measurement has the same acceptance ({acceptance[0]:g}), so the "
+                         "plane is flat and nothing measures its uncertainty; were the draft and "
+                         "target the same model? Measure pairs whose acceptance differs")
     plane = plane_fit.fit_acceptance_law(rows, use_target=target_varies)
     per_target = plane_fit.fit_per_target(rows, len(targets))
     huber = None

@@ -366,6 +366,19 @@ def test_one_target_reports_b_as_undetermined_and_writes_no_covariance(one_targe
         assert f"--interval {interval}" in err and "target_coeff undetermined" in err
 
 
+def test_one_acceptance_everywhere_is_refused_in_one_line(tmp_path, run_cli):
+    # Every draft accepted at every position (a model drafting for itself):
+    # the fit printed A = 2e-18 and an interval of +-4.5e-17 on the draft coefficient.
+    measurements = synthetic_measurements(seed=5, num_targets=3, num_drafts=3)
+    columns = dict(measurements.columns, accepted=measurements.columns["trials"])
+    path = tmp_path / "all-accepted.csv"
+    write_measurements(type(measurements).from_columns(columns, source="test"), path)
+    code, out, err = run_cli(["fit", str(path)])
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "all-accepted.csv" in err and "same acceptance (1)" in err
+    assert not (tmp_path / "all-accepted.laws.json").exists()
+
+
 def test_one_draft_perplexity_is_refused_in_one_line(tmp_path, run_cli):
     # A single draft perplexity leaves A undetermined: refused before any fit.
     path = tmp_path / "one-draft.csv"
