@@ -33,8 +33,10 @@ MAX_TARGET_PARAMS = 1e15
 
 def _add_arguments(rule) -> None:
     """The arguments of ``sdsl rule``."""
-    rule.add_argument("--min-target-params", type=count, default=13e9, metavar="M")
-    rule.add_argument("--max-target-params", type=count, default=110e9, metavar="M")
+    rule.add_argument("--min-target-params", type=count, default=13e9, metavar="M",
+                      help="smallest target, 1 to 1e15 parameters (default: 13B)")
+    rule.add_argument("--max-target-params", type=count, default=110e9, metavar="M",
+                      help="largest target (default: 110B); speculation must pay over the range")
     rule.add_argument("--tokens", type=count, nargs="+", default=[3e11, 1e12, 3e12, 15e12],
                       metavar="D", help="training-token counts (draft and target alike)")
     rule.add_argument("--points", type=int, default=24,
