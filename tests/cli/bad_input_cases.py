@@ -363,11 +363,25 @@ RUNS_CORRUPTIONS = {
     "a steps file instead": (lambda d: STEPS, REFUSE),
 }
 
+def _acceptance_column(first: str):
+    """An acceptance column beside accepted and trials, agreeing on every row but the first."""
+    def spoil(data):
+        rows = _csv_rows(data)
+        a, t = rows[0].index("accepted"), rows[0].index("trials")
+        return _csv_bytes([rows[0] + ["acceptance"], rows[1] + [first]]
+                          + [r + [repr(int(r[a]) / int(r[t]))] for r in rows[2:]])
+    return spoil
+
+
 MEASUREMENT_CORRUPTIONS = _csv_corruptions(
     required=("draft_params", "target_perplexity", "accepted", "trials"), optional=(),
     cells={"draft_perplexity": ("0.5", "nan", "inf", "-3"), "target_perplexity": ("0.9",),
            "accepted": ("4001", "-1", "2.5"), "trials": ("0",), "draft_params": ("-5e8", "0"),
            "target_tokens": ("-1", "inf"), "lookahead": ("0", "-2", "garbage")})
+MEASUREMENT_CORRUPTIONS.update({
+    "an acceptance of 1.2": (_acceptance_column("1.2"), REFUSE),
+    "an acceptance of -0.1": (_acceptance_column("-0.1"), REFUSE),
+})
 
 CONFIG_CORRUPTIONS = _csv_corruptions(
     required=("target_params", "target_tokens"), optional=("draft_tokens",),
@@ -969,7 +983,8 @@ def run_case(case: Case, folder: Path, env: dict) -> Result:
     if "Traceback" in stderr:
         violations.append("a traceback on stderr")
     after = _snapshot(folder)
-    outputs = {os.path.relpath(p, folder) for p in output_paths(case, argv)
+    named = [os.path.join(folder, _resolve(p, names)) for p in output_paths(case, argv)]
+    outputs = {os.path.relpath(p, folder) for p in named
                if os.path.abspath(p).startswith(str(folder))}
     for path, digest in before.items():
         writable = code == 0 and path in outputs and path not in _inputs(case, folder, argv)
