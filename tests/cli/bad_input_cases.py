@@ -773,6 +773,10 @@ def mutations(mode: Mode) -> list[Mutation]:
             found.append(Mutation(f"existing {name}", f"{name} exists (someone's notes)",
                                   _refuse_unless_overwrite, file=name,
                                   corrupt=lambda d: NOTES))
+    if mode.models and "--out" in dict(mode.options):
+        # A runs file of another pair and lookahead: resuming it would mix two runs.
+        found.append(Mutation("existing runs-out.jsonl", "runs-out.jsonl is another run's",
+                              REFUSE, file="runs-out.jsonl", corrupt=lambda d: RUNS))
     if mode.refusals_only:
         # (A callable expectation refuses without --overwrite, which these modes lack.)
         found = [m for m in found if m.expect == REFUSE or callable(m.expect)]
