@@ -29,9 +29,12 @@ import json
 import math
 import os
 
-from sdsl_jax.cli.options import UsageError, check_confidence, check_corpus
+from sdsl_jax.cli.options import UsageError, check_confidence, check_corpus, check_seed
 
 ROW_FORMATS = (".jsonl", ".ndjson")
+# A run of this many prompts takes days on any device; more is a typo, and
+# the prompt windows are drawn before the first one is measured.
+MAX_PROMPTS = 100_000
 # Drafted tokens per iteration. Measured lookaheads in the literature stay below
 # 16; this leaves room for any realistic pair and bounds the loop's buffers,
 # which grow with it.
@@ -132,7 +135,7 @@ def run(args) -> int:
 
 def _run_loop(args) -> int:
     """The speculative loop over --prompts prompts, resumed from --out."""
-    from sdsl_jax.cli.measure_models import check_pair, load_model
+    from sdsl_jax.cli.measure_models import check_memory, check_pair, load_model
     from sdsl_jax.cli.measure_prompts import loop_prompts
     from sdsl_jax.decoding import run as measure_run
     from sdsl_jax.decoding.rows import summary_row
@@ -141,7 +144,12 @@ def _run_loop(args) -> int:
     draft = load_model(args.draft, "--draft", "--draft-tokens", args.draft_tokens)
     target = load_model(args.target, "--target", "--target-tokens", args.target_tokens)
     prompts, prompt_set, prompt_len = loop_prompts(args, target)
-    check_pair(draft, target, prompt_len + args.max_new_tokens + args.lookahead + 1)
+    if args.batch_size > len(prompts):
+        raise UsageError(f"sdsl measure: argument --batch-size: {args.batch_size} is more than "
+                         f"the {len(prompts)} prompts; lower it")
+    max_len = prompt_len + args.max_new_tokens + args.lookahead + 1
+    check_pair(draft, target, max_len)
+    check_memory(draft, target, args.batch_size, prompt_len, max_len)
     vocab = target.decoder.vocab_size
     for i, prompt in enumerate(prompts):
         if not all(0 <= t < vocab for t in prompt):
@@ -194,7 +202,12 @@ def _check_arguments(args) -> None:
              2 if args.prompt_file is None or args.teacher_forced else 1)
     at_least("--max-new-tokens", args.max_new_tokens, 2)
     at_least("--batch-size", args.batch_size, 1)
-    at_least("--seed", args.seed, 0)
+    check_seed("sdsl measure", args.seed)
+    for flag, value, most in (("--prompts", args.prompts, MAX_PROMPTS),
+                              ("--documents", args.documents, MAX_PROMPTS)):
+        if value is not None and value > most:
+            raise UsageError(f"sdsl measure: argument {flag}: must be at most {most:,}, "
+                             f"got {value}")
     if args.teacher_forced:
         loop_only = [flag for flag, given in (
             ("--out", args.out), ("--prompts", args.prompts is not None),

@@ -10,7 +10,6 @@ mistake is one usage line naming the flag.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Any, Callable
@@ -50,12 +49,11 @@ def _kind(path: str, flag: str) -> str:
         return "sdsl"
     config_path = os.path.join(path, ckpt.CONFIG_FILE)
     if os.path.isfile(config_path):
+        from sdsl_jax.common.tables import InputFileError, read_json
         try:
-            with open(config_path) as handle:
-                config = json.load(handle)
-        except (OSError, json.JSONDecodeError) as err:
-            raise UsageError(f"sdsl measure: argument {flag}: cannot read {config_path}: "
-                             f"{err}") from None
+            config = read_json(config_path)
+        except InputFileError as err:
+            raise UsageError(f"sdsl measure: argument {flag}: {err}") from None
         if isinstance(config, dict) and "model_type" in config:
             return "hf"
         if isinstance(config, dict) and "model" in config and "settings" in config:
@@ -75,6 +73,9 @@ def load_model(path: str, flag: str, tokens_flag: str, tokens_text: str | None) 
             tokens = parse_count(tokens_text)
         except ValueError as err:
             raise UsageError(f"sdsl measure: argument {tokens_flag}: {err}") from None
+        if tokens < 1:
+            raise UsageError(f"sdsl measure: argument {tokens_flag}: must be at least one "
+                             f"token, got {tokens_text}")
     if kind == "sdsl":
         from sdsl_jax.models import tokenizer
         from sdsl_jax.models import CheckpointError, load_card, load_decoder
@@ -127,3 +128,48 @@ def check_pair(draft: Model, target: Model, max_len: int,
         except ValueError as err:
             raise UsageError(f"sdsl measure: prompts do not fit the {role}'s cache: {what} = "
                              f"{max_len} positions ({err}); lower {lower}") from None
+
+
+def check_memory(draft: Model, target: Model, batch_size: int, prompt_len: int, max_len: int,
+                 lower: str = "--prompt-len, --max-new-tokens or --batch-size") -> None:
+    """Refuse a run whose prefill of ``batch_size`` prompts of ``prompt_len`` tokens into
+    caches of ``max_len`` positions cannot fit in the device's memory.
+
+    Found now, before a model runs, rather than as an allocation failure in
+    the first batch. The compiled prefill's own memory analysis is exact but
+    costs a compilation, so it runs only when a cheap lower bound (one
+    attention head's scores, float32) says the run is large enough to matter.
+    """
+    import jax
+    import jax.numpy as jnp
+    available = _device_memory()
+    if available is None or 64 * batch_size * prompt_len * max_len * 4 < available / 4:
+        return
+    needed = 0
+    for model in (draft, target):
+        decoder = model.decoder
+        cache = jax.eval_shape(lambda: decoder.init_cache(batch_size, max_len))
+        tokens = jax.ShapeDtypeStruct((batch_size, prompt_len), jnp.int32)
+        start = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+        stats = jax.jit(decoder.forward).lower(decoder.params, tokens, start, cache) \
+            .compile().memory_analysis()
+        if stats is None:
+            return
+        needed += (stats.temp_size_in_bytes + stats.argument_size_in_bytes
+                   + stats.output_size_in_bytes)
+    if needed > 0.9 * available:
+        raise UsageError(f"sdsl measure: the prefill of {batch_size} x {prompt_len} tokens needs "
+                         f"about {needed / 2**30:.3g} GiB, more than the "
+                         f"{available / 2**30:.3g} GiB of the device; lower {lower}")
+
+
+def _device_memory() -> int | None:
+    """Bytes the first device can hold: an accelerator's limit, or the host's memory."""
+    import jax
+    stats = jax.devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -20,7 +20,7 @@ def run(args) -> int:
     import jax
     import numpy as np
     from sdsl_jax.cli.measure import emit
-    from sdsl_jax.cli.measure_models import check_pair, load_model
+    from sdsl_jax.cli.measure_models import check_memory, check_pair, load_model
     from sdsl_jax.cli.measure_prompts import corpus_documents, file_prompts
     from sdsl_jax.common.validation import finite_or_none
     from sdsl_jax.decoding.summary import teacher_forced_summary
@@ -43,6 +43,8 @@ def run(args) -> int:
         raise UsageError("sdsl measure: no document has two tokens: nothing to score")
     temperature = 0.0 if args.greedy else float(args.temperature)
     tokens, lengths, first, ids = document_windows(documents, window)
+    check_memory(draft, target, min(args.batch_size, len(tokens)), window, window,
+                 lower="--prompt-len or --batch-size")
     begin = time.perf_counter()
     result = teacher_forced_acceptance(
         draft.decoder, target.decoder, tokens, temperature, lengths=lengths,

@@ -92,6 +92,16 @@ def planner_laws(args) -> dict:
 # Checks of values argparse cannot make.
 
 
+# Seeds become JAX PRNG keys and numpy generators: both take a signed 64-bit integer.
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(prog: str, seed: int, flag: str = "--seed") -> None:
+    """A seed must lie in [0, 2^63 - 1]."""
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"{prog}: argument {flag}: must lie in [0, 2^63 - 1], got {seed}")
+
+
 def check_confidence(prog: str, confidence: float) -> None:
     """An interval level must lie strictly between 0 and 1."""
     if not 0 < confidence < 1:

@@ -12,8 +12,8 @@ import argparse
 import math
 import sys
 
-from sdsl_jax.cli.options import (UsageError, check_confidence, count, load_laws_file,
-                                  read_measurement_set)
+from sdsl_jax.cli.options import (UsageError, check_confidence, check_seed, count,
+                                  load_laws_file, read_measurement_set)
 from sdsl_jax.cli.outputs import check_output_file
 
 FIGURES = ("plane", "throughput", "acceptance", "latency", "draft-size", "positions")
@@ -289,6 +289,8 @@ def _check_numbers(prog: str, args) -> None:
         if not (math.isfinite(low) and math.isfinite(high) and minimum <= low < high):
             raise UsageError(f"{prog}: argument {name}: {what} need {minimum} <= LOW < HIGH, "
                              f"both finite; got {low:g} {high:g}")
+    if getattr(args, "seed", None) is not None:
+        check_seed(prog, args.seed)
     if getattr(args, "bootstrap", None) is not None and args.bootstrap > MAX_RESAMPLES:
         raise UsageError(f"{prog}: argument --bootstrap: must be at most {MAX_RESAMPLES:,}, "
                          f"got {args.bootstrap}")

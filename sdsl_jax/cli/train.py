@@ -12,7 +12,7 @@ import math
 import os
 import sys
 
-from sdsl_jax.cli.options import PROGRESS, UsageError, check_corpus
+from sdsl_jax.cli.options import PROGRESS, UsageError, check_corpus, check_seed
 from sdsl_jax.cli.outputs import check_output_folder, make_output_folder
 
 
@@ -114,6 +114,7 @@ def run(args) -> int:
     if args.validation_fraction is not None and not 0 < args.validation_fraction < 1:
         raise UsageError(f"sdsl train: argument --validation-fraction: must lie in (0, 1), "
                          f"got {args.validation_fraction}")
+    check_seed("sdsl train", args.seed)
     check_corpus("sdsl train", args.corpus, args.no_stdlib)
     # Checked now, created only once the corpus has loaded: a refused run leaves no folder.
     check_output_folder("sdsl train", "--out", args.out)

@@ -52,6 +52,7 @@ runs in.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -266,21 +267,26 @@ def _measure(draft: RunModel, target: RunModel, prompts, todo, settings, hashes,
     # Batches are numbered across the runs file: a resumption's batches are new ones.
     first_batch = 1 + max((int(r["batch_index"]) for r in done.values()
                            if r.get("batch_index") is not None), default=-1)
-    try:
-        handle = open(path, "a", encoding="utf-8")
-    except OSError as err:
-        raise MeasureRunError(f"sdsl measure: argument --out: cannot write {path}: "
-                              f"{err.strerror}") from None
     records = pair.measure_pair(draft.decoder, target.decoder, todo_prompts,
                                 settings["lookahead"], settings["max_new_tokens"],
                                 settings["temperature"], jax.random.PRNGKey(settings["seed"]),
                                 prompt_ids=todo, batch_size=batch, prompt_len=prompt_len,
                                 baseline=settings["baseline"], first_batch=first_batch)
     measured = 0
-    with handle, tqdm(total=len(prompts), initial=len(prompts) - len(todo), unit="prompt",
-                      desc="measure", disable=None if progress is None else not progress,
-                      file=sys.stderr) as bar:
+    # Opened when the first line is ready: a run that fails before (out of
+    # memory in the first batch, say) leaves no empty runs file behind.
+    with contextlib.ExitStack() as stack, tqdm(
+            total=len(prompts), initial=len(prompts) - len(todo), unit="prompt",
+            desc="measure", disable=None if progress is None else not progress,
+            file=sys.stderr) as bar:
+        handle = None
         for record in records:
+            if handle is None:
+                try:
+                    handle = stack.enter_context(open(path, "a", encoding="utf-8"))
+                except OSError as err:
+                    raise MeasureRunError(f"sdsl measure: argument --out: cannot write {path}: "
+                                          f"{err.strerror}") from None
             i = int(record["prompt_id"])
             j = position[i]
             line = _line(record, settings, draft, target, hashes[i], steps, context,

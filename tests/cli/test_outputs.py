@@ -266,3 +266,61 @@ def test_out_of_memory_is_a_usage_error(run_cli, monkeypatch):
     monkeypatch.setattr(rule, "run", exhausted)
     code, _, err = run_cli("rule")
     assert code == 2 and "out of memory (Unable to allocate 745. GiB)" in err
+
+
+# --------------------------------------------------------------------------
+# sdsl measure: sizes that cannot run are refused before the first batch, and
+# a run that fails in its first batch leaves no runs file.
+
+
+def _pair_argv(trained_pair, corpus_dir, out, *extra):
+    return ["measure", "--draft", trained_pair.draft, "--target", trained_pair.target,
+            "--lookahead", "2", "--prompts", "2", "--prompt-len", "16", "--max-new-tokens", "4",
+            "--no-stdlib", "--corpus", corpus_dir, "--out", out, *extra]
+
+
+@pytest.mark.slow
+def test_measure_sizes_that_cannot_run(trained_pair, corpus_dir, tmp_path, run_cli, monkeypatch):
+    from sdsl_jax.cli import measure_models
+    runs = tmp_path / "runs.jsonl"
+    cases = [(["--seed", str(2**64)], "--seed: must lie in [0, 2^63 - 1]"),
+             (["--batch-size", "3"], "--batch-size: 3 is more than the 2 prompts"),
+             (["--draft-tokens", "0.5"], "--draft-tokens: must be at least one token")]
+    for extra, needle in cases:
+        assert needle in _refused(run_cli, tmp_path, *_pair_argv(trained_pair, corpus_dir,
+                                                                 runs, *extra))
+    # A machine of 64 KiB: the two models' weights alone are more than that.
+    monkeypatch.setattr(measure_models, "_device_memory", lambda: 2**16)
+    err = _refused(run_cli, tmp_path, *_pair_argv(trained_pair, corpus_dir, runs))
+    assert "the prefill of 1 x 16 tokens needs about" in err
+    assert "GiB of the device; lower --prompt-len" in err
+
+
+@pytest.mark.slow
+def test_measure_failing_in_its_first_batch_leaves_no_runs_file(trained_pair, corpus_dir,
+                                                                tmp_path, run_cli, monkeypatch):
+    from sdsl_jax.decoding import pair
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError("Unable to allocate 745. GiB")
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(pair, "measure_pair", exhausted)
+    runs = tmp_path / "runs.jsonl"
+    code, _, err = run_cli(*_pair_argv(trained_pair, corpus_dir, runs))
+    assert code == 2 and "out of memory" in err and not runs.exists()
+
+
+def test_measure_prompts_bounded_before_any_window_is_drawn(tmp_path, run_cli):
+    err = _refused(run_cli, tmp_path, *_measure(tmp_path, "--out", tmp_path / "r.jsonl")[:-2],
+                   "--prompts", "99999999", "--out", tmp_path / "r.jsonl")
+    assert "--prompts: must be at most 100,000" in err
+
+
+def test_measure_hugging_face_config_that_is_not_text(tmp_path, run_cli):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_bytes(b"\xff\xfe\x00binary")
+    err = _refused(run_cli, tmp_path, "measure", "--draft", model, "--target", model,
+                   "--lookahead", "2", "--prompts", "2", "--out", tmp_path / "r.jsonl")
+    assert "--draft" in err and "config.json" in err
