@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from sdsl_jax.cli.options import UsageError, check_confidence, read_measurement_set
+from sdsl_jax.cli.options import UsageError, check_confidence, check_seed, read_measurement_set
 from sdsl_jax.cli.outputs import check_output_file
 
 
@@ -19,8 +19,6 @@ from sdsl_jax.cli.outputs import check_output_file
 # resamples, and every resample is 8 numbers in the laws file (about 200 bytes of
 # JSON): beyond 100,000 the run and the file grow without improving the interval.
 MAX_BOOTSTRAP = 100_000
-# The bootstrap's PRNG key takes a 64-bit seed (the command line runs in float64 mode).
-MAX_SEED = 2**63 - 1
 
 
 def add_parser(commands) -> None:
@@ -60,8 +58,7 @@ def run(args) -> int:
     if not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
         raise UsageError(f"sdsl fit: argument --bootstrap: must lie in [0, {MAX_BOOTSTRAP}], "
                          f"got {args.bootstrap}")
-    if not 0 <= args.seed <= MAX_SEED:
-        raise UsageError(f"sdsl fit: argument --seed: must lie in [0, 2^63 - 1], got {args.seed}")
+    check_seed("sdsl fit", args.seed)
     check_confidence("sdsl fit", args.confidence)
     try:  # a missing input is the first thing to say, before anything about --out
         open(args.measurements, "rb").close()

@@ -12,6 +12,7 @@ asks for resamples. The laws go to ``laws.json`` for ``sdsl plan --laws``.
 
 from __future__ import annotations
 
+from sdsl_jax.common.validation import finite_or_none
 from sdsl_jax.reproduce import chain
 from sdsl_jax.reproduce.context import Context
 from sdsl_jax.reproduce.manifest import ReproduceError
@@ -54,18 +55,24 @@ def run(ctx: Context) -> dict:
         cols = measurements.columns
         x = np.asarray(cols["draft_perplexity"], np.float64)
         y = np.asarray(cols["target_perplexity"], np.float64)
-        on_plane = plane["draft_coeff"] * x + plane["target_coeff"] * y + plane["intercept"]
+        # A plane the data cannot determine (collinear perplexities) has no
+        # coefficients to evaluate: its column is NaN, written as null.
+        determined = all(plane[key] is not None
+                         for key in ("draft_coeff", "target_coeff", "intercept"))
+        on_plane = (plane["draft_coeff"] * x + plane["target_coeff"] * y + plane["intercept"]
+                    if determined else np.full_like(x, np.nan))
         from_sizes = chain.evaluate(laws, cols["draft_params"], cols["target_params"],
                                     cols["draft_tokens"], cols["target_tokens"],
                                     cols["lookahead"])["acceptance"]
     measured = measurements.acceptance
     pairs = [{"draft": str(d), "target": str(t), "acceptance": float(a),
-              "plane": float(p), "end_to_end": float(c)}
+              "plane": finite_or_none(p), "end_to_end": float(c)}
              for d, t, a, p, c in zip(measurements.draft_names, measurements.target_names,
                                       measured, on_plane, from_sizes)]
     se = plane["standard_errors"]
-    plane_intervals = {key: {"estimate": plane[key], "low": plane[key] - Z_95 * s,
-                             "high": plane[key] + Z_95 * s}
+    plane_intervals = {key: {"estimate": plane[key],
+                             "low": None if s is None or plane[key] is None else plane[key] - Z_95 * s,
+                             "high": None if s is None or plane[key] is None else plane[key] + Z_95 * s}
                        for key, s in zip(("draft_coeff", "target_coeff", "intercept"), se)}
     return {"report": laws_lib.json_safe(report),
             "plane_intervals": laws_lib.json_safe(plane_intervals), "pairs": pairs,

@@ -34,7 +34,10 @@ def run(ctx: Context) -> dict:
     pairs = preset.pairs()
     with jax.enable_x64(True):
         laws = load_laws(os.path.join(ctx.run.root, ctx.run.output("acceptance")["laws_file"]))
-        interval = "bootstrap" if laws.samples is not None else "delta"
+        # A fit that left a coefficient undetermined carries neither samples nor a
+        # covariance (fitting.report): N* is then reported without an interval.
+        interval = ("bootstrap" if laws.samples is not None else
+                    "delta" if laws.covariance is not None else None)
         target_params = np.array([size_params(t) for t in targets], np.float64)
         plan, low, high = bands.plan_draft_sizes(laws, target_params, tokens, tokens, interval=interval)
         at = chain.evaluate(laws, [size_params(d) for d, _ in pairs],
@@ -55,8 +58,9 @@ def run(ctx: Context) -> dict:
         results.append({
             "target": target, "target_params": int(m), "target_tokens": tokens,
             "draft_tokens": tokens, "target_perplexity": finite_or_none(plan.target_perplexity[k]),
-            "n_star": finite_or_none(plan.draft_params[k]), "n_star_low": finite_or_none(low[k]),
-            "n_star_high": finite_or_none(high[k]), "cost_ratio": finite_or_none(plan.cost_ratio[k]),
+            "n_star": finite_or_none(plan.draft_params[k]),
+            "n_star_low": None if low is None else finite_or_none(low[k]),
+            "n_star_high": None if high is None else finite_or_none(high[k]), "cost_ratio": finite_or_none(plan.cost_ratio[k]),
             "pays": bool(plan.pays[k]), "acceptance": finite_or_none(plan.acceptance[k]),
             "lookahead": finite_or_none(plan.lookahead[k]),
             "integer_lookahead": finite_or_none(plan.integer_lookahead[k]),

@@ -152,7 +152,7 @@ def verdict_lines(outputs: dict, preset) -> tuple[list[str], list[dict]]:
                 f"{_where(p['n_star'] if p['pays'] else None, preset.drafts_of(t))}; among the "
                 f"drafts it predicts **{p['pick']}** fastest at "
                 f"{speed(pick['speedup_at_lookahead'])} (lookahead {preset.lookahead})")
-        wall = (f"wall-clock model calibrated on the measured step times: "
+        wall = ("wall-clock model calibrated on the measured step times: "
                 + (f"N* = {count(v['wall_n_star'])} at {speed(v['wall_speedup'])}"
                    if v["wall_pays"] else "no draft size pays")
                 + f"; among the drafts it predicts **{v['wall_pick']}** fastest, "
