@@ -1066,23 +1066,27 @@ def record(case: Case, result: Result, folder: Path) -> None:
 
 
 def summarise(path: str) -> str:
-    """The table of a report: per mode, cases run, refused (exit 2), accepted, failing."""
-    rows = {}
+    """The tables of a report: per subcommand and per mode, the cases run, refused (exit 2),
+    accepted (exit 0) and those that broke a promise."""
+    by = {"subcommand": {}, "mode": {}}
     with open(path, encoding="utf-8") as handle:
         for line in handle:
             entry = json.loads(line)
-            counts = rows.setdefault(entry["mode"], [0, 0, 0, 0])
-            counts[0] += 1
-            counts[1] += entry["exit"] == 2
-            counts[2] += entry["exit"] == 0
-            counts[3] += bool(entry["violations"])
-    lines = ["| mode | cases | refused (exit 2) | accepted (exit 0) | broke a promise |",
-             "|---|---|---|---|---|"]
-    for name, (n, refused, accepted, failing) in sorted(rows.items()):
-        lines.append(f"| {name} | {n} | {refused} | {accepted} | {failing} |")
-    total = [sum(c[i] for c in rows.values()) for i in range(4)]
-    lines.append(f"| all | {total[0]} | {total[1]} | {total[2]} | {total[3]} |")
-    return "\n".join(lines)
+            for key, rows in by.items():
+                counts = rows.setdefault(entry[key], [0, 0, 0, 0])
+                counts[0] += 1
+                counts[1] += entry["exit"] == 2
+                counts[2] += entry["exit"] == 0
+                counts[3] += bool(entry["violations"])
+    lines = []
+    for key, rows in by.items():
+        lines += ["", f"| {key} | cases | refused (exit 2) | accepted (exit 0) | broke a promise |",
+                  "|---|---|---|---|---|"]
+        for name, (n, refused, accepted, failing) in sorted(rows.items()):
+            lines.append(f"| {name} | {n} | {refused} | {accepted} | {failing} |")
+        total = [sum(c[i] for c in rows.values()) for i in range(4)]
+        lines.append(f"| all | {total[0]} | {total[1]} | {total[2]} | {total[3]} |")
+    return "\n".join(lines[1:])
 
 
 def run_every_mutation(report: str, names: list[str]) -> int:
