@@ -42,6 +42,18 @@ def _parent(path: str) -> str:
     return os.path.dirname(os.path.abspath(path))
 
 
+def _check_name(where: str, path: str, folder: str) -> None:
+    """A name longer than the file system allows is refused now, not after the work."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return
+    name = os.path.basename(os.path.abspath(path))
+    if len(os.fsencode(name)) > limit:
+        raise UsageError(f"{where}: the name {name[:40]}... is longer than the {limit} bytes "
+                         "a file name may have here")
+
+
 def check_output_file(prog: str, flag: str, path: str, *, inputs: Iterable[str] = (),
                       overwrite: bool = False, resume: bool = False,
                       resumable: bool = False) -> None:
@@ -63,6 +75,7 @@ def check_output_file(prog: str, flag: str, path: str, *, inputs: Iterable[str] 
                          "not a folder")
     if not os.path.isdir(folder):
         raise UsageError(f"{where}: the folder {os.path.dirname(path)} does not exist")
+    _check_name(where, path, folder)
     for source in inputs:
         if source and same_file(path, source):
             raise UsageError(f"{where}: {path} is the input {source}; writing there would "
@@ -98,6 +111,7 @@ def check_output_folder(prog: str, flag: str, path: str) -> None:
     if not os.path.isdir(parent):
         raise UsageError(f"{where}: the folder {os.path.dirname(path)} does not exist; "
                          "create it first")
+    _check_name(where, path, parent)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"{where}: cannot create {path} in {parent} (permission denied)")
 

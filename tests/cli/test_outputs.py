@@ -59,6 +59,7 @@ def test_check_output_file(tmp_path):
         # The same file under another name is still the input, even with --overwrite.
         (tmp_path / "." / "data.csv", {"inputs": [str(data)], "overwrite": True}, "is the input"),
         ("", {}, "empty"),
+        (tmp_path / ("x" * 300 + ".json"), {}, "longer than the"),
     ]
     for path, options, needle in cases:
         with pytest.raises(UsageError, match=needle) as info:
@@ -80,7 +81,8 @@ def test_check_output_folder(tmp_path):
     afile.write_text("x")
     for path, needle in ((afile, "is a file, not a folder"),
                          (tmp_path / "missing" / "run", "does not exist; create it first"),
-                         (afile / "run", "cannot create")):
+                         (afile / "run", "cannot create"),
+                         (tmp_path / ("r" * 300), "longer than the")):
         with pytest.raises(UsageError, match=needle):
             check_output_folder("sdsl train", "--out", str(path))
     check_output_folder("sdsl train", "--out", str(tmp_path / "new"))
