@@ -89,7 +89,8 @@ def _check(mode, data, env, tmp_path_factory):
     cases.record(case, result, folder / "case")
     assert not result.violations, (
         f"sdsl {' '.join(case.argv)}\n  spoiled: {'; '.join(case.labels)}\n  exit {result.code}"
-        f"\n  stderr: {result.stderr.strip()[:500]}\n  broke: " + "\n         ".join(result.violations))
+        f"\n  stderr: {result.stderr.strip()[:500]}\n  {{dir}}: {folder / 'case'} (kept)"
+        "\n  broke: " + "\n         ".join(result.violations))
     shutil.rmtree(folder, ignore_errors=True)
 
 
