@@ -468,6 +468,8 @@ KINDS: dict[str, dict[str, str]] = {
     "points": _numbers(extra=("1", "1.5")),
     # --dpi: at least 10, and an image that fits in memory.
     "dpi": _numbers(extra=("9", "1.5")),
+    # A perplexity: finite and at least 1.
+    "perplexity": _numbers("99999999999", extra=("0.5",)),
     # A choice among names.
     "choice": {"garbage": REFUSE, "": REFUSE, "nan": REFUSE},
     # A free name looked up in a table (hardware, precision, preset, size, stage).
@@ -481,6 +483,12 @@ KINDS: dict[str, dict[str, str]] = {
     "model": {"{dir}/notes.txt": REFUSE, "{dir}/sub": REFUSE, "{dir}/missing": REFUSE,
               "{dir}/corpus": REFUSE, "": REFUSE},
 }
+
+
+# Options that take LOW HIGH: a bad LOW is given beside this HIGH (a bad value may make
+# LOW > HIGH, so a huge one is either refused or valid).
+PAIR_HIGH = {"--draft-range": "10B", "--target-params-range": "300B",
+             "--draft-tokens-range": "1e14", "--draft-perplexity": "40"}
 
 
 def _output_values(mode: "Mode", suffix: str) -> dict[str, str | Callable]:
@@ -674,7 +682,7 @@ MODES = (
          options=_opts(("--target-params", "7B"), ("--points", "8"), ("--out", "{dir}/fig"),
                        ("--dpi", "20")),
          values={**PLOT, "--target-params": "count", "--target-tokens": "count",
-                 "--draft-tokens": "count", "--draft-range": "count", "--points": "points",
+                 "--draft-tokens": "count", "--draft-range": "count-pair", "--points": "points",
                  "--metric": "choice", "--interval": "choice", "--confidence": "unit",
                  "--laws": "in", **PRESETS},
          switches=("--overwrite",), foreign=(("--weighting", "equal"),)),
@@ -685,6 +693,15 @@ MODES = (
          # Without MEASUREMENTS only: given with them they would be ignored.
          foreign=(("--target-params", "7B"), ("--draft-perplexity", "5", "50"),
                   ("--target-tokens", "1T"))),
+    Mode("plot acceptance --target-params", ("plot", "acceptance"),
+         options=_opts(("--target-params", "7B", "70B"), ("--target-tokens", "2T"),
+                       ("--out", "{dir}/fig"), ("--dpi", "20")),
+         values={**PLOT, "--target-params": "count", "--target-tokens": "count",
+                 "--draft-perplexity": "perplexity-pair", "--interval": "choice",
+                 "--confidence": "unit", "--laws": "in", **PRESETS},
+         switches=("--overwrite",),
+         # With MEASUREMENTS only.
+         foreign=(("--weighting", "equal"), ("--target-tokens", "1T", "2T", "3T"))),
     Mode("plot latency", ("plot", "latency"), positionals=("{dir}/latency.csv",),
          options=_opts(("--out", "{dir}/fig"), ("--dpi", "20")),
          values={**PLOT, "--draft-tokens": "count", "--laws": "in", **PRESETS},
@@ -693,7 +710,7 @@ MODES = (
          options=_opts(("--points", "4"), ("--out", "{dir}/fig"), ("--dpi", "20")),
          values={**PLOT, "--points": "points", "--target-params": "count",
                  "--target-tokens": "count", "--draft-tokens": "count",
-                 "--target-params-range": "count", "--draft-tokens-range": "count",
+                 "--target-params-range": "count-pair", "--draft-tokens-range": "count-pair",
                  "--confidence": "unit", "--laws": "in", **PRESETS},
          switches=("--overwrite", "--no-rule")),
     Mode("plot positions", ("plot", "positions"), positionals=("{dir}/runs.jsonl",),
@@ -725,6 +742,7 @@ class Mutation:
     add: tuple[str, ...] = ()
     file: str | None = None  # the input file it corrupts, or the output it pre-creates
     corrupt: Callable[[bytes], bytes] | None = None
+    pair: tuple[str, str] | None = None  # new LOW HIGH of a two-value option
 
     def __repr__(self):
         return f"Mutation({self.label!r})"
@@ -746,10 +764,19 @@ def mutations(mode: Mode) -> list[Mutation]:
         elif kind == "out-dir":
             table = {"{dir}/notes.txt": REFUSE, "{dir}/nofolder/run": REFUSE, "": REFUSE,
                      "{dir}/corpus": REFUSE}
+        elif kind.endswith("-pair"):
+            table = {v: (EITHER if v == "99999999999" else e)
+                     for v, e in KINDS[kind[:-len("-pair")]].items()}
         else:
             table = KINDS[kind]
         for value, expect in table.items():
-            found.append(Mutation(flag, f"{flag}={value!r}", expect, value=value))
+            if kind.endswith("-pair"):
+                # As two words (argparse's --flag=VALUE gives one): a value such as
+                # -inf is then read as an option, which argparse refuses too.
+                found.append(Mutation(flag, f"{flag} {value!r} {PAIR_HIGH[flag]}", expect,
+                                      pair=(value, PAIR_HIGH[flag])))
+            else:
+                found.append(Mutation(flag, f"{flag}={value!r}", expect, value=value))
     for name, kind in mode.inputs.items():
         for label, (corrupt, expect) in CORRUPTIONS[kind].items():
             found.append(Mutation(name, f"{name}: {label}", expect, file=name, corrupt=corrupt))
@@ -808,6 +835,13 @@ def build_case(mode: Mode, chosen: list[Mutation], base: dict[str, bytes]) -> Ca
             options = [o for o in options if o[0] != m.target]
         elif m.add:
             options.append([m.add[0], list(m.add[1:])])
+        elif m.pair is not None:
+            for o in options:
+                if o[0] == m.target:
+                    o[1] = list(m.pair)
+                    break
+            else:
+                options.append([m.target, list(m.pair)])
         elif m.value is not None:
             for o in options:
                 if o[0] == m.target:
