@@ -203,15 +203,9 @@ def _read_jsonl(data: bytes, source: str) -> list[dict]:
 
 
 def _read_parquet(data: bytes, source: str) -> list[dict]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        # One thread: pyarrow's pool still running at interpreter exit can
-        # abort the process after a refusal has been printed.
-        return pq.read_table(pa.BufferReader(data), use_threads=False).to_pylist()
-    except pa.ArrowException as err:
-        raise LatencyError(f"{source}: not a readable Parquet file ({err})", path=source) from None
+    # Opened by Arrow, not from ``data``: see read_parquet_table on exit status 134.
+    from sdsl_jax.estimation.measurements import read_parquet_table
+    return read_parquet_table(source).to_pylist()
 
 
 def optimal_sizes(table: LatencyTable, laws, *, draft_tokens=None, method: str = "bracket") -> np.ndarray:
