@@ -217,6 +217,8 @@ def iter_jsonl(data: bytes | str, path: str = "<data>") -> Iterator[tuple[int, d
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise JsonlError(path, number, "json", err.msg) from None
+        except RecursionError:
+            raise JsonlError(path, number, "json", "nested too deeply to read") from None
         if not isinstance(record, dict):
             raise JsonlError(path, number, "object", type(record).__name__)
         yield number, record

@@ -166,6 +166,8 @@ def read_json(path: str | os.PathLike) -> Any:
     except json.JSONDecodeError as err:
         raise InputFileError(f"{source}: line {err.lineno}, column {err.colno}: not valid JSON "
                              f"({err.msg})", path=source, line=err.lineno) from None
+    except RecursionError:
+        raise InputFileError(f"{source}: JSON nested too deeply to read", path=source) from None
 
 
 def _unique_keys(pairs: list[tuple[str, Any]], source: str) -> dict:

@@ -200,3 +200,8 @@ def test_read_json_skips_a_byte_order_mark(tmp_path):
     path = tmp_path / "bom.json"
     path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n')
     assert read_json(path) == {"a": 1}
+
+
+def test_a_line_nested_too_deeply_is_a_jsonl_error():
+    with pytest.raises(JsonlError, match="line 2: not valid JSON \\(nested too deeply"):
+        parse_jsonl(b'{"a": 1}\n' + b"[" * 100_000 + b"\n", "deep.jsonl")

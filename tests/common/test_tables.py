@@ -252,3 +252,8 @@ def test_short_binary_is_not_taken_for_utf16(tmp_path):
     assert "UTF-16" not in message
     path = _csv(tmp_path, "prompt one\n".encode("utf-16-be"))
     _refused(lambda: read_text(path), "UTF-16")
+
+
+def test_json_nested_too_deeply_is_one_line_not_a_recursion_error(tmp_path):
+    path = _csv(tmp_path, "[" * 100_000, "deep.json")
+    _refused(lambda: read_json(path), "deep.json", "nested too deeply")

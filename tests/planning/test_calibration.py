@@ -155,3 +155,8 @@ def test_step_times_with_a_bom_read_like_without(tmp_path):
         calibration.read_step_times(path)
     path.write_bytes(b'\xef\xbb\xbf{"params": 1e9, "seconds": 0.01}\n')
     np.testing.assert_array_equal(np.asarray(calibration.read_step_times(path).num_params), [1e9])
+
+
+def test_a_folder_is_an_os_error_the_cli_words_as_cannot_read(tmp_path):
+    with pytest.raises(IsADirectoryError):
+        calibration.read_step_times(tmp_path)
