@@ -314,6 +314,9 @@ def run(args) -> int:
         raise UsageError(f"{prog}: argument --points: must lie in [2, {MAX_POINTS}], "
                          f"got {points}")
     _check_numbers(prog, args)
+    if not args.out or args.out.endswith(("/", "\\")) or style.output_stem(args.out).name == "":
+        raise UsageError(f"{prog}: argument --out: give a file stem such as figures/throughput, "
+                         f"got {args.out!r}")
     stem = style.output_stem(args.out)
     inputs = [getattr(args, name, None) for name in ("measurements", "table", "laws")]
     inputs += getattr(args, "runs", None) or []
