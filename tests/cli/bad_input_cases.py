@@ -269,7 +269,13 @@ def _asymmetric(document):
     document["covariance"] = cov
 
 
+# Deeper than Python's JSON reader can recurse.
+DEEP_JSON = (lambda d: b"[" * 100_000 + b"]" * 100_000, REFUSE)
+# A file name longer than file systems allow (255 bytes).
+LONG_NAME = "{dir}/" + "x" * 300
+
 LAWS_CORRUPTIONS = {
+    "JSON nested 100000 deep": DEEP_JSON,
     "a JSON list": (_json([1, 2, 3]), REFUSE),
     "a JSON string": (_json('"laws"'), REFUSE),
     "pretraining_law a list": (_json_edit(_set_key("pretraining_law", [1, 2, 3])), REFUSE),
@@ -294,6 +300,7 @@ LAWS_CORRUPTIONS = {
 }
 
 RATES_CORRUPTIONS = {
+    "JSON nested 100000 deep": DEEP_JSON,
     "an empty object": (_json({}), REFUSE),
     "position_rates empty": (_json({"position_rates": [], "cost_ratio": 0.05}), REFUSE),
     "position_rates a string": (_json({"position_rates": "0.8", "cost_ratio": 0.05}), REFUSE),
@@ -329,6 +336,7 @@ def _replace_record(index: int, record) -> Callable[[bytes], bytes]:
 
 
 STEPS_CORRUPTIONS = {
+    "JSON nested 100000 deep": DEEP_JSON,
     "a line that is a list": (_replace_record(1, "[1, 2]"), REFUSE),
     "a line that is a number": (_replace_record(1, "3"), REFUSE),
     "a line that is not JSON": (_replace_record(1, "{oops"), REFUSE),
@@ -347,6 +355,7 @@ STEPS_CORRUPTIONS = {
 }
 
 RUNS_CORRUPTIONS = {
+    "JSON nested 100000 deep": DEEP_JSON,
     "a line that is a list": (_replace_record(1, "[3, 1]"), REFUSE),
     "a line that is not JSON": (_replace_record(1, "{oops"), REFUSE),
     "lookahead 0": (_jsonl(dict(lookahead=0, accepted_per_iteration=[0, 0])), REFUSE),
@@ -478,7 +487,7 @@ KINDS: dict[str, dict[str, str]] = {
     "text": {"": EITHER, "$": EITHER, "$\\frac{": EITHER, "100%": EITHER, "a\nb": EITHER},
     # A file or folder that is read.
     "in": {"{dir}/sub": REFUSE, "{dir}/missing.csv": REFUSE, "{dir}/nofolder/x.csv": REFUSE,
-           "": REFUSE},
+           "": REFUSE, "{dir}/" + "x" * 300: REFUSE},
     # A model folder (measure --draft/--target).
     "model": {"{dir}/notes.txt": REFUSE, "{dir}/sub": REFUSE, "{dir}/missing": REFUSE,
               "{dir}/corpus": REFUSE, "": REFUSE},
@@ -495,7 +504,7 @@ def _output_values(mode: "Mode", suffix: str) -> dict[str, str | Callable]:
     """Bad paths for an output option: a folder, a missing folder, an input, notes.txt, ''."""
     values: dict[str, str | Callable] = {
         "{dir}/sub": REFUSE, "{dir}/sub" + suffix: REFUSE,
-        "{dir}/nofolder/out" + suffix: REFUSE, "": REFUSE,
+        "{dir}/nofolder/out" + suffix: REFUSE, "": REFUSE, LONG_NAME + suffix: REFUSE,
         # Someone else's file: refused unless --overwrite asks to replace it, and a
         # resume file that is not this command's output is refused untouched.
         "{dir}/notes.txt": _refuse_unless_overwrite,
@@ -760,10 +769,10 @@ def mutations(mode: Mode) -> list[Mutation]:
             # STEM.png and STEM.pdf are written: a stem named like an input or notes.txt
             # clobbers nothing, but a folder where STEM.png goes must be refused.
             table = {"{dir}/sub.png": REFUSE, "{dir}/nofolder/out": REFUSE, "": REFUSE,
-                     "{dir}/notes.txt": EITHER}
+                     "{dir}/notes.txt": EITHER, LONG_NAME: REFUSE}
         elif kind == "out-dir":
             table = {"{dir}/notes.txt": REFUSE, "{dir}/nofolder/run": REFUSE, "": REFUSE,
-                     "{dir}/corpus": REFUSE}
+                     "{dir}/corpus": REFUSE, LONG_NAME: REFUSE}
         elif kind.endswith("-pair"):
             table = {v: (EITHER if v == "99999999999" else e)
                      for v, e in KINDS[kind[:-len("-pair")]].items()}
