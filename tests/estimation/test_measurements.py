@@ -413,27 +413,3 @@ def test_broken_csv_quoting_names_the_line(tmp_path):
     path = _csv(tmp_path, ROW, '125e6,70e9,2e12,15e12,12.5,6.9,4,"0.7"x')
     with pytest.raises(MeasurementError, match=r"measurements\.csv: line 3: not valid CSV"):
         read_measurements(path)
-
-
-@pytest.mark.slow
-def test_a_parquet_refusal_exits_2_every_time(tmp_path):
-    # Regression: Parquet's reader dropped its last reference to a
-    # Python-backed buffer on an Arrow pool thread while the interpreter
-    # exited after the refusal; the process then aborted with status 134
-    # ("terminate called without an active exception") in about one run in ten.
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-    import subprocess
-    import sys
-
-    columns = {name: [float(v)] * 2 for name, v in zip(HEADER.split(","), ROW.split(","))}
-    columns["draft_params"] = [125e6, None]
-    path = tmp_path / "nulls.parquet"
-    pq.write_table(pa.table(columns), path)
-    command = [sys.executable, "-m", "sdsl_jax.cli", "fit", str(path), "--bootstrap", "0",
-               "--out", str(tmp_path / "laws.json")]
-    for _ in range(12):  # the old abort came in about one run in ten
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 2, done.stderr
-        assert done.stderr == (f"error: {path}: row 2, column 'draft_params': missing value\n")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["nulls.parquet"]
