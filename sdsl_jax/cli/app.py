@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
+        _refuse_empty(args)
         import jax
         # Planning is cheap, so the CLI always answers in float64 (scoped, so
         # a program that calls main() keeps its own precision setting).
@@ -73,6 +74,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {prog}: internal error: {type(err).__name__}: {_first_line(err)} "
               "(please report it; SDSL_DEBUG=1 shows the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+# Options whose empty value means something (a figure with no title).
+_MAY_BE_EMPTY = {"title"}
+
+
+def _refuse_empty(args) -> None:
+    """An empty path or name (``--laws=``, ``--out ""``) is a mistake, never "not given"."""
+    prog = f"sdsl {args.command}" + (f" {args.figure}" if getattr(args, "figure", None) else "")
+    for name, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        if name not in _MAY_BE_EMPTY and any(isinstance(v, str) and not v.strip() for v in values):
+            flag = name if name in ("measurements", "table", "runs") else "--" + name.replace("_", "-")
+            raise UsageError(f"{prog}: argument {flag}: empty; give a value or leave the option out")
 
 
 def _first_line(err: BaseException) -> str:

@@ -35,6 +35,8 @@ ROW_FORMATS = (".jsonl", ".ndjson")
 # A run of this many prompts takes days on any device; more is a typo, and
 # the prompt windows are drawn before the first one is measured.
 MAX_PROMPTS = 100_000
+# Positions are int32 on the device; a cache this long is beyond any model we load.
+MAX_LENGTH = 2**20
 # Drafted tokens per iteration. Measured lookaheads in the literature stay below
 # 16; this leaves room for any realistic pair and bounds the loop's buffers,
 # which grow with it.
@@ -203,6 +205,10 @@ def _check_arguments(args) -> None:
     at_least("--max-new-tokens", args.max_new_tokens, 2)
     at_least("--batch-size", args.batch_size, 1)
     check_seed("sdsl measure", args.seed)
+    for flag, value in (("--prompt-len", args.prompt_len), ("--max-new-tokens", args.max_new_tokens)):
+        if value is not None and value > MAX_LENGTH:
+            raise UsageError(f"sdsl measure: argument {flag}: must be at most {MAX_LENGTH:,}, "
+                             f"got {value}")
     for flag, value, most in (("--prompts", args.prompts, MAX_PROMPTS),
                               ("--documents", args.documents, MAX_PROMPTS)):
         if value is not None and value > most:

@@ -47,12 +47,11 @@ def count(text: str) -> float:
 def add_law_presets(cmd) -> None:
     """--pretraining-law, --acceptance-law and --method, as ``plan`` and ``rule`` take them."""
     from sdsl_jax.laws import acceptance, pretraining
-    cmd.add_argument("--pretraining-law", default=pretraining.DEFAULT_PRESET,
-                     choices=sorted(pretraining.PRESETS),
-                     help="preset for L(N, D) (default: %(default)s)")
-    cmd.add_argument("--acceptance-law", default=acceptance.DEFAULT_PRESET,
-                     choices=sorted(acceptance.PRESETS),
-                     help="preset for alpha = A x + B y + C (default: %(default)s)")
+    # Defaults filled in by planner_laws, so that a preset given beside --laws is seen.
+    cmd.add_argument("--pretraining-law", default=None, choices=sorted(pretraining.PRESETS),
+                     help=f"preset for L(N, D) (default: {pretraining.DEFAULT_PRESET})")
+    cmd.add_argument("--acceptance-law", default=None, choices=sorted(acceptance.PRESETS),
+                     help=f"preset for alpha = A x + B y + C (default: {acceptance.DEFAULT_PRESET})")
     cmd.add_argument("--method", default="bracket", choices=("bracket", "gradient"),
                      help="N* solver (default: %(default)s)")
 
@@ -81,8 +80,13 @@ def planner_laws(args) -> dict:
     from sdsl_jax.laws import acceptance, pretraining
     fitted = fitted_laws(args)
     if fitted is not None:
+        if args.pretraining_law or args.acceptance_law:
+            raise UsageError("sdsl plan: --laws replaces the presets; drop "
+                             "--pretraining-law/--acceptance-law")
         return dict(pretraining_law=fitted.pretraining_law, acceptance_law=fitted.acceptance_law,
                     method=args.method)
+    args.pretraining_law = args.pretraining_law or pretraining.DEFAULT_PRESET
+    args.acceptance_law = args.acceptance_law or acceptance.DEFAULT_PRESET
     return dict(pretraining_law=pretraining.pretraining_preset(args.pretraining_law),
                 acceptance_law=acceptance.acceptance_preset(args.acceptance_law),
                 method=args.method)
@@ -116,6 +120,10 @@ def check_corpus(prog: str, paths, no_stdlib: bool) -> None:
     for path in paths:
         if not os.path.exists(path):
             raise UsageError(f"{prog}: argument --corpus: {path} does not exist")
+        if os.path.isdir(path):
+            from sdsl_jax.models.corpus import user_documents
+            if not user_documents([path]):
+                raise UsageError(f"{prog}: argument --corpus: {path} holds no text files")
 
 
 # --------------------------------------------------------------------------

@@ -124,3 +124,15 @@ def make_output_folder(prog: str, flag: str, path: str) -> None:
     except OSError as err:
         raise UsageError(f"{prog}: argument {flag}: cannot create {path} "
                          f"({err.strerror or err})") from None
+
+
+def check_outside(prog: str, flag: str, path: str, input_flag: str, inputs: Iterable[str]) -> None:
+    """Refuse a run folder ``path`` that is, or lies inside, one of ``inputs`` (the text of
+    ``--corpus``): its checkpoints would be written into the user's data, and read back as
+    text by the next run."""
+    target = os.path.realpath(path)
+    for source in inputs:
+        root = os.path.realpath(source)
+        if target == root or target.startswith(root.rstrip(os.sep) + os.sep):
+            raise UsageError(f"{prog}: argument {flag}: {path} is inside {input_flag} {source}; "
+                             "write the run somewhere else")

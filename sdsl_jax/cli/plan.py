@@ -121,6 +121,14 @@ def run(args) -> int:
     from sdsl_jax.cli import plan_hardware
     plan_hardware.check_options(args)
     if args.position_rates:
+        others = [flag for flag, given in (
+            ("--csv", args.csv), ("--out", args.out), ("--resume", args.resume),
+            ("--overwrite", args.overwrite), ("--laws", args.laws),
+            ("--target-params", args.target_params), ("--target-tokens", args.target_tokens),
+            ("--draft-tokens", args.draft_tokens)) if given]
+        if others:
+            raise UsageError(f"sdsl plan: --position-rates plans the lookahead of a measured "
+                             f"pair; drop {', '.join(others)}")
         from sdsl_jax.cli import plan_positions
         return plan_positions.run(args)
     if args.cost_ratio is not None:

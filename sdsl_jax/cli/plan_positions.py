@@ -34,6 +34,9 @@ def _read(path: str):
         raise UsageError(f"{prog}: {err}") from None
     try:
         content = json.loads(text)
+    except RecursionError:
+        raise UsageError(f"{prog}: {path} nests its JSON too deeply to read; give the output "
+                         "of `sdsl measure --json` or a list of rates") from None
     except json.JSONDecodeError as err:
         raise UsageError(f"{prog}: {path} is not one JSON value ({err.msg} at line "
                          f"{err.lineno}, column {err.colno}); give the output of `sdsl measure "
@@ -69,6 +72,10 @@ def _read(path: str):
     usable = []
     for i, rate in enumerate(rates, 1):
         if rate is None:
+            if any(later is not None for later in rates[i:]):
+                # A position is reached only through every position before it.
+                raise UsageError(f"{prog}: {path}: draft position {i} has no rate but a later "
+                                 "one has; a position never reached has none after it either")
             break
         if not _is_number(rate, 0, 1):
             raise UsageError(f"{prog}: {path}: the rate at draft position {i} must be a number "

@@ -106,15 +106,18 @@ def add_parser(commands) -> None:
         "--target-params at its predicted perplexity."))
     accept.add_argument("measurements", metavar="MEASUREMENTS", nargs="?",
                         help="a measurement set (.csv, .jsonl or .parquet), optional")
-    accept.add_argument("--target-params", type=count, nargs="+", default=[7e9, 13e9, 70e9],
-                        metavar="M", help="without MEASUREMENTS: target sizes (default: 7B 13B 70B)")
-    accept.add_argument("--target-tokens", type=count, nargs="+", default=[2e12], metavar="D'",
+    # No defaults here: each option belongs to one of the two forms, and one
+    # given to the other is refused (_acceptance fills the defaults in).
+    accept.add_argument("--target-params", type=count, nargs="+", metavar="M",
+                        help="without MEASUREMENTS: target sizes (default: 7B 13B 70B)")
+    accept.add_argument("--target-tokens", type=count, nargs="+", metavar="D'",
                         help="without MEASUREMENTS: target training tokens, one or one per target "
                              "(default: 2T)")
-    accept.add_argument("--draft-perplexity", type=float, nargs=2, default=[8.0, 40.0],
-                        metavar=("LOW", "HIGH"), help="without MEASUREMENTS: the x range (default: 8 40)")
-    accept.add_argument("--weighting", choices=("auto", "interval", "equal"), default="auto",
-                        help="weights of the per-target fits, as in `sdsl fit` (default: %(default)s)")
+    accept.add_argument("--draft-perplexity", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="without MEASUREMENTS: the x range (default: 8 40)")
+    accept.add_argument("--weighting", choices=("auto", "interval", "equal"),
+                        help="with MEASUREMENTS: weights of the per-target fits, as in `sdsl fit` "
+                             "(default: auto)")
     common(accept, "acceptance")
 
     latency = figures.add_parser(
@@ -206,6 +209,20 @@ def _throughput(args):
 
 def _acceptance(args):
     from sdsl_jax.plots.acceptance_curves import plot_acceptance
+    only_laws = [flag for flag, value in (("--target-params", args.target_params),
+                                          ("--target-tokens", args.target_tokens),
+                                          ("--draft-perplexity", args.draft_perplexity))
+                 if value is not None]
+    if args.measurements and only_laws:
+        raise UsageError(f"sdsl plot acceptance: {', '.join(only_laws)} draw the laws' lines "
+                         "without MEASUREMENTS; drop them or the measurements file")
+    if not args.measurements and args.weighting is not None:
+        raise UsageError("sdsl plot acceptance: --weighting weights the fits to MEASUREMENTS; "
+                         "give a measurements file or drop it")
+    args.target_params = args.target_params or [7e9, 13e9, 70e9]
+    args.target_tokens = args.target_tokens or [2e12]
+    args.draft_perplexity = args.draft_perplexity or [8.0, 40.0]
+    args.weighting = args.weighting or "auto"
     if args.measurements:
         measurements = read_measurement_set(args.measurements)
         laws, source = _laws(args) if (args.laws or args.acceptance_law) else (None, None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from sdsl_jax.cli.options import PROGRESS, UsageError, check_corpus
-from sdsl_jax.cli.outputs import check_output_folder
+from sdsl_jax.cli.outputs import check_output_folder, check_outside
 
 
 def add_parser(commands) -> None:
@@ -57,6 +57,7 @@ def run(args) -> int:
         raise UsageError(f"sdsl reproduce: argument --stop-after: unknown stage "
                          f"{args.stop_after!r} (stages: {', '.join(STAGE_NAMES)})")
     check_output_folder("sdsl reproduce", "--out", args.out)
+    check_outside("sdsl reproduce", "--out", args.out, "--corpus", args.corpus)
     progress = PROGRESS[args.progress]
     try:
         result = reproduce(preset, args.out, corpus_paths=args.corpus,

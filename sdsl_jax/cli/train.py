@@ -13,7 +13,7 @@ import os
 import sys
 
 from sdsl_jax.cli.options import PROGRESS, UsageError, check_corpus, check_seed
-from sdsl_jax.cli.outputs import check_output_folder, make_output_folder
+from sdsl_jax.cli.outputs import check_output_folder, check_outside, make_output_folder
 
 
 def add_parser(commands) -> None:
@@ -58,6 +58,12 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
                         help="progress bar (default: auto, on a terminal only)")
     parser.add_argument("--json", action="store_true", help="print the model cards as JSON lines")
+
+
+# Token positions are int32 on the device, and a step's batch is held at once:
+# beyond these a run fails in its first step (or overflows) rather than trains.
+MAX_SEQ_LEN = 2**20
+MAX_TOKENS_PER_STEP = 2**26
 
 
 def _sizes(args) -> tuple[str | None, list[str]]:
@@ -114,10 +120,19 @@ def run(args) -> int:
     if args.validation_fraction is not None and not 0 < args.validation_fraction < 1:
         raise UsageError(f"sdsl train: argument --validation-fraction: must lie in (0, 1), "
                          f"got {args.validation_fraction}")
+    for flag, value, most in (("--seq-len", args.seq_len, MAX_SEQ_LEN),
+                              ("--batch-size", args.batch_size, MAX_TOKENS_PER_STEP),
+                              ("--eval-tokens", args.eval_tokens, MAX_TOKENS_PER_STEP)):
+        if value > most:
+            raise UsageError(f"sdsl train: argument {flag}: must be at most {most:,}, got {value}")
+    if args.batch_size * args.seq_len > MAX_TOKENS_PER_STEP:
+        raise UsageError(f"sdsl train: arguments --batch-size x --seq-len: {args.batch_size} x "
+                         f"{args.seq_len} tokens per step is more than {MAX_TOKENS_PER_STEP:,}")
     check_seed("sdsl train", args.seed)
     check_corpus("sdsl train", args.corpus, args.no_stdlib)
     # Checked now, created only once the corpus has loaded: a refused run leaves no folder.
     check_output_folder("sdsl train", "--out", args.out)
+    check_outside("sdsl train", "--out", args.out, "--corpus", args.corpus)
 
     import jax
     from sdsl_jax.models import corpus as corpus_lib, training

@@ -321,8 +321,9 @@ def _check_covariance(covariance: np.ndarray, refuse) -> None:
     asymmetry = np.abs(correlation - correlation.T)
     if asymmetry.max() > PSD_TOLERANCE:
         i, j = np.unravel_index(int(np.argmax(asymmetry)), asymmetry.shape)
-        raise refuse(f"covariance is not symmetric: covariance[{i}][{j}] = {covariance[i, j]!r} "
-                     f"but covariance[{j}][{i}] = {covariance[j, i]!r}")
+        raise refuse(f"covariance is not symmetric: covariance[{i}][{j}] = "
+                     f"{float(covariance[i, j])!r} but covariance[{j}][{i}] = "
+                     f"{float(covariance[j, i])!r}")
     eigenvalues = np.linalg.eigvalsh(0.5 * (correlation + correlation.T))
     largest = float(np.max(np.abs(eigenvalues)))
     if eigenvalues[0] < -PSD_TOLERANCE * largest:

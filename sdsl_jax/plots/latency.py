@@ -145,6 +145,13 @@ def latency_table(records: list[dict], source: str = "latency") -> LatencyTable:
         elif name in TEXT_COLUMNS:
             columns[name] = np.array(["" if record.get(name) is None else str(record.get(name))
                                       for record in records], object)
+    if "prompts" in columns:
+        counts = columns["prompts"]
+        bad = np.isfinite(counts) & ~((counts >= 1) & (counts == np.round(counts)))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise LatencyError(f"{source}: row {row + 1}, column 'prompts': must be a whole "
+                               f"number >= 1, got {float(counts[row])!r}")
     for name in REQUIRED_COLUMNS:
         absent = ~np.isfinite(columns[name])
         if absent.any():
@@ -159,8 +166,9 @@ def latency_table(records: list[dict], source: str = "latency") -> LatencyTable:
                 raise LatencyError(f"{source}: row {row + 1}: give both {metric}_low and "
                                    f"{metric}_high or neither")
             if np.isfinite(low[row]) and not low[row] - _TOLERANCE <= mean[row] <= high[row] + _TOLERANCE:
-                raise LatencyError(f"{source}: row {row + 1}, column {metric!r}: {mean[row]!r} lies "
-                                   f"outside its interval [{low[row]!r}, {high[row]!r}]")
+                raise LatencyError(f"{source}: row {row + 1}, column {metric!r}: "
+                                   f"{float(mean[row])!r} lies outside its interval "
+                                   f"[{float(low[row])!r}, {float(high[row])!r}]")
     return LatencyTable(columns=columns, source=source)
 
 
