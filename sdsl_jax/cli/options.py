@@ -78,11 +78,11 @@ def fitted_laws(args):
 def planner_laws(args) -> dict:
     """The planner's keyword arguments: the fitted laws of --laws, else the presets."""
     from sdsl_jax.laws import acceptance, pretraining
+    if getattr(args, "laws", None) and (args.pretraining_law or args.acceptance_law):
+        raise UsageError("sdsl plan: --laws replaces the presets; drop "
+                         "--pretraining-law/--acceptance-law")
     fitted = fitted_laws(args)
     if fitted is not None:
-        if args.pretraining_law or args.acceptance_law:
-            raise UsageError("sdsl plan: --laws replaces the presets; drop "
-                             "--pretraining-law/--acceptance-law")
         return dict(pretraining_law=fitted.pretraining_law, acceptance_law=fitted.acceptance_law,
                     method=args.method)
     args.pretraining_law = args.pretraining_law or pretraining.DEFAULT_PRESET

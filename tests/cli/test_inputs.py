@@ -99,3 +99,76 @@ def test_position_rates_with_a_byte_order_mark(tmp_path, run_cli):
     code, out, err = run_cli("plan", "--position-rates", rates, "--cost-ratio", "0.1", "--json")
     assert code == 0, err
     assert json.loads(out)["position_rates"] == [0.8, 0.7, 0.6]
+
+
+# --------------------------------------------------------------------------
+# Refusals found by the property tests (tests/cli/test_bad_input.py), each
+# pinned here by one fixed case: exit 2, one line naming what is wrong, and
+# nothing written.
+
+
+def _refusal_cases(tmp):
+    corpus = tmp / "corpus"
+    empty = tmp / "empty"
+    rates = tmp / "rates.json"
+    table = tmp / "latency.csv"
+    return [
+        (["plan", "--laws=", "--target-params", "70B", "--target-tokens", "15T"],
+         "--laws: empty"),
+        (["plan", "--csv", tmp / "c.csv", "--out="], "--out: empty"),
+        (["fit", tmp / "m.csv", "--out", ""], "--out: empty"),
+        (["plot", "throughput", "--laws", " "], "--laws: empty"),
+        (["plan", "--laws", tmp / "laws.json", "--pretraining-law", "hoffmann2022",
+          "--target-params", "70B", "--target-tokens", "15T"], "--laws replaces the presets"),
+        (["plan", "--position-rates", rates, "--cost-ratio", "0.1", "--out", tmp / "p.csv"],
+         "drop --out"),
+        (["train", "--sizes", "10k", "--steps", "1", "--out", corpus / "run", "--no-stdlib",
+          "--corpus", corpus], "is inside --corpus"),
+        (["reproduce", "--preset", "tiny", "--out", corpus, "--no-stdlib", "--corpus", corpus],
+         "is inside --corpus"),
+        (["train", "--sizes", "10k", "--steps", "1", "--out", tmp / "run", "--no-stdlib",
+          "--corpus", empty], "holds no text files"),
+        (["train", "--sizes", "10k", "--steps", "1", "--out", tmp / "run",
+          "--seq-len", "99999999999"], "--seq-len: must be at most"),
+        (["train", "--sizes", "10k", "--steps", "1", "--out", tmp / "run", "--batch-size", "4096",
+          "--seq-len", "65536"], "tokens per step"),
+        (["measure", "--draft", tmp, "--target", tmp, "--lookahead", "2", "--prompts", "2",
+          "--max-new-tokens", "99999999999", "--out", tmp / "r.jsonl"],
+         "--max-new-tokens: must be at most"),
+        (["plot", "acceptance", tmp / "m.csv", "--target-params", "7B"],
+         "--target-params draw the laws' lines without MEASUREMENTS"),
+        (["plot", "acceptance", "--weighting", "equal"], "--weighting weights the fits"),
+        (["plot", "latency", table], "column 'prompts': must be a whole number"),
+    ]
+
+
+def test_refusals_found_by_the_property_tests(tmp_path, run_cli):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("some text\n")
+    (tmp_path / "corpus" / "b.txt").write_text("more text\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "rates.json").write_text("[0.8, 0.7]")
+    (tmp_path / "c.csv").write_text("target_params,target_tokens\n70B,15T\n")
+    (tmp_path / "m.csv").write_text("draft_params\n1\n")
+    (tmp_path / "laws.json").write_text("{}")
+    (tmp_path / "latency.csv").write_text(
+        "draft_params,target_params,draft_tokens,target_tokens,ttft,prompts\n"
+        "1e8,7e9,1e12,1e12,0.5,1.5\n")
+    for argv, needle in _refusal_cases(tmp_path):
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        folders = {p for p in tmp_path.rglob("*") if p.is_dir()}
+        code, out, err = run_cli(argv)
+        assert code == 2 and needle in err and err.count("\n") == 1, (argv, err)
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before, argv
+        assert {p for p in tmp_path.rglob("*") if p.is_dir()} == folders, argv
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"[0.8, null, 0.6]", "draft position 2 has no rate but a later one has"),
+    (b"[" * 100000 + b"]" * 100000, "nests its JSON too deeply"),
+])
+def test_position_rates_with_a_gap_or_nested_too_deeply(tmp_path, run_cli, content, needle):
+    rates = tmp_path / "rates.json"
+    rates.write_bytes(content)
+    code, _, err = run_cli("plan", "--position-rates", rates, "--cost-ratio", "0.1")
+    assert code == 2 and needle in err and err.count("\n") == 1
