@@ -297,14 +297,13 @@ _ROW_KEYS = ("draft_model", "target_model", "draft_params", "target_params", "ac
 def _check_own_file(path: str, flag: str, what: str, lines: bool) -> None:
     """An existing --rows or --summary file is updated only if `sdsl measure` wrote it."""
     from sdsl_jax.common.io import JsonlError, parse_jsonl
+    from sdsl_jax.common.tables import InputFileError, read_bytes
     refuse = (f"sdsl measure: argument {flag}: {path} exists and is not {what} of `sdsl "
               "measure`, so it is left alone; choose another file")
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as err:
-        raise UsageError(f"sdsl measure: argument {flag}: cannot read {path} "
-                         f"({err.strerror or err})") from None
+        data = read_bytes(path)
+    except InputFileError as err:
+        raise UsageError(f"sdsl measure: argument {flag}: {err}") from None
     try:
         records = parse_jsonl(data, path) if lines else [json.loads(data.decode("utf-8-sig"))]
     except (JsonlError, UnicodeDecodeError, ValueError):

@@ -126,12 +126,11 @@ def _rows_already_written(path: str, fields: list[str], columns: dict) -> tuple[
     plan the configuration on the same row of the input: a file written by
     another command, or for another input, is not resumed.
     """
+    from sdsl_jax.common.tables import InputFileError, read_bytes
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as err:
-        raise UsageError(f"sdsl plan: argument --out: cannot read {path} to resume it "
-                         f"({err.strerror or err})") from None
+        data = read_bytes(path)
+    except InputFileError as err:
+        raise UsageError(f"sdsl plan: argument --out: cannot resume: {err}") from None
     refuse = (f"sdsl plan: argument --out: {path} is not an output of this `sdsl plan --csv` "
               "run, so --resume leaves it alone")
     # A row cut off mid-write by a kill has no newline yet.
