@@ -47,6 +47,17 @@ class Decoder:
       vocab_size: V.
       num_params: the exact parameter count reported as N (draft) or M (target).
       name: a label for reports.
+      dtype: the dtype the model computes in (its params, cache and
+        activations), as a name: "float32", "bfloat16" or "float16". Records
+        state it as the precision that ran.
+      param_sharding: tensor-parallel annotations of ``params``: pairs of
+        (a regular expression matched in full against a leaf's path, its
+        dict keys joined by "/", e.g. "blocks/q_proj/kernel"; a partition
+        spec as a tuple of mesh axis names or None, one per array axis).
+        The first pair that matches wins; a leaf no pair matches is
+        replicated. Only the mesh axis ``"model"`` is used. See
+        :mod:`sdsl_jax.decoding.sharding`.
+      cache_sharding: the same for the cache pytree ``init_cache`` returns.
     """
 
     params: PyTree
@@ -55,3 +66,6 @@ class Decoder:
     vocab_size: int
     num_params: int
     name: str = "decoder"
+    dtype: str = "float32"
+    param_sharding: tuple[tuple[str, tuple[str | None, ...]], ...] = ()
+    cache_sharding: tuple[tuple[str, tuple[str | None, ...]], ...] = ()
