@@ -29,7 +29,8 @@ import json
 import math
 import os
 
-from sdsl_jax.cli.options import UsageError, check_confidence, check_corpus, check_seed
+from sdsl_jax.cli.options import (UsageError, add_dtype, check_confidence, check_corpus,
+                                  check_seed)
 
 ROW_FORMATS = (".jsonl", ".ndjson")
 # A run of this many prompts takes days on any device; more is a typo, and
@@ -41,6 +42,8 @@ MAX_LENGTH = 2**20
 # 16; this leaves room for any realistic pair and bounds the loop's buffers,
 # which grow with it.
 MAX_LOOKAHEAD = 128
+# --top-k beyond any vocabulary a model has (it is also checked against the models').
+MAX_TOP_K = 2**31 - 1
 
 
 def add_parser(commands) -> None:
@@ -83,6 +86,20 @@ def _add_arguments(parser) -> None:
     sampling.add_argument("--temperature", type=float, default=1.0,
                           help="sampling temperature (default: %(default)s)")
     sampling.add_argument("--greedy", action="store_true", help="greedy decoding (temperature 0)")
+    parser.add_argument("--top-k", type=int, metavar="K", help=(
+        "sample from the K most likely tokens only (draft and target alike; the loop stays "
+        "lossless with respect to the truncated target); loop only"))
+    parser.add_argument("--top-p", type=float, metavar="P", help=(
+        "sample from the smallest set of most likely tokens whose probability reaches P, "
+        "0 < P <= 1 (nucleus sampling); loop only"))
+    parser.add_argument("--stop-at-eos", action="store_true", help=(
+        "end a prompt's generation at the model's end-of-sequence token (a Hugging Face "
+        "config's eos_token_id; `sdsl train` byte models have none); loop only"))
+    add_dtype(parser, "the precision both models compute in: their weights, cache and "
+                      "activations")
+    parser.add_argument("--devices", default="1", metavar="N", help=(
+        "shard both models tensor-parallel over N devices (heads and MLP), or 'all' for every "
+        "device JAX sees (default: 1)"))
     parser.add_argument("--batch-size", type=int, metavar="B", help=(
         "prompts decoded together (default: 1, which gives exact per-prompt latencies); with "
         "--teacher-forced, windows per forward pass (default: 64)"))
@@ -124,7 +141,7 @@ def run(args) -> int:
     _check_arguments(args)
     import jax
     from sdsl_jax.decoding.run import MeasureRunError
-    # Models run in float32 whatever the rest of the CLI runs in.
+    # Models run in their --dtype, never in float64, whatever the rest of the CLI runs in.
     with jax.enable_x64(False):
         try:
             if args.teacher_forced:
@@ -137,14 +154,15 @@ def run(args) -> int:
 
 def _run_loop(args) -> int:
     """The speculative loop over --prompts prompts, resumed from --out."""
-    from sdsl_jax.cli.measure_models import check_memory, check_pair, load_model
+    from sdsl_jax.cli.measure_models import (check_memory, check_pair, check_sampling,
+                                             load_pair)
     from sdsl_jax.cli.measure_prompts import loop_prompts
     from sdsl_jax.decoding import run as measure_run
     from sdsl_jax.decoding.rows import summary_row
     from sdsl_jax.decoding.summary import loop_summary
 
-    draft = load_model(args.draft, "--draft", "--draft-tokens", args.draft_tokens)
-    target = load_model(args.target, "--target", "--target-tokens", args.target_tokens)
+    draft, target = load_pair(args)
+    eos_token = check_sampling(args, draft, target)
     prompts, prompt_set, prompt_len = loop_prompts(args, target)
     if args.batch_size > len(prompts):
         raise UsageError(f"sdsl measure: argument --batch-size: {args.batch_size} is more than "
@@ -162,7 +180,8 @@ def _run_loop(args) -> int:
         *pair, lookahead=args.lookahead,
         temperature=0.0 if args.greedy else float(args.temperature),
         max_new_tokens=args.max_new_tokens, prompt_len=prompt_len, batch_size=args.batch_size,
-        baseline=not args.no_baseline, seed=args.seed, prompt_set=prompt_set)
+        baseline=not args.no_baseline, seed=args.seed, prompt_set=prompt_set,
+        top_k=args.top_k, top_p=args.top_p, eos_token=eos_token, devices=args.devices)
     records, measured_now = measure_run.measure_run(*pair, prompts, settings, args.out)
     row = summary_row(records, confidence=args.confidence, num_resamples=args.bootstrap,
                       seed=args.seed)
@@ -205,6 +224,13 @@ def _check_arguments(args) -> None:
     at_least("--max-new-tokens", args.max_new_tokens, 2)
     at_least("--batch-size", args.batch_size, 1)
     check_seed("sdsl measure", args.seed)
+    _check_devices(args)
+    at_least("--top-k", args.top_k, 1)
+    if args.top_k is not None and args.top_k > MAX_TOP_K:
+        raise UsageError(f"sdsl measure: argument --top-k: must be at most {MAX_TOP_K:,}, "
+                         f"got {args.top_k}")
+    if args.top_p is not None and not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
+        raise UsageError(f"sdsl measure: argument --top-p: must lie in (0, 1], got {args.top_p}")
     for flag, value in (("--prompt-len", args.prompt_len), ("--max-new-tokens", args.max_new_tokens)):
         if value is not None and value > MAX_LENGTH:
             raise UsageError(f"sdsl measure: argument {flag}: must be at most {MAX_LENGTH:,}, "
@@ -215,10 +241,16 @@ def _check_arguments(args) -> None:
             raise UsageError(f"sdsl measure: argument {flag}: must be at most {most:,}, "
                              f"got {value}")
     if args.teacher_forced:
+        # Teacher forcing scores each model's whole next-token distribution at
+        # every position of a given text: nothing is sampled, so there is no
+        # truncation to apply (beta of truncated distributions would describe a
+        # loop that samples them, which --top-k/--top-p measure directly) and
+        # no generation to stop.
         loop_only = [flag for flag, given in (
             ("--out", args.out), ("--prompts", args.prompts is not None),
             ("--max-new-tokens", args.max_new_tokens is not None),
-            ("--no-baseline", args.no_baseline)) if given]
+            ("--no-baseline", args.no_baseline), ("--top-k", args.top_k is not None),
+            ("--top-p", args.top_p is not None), ("--stop-at-eos", args.stop_at_eos)) if given]
         if loop_only:
             raise UsageError(f"sdsl measure: --teacher-forced runs no generation loop; drop "
                              f"{', '.join(loop_only)} (documents: --documents N; results: "
@@ -256,6 +288,30 @@ def _check_arguments(args) -> None:
             raise UsageError(f"sdsl measure: argument --lookahead: must be below "
                              f"--max-new-tokens ({args.max_new_tokens}), got {args.lookahead}")
     _check_outputs(args)
+
+
+def _check_devices(args) -> None:
+    """--devices: a count of at least 1 or "all"; args.devices becomes the count."""
+    text = str(args.devices).strip()
+    if text == "all":
+        import jax
+        args.devices = len(jax.devices())
+        return
+    try:
+        count = int(text)
+    except ValueError:
+        raise UsageError(f"sdsl measure: argument --devices: expected a count or 'all', got "
+                         f"{args.devices!r}") from None
+    if count < 1:
+        raise UsageError(f"sdsl measure: argument --devices: must be at least 1, got {count}")
+    if count > 1:
+        import jax
+        visible = jax.devices()
+        if count > len(visible):
+            raise UsageError(
+                f"sdsl measure: argument --devices: {count} devices asked for, JAX sees "
+                f"{len(visible)} ({visible[0].platform}); give at most {len(visible)} or 'all'")
+    args.devices = count
 
 
 def _check_outputs(args) -> None:

@@ -3,7 +3,9 @@
 :func:`load_model` tells the two kinds apart, loads the decoder and what a
 measurement records of it (name, training tokens, the card's held-out
 perplexity), and :func:`check_pair` refuses a pair that cannot be measured
-together (different vocabularies, prompts longer than a cache). Every
+together (different vocabularies, prompts longer than a cache).
+:func:`load_pair` loads both at --dtype and shards them over --devices;
+:func:`check_sampling` checks --top-k and --stop-at-eos against them. Every
 mistake is one usage line naming the flag.
 """
 
@@ -30,6 +32,7 @@ class Model:
     family: str | None
     corpus_fingerprint: str | None
     encode: Callable[[str], list]  # text -> token ids
+    eos_token: int | None = None  # the end-of-sequence id (a Hugging Face config's), if any
 
     def run_model(self):
         """The model as :mod:`sdsl_jax.decoding.run` records it."""
@@ -62,9 +65,10 @@ def _kind(path: str, flag: str) -> str:
                      "model.json from `sdsl train`, or a Hugging Face config.json with model_type)")
 
 
-def load_model(path: str, flag: str, tokens_flag: str, tokens_text: str | None) -> Model:
+def load_model(path: str, flag: str, tokens_flag: str, tokens_text: str | None,
+               dtype: str = "float32") -> Model:
     """The model in directory ``path`` (given as ``flag``), its training tokens from
-    ``tokens_text`` (``tokens_flag``) or its card."""
+    ``tokens_text`` (``tokens_flag``) or its card, computing in ``dtype``."""
     kind = _kind(path, flag)
     from sdsl_jax.common.quantities import parse_count
     tokens = None
@@ -85,7 +89,7 @@ def load_model(path: str, flag: str, tokens_flag: str, tokens_text: str | None) 
         absl.setLevel(logging.ERROR)
         try:
             card = load_card(path)
-            decoder = load_decoder(path)
+            decoder = load_decoder(path, dtype=dtype)
         except (CheckpointError, ValueError) as err:
             raise UsageError(f"sdsl measure: argument {flag}: {err}") from None
         finally:
@@ -100,14 +104,84 @@ def load_model(path: str, flag: str, tokens_flag: str, tokens_text: str | None) 
         raise UsageError(f"sdsl measure: argument {tokens_flag}: {path} is a Hugging Face "
                          "checkpoint, which does not record how many tokens it was trained on; "
                          f"give {tokens_flag} (e.g. 180B for OPT)")
+    import jax.numpy as jnp
     try:
-        decoder = load_hf_decoder(path)
+        decoder = _as_computed(load_hf_decoder(path, dtype=jnp.dtype(dtype)))
         hf_tokenizer = load_hf_tokenizer(path)
     except (CheckpointError, ValueError, ImportError) as err:
         raise UsageError(f"sdsl measure: argument {flag}: {err}") from None
     return Model(decoder=decoder, path=path, kind=kind, name=decoder.name, tokens=tokens,
                  perplexity=None, family=None, corpus_fingerprint=None,
-                 encode=lambda text: list(hf_tokenizer.encode(text).ids))
+                 encode=lambda text: list(hf_tokenizer.encode(text).ids),
+                 eos_token=_eos_token(path))
+
+
+def _as_computed(decoder):
+    """``decoder`` with ``dtype`` the dtype its floating params are in: what the records
+    state is what ran, whatever a loader wrote in the field."""
+    import dataclasses
+    import jax
+    import jax.numpy as jnp
+    kinds = {str(leaf.dtype) for leaf in jax.tree.leaves(decoder.params)
+             if jnp.issubdtype(leaf.dtype, jnp.floating)}
+    if len(kinds) == 1 and decoder.dtype not in kinds:
+        return dataclasses.replace(decoder, dtype=kinds.pop())
+    return decoder
+
+
+def _eos_token(path: str) -> int | None:
+    """The end-of-sequence id of a Hugging Face config.json (the first, if it lists several)."""
+    from sdsl_jax.common.tables import InputFileError, read_json
+    from sdsl_jax.models.store import CONFIG_FILE
+    try:
+        eos = read_json(os.path.join(path, CONFIG_FILE)).get("eos_token_id")
+    except (InputFileError, AttributeError):
+        return None
+    if isinstance(eos, list):
+        eos = eos[0] if eos else None
+    return eos if isinstance(eos, int) and not isinstance(eos, bool) and eos >= 0 else None
+
+
+def load_pair(args) -> tuple[Model, Model]:
+    """(draft, target) at --dtype, sharded over --devices (a count by now) when more than one."""
+    draft = load_model(args.draft, "--draft", "--draft-tokens", args.draft_tokens, args.dtype)
+    target = load_model(args.target, "--target", "--target-tokens", args.target_tokens,
+                        args.dtype)
+    if args.devices == 1:
+        return draft, target
+    from sdsl_jax.decoding.sharding import make_mesh, shard_decoder
+    mesh = make_mesh(args.devices)
+    placed = []
+    for flag, model in (("--draft", draft), ("--target", target)):
+        try:
+            placed.append(dataclasses.replace(model, decoder=shard_decoder(model.decoder, mesh)))
+        except ValueError as err:
+            raise UsageError(f"sdsl measure: argument {flag}: cannot shard {model.name} over "
+                             f"{args.devices} devices: {err}") from None
+    return placed[0], placed[1]
+
+
+def check_sampling(args, draft: Model, target: Model) -> int | None:
+    """--top-k within the vocabulary; the end-of-sequence id --stop-at-eos stops at (None
+    without it), which the target must define and the draft, if it defines one, share."""
+    vocab = target.decoder.vocab_size
+    if args.top_k is not None and args.top_k > vocab:
+        raise UsageError(f"sdsl measure: argument --top-k: {args.top_k} is more than the "
+                         f"{vocab:,} tokens of the vocabulary")
+    if not args.stop_at_eos:
+        return None
+    if target.eos_token is None:
+        what = ("a byte-level model of `sdsl train`, which has no end-of-sequence token"
+                if target.kind == "sdsl" else "its config.json gives no eos_token_id")
+        raise UsageError(f"sdsl measure: argument --stop-at-eos: the target {target.name} is "
+                         f"{what}")
+    if draft.eos_token is not None and draft.eos_token != target.eos_token:
+        raise UsageError(f"sdsl measure: argument --stop-at-eos: the draft's end-of-sequence "
+                         f"token is {draft.eos_token}, the target's {target.eos_token}")
+    if not 0 <= target.eos_token < vocab:
+        raise UsageError(f"sdsl measure: argument --stop-at-eos: the end-of-sequence token "
+                         f"{target.eos_token} is outside the vocabulary of {vocab:,}")
+    return target.eos_token
 
 
 def check_pair(draft: Model, target: Model, max_len: int,

@@ -5,7 +5,10 @@ teacher-forced, in windows of --prompt-len, and alpha is the mean exact
 beta = sum_v min(p, q) over every position, with an interval that
 takes documents as clusters (:func:`sdsl_jax.decoding.teacher_forced.teacher_forced_acceptance`).
 The result is one measurement row (--rows, --summary, --json) and no runs
-file.
+file. --dtype and --devices apply as in the loop, and the row records the
+precisions, the devices and the peak device memory as the loop's rows do;
+--top-k, --top-p and --stop-at-eos are the loop's alone (teacher forcing
+samples nothing: see ``sdsl measure``'s checks).
 """
 
 from __future__ import annotations
@@ -14,20 +17,20 @@ from sdsl_jax.cli.options import UsageError
 
 
 def run(args) -> int:
-    """Measure alpha teacher-forced and emit its row (the caller runs this in float32)."""
+    """Measure alpha teacher-forced and emit its row (the caller turns float64 off)."""
     import time
 
     import jax
     import numpy as np
     from sdsl_jax.cli.measure import emit
-    from sdsl_jax.cli.measure_models import check_memory, check_pair, load_model
+    from sdsl_jax.cli.measure_models import check_memory, check_pair, load_pair
     from sdsl_jax.cli.measure_prompts import corpus_documents, file_prompts
     from sdsl_jax.common.validation import finite_or_none
+    from sdsl_jax.decoding.run import peak_memory_bytes, precision
     from sdsl_jax.decoding.summary import teacher_forced_summary
     from sdsl_jax.decoding.teacher_forced import document_windows, teacher_forced_acceptance
 
-    draft = load_model(args.draft, "--draft", "--draft-tokens", args.draft_tokens)
-    target = load_model(args.target, "--target", "--target-tokens", args.target_tokens)
+    draft, target = load_pair(args)
     window = 128 if args.prompt_len is None else args.prompt_len
     check_pair(draft, target, window, what="the window --prompt-len", lower="--prompt-len")
     if args.prompt_file is None:
@@ -56,7 +59,12 @@ def run(args) -> int:
              "windows": int(len(tokens)), "seed": args.seed,
              "device": jax.devices()[0].device_kind, "seconds": seconds,
              "draft_document_perplexity": result.draft_perplexity,
-             "target_document_perplexity": result.target_perplexity}
+             "target_document_perplexity": result.target_perplexity,
+             "draft_precision": precision(draft.decoder),
+             "target_precision": precision(target.decoder), "devices": args.devices,
+             "peak_memory_bytes": peak_memory_bytes()}
+    extra["precision"] = (extra["target_precision"]
+                          if extra["draft_precision"] == extra["target_precision"] else None)
     row = result.measurement_row(draft_tokens=draft.tokens, target_tokens=target.tokens,
                                  lookahead=1 if args.lookahead is None else args.lookahead,
                                  prompt_set=prompt_set, **extra)

@@ -93,6 +93,18 @@ def planner_laws(args) -> dict:
 
 
 # --------------------------------------------------------------------------
+# Precision: what train and measure compute in.
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_dtype(cmd, what: str) -> None:
+    """--dtype, the precision ``what`` runs in (float32 by default)."""
+    cmd.add_argument("--dtype", choices=DTYPES, default="float32", help=(
+        f"{what} (default: %(default)s); softmax, losses and acceptance ratios stay float32"))
+
+
+# --------------------------------------------------------------------------
 # Checks of values argparse cannot make.
 
 

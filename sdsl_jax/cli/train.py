@@ -12,7 +12,7 @@ import math
 import os
 import sys
 
-from sdsl_jax.cli.options import PROGRESS, UsageError, check_corpus, check_seed
+from sdsl_jax.cli.options import PROGRESS, UsageError, add_dtype, check_corpus, check_seed
 from sdsl_jax.cli.outputs import check_output_folder, check_outside, make_output_folder
 
 
@@ -55,6 +55,8 @@ def _add_arguments(parser) -> None:
                         help="held-out tokens for the validation perplexity (default: 131072)")
     parser.add_argument("--validation-fraction", type=float, default=None, help=(
         "share of documents held out, chosen by a hash of their names (default: 0.05)"))
+    add_dtype(parser, "the precision of the forward and backward passes (mixed precision: "
+                      "weights, optimizer state and checkpoints stay float32)")
     parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
                         help="progress bar (default: auto, on a terminal only)")
     parser.add_argument("--json", action="store_true", help="print the model cards as JSON lines")
@@ -92,14 +94,15 @@ def _sizes(args) -> tuple[str | None, list[str]]:
 def _print_cards(cards) -> None:
     from sdsl_jax.common.quantities import format_count as fc
     header = f"{'size':>6}  {'params':>11}  {'non-emb':>11}  {'tokens':>8}  {'val loss':>8}  " \
-             f"{'perplexity':>10}  {'bits/byte':>9}  {'tokens/s':>9}"
+             f"{'perplexity':>10}  {'bits/byte':>9}  {'tokens/s':>9}  precision"
     print(header)
     for card in cards:
         rate = card.get("tokens_per_second")
+        # A card written before the precision was recorded trained in float32.
         print(f"{card['name']:>6}  {card['params']:>11,}  {card['non_embedding_params']:>11,}  "
               f"{fc(card['tokens']):>8}  {card['validation_loss']:>8.4f}  "
               f"{card['perplexity']:>10.4f}  {card['bits_per_byte']:>9.4f}  "
-              f"{'-' if rate is None else f'{rate:,.0f}':>9}")
+              f"{'-' if rate is None else f'{rate:,.0f}':>9}  {card.get('precision', 'fp32')}")
 
 
 def run(args) -> int:
@@ -142,13 +145,14 @@ def run(args) -> int:
         settings = training.TrainSettings(
             steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed,
             learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
-            checkpoint_every=args.checkpoint_every, eval_tokens=args.eval_tokens)
+            checkpoint_every=args.checkpoint_every, eval_tokens=args.eval_tokens,
+            dtype=args.dtype)
     except training.TrainingError as err:
         raise UsageError(f"sdsl train: {err}") from None
     fraction = (corpus_lib.DEFAULT_VALIDATION_FRACTION if args.validation_fraction is None
                 else args.validation_fraction)
     progress = PROGRESS[args.progress]
-    # Training is float32 whatever the rest of the CLI runs in.
+    # Never float64, whatever the rest of the CLI runs in (--dtype is the compute precision).
     with jax.enable_x64(False):
         try:
             corpus = corpus_lib.load_corpus(args.corpus, include_stdlib=not args.no_stdlib,

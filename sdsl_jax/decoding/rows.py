@@ -9,8 +9,10 @@ latency`` (ttft, tpot, ttot and their _low/_high, seconds) with t intervals
 that take the timed batch as the unit (the Student-t interval across prompts
 at batch size 1; :func:`sdsl_jax.decoding.metrics.mean_interval`), the
 speedup, the step times and the law's
-prediction. :func:`write_row` adds a row to a rows file, replacing the row
-of the same pair and settings, for ``sdsl fit`` and ``sdsl plot latency``.
+prediction, the precisions that ran, the sampling settings, the devices and
+the peak device memory (:mod:`sdsl_jax.decoding.run`). :func:`write_row`
+adds a row to a rows file, replacing the row of the same pair and settings,
+for ``sdsl fit`` and ``sdsl plot latency``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from sdsl_jax.common.validation import finite_or_none
 from sdsl_jax.common.io import JsonlError, parse_jsonl, write_jsonl
 from sdsl_jax.common.tables import InputFileError, read_text
-from sdsl_jax.decoding.run import LATENCIES, SETTINGS, MeasureRunError
+from sdsl_jax.decoding.run import LATENCIES, SETTINGS, MeasureRunError, setting
 
 
 def _at_least_0(value: float) -> float:
@@ -105,8 +107,17 @@ def _summary_row(records, confidence, num_resamples, seed) -> dict[str, Any]:
                predicted_speedup_verify=metrics.law_speedup(s["acceptance"], s["lookahead"],
                                                             cost_ratio, verify_cost))
     row.update({key: first[key] for key in (
-        "max_new_tokens", "prompt_len", "batch", "context", "precision", "device", "prompt_set",
+        "max_new_tokens", "prompt_len", "batch", "context", "device", "prompt_set",
         "seed", "baseline")})
+    # The precision that ran, the sampling and the devices: settings, so one
+    # value for every line (a line older than a setting ran at its old value).
+    row.update({key: setting(first, key) for key in (
+        "draft_precision", "target_precision", "top_k", "top_p", "eos_token", "devices")})
+    row["precision"] = (row["target_precision"]
+                        if row["draft_precision"] == row["target_precision"] else None)
+    # Each line holds the peak so far; the run's is the largest (None: none reported).
+    peaks = [r["peak_memory_bytes"] for r in records if r.get("peak_memory_bytes") is not None]
+    row["peak_memory_bytes"] = max(peaks) if peaks else None
     return {key: finite_or_none(value) if isinstance(value, float) else value for key, value in row.items()}
 
 
@@ -126,6 +137,6 @@ def write_row(path: str, row: dict) -> None:
             raise MeasureRunError(f"sdsl measure: argument --rows: {err}") from None
     # A row names its batch size "batch", as step-time records do; a
     # teacher-forced row never replaces the loop's row of the same pair.
-    key = lambda r: tuple(r.get("batch" if k == "batch_size" else k) for k in SETTINGS) + (
+    key = lambda r: tuple(setting(r, "batch" if k == "batch_size" else k) for k in SETTINGS) + (
         r.get("method", "loop"),)
     write_jsonl(path, [r for r in rows if key(r) != key(row)] + [row])

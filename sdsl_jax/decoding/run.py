@@ -45,9 +45,28 @@ that prompt, with its ``*_prompt_nll`` and ``prompt_scored_tokens``; the row:
 pooled over the prompts). ``perplexity_source`` says which ("validation" or
 "prompts").
 
+Precision, sampling and devices
+-------------------------------
+The models run in the dtype their decoders state (``Decoder.dtype``), with
+JAX's 64-bit mode off whatever the caller runs in; every line records it as
+``draft_precision`` and ``target_precision`` ("fp32", "bf16" or "fp16", the
+names ``sdsl plan --step-times`` reads) and, when the two agree, as
+``precision``. The sampling settings (``top_k``, ``top_p``, ``eos_token``:
+None when not used) and the number of devices the models are sharded over
+(``devices``) are settings too. Runs files written before a setting existed
+lack it and are read as having run at its old value (:data:`ADDED_SETTINGS`).
+
+Memory
+------
+Every line records ``peak_memory_bytes``: the largest peak of bytes in use
+that a local device reports (``device.memory_stats()``) when the line is
+written, None where the device reports none (a CPU). JAX cannot reset the
+peak, so it covers everything the process ran before (in ``sdsl reproduce``,
+the pairs measured before this one too): an upper bound on this pair's. The
+summary row takes the largest over the lines.
+
 Errors are :class:`MeasureRunError`, whose message is the line ``sdsl
-measure`` prints. The models run in float32 whatever precision the caller
-runs in.
+measure`` prints.
 """
 
 from __future__ import annotations
@@ -66,7 +85,14 @@ from sdsl_jax.common.io import JsonlError, append_jsonl, iter_jsonl, read_jsonl
 # The settings a runs file is tied to: a rerun must match them all.
 SETTINGS = ("draft_model", "draft_params", "draft_tokens", "target_model", "target_params",
             "target_tokens", "lookahead", "temperature", "max_new_tokens", "prompt_len",
-            "batch_size", "baseline", "seed", "prompt_set", "device")
+            "batch_size", "baseline", "seed", "prompt_set", "device", "draft_precision",
+            "target_precision", "top_k", "top_p", "eos_token", "devices")
+# Settings added after runs files were first written, and the value a line
+# without one ran at: such a file resumes under these values and no others.
+ADDED_SETTINGS = {"draft_precision": "fp32", "target_precision": "fp32", "top_k": None,
+                  "top_p": None, "eos_token": None, "devices": 1}
+# Decoder.dtype -> the precision a record states (planning.hardware's names).
+PRECISIONS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 # What the summary reads from every line besides the settings.
 LINE_KEYS = ("prompt_id", "accepted", "accepted_per_iteration", "trials", "beta_sum",
              "beta_count", "ttft_s", "tpot_s", "ttot_s", "draft_step_seconds",
@@ -100,13 +126,32 @@ class RunModel:
     family: str | None = None
 
 
+def precision(decoder) -> str:
+    """The precision a record states for ``decoder``: "fp32", "bf16" or "fp16" (its
+    ``dtype`` name otherwise)."""
+    dtype = str(getattr(decoder, "dtype", "float32"))
+    return PRECISIONS.get(dtype, dtype)
+
+
+def setting(record: dict, key: str):
+    """``record[key]``, or for a setting added since the record was written, the value it
+    ran at (:data:`ADDED_SETTINGS`)."""
+    return record[key] if key in record else ADDED_SETTINGS.get(key)
+
+
 def run_settings(draft: RunModel, target: RunModel, *, lookahead: int, temperature: float,
                  max_new_tokens: int, prompt_len: int, batch_size: int, baseline: bool, seed: int,
-                 prompt_set: str) -> dict:
+                 prompt_set: str, top_k: int | None = None, top_p: float | None = None,
+                 eos_token: int | None = None, devices: int = 1) -> dict:
     """The settings every line of the run carries (:data:`SETTINGS`, in that order).
 
-    Models with a card perplexity add it: a model retrained in the same
-    directory is another model, and its lines must not be mixed in.
+    ``top_k``, ``top_p`` and ``eos_token`` are the sampling's truncation and
+    stop token (None: not used), passed on to
+    :func:`sdsl_jax.decoding.pair.measure_pair`; ``devices`` is how many
+    devices the caller sharded the decoders over (a record, not an
+    instruction: the decoders come placed). The precisions are the decoders'
+    dtypes. Models with a card perplexity add it: a model retrained in the
+    same directory is another model, and its lines must not be mixed in.
     """
     import jax
     settings = {
@@ -117,6 +162,10 @@ def run_settings(draft: RunModel, target: RunModel, *, lookahead: int, temperatu
         "max_new_tokens": max_new_tokens, "prompt_len": prompt_len,
         "batch_size": batch_size, "baseline": baseline, "seed": seed,
         "prompt_set": prompt_set, "device": jax.devices()[0].device_kind,
+        "draft_precision": precision(draft.decoder), "target_precision": precision(target.decoder),
+        "top_k": None if top_k is None else int(top_k),
+        "top_p": None if top_p is None else float(top_p),
+        "eos_token": None if eos_token is None else int(eos_token), "devices": int(devices),
     }
     if draft.perplexity is not None:
         settings.update(draft_perplexity=draft.perplexity, target_perplexity=target.perplexity)
@@ -177,7 +226,8 @@ def read_runs(path: str, *, repair: bool = True) -> list[dict]:
         raise MeasureRunError(f"sdsl measure: {path}: line {err.line} {what}; is this a runs "
                               "file of `sdsl measure`? Choose another --out") from None
     for index, record in enumerate(records):
-        missing = [key for key in SETTINGS + LINE_KEYS if key not in record]
+        missing = [key for key in SETTINGS + LINE_KEYS
+                   if key not in record and key not in ADDED_SETTINGS]
         if missing:
             raise MeasureRunError(f"sdsl measure: {path}: line {_line_number(path, index)} "
                                   f"{not_ours} (no {missing[0]!r}); choose another --out")
@@ -205,11 +255,11 @@ def check_settings(records: list[dict], settings: dict, path: str) -> None:
     """Refuse to resume ``records`` under other ``settings``."""
     for record in records:
         for key, value in settings.items():
-            if record.get(key) != value:
+            if setting(record, key) != value:
                 raise MeasureRunError(
-                    f"sdsl measure: {path} holds a run with {key} = {record.get(key)!r}, this run "
-                    f"has {value!r}; rerun with the same settings to resume it, or choose "
-                    "another --out")
+                    f"sdsl measure: {path} holds a run with {key} = {setting(record, key)!r}, "
+                    f"this run has {value!r}; rerun with the same settings to resume it, or "
+                    "choose another --out")
 
 
 def measure_run(draft: RunModel, target: RunModel, prompts: Sequence[Sequence[int]],
@@ -267,11 +317,15 @@ def _measure(draft: RunModel, target: RunModel, prompts, todo, settings, hashes,
     # Batches are numbered across the runs file: a resumption's batches are new ones.
     first_batch = 1 + max((int(r["batch_index"]) for r in done.values()
                            if r.get("batch_index") is not None), default=-1)
+    # Passed only when used: the loop without them is the loop as it always ran.
+    sampling = {key: settings[key] for key in ("top_k", "top_p", "eos_token")
+                if settings.get(key) is not None}
     records = pair.measure_pair(draft.decoder, target.decoder, todo_prompts,
                                 settings["lookahead"], settings["max_new_tokens"],
                                 settings["temperature"], jax.random.PRNGKey(settings["seed"]),
                                 prompt_ids=todo, batch_size=batch, prompt_len=prompt_len,
-                                baseline=settings["baseline"], first_batch=first_batch)
+                                baseline=settings["baseline"], first_batch=first_batch,
+                                **sampling)
     measured = 0
     # Opened when the first line is ready: a run that fails before (out of
     # memory in the first batch, say) leaves no empty runs file behind.
@@ -293,11 +347,24 @@ def _measure(draft: RunModel, target: RunModel, prompts, todo, settings, hashes,
                          None if nll is None else {role: (float(nll[role][0][j]),
                                                           int(nll[role][1][j]))
                                                    for role in nll})
+            line["peak_memory_bytes"] = peak_memory_bytes()
             append_jsonl(handle, line)
             done[i] = line
             measured += 1
             bar.update(1)
     return measured
+
+
+def peak_memory_bytes() -> int | None:
+    """The largest ``peak_bytes_in_use`` a local device reports, or None where none does
+    (JAX's CPU devices keep no statistics)."""
+    import jax
+    peaks = []
+    for device in jax.local_devices():
+        stats = device.memory_stats()
+        if stats and stats.get("peak_bytes_in_use") is not None:
+            peaks.append(int(stats["peak_bytes_in_use"]))
+    return max(peaks) if peaks else None
 
 
 def _measure_steps(draft, target, lookahead: int, batch: int, context: int) -> dict:
@@ -349,9 +416,11 @@ def _line(record, settings, draft: RunModel, target: RunModel, prompt_hash, step
             line[f"{role}_perplexity"] = math.exp(nll[role][0] / scored) if scored else None
         line.update(perplexity_source="prompts", prompt_scored_tokens=scored,
                     draft_prompt_nll=nll["draft"][0], target_prompt_nll=nll["target"][0])
+    same = settings["draft_precision"] == settings["target_precision"]
     line.update(accepted=int(sum(k)),
                 accepted_per_iteration=k, prompt_hash=prompt_hash, **steps,
-                batch=settings["batch_size"], context=context, precision="fp32")
+                batch=settings["batch_size"], context=context,
+                precision=settings["target_precision"] if same else None)
     for key, value in record.items():
         line.setdefault(key, value)
     return line

@@ -72,7 +72,28 @@ def _position_lines(row: dict) -> list[tuple[str, str, str, str]]:
 
 
 def _temperature(row: dict) -> str:
-    return "greedy" if row["temperature"] == 0 else f"temperature {row['temperature']:g}"
+    """The sampling: greedy or the temperature, then any truncation and the stop token."""
+    text = "greedy" if row["temperature"] == 0 else f"temperature {row['temperature']:g}"
+    if row.get("top_k") is not None:
+        text += f", top-k {row['top_k']}"
+    if row.get("top_p") is not None:
+        text += f", top-p {row['top_p']:g}"
+    if row.get("eos_token") is not None:
+        text += f", stopping at end of sequence (token {row['eos_token']})"
+    return text
+
+
+def _where(row: dict) -> str:
+    """The precision and the devices: "bf16 on cpu", "draft fp32, target bf16 on 8 x NVIDIA H200"."""
+    draft = row.get("draft_precision", "fp32")
+    target = row.get("target_precision", "fp32")
+    precision = target if draft == target else f"draft {draft}, target {target}"
+    devices = row.get("devices") or 1
+    return f"{precision} on {'' if devices == 1 else f'{devices} x '}{row['device']}"
+
+
+def _bytes(value) -> str:
+    return "-" if value is None else f"{value / 2**30:.3g} GiB"
 
 
 def loop_summary(row: dict, *, runs_file: str, measured_now: int, from_earlier: int) -> str:
@@ -85,9 +106,12 @@ def loop_summary(row: dict, *, runs_file: str, measured_now: int, from_earlier: 
              f" (latency intervals over {batches} timed batch{'' if batches == 1 else 'es'})")
     text.append(f"lookahead {row['lookahead']}, {_temperature(row)}, {row['prompts']} prompts of "
                 f"{row['prompt_len']} tokens, {row['max_new_tokens']} new tokens each, batch "
-                f"{row['batch']}{units}, on {row['device']}")
+                f"{row['batch']}{units}, {_where(row)}")
     text.append(f"{runs_file}: {measured_now} prompts measured now, {from_earlier} from an "
                 "earlier run")
+    if row.get("peak_memory_bytes") is not None:
+        text.append(f"peak device memory {_bytes(row['peak_memory_bytes'])} (the process's "
+                    "peak, this pair's or higher)")
     lines = [
         ("acceptance alpha", f"{row['acceptance']:.4f}",
          _interval(row["acceptance_low"], row["acceptance_high"], lambda v: f"{v:.4f}"),
@@ -130,7 +154,10 @@ def teacher_forced_summary(row: dict, lowest: float, highest: float) -> str:
     plural = "" if row["prompts"] == 1 else "s"
     text.append(f"teacher-forced, {_temperature(row)}: {row['prompts']} {source} "
                 f"document{plural}, {row['positions']:,} positions read in windows of "
-                f"{row['prompt_len']} tokens, on {row['device']}, in {row['seconds']:.3g} s")
+                f"{row['prompt_len']} tokens, {_where(row)}, in {row['seconds']:.3g} s")
+    if row.get("peak_memory_bytes") is not None:
+        text.append(f"peak device memory {_bytes(row['peak_memory_bytes'])} (the process's "
+                    "peak, this pair's or higher)")
     lines = [
         ("acceptance alpha", f"{row['acceptance']:.4f}",
          _interval(row["acceptance_low"], row["acceptance_high"], lambda v: f"{v:.4f}"),

@@ -111,13 +111,55 @@ def _pure_params(model_or_params, config: ModelConfig):
     return jax.tree.map(jnp.asarray, params)
 
 
+# Tensor parallelism over the mesh axis "model" (Megatron's layout; see
+# sdsl_jax.decoding.decoder): the fused q/k/v projection and the MLP's up
+# projection split their output columns, the attention output and the MLP's
+# down projection their input rows, so each block needs one all-reduce per
+# branch. The embedding (also the output layer) and the norm scales are
+# replicated: at byte vocabularies they are a small share of the weights.
+PARAM_SHARDING = (
+    (r"blocks/\d+/attn/qkv/kernel", (None, "model")),
+    (r"blocks/\d+/attn/out/kernel", ("model", None)),
+    (r"blocks/\d+/mlp/up/kernel", (None, "model")),
+    (r"blocks/\d+/mlp/down/kernel", ("model", None)),
+)
+# The cache [B, max_len, heads, head_dim] of every layer: split over heads.
+CACHE_SHARDING = ((r"(keys|values)/\d+", (None, None, "model", None)),)
+
+# The dtypes a transformer computes in, by name.
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def dtype_name(dtype) -> str:
+    """``dtype`` (a name such as "bfloat16", or a numpy or JAX dtype) as a name in :data:`DTYPES`."""
+    try:
+        name = jnp.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return name
+
+
+def cast_params(params, dtype):
+    """``params`` with every floating leaf in ``dtype`` (float32 master weights to a compute dtype)."""
+    dtype = jnp.dtype(dtype_name(dtype))
+    return jax.tree.map(lambda leaf: leaf.astype(dtype)
+                        if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf, params)
+
+
 def as_decoder(model_or_params, config: ModelConfig, name: str = "transformer") -> Decoder:
     """A :class:`Decoder` for a transformer: an nnx ``Transformer``, its ``nnx.State``,
     or a pure params dict, with the ``config`` it was built from.
 
-    ``num_params`` is the exact count of the weights (tied embedding counted once).
+    ``num_params`` is the exact count of the weights (tied embedding counted once);
+    ``dtype`` is ``config.dtype`` (the params are cast to it); the sharding
+    annotations are :data:`PARAM_SHARDING` and :data:`CACHE_SHARDING`.
     """
     params = _pure_params(model_or_params, config)
+    if config.dtype in DTYPES:
+        params = cast_params(params, config.dtype)
     return Decoder(params=params, forward=TransformerForward(config),
                    init_cache=TransformerInitCache(config), vocab_size=config.vocab_size,
-                   num_params=count_params(params), name=name)
+                   num_params=count_params(params), name=name, dtype=config.dtype,
+                   param_sharding=PARAM_SHARDING, cache_sharding=CACHE_SHARDING)

@@ -108,17 +108,25 @@ def load_card(model_dir: str) -> dict:
     return read_json(path)
 
 
-def load_decoder(model_dir: str, step: int | None = None):
+def load_decoder(model_dir: str, step: int | None = None, dtype="float32"):
     """The :class:`sdsl_jax.decoding.decoder.Decoder` of a model trained by ``sdsl train``.
 
     Args:
       model_dir: ``<out>/<size>``, the directory holding config.json and checkpoints/.
       step: which checkpoint; the latest by default.
+      dtype: what the model computes in: "float32" (default), "bfloat16" or
+        "float16" (or the numpy/JAX dtype). Checkpoints hold float32 weights
+        (training keeps float32 master weights at any precision); they are
+        cast, and the cache and activations take the same dtype.
 
-    ``num_params`` is the exact parameter count; ``name`` is the size name.
+    ``num_params`` is the exact parameter count; ``name`` is the size name;
+    ``dtype`` is the dtype it computes in.
     """
+    import dataclasses
     from sdsl_jax.models.config import ModelConfig
-    from sdsl_jax.models.functional import abstract_params, as_decoder
+    from sdsl_jax.models.functional import abstract_params, as_decoder, dtype_name
+
+    dtype = dtype_name(dtype)
 
     config_path = os.path.join(model_dir, CONFIG_FILE)
     if not os.path.isfile(config_path):
@@ -141,4 +149,5 @@ def load_decoder(model_dir: str, step: int | None = None):
         raise CheckpointError(f"{model_dir} has no checkpoint at step {step} "
                               f"(it has {sorted(steps)})")
     params, _, _ = restore_checkpoint(manager, step, abstract_params(config))
-    return as_decoder(params, config, name=record.get("name", os.path.basename(model_dir)))
+    return as_decoder(params, dataclasses.replace(config, dtype=dtype),
+                      name=record.get("name", os.path.basename(model_dir)))

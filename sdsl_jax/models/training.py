@@ -11,6 +11,18 @@ would have done.
 
 Every size of a family sees the same batches in the same order, so the
 family differs in size only, as a scaling-law family should.
+
+Precision (``TrainSettings.dtype``) is mixed precision as large models are
+trained: the weights and the optimizer state stay float32 (the master
+copy), each step casts the weights to the compute dtype (bfloat16 or
+float16) for the forward and backward passes, and the loss, its softmax and
+the gradients reaching the master weights are float32. Checkpoints hold the
+float32 weights whatever the precision, and the card records the precision
+the model was trained at (``precision``: "fp32", "bf16" or "fp16"); its
+validation loss is that of the float32 weights it describes.
+No loss scaling is applied: bfloat16 has float32's exponent range; float16
+runs of these small models have not needed one either, and a step whose
+gradients overflow shows up as a NaN loss on the progress bar.
 """
 
 from __future__ import annotations
@@ -31,11 +43,16 @@ import optax
 from sdsl_jax.models import corpus as corpus_lib
 from sdsl_jax.models import store as ckpt
 from sdsl_jax.models.config import LEARNING_RATES, ModelConfig, model_config, param_counts
-from sdsl_jax.models.functional import abstract_params, apply, count_params, init_params
+from sdsl_jax.models.functional import (abstract_params, apply, cast_params, count_params,
+                                        init_params)
 
 # Settings that decide the trained weights; a resumed run must repeat them.
 _IDENTITY_KEYS = ("steps", "batch_size", "seq_len", "seed", "learning_rate", "warmup_steps",
-                  "end_lr_fraction", "weight_decay", "clip_norm")
+                  "end_lr_fraction", "weight_decay", "clip_norm", "dtype")
+# What a run written before a setting existed trained with.
+_IDENTITY_DEFAULTS = {"dtype": "float32"}
+# The compute dtypes a run may use, and the short names records give them.
+PRECISIONS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 class TrainingError(ValueError):
@@ -59,6 +76,8 @@ class TrainSettings:
       checkpoint_every: save every this many steps (and at the last step).
       eval_tokens: validation tokens scored at the end (rounded to whole windows).
       log_every: steps between loss readouts on the progress bar (each one syncs the host).
+      dtype: the compute dtype of the forward and backward passes: "float32",
+        "bfloat16" or "float16" (mixed precision; see the module docstring).
     """
 
     steps: int
@@ -73,6 +92,7 @@ class TrainSettings:
     checkpoint_every: int = 500
     eval_tokens: int = 131072
     log_every: int = 10
+    dtype: str = "float32"
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len", "checkpoint_every", "eval_tokens",
@@ -90,6 +110,9 @@ class TrainSettings:
             raise TrainingError(f"end_lr_fraction must lie in [0, 1], got {self.end_lr_fraction}")
         if not self.weight_decay >= 0 or not self.clip_norm > 0:
             raise TrainingError("weight_decay must be >= 0 and clip_norm > 0")
+        if self.dtype not in PRECISIONS:
+            raise TrainingError(f"dtype must be one of {', '.join(PRECISIONS)}, got "
+                                f"{self.dtype!r}")
 
     def resolved(self, size: str) -> "TrainSettings":
         """These settings with the size's learning rate and the warmup filled in."""
@@ -164,7 +187,14 @@ def make_optimizer(settings: TrainSettings) -> optax.GradientTransformation:
 
 
 def next_token_loss(config: ModelConfig, params, windows: jax.Array) -> jax.Array:
-    """Mean cross-entropy (nats) of ``windows[:, 1:]`` given the tokens before them."""
+    """Mean cross-entropy (nats) of ``windows[:, 1:]`` given the tokens before them.
+
+    The model computes in ``config.dtype``: float32 ``params`` are cast to it
+    here, so their gradients come back float32 (mixed precision); the loss
+    is float32.
+    """
+    if config.dtype in PRECISIONS:
+        params = cast_params(params, config.dtype)
     logits, _ = apply(config, params, windows[:, :-1])
     losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
                                                              windows[:, 1:])
@@ -182,12 +212,14 @@ def make_train_step(config: ModelConfig, settings: TrainSettings):
     """
     optimizer = make_optimizer(settings)
     packing = ParamPacking.of(abstract_params(config))
+    # The master weights are config's (float32); the passes run in the settings' dtype.
+    compute = dataclasses.replace(config, dtype=settings.dtype)
 
     def step(packed, opt_state, tokens, data_key, step_index):
         windows = corpus_lib.sample_windows(tokens, jax.random.fold_in(data_key, step_index),
                                             settings.batch_size, settings.seq_len + 1)
         loss, grads = jax.value_and_grad(
-            lambda p: next_token_loss(config, packing.unpack(p), windows))(packed)
+            lambda p: next_token_loss(compute, packing.unpack(p), windows))(packed)
         updates, opt_state = optimizer.update(grads, opt_state, packed)
         return optax.apply_updates(packed, updates), opt_state, loss
 
@@ -226,7 +258,7 @@ def validation_loss(config: ModelConfig, params, windows: np.ndarray, batch_size
 def _identity(record: dict) -> dict:
     settings = record["settings"]
     return {"model": record["model"], "corpus": record["corpus"]["fingerprint"],
-            **{key: settings[key] for key in _IDENTITY_KEYS}}
+            **{key: settings.get(key, _IDENTITY_DEFAULTS.get(key)) for key in _IDENTITY_KEYS}}
 
 
 def _check_same_run(model_dir: str, record: dict) -> None:
@@ -276,9 +308,14 @@ def train_model(name: str, corpus: corpus_lib.Corpus, settings: TrainSettings, m
     config = config if config is not None else model_config(name)
     settings = settings.resolved(name)
     counts = param_counts(config)
+    if config.dtype != "float32":
+        raise TrainingError(f"{name}: the model config's dtype is {config.dtype!r}; the master "
+                            "weights are float32: give the compute precision as "
+                            "TrainSettings.dtype")
     record = {"name": name, "family": family, "model": config.to_json(),
               "settings": dataclasses.asdict(settings), "corpus": corpus.summary(),
-              "params": counts["total"], "non_embedding_params": counts["non_embedding"]}
+              "params": counts["total"], "non_embedding_params": counts["non_embedding"],
+              "precision": PRECISIONS[settings.dtype]}
     os.makedirs(model_dir, exist_ok=True)
     _check_same_run(model_dir, record)
     card_path = os.path.join(model_dir, ckpt.CARD_FILE)

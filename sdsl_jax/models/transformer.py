@@ -8,6 +8,12 @@ tying keeps the count one formula). Attention is multi-head with rotary
 position embeddings, so positions need no parameters and a row's position is
 simply ``start[b] + t``; the MLP is GELU with no biases anywhere.
 
+Precision: params, cache and activations are in ``config.dtype``; the
+attention scores and their softmax, the RMSNorm statistics (flax computes
+them in float32) and the returned logits are float32 at least, so a
+bfloat16 model differs from its float32 self by the rounding of its matmuls
+only.
+
 The cache follows the ``sdsl_jax.decoding.decoder`` contract: per layer, keys and
 values of shape ``[B, max_len, heads, head_dim]``; a call writes row ``b``'s
 new entries at positions ``start[b] .. start[b] + T - 1`` and the query at
@@ -97,10 +103,15 @@ class Attention(nnx.Module):
             values = cache_v.at[rows, positions].set(v.astype(cache_v.dtype), mode="drop")
             key_positions = jnp.broadcast_to(jnp.arange(cache_k.shape[1]), (batch, cache_k.shape[1]))
             layer_cache = (keys, values)
-        scores = jnp.einsum("bthd,bshd->bhts", q, keys) / math.sqrt(self.head_dim)
+        # Scores and their softmax in float32 at least: in bfloat16 the exponentials
+        # of a long context lose the small weights (mixed precision as the field
+        # runs it); the matmuls stay in the model's dtype.
+        wide = jnp.promote_types(q.dtype, jnp.float32)
+        scores = jnp.einsum("bthd,bshd->bhts", q, keys,
+                            preferred_element_type=wide) / math.sqrt(self.head_dim)
         visible = key_positions[:, None, None, :] <= positions[:, None, :, None]
         scores = jnp.where(visible, scores, jnp.finfo(scores.dtype).min)
-        weights = jax.nn.softmax(scores, axis=-1)
+        weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
         out = jnp.einsum("bhts,bshd->bthd", weights, values).reshape(batch, length, -1)
         return self.out(out), layer_cache
 
@@ -174,7 +185,10 @@ class Transformer(nnx.Module):
             layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
             x, layer_cache = block(x, positions, rope, layer_cache)
             layer_caches.append(layer_cache)
+        # Logits in float32 at least, whatever the model computes in: the loss,
+        # the sampling probabilities and the acceptance ratios read them.
         logits = self.embed.attend(self.final_norm(x))
+        logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
         if cache is None:
             return logits, None
         return logits, KVCache(keys=tuple(c[0] for c in layer_caches),
