@@ -1,14 +1,27 @@
-"""Real checkpoints: GPT-2 and OPT weights from a local Hugging Face directory, as `Decoder`s.
+"""Real checkpoints: Llama, Mistral, Qwen, GPT-NeoX (Pythia), GPT-2 and OPT weights from a
+local Hugging Face directory, as `Decoder`s.
 
 ``load_hf_decoder(path)`` reads ``path/config.json`` to pick the architecture
-(``model_type`` "gpt2" or "opt"), reads the weights from ``model.safetensors``
-or the shards named in ``model.safetensors.index.json``, and returns a
-`Decoder` whose ``forward`` is a pure JAX function obeying the cache contract
-of sdsl_jax/decoding/decoder.py. Nothing is downloaded and torch is not needed.
+by ``model_type``:
 
-What a directory needs (fetch it once, e.g. ``hf download facebook/opt-125m
---include "*.json" --include "*.txt" --include "*.safetensors" --local-dir
-opt-125m``):
+- "llama", "mistral", "qwen2", "qwen3": the Llama architecture
+  (sdsl_jax/hf/llama.py): Llama 2 and 3 (with llama3 rope scaling),
+  TinyLlama, SmolLM, Mistral, Qwen2/2.5 and Qwen3;
+- "gpt_neox": GPT-NeoX and Pythia (sdsl_jax/hf/gpt_neox.py);
+- "gpt2" and "opt" (sdsl_jax/hf/gpt2.py, sdsl_jax/hf/opt.py).
+
+It reads the weights from ``model.safetensors`` or the shards named in
+``model.safetensors.index.json`` and returns a `Decoder` whose ``forward`` is
+a pure JAX function obeying the cache contract of
+sdsl_jax/decoding/decoder.py, with tensor-parallel annotations for a device
+mesh (sdsl_jax/hf/tensor_parallel.py). Nothing is downloaded and torch is not
+needed. What a checkpoint asks for that is not implemented (a rope scaling
+other than default, linear or llama3; mixture-of-experts; a sliding window
+shorter than the cache) is refused with a `CheckpointError` or, for the
+cache, a ValueError, never approximated.
+
+What a directory needs (fetch it once, e.g. ``hf download EleutherAI/pythia-160m
+--include "*.json" --include "*.safetensors" --local-dir pythia-160m``):
 
 - ``config.json`` and the safetensors weights. A repository that ships only
   ``pytorch_model.bin`` is converted once, where torch and transformers are
@@ -16,68 +29,116 @@ opt-125m``):
   safe_serialization=True)``, then copy the tokenizer files across.
 - for text prompts, ``tokenizer.json``, or ``vocab.json`` + ``merges.txt`` +
   ``tokenizer_config.json``; `load_hf_tokenizer` reads them with the
-  ``tokenizers`` package (for OPT it prepends ``</s>``, as the models were
-  trained to see). Without them, prompts are token ids.
+  ``tokenizers`` package, adding a BOS token where the model's own
+  post-processor does (Llama) and not otherwise (Qwen, Pythia). Without
+  them, prompts are token ids.
 
-A draft and a target must share a vocabulary: OPT-125m/350m drafting for
-OPT-1.3b .. 66b, or GPT-2 drafting for GPT-2 medium/large/xl::
+A draft and a target must share a tokenizer: OPT-125m drafting for OPT-6.7b,
+Pythia-70m for Pythia-6.9b, Qwen2.5-0.5B for Qwen2.5-7B, Llama-3.2-1B for
+Llama-3.1-8B. Checkpoints of one family may still have different numbers of
+embedding rows (Qwen2.5-0.5B 151936, -7B 152064; Pythia 50304 or more):
+`check_shared_tokenizer` says whether two directories' tokenizers agree and
+how many ids the tokenizer has, and `sdsl_jax.decoding.vocabulary.pad_vocabulary`
+pads the smaller model's logits with zero-probability ids::
 
-    draft = load_hf_decoder("opt-125m", dtype=jnp.bfloat16)
-    target = load_hf_decoder("opt-6.7b", dtype=jnp.bfloat16)
-    prompt_ids = load_hf_tokenizer("opt-125m").encode("The capital of France is").ids
+    draft = load_hf_decoder("pythia-160m", dtype=jnp.bfloat16)
+    target = load_hf_decoder("pythia-6.9b", dtype=jnp.bfloat16)
+    check_shared_tokenizer("pythia-160m", "pythia-6.9b")
+    prompt_ids = load_hf_tokenizer("pythia-160m").encode("The capital of France is").ids
 
-The cache length is bounded by the learned positions: 1024 for GPT-2, 2048
-for OPT. For float32 logits that match transformers to 1e-4 on a GPU, set
-``jax.config.update("jax_default_matmul_precision", "highest")``: by default
-XLA runs float32 matmuls in TF32 on recent NVIDIA GPUs.
+The cache length is bounded by the learned positions (1024 for GPT-2, 2048
+for OPT) or the context the model was trained for (``max_position_embeddings``),
+and by a sliding window where one is set. For float32 logits that match
+transformers to 1e-4 on a GPU, set ``jax.config.update("jax_default_matmul_precision",
+"highest")``: by default XLA runs float32 matmuls in TF32 on recent NVIDIA GPUs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 from sdsl_jax.common.errors import CheckpointError
+from sdsl_jax.hf import gpt2, gpt_neox, llama, opt
 from sdsl_jax.hf.configured import Configured
-from sdsl_jax.hf.gpt2 import GPT2Spec, gpt2_forward, gpt2_init_cache, gpt2_spec, load_gpt2_params
+from sdsl_jax.hf.gpt2 import GPT2Spec
+from sdsl_jax.hf.gpt_neox import GPTNeoXSpec
+from sdsl_jax.hf.kv_cache import KV_CACHE_SHARDING
 from sdsl_jax.hf.layout import CONFIG_FILE, read_config
-from sdsl_jax.hf.opt import OPTSpec, load_opt_params, opt_forward, opt_init_cache, opt_spec
+from sdsl_jax.hf.llama import LlamaSpec
+from sdsl_jax.hf.opt import OPTSpec
 from sdsl_jax.hf.safetensors_io import SafetensorsCheckpoint
-from sdsl_jax.hf.tokenizer import load_hf_tokenizer
+from sdsl_jax.hf.tokenizer import (TokenizerVocabulary, check_shared_tokenizer, load_hf_tokenizer,
+                                   read_tokenizer_vocabulary)
 from sdsl_jax.decoding.decoder import Decoder
 
-# model_type -> (spec reader, params loader, forward, init_cache, tensors that may be present unused)
-ARCHITECTURES = {
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """How one model_type is read, run and split over devices."""
+
+    read_spec: Callable[[dict, str, Any], Any]  # (config, config path, dtype) -> frozen spec
+    load_params: Callable[[Any, SafetensorsCheckpoint], dict]
+    forward: Callable
+    init_cache: Callable
+    may_skip: re.Pattern  # tensors a checkpoint may hold that the model does not read
+    param_sharding: tuple
+
+
+# Old uploads carry rotary tables and causal-mask buffers; tied heads may be saved anyway.
+_LLAMA = Architecture(llama.llama_spec, llama.load_llama_params, llama.llama_forward, llama.llama_init_cache,
+                      re.compile(r".*rotary_emb\.inv_freq$|^lm_head\.weight$"), llama.PARAM_SHARDING)
+
+ARCHITECTURES: dict[str, Architecture] = {
+    **{family: _LLAMA for family in llama.FAMILIES},
+    "gpt_neox": Architecture(
+        gpt_neox.gpt_neox_spec, gpt_neox.load_gpt_neox_params, gpt_neox.gpt_neox_forward,
+        gpt_neox.gpt_neox_init_cache,
+        re.compile(r".*rotary_emb\.inv_freq$|(^|.*\.)attention\.(masked_)?bias$|^(embed_out|lm_head)\.weight$"),
+        gpt_neox.PARAM_SHARDING),
     # GPT-2 uploads carry the causal-mask buffers "h.N.attn.bias" / "attn.masked_bias".
-    "gpt2": (gpt2_spec, load_gpt2_params, gpt2_forward, gpt2_init_cache,
-             re.compile(r"(^|.*\.)attn\.(masked_)?bias$|^lm_head\.weight$")),
-    "opt": (opt_spec, load_opt_params, opt_forward, opt_init_cache, re.compile(r"^lm_head\.weight$")),
+    "gpt2": Architecture(gpt2.gpt2_spec, gpt2.load_gpt2_params, gpt2.gpt2_forward, gpt2.gpt2_init_cache,
+                         re.compile(r"(^|.*\.)attn\.(masked_)?bias$|^lm_head\.weight$"), gpt2.PARAM_SHARDING),
+    "opt": Architecture(opt.opt_spec, opt.load_opt_params, opt.opt_forward, opt.opt_init_cache,
+                        re.compile(r"^lm_head\.weight$"), opt.PARAM_SHARDING),
 }
 
 
 def load_hf_decoder(path: str | os.PathLike, dtype=jnp.float32, name: str | None = None) -> Decoder:
-    """A `Decoder` for the GPT-2 or OPT checkpoint in directory ``path``.
+    """A `Decoder` for the checkpoint in directory ``path``, of any model_type in `ARCHITECTURES`.
 
     Args:
       path: a directory with ``config.json`` and safetensors weights.
-      dtype: the dtype of params, cache and activations (layer norm and
-        softmax are computed in at least float32, logits returned in at least
-        float32). float32 reproduces transformers' logits; bfloat16 halves
-        memory for large targets on a GPU.
+      dtype: float32, bfloat16 or float16: the dtype of params, cache and
+        activations (norm statistics, rotary embeddings and softmax are
+        computed in at least float32, logits returned in at least float32).
+        float32 reproduces transformers' logits; bfloat16 halves memory for
+        large targets on a GPU.
       name: the label for reports; the directory's name by default.
 
     Returns:
-      A Decoder whose num_params counts every distinct weight once (a tied
-      output head is the token embedding), as ``model.num_parameters()``
-      does in transformers.
+      A Decoder whose ``dtype`` names the compute dtype, whose num_params
+      counts every distinct weight once (a tied output head is the token
+      embedding), as ``model.num_parameters()`` does in transformers, and
+      whose ``param_sharding`` and ``cache_sharding`` split attention heads
+      and MLP units over the mesh axis "model".
 
     Raises:
       CheckpointError: naming the file, key or tensor that is missing,
-        malformed, or disagrees with config.json.
+        malformed, disagrees with config.json, or asks for what is not
+        implemented.
+      ValueError: for a dtype other than the three above.
     """
+    compute_dtype = jnp.dtype(dtype).name
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {compute_dtype}")
     path = os.fspath(path)
     config = read_config(path)
     config_path = os.path.join(path, CONFIG_FILE)
@@ -89,13 +150,13 @@ def load_hf_decoder(path: str | os.PathLike, dtype=jnp.float32, name: str | None
             + (f" (architectures {architectures})" if architectures else "")
             + f"; supported: {', '.join(ARCHITECTURES)}"
         )
-    read_spec, load_params, forward, init_cache, may_skip = ARCHITECTURES[model_type]
-    spec = read_spec(config, config_path, dtype)
+    architecture = ARCHITECTURES[model_type]
+    spec = architecture.read_spec(config, config_path, compute_dtype)
     checkpoint = SafetensorsCheckpoint(path)
-    params = load_params(spec, checkpoint)
+    params = architecture.load_params(spec, checkpoint)
     # A tensor the model never reads means config.json describes a different model
     # (extra heads, cross-attention): refuse rather than compute silently wrong logits.
-    unused = sorted(n for n in checkpoint.names if n not in checkpoint.names_read and not may_skip.match(n))
+    unused = sorted(n for n in checkpoint.names if n not in checkpoint.names_read and not architecture.may_skip.match(n))
     if unused:
         shown = ", ".join(repr(n) for n in unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
         raise CheckpointError(
@@ -105,15 +166,19 @@ def load_hf_decoder(path: str | os.PathLike, dtype=jnp.float32, name: str | None
     num_params = sum(int(leaf.size) for leaf in jax.tree_util.tree_leaves(params))
     return Decoder(
         params=params,
-        forward=Configured(forward, spec),
-        init_cache=Configured(init_cache, spec),
+        forward=Configured(architecture.forward, spec),
+        init_cache=Configured(architecture.init_cache, spec),
         vocab_size=spec.vocab_size,
         num_params=num_params,
         name=name or os.path.basename(os.path.normpath(path)),
+        dtype=compute_dtype,
+        param_sharding=architecture.param_sharding,
+        cache_sharding=KV_CACHE_SHARDING,
     )
 
 
 __all__ = [
-    "ARCHITECTURES", "CheckpointError", "GPT2Spec", "OPTSpec", "SafetensorsCheckpoint",
-    "load_hf_decoder", "load_hf_tokenizer",
+    "ARCHITECTURES", "Architecture", "CheckpointError", "GPT2Spec", "GPTNeoXSpec", "LlamaSpec", "OPTSpec",
+    "SafetensorsCheckpoint", "TokenizerVocabulary", "check_shared_tokenizer", "load_hf_decoder",
+    "load_hf_tokenizer", "read_tokenizer_vocabulary",
 ]

@@ -5,7 +5,10 @@ Multitask Learners"): token plus learned absolute position embeddings, then
 pre-norm blocks ``h += attn(ln_1(h)); h += mlp(ln_2(h))``, a final layer norm,
 and an output head tied to the token embedding unless the config unties it.
 Weights follow transformers' names; its ``Conv1D`` stores kernels as
-[in, out], so they need no transpose. Positions come from ``start[b] + t``.
+[in, out], so they need no transpose. The fused ``c_attn`` projection
+(outputs: all queries, then all keys, then all values) is cut at load time
+into separate q, k and v kernels, so that a tensor-parallel split over heads
+is the same as every other family's. Positions come from ``start[b] + t``.
 
 Params pytree: ``wte [V, D]``, ``wpe [P, D]``, ``ln_f``, optional ``lm_head
 [V, D]``, and ``blocks`` with every leaf stacked over a leading layer axis.
@@ -18,12 +21,17 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sdsl_jax.common.errors import CheckpointError
 from sdsl_jax.hf.layout import ConfigReader, WeightReader
 from sdsl_jax.hf.kv_cache import cached_attention, check_forward_inputs, init_kv_cache, positions
 from sdsl_jax.hf.layers import ACTIVATIONS, dense, layer_norm
 from sdsl_jax.hf.safetensors_io import SafetensorsCheckpoint
+from sdsl_jax.hf.tensor_parallel import tensor_parallel_rules
+
+PARAM_SHARDING = tensor_parallel_rules("blocks", column=("q_proj", "k_proj", "v_proj", "mlp_in"),
+                                       row=("attn_out", "mlp_out"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,12 +95,18 @@ def load_gpt2_params(spec: GPT2Spec, checkpoint: SafetensorsCheckpoint) -> dict:
         return {"kernel": w.stacked(template + ".weight", L, (n_in, n_out)),
                 "bias": w.stacked(template + ".bias", L, (n_out,))}
 
+    def thirds(a):
+        return tuple(np.split(a, 3, axis=-1))
+
+    qkv_kernels = w.stacked_parts("h.{}.attn.c_attn.weight", L, (D, 3 * D), thirds)
+    qkv_biases = w.stacked_parts("h.{}.attn.c_attn.bias", L, (3 * D,), thirds)
     params = {
         "wte": w.param("wte.weight", (V, D)),
         "wpe": w.param("wpe.weight", (spec.max_positions, D)),
         "blocks": {
             "ln_1": norm("h.{}.ln_1"),
-            "attn_qkv": conv1d("h.{}.attn.c_attn", D, 3 * D),
+            **{name: {"kernel": kernel, "bias": bias}
+               for name, kernel, bias in zip(("q_proj", "k_proj", "v_proj"), qkv_kernels, qkv_biases)},
             "attn_out": conv1d("h.{}.attn.c_proj", D, D),
             "ln_2": norm("h.{}.ln_2"),
             "mlp_in": conv1d("h.{}.mlp.c_fc", D, F),
@@ -126,7 +140,8 @@ def gpt2_forward(spec: GPT2Spec, params: dict, tokens: jax.Array, start: jax.Arr
 
     def block(h, layer):
         p, k_cache, v_cache, index = layer
-        q, k, v = jnp.split(dense(layer_norm(h, p["ln_1"], spec.layer_norm_eps), p["attn_qkv"]), 3, axis=-1)
+        x = layer_norm(h, p["ln_1"], spec.layer_norm_eps)
+        q, k, v = dense(x, p["q_proj"]), dense(x, p["k_proj"]), dense(x, p["v_proj"])
         scale = base_scale / (index + 1.0) if spec.scale_attn_by_inverse_layer_idx else base_scale
         out, k_cache, v_cache = cached_attention(split_heads(q), split_heads(k), split_heads(v),
                                                  k_cache, v_cache, start, scale)

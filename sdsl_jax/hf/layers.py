@@ -1,8 +1,10 @@
-"""The small pieces GPT-2 and OPT blocks are made of: layer norm, activations, dense.
+"""The small pieces the checkpoints' blocks are made of: layer norm, RMS norm, activations, dense.
 
 Each matches its PyTorch counterpart in transformers to float32 rounding:
-layer norm uses the biased variance with eps inside the square root, and the
-activation names are transformers' ``ACT2FN`` keys found in real configs.
+layer norm uses the biased variance with eps inside the square root, RMS norm
+(Zhang & Sennrich 2019) normalises in float32 and applies its scale after
+casting back, and the activation names are transformers' ``ACT2FN`` keys found
+in real configs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,18 @@ def layer_norm(x: jax.Array, params: dict, eps: float) -> jax.Array:
     if "scale" in params:
         h = h * params["scale"].astype(compute) + params["bias"].astype(compute)
     return h.astype(x.dtype)
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """``scale * x / sqrt(mean(x**2) + eps)`` over the last axis.
+
+    The statistics are taken in float32 and the result cast back to ``x``'s
+    dtype before the scale multiplies it, in that order, as Llama-family
+    checkpoints were trained (in bfloat16 the order changes the rounding).
+    """
+    h = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    h = h * jax.lax.rsqrt(jnp.square(h).mean(axis=-1, keepdims=True) + eps)
+    return scale * h.astype(x.dtype)
 
 
 def dense(x: jax.Array, params: dict) -> jax.Array:

@@ -61,6 +61,12 @@ class ConfigReader:
             raise CheckpointError(f"{self.path}: {key!r} must be a positive integer, got {value!r}")
         return int(value)
 
+    def optional_positive_int(self, key: str, default: int | None = None) -> int | None:
+        """A positive integer, or None where the config writes null (or omits a key whose default is None)."""
+        if self.config.get(key, default) is None:
+            return None
+        return self.positive_int(key, default)
+
     def positive_float(self, key: str, default: float) -> float:
         value = self._get(key, default, (int, float), "a positive number")
         if not value > 0:
@@ -121,3 +127,11 @@ class WeightReader:
     def stacked(self, template: str, num_layers: int, shape: tuple[int, ...], transpose: bool = False) -> jnp.ndarray:
         """``template.format(i)`` for each layer i, stacked to [L, ...]."""
         return jnp.asarray(np.stack([self.read(template.format(i), shape, transpose) for i in range(num_layers)]))
+
+    def stacked_parts(self, template: str, num_layers: int, shape: tuple[int, ...], split,
+                      transpose: bool = False) -> tuple[jnp.ndarray, ...]:
+        """A fused tensor cut into parts: ``split`` maps each layer's array (after the
+        optional transpose) to a tuple of arrays, and each part is stacked to [L, ...].
+        Cutting at load time gives every family the same separate q, k, v kernels."""
+        per_layer = [split(self.read(template.format(i), shape, transpose)) for i in range(num_layers)]
+        return tuple(jnp.asarray(np.stack(part)) for part in zip(*per_layer))

@@ -31,9 +31,13 @@ from sdsl_jax.hf.layout import ConfigReader, WeightReader
 from sdsl_jax.hf.kv_cache import cached_attention, check_forward_inputs, init_kv_cache, positions
 from sdsl_jax.hf.layers import ACTIVATIONS, dense, layer_norm
 from sdsl_jax.hf.safetensors_io import SafetensorsCheckpoint
+from sdsl_jax.hf.tensor_parallel import tensor_parallel_rules
 
 POSITION_OFFSET = 2
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which OPT never overrides
+
+PARAM_SHARDING = tensor_parallel_rules("layers", column=("q_proj", "k_proj", "v_proj", "fc1"),
+                                       row=("out_proj", "fc2"))
 
 
 @dataclasses.dataclass(frozen=True)

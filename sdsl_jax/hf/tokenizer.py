@@ -1,12 +1,21 @@
-"""Text to token ids for a GPT-2 or OPT checkpoint directory, via the `tokenizers` package.
+"""Text to token ids for a checkpoint directory, via the `tokenizers` package, and
+whether two checkpoints share one tokenizer.
 
-Both families use GPT-2's byte-level BPE. A directory carries it either as
-``tokenizer.json`` (complete, used as is) or as ``vocab.json`` plus
-``merges.txt`` with options in ``tokenizer_config.json``; from the latter we
-build the same pipeline transformers does: byte-level pre-tokenisation
-without a prefix space, the BPE merges, special tokens matched whole, and for
-OPT (``"add_bos_token": true``) the ``</s>`` BOS token prepended, which the
-models were trained to see first.
+A directory carries its tokenizer either as ``tokenizer.json`` (complete, used
+as is: Llama 3, Qwen, Pythia and most recent uploads; its post-processor adds
+the BOS token where the model was trained with one, as Llama's
+``<|begin_of_text|>`` or ``<s>``, and Qwen and Pythia add none) or as
+``vocab.json`` plus ``merges.txt`` with options in ``tokenizer_config.json``
+(GPT-2, OPT); from the latter we build the same pipeline transformers does:
+byte-level pre-tokenisation without a prefix space, the BPE merges, special
+tokens matched whole, and for OPT (``"add_bos_token": true``) the ``</s>``
+BOS token prepended, which the models were trained to see first.
+
+Speculative decoding needs the draft and the target to read and write the
+same ids. `read_tokenizer_vocabulary` summarises a tokenizer by what fixes
+its ids (the model's vocabulary and merges, and the added tokens) as a
+fingerprint, and its size; `check_shared_tokenizer` compares two
+directories and names both vocabularies when they differ.
 
 ``tokenizers`` is imported only here, on demand, so the rest of the package
 does not need it (``pip install tokenizers``).
@@ -14,6 +23,8 @@ does not need it (``pip install tokenizers``).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 
@@ -72,3 +83,89 @@ def load_hf_tokenizer(path: str | os.PathLike):
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
         )
     return tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerVocabulary:
+    """What fixes a tokenizer's ids.
+
+    Attributes:
+      directory: the checkpoint directory it was read from.
+      files: the tokenizer file(s) read, for messages.
+      size: the number of ids it can produce, ``max id + 1`` over its
+        vocabulary and added tokens. A model needs at least this many
+        embedding rows; it may have more (padding to a multiple of 64 or 128).
+      fingerprint: SHA-256 of the model kind, the vocabulary (token -> id),
+        the merges and the added tokens (id, content, special). Equal
+        fingerprints encode and decode every text the same way up to the
+        normaliser and pre-tokeniser, which the families share.
+    """
+
+    directory: str
+    files: str
+    size: int
+    fingerprint: str
+    tokens: tuple = dataclasses.field(repr=False, compare=False, default=())  # id -> token, for messages
+
+
+def read_tokenizer_vocabulary(path: str | os.PathLike) -> TokenizerVocabulary:
+    """The `TokenizerVocabulary` of the tokenizer in checkpoint directory ``path``.
+
+    Raises:
+      CheckpointError: when the directory has no tokenizer files or they cannot be read.
+    """
+    path = os.fspath(path)
+    tokenizer = load_hf_tokenizer(path)
+    files = "tokenizer.json" if os.path.isfile(os.path.join(path, "tokenizer.json")) else "vocab.json + merges.txt"
+    # The library's own serialisation writes both file forms alike (merges as pairs, added
+    # tokens with their ids), so a tokenizer.json and the vocab/merges it came from agree.
+    state = json.loads(tokenizer.to_str())
+    model = state.get("model") or {}
+    added = sorted((t["id"], t["content"], bool(t.get("special"))) for t in state.get("added_tokens") or [])
+    canonical = {
+        "type": model.get("type"),
+        "vocab": model.get("vocab"),
+        "merges": [" ".join(m) if isinstance(m, list) else m for m in model.get("merges") or []],
+        "added_tokens": added,
+    }
+    digest = hashlib.sha256(json.dumps(canonical, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    size = max(vocab.values()) + 1 if vocab else 0
+    tokens = [None] * size
+    for token, index in vocab.items():
+        tokens[index] = token
+    return TokenizerVocabulary(directory=path, files=files, size=size, fingerprint=digest, tokens=tuple(tokens))
+
+
+def check_shared_tokenizer(draft_path: str | os.PathLike, target_path: str | os.PathLike) -> TokenizerVocabulary:
+    """The tokenizer the draft and target checkpoints share, or a `CheckpointError` naming both.
+
+    Returns:
+      The draft's `TokenizerVocabulary` (equal to the target's). Its ``size``
+      is how many ids prompts and outputs use; the two models may have more
+      embedding rows than that, and differently many, which
+      `sdsl_jax.decoding.vocabulary.pad_vocabulary` reconciles.
+
+    Raises:
+      CheckpointError: when either directory has no readable tokenizer, or the
+        two tokenizers assign different ids (naming both, their sizes and the
+        first id on which they differ).
+    """
+    draft = read_tokenizer_vocabulary(draft_path)
+    target = read_tokenizer_vocabulary(target_path)
+    if draft.fingerprint == target.fingerprint:
+        return draft
+    first = next((i for i, (a, b) in enumerate(zip(draft.tokens, target.tokens)) if a != b),
+                 min(draft.size, target.size))
+    if first < min(draft.size, target.size):
+        where = f"id {first} is {draft.tokens[first]!r} in the draft's and {target.tokens[first]!r} in the target's"
+    elif draft.size != target.size:
+        where = f"one has {abs(draft.size - target.size)} ids more"
+    else:
+        where = "they have the same tokens at every id but differ in their merges or special tokens"
+    raise CheckpointError(
+        f"draft and target tokenizers differ: the draft's {os.path.join(draft.directory, draft.files)} has "
+        f"{draft.size} ids (vocabulary {draft.fingerprint[:12]}), the target's "
+        f"{os.path.join(target.directory, target.files)} has {target.size} ids (vocabulary "
+        f"{target.fingerprint[:12]}); {where}. Speculative decoding needs one shared tokenizer"
+    )

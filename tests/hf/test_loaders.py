@@ -270,9 +270,10 @@ def test_missing_directory_and_config(checkpoints, tmp_path):
 def test_unsupported_architecture(checkpoints, tmp_path):
     _copy(checkpoints["gpt2"][0], tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    config.update(model_type="llama", architectures=["LlamaForCausalLM"])
+    config.update(model_type="mixtral", architectures=["MixtralForCausalLM"])
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=r"config\.json: unsupported model_type 'llama'.*supported: gpt2, opt"):
+    with pytest.raises(CheckpointError, match=r"config\.json: unsupported model_type 'mixtral'.*supported: llama, "
+                                              r"mistral, qwen2, qwen3, gpt_neox, gpt2, opt"):
         load_hf_decoder(tmp_path)
 
 
