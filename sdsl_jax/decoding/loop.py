@@ -12,7 +12,7 @@ been fed to the models yet. An iteration then:
    first is usually already cached and is rewritten identically; after an
    iteration that accepted every draft it is the draft's last token, which
    the draft never saw), then ``gamma - 1`` single-token forwards, sampling
-   x_1..x_gamma from q at the current temperature;
+   x_1..x_gamma from q under the run's sampling settings;
 2. verifies: one target forward over ``[token n - 1, x_1 .. x_gamma]`` at
    ``n - 1``, giving p_1..p_{gamma+1};
 3. accepts K drafts and emits one more token
@@ -22,13 +22,48 @@ been fed to the models yet. An iteration then:
 Rejected drafts are rolled back by not advancing ``n``: the stale cache
 entries beyond it are never read (the Decoder contract) and are overwritten by
 the next iteration. Rows advance independently; a row that has its
-``max_new_tokens`` stops changing while the others finish (its forwards still
-run, as shapes are static, at positions clamped inside the cache).
+``max_new_tokens``, or has committed the end-of-sequence token, stops
+changing while the others finish (its forwards still run, as shapes are
+static, at positions clamped inside the cache).
 
 The whole loop is one ``lax.while_loop`` inside ``jit``; the draft steps are a
 ``lax.scan``. Nothing returns to the host until every row is done. It is
 compiled once per (decoder functions, batch and prompt shape, lookahead,
-max_new_tokens, acceptance rule); the temperature and the weights are traced.
+max_new_tokens, acceptance rule); the weights and the sampling settings
+(temperature, top-k, top-p, the end-of-sequence token) are traced, so one
+compilation serves every setting.
+
+Sampling settings
+-----------------
+Draft and target both sample from their truncated distributions
+(:func:`~sdsl_jax.decoding.sampling.probabilities`: temperature, then top-k,
+then top-p), so the output follows the target's truncated distribution: what
+a deployment with those settings serves, and the acceptance it measures is
+that deployment's. With ``eos_token`` a row stops at the first end-of-sequence
+token it commits: the tokens after it are not part of its output (the
+iteration may have accepted drafts beyond it; they are discarded), its
+``num_generated`` counts up to and including it, and the row is done. This is
+exactly the target sampled until it emits the token. What the iteration that
+contained it records: ``accepted`` is its full K and ``betas`` every position
+it judged, drafts beyond the end-of-sequence token included. Those acceptance
+tests ran, each a genuine draw with probability beta at its prefix; cutting K
+at the token would keep the rejection-free prefix of an iteration chosen by
+its outcome and bias the acceptance estimate (trials = min(K + 1, gamma)
+assumes a rejection after K unless K = gamma).
+
+Memory
+------
+The decode program takes the :class:`DecodeState` by donation and returns the
+final state in the same buffers, so the caches (the largest thing the loop
+holds besides the weights) are updated in place and never copied: without
+donation XLA would copy the input caches into the loop's carry, doubling
+their memory. A state can therefore be decoded once; :func:`decode` drops the
+final state and returns only the :class:`Generation`. The prefill creates the
+caches itself (``init_cache`` inside the program), so nothing of its inputs
+is worth donating: the prompts, lengths and keys are small and a caller
+(:func:`staged_generate`, a warmup run) may prefill the same inputs again.
+:func:`compiled_memory` reports what both programs need (arguments, outputs,
+temporaries) from XLA's compiled memory analysis, on any device.
 
 The prefill is separate so that it can be timed on its own (time to first
 token): both models read the prompt and the target samples the first token.
@@ -72,6 +107,9 @@ class DecodeState(NamedTuple):
     target_cache: PyTree
     uniforms: jax.Array  # float[B, I, 2 gamma + 1]: each iteration's U[0, 1) draws
     temperature: jax.Array  # scalar
+    top_k: jax.Array  # int32 scalar, 0: off
+    top_p: jax.Array  # float scalar in (0, 1], 1: off
+    eos_token: jax.Array  # int32 scalar, -1: no stop at end of sequence
     iteration: jax.Array  # int32[B]: iterations done
     accepted: jax.Array  # int32[B, I]
     betas: jax.Array  # float[B, I, gamma]
@@ -85,8 +123,12 @@ class Generation:
 
     Attributes:
       tokens: int32[B, max_new_tokens], the generated tokens (the last
-        iteration may have produced more; they are cut off here).
-      num_generated: int32[B], tokens produced, >= max_new_tokens.
+        iteration may have produced more; they are cut off here). A row that
+        stopped at the end-of-sequence token holds it at
+        ``num_generated - 1`` and is filled with it after that.
+      num_generated: int32[B], tokens produced: >= max_new_tokens, or up to
+        and including the end-of-sequence token for a row that stopped there
+        (:attr:`stopped`).
       accepted: int32[B, I], K of each iteration (I = max_new_tokens - 1;
         0 beyond ``num_iterations``).
       betas: float[B, I, lookahead], sum_v min(p, q) at each judged drafted
@@ -98,6 +140,11 @@ class Generation:
         every step of a batch costs the same, so this apportions the decode
         time among rows.
       num_steps: int32 scalar, loop steps run (the maximum of finish_step).
+      stopped: bool[B], the row stopped at the end-of-sequence token within
+        its first max_new_tokens tokens (always False without ``eos_token``).
+        Its iteration that committed the token is recorded in full in
+        ``accepted`` and ``betas`` (module docstring), so for such a row
+        num_generated can be less than 1 + sum(K + 1).
       lookahead: gamma (a Python int).
     """
 
@@ -108,6 +155,7 @@ class Generation:
     num_iterations: jax.Array
     finish_step: jax.Array
     num_steps: jax.Array
+    stopped: jax.Array
     lookahead: int
 
 
@@ -130,7 +178,7 @@ def _take(sequence, positions):
 
 
 def _prefill(draft_params, target_params, prompt_tokens, prompt_lengths, row_keys,
-             temperature, spec: _Spec) -> DecodeState:
+             settings, spec: _Spec) -> DecodeState:
     batch, prompt_len = prompt_tokens.shape
     gamma = spec.lookahead
     max_len = prompt_len + spec.max_new_tokens + gamma + 1
@@ -140,12 +188,16 @@ def _prefill(draft_params, target_params, prompt_tokens, prompt_lengths, row_key
     last = _take(logits, prompt_lengths - 1)  # [B, V]
     # Sampling runs in float32 at least, whatever precision the model computes in.
     dtype = jnp.promote_types(logits.dtype, jnp.float32)
+    temperature, top_k, top_p, eos_token = settings
     temperature = jnp.asarray(temperature, dtype)
+    top_k = jnp.asarray(top_k, jnp.int32)
+    top_p = jnp.asarray(top_p, dtype)
+    eos_token = jnp.asarray(eos_token, jnp.int32)
     num_iterations = spec.max_new_tokens - 1
     per_iteration = 2 * gamma + 1
     uniforms = jax.vmap(lambda k: jax.random.uniform(
         k, (1 + num_iterations * per_iteration,), dtype))(row_keys)
-    first = sample(uniforms[:, 0], probabilities(last, temperature))
+    first = sample(uniforms[:, 0], probabilities(last, temperature, top_k, top_p))
     draft_cache = None
     if spec.draft_forward is not None:
         draft_cache = spec.draft_init_cache(batch, max_len)
@@ -153,17 +205,28 @@ def _prefill(draft_params, target_params, prompt_tokens, prompt_lengths, row_key
     sequence = jnp.zeros((batch, max_len), jnp.int32).at[:, :prompt_len].set(prompt_tokens)
     sequence = sequence.at[jnp.arange(batch), prompt_lengths].set(first)
     return DecodeState(
-        sequence=sequence, length=prompt_lengths + 1, prompt_length=prompt_lengths,
+        sequence=sequence, length=prompt_lengths + 1,
+        # A buffer of its own, not the caller's lengths: the decode consumes
+        # (donates) the state, and the caller may prefill the same inputs again.
+        prompt_length=jnp.copy(prompt_lengths),
         draft_cache=draft_cache, target_cache=target_cache,
         uniforms=uniforms[:, 1:].reshape(batch, num_iterations, per_iteration),
-        temperature=temperature, iteration=zeros,
+        temperature=jnp.copy(temperature), top_k=jnp.copy(top_k), top_p=jnp.copy(top_p),
+        eos_token=jnp.copy(eos_token), iteration=zeros,
         accepted=jnp.zeros((batch, num_iterations), jnp.int32),
         betas=jnp.full((batch, num_iterations, gamma), jnp.nan, dtype),
         finish_step=zeros, step=jnp.zeros((), jnp.int32))
 
 
+def _stopped(state: DecodeState):
+    """The row's last committed token is the end-of-sequence token (-1, off, never is).
+
+    Rows never commit past that token, so it can only be the last one."""
+    return _take(state.sequence, state.length - 1) == state.eos_token
+
+
 def _active(state: DecodeState, spec: _Spec):
-    return state.length - state.prompt_length < spec.max_new_tokens
+    return (state.length - state.prompt_length < spec.max_new_tokens) & ~_stopped(state)
 
 
 def _draft(draft_params, state: DecodeState, draft_uniforms, spec: _Spec):
@@ -171,7 +234,9 @@ def _draft(draft_params, state: DecodeState, draft_uniforms, spec: _Spec):
     gamma = spec.lookahead
     max_len = state.sequence.shape[1]
     n = state.length
-    temperature = state.temperature
+
+    def truncated(logits):
+        return probabilities(logits, state.temperature, state.top_k, state.top_p)
 
     def start_at(pos, width):
         # Only finished rows can reach past the buffer; keep their writes inside.
@@ -180,14 +245,14 @@ def _draft(draft_params, state: DecodeState, draft_uniforms, spec: _Spec):
     last_two = _take(state.sequence, jnp.stack([n - 2, n - 1], axis=1))
     logits, cache = spec.draft_forward(draft_params, last_two, start_at(n - 2, 2),
                                        state.draft_cache)
-    q = probabilities(logits[:, 1], temperature)
+    q = truncated(logits[:, 1])
     token = sample(draft_uniforms[:, 0], q)
 
     def step(carry, i):
         cache, token = carry
         logits, cache = spec.draft_forward(draft_params, token[:, None],
                                            start_at(n - 1 + i, 1), cache)
-        q = probabilities(logits[:, 0], temperature)
+        q = truncated(logits[:, 0])
         token = sample(draft_uniforms[:, i], q)
         return (cache, token), (token, q)
 
@@ -214,7 +279,7 @@ def _iteration(draft_params, target_params, state: DecodeState, spec: _Spec) -> 
     verify_start = jnp.minimum(n - 1, max_len - (gamma + 1)).astype(jnp.int32)
     logits, target_cache = spec.target_forward(target_params, verify, verify_start,
                                                state.target_cache)
-    target_probs = probabilities(logits, state.temperature)
+    target_probs = probabilities(logits, state.temperature, state.top_k, state.top_p)
     if gamma == 0:
         draft_probs = jnp.zeros((batch, 0, logits.shape[-1]), target_probs.dtype)
     verdict = jax.vmap(spec.accept_fn)(u[:, gamma:], draft_tokens, draft_probs, target_probs)
@@ -229,7 +294,11 @@ def _iteration(draft_params, target_params, state: DecodeState, spec: _Spec) -> 
     written = jax.vmap(lambda row, w, s: jax.lax.dynamic_update_slice(row, w, (s,)))(
         state.sequence, window, write_at)
     sequence = jnp.where(active[:, None], written, state.sequence)
-    length = jnp.where(active, n + k + 1, n)
+    # The row's output ends at the first end-of-sequence token it commits;
+    # what the window holds after it is beyond the new length, never read.
+    eos_at = (window == state.eos_token) & (slots <= k[:, None])
+    emitted = jnp.where(jnp.any(eos_at, axis=1), jnp.argmax(eos_at, axis=1) + 1, k + 1)
+    length = jnp.where(active, n + emitted, n)
 
     # Record this iteration in each active row's slot; finished rows point
     # past the end and their writes are dropped (O(B gamma), not O(B I gamma)).
@@ -239,12 +308,13 @@ def _iteration(draft_params, target_params, state: DecodeState, spec: _Spec) -> 
     judged = jnp.arange(gamma) < jnp.minimum(k + 1, gamma)[:, None]
     betas_now = jnp.where(judged, verdict.betas.astype(state.betas.dtype), jnp.nan)
     betas = state.betas.at[rows, slot].set(betas_now, mode="drop")
-    done_now = active & (length - state.prompt_length >= spec.max_new_tokens)
     step = state.step + 1
-    return state._replace(
+    state = state._replace(
         sequence=sequence, length=length, draft_cache=draft_cache, target_cache=target_cache,
         iteration=state.iteration + active.astype(jnp.int32), accepted=accepted, betas=betas,
-        finish_step=jnp.where(done_now, step, state.finish_step), step=step)
+        step=step)
+    done_now = active & ~_active(state, spec)
+    return state._replace(finish_step=jnp.where(done_now, step, state.finish_step))
 
 
 def _decode(draft_params, target_params, state: DecodeState, spec: _Spec):
@@ -258,19 +328,30 @@ def _decode(draft_params, target_params, state: DecodeState, spec: _Spec):
             cond, lambda s: _iteration(draft_params, target_params, s, spec), state)
     tokens = jax.vmap(lambda row, p: jax.lax.dynamic_slice(row, (p,), (spec.max_new_tokens,)))(
         state.sequence, state.prompt_length)
+    num_generated = state.length - state.prompt_length
+    # A stopped row's output ends at its end-of-sequence token; the rest of
+    # its window is filled with that token, so a row reads as its output.
+    tokens = jnp.where(jnp.arange(spec.max_new_tokens) < num_generated[:, None], tokens,
+                       state.eos_token)
+    stopped = _stopped(state) & (num_generated <= spec.max_new_tokens)
     # With max_new_tokens = 1 every row is done after the prefill: step 0.
-    return (tokens, state.length - state.prompt_length, state.accepted, state.betas,
-            state.iteration, state.finish_step, state.step)
+    # The final state goes back out in the donated buffers (module docstring).
+    return (tokens, num_generated, stopped), state
 
 
 def _generation(out, lookahead: int) -> Generation:
-    """The decode program's outputs, in :class:`Generation`'s field order, as one."""
-    names = [f.name for f in dataclasses.fields(Generation) if f.name != "lookahead"]
-    return Generation(**dict(zip(names, out)), lookahead=lookahead)
+    """The decode program's outputs as a :class:`Generation` (the final state's caches,
+    sequence and uniforms are dropped here, freeing them)."""
+    (tokens, num_generated, stopped), state = out
+    return Generation(tokens=tokens, num_generated=num_generated, accepted=state.accepted,
+                      betas=state.betas, num_iterations=state.iteration,
+                      finish_step=state.finish_step, num_steps=state.step, stopped=stopped,
+                      lookahead=lookahead)
 
 
 _prefill_jit = jax.jit(_prefill, static_argnames=("spec",))
-_decode_jit = jax.jit(_decode, static_argnames=("spec",))
+# The state (caches included) is donated: updated in place, never copied.
+_decode_jit = jax.jit(_decode, static_argnames=("spec",), donate_argnames=("state",))
 
 
 # --------------------------------------------------------------------------
@@ -309,8 +390,54 @@ def row_keys(key: jax.Array, row_ids: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.asarray(row_ids))
 
 
+class SamplingSettings(NamedTuple):
+    """The traced sampling settings of a run, checked (see :func:`sampling_settings`)."""
+
+    temperature: jax.Array  # float scalar >= 0
+    top_k: jax.Array  # int32 scalar >= 0
+    top_p: jax.Array  # float scalar in (0, 1]
+    eos_token: jax.Array  # int32 scalar, -1 for none
+
+
+def sampling_settings(temperature=1.0, top_k=0, top_p=1.0, eos_token: int | None = None, *,
+                      vocab_size: int) -> SamplingSettings:
+    """Check a run's sampling settings and return them as the arrays the loop traces.
+
+    Every setting is a traced scalar of one dtype whatever the caller passed
+    (a Python float and an array would otherwise be two signatures and two
+    compilations), so one compiled loop serves every value.
+
+    Args:
+      temperature: T >= 0, finite; 0 is greedy decoding.
+      top_k: an integer >= 0; 0 keeps every token.
+      top_p: a number in (0, 1]; 1 keeps every token.
+      eos_token: None, or the end-of-sequence token id in [0, vocab_size).
+      vocab_size: V, for the range of ``eos_token``.
+    """
+    _validate.check_nonnegative_scalar("temperature", temperature)
+    k = np.asarray(top_k)  # a bool's dtype is not an integer one: refused
+    if k.shape != () or not np.issubdtype(k.dtype, np.integer) or k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 keeps every token), got {top_k!r}")
+    try:
+        p = None if isinstance(top_p, bool) else _validate.as_float64(top_p)
+    except (TypeError, ValueError):
+        p = None
+    if p is None or p.shape != () or not 0 < p <= 1:
+        raise ValueError(f"top_p must be a number in (0, 1] (1 keeps every token), got "
+                         f"{top_p!r}")
+    if eos_token is not None and (not _validate.is_int(eos_token)
+                                  or not 0 <= eos_token < vocab_size):
+        raise ValueError(f"eos_token must be None or a token id in [0, {vocab_size}), got "
+                         f"{eos_token!r}")
+    real = jnp.result_type(float)
+    return SamplingSettings(temperature=jnp.asarray(temperature, real),
+                    top_k=jnp.asarray(min(int(k), np.iinfo(np.int32).max), jnp.int32),
+                    top_p=jnp.asarray(p, real),
+                    eos_token=jnp.asarray(-1 if eos_token is None else int(eos_token), jnp.int32))
+
+
 def _check_inputs(draft, target, prompt_tokens, prompt_lengths, lookahead, max_new_tokens,
-                  temperature):
+                  temperature, top_k, top_p, eos_token):
     lookahead = _validate.check_static_int("lookahead", lookahead, 0)
     max_new_tokens = _validate.check_static_int("max_new_tokens", max_new_tokens, 1)
     if not isinstance(target, Decoder):
@@ -341,12 +468,9 @@ def _check_inputs(draft, target, prompt_tokens, prompt_lengths, lookahead, max_n
         i, j = (int(x) for x in np.argwhere(bad)[0])
         raise ValueError(f"prompt_tokens must lie in [0, {target.vocab_size}), got {tok_np[i, j]} "
                          f"at row {i}, position {j}")
-    _validate.check_nonnegative_scalar("temperature", temperature)
-    # One dtype whatever the caller passed (a Python float and an array would
-    # otherwise be two signatures and two compilations).
-    temperature = jnp.asarray(temperature, jnp.result_type(float))
-    return (tokens.astype(jnp.int32), lengths.astype(jnp.int32), lookahead, max_new_tokens,
-            temperature)
+    settings = sampling_settings(temperature, top_k, top_p, eos_token,
+                                 vocab_size=target.vocab_size)
+    return tokens.astype(jnp.int32), lengths.astype(jnp.int32), lookahead, max_new_tokens, settings
 
 
 def _spec(draft, target, lookahead, max_new_tokens, accept_fn=None) -> _Spec:
@@ -361,7 +485,8 @@ def _spec(draft, target, lookahead, max_new_tokens, accept_fn=None) -> _Spec:
 
 def prefill(draft: Decoder | None, target: Decoder, prompt_tokens: jax.Array,
             prompt_lengths: jax.Array, row_keys: jax.Array, *, lookahead: int,
-            max_new_tokens: int, temperature=1.0) -> DecodeState:
+            max_new_tokens: int, temperature=1.0, top_k: int = 0, top_p: float = 1.0,
+            eos_token: int | None = None) -> DecodeState:
     """Read the prompts with both models and sample each row's first token from the target.
 
     Args:
@@ -372,22 +497,34 @@ def prefill(draft: Decoder | None, target: Decoder, prompt_tokens: jax.Array,
       row_keys: B PRNG keys (see :func:`row_keys`).
       lookahead: gamma >= 0, the drafted tokens per iteration.
       max_new_tokens: tokens to generate per row, >= 1.
-      temperature: T >= 0; 0 is greedy decoding.
+      temperature: T >= 0; 0 is greedy decoding (which ignores top_k and top_p).
+      top_k: keep the k most probable tokens of the draft's and the target's
+        distributions (ties kept); 0 is off.
+      top_p: then keep the most probable tokens until their mass reaches
+        top_p, in (0, 1]; 1 is off.
+      eos_token: a row stops when it commits this token (None: rows run to
+        max_new_tokens).
 
     Returns:
-      The :class:`DecodeState` to pass to :func:`decode` with the same
-      draft, target, lookahead and max_new_tokens.
+      The :class:`DecodeState` to pass, once, to :func:`decode` with the same
+      draft, target, lookahead and max_new_tokens. It carries the sampling
+      settings, so :func:`decode` takes none.
     """
-    tokens, lengths, lookahead, max_new_tokens, temperature = _check_inputs(
-        draft, target, prompt_tokens, prompt_lengths, lookahead, max_new_tokens, temperature)
+    tokens, lengths, lookahead, max_new_tokens, settings = _check_inputs(
+        draft, target, prompt_tokens, prompt_lengths, lookahead, max_new_tokens, temperature,
+        top_k, top_p, eos_token)
     spec = _spec(draft, target, lookahead, max_new_tokens)
     return _prefill_jit(draft.params if lookahead > 0 else None, target.params, tokens, lengths,
-                        row_keys, temperature, spec=spec)
+                        row_keys, settings, spec=spec)
 
 
 def decode(draft: Decoder | None, target: Decoder, state: DecodeState, *, lookahead: int,
            max_new_tokens: int, accept_fn: AcceptFn = speculative_accept) -> Generation:
     """Run draft-verify-accept iterations on the device until every row is done.
+
+    The sampling settings (temperature, top_k, top_p, eos_token) are those
+    the state was prefilled with. The state is donated: its buffers, caches
+    included, become the loop's and must not be used after this call.
 
     ``accept_fn`` is the acceptance rule (tests substitute wrong ones); it
     must be hashable, as it is part of what the loop is compiled for.
@@ -398,6 +535,10 @@ def decode(draft: Decoder | None, target: Decoder, state: DecodeState, *, lookah
         raise ValueError(f"state was prefilled for other settings: its buffers fit "
                          f"(max_new_tokens - 1, lookahead) = {state.betas.shape[1:]}, got "
                          f"({max_new_tokens - 1}, {lookahead})")
+    if any(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(state)
+           if isinstance(leaf, jax.Array)):
+        raise ValueError("state was already decoded (decode consumes its buffers); prefill "
+                         "again to decode the same prompts")
     spec = _spec(draft, target, lookahead, max_new_tokens, accept_fn)
     out = _decode_jit(draft.params if lookahead > 0 else None, target.params, state, spec=spec)
     return _generation(out, lookahead)
@@ -405,8 +546,8 @@ def decode(draft: Decoder | None, target: Decoder, state: DecodeState, *, lookah
 
 def staged_generate(draft: Decoder | None, target: Decoder, prompt_tokens: jax.Array,
                     prompt_lengths: jax.Array, row_keys: jax.Array, *, lookahead: int,
-                    max_new_tokens: int, temperature=1.0,
-                    accept_fn: AcceptFn = speculative_accept):
+                    max_new_tokens: int, temperature=1.0, top_k: int = 0, top_p: float = 1.0,
+                    eos_token: int | None = None, accept_fn: AcceptFn = speculative_accept):
     """:func:`prefill` and :func:`decode` as two stages that run only compiled code.
 
     Inputs are checked and put on the device here, before either stage runs,
@@ -415,22 +556,25 @@ def staged_generate(draft: Decoder | None, target: Decoder, prompt_tokens: jax.A
     checks and copies.
 
     Returns:
-      (prefill_stage, decode_stage): ``prefill_stage()`` returns the
-      :class:`DecodeState`; ``decode_stage(state)`` returns the
-      :class:`Generation`. Neither waits for the device.
+      (prefill_stage, decode_stage): ``prefill_stage()`` returns a fresh
+      :class:`DecodeState` (it may be called again: its inputs are kept);
+      ``decode_stage(state)`` consumes a state (donated, as in
+      :func:`decode`) and returns the :class:`Generation`. Neither waits for
+      the device.
     """
-    tokens, lengths, lookahead, max_new_tokens, temperature = _check_inputs(
-        draft, target, prompt_tokens, prompt_lengths, lookahead, max_new_tokens, temperature)
+    tokens, lengths, lookahead, max_new_tokens, settings = _check_inputs(
+        draft, target, prompt_tokens, prompt_lengths, lookahead, max_new_tokens, temperature,
+        top_k, top_p, eos_token)
     # The prefill leaves the acceptance rule out of its static settings, so
     # runs that differ only in the rule share its compilation.
     prefill_spec = _spec(draft, target, lookahead, max_new_tokens)
     decode_spec = _spec(draft, target, lookahead, max_new_tokens, accept_fn)
     draft_params = draft.params if lookahead > 0 else None
-    tokens, lengths, row_keys, temperature = jax.block_until_ready(
-        jax.device_put((tokens, lengths, row_keys, temperature)))
+    tokens, lengths, row_keys, settings = jax.block_until_ready(
+        jax.device_put((tokens, lengths, row_keys, settings)))
 
     def prefill_stage() -> DecodeState:
-        return _prefill_jit(draft_params, target.params, tokens, lengths, row_keys, temperature,
+        return _prefill_jit(draft_params, target.params, tokens, lengths, row_keys, settings,
                             spec=prefill_spec)
 
     def decode_stage(state: DecodeState) -> Generation:
@@ -442,7 +586,9 @@ def staged_generate(draft: Decoder | None, target: Decoder, prompt_tokens: jax.A
 
 def speculative_generate(draft: Decoder | None, target: Decoder, prompt_tokens: jax.Array,
                          prompt_lengths: jax.Array, key: jax.Array, *, lookahead: int,
-                         max_new_tokens: int, temperature=1.0, row_ids: jax.Array | None = None,
+                         max_new_tokens: int, temperature=1.0, top_k: int = 0,
+                         top_p: float = 1.0, eos_token: int | None = None,
+                         row_ids: jax.Array | None = None,
                          accept_fn: AcceptFn = speculative_accept) -> Generation:
     """Speculative decoding of a batch of prompts: :func:`prefill` then :func:`decode`.
 
@@ -458,9 +604,80 @@ def speculative_generate(draft: Decoder | None, target: Decoder, prompt_tokens: 
     batch = jnp.shape(prompt_tokens)[0] if jnp.ndim(prompt_tokens) else 0
     ids = jnp.arange(batch) if row_ids is None else jnp.asarray(row_ids)
     state = prefill(draft, target, prompt_tokens, prompt_lengths, row_keys(key, ids),
-                    lookahead=lookahead, max_new_tokens=max_new_tokens, temperature=temperature)
+                    lookahead=lookahead, max_new_tokens=max_new_tokens, temperature=temperature,
+                    top_k=top_k, top_p=top_p, eos_token=eos_token)
     return decode(draft, target, state, lookahead=lookahead, max_new_tokens=max_new_tokens,
                   accept_fn=accept_fn)
+
+
+@chex.dataclass(frozen=True)
+class ProgramMemory:
+    """What one compiled program needs on a device, in bytes (XLA's memory analysis).
+
+    Attributes:
+      argument_bytes: its inputs (weights, prompts, the state).
+      output_bytes: its outputs.
+      alias_bytes: the outputs written into donated inputs' buffers (counted
+        in both of the above, held once).
+      temp_bytes: temporaries while it runs.
+      code_bytes: the generated code.
+      peak_bytes: XLA's peak estimate where it gives one, else arguments +
+        outputs - aliased + temporaries: what the program holds at once.
+    """
+
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    temp_bytes: int
+    code_bytes: int
+    peak_bytes: int
+
+
+def _program_memory(compiled) -> ProgramMemory | None:
+    stats = compiled.memory_analysis()
+    if stats is None:  # a backend without the analysis
+        return None
+    argument, output = int(stats.argument_size_in_bytes), int(stats.output_size_in_bytes)
+    alias, temp = int(stats.alias_size_in_bytes), int(stats.temp_size_in_bytes)
+    peak = int(getattr(stats, "peak_memory_in_bytes", 0) or 0)
+    return ProgramMemory(argument_bytes=argument, output_bytes=output, alias_bytes=alias,
+                         temp_bytes=temp, code_bytes=int(stats.generated_code_size_in_bytes),
+                         peak_bytes=peak if peak > 0 else argument + output - alias + temp)
+
+
+def compiled_memory(draft: Decoder | None, target: Decoder, *, batch_size: int, prompt_len: int,
+                    lookahead: int, max_new_tokens: int,
+                    accept_fn: AcceptFn = speculative_accept) -> dict[str, ProgramMemory | None]:
+    """The memory the prefill and decode programs of a run need, for the given shapes.
+
+    Compiles both programs for ``batch_size`` prompts padded to
+    ``prompt_len`` (nothing runs, no state is allocated) and reads XLA's
+    analysis of each: the figures a device's memory statistics would show,
+    also where the device keeps none (CPU). The decode's arguments hold the
+    donated state, so its ``alias_bytes`` covers the caches, updated in place.
+    Per device, with the weights' shardings as given (their arrays are only
+    looked at, not used).
+
+    Returns:
+      ``{"prefill": ProgramMemory, "decode": ProgramMemory}`` (None for a
+      program whose backend gives no analysis).
+    """
+    batch_size = _validate.check_static_int("batch_size", batch_size, 1)
+    prompt_len = _validate.check_static_int("prompt_len", prompt_len, 1)
+    tokens = jnp.zeros((batch_size, prompt_len), jnp.int32)
+    lengths = jnp.ones((batch_size,), jnp.int32)
+    tokens, lengths, lookahead, max_new_tokens, settings = _check_inputs(
+        draft, target, tokens, lengths, lookahead, max_new_tokens, 1.0, 0, 1.0, None)
+    keys = row_keys(jax.random.PRNGKey(0), jnp.arange(batch_size))
+    draft_params = draft.params if lookahead > 0 else None
+    prefill = _prefill_jit.lower(draft_params, target.params, tokens, lengths, keys, settings,
+                                 spec=_spec(draft, target, lookahead, max_new_tokens)).compile()
+    # The decode is compiled for the state the prefill returns, shardings included.
+    state = prefill.out_info
+    decode = _decode_jit.lower(draft_params, target.params, state,
+                               spec=_spec(draft, target, lookahead, max_new_tokens,
+                                          accept_fn)).compile()
+    return {"prefill": _program_memory(prefill), "decode": _program_memory(decode)}
 
 
 def iteration_lookahead(generation: Generation) -> jax.Array:

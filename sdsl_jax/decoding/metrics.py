@@ -19,12 +19,20 @@ num_steps``. Then per row
 
 * **TTOT** (total) = TTFT + row decode time,
 * **TPOT** (per output token after the first) = row decode time /
-  (max_new_tokens - 1).
+  (output tokens - 1), where the output is the row's first
+  ``max_new_tokens`` tokens, or fewer when it stopped at the end-of-sequence
+  token (undefined, NaN, for a row whose first token was that token).
 
 At batch size 1 these are exactly the measured times. Tokens an iteration
 produces beyond ``max_new_tokens`` are not counted: they were not asked for.
-The speedup over target-only decoding is the ratio of decode times (the
-prefills are the same work, plus the draft's prompt read).
+A row that stops early finishes in an earlier step, so its share of the
+decode time is smaller, and its TPOT divides by the tokens it did produce.
+The speedup over target-only decoding is the ratio of TPOTs, baseline over
+speculative: without a stop it is the ratio of decode times (the prefills are
+the same work, plus the draft's prompt read); with one, the two runs of a
+prompt may stop after different numbers of tokens (they are different draws
+of the same distribution, except at temperature 0), and time per token is
+what compares them.
 
 Intervals across prompts: the batch is the unit
 -----------------------------------------------
@@ -125,18 +133,22 @@ class Timing:
 
 def timed_generate(draft: Decoder | None, target: Decoder, prompt_tokens: jax.Array,
                    prompt_lengths: jax.Array, row_keys: jax.Array, *, lookahead: int,
-                   max_new_tokens: int, temperature=1.0,
-                   accept_fn: AcceptFn = speculative_accept,
+                   max_new_tokens: int, temperature=1.0, top_k: int = 0, top_p: float = 1.0,
+                   eos_token: int | None = None, accept_fn: AcceptFn = speculative_accept,
                    clock=time.perf_counter) -> tuple[loop.Generation, Timing]:
     """:func:`~sdsl_jax.decoding.loop.speculative_generate` with prefill and decode timed.
 
     Inputs are checked and moved to the device before the clock starts; the
     first call for a new shape also compiles, so time a second call (or call
     once to warm up, as :func:`~sdsl_jax.decoding.pair.measure_pair` does).
+    The caller's arrays stay usable: only the state the prefill makes is
+    consumed by the decode. Sampling settings as in
+    :func:`~sdsl_jax.decoding.loop.prefill`.
     """
     prefill_stage, decode_stage = loop.staged_generate(
         draft, target, prompt_tokens, prompt_lengths, row_keys, lookahead=lookahead,
-        max_new_tokens=max_new_tokens, temperature=temperature, accept_fn=accept_fn)
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        eos_token=eos_token, accept_fn=accept_fn)
     start = clock()
     state = jax.block_until_ready(prefill_stage())
     middle = clock()
@@ -151,15 +163,23 @@ def row_latencies(generation: loop.Generation, timing: Timing,
 
     Returns:
       ``{"ttft_s", "tpot_s", "ttot_s"}``, float64 arrays of shape [B]; TPOT is
-      NaN when max_new_tokens is 1 (no token after the first).
+      NaN for a row with one output token (max_new_tokens 1, or the
+      end-of-sequence token first).
     """
     finish = np.asarray(generation.finish_step, np.float64)
     steps = float(generation.num_steps)
     share = finish / steps if steps > 0 else np.zeros_like(finish)
     decode = timing.decode_seconds * share
     ttft = np.full(finish.shape, timing.prefill_seconds)
-    tpot = decode / (max_new_tokens - 1) if max_new_tokens > 1 else np.full(finish.shape, np.nan)
+    after_first = output_tokens(generation, max_new_tokens) - 1
+    tpot = np.where(after_first > 0, decode / np.maximum(after_first, 1), np.nan)
     return {"ttft_s": ttft, "tpot_s": tpot, "ttot_s": ttft + decode}
+
+
+def output_tokens(generation: loop.Generation, max_new_tokens: int) -> np.ndarray:
+    """int64[B]: the tokens of each row's output, min(num_generated, max_new_tokens)
+    (fewer than max_new_tokens only for a row that stopped at the end-of-sequence token)."""
+    return np.minimum(np.asarray(generation.num_generated, np.int64), int(max_new_tokens))
 
 
 # --------------------------------------------------------------------------
@@ -409,7 +429,9 @@ def summarize(records: Iterable[Mapping[str, Any]], confidence: float = 0.95,
     mean_k = float(accepted.sum()) / iterations if iterations else math.nan
     out.update(mean_accepted=mean_k, tokens_per_iteration=mean_k + 1)
     names = ["ttft_s", "tpot_s", "ttot_s"]
-    if all(r.get("speedup") is not None for r in records):
+    # Records of a run with a baseline all have the key; a None (a prompt
+    # whose output was one token, no TPOT) is left out like a NaN.
+    if all("speedup" in r for r in records) and any(r["speedup"] is not None for r in records):
         names.append("speedup")
     # Rows of one batch share one timing: the batch, not the prompt, is the
     # independent unit of every latency and speedup.

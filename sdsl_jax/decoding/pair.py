@@ -32,7 +32,7 @@ import numpy as np
 from sdsl_jax.common import validation as _validate
 from sdsl_jax.decoding.decoder import Decoder
 from sdsl_jax.decoding import loop
-from sdsl_jax.decoding.metrics import Timing, row_latencies, timed_generate
+from sdsl_jax.decoding.metrics import Timing, output_tokens, row_latencies, timed_generate
 
 
 def _number(x) -> float | None:
@@ -42,6 +42,7 @@ def _number(x) -> float | None:
 
 def run_records(generation: loop.Generation, timing: Timing, *, prompt_ids: Sequence[int],
                 prompt_lengths: Sequence[int], max_new_tokens: int, temperature: float,
+                top_k: int = 0, top_p: float = 1.0, eos_token: int | None = None,
                 draft: Decoder | None = None, target: Decoder | None = None,
                 baseline: tuple[loop.Generation, Timing] | None = None,
                 rows: int | None = None, batch_index: int | None = None) -> list[dict[str, Any]]:
@@ -50,18 +51,25 @@ def run_records(generation: loop.Generation, timing: Timing, *, prompt_ids: Sequ
     Each record is a dict of plain JSON values:
 
       prompt_id, prompt_tokens (prompt length), lookahead, temperature,
-      max_new_tokens, generated (tokens produced, >= max_new_tokens),
-      iterations, accepted (list: K per iteration), trials (judged drafted
+      top_k, top_p, eos_token (the sampling settings the batch ran with; None:
+      no stop), max_new_tokens, generated (tokens produced: >= max_new_tokens,
+      or up to and including the end-of-sequence token), output_tokens (the
+      tokens of the prompt's output, min(generated, max_new_tokens)),
+      stopped_at_eos (its output ends with the end-of-sequence token),
+      iterations, accepted (list: K per iteration; the iteration that
+      committed the end-of-sequence token counts every test it ran, see
+      :mod:`sdsl_jax.decoding.loop`), trials (judged drafted
       positions, sum min(K + 1, lookahead)), beta_sum and beta_count (exact
       acceptance probabilities of the judged positions), ttft_s, tpot_s,
-      ttot_s (seconds; tpot_s is None when max_new_tokens is 1), batch_size,
+      ttot_s (seconds; tpot_s is None for a one-token output), batch_size,
       batch_index (which timed batch of the run this is, when given: its rows
       share one timing, so latency intervals take the batch as the unit, see
       :func:`sdsl_jax.decoding.metrics.mean_interval`), device; draft_model,
       draft_params, target_model, target_params when the decoders are given;
       with a baseline run of the same batch, baseline_ttft_s,
-      baseline_tpot_s, baseline_ttot_s and speedup (baseline decode time over
-      speculative decode time).
+      baseline_tpot_s, baseline_ttot_s, baseline_output_tokens and speedup
+      (baseline TPOT over speculative TPOT: without a stop, the ratio of
+      decode times; None where either TPOT is undefined).
     """
     batch = int(generation.tokens.shape[0])
     rows = batch if rows is None else int(rows)
@@ -72,8 +80,11 @@ def run_records(generation: loop.Generation, timing: Timing, *, prompt_ids: Sequ
     iterations = np.asarray(generation.num_iterations)
     betas = np.asarray(generation.betas, np.float64)
     generated = np.asarray(generation.num_generated)
+    output = output_tokens(generation, max_new_tokens)
+    stopped = np.asarray(generation.stopped)
     lat = row_latencies(generation, timing, max_new_tokens)
     base_lat = row_latencies(baseline[0], baseline[1], max_new_tokens) if baseline else None
+    base_output = output_tokens(baseline[0], max_new_tokens) if baseline else None
     gamma = generation.lookahead
     device = jax.devices()[0].device_kind
     records = []
@@ -83,8 +94,10 @@ def run_records(generation: loop.Generation, timing: Timing, *, prompt_ids: Sequ
         judged = judged[~np.isnan(judged)]
         rec: dict[str, Any] = {
             "prompt_id": int(prompt_ids[b]), "prompt_tokens": int(prompt_lengths[b]),
-            "lookahead": gamma, "temperature": float(temperature),
+            "lookahead": gamma, "temperature": float(temperature), "top_k": int(top_k),
+            "top_p": float(top_p), "eos_token": None if eos_token is None else int(eos_token),
             "max_new_tokens": int(max_new_tokens), "generated": int(generated[b]),
+            "output_tokens": int(output[b]), "stopped_at_eos": bool(stopped[b]),
             "iterations": int(iterations[b]), "accepted": k,
             "trials": int(sum(min(x + 1, gamma) for x in k)),
             "beta_sum": float(judged.sum()), "beta_count": int(judged.size),
@@ -101,15 +114,18 @@ def run_records(generation: loop.Generation, timing: Timing, *, prompt_ids: Sequ
             rec["baseline_ttft_s"] = float(base_lat["ttft_s"][b])
             rec["baseline_tpot_s"] = _number(base_lat["tpot_s"][b])
             rec["baseline_ttot_s"] = float(base_lat["ttot_s"][b])
-            spec_decode = lat["ttot_s"][b] - lat["ttft_s"][b]
-            base_decode = base_lat["ttot_s"][b] - base_lat["ttft_s"][b]
-            rec["speedup"] = float(base_decode / spec_decode) if spec_decode > 0 else None
+            rec["baseline_output_tokens"] = int(base_output[b])
+            # Time per token: the two runs of a prompt may stop at different lengths.
+            spec_tpot, base_tpot = lat["tpot_s"][b], base_lat["tpot_s"][b]
+            rec["speedup"] = (float(base_tpot / spec_tpot) if spec_tpot > 0 and base_tpot > 0
+                              else None)
         records.append(rec)
     return records
 
 
 def measure_pair(draft: Decoder, target: Decoder, prompts: Sequence[Sequence[int]],
                  lookahead: int, max_new_tokens: int, temperature: float, key: jax.Array, *,
+                 top_k: int = 0, top_p: float = 1.0, eos_token: int | None = None,
                  prompt_ids: Sequence[int] | None = None, batch_size: int = 1,
                  prompt_len: int | None = None, baseline: bool = True,
                  warmup: bool = True, first_batch: int = 0) -> Iterator[dict[str, Any]]:
@@ -129,6 +145,10 @@ def measure_pair(draft: Decoder, target: Decoder, prompts: Sequence[Sequence[int
         token after the first).
       temperature: T >= 0 (0 is greedy).
       key: PRNG key; prompt i uses ``fold_in(key, prompt_ids[i])``.
+      top_k, top_p, eos_token: the deployment's sampling settings (see
+        :func:`~sdsl_jax.decoding.loop.prefill`), for the speculative run and
+        the baseline alike: top_k >= 0 (0: off), top_p in (0, 1] (1: off),
+        eos_token None or a token id (a prompt stops when it commits it).
       prompt_ids: ids for the records and the randomness (default 0..n-1);
         pass the original ids when resuming a run with the missing prompts.
       batch_size: prompts per batch (1 gives exact per-prompt latencies).
@@ -146,6 +166,9 @@ def measure_pair(draft: Decoder, target: Decoder, prompts: Sequence[Sequence[int
     _validate.check_int("max_new_tokens", max_new_tokens, 2)
     _validate.check_int("batch_size", batch_size, 1)
     _validate.check_int("first_batch", first_batch, 0)
+    # Checked before the first batch, so a bad setting fails before any model runs.
+    loop.sampling_settings(temperature, top_k, top_p, eos_token, vocab_size=target.vocab_size)
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, eos_token=eos_token)
     prompts = list(prompts)
     if not prompts:
         return
@@ -164,10 +187,12 @@ def measure_pair(draft: Decoder, target: Decoder, prompts: Sequence[Sequence[int
                 loop.row_keys(key, jnp.asarray(ids_arr[idx])), idx)
 
     def run(tok, lens, keys):
+        # Each run prefills its own state and the decode consumes only that
+        # (donated): tok, lens and keys serve both runs, and the warmup's.
         spec = timed_generate(draft, target, tok, lens, keys, lookahead=lookahead,
-                              max_new_tokens=max_new_tokens, temperature=temperature)
+                              max_new_tokens=max_new_tokens, **sampling)
         base = (timed_generate(None, target, tok, lens, keys, lookahead=0,
-                               max_new_tokens=max_new_tokens, temperature=temperature)
+                               max_new_tokens=max_new_tokens, **sampling)
                 if baseline else None)
         return spec, base
 
@@ -179,7 +204,7 @@ def measure_pair(draft: Decoder, target: Decoder, prompts: Sequence[Sequence[int
         rows = min(batch_size, len(prompts) - start)
         yield from run_records(generation, timing, prompt_ids=ids_arr[idx].tolist(),
                                prompt_lengths=lengths[idx].tolist(),
-                               max_new_tokens=max_new_tokens, temperature=temperature,
+                               max_new_tokens=max_new_tokens, **sampling,
                                draft=draft, target=target, baseline=base, rows=rows,
                                batch_index=first_batch + number)
 

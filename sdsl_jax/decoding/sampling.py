@@ -13,6 +13,15 @@ distributions p_1..p_{gamma+1} from ONE forward pass over the same positions
 Whatever q is, each emitted token is distributed as p given the prefix, so the
 output is distributed exactly as sampling from the target alone.
 
+Serving settings: the loop samples from the distributions a deployment
+samples from. :func:`probabilities` applies, in the order transformers'
+``generate`` does, the temperature, then top-k (keep the tokens whose logit
+is at least the k-th largest, ties kept), then top-p on the renormalised
+result (keep the most probable tokens until their mass reaches p, at least
+one). The rule above then makes the output follow the TRUNCATED target
+distribution, whatever truncation the draft used; the draft is truncated the
+same way because a deployment's draft samples with the same settings.
+
 Greedy decoding is the same rule on one-hot distributions: with p and q the
 indicator of their argmax, min(1, p/q) is 1 when the argmaxes agree and 0
 when not, the residual is the target's argmax, and the bonus is the target's
@@ -53,15 +62,76 @@ class Verdict(NamedTuple):
 AcceptFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], Verdict]
 
 
-def probabilities(logits: jax.Array, temperature) -> jax.Array:
-    """softmax(logits / T) over the last axis; the one-hot of the argmax at T = 0.
+def keep_mask(scaled_logits: jax.Array, top_k, top_p) -> jax.Array:
+    """The tokens top-k and then top-p keep: bool[..., V].
+
+    top-k keeps v when ``logit(v) >= `` the k-th largest logit (so every token
+    tied with the k-th is kept); top-p then keeps v when the mass of the
+    kept tokens strictly more probable than v, under the renormalised top-k
+    distribution, is below p. Without ties that is the smallest set of most
+    probable tokens whose mass reaches p; with ties at the boundary every
+    tied token is kept, so the set does not depend on how a sort orders
+    equal values. At least the most probable token is always kept.
+
+    Args:
+      scaled_logits: float[..., V], logits already divided by the temperature.
+      top_k: int scalar (may be traced); 0 keeps every token.
+      top_p: float scalar in (0, 1] (may be traced); 1 keeps every token.
+    """
+    vocab = scaled_logits.shape[-1]
+    top_k = jnp.asarray(top_k, jnp.int32)
+    top_p = jnp.asarray(top_p, scaled_logits.dtype)
+    # One descending sort serves both: each filter becomes a threshold on the
+    # logit (the smallest kept value), compared with the unsorted logits.
+    ordered = -jnp.sort(-scaled_logits, axis=-1)
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+    kth = jax.lax.dynamic_index_in_dim(ordered, k - 1, axis=ordered.ndim - 1, keepdims=True)
+    in_top_k = ordered >= kth  # a prefix of the sorted order, ties included
+    probs = jax.nn.softmax(jnp.where(in_top_k, ordered, -jnp.inf), axis=-1)
+    # Mass strictly before each sorted position (exclusive cumulative sum).
+    before = jnp.concatenate(
+        [jnp.zeros_like(probs[..., :1]), jnp.cumsum(probs, axis=-1)[..., :-1]], axis=-1)
+    # p = 1 keeps everything: the cumulative sum may round to 1 before the
+    # last tokens of tiny mass, and "before < 1" would drop them.
+    in_top_p = in_top_k & ((before < top_p) | (top_p >= 1))
+    last = jnp.sum(in_top_p, axis=-1, keepdims=True) - 1  # >= 0: before[0] = 0 < p
+    cutoff = jnp.take_along_axis(ordered, last, axis=-1)
+    return scaled_logits >= cutoff
+
+
+def truncate(scaled_logits: jax.Array, top_k, top_p) -> jax.Array:
+    """``scaled_logits`` with the tokens :func:`keep_mask` drops set to -inf.
+
+    When both filters are off (top_k = 0, top_p = 1) the logits are returned
+    as they are and no sort runs (a real branch, so the default settings cost
+    nothing in the loop).
+    """
+    top_k = jnp.asarray(top_k, jnp.int32)
+    top_p = jnp.asarray(top_p, scaled_logits.dtype)
+    if top_k.ndim != 0 or top_p.ndim != 0:
+        raise ValueError(f"top_k and top_p must be scalars, got shapes {top_k.shape} and "
+                         f"{top_p.shape}")
+
+    def filtered(x):
+        return jnp.where(keep_mask(x, top_k, top_p), x, -jnp.inf)
+
+    return jax.lax.cond((top_k > 0) | (top_p < 1), filtered, lambda x: x, scaled_logits)
+
+
+def probabilities(logits: jax.Array, temperature, top_k=0, top_p=1.0) -> jax.Array:
+    """softmax(truncate(logits / T)) over the last axis; the one-hot of the argmax at T = 0.
 
     At T = 0 the argmax is the first one on ties; the one-hot is exact, so
-    sampling from it returns the argmax.
+    sampling from it returns the argmax. Greedy decoding ignores top-k and
+    top-p (both always keep the argmax).
 
     Args:
       logits: float[..., V].
       temperature: T >= 0, a scalar (may be traced).
+      top_k: keep the k most probable tokens, ties included (see
+        :func:`keep_mask`); 0 is off. A scalar (may be traced).
+      top_p: then keep the most probable tokens until their mass reaches p;
+        1 is off. A scalar in (0, 1] (may be traced).
 
     Returns:
       float[..., V] in the logits' dtype, or float32 for narrower ones.
@@ -72,7 +142,8 @@ def probabilities(logits: jax.Array, temperature) -> jax.Array:
     t = jnp.asarray(temperature, logits.dtype)
 
     def soft(logits):
-        return jax.nn.softmax(logits / jnp.where(t > 0, t, 1.0), axis=-1)
+        scaled = logits / jnp.where(t > 0, t, 1.0)
+        return jax.nn.softmax(truncate(scaled, top_k, top_p), axis=-1)
 
     def greedy(logits):
         return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=logits.dtype)
