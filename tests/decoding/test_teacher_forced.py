@@ -105,6 +105,25 @@ def test_per_document_betas_and_perplexity_match_numpy(pair):
     assert res2.acceptance == pytest.approx(res.acceptance, rel=1e-6)
 
 
+def test_bfloat16_models_are_scored_in_float32(pair):
+    """bfloat16 logits: beta and the perplexities are those of the bfloat16-rounded
+    tables computed in float64 by numpy, to float32 resolution, not bfloat16's (which
+    would be off by about 1e-2 here)."""
+    _, _, draft_table, target_table = pair
+    rounded = [np.asarray(jnp.asarray(t, jnp.bfloat16).astype(jnp.float32), np.float64)
+               for t in (draft_table, target_table)]
+    draft, target = (ngram_decoder(jnp.asarray(t, jnp.bfloat16), name=n)
+                     for t, n in zip(rounded, ("draft", "target")))
+    docs = [np.array([1, 4, 2, 7, 7, 0, 3, 3, 5]), np.array([6, 2, 2, 1, 0])]
+    res = teacher_forced_acceptance(draft, target, docs, 0.8, batch_size=2)
+    beta = np.minimum(_softmax(rounded[1], 0.8), _softmax(rounded[0], 0.8)).sum(-1)
+    np.testing.assert_allclose(res.document_acceptance, [beta[d[:-1]].mean() for d in docs],
+                               rtol=2e-6)
+    logp = np.log(_softmax(rounded[1], 1.0))
+    nll = -sum(logp[d[:-1], d[1:]].sum() for d in docs) / res.positions
+    assert res.target_perplexity == pytest.approx(np.exp(nll), rel=2e-6)
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_alpha_matches_analytic_markov_value(pair, temperature):
     draft, target, draft_table, target_table = pair
