@@ -100,6 +100,10 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--devices", default="1", metavar="N", help=(
         "shard both models tensor-parallel over N devices (heads and MLP), or 'all' for every "
         "device JAX sees (default: 1)"))
+    parser.add_argument("--memory-estimate", action="store_true", help=(
+        "also record XLA's estimate of the memory the compiled prefill and decode programs "
+        "need per device (reported on a CPU too; costs a second compilation of the loop); "
+        "the device's own peak is recorded where it keeps one"))
     parser.add_argument("--batch-size", type=int, metavar="B", help=(
         "prompts decoded together (default: 1, which gives exact per-prompt latencies); with "
         "--teacher-forced, windows per forward pass (default: 64)"))
@@ -182,7 +186,8 @@ def _run_loop(args) -> int:
         max_new_tokens=args.max_new_tokens, prompt_len=prompt_len, batch_size=args.batch_size,
         baseline=not args.no_baseline, seed=args.seed, prompt_set=prompt_set,
         top_k=args.top_k, top_p=args.top_p, eos_token=eos_token, devices=args.devices)
-    records, measured_now = measure_run.measure_run(*pair, prompts, settings, args.out)
+    records, measured_now = measure_run.measure_run(*pair, prompts, settings, args.out,
+                                                    memory_estimate=args.memory_estimate)
     row = summary_row(records, confidence=args.confidence, num_resamples=args.bootstrap,
                       seed=args.seed)
     row["runs_file"] = args.out
@@ -250,7 +255,8 @@ def _check_arguments(args) -> None:
             ("--out", args.out), ("--prompts", args.prompts is not None),
             ("--max-new-tokens", args.max_new_tokens is not None),
             ("--no-baseline", args.no_baseline), ("--top-k", args.top_k is not None),
-            ("--top-p", args.top_p is not None), ("--stop-at-eos", args.stop_at_eos)) if given]
+            ("--top-p", args.top_p is not None), ("--stop-at-eos", args.stop_at_eos),
+            ("--memory-estimate", args.memory_estimate)) if given]
         if loop_only:
             raise UsageError(f"sdsl measure: --teacher-forced runs no generation loop; drop "
                              f"{', '.join(loop_only)} (documents: --documents N; results: "

@@ -171,10 +171,10 @@ def check_sampling(args, draft: Model, target: Model) -> int | None:
     if not args.stop_at_eos:
         return None
     if target.eos_token is None:
-        what = ("a byte-level model of `sdsl train`, which has no end-of-sequence token"
-                if target.kind == "sdsl" else "its config.json gives no eos_token_id")
-        raise UsageError(f"sdsl measure: argument --stop-at-eos: the target {target.name} is "
-                         f"{what}")
+        what = (f"{target.name} is a byte-level model of `sdsl train`, which has no "
+                "end-of-sequence token" if target.kind == "sdsl" else
+                f"{target.name}'s config.json gives no eos_token_id")
+        raise UsageError(f"sdsl measure: argument --stop-at-eos: the target {what}")
     if draft.eos_token is not None and draft.eos_token != target.eos_token:
         raise UsageError(f"sdsl measure: argument --stop-at-eos: the draft's end-of-sequence "
                          f"token is {draft.eos_token}, the target's {target.eos_token}")

@@ -118,6 +118,12 @@ def _summary_row(records, confidence, num_resamples, seed) -> dict[str, Any]:
     # Each line holds the peak so far; the run's is the largest (None: none reported).
     peaks = [r["peak_memory_bytes"] for r in records if r.get("peak_memory_bytes") is not None]
     row["peak_memory_bytes"] = max(peaks) if peaks else None
+    # XLA's estimate of the compiled programs, where some run asked for it: the
+    # shapes are settings, so every estimate of the run is the same figure.
+    for key in ("prefill_memory_bytes", "decode_memory_bytes"):
+        known = [r[key] for r in records if r.get(key) is not None]
+        if known:
+            row[key] = max(known)
     return {key: finite_or_none(value) if isinstance(value, float) else value for key, value in row.items()}
 
 

@@ -63,7 +63,12 @@ that a local device reports (``device.memory_stats()``) when the line is
 written, None where the device reports none (a CPU). JAX cannot reset the
 peak, so it covers everything the process ran before (in ``sdsl reproduce``,
 the pairs measured before this one too): an upper bound on this pair's. The
-summary row takes the largest over the lines.
+summary row takes the largest over the lines. Asked for (``memory_estimate``),
+the lines also record XLA's own estimate of what the compiled prefill and
+decode programs hold per device (``prefill_memory_bytes``,
+``decode_memory_bytes``: :func:`sdsl_jax.decoding.loop.compiled_memory`),
+which a CPU run reports too; it costs a second compilation of the loop, so
+it is not made by default.
 
 Errors are :class:`MeasureRunError`, whose message is the line ``sdsl
 measure`` prints.
@@ -263,7 +268,8 @@ def check_settings(records: list[dict], settings: dict, path: str) -> None:
 
 
 def measure_run(draft: RunModel, target: RunModel, prompts: Sequence[Sequence[int]],
-                settings: dict, path: str, *, progress: bool | None = None) -> tuple[list[dict], int]:
+                settings: dict, path: str, *, progress: bool | None = None,
+                memory_estimate: bool = False) -> tuple[list[dict], int]:
     """Measure the prompts ``path`` does not hold yet; (every prompt's line in order, how many
     were measured now).
 
@@ -274,6 +280,8 @@ def measure_run(draft: RunModel, target: RunModel, prompts: Sequence[Sequence[in
         of the decoding are read from it).
       path: the runs file, created or extended.
       progress: tqdm bar on stderr (None: on a terminal only).
+      memory_estimate: also record XLA's memory estimate of the compiled
+        programs on the lines measured now (a second compilation of the loop).
     """
     import jax
 
@@ -294,12 +302,12 @@ def measure_run(draft: RunModel, target: RunModel, prompts: Sequence[Sequence[in
         # Models run in float32 whatever the caller runs in.
         with jax.enable_x64(False):
             measured_now = _measure(draft, target, prompts, todo, settings, hashes, path, done,
-                                    progress)
+                                    progress, memory_estimate)
     return [done[i] for i in range(len(prompts))], measured_now
 
 
 def _measure(draft: RunModel, target: RunModel, prompts, todo, settings, hashes, path, done,
-             progress) -> int:
+             progress, memory_estimate) -> int:
     """Measure prompts ``todo``, appending each line to ``path`` and to ``done`` as it lands."""
     import jax
     from tqdm import tqdm
@@ -313,6 +321,14 @@ def _measure(draft: RunModel, target: RunModel, prompts, todo, settings, hashes,
                for role, model in (("draft", draft), ("target", target))}
     context = prompt_len + settings["max_new_tokens"] // 2
     steps = _measure_steps(draft.decoder, target.decoder, settings["lookahead"], batch, context)
+    memory = {}
+    if memory_estimate:
+        from sdsl_jax.decoding import loop
+        programs = loop.compiled_memory(draft.decoder, target.decoder, batch_size=batch,
+                                        prompt_len=prompt_len, lookahead=settings["lookahead"],
+                                        max_new_tokens=settings["max_new_tokens"])
+        memory = {f"{name}_memory_bytes": None if stats is None else int(stats.peak_bytes)
+                  for name, stats in programs.items()}
     position = {i: j for j, i in enumerate(todo)}
     # Batches are numbered across the runs file: a resumption's batches are new ones.
     first_batch = 1 + max((int(r["batch_index"]) for r in done.values()
@@ -347,7 +363,7 @@ def _measure(draft: RunModel, target: RunModel, prompts, todo, settings, hashes,
                          None if nll is None else {role: (float(nll[role][0][j]),
                                                           int(nll[role][1][j]))
                                                    for role in nll})
-            line["peak_memory_bytes"] = peak_memory_bytes()
+            line.update(peak_memory_bytes=peak_memory_bytes(), **memory)
             append_jsonl(handle, line)
             done[i] = line
             measured += 1

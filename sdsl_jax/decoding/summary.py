@@ -93,7 +93,20 @@ def _where(row: dict) -> str:
 
 
 def _bytes(value) -> str:
-    return "-" if value is None else f"{value / 2**30:.3g} GiB"
+    return f"{value / 2**30:.3g} GiB" if value >= 2**30 else f"{value / 2**20:.3g} MiB"
+
+
+def _memory(row: dict) -> list[str]:
+    """The memory line: the device's peak and XLA's estimate of the programs, where known."""
+    parts = []
+    if row.get("peak_memory_bytes") is not None:
+        parts.append(f"device peak {_bytes(row['peak_memory_bytes'])} (the process's peak: "
+                     "this pair's or higher)")
+    estimates = [f"{name} {_bytes(row[f'{name}_memory_bytes'])}" for name in ("prefill", "decode")
+                 if row.get(f"{name}_memory_bytes") is not None]
+    if estimates:
+        parts.append(f"XLA's estimate per device: {', '.join(estimates)}")
+    return [f"memory: {'; '.join(parts)}"] if parts else []
 
 
 def loop_summary(row: dict, *, runs_file: str, measured_now: int, from_earlier: int) -> str:
@@ -109,9 +122,7 @@ def loop_summary(row: dict, *, runs_file: str, measured_now: int, from_earlier: 
                 f"{row['batch']}{units}, {_where(row)}")
     text.append(f"{runs_file}: {measured_now} prompts measured now, {from_earlier} from an "
                 "earlier run")
-    if row.get("peak_memory_bytes") is not None:
-        text.append(f"peak device memory {_bytes(row['peak_memory_bytes'])} (the process's "
-                    "peak, this pair's or higher)")
+    text += _memory(row)
     lines = [
         ("acceptance alpha", f"{row['acceptance']:.4f}",
          _interval(row["acceptance_low"], row["acceptance_high"], lambda v: f"{v:.4f}"),
@@ -155,9 +166,7 @@ def teacher_forced_summary(row: dict, lowest: float, highest: float) -> str:
     text.append(f"teacher-forced, {_temperature(row)}: {row['prompts']} {source} "
                 f"document{plural}, {row['positions']:,} positions read in windows of "
                 f"{row['prompt_len']} tokens, {_where(row)}, in {row['seconds']:.3g} s")
-    if row.get("peak_memory_bytes") is not None:
-        text.append(f"peak device memory {_bytes(row['peak_memory_bytes'])} (the process's "
-                    "peak, this pair's or higher)")
+    text += _memory(row)
     lines = [
         ("acceptance alpha", f"{row['acceptance']:.4f}",
          _interval(row["acceptance_low"], row["acceptance_high"], lambda v: f"{v:.4f}"),

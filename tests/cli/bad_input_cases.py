@@ -481,6 +481,15 @@ KINDS: dict[str, dict[str, str]] = {
     "perplexity": _numbers("99999999999", extra=("0.5",)),
     # A choice among names.
     "choice": {"garbage": REFUSE, "": REFUSE, "nan": REFUSE},
+    # --dtype: float32, bfloat16 or float16, spelled out; other precisions are refused.
+    "dtype": {"garbage": REFUSE, "": REFUSE, "nan": REFUSE, "fp8": REFUSE, "float64": REFUSE,
+              "int8": REFUSE},
+    # --top-k: an integer >= 1 (beyond any vocabulary is refused too).
+    "top-k": _numbers(extra=("1.5",)),
+    # --top-p: a probability in (0, 1].
+    "top-p": _numbers(extra=("1.5", "1e-400")),
+    # --devices: a count of at least 1 and no more than JAX sees, or "all".
+    "devices": _numbers(extra=("999", "1.5", "al")),
     # A free name looked up in a table (hardware, precision, preset, size, stage).
     "name": {"garbage": REFUSE, "": REFUSE, "nan": REFUSE, "-1": REFUSE},
     # Free text (a title): anything is valid, nothing may break the run.
@@ -640,7 +649,7 @@ MODES = (
                  "--eval-tokens": "int1", "--checkpoint-every": "int1",
                  "--learning-rate": "positive", "--warmup-steps": "int0",
                  "--validation-fraction": "unit", "--progress": "choice", "--corpus": "in",
-                 "--out": "out-dir"},
+                 "--out": "out-dir", "--dtype": "dtype"},
          required=("--out", "--steps", "--sizes", "--corpus"),
          refusals_only=True, corpus=True),
     Mode("measure", ("measure",),
@@ -653,16 +662,19 @@ MODES = (
                  "--prompt-len": "int1-bounded", "--temperature": "temperature",
                  "--batch-size": "int1", "--seed": "int0", "--confidence": "unit",
                  "--draft-tokens": "count", "--validation-fraction": "unit", "--corpus": "in",
-                 "--out": "out", "--rows": "out", "--summary": "out"},
+                 "--out": "out", "--rows": "out", "--summary": "out", "--dtype": "dtype",
+                 "--top-k": "top-k", "--top-p": "top-p", "--devices": "devices"},
          required=("--draft", "--target", "--lookahead", "--out", "--prompts"),
-         foreign=(("--documents", "1"), ("--prompt-file", "{dir}/prompts.txt")),
+         # Byte-level models have no end-of-sequence token to stop at.
+         foreign=(("--documents", "1"), ("--prompt-file", "{dir}/prompts.txt"),
+                  ("--stop-at-eos",)),
          refusals_only=True, corpus=True, models=True),
     Mode("measure --prompt-file", ("measure",),
          options=_opts(("--draft", "{draft}"), ("--target", "{target}"), ("--lookahead", "2"),
                        ("--max-new-tokens", "4"), ("--prompt-file", "{dir}/prompts.txt"),
                        ("--out", "{dir}/runs-out.jsonl"), "--no-baseline"),
          values={"--prompt-file": "in", "--prompts": "int1", "--prompt-len": "int1-bounded",
-                 "--out": "out"},
+                 "--out": "out", "--devices": "devices", "--top-p": "top-p"},
          inputs={"prompts.txt": "prompts"},
          foreign=(("--corpus", "{dir}/prompts.txt"), ("--validation-fraction", "0.1")),
          refusals_only=True, models=True),
@@ -673,9 +685,11 @@ MODES = (
          values={"--documents": "int1", "--prompt-len": "int1-bounded", "--batch-size": "int1",
                  "--temperature": "temperature", "--lookahead": "int1-bounded",
                  "--confidence": "unit", "--target": "model", "--rows": "out",
-                 "--summary": "out"},
+                 "--summary": "out", "--dtype": "dtype", "--devices": "devices"},
+         # The loop's sampling and memory options: teacher forcing samples nothing.
          foreign=(("--out", "{dir}/runs-out.jsonl"), ("--prompts", "2"),
-                  ("--max-new-tokens", "4"), ("--no-baseline",)),
+                  ("--max-new-tokens", "4"), ("--no-baseline",), ("--top-k", "5"),
+                  ("--top-p", "0.9"), ("--stop-at-eos",), ("--memory-estimate",)),
          refusals_only=True, corpus=True, models=True),
     Mode("rule", ("rule",),
          options=_opts(("--points", "4"), ("--tokens", "1T", "2T"),
