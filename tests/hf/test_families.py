@@ -213,7 +213,8 @@ def gpt2_and_opt(tmp_path_factory):
     out = {}
     for name, model in [
         ("gpt2", transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4,
-                                                                      vocab_size=64, n_positions=16))),
+                                                                      vocab_size=64, n_positions=16,
+                                                                      bos_token_id=0, eos_token_id=0))),
         ("opt", transformers.OPTForCausalLM(transformers.OPTConfig(hidden_size=32, num_hidden_layers=2,
                                                                    num_attention_heads=4, ffn_dim=48,
                                                                    vocab_size=64, max_position_embeddings=16))),
