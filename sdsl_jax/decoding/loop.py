@@ -535,8 +535,9 @@ def decode(draft: Decoder | None, target: Decoder, state: DecodeState, *, lookah
         raise ValueError(f"state was prefilled for other settings: its buffers fit "
                          f"(max_new_tokens - 1, lookahead) = {state.betas.shape[1:]}, got "
                          f"({max_new_tokens - 1}, {lookahead})")
-    if any(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(state)
-           if isinstance(leaf, jax.Array)):
+    if _validate.is_concrete(state) and any(
+            leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(state)
+            if isinstance(leaf, jax.Array)):
         raise ValueError("state was already decoded (decode consumes its buffers); prefill "
                          "again to decode the same prompts")
     spec = _spec(draft, target, lookahead, max_new_tokens, accept_fn)

@@ -14,6 +14,7 @@ import json
 import math
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -448,3 +449,230 @@ def test_run_records_rows(pair, prompt_batch):
     assert [r["prompt_id"] for r in recs] == [5, 6]
     assert recs[1]["accepted"] == np.asarray(gen.accepted)[1, :int(gen.num_iterations[1])].tolist()
     assert "draft_model" not in recs[0] and "speedup" not in recs[0]
+
+
+# --------------------------------------------------------------------------
+# Serving settings: top-k and top-p truncation.
+
+
+def keep_brute_force(scaled, top_k, top_p):
+    """top-k then top-p by their definitions, one token at a time (float64):
+    v is in the top k when fewer than k tokens have a strictly larger logit; it
+    stays under top-p when the renormalised mass of the kept tokens strictly
+    more probable than v is below p."""
+    scaled = np.asarray(scaled, np.float64)
+    keep = np.ones(scaled.size, bool)
+    if top_k > 0:
+        keep = np.array([np.sum(scaled > x) < top_k for x in scaled])
+    if top_p < 1:
+        probs = np.where(keep, np.exp(scaled - scaled.max()), 0.0)
+        probs /= probs.sum()
+        keep &= np.array([probs[probs > x].sum() < top_p for x in probs])
+    return keep
+
+
+def test_truncation_matches_its_definition():
+    rng = np.random.default_rng(6)
+    # Integer logits make many ties, at the k-th place and at the top-p boundary.
+    logits = np.concatenate([rng.normal(size=(40, 9)) * 2,
+                             rng.integers(-2, 3, size=(40, 9)).astype(float)]).astype(np.float32)
+    traces = []
+
+    def truncated_probs(logits, temperature, top_k, top_p):
+        traces.append(1)
+        return probabilities(logits, temperature, top_k, top_p)
+
+    fn = jax.jit(truncated_probs)
+    checked = 0
+    for temperature, top_k, top_p in [(1.0, 3, 1.0), (0.7, 0, 0.6), (1.3, 4, 0.5), (1.0, 1, 1.0),
+                                      (1.0, 20, 0.97), (0.9, 2, 0.05), (1.0, 0, 1.0)]:
+        got = np.asarray(fn(logits, temperature, top_k, top_p), np.float64)
+        for row, probs in zip(logits, got):
+            scaled = row.astype(np.float64) / temperature
+            # Skip rows whose top-p boundary lies within float32 rounding of p.
+            keep = keep_brute_force(scaled, top_k, top_p)
+            if top_p < 1 and any(keep_brute_force(scaled, top_k, top_p + d).tolist()
+                                 != keep.tolist() for d in (-1e-5, 1e-5)):
+                continue
+            np.testing.assert_array_equal(probs > 0, keep)
+            ref = np.where(keep, softmax(np.where(keep, scaled, -np.inf)), 0.0)
+            np.testing.assert_allclose(probs, ref, atol=2e-7)
+            checked += 1
+    assert checked > 500
+    assert len(traces) == 1  # top_k and top_p are traced: one compilation for every value
+    # Off (k = 0, p = 1) is the plain softmax, and greedy ignores both filters.
+    np.testing.assert_allclose(fn(logits, 0.8, 0, 1.0), softmax(logits / 0.8, axis=-1),
+                               rtol=1e-5)
+    np.testing.assert_array_equal(fn(logits, 0.0, 2, 0.3), np.eye(9)[np.argmax(logits, -1)])
+
+
+def test_truncation_sorts_only_when_on():
+    """The sort sits in a branch taken only when a filter is on."""
+    jaxpr = jax.make_jaxpr(probabilities)(jnp.zeros((2, 7)), 1.0, 0, 1.0)
+
+    def sorts(eqns, branch_depth):
+        found = []
+        for eqn in eqns:
+            if eqn.primitive.name == "sort":
+                found.append(branch_depth)
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                found += sorts(sub.eqns, branch_depth + (eqn.primitive.name == "cond"))
+        return found
+
+    # Inside the temperature branch and inside the truncation branch.
+    assert sorts(jaxpr.jaxpr.eqns, 0) == [2]
+
+
+@pytest.mark.slow
+def test_truncation_matches_transformers():
+    """Against transformers' own logits warpers (temperature, top-k, top-p in
+    generate's order), on logits without ties, where both definitions agree."""
+    torch = pytest.importorskip("torch")
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+    rng = np.random.default_rng(7)
+    logits = (rng.normal(size=(64, 50)) * 2).astype(np.float32)
+    fn = jax.jit(probabilities)
+    for temperature, top_k, top_p in [(0.7, 5, 1.0), (1.0, 0, 0.8), (1.3, 10, 0.5),
+                                      (1.0, 1, 1.0), (0.5, 0, 0.05), (1.0, 40, 0.99)]:
+        x = TemperatureLogitsWarper(temperature)(None, torch.tensor(logits))
+        if top_k:
+            x = TopKLogitsWarper(top_k)(None, x)
+        if top_p < 1:
+            x = TopPLogitsWarper(top_p)(None, x)
+        ref = torch.softmax(x, -1).numpy()
+        got = np.asarray(fn(logits, temperature, top_k, top_p))
+        np.testing.assert_array_equal(got > 0, ref > 0)
+        np.testing.assert_allclose(got, ref, atol=1e-6)
+
+
+def test_sampling_settings_errors(pair, prompt_batch):
+    cases = [
+        (dict(top_k=-1), "top_k must be an integer >= 0"),
+        (dict(top_k=1.5), "top_k must be an integer"),
+        (dict(top_k=True), "top_k must be an integer"),
+        (dict(top_k=np.array([2])), "top_k must be an integer"),
+        (dict(top_p=0.0), r"top_p must be a number in \(0, 1\]"),
+        (dict(top_p=1.5), r"top_p must be a number in \(0, 1\]"),
+        (dict(top_p=float("nan")), "top_p must be"),
+        (dict(top_p="high"), "top_p must be"),
+        (dict(eos_token=-1), r"eos_token must be None or a token id in \[0, 6\), got -1"),
+        (dict(eos_token=VOCAB), r"eos_token must be None or a token id in \[0, 6\), got 6"),
+        (dict(eos_token=2.0), "eos_token must be None or a token id"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(ValueError, match=message):
+            generate(pair, prompt_batch, **kw)
+        with pytest.raises(ValueError, match=message):
+            next(measure_pair(*pair, PROMPTS, LOOKAHEAD, MAX_NEW, 1.0, jax.random.PRNGKey(0),
+                              **kw))
+    settings = loop.sampling_settings(0.5, np.int64(3), jnp.float32(0.9), 4, vocab_size=VOCAB)
+    assert [np.asarray(x).item() for x in settings] == [0.5, 3, pytest.approx(0.9), 4]
+    assert int(loop.sampling_settings(vocab_size=VOCAB).eos_token) == -1
+
+
+# --------------------------------------------------------------------------
+# The stop at the end-of-sequence token, in records and latencies.
+
+EOS = 4
+
+
+@pytest.fixture(scope="module")
+def eos_records(pair):
+    prompts = PROMPTS + [[2, 2], [5]]
+    return list(measure_pair(*pair, prompts, LOOKAHEAD, MAX_NEW, 1.0, jax.random.PRNGKey(9),
+                             batch_size=3, prompt_len=5, warmup=False, eos_token=EOS,
+                             top_k=4, top_p=0.95))
+
+
+def test_eos_records_and_latencies(eos_records):
+    stopped = [r for r in eos_records if r["stopped_at_eos"]]
+    assert stopped and len(stopped) < len(eos_records)
+    for r in eos_records:
+        json.loads(json.dumps(r))
+        assert (r["top_k"], r["top_p"], r["eos_token"]) == (4, 0.95, EOS)
+        assert r["output_tokens"] == min(r["generated"], MAX_NEW)
+        # The iteration that committed the token is recorded in full.
+        assert r["generated"] <= 1 + sum(k + 1 for k in r["accepted"])
+        assert r["trials"] == sum(min(k + 1, LOOKAHEAD) for k in r["accepted"])
+        if r["stopped_at_eos"]:
+            assert r["output_tokens"] == r["generated"] <= MAX_NEW
+        else:
+            assert r["output_tokens"] == MAX_NEW
+        # TPOT divides the row's share of the decode by the tokens after the first.
+        if r["output_tokens"] > 1:
+            assert r["tpot_s"] == pytest.approx((r["ttot_s"] - r["ttft_s"])
+                                                / (r["output_tokens"] - 1))
+            assert r["baseline_output_tokens"] >= 1
+        else:
+            assert r["tpot_s"] is None and r["speedup"] is None
+            assert r["ttot_s"] == r["ttft_s"]  # done in the prefill
+        if r["speedup"] is not None:
+            assert r["speedup"] == pytest.approx(r["baseline_tpot_s"] / r["tpot_s"])
+    s = metrics.summarize(eos_records, key=jax.random.PRNGKey(0), num_resamples=100)
+    assert math.isfinite(s["speedup"]) and math.isfinite(s["tpot_s"])
+
+
+def test_eos_rows_stop_and_do_not_depend_on_their_batch(pair, prompt_batch):
+    tokens, lengths = prompt_batch
+    # A temperature that makes token 1 likely, so rows stop early.
+    a = generate(pair, prompt_batch, temperature=2.0, row_ids=jnp.array([3, 4, 5]),
+                 eos_token=EOS)
+    order = np.array([1, 2, 0])
+    b = generate(pair, (tokens[order], lengths[order]), temperature=2.0,
+                 row_ids=jnp.array([3, 4, 5])[order], eos_token=EOS)
+    for field in ("tokens", "num_generated", "stopped", "finish_step", "accepted"):
+        np.testing.assert_array_equal(np.asarray(getattr(a, field))[order], getattr(b, field))
+    out = np.asarray(a.tokens)
+    generated = np.asarray(a.num_generated)
+    for row, n, stopped in zip(out, generated, np.asarray(a.stopped)):
+        if stopped:
+            assert list(row[:n]).index(EOS) == n - 1 and np.all(row[n:] == EOS)
+        else:
+            assert EOS not in row.tolist()
+    # The loop ends when every row is done: the last to finish sets num_steps.
+    assert int(a.num_steps) == int(np.max(a.finish_step))
+    lat = metrics.row_latencies(a, metrics.Timing(prefill_seconds=0.5, decode_seconds=2.0),
+                                MAX_NEW)
+    share = np.asarray(a.finish_step) / max(int(a.num_steps), 1)
+    after_first = np.minimum(generated, MAX_NEW) - 1
+    expected = np.where(after_first > 0, 2.0 * share / np.maximum(after_first, 1), np.nan)
+    np.testing.assert_allclose(lat["tpot_s"], expected)
+
+
+# --------------------------------------------------------------------------
+# Memory: the decode consumes its state in place.
+
+
+def test_decode_donates_the_state(pair, prompt_batch):
+    draft, target = pair
+    tokens, lengths = prompt_batch
+    keys = loop.row_keys(jax.random.PRNGKey(2), jnp.arange(3))
+    prefill_stage, decode_stage = loop.staged_generate(
+        draft, target, tokens, lengths, keys, lookahead=LOOKAHEAD, max_new_tokens=MAX_NEW)
+    state = prefill_stage()
+    state_bytes = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(state))
+    first = decode_stage(state)
+    # The state's buffers (caches included) became the loop's.
+    assert state.target_cache.is_deleted() and state.draft_cache.is_deleted()
+    with pytest.raises(ValueError, match="already decoded"):
+        loop.decode(draft, target, state, lookahead=LOOKAHEAD, max_new_tokens=MAX_NEW)
+    # The caller's inputs were not donated: they prefill again, to the same run.
+    assert not any(x.is_deleted() for x in (tokens, lengths, keys))
+    second = decode_stage(prefill_stage())
+    np.testing.assert_array_equal(first.tokens, second.tokens)
+    gen, _ = metrics.timed_generate(draft, target, tokens, lengths, keys, lookahead=LOOKAHEAD,
+                                    max_new_tokens=MAX_NEW)
+    np.testing.assert_array_equal(gen.tokens, first.tokens)
+    # XLA's analysis of the compiled decode: every byte of the state is written
+    # in place (aliased), so no part of it is copied.
+    memory = loop.compiled_memory(draft, target, batch_size=3, prompt_len=5,
+                                  lookahead=LOOKAHEAD, max_new_tokens=MAX_NEW)
+    decode, prefill = memory["decode"], memory["prefill"]
+    assert decode.alias_bytes == state_bytes
+    params_bytes = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves((draft.params,
+                                                                           target.params)))
+    assert decode.argument_bytes >= params_bytes + state_bytes
+    assert prefill.alias_bytes == 0 and prefill.output_bytes >= state_bytes
+    for program in (decode, prefill):
+        assert program.peak_bytes >= program.argument_bytes > 0

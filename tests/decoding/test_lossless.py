@@ -23,9 +23,16 @@ import pytest
 from scipy import stats
 from scipy.special import softmax
 
+from sdsl_jax.decoding import loop
 from sdsl_jax.decoding.baseline import autoregressive_generate
 from sdsl_jax.decoding.loop import pad_prompts, speculative_generate
-from sdsl_jax.decoding.sampling import Verdict, first_rejection, sample
+from sdsl_jax.decoding.sampling import (
+    Verdict,
+    first_rejection,
+    probabilities,
+    sample,
+    speculative_accept,
+)
 from sdsl_jax.models.ngram import ngram_decoder
 
 VOCAB = 4
@@ -209,11 +216,11 @@ def prompts():
     return [rng.integers(0, VOCAB, size=int(n)).tolist() for n in rng.integers(1, 6, size=256)]
 
 
-def generate_long(draft, target, prompts, temperature, seed):
+def generate_long(draft, target, prompts, temperature, seed, **settings):
     tokens, lengths = pad_prompts(prompts, 5)
     return speculative_generate(draft, target, tokens, lengths, jax.random.PRNGKey(seed),
                                 lookahead=LONG_LOOKAHEAD, max_new_tokens=LONG_NEW,
-                                temperature=temperature)
+                                temperature=temperature, **settings)
 
 
 # --------------------------------------------------------------------------
@@ -241,6 +248,18 @@ def test_greedy_equals_target_greedy(models, prompts):
     base = autoregressive_generate(target, tokens, lengths, jax.random.PRNGKey(5),
                                    max_new_tokens=LONG_NEW, temperature=0.0)
     np.testing.assert_array_equal(np.asarray(base.tokens), expected)
+    # With a stop: the greedy output up to the first end-of-sequence token (the
+    # same compiled loop; top-k and top-p do not change greedy decoding).
+    stop = generate_long(near, target, prompts, 0.0, seed=0, eos_token=EOS, top_k=1,
+                         top_p=0.5)
+    is_eos = expected == EOS
+    length = np.where(is_eos.any(1), np.argmax(is_eos, axis=1) + 1, LONG_NEW)
+    assert len(np.unique(length)) > 5  # rows stop at many different places
+    cut = np.where(np.arange(LONG_NEW) < length[:, None], expected, EOS)
+    np.testing.assert_array_equal(np.asarray(stop.tokens), cut)
+    np.testing.assert_array_equal(np.asarray(stop.num_generated)[length < LONG_NEW],
+                                  length[length < LONG_NEW])
+    np.testing.assert_array_equal(stop.stopped, length < LONG_NEW)
 
 
 # --------------------------------------------------------------------------
@@ -305,3 +324,210 @@ def test_identical_draft_accepts_everything(models, prompts):
     assert np.all(np.asarray(gen.accepted)[ran] == LONG_LOOKAHEAD)
     betas = np.asarray(gen.betas)
     np.testing.assert_allclose(betas[~np.isnan(betas)], 1.0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# Serving settings: top-k, top-p and the stop at the end-of-sequence token.
+# The loop must follow the TRUNCATED target, sampled with the same stop. The
+# runs share the compiled loop of the tests above (the settings are traced).
+
+
+def keep_reference(scaled, top_k, top_p):
+    """Which tokens top-k then top-p keep, by their definitions, token by token:
+    v is in the top k when fewer than k tokens have a strictly larger logit; it
+    survives top-p when the renormalised mass of the kept tokens strictly more
+    probable than v is below p. Also returns how close any such mass comes to
+    p, so a test can make sure float32 rounding cannot move the boundary."""
+    vocab = scaled.size
+    keep = np.ones(vocab, bool)
+    if top_k > 0:
+        keep = np.array([np.sum(scaled > scaled[v]) < top_k for v in range(vocab)])
+    margin = np.inf
+    if top_p < 1:
+        probs = np.where(keep, np.exp(scaled - scaled.max()), 0.0)
+        probs /= probs.sum()
+        above = np.array([probs[probs > probs[v]].sum() for v in range(vocab)])
+        margin = np.min(np.abs(above[keep] - top_p))
+        keep &= above < top_p
+    return keep, margin
+
+
+def serving_distribution(params, sequence, temperature, top_k, top_p, margins):
+    """The target's next-token law under temperature, top-k and top-p (numpy, float64)."""
+    table = np.asarray(params["table"], np.float64)
+    pos = len(sequence)
+    logits = table[sequence[pos - 2], sequence[pos - 1]]
+    bias = np.asarray(params["position_bias"], np.float64)
+    scaled = (logits + bias[min(pos - 1, bias.shape[0] - 1)]) / temperature
+    keep, margin = keep_reference(scaled, top_k, top_p)
+    margins.append(margin)
+    probs = np.where(keep, np.exp(scaled - scaled.max()), 0.0)
+    return probs / probs.sum()
+
+
+def serving_joint(params, prompt, length, temperature, top_k=0, top_p=1.0, eos_token=None):
+    """P(the first `length` output tokens = s), s in V^length, first token most
+    significant. With a stop, a sequence reads as its output followed by the
+    end-of-sequence token as filler (what the loop returns): only sequences with
+    nothing but that token after the first one have mass."""
+    probs, margins = np.zeros(VOCAB ** length), []
+    for seq in itertools.product(range(VOCAB), repeat=length):
+        stop = seq.index(eos_token) if eos_token in seq else length - 1
+        if any(tok != eos_token for tok in seq[stop + 1:]):
+            continue
+        p, context = 1.0, list(prompt)
+        for tok in seq[:stop + 1]:
+            p *= serving_distribution(params, context, temperature, top_k, top_p, margins)[tok]
+            context.append(tok)
+        probs[np.ravel_multi_index(seq, (VOCAB,) * length)] = p
+    # No context puts a top-p boundary within 1e-3 of p: rounding cannot move it.
+    assert min(margins) > 1e-3, min(margins)
+    np.testing.assert_allclose(probs.sum(), 1.0, rtol=1e-12)
+    return probs
+
+
+EOS = 2
+# The p values keep every top-p boundary of these contexts 1e-3 away (see serving_joint).
+SERVING = {  # name: (temperature, top_k, top_p, eos_token)
+    "top-k-top-p": (1.0, 3, 0.82, None),
+    "top-p": (0.7, 0, 0.75, None),
+    "eos": (1.0, 0, 1.0, EOS),
+    "eos-top-k-top-p": (0.8, 3, 0.85, EOS),
+}
+
+
+@pytest.fixture(scope="module")
+def serving_runs(pair, batch):
+    draft, target = pair
+    return {name: speculative_generate(draft, target, *batch, jax.random.PRNGKey(7),
+                                       lookahead=LOOKAHEAD, max_new_tokens=WINDOW,
+                                       temperature=t, top_k=k, top_p=p, eos_token=eos)
+            for name, (t, k, p, eos) in SERVING.items()}
+
+
+@pytest.mark.parametrize("name", list(SERVING))
+def test_serving_samples_follow_truncated_target(pair, serving_runs, name):
+    temperature, top_k, top_p, eos = SERVING[name]
+    gen = serving_runs[name]
+    tokens = np.asarray(gen.tokens)
+    probs = serving_joint(pair[1].params, PROMPT, WINDOW, temperature, top_k, top_p, eos)
+    # Every returned row is a possible output (the chi-square pools cells of
+    # zero mass away, so this is checked on its own).
+    cells = np.ravel_multi_index(tuple(tokens.T), (VOCAB,) * WINDOW)
+    assert np.all(probs[cells] > 0)
+    assert chi_square_pvalue(tokens, probs) > 1e-3
+    # Power: the untruncated, unstopped target is far from these samples.
+    plain = exact_joint(pair[1].params, PROMPT, WINDOW, temperature)
+    assert chi_square_pvalue(tokens, plain) < 1e-6
+    # Every branch of the rule still occurs.
+    assert set(np.unique(np.asarray(gen.accepted[:, 0]))) == {0, 1, 2}
+
+
+def test_eos_stop_bookkeeping(serving_runs):
+    gen = serving_runs["eos"]
+    tokens, generated = np.asarray(gen.tokens), np.asarray(gen.num_generated)
+    stopped = np.asarray(gen.stopped)
+    has_eos = (tokens == EOS).any(axis=1)
+    np.testing.assert_array_equal(stopped, has_eos)
+    first = np.argmax(tokens == EOS, axis=1)
+    # A stopped row generated up to and including the token; it is done
+    # when it commits the token.
+    np.testing.assert_array_equal(generated[stopped], first[stopped] + 1)
+    assert np.all(generated[~stopped] >= WINDOW)
+    iters, acc = np.asarray(gen.num_iterations), np.asarray(gen.accepted)
+    np.testing.assert_array_equal(gen.finish_step, iters)
+    assert np.all(iters[stopped & (first == 0)] == 0)  # EOS first: no iteration at all
+    # The iteration that committed the token is recorded in full: where it
+    # accepted drafts beyond the token, K exceeds what the row kept.
+    ran = np.arange(acc.shape[1]) < iters[:, None]
+    full = 1 + np.where(ran, acc + 1, 0).sum(1)
+    assert np.all(full >= generated)
+    assert np.any(full[stopped] > generated[stopped])
+    # (A row that did not stop may still have cut its last iteration at the
+    # token, beyond the tokens asked for; most did not.)
+    assert np.mean(full[~stopped] == generated[~stopped]) > 0.9
+    # Those tests are genuine: the accepted count is the sum of Bernoulli(beta)
+    # draws over the judged positions, the positions past the token included.
+    betas = np.asarray(gen.betas, np.float64)
+    judged = betas[~np.isnan(betas)]
+    assert judged.size == np.minimum(acc + 1, LOOKAHEAD)[ran].sum()
+    z = (acc.sum() - judged.sum()) / np.sqrt(np.sum(judged * (1 - judged)))
+    assert abs(z) < 4, z
+
+
+# --------------------------------------------------------------------------
+# Low precision: bfloat16 models are sampled exactly from their own
+# distributions (softmax and the acceptance test run in float32).
+
+DTYPES_SEEN = []
+
+
+def dtype_spy(uniforms, draft_tokens, draft_probs, target_probs):
+    """The exact rule, noting the dtypes it is handed when the loop is traced."""
+    DTYPES_SEEN.append((uniforms.dtype, draft_probs.dtype, target_probs.dtype))
+    return speculative_accept(uniforms, draft_tokens, draft_probs, target_probs)
+
+
+def low_precision_decoders(dtype, seed=5):
+    """A trigram target with a position bias and a bigram draft whose logits sit
+    near 100, where bfloat16's spacing is 0.5, so rounding the tables to it
+    moves the distribution far from the float32 model's. The position bias is
+    a multiple of 0.5, so the model's bfloat16 sums are exact: XLA may keep
+    bfloat16 intermediates in float32 when they feed a float32 op (its default
+    excess precision), and exact sums give the same logits either way.
+    Returns ((draft, target) in `dtype`, the target in float32)."""
+    rng = np.random.default_rng(seed)
+    table = 100 + rng.normal(size=(VOCAB,) * 3)
+    bias = np.round(2 * rng.normal(size=(16, VOCAB))) / 2
+    draft_table = np.broadcast_to(table.mean(axis=0) + 0.8 * rng.normal(size=(VOCAB,) * 2),
+                                  (VOCAB,) * 3)
+    low = lambda a: jnp.asarray(np.asarray(a, np.float32), dtype)
+    target = ngram_decoder(low(table), low(bias), name="target")
+    draft = ngram_decoder(low(draft_table), low(np.zeros_like(bias)), name="draft")
+    return (draft, target), ngram_decoder(jnp.asarray(table, jnp.float32),
+                                          jnp.asarray(bias, jnp.float32))
+
+
+@pytest.mark.slow
+def test_bfloat16_sampling_follows_bfloat16_target(batch):
+    (draft, target), target_f32 = low_precision_decoders(jnp.bfloat16)
+    logits, _ = jax.eval_shape(target.forward, target.params, batch[0], batch[1],
+                               target.init_cache(NUM_SAMPLES, 8))
+    assert logits.dtype == jnp.bfloat16
+    gen = speculative_generate(draft, target, *batch, jax.random.PRNGKey(3), lookahead=LOOKAHEAD,
+                               max_new_tokens=WINDOW, temperature=1.0)
+    tokens = np.asarray(gen.tokens)
+    # The reference reads the bfloat16 tables exactly (float64 sums of them).
+    assert chi_square_pvalue(tokens, exact_joint(target.params, PROMPT, WINDOW, 1.0)) > 1e-3
+    # Power: the float32 model the tables were rounded from is told apart, so
+    # the test resolves what bfloat16 does to the distribution.
+    assert chi_square_pvalue(tokens, exact_joint(target_f32.params, PROMPT, WINDOW, 1.0)) < 1e-6
+    assert set(np.unique(np.asarray(gen.accepted[:, 0]))) == {0, 1, 2}
+    assert gen.betas.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
+def test_low_precision_loop_samples_in_float32(dtype):
+    """The loop upcasts narrow logits: the state's uniforms and settings, the
+    probabilities the acceptance rule is handed and the betas are float32.
+    Traced only (eval_shape), so nothing compiles."""
+    (draft, target), _ = low_precision_decoders(dtype)
+    tokens, lengths = pad_prompts([PROMPT, [2]])
+
+    def run():
+        state = loop.prefill(draft, target, tokens, lengths,
+                             loop.row_keys(jax.random.PRNGKey(0), jnp.arange(2)),
+                             lookahead=LOOKAHEAD, max_new_tokens=WINDOW, top_k=3, top_p=0.9)
+        return state, loop.decode(draft, target, state, lookahead=LOOKAHEAD,
+                                  max_new_tokens=WINDOW, accept_fn=dtype_spy)
+
+    DTYPES_SEEN.clear()
+    state, gen = jax.eval_shape(run)
+    logits, _ = jax.eval_shape(target.forward, target.params, tokens, jnp.zeros(2, jnp.int32),
+                               target.init_cache(2, 8))
+    assert logits.dtype == dtype
+    for name in ("uniforms", "temperature", "top_p", "betas"):
+        assert getattr(state, name).dtype == jnp.float32, name
+    assert DTYPES_SEEN and set(DTYPES_SEEN) == {(np.dtype(np.float32),) * 3}
+    assert gen.betas.dtype == jnp.float32
+    assert probabilities(jnp.asarray([1.0, 2.0, 3.0, 0.5], dtype), 0.7, 2, 0.9).dtype == jnp.float32
