@@ -38,12 +38,15 @@ Pythia-70m for Pythia-6.9b, Qwen2.5-0.5B for Qwen2.5-7B, Llama-3.2-1B for
 Llama-3.1-8B. Checkpoints of one family may still have different numbers of
 embedding rows (Qwen2.5-0.5B 151936, -7B 152064; Pythia 50304 or more):
 `check_shared_tokenizer` says whether two directories' tokenizers agree and
-how many ids the tokenizer has, and `sdsl_jax.decoding.vocabulary.pad_vocabulary`
-pads the smaller model's logits with zero-probability ids::
+how many ids the tokenizer has, `padded_vocabulary_size` how many ids both
+models run at, and `sdsl_jax.decoding.vocabulary.pad_vocabulary` pads the
+smaller model's logits with zero-probability ids::
 
     draft = load_hf_decoder("pythia-160m", dtype=jnp.bfloat16)
     target = load_hf_decoder("pythia-6.9b", dtype=jnp.bfloat16)
-    check_shared_tokenizer("pythia-160m", "pythia-6.9b")
+    vocabulary = check_shared_tokenizer("pythia-160m", "pythia-6.9b")
+    size = padded_vocabulary_size(vocabulary, draft, target)
+    draft, target = pad_vocabulary(draft, size), pad_vocabulary(target, size)
     prompt_ids = load_hf_tokenizer("pythia-160m").encode("The capital of France is").ids
 
 The cache length is bounded by the learned positions (1024 for GPT-2, 2048
@@ -74,7 +77,7 @@ from sdsl_jax.hf.llama import LlamaSpec
 from sdsl_jax.hf.opt import OPTSpec
 from sdsl_jax.hf.safetensors_io import SafetensorsCheckpoint
 from sdsl_jax.hf.tokenizer import (TokenizerVocabulary, check_shared_tokenizer, load_hf_tokenizer,
-                                   read_tokenizer_vocabulary)
+                                   padded_vocabulary_size, read_tokenizer_vocabulary)
 from sdsl_jax.decoding.decoder import Decoder
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -180,5 +183,5 @@ def load_hf_decoder(path: str | os.PathLike, dtype=jnp.float32, name: str | None
 __all__ = [
     "ARCHITECTURES", "Architecture", "CheckpointError", "GPT2Spec", "GPTNeoXSpec", "LlamaSpec", "OPTSpec",
     "SafetensorsCheckpoint", "TokenizerVocabulary", "check_shared_tokenizer", "load_hf_decoder",
-    "load_hf_tokenizer", "read_tokenizer_vocabulary",
+    "load_hf_tokenizer", "padded_vocabulary_size", "read_tokenizer_vocabulary",
 ]

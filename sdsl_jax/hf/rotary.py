@@ -127,10 +127,10 @@ def read_rotary(config: dict, path: str, head_dim: int, *, theta_keys: tuple[str
             raise CheckpointError(f"{path}: {source} of rope type {scaling!r} needs 'factor'")
         spec["factor"] = number(f"{source}.factor", params["factor"])
     if scaling == "llama3":
-        for key, name in (("low_freq_factor", "low_freq_factor"), ("high_freq_factor", "high_freq_factor")):
+        for key in ("low_freq_factor", "high_freq_factor"):
             if key not in params:
                 raise CheckpointError(f"{path}: {source} of rope type 'llama3' needs {key!r}")
-            spec[name] = number(f"{source}.{key}", params[key])
+            spec[key] = number(f"{source}.{key}", params[key])
         if not spec["high_freq_factor"] > spec["low_freq_factor"]:
             raise CheckpointError(f"{path}: {source} needs high_freq_factor > low_freq_factor, got "
                                   f"{spec['high_freq_factor']} and {spec['low_freq_factor']}")

@@ -15,7 +15,8 @@ Speculative decoding needs the draft and the target to read and write the
 same ids. `read_tokenizer_vocabulary` summarises a tokenizer by what fixes
 its ids (the model's vocabulary and merges, and the added tokens) as a
 fingerprint, and its size; `check_shared_tokenizer` compares two
-directories and names both vocabularies when they differ.
+directories and names both vocabularies when they differ, and
+`padded_vocabulary_size` says how many ids both models are padded to.
 
 ``tokenizers`` is imported only here, on demand, so the rest of the package
 does not need it (``pip install tokenizers``).
@@ -30,6 +31,7 @@ import os
 
 from sdsl_jax.common.errors import CheckpointError
 from sdsl_jax.common.io import read_json
+from sdsl_jax.decoding.decoder import Decoder
 
 
 def _token_content(value) -> str | None:
@@ -169,3 +171,21 @@ def check_shared_tokenizer(draft_path: str | os.PathLike, target_path: str | os.
         f"{os.path.join(target.directory, target.files)} has {target.size} ids (vocabulary "
         f"{target.fingerprint[:12]}); {where}. Speculative decoding needs one shared tokenizer"
     )
+
+
+def padded_vocabulary_size(vocabulary: TokenizerVocabulary, draft: Decoder, target: Decoder) -> int:
+    """The vocabulary size a draft and a target of one tokenizer run at: the larger model's.
+
+    Pad the other with `sdsl_jax.decoding.vocabulary.pad_vocabulary`; rows
+    beyond the tokenizer's ids are padding no text maps to.
+
+    Raises:
+      CheckpointError: when a model has fewer embedding rows than the
+        tokenizer has ids, so that some prompts could not be read.
+    """
+    for role, decoder in (("draft", draft), ("target", target)):
+        if decoder.vocab_size < vocabulary.size:
+            raise CheckpointError(
+                f"the {role} {decoder.name} has {decoder.vocab_size} token embeddings but its tokenizer "
+                f"{os.path.join(vocabulary.directory, vocabulary.files)} has {vocabulary.size} ids")
+    return max(draft.vocab_size, target.vocab_size)

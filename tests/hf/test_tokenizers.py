@@ -16,7 +16,9 @@ import pytest
 import tokenizers
 import transformers
 
-from sdsl_jax.hf import CheckpointError, check_shared_tokenizer, load_hf_tokenizer, read_tokenizer_vocabulary
+from sdsl_jax.decoding.decoder import Decoder
+from sdsl_jax.hf import (CheckpointError, check_shared_tokenizer, load_hf_tokenizer, padded_vocabulary_size,
+                         read_tokenizer_vocabulary)
 
 TRAINING_TEXT = ["the draft proposes tokens and the target verifies them in one pass",
                  "speculative decoding accepts a prefix of the drafted tokens", "Hello, world! 123 naïve café"] * 20
@@ -141,3 +143,18 @@ def test_different_tokenizers_are_named(saved, tmp_path):
 def test_missing_tokenizer_is_named(saved, tmp_path):
     with pytest.raises(CheckpointError, match=r"no tokenizer\.json, nor vocab\.json with merges\.txt"):
         check_shared_tokenizer(saved["qwen"][0], tmp_path)
+
+
+def test_padded_vocabulary_size(saved):
+    """Qwen2.5-0.5B and -7B: one tokenizer of 151665 ids, 151936 and 152064 embedding rows."""
+    vocabulary = read_tokenizer_vocabulary(saved["qwen"][0])
+
+    def model(name, rows):
+        return Decoder(params={}, forward=None, init_cache=None, vocab_size=rows, num_params=0, name=name)
+
+    small, large = model("small", vocabulary.size + 3), model("large", vocabulary.size + 9)
+    assert padded_vocabulary_size(vocabulary, small, large) == vocabulary.size + 9
+    assert padded_vocabulary_size(vocabulary, large, small) == vocabulary.size + 9
+    with pytest.raises(CheckpointError, match=rf"the target short has {vocabulary.size - 1} token embeddings but "
+                                              rf"its tokenizer .*tokenizer\.json has {vocabulary.size} ids"):
+        padded_vocabulary_size(vocabulary, small, model("short", vocabulary.size - 1))
