@@ -189,6 +189,23 @@ def test_sharded_decoders_compare_by_value():
     assert "0.0 MiB of params over 1 device," in report.summary()
 
 
+def test_collectives_are_read_from_compiled_hlo():
+    """The parser the no-gathered-weights check relies on, on lines as XLA prints them."""
+    hlo = "\n".join([
+        "  %all-reduce.9 = f32[4096,3,32]{2,1,0} all-reduce(%bitcast.45), channel_id=3, "
+        "replica_groups=mesh['axis_0'=8] {'axis_0'}, to_apply=%add.2.clone",
+        "  %fusion.1 = f32[4096,3,32]{2,1,0} fusion(%all-reduce.9, %p), kind=kLoop",
+        "  %all-gather.2 = bf16[2,32,64]{2,1,0} all-gather(bf16[2,32,8]{2,1,0} %param.3), "
+        "dimensions={2}",
+        "  %ags = (f32[32,8]{1,0}, f32[32,64]{1,0}) all-gather-start(f32[32,8]{1,0} %w), "
+        "dimensions={1}",
+        "  %all-reduce.1 = (f32[], f32[4]{0}) all-reduce(f32[] %a, f32[4]{0} %b), to_apply=%add",
+    ])
+    assert devices_script.collectives(hlo) == {
+        "all-reduce": [[4096, 3, 32], [], [4]],
+        "all-gather": [[2, 32, 64], [32, 8], [32, 64]]}
+
+
 # --------------------------------------------------------------------------
 # Eight devices (the subprocesses' reports).
 
