@@ -109,9 +109,8 @@ def _check_rules(rules: Rules, field: str) -> list[tuple[re.Pattern, tuple]]:
     return compiled
 
 
-def _leaf_spec(path: str, shape: tuple[int, ...], rules, field: str,
-               mesh_size: int) -> tuple[PartitionSpec, tuple | None]:
-    """(the spec placed, the spec asked for or None when no rule matched)."""
+def _leaf_spec(path: str, shape: tuple[int, ...], rules, field: str, mesh_size: int) -> PartitionSpec:
+    """The spec of the first rule matching ``path``, less the axes that do not divide."""
     for regex, spec in rules:
         if regex.fullmatch(path):
             if len(spec) != len(shape):
@@ -121,8 +120,8 @@ def _leaf_spec(path: str, shape: tuple[int, ...], rules, field: str,
             # An axis that does not split evenly stays whole on every device.
             placed = tuple(None if axis is not None and size % mesh_size else axis
                            for axis, size in zip(spec, shape))
-            return PartitionSpec(*placed), spec
-    return PartitionSpec(), None
+            return PartitionSpec(*placed)
+    return PartitionSpec()
 
 
 def _mesh_size(mesh: Mesh) -> int:
@@ -141,7 +140,7 @@ def tree_shardings(tree: PyTree, rules: Rules, mesh: Mesh, field: str = "rules")
     size = _mesh_size(mesh)
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: NamedSharding(
-            mesh, _leaf_spec(leaf_path(path), np.shape(leaf), compiled, field, size)[0]), tree)
+            mesh, _leaf_spec(leaf_path(path), np.shape(leaf), compiled, field, size)), tree)
 
 
 def _constrain(tree: PyTree, rules: Rules, mesh: Mesh, field: str) -> PyTree:
