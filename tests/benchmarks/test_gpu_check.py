@@ -24,6 +24,7 @@ SECTIONS = ("environment", "overhead", "speedup", "precision", "compute_bound",
             "while_predicate")
 # Differences of times, which may be negative on a noisy CPU.
 DIFFERENCES = ("overhead_seconds_per_step", "overhead_seconds_per_step_exact_mix",
+               "overhead_seconds_per_step_predicate_corrected",
                "target_alone_overhead_seconds_per_step", "predicate_seconds_per_iteration")
 
 
@@ -83,6 +84,7 @@ def test_every_section_with_finite_positive_timings(report):
         assert data["overhead"][dtype]["pair"]["dtype"] == dtype
         assert data["overhead"][dtype]["loop_steps"] >= 1
         assert math.isfinite(data["overhead"][dtype]["overhead_seconds_per_step"])
+        assert math.isfinite(data["overhead"][dtype]["overhead_seconds_per_step_predicate_corrected"])
     predicate = data["while_predicate"]
     assert math.isfinite(predicate["predicate_seconds_per_iteration"])
     assert isinstance(predicate["matters"], bool)
