@@ -119,6 +119,7 @@ def test_full_sequence_logits_match_transformers(name, checkpoints, decoders):
     assert decoder.name == directory.name
 
 
+@pytest.mark.slow
 def test_eager_forward_matches_transformers(checkpoints, decoders):
     """Op by op, as XLA may fuse and reassociate differently under jit (one variant:
     eager dispatch compiles every op and is slow)."""
