@@ -27,8 +27,8 @@ shapes, well under a minute). It measures, prints, and writes as JSON:
 4. precision: the same pair in bfloat16 against float32: step times, speedup,
    law and acceptance (sampling and acceptance run in float32 either way).
 5. compute_bound: a ~1B-parameter bfloat16 target with a ~100M-parameter
-   (non-embedding) draft at batch 64, whose verification is compute-bound on
-   an H200: the achieved FLOP/s of the verify step against a matmul peak
+   (non-embedding) draft at batch 128, whose verification is compute-bound on
+   an H200 (arithmetic intensity in gpu_settings): the achieved FLOP/s of the verify step against a matmul peak
    measured in the same run, the arithmetic intensity against the measured
    ridge point (peak FLOP/s over measured memory bandwidth), and the speedup
    against the law at that batch.
@@ -144,11 +144,14 @@ def gpu_settings() -> Settings:
         shapes=Shapes(batch_size=1, prompt_len=64, max_new_tokens=128, lookahead=4),
         prompt_sets=3, rounds=3,
         # 1.07B parameters (1.01B non-embedding); the draft keeps 2 of 20 blocks (101M
-        # non-embedding). Batch 64 x 5 verified tokens: see compute_bound for the intensity.
+        # non-embedding). A verification of 128 rows x 5 tokens is 1.38 TFLOP over at
+        # least 3.41 GB (2.15 GB of weights, 1.1 GB of KV cache, the logits): 405
+        # FLOP/byte, twice an H200's nominal ridge (989 TFLOP/s bfloat16 over 4.8 TB/s,
+        # 206), where batch 64 would be 248; the run measures its own ridge.
         big_target=ModelConfig(d_model=2048, num_layers=20, num_heads=16, d_ff=8192,
                                vocab_size=vocab, dtype="bfloat16"),
         big_draft_layers=2,
-        big_shapes=Shapes(batch_size=64, prompt_len=16, max_new_tokens=32, lookahead=4),
+        big_shapes=Shapes(batch_size=128, prompt_len=16, max_new_tokens=32, lookahead=4),
         big_rounds=2,
         matmul_size=8192, bandwidth_bytes=1 << 30,
         predicate_iterations=2000, predicate_width=1024, repeats=7, min_chain_seconds=0.05)
@@ -195,7 +198,8 @@ def related_pair(target_config: ModelConfig, draft_layers: int, seed: int,
                                  ("target", target_config, target_params)):
         config = dataclasses.replace(config, dtype=dtype)
         params = jax.tree.map(lambda x: x.astype(dtype), params)
-        decoder = as_decoder(params, config, name=f"{name} ({config.num_layers} layers, {dtype})")
+        blocks = f"{config.num_layers} block" + ("s" if config.num_layers > 1 else "")
+        decoder = as_decoder(params, config, name=f"{name} ({blocks}, {dtype})")
         decoders.append(dataclasses.replace(decoder, dtype=dtype))
     return decoders[0], decoders[1]
 
@@ -497,8 +501,8 @@ def describe_pair(draft: Decoder, target: Decoder, shapes: Shapes, draft_layers:
 def print_loop(dtype: str, pair: dict, result: dict) -> None:
     o, s = result["overhead"], result["speedup"]
     t = o["step_seconds"]
-    print(f"\n== {dtype}: target {pair['target_params']:,} params, draft {pair['draft_params']:,} "
-          f"({pair['draft']}); batch {pair['batch_size']}, prompt {pair['prompt_len']}, "
+    print(f"\n== {dtype}: {pair['target']} {pair['target_params']:,} params, {pair['draft']} "
+          f"{pair['draft_params']:,}; batch {pair['batch_size']}, prompt {pair['prompt_len']}, "
           f"{pair['max_new_tokens']} new tokens, lookahead {pair['lookahead']}")
     print(f"[steps] draft {1e3 * t['draft_step']:.3f} ms, 2-token draft {1e3 * t['draft_pair']:.3f} "
           f"ms, target {1e3 * t['target_step']:.3f} ms, verify {1e3 * t['verify']:.3f} ms; "
@@ -573,9 +577,9 @@ def run_compute_bound(settings: Settings, report: Report) -> None:
     section: dict[str, Any] = {"matmul_peaks": peaks, "memory_bandwidth": bandwidth,
                                "ridge_flops_per_byte": ridge}
     tf32 = peaks["float32_default"]["flops_per_second"] / peaks["float32_highest"]["flops_per_second"]
-    print(f"\n== roofline: bfloat16 matmul {peak / 1e12:.2f} TFLOP/s, float32 "
-          f"{peaks['float32_default']['flops_per_second'] / 1e12:.2f} TFLOP/s at the default "
-          f"precision and {peaks['float32_highest']['flops_per_second'] / 1e12:.2f} at 'highest' "
+    print(f"\n== roofline: bfloat16 matmul {peak / 1e12:.3g} TFLOP/s, float32 "
+          f"{peaks['float32_default']['flops_per_second'] / 1e12:.3g} TFLOP/s at the default "
+          f"precision and {peaks['float32_highest']['flops_per_second'] / 1e12:.3g} at 'highest' "
           f"({tf32:.2f}x: >> 1 means the default ran float32 on reduced-precision units); memory "
           f"{bandwidth['bytes_per_second'] / 1e9:.1f} GB/s; ridge {ridge:.0f} FLOP/byte")
     report.set("compute_bound", section)
@@ -612,13 +616,13 @@ def run_compute_bound(settings: Settings, report: Report) -> None:
         "target_step_flops_per_second": target_step_flops / t["target_step"],
         "target_step_fraction_of_peak": target_step_flops / t["target_step"] / peak,
     })
-    xla_note = f", XLA counts {xla_flops / 1e9:.1f}" if xla_flops else ""
-    print(f"\n== compute-bound pair (bfloat16): target {target.num_params:,} params, draft "
+    xla_note = f", XLA counts {xla_flops / 1e9:.4g}" if xla_flops else ""
+    print(f"\n== compute-bound pair ({config.dtype}): target {target.num_params:,} params, draft "
           f"{draft.num_params:,}; batch {batch} x {gamma + 1} verified tokens, cache {cache_len}")
-    print(f"[intensity] verify {flops / 1e9:.1f} GFLOP{xla_note} over >= {moved / 1e9:.2f} GB: "
+    print(f"[intensity] verify {flops / 1e9:.4g} GFLOP{xla_note} over >= {moved / 1e9:.4g} GB: "
           f"{intensity:.0f} FLOP/byte against a ridge of {ridge:.0f} "
           f"({'compute' if intensity > ridge else 'memory'}-bound)")
-    print(f"[FLOP/s] verify {1e3 * t['verify']:.3f} ms = {achieved / 1e12:.2f} TFLOP/s, "
+    print(f"[FLOP/s] verify {1e3 * t['verify']:.3f} ms = {achieved / 1e12:.3g} TFLOP/s, "
           f"{100 * achieved / peak:.1f}% of the measured matmul peak; a 1-token target step "
           f"{1e3 * t['target_step']:.3f} ms = {100 * section['target_step_fraction_of_peak']:.1f}%;"
           f" v = {steps['verify_cost']:.2f} target steps, c = {steps['cost_ratio']:.4f}")
