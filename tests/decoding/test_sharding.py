@@ -80,6 +80,8 @@ def eight_devices_runs(request, tmp_path_factory):
     try:
         if "eight_devices" in wanted:
             folder = tmp_path_factory.mktemp("eight-devices")
+            # XLA writes the decode loop's optimised HLO here; the script reads its
+            # collectives (the program users run, not a second compilation of it).
             dump = folder / "hlo"
             runs["eight_devices"] = _start(
                 [sys.executable, str(SCRIPT), str(folder)], folder,
@@ -91,9 +93,11 @@ def eight_devices_runs(request, tmp_path_factory):
         yield runs
     finally:
         for run in runs.values():
-            process = run[0] if isinstance(run[0], subprocess.Popen) else run[0][0]
+            process, out, err = run if isinstance(run[0], subprocess.Popen) else run[0]
             process.kill()  # a no-op once it has finished
             process.wait()
+            out.close()
+            err.close()
 
 
 @pytest.fixture(scope="module")
