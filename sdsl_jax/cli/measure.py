@@ -18,6 +18,14 @@ target_perplexity are the per-byte perplexities on held-out text from its
 card, the text the prompts are drawn from; a Hugging Face checkpoint has no
 card, so its perplexity is measured on the prompts themselves.
 
+Precision, devices and sampling: --dtype loads both models in float32,
+bfloat16 or float16 (sampling and acceptance stay float32); --devices N
+shards both tensor-parallel over N devices (:mod:`sdsl_jax.decoding.sharding`);
+--top-k, --top-p and --stop-at-eos sample as a deployment does. Each is a
+setting of the run: its lines record it and a resume with another is refused.
+--teacher-forced takes --dtype and --devices but not the sampling options: it
+scores whole next-token distributions on a given text, sampling nothing.
+
 Importing this module is cheap (the parser needs it); JAX and the models
 load only when a run starts.
 """
@@ -59,8 +67,9 @@ def add_parser(commands) -> None:
 def _add_arguments(parser) -> None:
     """The arguments of ``sdsl measure``."""
     parser.add_argument("--draft", required=True, metavar="DIR", help=(
-        "the draft: a model directory from `sdsl train` (DIR/SIZE) or a Hugging Face GPT-2/OPT "
-        "directory (config.json, safetensors weights, tokenizer files)"))
+        "the draft: a model directory from `sdsl train` (DIR/SIZE) or a local Hugging Face "
+        "checkpoint of GPT-2, OPT, Llama, Mistral, Qwen2/3 or GPT-NeoX (Pythia): config.json, "
+        "safetensors weights, tokenizer files"))
     parser.add_argument("--target", required=True, metavar="DIR", help="the target, likewise")
     parser.add_argument("--teacher-forced", action="store_true", help=(
         "measure alpha without a generation loop: the exact beta = sum_v min(p, q) at every "
@@ -166,13 +175,13 @@ def _run_loop(args) -> int:
     from sdsl_jax.decoding.summary import loop_summary
 
     draft, target = load_pair(args)
-    eos_token = check_sampling(args, draft, target)
     prompts, prompt_set, prompt_len = loop_prompts(args, target)
     if args.batch_size > len(prompts):
         raise UsageError(f"sdsl measure: argument --batch-size: {args.batch_size} is more than "
                          f"the {len(prompts)} prompts; lower it")
     max_len = prompt_len + args.max_new_tokens + args.lookahead + 1
-    check_pair(draft, target, max_len)
+    draft, target = check_pair(draft, target, max_len)
+    eos_token = check_sampling(args, draft, target)
     check_memory(draft, target, args.batch_size, prompt_len, max_len)
     vocab = target.decoder.vocab_size
     for i, prompt in enumerate(prompts):
@@ -278,6 +287,14 @@ def _check_arguments(args) -> None:
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise UsageError(f"sdsl measure: argument --temperature: must be a finite number >= 0, "
                          f"got {args.temperature}")
+    truncation = [flag for flag, value in (("--top-k", args.top_k), ("--top-p", args.top_p))
+                  if value is not None]
+    if truncation and (args.greedy or args.temperature == 0):
+        # Greedy decoding takes the argmax, which no truncation changes: the
+        # record would name settings that did nothing.
+        raise UsageError(f"sdsl measure: {' and '.join(truncation)} truncate a sampled "
+                         "distribution; greedy decoding takes the most likely token whatever "
+                         f"they are: drop {' and '.join(truncation)} or --greedy")
     check_confidence("sdsl measure", args.confidence)
     if args.prompt_file is not None and (args.corpus or args.no_stdlib
                                          or args.validation_fraction is not None):

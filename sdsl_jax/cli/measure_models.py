@@ -5,6 +5,8 @@ measurement records of it (name, training tokens, the card's held-out
 perplexity), and :func:`check_pair` refuses a pair that cannot be measured
 together (different vocabularies, prompts longer than a cache).
 :func:`load_pair` loads both at --dtype and shards them over --devices;
+:func:`check_pair` also pads two checkpoints of one tokenizer to one
+vocabulary size;
 :func:`check_sampling` checks --top-k and --stop-at-eos against them. Every
 mistake is one usage line naming the flag.
 """
@@ -186,22 +188,50 @@ def check_sampling(args, draft: Model, target: Model) -> int | None:
 
 def check_pair(draft: Model, target: Model, max_len: int,
                what: str = "prompt length + new tokens + lookahead + 1",
-               lower: str = "--prompt-len or --max-new-tokens") -> None:
-    """One tokenizer for both, and ``max_len`` positions (``what``) fit both caches."""
+               lower: str = "--prompt-len or --max-new-tokens") -> tuple[Model, Model]:
+    """One tokenizer for both, and ``max_len`` positions (``what``) fit both caches; the pair
+    as it is measured.
+
+    Two Hugging Face checkpoints must have one tokenizer (the same ids for the
+    same text: :func:`sdsl_jax.hf.check_shared_tokenizer`). Where they do but
+    their embeddings have different numbers of rows (Qwen2.5-0.5B and -7B,
+    Pythia sizes), the smaller is padded with ids of probability zero
+    (:func:`sdsl_jax.decoding.vocabulary.pad_vocabulary`), which leaves both
+    models' distributions over the tokenizer's ids as they were.
+    """
     import jax
-    if draft.kind != target.kind or draft.decoder.vocab_size != target.decoder.vocab_size:
-        what = {"sdsl": "byte-level (sdsl train)", "hf": "Hugging Face"}
+    kinds = {"sdsl": "byte-level (sdsl train)", "hf": "Hugging Face"}
+    if draft.kind != target.kind or (draft.kind == "sdsl" and
+                                     draft.decoder.vocab_size != target.decoder.vocab_size):
         raise UsageError(
             f"sdsl measure: draft and target vocabularies differ: draft {draft.name} is "
-            f"{what[draft.kind]} with {draft.decoder.vocab_size} tokens, target {target.name} is "
-            f"{what[target.kind]} with {target.decoder.vocab_size}; speculative decoding needs "
+            f"{kinds[draft.kind]} with {draft.decoder.vocab_size} tokens, target {target.name} is "
+            f"{kinds[target.kind]} with {target.decoder.vocab_size}; speculative decoding needs "
             "one shared tokenizer")
+    if draft.kind == "hf":
+        draft, target = _share_vocabulary(draft, target)
     for role, model in (("draft", draft), ("target", target)):
         try:  # shapes only: the cache's own checks run without allocating it
             jax.eval_shape(lambda: model.decoder.init_cache(1, max_len))
         except ValueError as err:
             raise UsageError(f"sdsl measure: prompts do not fit the {role}'s cache: {what} = "
                              f"{max_len} positions ({err}); lower {lower}") from None
+    return draft, target
+
+
+def _share_vocabulary(draft: Model, target: Model) -> tuple[Model, Model]:
+    """Two Hugging Face models of one tokenizer, padded to one vocabulary size."""
+    from sdsl_jax.decoding.vocabulary import pad_vocabulary
+    from sdsl_jax.hf import CheckpointError, check_shared_tokenizer
+    try:
+        check_shared_tokenizer(draft.path, target.path)
+    except CheckpointError as err:
+        raise UsageError(f"sdsl measure: draft and target vocabularies differ "
+                         f"({draft.decoder.vocab_size} and {target.decoder.vocab_size} embedding "
+                         f"rows): {err}") from None
+    size = max(draft.decoder.vocab_size, target.decoder.vocab_size)
+    return tuple(dataclasses.replace(model, decoder=pad_vocabulary(model.decoder, size))
+                 for model in (draft, target))
 
 
 def check_memory(draft: Model, target: Model, batch_size: int, prompt_len: int, max_len: int,

@@ -32,7 +32,8 @@ def run(args) -> int:
 
     draft, target = load_pair(args)
     window = 128 if args.prompt_len is None else args.prompt_len
-    check_pair(draft, target, window, what="the window --prompt-len", lower="--prompt-len")
+    draft, target = check_pair(draft, target, window, what="the window --prompt-len",
+                               lower="--prompt-len")
     if args.prompt_file is None:
         documents, prompt_set = corpus_documents(args, target)
     else:

@@ -84,7 +84,7 @@ def _temperature(row: dict) -> str:
 
 
 def _where(row: dict) -> str:
-    """The precision and the devices: "bf16 on cpu", "draft fp32, target bf16 on 8 x NVIDIA H200"."""
+    """The precision and the devices: "bf16 on cpu", "draft fp32, target bf16 on 8 x TPU v5"."""
     draft = row.get("draft_precision", "fp32")
     target = row.get("target_precision", "fp32")
     precision = target if draft == target else f"draft {draft}, target {target}"

@@ -131,7 +131,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def dtype_name(dtype) -> str:
-    """``dtype`` (a name such as "bfloat16", or a numpy or JAX dtype) as a name in :data:`DTYPES`."""
+    """``dtype`` (a name such as "bfloat16", or a numpy or JAX dtype) as a name in
+    :data:`DTYPES`; a ValueError names the dtypes there are."""
     try:
         name = jnp.dtype(dtype).name
     except TypeError:
@@ -142,7 +143,7 @@ def dtype_name(dtype) -> str:
 
 
 def cast_params(params, dtype):
-    """``params`` with every floating leaf in ``dtype`` (float32 master weights to a compute dtype)."""
+    """``params`` with every floating leaf in ``dtype`` (master weights to a compute dtype)."""
     dtype = jnp.dtype(dtype_name(dtype))
     return jax.tree.map(lambda leaf: leaf.astype(dtype)
                         if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf, params)

@@ -94,6 +94,15 @@ def test_lines_are_measurements_of_each_prompt(reference, model_dirs, corpus_dir
     for i, line in enumerate(lines):
         assert line["prompt_hash"] == json_hash(_prompt(corpus_dir, 0, i))
         assert line["perplexity_source"] == "validation"
+        # The precision that ran (the default), plain sampling, one device; a CPU
+        # keeps no memory statistics.
+        assert (line["precision"], line["draft_precision"], line["target_precision"]) == (
+            "fp32", "fp32", "fp32")
+        assert (line["top_k"], line["top_p"], line["eos_token"], line["devices"]) == (
+            None, None, None, 1)
+        expected_peak = jax.devices()[0].memory_stats()
+        assert (line["peak_memory_bytes"] is None) == (not expected_peak)
+    assert (row["precision"], row["devices"], row["top_k"]) == ("fp32", 1, None)
 
 
 def json_hash(tokens):
@@ -251,6 +260,7 @@ def test_teacher_forced_row(teacher_forced, model_dirs, corpus_dir, tmp_path):
                                                                       card["tokens"])
     assert (row["method"], row["lookahead"], row["temperature"]) == ("teacher-forced",
                                                                      LOOKAHEAD, 1.0)
+    assert (row["precision"], row["draft_precision"], row["devices"]) == ("fp32", "fp32", 1)
     measured = read_measurements(_write_jsonl(tmp_path / "tf.jsonl", [row]))
     assert measured.acceptance[0] == pytest.approx(row["acceptance"])
 
@@ -321,16 +331,37 @@ def test_human_summary_greedy_and_fit_on_measured_rows(reference, teacher_forced
     folder, _, rows, row = reference
     greedy = folder / "greedy.jsonl"
     summary = folder / "greedy-summary.json"
+    # In bfloat16: the records say so, and the run resumes in bfloat16 only.
     code, out, err = run_cli(_argv(model_dirs, corpus_dir, greedy, "--greedy", "--rows",
-                                        rows, "--summary", summary))
+                                        rows, "--summary", summary, "--dtype", "bfloat16"))
     assert code == 0, err
     for text in ("acceptance alpha", "speedup over target alone", "law's speedup", "TTFT",
                  "TPOT", "TTOT", "95% interval", "greedy", f"{PROMPTS} prompts measured now",
                  "at draft position 1", f"at draft position {LOOKAHEAD}", "i.i.d. fit test",
-                 "serving stacks' ratio", "(accepted length - 1)/(budget - 1)"):
+                 "serving stacks' ratio", "(accepted length - 1)/(budget - 1)", "bf16 on "):
         assert text in out, text
     greedy_row = json.loads(summary.read_text())
     assert greedy_row["temperature"] == 0.0 and f"{greedy_row['acceptance']:.4f}" in out, out
+    assert (greedy_row["precision"], greedy_row["draft_precision"],
+            greedy_row["target_precision"]) == ("bf16", "bf16", "bf16")
+    assert {line["precision"] for line in _lines(greedy)} == {"bf16"}
+    before = greedy.read_bytes()
+    code, _, err = run_cli(_argv(model_dirs, corpus_dir, greedy, "--greedy"))
+    assert code == 2 and "draft_precision = 'bf16', this run has 'fp32'" in err, err
+    assert greedy.read_bytes() == before
+    # Sampling from the top 1 token is greedy decoding: the same accepted counts (the
+    # loop's compilation is shared, the settings are traced). With XLA's memory estimate.
+    top1, top1_summary = folder / "top-1.jsonl", folder / "top-1-summary.json"
+    code, out, err = run_cli(_argv(model_dirs, corpus_dir, top1, "--top-k", 1, "--dtype",
+                                   "bfloat16", "--memory-estimate", "--summary", top1_summary))
+    assert code == 0, err
+    assert "temperature 1, top-k 1," in out and "memory: XLA's estimate per device: prefill " \
+        in out, out
+    top1_row = json.loads(top1_summary.read_text())
+    assert [line["accepted_per_iteration"] for line in _lines(top1)] == \
+        [line["accepted_per_iteration"] for line in _lines(greedy)]
+    assert (top1_row["top_k"], top1_row["top_p"], top1_row["temperature"]) == (1, None, 1.0)
+    assert top1_row["decode_memory_bytes"] > 0 and top1_row["prefill_memory_bytes"] > 0
     # A rerun of a finished measurement replaces its row instead of adding one.
     code, out, err = run_cli(_argv(model_dirs, corpus_dir, folder / "runs.jsonl", "--rows",
                                         rows))
@@ -412,6 +443,8 @@ def test_interrupted_run_keeps_finished_prompts_and_resumes(reference, model_dir
     (["--greedy"], "temperature = 1.0"),
     (["--seed", "1"], "seed = 0"),
     (["--no-baseline"], "baseline = True"),
+    (["--dtype", "float16"], "draft_precision = 'fp32', this run has 'fp16'"),
+    (["--top-p", "0.9"], "top_p = None, this run has 0.9"),
 ])
 def test_refuses_to_mix_settings(reference, model_dirs, corpus_dir, run_cli, flags, message):
     _, runs, _, _ = reference
@@ -431,9 +464,10 @@ def test_refuses_to_mix_settings(reference, model_dirs, corpus_dir, run_cli, fla
 # Hugging Face checkpoints and errors.
 
 
-def _gpt2_dir(path, texts, *, width, layers, vocab, positions, seed):
+def _gpt2_dir(path, texts, *, width, layers, vocab, positions, seed, rows=None):
     """A GPT-2 directory as transformers saves one: config, safetensors weights and a
-    byte-level BPE tokenizer trained on `texts`."""
+    byte-level BPE tokenizer of `vocab` ids trained on `texts`; `rows` embedding rows
+    (default: one per id; more, as checkpoints pad them for matmul efficiency)."""
     from safetensors.numpy import save_file
     from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
 
@@ -446,8 +480,9 @@ def _gpt2_dir(path, texts, *, width, layers, vocab, positions, seed):
     tokenizer.save(str(path / "tokenizer.json"))
     rng = np.random.default_rng(seed)
     d = width
+    rows = vocab if rows is None else rows
     w = lambda *shape: (0.2 * rng.standard_normal(shape)).astype(np.float32)
-    tensors = {"wte.weight": w(vocab, d), "wpe.weight": w(positions, d),
+    tensors = {"wte.weight": w(rows, d), "wpe.weight": w(positions, d),
                "ln_f.weight": 1 + w(d), "ln_f.bias": w(d)}
     for i in range(layers):
         for name, shape in (("ln_1.weight", (d,)), ("ln_1.bias", (d,)), ("ln_2.weight", (d,)),
@@ -460,7 +495,7 @@ def _gpt2_dir(path, texts, *, width, layers, vocab, positions, seed):
                 + w(*shape)
     save_file(tensors, str(path / "model.safetensors"))
     (path / "config.json").write_text(json.dumps({
-        "model_type": "gpt2", "n_embd": d, "n_layer": layers, "n_head": 2, "vocab_size": vocab,
+        "model_type": "gpt2", "n_embd": d, "n_layer": layers, "n_head": 2, "vocab_size": rows,
         "n_positions": positions}))
     return path
 
@@ -473,8 +508,9 @@ def hf_dirs(tmp_path_factory, corpus_dir):
         # One architecture for both (different weights): they share compilations.
         "draft": _gpt2_dir(folder / "gpt2-draft", texts, width=16, layers=1, vocab=300,
                            positions=64, seed=0),
+        # The draft's tokenizer with 8 embedding rows more: padded to one size.
         "target": _gpt2_dir(folder / "gpt2-target", texts, width=16, layers=1, vocab=300,
-                            positions=64, seed=1),
+                            positions=64, seed=1, rows=308),
         "other_vocab": _gpt2_dir(folder / "gpt2-other", texts, width=16, layers=1, vocab=280,
                                  positions=64, seed=2),
     }
@@ -498,7 +534,9 @@ def test_hugging_face_pair_perplexity_on_the_prompts(hf_dirs, tmp_path, run_cli)
     assert (row["draft_tokens"], row["target_tokens"]) == (1e6, 2e6)
     assert "speedup" not in row and lines[0].get("speedup") is None
     # Each line's perplexity is its prompt's, from one causal full-sequence forward
-    # of all prompts (right padding cannot reach back into a prompt).
+    # of all prompts (right padding cannot reach back into a prompt). The run padded the
+    # draft's 300 ids to the target's 308 embedding rows; the reference below is the
+    # unpadded draft: padding leaves its distribution over the real ids as it was.
     tokenizer = load_hf_tokenizer(hf_dirs["target"])
     draft = load_hf_decoder(hf_dirs["draft"])
     ids = [np.asarray(tokenizer.encode(text).ids) for text in prompts]
@@ -561,6 +599,20 @@ def _error_cases(model_dirs, hf_dirs, corpus_dir, tmp):
          "--documents: " + str(tmp / "long.txt") + " has only 2 lines, 3 asked for"),
         ([*hf, "--teacher-forced", "--prompt-file", tmp / "long.txt", "--prompt-len", 80],
          "the window --prompt-len = 80 positions"),
+        ([*pair, "--lookahead", 2, "--stop-at-eos", *ours],
+         "--stop-at-eos: the target 30k is a byte-level model of `sdsl train`, which has no "
+         "end-of-sequence token"),
+        ([*hf, "--lookahead", 2, "--stop-at-eos", "--prompt-len", 8, "--max-new-tokens", 4,
+          *ours],
+         "--stop-at-eos: the target gpt2-target's config.json gives no eos_token_id"),
+        ([*pair, "--lookahead", 2, "--top-k", 300, *ours],
+         "--top-k: 300 is more than the 257 tokens of the vocabulary"),
+        ([*pair, "--teacher-forced", "--top-k", 5, "--top-p", 0.9, "--stop-at-eos"],
+         "drop --top-k, --top-p, --stop-at-eos"),
+        ([*pair, "--lookahead", 2, "--devices", 999, *ours],
+         "--devices: 999 devices asked for, JAX sees"),
+        ([*pair, "--lookahead", 2, "--greedy", "--top-p", 0.5, *ours],
+         "--top-p truncate a sampled distribution; greedy decoding"),
     ]
 
 
