@@ -196,11 +196,10 @@ def related_pair(target_config: ModelConfig, draft_layers: int, seed: int,
     decoders = []
     for name, config, params in (("draft", draft_config, draft_params),
                                  ("target", target_config, target_params)):
+        # as_decoder casts the float32 weights to the config's dtype and states it.
         config = dataclasses.replace(config, dtype=dtype)
-        params = jax.tree.map(lambda x: x.astype(dtype), params)
         blocks = f"{config.num_layers} block" + ("s" if config.num_layers > 1 else "")
-        decoder = as_decoder(params, config, name=f"{name} ({blocks}, {dtype})")
-        decoders.append(dataclasses.replace(decoder, dtype=dtype))
+        decoders.append(as_decoder(params, config, name=f"{name} ({blocks}, {dtype})"))
     return decoders[0], decoders[1]
 
 

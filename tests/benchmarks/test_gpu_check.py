@@ -9,6 +9,7 @@ and the script's FLOP count against XLA's own.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -16,7 +17,11 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
+
+from sdsl_jax.models import ModelConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
@@ -123,3 +128,38 @@ def test_flop_count_agrees_with_xla(report):
     assert positive(section["arithmetic_intensity_flops_per_byte"])
     assert positive(section["ridge_flops_per_byte"])
     assert isinstance(section["compute_bound"], bool)
+
+
+def load_script():
+    name = "benchmarks_gpu_check"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        # Registered first: its dataclasses look their module up while being built.
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_draft_is_the_targets_first_blocks():
+    """The draft shares the target's embedding, first blocks and final norm, bit for bit,
+    and the script's FLOP count of a forward agrees with XLA's at another shape."""
+    script = load_script()
+    config = ModelConfig(d_model=32, num_layers=3, num_heads=2, d_ff=64, vocab_size=96)
+    draft, target = script.related_pair(config, 2, seed=0, dtype="bfloat16")
+    assert (draft.dtype, target.dtype) == ("bfloat16", "bfloat16")
+    target_leaves = {jax.tree_util.keystr(p): x
+                     for p, x in jax.tree_util.tree_flatten_with_path(target.params)[0]}
+    draft_leaves = jax.tree_util.tree_flatten_with_path(draft.params)[0]
+    assert len(draft_leaves) < len(target_leaves)
+    for path, leaf in draft_leaves:
+        assert leaf.dtype == jax.numpy.bfloat16
+        np.testing.assert_array_equal(np.asarray(leaf, np.float32),
+                                      np.asarray(target_leaves[jax.tree_util.keystr(path)],
+                                                 np.float32))
+    assert draft.num_params < target.num_params
+    with pytest.raises(ValueError, match="draft_layers"):
+        script.related_pair(config, 3, seed=0, dtype="float32")
+    # Batch 3, 5 tokens a row, a 40-position cache.
+    ours = script.forward_flops(config, 3 * 5, 40)
+    assert ours == pytest.approx(script.xla_forward_flops(target, 3, 5, 40), rel=0.1)
