@@ -28,11 +28,11 @@ shapes, well under a minute). It measures, prints, and writes as JSON:
    law and acceptance (sampling and acceptance run in float32 either way).
 5. compute_bound: a ~1B-parameter bfloat16 target with a ~100M-parameter
    (non-embedding) draft at batch 128, whose verification is compute-bound on
-   an H200 (arithmetic intensity in gpu_settings): the achieved FLOP/s of the verify step against a matmul peak
-   measured in the same run, the arithmetic intensity against the measured
-   ridge point (peak FLOP/s over measured memory bandwidth), and the speedup
-   against the law at that batch.
-6. while_predicate: XLA on GPU copies a while loop's predicate to the host
+   an H200 (the arithmetic intensity is worked out in gpu_settings): the
+   achieved FLOP/s of the verify step against a matmul peak measured in the
+   same run, the intensity against the measured ridge point (peak FLOP/s over
+   measured memory bandwidth), and the speedup against the law at that batch.
+6. while_predicate: XLA on GPU may copy a while loop's predicate to the host
    every iteration when the trip count is data-dependent, as the decode loop's
    is. A lax.while_loop of N cheap iterations against a lax.fori_loop with a
    static trip count; the difference per iteration against a draft step's
@@ -397,7 +397,10 @@ def matmul_peak(n: int, dtype: str, precision: str | None, repeats: int, chain: 
 def memory_bandwidth(num_bytes: int, repeats: int, chain: int = 8) -> dict:
     """Bytes per second of an elementwise update that reads and writes a buffer."""
     x = jnp.ones((num_bytes // 4,), jnp.float32)
-    fn = jax.jit(lambda x: jax.lax.fori_loop(0, chain, lambda _, y: y * 0.5 + 0.25, x))
+    # The barrier keeps XLA from unrolling the loop and fusing its updates into
+    # one pass over the buffer, which would count bytes never moved.
+    fn = jax.jit(lambda x: jax.lax.fori_loop(
+        0, chain, lambda _, y: jax.lax.optimization_barrier(y * 0.5 + 0.25), x))
     _, seconds = median_seconds(lambda: fn(x), repeats)
     return {"bytes": num_bytes, "bytes_per_second": 2.0 * x.nbytes * chain / seconds}
 
@@ -412,7 +415,8 @@ def while_predicate(iterations: int, width: int, repeats: int) -> dict:
     x = jnp.linspace(0.0, 1.0, width, dtype=jnp.float32)
 
     def body(y):
-        return jnp.sin(y) * 0.5 + 0.25
+        # The barrier keeps iterations apart should XLA unroll the static loop.
+        return jax.lax.optimization_barrier(jnp.sin(y) * 0.5 + 0.25)
 
     # The bound is traced, so XLA cannot know the trip count; the decode loop's
     # predicate (any row active and step < max) is data-dependent the same way.
