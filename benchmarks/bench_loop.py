@@ -164,12 +164,12 @@ def bench(args, per_token: bool):
             base, base_timing = decode_timed(None, target, prompt, i, 0, args)
             target_s = timed(chains["target"], int(base.num_steps))
             ratios["overhead"].append(1 - bare_s / timing.decode_seconds)
-            ratios["base_overhead"].append(1 - target_s / base_timing.decode_secondseconds)
+            ratios["base_overhead"].append(1 - target_s / base_timing.decode_seconds)
             ratios["speedup"].append(
                 ((int(gen.num_generated[0]) - 1) / timing.decode_seconds)
-                / ((int(base.num_generated[0]) - 1) / base_timing.decode_secondseconds))
+                / ((int(base.num_generated[0]) - 1) / base_timing.decode_seconds))
             spec_runs.append((timing.decode_seconds, gen))
-            base_runs.append((base_timing.decode_secondseconds, base))
+            base_runs.append((base_timing.decode_seconds, base))
     med = {k: float(np.median(v)) for k, v in ratios.items()}
     c, v = med["c"], med["v"]
     print(f"[units] cost ratio c = draft step / target step = {c:.4f}; verify ({gamma + 1} "
