@@ -464,10 +464,11 @@ def test_refuses_to_mix_settings(reference, model_dirs, corpus_dir, run_cli, fla
 # Hugging Face checkpoints and errors.
 
 
-def _gpt2_dir(path, texts, *, width, layers, vocab, positions, seed, rows=None):
+def _gpt2_dir(path, texts, *, width, layers, vocab, positions, seed, rows=None, eos=None):
     """A GPT-2 directory as transformers saves one: config, safetensors weights and a
     byte-level BPE tokenizer of `vocab` ids trained on `texts`; `rows` embedding rows
-    (default: one per id; more, as checkpoints pad them for matmul efficiency)."""
+    (default: one per id; more, as checkpoints pad them for matmul efficiency); `eos`
+    the config's eos_token_id (default: none)."""
     from safetensors.numpy import save_file
     from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
 
@@ -494,9 +495,11 @@ def _gpt2_dir(path, texts, *, width, layers, vocab, positions, seed, rows=None):
             tensors[f"h.{i}.{name}"] = (1 if name.startswith("ln") and "weight" in name else 0) \
                 + w(*shape)
     save_file(tensors, str(path / "model.safetensors"))
-    (path / "config.json").write_text(json.dumps({
-        "model_type": "gpt2", "n_embd": d, "n_layer": layers, "n_head": 2, "vocab_size": rows,
-        "n_positions": positions}))
+    config = {"model_type": "gpt2", "n_embd": d, "n_layer": layers, "n_head": 2,
+              "vocab_size": rows, "n_positions": positions}
+    if eos is not None:
+        config["eos_token_id"] = eos
+    (path / "config.json").write_text(json.dumps(config))
     return path
 
 
@@ -508,9 +511,10 @@ def hf_dirs(tmp_path_factory, corpus_dir):
         # One architecture for both (different weights): they share compilations.
         "draft": _gpt2_dir(folder / "gpt2-draft", texts, width=16, layers=1, vocab=300,
                            positions=64, seed=0),
-        # The draft's tokenizer with 8 embedding rows more: padded to one size.
+        # The draft's tokenizer with 8 embedding rows more: padded to one size. Its
+        # end-of-sequence ids are a list, as some configs give them; the first is used.
         "target": _gpt2_dir(folder / "gpt2-target", texts, width=16, layers=1, vocab=300,
-                            positions=64, seed=1, rows=308),
+                            positions=64, seed=1, rows=308, eos=[17, 3]),
         "other_vocab": _gpt2_dir(folder / "gpt2-other", texts, width=16, layers=1, vocab=280,
                                  positions=64, seed=2),
     }
@@ -527,9 +531,11 @@ def test_hugging_face_pair_perplexity_on_the_prompts(hf_dirs, tmp_path, run_cli)
     code, out, err = run_cli([
         "measure", "--draft", hf_dirs["draft"], "--target", hf_dirs["target"], "--lookahead", 2,
         "--prompt-file", prompt_file, "--max-new-tokens", 6, "--no-baseline", "--bootstrap", 200,
-        "--draft-tokens", "1M", "--target-tokens", "2M", "--out", runs, "--json"])
+        "--draft-tokens", "1M", "--target-tokens", "2M", "--out", runs, "--json",
+        "--stop-at-eos"])
     assert code == 0, err
     row, lines = json.loads(out), _lines(runs)
+    assert row["eos_token"] == 17 and {line["eos_token"] for line in lines} == {17}
     assert row["perplexity_source"] == "prompts" and row["prompts"] == len(prompts)
     assert (row["draft_tokens"], row["target_tokens"]) == (1e6, 2e6)
     assert "speedup" not in row and lines[0].get("speedup") is None
@@ -602,9 +608,10 @@ def _error_cases(model_dirs, hf_dirs, corpus_dir, tmp):
         ([*pair, "--lookahead", 2, "--stop-at-eos", *ours],
          "--stop-at-eos: the target 30k is a byte-level model of `sdsl train`, which has no "
          "end-of-sequence token"),
-        ([*hf, "--lookahead", 2, "--stop-at-eos", "--prompt-len", 8, "--max-new-tokens", 4,
-          *ours],
-         "--stop-at-eos: the target gpt2-target's config.json gives no eos_token_id"),
+        (["--draft", hf_dirs["target"], "--target", hf_dirs["draft"], "--draft-tokens", "1M",
+          "--target-tokens", "1M", "--lookahead", 2, "--stop-at-eos", "--prompt-len", 8,
+          "--max-new-tokens", 4, *ours],
+         "--stop-at-eos: the target gpt2-draft's config.json gives no eos_token_id"),
         ([*pair, "--lookahead", 2, "--top-k", 300, *ours],
          "--top-k: 300 is more than the 257 tokens of the vocabulary"),
         ([*pair, "--teacher-forced", "--top-k", 5, "--top-p", 0.9, "--stop-at-eos"],
