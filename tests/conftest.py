@@ -33,6 +33,52 @@ def dtype(request):
         yield np.float32
 
 
+# --------------------------------------------------------------------------
+# Scheduling under pytest-xdist (CI: -n 2 --dist loadfile).
+#
+# xdist hands out whole files, by default those with the most tests first, so a
+# file of few tests that trains or compiles for minutes in a module fixture is
+# handed out near the end and finishes alone while the other worker idles. The
+# files below are started first instead (longest first, the rule that keeps
+# the two workers' finishing times closest); every other file follows in xdist's
+# order. Within a file nothing moves: its tests run in the order written.
+LONGEST_FIRST = (
+    "tests/reproduce/test_reproduce.py",    # the tiny preset end to end, in one module fixture
+    "tests/cli/test_measure.py",            # the loop compiled for the trained pair, HF pairs
+    "tests/decoding/test_sharding.py",      # eight forced devices, in a subprocess
+    "tests/planning/test_sharded.py",       # four forced devices, in a subprocess
+    "tests/cli/test_measure_devices.py",    # `sdsl measure --devices`, in a subprocess
+    "tests/models/test_training.py",        # training, and a kill -9 in a subprocess
+    "tests/benchmarks/test_gpu_check.py",   # benchmarks/gpu_check.py --smoke
+)
+
+
+def pytest_configure(config):
+    # The controller schedules; keep the order the workers collect (below).
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected: count what runs
+def pytest_collection_modifyitems(config, items):
+    """Under xdist, order the files: LONGEST_FIRST, then by descending test count (what
+    xdist does by default), then as collected. Every worker sorts the same collection
+    the same way, as xdist requires."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    first, counts = {}, {}
+    for index, item in enumerate(items):
+        path = item.nodeid.split("::", 1)[0]
+        first.setdefault(path, index)
+        counts[path] = counts.get(path, 0) + 1
+
+    def rank(item):
+        path = item.nodeid.split("::", 1)[0]
+        listed = LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+        return listed, -counts[path], first[path]
+    items.sort(key=rank)
+
+
 # Shared references and compilations, used by several test modules.
 
 def numpy_step_time(acc, params, tokens, bytes_per_param, batch, context,
