@@ -430,10 +430,12 @@ def sampling_settings(temperature=1.0, top_k=0, top_p=1.0, eos_token: int | None
         raise ValueError(f"eos_token must be None or a token id in [0, {vocab_size}), got "
                          f"{eos_token!r}")
     real = jnp.result_type(float)
+    # top_k beyond the vocabulary keeps every token; int32 holds any real one.
+    top_k = min(int(k), np.iinfo(np.int32).max)
+    eos_token = -1 if eos_token is None else int(eos_token)
     return SamplingSettings(temperature=jnp.asarray(temperature, real),
-                    top_k=jnp.asarray(min(int(k), np.iinfo(np.int32).max), jnp.int32),
-                    top_p=jnp.asarray(p, real),
-                    eos_token=jnp.asarray(-1 if eos_token is None else int(eos_token), jnp.int32))
+                            top_k=jnp.asarray(top_k, jnp.int32), top_p=jnp.asarray(p, real),
+                            eos_token=jnp.asarray(eos_token, jnp.int32))
 
 
 def _check_inputs(draft, target, prompt_tokens, prompt_lengths, lookahead, max_new_tokens,
