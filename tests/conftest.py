@@ -57,6 +57,30 @@ def pytest_configure(config):
     # The controller schedules; keep the order the workers collect (below).
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
+    if hasattr(config, "workerinput"):
+        _share_compilations(pathlib.Path(config.option.basetemp).parent / "jax-compilation-cache")
+
+
+def _share_compilations(directory):
+    """JAX's persistent compilation cache in ``directory``, shared by this run's xdist workers.
+
+    Several files compile the same programs (the fits of the 12 x 12 design in
+    tests/fitting, tests/cli/test_fit.py, tests/examples and the bad-input laws
+    file; the float64 planners), and under --dist loadfile they often run on
+    different workers, each compiling them anew. With the cache the second
+    worker loads what the first compiled: the same executable, so nothing a test
+    checks changes. It is set here, before collection, because JAX reads the
+    setting at its first compilation. A maximum size turns on the cache's file
+    lock, so one worker never reads an entry the other is still writing;
+    without filelock to take it, nothing is shared. Subprocesses the tests start
+    (CLI runs, forced devices, kill -9) do not inherit it and compile cold, as a
+    user's process does; a single-process run is left as it was.
+    """
+    import importlib.util
+    if importlib.util.find_spec("filelock") is None:
+        return
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_compilation_cache_max_size", 4 * 2**30)
 
 
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected: count what runs
