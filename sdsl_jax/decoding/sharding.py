@@ -180,12 +180,22 @@ class ShardedForward:
 
 
 def _place(leaf, sharding: NamedSharding):
-    if sharding.is_fully_addressable:
-        return jax.device_put(leaf, sharding)
-    # Several hosts: each builds the shards its own devices hold from its
-    # copy of the weights (every process loaded the same checkpoint).
+    if isinstance(leaf, jax.Array):
+        if sharding.is_fully_addressable:
+            return jax.device_put(leaf, sharding)
+        leaf = np.asarray(leaf)
+    # A leaf still on the host (a NumPy array, or a loader's lazy tensor that
+    # np.asarray reads from its file): each device is sent only its slice.
     host = np.asarray(leaf)
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    if sharding.is_fully_addressable:
+        placed = jax.device_put(host, sharding)
+    else:
+        # Several hosts: each builds the shards its own devices hold from its
+        # copy of the weights (every process loaded the same checkpoint).
+        placed = jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    # The transfer may be asynchronous: wait for it, so that the host copy is
+    # freed before the next leaf is read and the host holds one leaf at a time.
+    return placed.block_until_ready()
 
 
 def shard_decoder(decoder: Decoder, mesh: Mesh) -> Decoder:
@@ -194,7 +204,10 @@ def shard_decoder(decoder: Decoder, mesh: Mesh) -> Decoder:
     Args:
       decoder: any `Decoder`; its ``param_sharding`` and ``cache_sharding``
         say what to split (a decoder without them is replicated on every
-        device and computes as on one).
+        device and computes as on one). Its params may be device arrays or
+        still on the host (NumPy arrays, or anything with a ``shape`` that
+        ``np.asarray`` reads, as the Hugging Face loader's are): those are
+        read one leaf at a time and each device is sent only its slice.
       mesh: a mesh with an axis ``"model"`` (:func:`make_mesh`).
 
     Returns:

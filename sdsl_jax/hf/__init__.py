@@ -14,7 +14,9 @@ It reads the weights from ``model.safetensors`` or the shards named in
 ``model.safetensors.index.json`` and returns a `Decoder` whose ``forward`` is
 a pure JAX function obeying the cache contract of
 sdsl_jax/decoding/decoder.py, with tensor-parallel annotations for a device
-mesh (sdsl_jax/hf/tensor_parallel.py). Nothing is downloaded and torch is not
+mesh (sdsl_jax/hf/tensor_parallel.py); ``load_hf_decoder(path, mesh=mesh)``
+loads the weights straight onto the mesh, for a target larger than one
+device. Nothing is downloaded and torch is not
 needed. What a checkpoint asks for that is not implemented (a rope scaling
 other than default, linear or llama3; mixture-of-experts; a sliding window
 shorter than the cache) is refused with a `CheckpointError` or, for the
@@ -65,6 +67,8 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
 
 from sdsl_jax.common.errors import CheckpointError
 from sdsl_jax.hf import gpt2, gpt_neox, llama, opt
@@ -79,6 +83,7 @@ from sdsl_jax.hf.safetensors_io import SafetensorsCheckpoint
 from sdsl_jax.hf.tokenizer import (TokenizerVocabulary, check_shared_tokenizer, load_hf_tokenizer,
                                    padded_vocabulary_size, read_tokenizer_vocabulary)
 from sdsl_jax.decoding.decoder import Decoder
+from sdsl_jax.decoding.sharding import shard_decoder
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -114,7 +119,8 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-def load_hf_decoder(path: str | os.PathLike, dtype=jnp.float32, name: str | None = None) -> Decoder:
+def load_hf_decoder(path: str | os.PathLike, dtype=jnp.float32, name: str | None = None, *,
+                    mesh: Mesh | None = None) -> Decoder:
     """A `Decoder` for the checkpoint in directory ``path``, of any model_type in `ARCHITECTURES`.
 
     Args:
@@ -125,6 +131,14 @@ def load_hf_decoder(path: str | os.PathLike, dtype=jnp.float32, name: str | None
         float32 reproduces transformers' logits; bfloat16 halves memory for
         large targets on a GPU.
       name: the label for reports; the directory's name by default.
+      mesh: a device mesh with an axis "model"
+        (:func:`sdsl_jax.decoding.sharding.make_mesh`). With one, each weight
+        goes from the memory-mapped file straight to its shards on the mesh,
+        one stacked tensor at a time, each device receiving only its slice:
+        a target larger than one device (or than host memory) loads, and the
+        result is what :func:`sdsl_jax.decoding.sharding.shard_decoder`
+        returns for the same model (equal wrappers, so compiled loops are
+        shared). Without one, the weights go to the default device.
 
     Returns:
       A Decoder whose ``dtype`` names the compute dtype, whose num_params
@@ -136,8 +150,10 @@ def load_hf_decoder(path: str | os.PathLike, dtype=jnp.float32, name: str | None
     Raises:
       CheckpointError: naming the file, key or tensor that is missing,
         malformed, disagrees with config.json, or asks for what is not
-        implemented.
-      ValueError: for a dtype other than the three above.
+        implemented; all of it is checked against the files' headers before
+        any weight is read.
+      ValueError: for a dtype other than the three above, or a mesh without
+        an axis "model".
     """
     compute_dtype = jnp.dtype(dtype).name
     if compute_dtype not in COMPUTE_DTYPES:
@@ -167,7 +183,10 @@ def load_hf_decoder(path: str | os.PathLike, dtype=jnp.float32, name: str | None
             f"does not use ({len(unused)} in all): {shown}"
         )
     num_params = sum(int(leaf.size) for leaf in jax.tree_util.tree_leaves(params))
-    return Decoder(
+    if mesh is None:
+        # One leaf at a time: the host holds one stacked tensor, not the model.
+        params = jax.tree_util.tree_map(lambda leaf: jnp.asarray(np.asarray(leaf)), params)
+    decoder = Decoder(
         params=params,
         forward=Configured(architecture.forward, spec),
         init_cache=Configured(architecture.init_cache, spec),
@@ -178,6 +197,8 @@ def load_hf_decoder(path: str | os.PathLike, dtype=jnp.float32, name: str | None
         param_sharding=architecture.param_sharding,
         cache_sharding=KV_CACHE_SHARDING,
     )
+    # shard_decoder reads each HostTensor leaf when it places it.
+    return decoder if mesh is None else shard_decoder(decoder, mesh)
 
 
 __all__ = [

@@ -7,8 +7,9 @@ and an output head tied to the token embedding unless the config unties it.
 Weights follow transformers' names; its ``Conv1D`` stores kernels as
 [in, out], so they need no transpose. The fused ``c_attn`` projection
 (outputs: all queries, then all keys, then all values) is cut at load time
-into separate q, k and v kernels, so that a tensor-parallel split over heads
-is the same as every other family's. Positions come from ``start[b] + t``.
+into separate q, k and v kernels [D, H, Dh] (biases [H, Dh]), and the output
+kernel is [H, Dh, D], so that a tensor-parallel split over heads is the same
+as every other family's. Positions come from ``start[b] + t``.
 
 Params pytree: ``wte [V, D]``, ``wpe [P, D]``, ``ln_f``, optional ``lm_head
 [V, D]``, and ``blocks`` with every leaf stacked over a leading layer axis.
@@ -21,17 +22,16 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sdsl_jax.common.errors import CheckpointError
 from sdsl_jax.hf.layout import ConfigReader, WeightReader
 from sdsl_jax.hf.kv_cache import cached_attention, check_forward_inputs, init_kv_cache, positions
-from sdsl_jax.hf.layers import ACTIVATIONS, dense, layer_norm
+from sdsl_jax.hf.layers import ACTIVATIONS, dense, from_heads, layer_norm, to_heads
 from sdsl_jax.hf.safetensors_io import SafetensorsCheckpoint
 from sdsl_jax.hf.tensor_parallel import tensor_parallel_rules
 
-PARAM_SHARDING = tensor_parallel_rules("blocks", column=("q_proj", "k_proj", "v_proj", "mlp_in"),
-                                       row=("attn_out", "mlp_out"))
+PARAM_SHARDING = tensor_parallel_rules("blocks", to_heads=("q_proj", "k_proj", "v_proj"), from_heads=("attn_out",),
+                                       column=("mlp_in",), row=("mlp_out",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,20 +86,19 @@ def load_gpt2_params(spec: GPT2Spec, checkpoint: SafetensorsCheckpoint) -> dict:
     # Saved from GPT2LMHeadModel the names carry "transformer."; from GPT2Model
     # (as the original OpenAI conversions on the hub are) they do not.
     w = WeightReader(checkpoint, ("transformer.", ""), "wte.weight", spec.dtype)
-    D, L, V, F = spec.hidden_size, spec.num_layers, spec.vocab_size, spec.inner_size
+    D, L, V, F, H, Dh = (spec.hidden_size, spec.num_layers, spec.vocab_size, spec.inner_size, spec.num_heads,
+                         spec.head_dim)
 
     def norm(template):
         return {"scale": w.stacked(template + ".weight", L, (D,)), "bias": w.stacked(template + ".bias", L, (D,))}
 
-    def conv1d(template, n_in, n_out):
-        return {"kernel": w.stacked(template + ".weight", L, (n_in, n_out)),
+    def conv1d(template, n_in, n_out, kernel_view=None):
+        return {"kernel": w.stacked(template + ".weight", L, (n_in, n_out), view=kernel_view),
                 "bias": w.stacked(template + ".bias", L, (n_out,))}
 
-    def thirds(a):
-        return tuple(np.split(a, 3, axis=-1))
-
-    qkv_kernels = w.stacked_parts("h.{}.attn.c_attn.weight", L, (D, 3 * D), thirds)
-    qkv_biases = w.stacked_parts("h.{}.attn.c_attn.bias", L, (3 * D,), thirds)
+    # Output unit (part, h, d) of the fused projection is q/k/v (part 0/1/2) of head h.
+    qkv_kernels = w.stacked_parts("h.{}.attn.c_attn.weight", L, (D, 3 * D), view=(D, 3, H, Dh), part_axis=1)
+    qkv_biases = w.stacked_parts("h.{}.attn.c_attn.bias", L, (3 * D,), view=(3, H, Dh), part_axis=0)
     params = {
         "wte": w.param("wte.weight", (V, D)),
         "wpe": w.param("wpe.weight", (spec.max_positions, D)),
@@ -107,7 +106,7 @@ def load_gpt2_params(spec: GPT2Spec, checkpoint: SafetensorsCheckpoint) -> dict:
             "ln_1": norm("h.{}.ln_1"),
             **{name: {"kernel": kernel, "bias": bias}
                for name, kernel, bias in zip(("q_proj", "k_proj", "v_proj"), qkv_kernels, qkv_biases)},
-            "attn_out": conv1d("h.{}.attn.c_proj", D, D),
+            "attn_out": conv1d("h.{}.attn.c_proj", D, D, kernel_view=(H, Dh, D)),
             "ln_2": norm("h.{}.ln_2"),
             "mlp_in": conv1d("h.{}.mlp.c_fc", D, F),
             "mlp_out": conv1d("h.{}.mlp.c_proj", F, D),
@@ -130,22 +129,18 @@ def gpt2_forward(spec: GPT2Spec, params: dict, tokens: jax.Array, start: jax.Arr
                  cache: dict) -> tuple[jax.Array, dict]:
     """Logits [B, T, V] for ``tokens`` at positions ``start[b] + t``, and the updated cache."""
     check_forward_inputs(tokens, start, cache, spec.vocab_size)
-    batch, num_tokens = tokens.shape
+    num_tokens = tokens.shape[1]
     act = ACTIVATIONS[spec.activation]
     h = params["wte"][tokens] + params["wpe"][positions(start, num_tokens)]
     base_scale = 1.0 / math.sqrt(spec.head_dim) if spec.scale_attn_weights else 1.0
 
-    def split_heads(x):
-        return x.reshape(batch, num_tokens, spec.num_heads, spec.head_dim)
-
     def block(h, layer):
         p, k_cache, v_cache, index = layer
         x = layer_norm(h, p["ln_1"], spec.layer_norm_eps)
-        q, k, v = dense(x, p["q_proj"]), dense(x, p["k_proj"]), dense(x, p["v_proj"])
+        q, k, v = to_heads(x, p["q_proj"]), to_heads(x, p["k_proj"]), to_heads(x, p["v_proj"])
         scale = base_scale / (index + 1.0) if spec.scale_attn_by_inverse_layer_idx else base_scale
-        out, k_cache, v_cache = cached_attention(split_heads(q), split_heads(k), split_heads(v),
-                                                 k_cache, v_cache, start, scale)
-        h = h + dense(out.reshape(batch, num_tokens, spec.hidden_size), p["attn_out"])
+        out, k_cache, v_cache = cached_attention(q, k, v, k_cache, v_cache, start, scale)
+        h = h + from_heads(out, p["attn_out"])
         x = layer_norm(h, p["ln_2"], spec.layer_norm_eps)
         h = h + dense(act(dense(x, p["mlp_in"])), p["mlp_out"])
         return h, (k_cache, v_cache)

@@ -14,9 +14,10 @@ transformers 5 names it in memory), untied unless the config ties it.
 
 The fused ``query_key_value`` projection stores its outputs per head, as
 [H, 3, Dh] (head-major, then query, key, value); it is cut at load time into
-separate q, k and v kernels, so that a tensor-parallel split over heads is the
-same as every other family's. Torch ``Linear`` weights [out, in] are
-transposed to kernels [in, out].
+separate q, k and v kernels [D, H, Dh] (biases [H, Dh]), and the output
+kernel is [H, Dh, D], so that a tensor-parallel split over heads is the same
+as every other family's. Torch ``Linear`` weights [out, in] are transposed to
+kernels [in, out].
 """
 
 from __future__ import annotations
@@ -28,14 +29,14 @@ import jax.numpy as jnp
 
 from sdsl_jax.common.errors import CheckpointError
 from sdsl_jax.hf.kv_cache import cached_attention, check_forward_inputs, init_kv_cache, positions
-from sdsl_jax.hf.layers import ACTIVATIONS, dense, layer_norm
+from sdsl_jax.hf.layers import ACTIVATIONS, dense, from_heads, layer_norm, to_heads
 from sdsl_jax.hf.layout import ConfigReader, WeightReader
 from sdsl_jax.hf.rotary import RotarySpec, read_rotary, rotate
 from sdsl_jax.hf.safetensors_io import SafetensorsCheckpoint
 from sdsl_jax.hf.tensor_parallel import tensor_parallel_rules
 
-PARAM_SHARDING = tensor_parallel_rules("layers", column=("q_proj", "k_proj", "v_proj", "mlp_in"),
-                                       row=("o_proj", "mlp_out"))
+PARAM_SHARDING = tensor_parallel_rules("layers", to_heads=("q_proj", "k_proj", "v_proj"), from_heads=("o_proj",),
+                                       column=("mlp_in",), row=("mlp_out",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +97,9 @@ def load_gpt_neox_params(spec: GPTNeoXSpec, checkpoint: SafetensorsCheckpoint) -
     D, L, V, F, H, Dh = (spec.hidden_size, spec.num_layers, spec.vocab_size, spec.intermediate_size,
                          spec.num_heads, spec.head_dim)
 
-    def linear(name, n_in, n_out, bias=True):
-        p = {"kernel": w.stacked(f"layers.{{}}.{name}.weight", L, (n_out, n_in), transpose=True)}
+    def linear(name, n_in, n_out, bias=True, kernel_view=None):
+        p = {"kernel": w.stacked(f"layers.{{}}.{name}.weight", L, (n_out, n_in), transpose=True,
+                                 view=kernel_view)}
         if bias:
             p["bias"] = w.stacked(f"layers.{{}}.{name}.bias", L, (n_out,))
         return p
@@ -108,17 +110,15 @@ def load_gpt_neox_params(spec: GPTNeoXSpec, checkpoint: SafetensorsCheckpoint) -
 
     # Output unit (h, part, d) of the fused projection is q/k/v (part 0/1/2) of head h.
     qkv = "layers.{}.attention.query_key_value"
-    kernels = w.stacked_parts(qkv + ".weight", L, (3 * D, D), transpose=True,
-                              split=lambda a: tuple(a.reshape(D, H, 3, Dh)[:, :, i].reshape(D, D) for i in range(3)))
+    kernels = w.stacked_parts(qkv + ".weight", L, (3 * D, D), view=(D, H, 3, Dh), part_axis=2, transpose=True)
     layers = {name: {"kernel": kernel} for name, kernel in zip(("q_proj", "k_proj", "v_proj"), kernels)}
     if spec.attention_bias:
-        biases = w.stacked_parts(qkv + ".bias", L, (3 * D,),
-                                 split=lambda a: tuple(a.reshape(H, 3, Dh)[:, i].reshape(D) for i in range(3)))
+        biases = w.stacked_parts(qkv + ".bias", L, (3 * D,), view=(H, 3, Dh), part_axis=1)
         for name, bias in zip(("q_proj", "k_proj", "v_proj"), biases):
             layers[name]["bias"] = bias
     layers.update({
         "input_norm": norm("layers.{}.input_layernorm"),
-        "o_proj": linear("attention.dense", D, D, spec.attention_bias),
+        "o_proj": linear("attention.dense", D, D, spec.attention_bias, kernel_view=(H, Dh, D)),
         "post_attention_norm": norm("layers.{}.post_attention_layernorm"),
         "mlp_in": linear("mlp.dense_h_to_4h", D, F),
         "mlp_out": linear("mlp.dense_4h_to_h", F, D),
@@ -145,23 +145,20 @@ def gpt_neox_forward(spec: GPTNeoXSpec, params: dict, tokens: jax.Array, start: 
                      cache: dict) -> tuple[jax.Array, dict]:
     """Logits [B, T, V] for ``tokens`` at positions ``start[b] + t``, and the updated cache."""
     check_forward_inputs(tokens, start, cache, spec.vocab_size)
-    batch, num_tokens = tokens.shape
+    num_tokens = tokens.shape[1]
     act = ACTIVATIONS[spec.activation]
     eps = spec.layer_norm_eps
     token_positions = positions(start, num_tokens)
     h = params["embed_in"][tokens]
 
-    def heads(x):
-        return x.reshape(batch, num_tokens, spec.num_heads, spec.head_dim)
-
     def block(h, layer):
         p, k_cache, v_cache = layer
         x = layer_norm(h, p["input_norm"], eps)
-        q = rotate(heads(dense(x, p["q_proj"])), token_positions, spec.rotary)
-        k = rotate(heads(dense(x, p["k_proj"])), token_positions, spec.rotary)
-        out, k_cache, v_cache = cached_attention(q, k, heads(dense(x, p["v_proj"])), k_cache, v_cache, start,
+        q = rotate(to_heads(x, p["q_proj"]), token_positions, spec.rotary)
+        k = rotate(to_heads(x, p["k_proj"]), token_positions, spec.rotary)
+        out, k_cache, v_cache = cached_attention(q, k, to_heads(x, p["v_proj"]), k_cache, v_cache, start,
                                                  spec.head_dim ** -0.5)
-        attn = dense(out.reshape(batch, num_tokens, spec.hidden_size), p["o_proj"])
+        attn = from_heads(out, p["o_proj"])
         mlp_input = h if spec.parallel_residual else h + attn
         mlp = dense(act(dense(layer_norm(mlp_input, p["post_attention_norm"], eps), p["mlp_in"])), p["mlp_out"])
         return h + attn + mlp, (k_cache, v_cache)

@@ -1,4 +1,5 @@
-"""The small pieces the checkpoints' blocks are made of: layer norm, RMS norm, activations, dense.
+"""The small pieces the checkpoints' blocks are made of: layer norm, RMS norm, activations,
+dense layers and the projections into and out of attention heads.
 
 Each matches its PyTorch counterpart in transformers to float32 rounding:
 layer norm uses the biased variance with eps inside the square root, RMS norm
@@ -43,6 +44,24 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
 def dense(x: jax.Array, params: dict) -> jax.Array:
     """``x @ kernel (+ bias)``; kernel is [in, out]."""
     y = x @ params["kernel"]
+    if "bias" in params:
+        y = y + params["bias"]
+    return y
+
+
+def to_heads(x: jax.Array, params: dict) -> jax.Array:
+    """A projection into attention heads: ``x`` [..., D] by kernel [D, H, Dh] (+ bias
+    [H, Dh]) to [..., H, Dh]; the heads axis is kept apart so it can be split over devices."""
+    y = jnp.einsum("...d,dhk->...hk", x, params["kernel"])
+    if "bias" in params:
+        y = y + params["bias"]
+    return y
+
+
+def from_heads(x: jax.Array, params: dict) -> jax.Array:
+    """The projection out of attention heads: ``x`` [..., H, Dh] by kernel [H, Dh, D]
+    (+ bias [D]) to [..., D], summing over heads and their channels."""
+    y = jnp.einsum("...hk,hkd->...d", x, params["kernel"])
     if "bias" in params:
         y = y + params["bias"]
     return y

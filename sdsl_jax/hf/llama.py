@@ -26,8 +26,11 @@ A sliding window hides keys more than ``sliding_window - 1`` positions back;
 and full causal attention agree. Mixture-of-experts variants are refused.
 
 Torch ``Linear`` weights [out, in] are transposed to kernels [in, out] on
-load. Params: ``embed_tokens [V, D]``, ``norm``, optional ``lm_head [V, D]``
-and ``layers`` with every leaf stacked over a leading layer axis.
+load, with the attention's heads axis apart: q, k, v kernels [D, H, Dh] and
+biases [H, Dh], the output kernel [H, Dh, D] (sdsl_jax/hf/tensor_parallel.py
+splits them by whole heads). Params: ``embed_tokens [V, D]``, ``norm``,
+optional ``lm_head [V, D]`` and ``layers`` with every leaf stacked over a
+leading layer axis.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import jax.numpy as jnp
 
 from sdsl_jax.common.errors import CheckpointError
 from sdsl_jax.hf.kv_cache import cached_attention, check_forward_inputs, init_kv_cache, positions
-from sdsl_jax.hf.layers import ACTIVATIONS, dense, rms_norm
+from sdsl_jax.hf.layers import ACTIVATIONS, dense, from_heads, rms_norm, to_heads
 from sdsl_jax.hf.layout import ConfigReader, WeightReader
 from sdsl_jax.hf.rotary import RotarySpec, read_rotary, rotate
 from sdsl_jax.hf.safetensors_io import SafetensorsCheckpoint
@@ -61,8 +64,8 @@ _DEFAULTS = {
 # Keys of mixture-of-experts configs (Mixtral, Qwen-MoE, DeepSeek): a different MLP.
 _EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size")
 
-PARAM_SHARDING = tensor_parallel_rules("layers", column=("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"),
-                                       row=("o_proj", "down_proj"))
+PARAM_SHARDING = tensor_parallel_rules("layers", to_heads=("q_proj", "k_proj", "v_proj"), from_heads=("o_proj",),
+                                       column=("gate_proj", "up_proj"), row=("down_proj",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,23 +171,27 @@ def load_llama_params(spec: LlamaSpec, checkpoint: SafetensorsCheckpoint) -> dic
     # ...ForCausalLM saves "model.*" and "lm_head.weight"; a bare ...Model has no prefix.
     w = WeightReader(checkpoint, ("model.", ""), "embed_tokens.weight", spec.dtype)
     D, L, V, F = spec.hidden_size, spec.num_layers, spec.vocab_size, spec.intermediate_size
-    q_width, kv_width = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+    H, Hkv, Dh = spec.num_heads, spec.num_kv_heads, spec.head_dim
 
-    def linear(name, n_in, n_out, bias):
-        p = {"kernel": w.stacked(f"layers.{{}}.{name}.weight", L, (n_out, n_in), transpose=True)}
+    def linear(name, n_in, n_out, bias, kernel_view=None, bias_view=None):
+        p = {"kernel": w.stacked(f"layers.{{}}.{name}.weight", L, (n_out, n_in), transpose=True,
+                                 view=kernel_view)}
         if bias:
-            p["bias"] = w.stacked(f"layers.{{}}.{name}.bias", L, (n_out,))
+            p["bias"] = w.stacked(f"layers.{{}}.{name}.bias", L, (n_out,), view=bias_view)
         return p
+
+    def into_heads(name, heads):  # kernel [D, heads, Dh], bias [heads, Dh]
+        return linear(name, D, heads * Dh, spec.qkv_bias, (D, heads, Dh), (heads, Dh))
 
     def norm(name, width):
         return {"scale": w.stacked(f"layers.{{}}.{name}.weight", L, (width,))}
 
     layers = {
         "input_norm": norm("input_layernorm", D),
-        "q_proj": linear("self_attn.q_proj", D, q_width, spec.qkv_bias),
-        "k_proj": linear("self_attn.k_proj", D, kv_width, spec.qkv_bias),
-        "v_proj": linear("self_attn.v_proj", D, kv_width, spec.qkv_bias),
-        "o_proj": linear("self_attn.o_proj", q_width, D, spec.out_bias),
+        "q_proj": into_heads("self_attn.q_proj", H),
+        "k_proj": into_heads("self_attn.k_proj", Hkv),
+        "v_proj": into_heads("self_attn.v_proj", Hkv),
+        "o_proj": linear("self_attn.o_proj", H * Dh, D, spec.out_bias, (H, Dh, D)),
         "post_attention_norm": norm("post_attention_layernorm", D),
         "gate_proj": linear("mlp.gate_proj", D, F, spec.mlp_bias),
         "up_proj": linear("mlp.up_proj", D, F, spec.mlp_bias),
@@ -214,28 +221,23 @@ def llama_forward(spec: LlamaSpec, params: dict, tokens: jax.Array, start: jax.A
                   cache: dict) -> tuple[jax.Array, dict]:
     """Logits [B, T, V] for ``tokens`` at positions ``start[b] + t``, and the updated cache."""
     check_forward_inputs(tokens, start, cache, spec.vocab_size)
-    batch, num_tokens = tokens.shape
+    num_tokens = tokens.shape[1]
     act = ACTIVATIONS[spec.activation]
     eps = spec.rms_norm_eps
     token_positions = positions(start, num_tokens)
     h = params["embed_tokens"][tokens]
 
-    def heads(x, count):
-        return x.reshape(batch, num_tokens, count, spec.head_dim)
-
     def block(h, layer):
         p, k_cache, v_cache = layer
         x = rms_norm(h, p["input_norm"]["scale"], eps)
-        q = heads(dense(x, p["q_proj"]), spec.num_heads)
-        k = heads(dense(x, p["k_proj"]), spec.num_kv_heads)
-        v = heads(dense(x, p["v_proj"]), spec.num_kv_heads)
+        q, k, v = to_heads(x, p["q_proj"]), to_heads(x, p["k_proj"]), to_heads(x, p["v_proj"])
         if spec.qk_norm:
             q = rms_norm(q, p["q_norm"]["scale"], eps)
             k = rms_norm(k, p["k_norm"]["scale"], eps)
         q = rotate(q, token_positions, spec.rotary)
         k = rotate(k, token_positions, spec.rotary)
         out, k_cache, v_cache = cached_attention(q, k, v, k_cache, v_cache, start, spec.head_dim ** -0.5)
-        h = h + dense(out.reshape(batch, num_tokens, spec.num_heads * spec.head_dim), p["o_proj"])
+        h = h + from_heads(out, p["o_proj"])
         x = rms_norm(h, p["post_attention_norm"]["scale"], eps)
         h = h + dense(act(dense(x, p["gate_proj"])) * dense(x, p["up_proj"]), p["down_proj"])
         return h, (k_cache, v_cache)

@@ -14,7 +14,8 @@ Learned positions are looked up at ``position + 2``: fairseq reserved the
 first two rows of the table, which is why it holds ``max_position_embeddings
 + 2`` rows. Queries are scaled by ``head_dim ** -0.5`` after their bias.
 Torch ``Linear`` weights ([out, in]) are transposed to kernels [in, out] on
-load. The output head is tied to the token embedding unless the config says
+load, the attention's with their heads axis apart (q, k, v [D, H, Dh], output
+[H, Dh, D]) so that they are split over devices by whole heads. The output head is tied to the token embedding unless the config says
 otherwise.
 """
 
@@ -29,15 +30,15 @@ import jax.numpy as jnp
 from sdsl_jax.common.errors import CheckpointError
 from sdsl_jax.hf.layout import ConfigReader, WeightReader
 from sdsl_jax.hf.kv_cache import cached_attention, check_forward_inputs, init_kv_cache, positions
-from sdsl_jax.hf.layers import ACTIVATIONS, dense, layer_norm
+from sdsl_jax.hf.layers import ACTIVATIONS, dense, from_heads, layer_norm, to_heads
 from sdsl_jax.hf.safetensors_io import SafetensorsCheckpoint
 from sdsl_jax.hf.tensor_parallel import tensor_parallel_rules
 
 POSITION_OFFSET = 2
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which OPT never overrides
 
-PARAM_SHARDING = tensor_parallel_rules("layers", column=("q_proj", "k_proj", "v_proj", "fc1"),
-                                       row=("out_proj", "fc2"))
+PARAM_SHARDING = tensor_parallel_rules("layers", to_heads=("q_proj", "k_proj", "v_proj"), from_heads=("out_proj",),
+                                       column=("fc1",), row=("fc2",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +102,7 @@ def load_opt_params(spec: OPTSpec, checkpoint: SafetensorsCheckpoint) -> dict:
     # OPTForCausalLM saves "model.decoder.*"; OPTModel (older hub uploads) "decoder.*".
     w = WeightReader(checkpoint, ("model.decoder.", "decoder."), "embed_tokens.weight", spec.dtype)
     D, L, V, F, E = spec.hidden_size, spec.num_layers, spec.vocab_size, spec.ffn_size, spec.word_embed_dim
+    H, Dh = spec.num_heads, spec.head_dim
 
     def norm(template, stacked=True):
         if not spec.layer_norm_affine:
@@ -108,21 +110,24 @@ def load_opt_params(spec: OPTSpec, checkpoint: SafetensorsCheckpoint) -> dict:
         read = (lambda name, shape: w.stacked(name, L, shape)) if stacked else w.param
         return {"scale": read(template + ".weight", (D,)), "bias": read(template + ".bias", (D,))}
 
-    def linear(template, n_in, n_out):
-        p = {"kernel": w.stacked(template + ".weight", L, (n_out, n_in), transpose=True)}
+    def linear(template, n_in, n_out, kernel_view=None, bias_view=None):
+        p = {"kernel": w.stacked(template + ".weight", L, (n_out, n_in), transpose=True, view=kernel_view)}
         if spec.enable_bias:
-            p["bias"] = w.stacked(template + ".bias", L, (n_out,))
+            p["bias"] = w.stacked(template + ".bias", L, (n_out,), view=bias_view)
         return p
+
+    def into_heads(template):  # kernel [D, H, Dh], bias [H, Dh]
+        return linear(template, D, D, (D, H, Dh), (H, Dh))
 
     params = {
         "embed_tokens": w.param("embed_tokens.weight", (V, E)),
         "embed_positions": w.param("embed_positions.weight", (spec.max_positions + POSITION_OFFSET, D)),
         "layers": {
             "attn_norm": norm("layers.{}.self_attn_layer_norm"),
-            "q_proj": linear("layers.{}.self_attn.q_proj", D, D),
-            "k_proj": linear("layers.{}.self_attn.k_proj", D, D),
-            "v_proj": linear("layers.{}.self_attn.v_proj", D, D),
-            "out_proj": linear("layers.{}.self_attn.out_proj", D, D),
+            "q_proj": into_heads("layers.{}.self_attn.q_proj"),
+            "k_proj": into_heads("layers.{}.self_attn.k_proj"),
+            "v_proj": into_heads("layers.{}.self_attn.v_proj"),
+            "out_proj": linear("layers.{}.self_attn.out_proj", D, D, kernel_view=(H, Dh, D)),
             "mlp_norm": norm("layers.{}.final_layer_norm"),
             "fc1": linear("layers.{}.fc1", D, F),
             "fc2": linear("layers.{}.fc2", F, D),
@@ -148,7 +153,7 @@ def opt_forward(spec: OPTSpec, params: dict, tokens: jax.Array, start: jax.Array
                 cache: dict) -> tuple[jax.Array, dict]:
     """Logits [B, T, V] for ``tokens`` at positions ``start[b] + t``, and the updated cache."""
     check_forward_inputs(tokens, start, cache, spec.vocab_size)
-    batch, num_tokens = tokens.shape
+    num_tokens = tokens.shape[1]
     act = ACTIVATIONS[spec.activation]
     h = params["embed_tokens"][tokens]
     if spec.projects_embeddings:
@@ -156,16 +161,13 @@ def opt_forward(spec: OPTSpec, params: dict, tokens: jax.Array, start: jax.Array
     h = h + params["embed_positions"][positions(start, num_tokens) + POSITION_OFFSET]
     query_scale = 1.0 / math.sqrt(spec.head_dim)
 
-    def heads(x):
-        return x.reshape(batch, num_tokens, spec.num_heads, spec.head_dim)
-
     def block(h, layer):
         p, k_cache, v_cache = layer
         x = layer_norm(h, p["attn_norm"], LAYER_NORM_EPS) if spec.layer_norm_before else h
-        q = dense(x, p["q_proj"]) * query_scale
-        out, k_cache, v_cache = cached_attention(heads(q), heads(dense(x, p["k_proj"])), heads(dense(x, p["v_proj"])),
+        q = to_heads(x, p["q_proj"]) * query_scale
+        out, k_cache, v_cache = cached_attention(q, to_heads(x, p["k_proj"]), to_heads(x, p["v_proj"]),
                                                  k_cache, v_cache, start, 1.0)
-        h = h + dense(out.reshape(batch, num_tokens, spec.hidden_size), p["out_proj"])
+        h = h + from_heads(out, p["out_proj"])
         if not spec.layer_norm_before:
             h = layer_norm(h, p["attn_norm"], LAYER_NORM_EPS)
         x = layer_norm(h, p["mlp_norm"], LAYER_NORM_EPS) if spec.layer_norm_before else h

@@ -94,6 +94,9 @@ class SafetensorsFile:
     def shape(self, name: str) -> tuple[int, ...]:
         return self._entries[name][1]
 
+    def dtype(self, name: str) -> np.dtype:
+        return self._entries[name][0]
+
     def read(self, name: str) -> np.ndarray:
         """The tensor as a read-only numpy array backed by the file (no copy)."""
         if name not in self._entries:
@@ -180,6 +183,15 @@ class SafetensorsCheckpoint:
 
     def file_of(self, name: str) -> str:
         return os.path.join(self.directory, self._where[name])
+
+    def header(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        """The shape and dtype of tensor ``name`` from its file's header, without reading it.
+        A tensor asked about counts as read: its model uses it."""
+        if name not in self._where:
+            raise CheckpointError(f"{self.directory}: the checkpoint has no tensor named {name!r}")
+        self.names_read.add(name)
+        shard = self._files[self._where[name]]
+        return shard.shape(name), shard.dtype(name)
 
     def read(self, name: str) -> np.ndarray:
         if name not in self._where:

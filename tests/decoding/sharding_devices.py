@@ -8,9 +8,14 @@ test module.
 
 The models are GPT-2 checkpoints written here with random weights and loaded
 through :func:`sdsl_jax.hf.load_hf_decoder`, so their tensor-parallel
-annotations are the loader's own. The target has 8 heads (one per device);
-the draft's MLP width (60) does not divide by 8, so its MLP falls back to
-replication while its attention is split.
+annotations are the loader's own. The target has 8 heads (one per device) and
+is loaded straight onto the mesh (``mesh=``), then compared with loading it
+on one device and sharding it; the draft's MLP width (60) does not divide by
+8, so its MLP falls back to replication while its attention is split. A
+Llama checkpoint with grouped-query attention, 12 query heads and 4
+key/value heads (neither divides by 8), checks that attention is then
+replicated by whole heads while the MLP is split, and decodes greedily as on
+one device.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ LOOKAHEAD = 2
 EMBED_STD = 0.25  # logits of std ~1.4: laws far from uniform, yet few cells of the window's law are rare
 WINDOW = 4  # generated tokens whose joint law is tested: first token, 2 drafts, the bonus
 PROMPT = [1, 2, 0]
+# Grouped-query attention whose heads do not divide by 8 devices; its MLP (64 units) does.
+GQA = dict(vocab=64, width=48, heads=12, kv_heads=4, inner=64, layers=2, positions=64, seed=3)
+GQA_ROWS, GQA_NEW_TOKENS = 256, 8
+# Qwen2.5-7B's layer shapes: 28 query heads, 4 key/value heads, head_dim 128, MLP 18944.
+QWEN_7B = dict(layers=28, width=3584, heads=28, kv_heads=4, head_dim=128, inner=18944)
 
 
 def write_gpt2(directory, *, vocab, width, heads, layers, inner, positions, seed):
@@ -70,6 +80,39 @@ def write_gpt2(directory, *, vocab, width, heads, layers, inner, positions, seed
         json.dump({"model_type": "gpt2", "vocab_size": vocab, "n_embd": d, "n_head": heads,
                    "n_layer": layers, "n_inner": f, "n_positions": positions,
                    "activation_function": "gelu_new"}, config)
+    return directory
+
+
+def write_llama(directory, *, vocab, width, heads, kv_heads, inner, layers, positions, seed):
+    """A Llama checkpoint with grouped-query attention and attention biases, as
+    transformers saves one, with random weights (std 0.3: next-token laws far from uniform)."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    d, head_dim = width, width // heads
+
+    def normal(scale, *shape):
+        return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+    tensors = {"model.embed_tokens.weight": normal(1.0, vocab, d), "model.norm.weight": 1 + normal(0.1, d),
+               "lm_head.weight": normal(0.3, vocab, d)}
+    q, kv = heads * head_dim, kv_heads * head_dim
+    for i in range(layers):
+        for name, shape in (("input_layernorm.weight", (d,)), ("post_attention_layernorm.weight", (d,)),
+                            ("self_attn.q_proj.weight", (q, d)), ("self_attn.q_proj.bias", (q,)),
+                            ("self_attn.k_proj.weight", (kv, d)), ("self_attn.k_proj.bias", (kv,)),
+                            ("self_attn.v_proj.weight", (kv, d)), ("self_attn.v_proj.bias", (kv,)),
+                            ("self_attn.o_proj.weight", (d, q)), ("self_attn.o_proj.bias", (d,)),
+                            ("mlp.gate_proj.weight", (inner, d)), ("mlp.up_proj.weight", (inner, d)),
+                            ("mlp.down_proj.weight", (d, inner))):
+            tensors[f"model.layers.{i}.{name}"] = name.endswith("layernorm.weight") + normal(0.3, *shape)
+    os.makedirs(directory, exist_ok=True)
+    save_file(tensors, os.path.join(directory, "model.safetensors"))
+    with open(os.path.join(directory, "config.json"), "w") as config:
+        json.dump({"model_type": "llama", "vocab_size": vocab, "hidden_size": d, "num_attention_heads": heads,
+                   "num_key_value_heads": kv_heads, "intermediate_size": inner, "num_hidden_layers": layers,
+                   "max_position_embeddings": positions, "attention_bias": True,
+                   "tie_word_embeddings": False}, config)
     return directory
 
 
@@ -134,14 +177,52 @@ def main(folder: str) -> dict:
         timings[name] = [round(time.perf_counter() - start_time, 2), round(time.process_time(), 2)]
 
     report = {"devices": jax.device_count(), "timings": timings}
-    target = load_hf_decoder(write_gpt2(os.path.join(folder, "target"), vocab=VOCAB, width=WIDTH,
-                                        heads=HEADS, positions=POSITIONS, **TARGET))
+    target_dir = write_gpt2(os.path.join(folder, "target"), vocab=VOCAB, width=WIDTH, heads=HEADS,
+                            positions=POSITIONS, **TARGET)
+    target = load_hf_decoder(target_dir)
     draft = load_hf_decoder(write_gpt2(os.path.join(folder, "draft"), vocab=VOCAB, width=WIDTH,
                                        heads=HEADS, positions=POSITIONS, **DRAFT))
     mesh = sharding.make_mesh(8)
-    sharded_target = sharding.shard_decoder(target, mesh)
+    # The target the loop runs is loaded straight onto the mesh. Every transfer is
+    # recorded: each should go from a host (NumPy) array to its sharding on the mesh.
+    transfers, device_put = [], jax.device_put
+
+    def recording_device_put(x, *args, **kwargs):
+        destination = args[0] if args else kwargs.get("device")
+        transfers.append([type(x).__name__, type(destination).__name__,
+                          getattr(destination, "mesh", None) == mesh])
+        return device_put(x, *args, **kwargs)
+
+    jax.device_put = recording_device_put
+    try:
+        sharded_target = load_hf_decoder(target_dir, mesh=mesh)
+    finally:
+        jax.device_put = device_put
     sharded_draft = sharding.shard_decoder(draft, mesh)
     lap("setup")
+
+    # ---- Loading onto the mesh is loading on one device, then sharding.
+    after = sharding.shard_decoder(target, mesh)
+    pairs = list(zip(jax.tree_util.tree_flatten_with_path(sharded_target.params)[0],
+                     jax.tree_util.tree_leaves(after.params)))
+    # Equal wrappers, values and shardings make the loop's compiled programs the
+    # same; the logits of the two loads are compared below on the Llama model.
+    report["direct_load"] = {
+        "paths_equal": (jax.tree_util.tree_structure(sharded_target.params)
+                        == jax.tree_util.tree_structure(after.params)),
+        "values_equal": [sharding.leaf_path(path) for (path, leaf), other in pairs
+                         if np.array_equal(np.asarray(leaf), np.asarray(other))
+                         and leaf.dtype == other.dtype],
+        "shardings_equal": [sharding.leaf_path(path) for (path, leaf), other in pairs
+                            if leaf.sharding == other.sharding],
+        "leaves": len(pairs),
+        "transfers": transfers,
+        "wrappers_equal": [sharded_target.forward == after.forward,
+                           sharded_target.init_cache == after.init_cache,
+                           sharded_target.num_params == after.num_params == target.num_params],
+    }
+    del after
+    lap("direct load")
 
     # ---- Where the params are.
     def placement(decoder, sharded):
@@ -165,6 +246,19 @@ def main(folder: str) -> dict:
 
     report["target"] = placement(target, sharded_target)
     report["draft"] = placement(draft, sharded_draft)
+
+    # ---- Heads that do not divide by the mesh: 12 query and 4 key/value heads on 8 devices.
+    gqa_dir = write_llama(os.path.join(folder, "gqa"), **GQA)
+    gqa = load_hf_decoder(gqa_dir)
+    sharded_gqa = load_hf_decoder(gqa_dir, mesh=mesh)
+    report["gqa"] = placement(gqa, sharded_gqa)
+    report["gqa"]["cache_specs"] = {
+        sharding.leaf_path(path): str(leaf.sharding.spec)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(sharded_gqa.init_cache(2, 8))[0]}
+    report["gqa"]["greedy"] = gqa_greedy(gqa, sharded_gqa, sharding.shard_decoder(gqa, mesh))
+    # Qwen2.5-7B's layer shapes under the Llama rules, on 8 devices and on 4 (specs only).
+    report["qwen_7b_specs"] = {str(n): qwen_7b_specs(sharding.make_mesh(n), sharding) for n in (8, 4)}
+    lap("grouped-query heads")
     cache = sharded_target.init_cache(2, 8)
     report["cache_specs"] = {sharding.leaf_path(path): str(leaf.sharding.spec)
                              for path, leaf in jax.tree_util.tree_flatten_with_path(cache)[0]}
@@ -268,6 +362,82 @@ def main(folder: str) -> dict:
                        "replicated": list(sharding.describe_sharding(replicated).replicated_leaves)}
     lap("ngram")
     return report
+
+
+def gqa_greedy(one, sharded, after) -> dict:
+    """Greedy tokens of a decoder on one device and loaded onto the mesh, each by full
+    forwards over a growing buffer (no loop, no cache reuse), the one-device top-2
+    margins, and whether loading then sharding (``after``) gives the same logits."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    # forward and init_cache are static and compare by value: the decoder loaded onto
+    # the mesh and the one sharded after loading share one compiled program.
+    @functools.partial(jax.jit, static_argnums=(0, 1))
+    def last_logits(forward, init_cache, params, buffer, length):
+        logits, _ = forward(params, buffer, jnp.zeros(GQA_ROWS, jnp.int32), init_cache(*buffer.shape))
+        return logits[jnp.arange(GQA_ROWS), length - 1]
+
+    rng = np.random.default_rng(7)
+    lengths = rng.integers(1, PROMPT_LEN + 1, size=GQA_ROWS)
+    prompts = rng.integers(0, GQA["vocab"], (GQA_ROWS, PROMPT_LEN))
+    rows = np.arange(GQA_ROWS)
+    out = {}
+    for name, decoder in (("one", one), ("mesh", sharded)):
+        buffer = np.zeros((GQA_ROWS, PROMPT_LEN + GQA_NEW_TOKENS), np.int32)
+        buffer[:, :PROMPT_LEN] = prompts
+        length = lengths.copy()
+        tokens = np.zeros((GQA_ROWS, GQA_NEW_TOKENS), np.int32)
+        margins = np.zeros((GQA_ROWS, GQA_NEW_TOKENS), np.float32)
+        for j in range(GQA_NEW_TOKENS):
+            logits = np.asarray(last_logits(decoder.forward, decoder.init_cache, decoder.params,
+                                            jnp.asarray(buffer), jnp.asarray(length)))
+            if j == 0:
+                out[name + "_first_logits"] = logits
+                if name == "mesh":
+                    out["after_first_logits"] = np.asarray(last_logits(
+                        after.forward, after.init_cache, after.params, jnp.asarray(buffer), jnp.asarray(length)))
+            top = np.sort(logits, axis=-1)
+            tokens[:, j] = np.argmax(logits, axis=-1)
+            margins[:, j] = top[:, -1] - top[:, -2]
+            buffer[rows, length] = tokens[:, j]
+            length += 1
+        out[name] = (tokens, margins)
+    (one_tokens, margins), (mesh_tokens, _) = out["one"], out["mesh"]
+    one_logits, mesh_logits = out["one_first_logits"], out["mesh_first_logits"]
+    differs = one_tokens != mesh_tokens
+    first = np.where(differs.any(axis=1), differs.argmax(axis=1), GQA_NEW_TOKENS)
+    return {"rows": GQA_ROWS, "tokens": GQA_NEW_TOKENS, "rows_differing": int(differs.any(axis=1).sum()),
+            "margins_at_first_difference": [float(margins[b, first[b]])
+                                            for b in np.flatnonzero(first < GQA_NEW_TOKENS)],
+            "first_logits_max_difference": float(np.abs(one_logits - mesh_logits).max()),
+            "first_logits_scale": float(np.abs(one_logits).max()),
+            "load_then_shard_logits_equal": bool(np.array_equal(out["after_first_logits"], mesh_logits)),
+            "compiled_programs": last_logits._cache_size()}
+
+
+def qwen_7b_specs(mesh, sharding) -> dict:
+    """The partition specs the Llama rules give Qwen2.5-7B's attention, MLP and cache leaves."""
+    import jax
+    from sdsl_jax.hf import llama
+    from sdsl_jax.hf.kv_cache import KV_CACHE_SHARDING
+
+    c = QWEN_7B
+    L, D, H, Hkv, Dh, F = c["layers"], c["width"], c["heads"], c["kv_heads"], c["head_dim"], c["inner"]
+
+    def shaped(*shape):
+        return jax.ShapeDtypeStruct(shape, np.float32)
+
+    layers = {"q_proj": {"kernel": shaped(L, D, H, Dh), "bias": shaped(L, H, Dh)},
+              "k_proj": {"kernel": shaped(L, D, Hkv, Dh), "bias": shaped(L, Hkv, Dh)},
+              "o_proj": {"kernel": shaped(L, H, Dh, D)},
+              "gate_proj": {"kernel": shaped(L, D, F)}, "down_proj": {"kernel": shaped(L, F, D)}}
+    specs = sharding.tree_shardings({"layers": layers}, llama.PARAM_SHARDING, mesh)
+    specs.update(sharding.tree_shardings({"k": shaped(L, 1, 8, Hkv, Dh)}, KV_CACHE_SHARDING, mesh))
+    return {sharding.leaf_path(path): str(s.spec)
+            for path, s in jax.tree_util.tree_flatten_with_path(specs)[0]}
 
 
 if __name__ == "__main__":

@@ -224,7 +224,7 @@ def test_params_are_split_by_the_loaders_annotations(eight_devices):
     target = _leaves(eight_devices, "target")
     assert eight_devices["target"]["has_rules"]
     split_bytes = replicated_bytes = 0
-    columns = rows = 0
+    split_kernels = {}
     for path, leaf in target.items():
         size = 4 * math.prod(leaf["shape"])  # float32
         asked = leaf["asked"]
@@ -240,11 +240,13 @@ def test_params_are_split_by_the_loaders_annotations(eight_devices):
         piece[axis] //= 8
         assert leaf["shard_shapes"] == [str(piece)], path
         assert leaf["distinct_shards"] == 8, path
-        columns += axis == len(piece) - 1 and path.endswith("kernel")
-        rows += axis == 1 and len(piece) == 3
+        if path.endswith("kernel"):
+            split_kernels[path.split("/")[1]] = (axis, leaf["shape"][axis], len(piece))
         split_bytes += size
-    # q, k, v and the MLP's input are column-parallel; attention and MLP outputs row-parallel.
-    assert columns == 4 and rows == 2, (columns, rows)
+    # Attention is split by whole heads (one of the 8 a device): q, k, v kernels [L, D, H, Dh]
+    # on H, the output [L, H, Dh, D] on H; the MLP's input by its units, its output by its input.
+    assert split_kernels == {"q_proj": (2, 8, 4), "k_proj": (2, 8, 4), "v_proj": (2, 8, 4),
+                             "attn_out": (1, 8, 4), "mlp_in": (2, 64, 3), "mlp_out": (1, 64, 3)}
     assert eight_devices["target"]["bytes_per_device"] == [replicated_bytes + split_bytes // 8] * 8
     assert eight_devices["target"]["param_bytes"] == replicated_bytes + split_bytes
     assert eight_devices["target"]["unsplit"] == []
@@ -266,6 +268,67 @@ def test_an_axis_that_does_not_divide_is_replicated(eight_devices):
     assert "does not divide by 8" in eight_devices["draft"]["summary"]
     # Two key/value heads on eight devices: the cache is replicated.
     assert eight_devices["two_kv_heads_spec"] == "P(None, None, None, None, None)"
+
+
+@pytest.mark.slow
+def test_loading_onto_the_mesh_is_loading_then_sharding(eight_devices):
+    """load_hf_decoder(mesh=) places each weight straight from the file; the result is
+    shard_decoder's, leaf by leaf, wrapper by wrapper and in its logits."""
+    direct = eight_devices["direct_load"]
+    leaves = [leaf["path"] for leaf in eight_devices["target"]["leaves"]]
+    assert direct["paths_equal"] and direct["leaves"] == len(leaves) == 20
+    assert direct["values_equal"] == direct["shardings_equal"] == leaves
+    assert direct["wrappers_equal"] == [True, True, True]
+    # One transfer a leaf, from the file's NumPy array to the leaf's NamedSharding (JAX
+    # then sends each device its slice); no weight went to one device first.
+    assert direct["transfers"] == [["ndarray", "NamedSharding", True]] * len(leaves)
+    greedy = eight_devices["gqa"]["greedy"]
+    # The Llama model loaded onto the mesh and the one sharded after loading run one
+    # compiled program (besides the one-device program) and give the same logits.
+    assert greedy["load_then_shard_logits_equal"] and greedy["compiled_programs"] == 2
+
+
+@pytest.mark.slow
+def test_heads_that_do_not_divide_are_replicated_whole(eight_devices):
+    """12 query heads and 4 key/value heads on 8 devices: every attention leaf and the
+    cache stay whole (no device holds part of a head), the MLP is split, and greedy
+    decoding agrees with one device."""
+    gqa = eight_devices["gqa"]
+    leaves = _leaves(eight_devices, "gqa")
+    attention = {path for path in leaves if path.split("/")[1:2] in (["q_proj"], ["k_proj"], ["v_proj"],
+                                                                      ["o_proj"])}
+    assert len(attention) == 8  # q, k, v kernels and biases, o kernel and bias
+    for path in attention:
+        assert leaves[path]["distinct_shards"] == 1 and leaves[path]["shard_shapes"] == [
+            str(leaves[path]["shape"])], path
+    # The rules asked to split them (the bias after the output sum excepted): the fallback replicated.
+    assert sorted(gqa["unsplit"]) == sorted(attention - {"layers/o_proj/bias"})
+    assert sorted(gqa["split"]) == ["layers/down_proj/kernel", "layers/gate_proj/kernel",
+                                    "layers/up_proj/kernel"]
+    assert leaves["layers/gate_proj/kernel"]["shard_shapes"] == ["[2, 48, 8]"]
+    assert leaves["layers/down_proj/kernel"]["shard_shapes"] == ["[2, 8, 48]"]
+    assert gqa["cache_specs"] == {"k": "P(None, None, None, None, None)",
+                                  "v": "P(None, None, None, None, None)"}
+    greedy = gqa["greedy"]
+    assert all(m < TIE_MARGIN for m in greedy["margins_at_first_difference"]), greedy
+    assert greedy["rows_differing"] == len(greedy["margins_at_first_difference"]), greedy
+    assert greedy["rows"] * greedy["tokens"] >= 2000
+    # Only the MLP's all-reduce sums in another order: logits agree to float32 rounding.
+    assert greedy["first_logits_max_difference"] <= 1e-5 * max(1.0, greedy["first_logits_scale"]), greedy
+    # Qwen2.5-7B (28 query heads, 4 key/value heads): on 8 devices its attention and cache
+    # are replicated and its MLP split; on 4 devices everything is split by heads.
+    eight, four = eight_devices["qwen_7b_specs"]["8"], eight_devices["qwen_7b_specs"]["4"]
+    whole = {"layers/q_proj/kernel": "P(None, None, None, None)", "layers/q_proj/bias": "P(None, None, None)",
+             "layers/k_proj/kernel": "P(None, None, None, None)", "layers/k_proj/bias": "P(None, None, None)",
+             "layers/o_proj/kernel": "P(None, None, None, None)", "k": "P(None, None, None, None, None)"}
+    mlp = {"layers/gate_proj/kernel": "P(None, None, 'model')", "layers/down_proj/kernel": "P(None, 'model', None)"}
+    assert eight == {**whole, **mlp}
+    assert four == {**mlp, "layers/q_proj/kernel": "P(None, None, 'model', None)",
+                    "layers/q_proj/bias": "P(None, 'model', None)",
+                    "layers/k_proj/kernel": "P(None, None, 'model', None)",
+                    "layers/k_proj/bias": "P(None, 'model', None)",
+                    "layers/o_proj/kernel": "P(None, 'model', None, None)",
+                    "k": "P(None, None, None, 'model', None)"}
 
 
 @pytest.mark.slow

@@ -199,13 +199,14 @@ def _first_match(rules, path):
     return next((spec for pattern, spec in rules if re.fullmatch(pattern, path)), None)
 
 
-# What each family splits, written out here rather than derived from the rules: column-parallel
-# (output axis) and row-parallel (input axis) projections of the layer stack.
+# What each family splits, written out here rather than derived from the rules: the projections into
+# attention heads and out of them (split by heads), and the MLP's column-parallel (output axis) and
+# row-parallel (input axis) projections of the layer stack.
 SPLITS = {
-    "llama": ("layers", ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"), ("o_proj", "down_proj")),
-    "gpt_neox": ("layers", ("q_proj", "k_proj", "v_proj", "mlp_in"), ("o_proj", "mlp_out")),
-    "gpt2": ("blocks", ("q_proj", "k_proj", "v_proj", "mlp_in"), ("attn_out", "mlp_out")),
-    "opt": ("layers", ("q_proj", "k_proj", "v_proj", "fc1"), ("out_proj", "fc2")),
+    "llama": ("layers", ("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",)),
+    "gpt_neox": ("layers", ("q_proj", "k_proj", "v_proj"), ("o_proj",), ("mlp_in",), ("mlp_out",)),
+    "gpt2": ("blocks", ("q_proj", "k_proj", "v_proj"), ("attn_out",), ("mlp_in",), ("mlp_out",)),
+    "opt": ("layers", ("q_proj", "k_proj", "v_proj"), ("out_proj",), ("fc1",), ("fc2",)),
 }
 
 
@@ -231,28 +232,35 @@ def test_sharding_rules_match_exactly_the_split_leaves(checkpoints, gpt2_and_opt
     loaded.update({name: (directory, name, model) for name, (directory, model) in gpt2_and_opt.items()})
     for name, (directory, model_type, model) in loaded.items():
         decoder = load_hf_decoder(directory)
-        stack, column, row = SPLITS["llama" if model_type in ("mistral", "qwen2", "qwen3") else model_type]
+        stack, to_heads, from_heads, column, row = SPLITS[
+            "llama" if model_type in ("mistral", "qwen2", "qwen3") else model_type]
         config = model.config
         heads = config.num_attention_heads if hasattr(config, "num_attention_heads") else config.n_head
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         for path, leaf in _leaf_paths(decoder.params).items():
             spec = _first_match(decoder.param_sharding, path)
             parts = path.split("/")
-            if len(parts) == 3 and parts[0] == stack and parts[1] in column:
+            block = len(parts) == 3 and parts[0] == stack
+            if block and parts[1] in to_heads:
+                # kernel [L, D, H, Dh], bias [L, H, Dh]: split by heads.
+                expected = (None, None, "model", None) if parts[2] == "kernel" else (None, "model", None)
+            elif block and parts[1] in from_heads and parts[2] == "kernel":
+                expected = (None, "model", None, None)  # [L, H, Dh, D]
+            elif block and parts[1] in column:
                 expected = (None, None, "model") if parts[2] == "kernel" else (None, "model")
-            elif len(parts) == 3 and parts[0] == stack and parts[1] in row and parts[2] == "kernel":
+            elif block and parts[1] in row and parts[2] == "kernel":
                 expected = (None, "model", None)
             else:
                 expected = None  # replicated
             assert spec == expected, (name, path, spec)
             if spec is not None:
                 assert len(spec) == leaf.ndim, (name, path)
-                # The split axis holds whole heads: a multiple of the heads it serves.
+                # The split axis of an attention leaf is its heads axis: one index a head.
                 split_size = leaf.shape[spec.index("model")]
                 if parts[1] in ("k_proj", "v_proj"):
-                    assert split_size % kv_heads == 0, (name, path)
-                elif parts[1] in ("q_proj", "o_proj", "attn_out", "out_proj"):
-                    assert split_size % heads == 0, (name, path)
+                    assert split_size == kv_heads, (name, path, leaf.shape)
+                elif parts[1] in to_heads + from_heads:
+                    assert split_size == heads, (name, path, leaf.shape)
         # Every rule names a real leaf (a bias rule may find none in a bias-free family).
         paths = _leaf_paths(decoder.params)
         for pattern, _ in decoder.param_sharding:

@@ -230,6 +230,58 @@ def test_forward_and_init_cache_compare_by_value(checkpoints, decoders):
     assert _jit_forward._cache_size() == compiled
 
 
+def test_loading_onto_a_mesh_is_loading_then_sharding(checkpoints, decoders):
+    """With mesh=, the loader returns what shard_decoder makes of its one-device result:
+    equal leaves and placements, equal (hashable) wrappers, one compilation, the same
+    logits. (Eight devices: tests/decoding/test_sharding.py.)"""
+    from sdsl_jax.decoding.sharding import make_mesh, shard_decoder
+
+    directory, _, tokens, reference = checkpoints["gpt2"]
+    mesh = make_mesh(1)
+    direct = load_hf_decoder(directory, mesh=mesh)
+    after = shard_decoder(decoders["gpt2"], mesh)
+    assert jax.tree_util.tree_structure(direct.params) == jax.tree_util.tree_structure(after.params)
+    for leaf, other in zip(jax.tree_util.tree_leaves(direct.params), jax.tree_util.tree_leaves(after.params)):
+        assert leaf.sharding == other.sharding and leaf.dtype == other.dtype
+        np.testing.assert_array_equal(np.asarray(leaf), np.asarray(other))
+    assert (direct.forward, direct.init_cache, direct.num_params) == (after.forward, after.init_cache,
+                                                                        after.num_params)
+    logits = _logits(direct, tokens)
+    compiled = _jit_forward._cache_size()
+    np.testing.assert_array_equal(np.asarray(_logits(after, tokens)), np.asarray(logits))
+    assert _jit_forward._cache_size() == compiled
+    assert _max_diff(logits, reference) < LOGIT_ATOL
+    with pytest.raises(ValueError, match="axis named 'model'"):
+        load_hf_decoder(directory, mesh=jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",)))
+
+
+def test_weights_are_read_only_when_placed(checkpoints, monkeypatch):
+    """A loader's params are HostTensors whose shapes were checked against the file's
+    header; no tensor's bytes are read until a leaf is placed, one leaf at a time."""
+    from sdsl_jax.hf import ARCHITECTURES, layout
+    from sdsl_jax.hf.safetensors_io import SafetensorsCheckpoint
+
+    reads = []
+    original = SafetensorsFile.read
+    monkeypatch.setattr(SafetensorsFile, "read", lambda self, name: reads.append(name) or original(self, name))
+    for name in ("gpt2", "opt_350m_style"):
+        directory = checkpoints[name][0]
+        architecture = ARCHITECTURES[VARIANTS[name][0]]
+        spec = architecture.read_spec(json.loads((directory / "config.json").read_text()), "config.json",
+                                      "float32")
+        checkpoint = SafetensorsCheckpoint(directory)
+        params = architecture.load_params(spec, checkpoint)
+        leaves = jax.tree_util.tree_leaves(params)
+        assert reads == [] and all(isinstance(leaf, layout.HostTensor) for leaf in leaves)
+        assert set(checkpoint.names_read) == set(checkpoint.names)  # every tensor was accounted for
+        # Reading one leaf reads its own tensors (a stacked leaf: one per layer), as promised.
+        leaf = params["layers" if name.startswith("opt") else "blocks"]["mlp_in" if name == "gpt2" else "fc1"]
+        values = np.asarray(leaf["kernel"])
+        assert values.shape == leaf["kernel"].shape and values.dtype == np.float32
+        assert len(reads) == spec.num_layers
+        reads.clear()
+
+
 def test_safetensors_reader_matches_the_reference_library(tmp_path):
     from safetensors.torch import save_file
 
