@@ -111,7 +111,8 @@ def ngram_decoder(table: jax.Array, position_bias: jax.Array | None = None,
                              f"got {position_bias.shape}")
         params["position_bias"] = position_bias
     return Decoder(params=params, forward=ngram_forward, init_cache=init_token_cache,
-                   vocab_size=int(table.shape[-1]), num_params=_num_params(params), name=name)
+                   vocab_size=int(table.shape[-1]), num_params=_num_params(params), name=name,
+                   dtype=str(table.dtype))
 
 
 def random_ngram_decoder(seed: int, vocab_size: int, order: int, scale: float = 1.0,
@@ -165,4 +166,5 @@ def mlp_ngram_decoder(seed: int, table: jax.Array, width: int, depth: int,
         "mlp_scale": jnp.asarray(mlp_scale, dtype),
     }
     return Decoder(params=params, forward=ngram_forward, init_cache=init_token_cache,
-                   vocab_size=int(vocab_size), num_params=_num_params(params), name=name)
+                   vocab_size=int(vocab_size), num_params=_num_params(params), name=name,
+                   dtype=str(dtype))
