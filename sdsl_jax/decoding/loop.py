@@ -65,6 +65,17 @@ is worth donating: the prompts, lengths and keys are small and a caller
 :func:`compiled_memory` reports what both programs need (arguments, outputs,
 temporaries) from XLA's compiled memory analysis, on any device.
 
+The prefill reads a long prompt in chunks of C positions (a ``lax.scan``
+over one compiled forward, each chunk writing the caches as one call over
+the whole prompt would), keeping only each row's logits at its last prompt
+position. A forward over the whole padded prompt [B, P] would hold float32
+logits [B, P, V], which for Llama 3's 128,256-token vocabulary and 8
+prompts of 3,840 tokens is 15.8 GB, more than the target's cache; chunked,
+the logits peak at B x C x V, and the attention scores shrink with them.
+C comes from a byte budget (:data:`PREFILL_LOGITS_BYTES`, see
+:func:`prefill_chunk_size`); a prompt no longer than C is read in one call.
+The draft's prefill keeps no logits at all.
+
 The prefill is separate so that it can be timed on its own (time to first
 token): both models read the prompt and the target samples the first token.
 
@@ -170,11 +181,80 @@ class _Spec:
     lookahead: int
     max_new_tokens: int
     accept_fn: Callable
+    vocab_size: int = 0  # V, for the prefill's default chunk
+    prefill_chunk: int | None = None  # positions per prefill forward; None: from the budget
+
+
+# The most bytes of float32 logits one prefill forward may produce
+# (B x C x V x 4): 256 MiB keeps them well below a large target's cache.
+PREFILL_LOGITS_BYTES = 256 * 2**20
+
+
+def prefill_chunk_size(batch_size: int, vocab_size: int,
+                       budget_bytes: int = PREFILL_LOGITS_BYTES) -> int:
+    """C, the prompt positions one prefill forward reads by default.
+
+    The largest power of two (at least 1) whose float32 logits, ``batch_size
+    x C x vocab_size x 4`` bytes, fit in ``budget_bytes``: for 8 rows of
+    Llama 3's 128,256-token vocabulary and the default 256 MiB, C = 64. A
+    power of two keeps the chunk's matrix shapes friendly to the hardware.
+    Computed from static shapes, so it never causes a recompilation of its own.
+    """
+    batch_size = _validate.check_static_int("batch_size", batch_size, 1)
+    vocab_size = _validate.check_static_int("vocab_size", vocab_size, 1)
+    budget_bytes = _validate.check_static_int("budget_bytes", budget_bytes, 1)
+    fits = max(1, budget_bytes // (batch_size * vocab_size * 4))
+    return 1 << (fits.bit_length() - 1)
 
 
 def _take(sequence, positions):
     """sequence[b, positions[b, ...]] for each row b."""
     return jax.vmap(lambda row, idx: row[idx])(sequence, positions)
+
+
+def _chunk_starts(prompt_len: int, chunk: int) -> np.ndarray:
+    """First position of each chunk of a prompt read C positions at a time.
+
+    The last chunk ends at the prompt's end, overlapping the one before it
+    when C does not divide P: its overlapping positions are written again
+    with what they already hold (the same tokens at the same positions, over
+    a cache that is correct before them), so every chunk is one shape, read
+    by one compiled forward, and the cache never needs room beyond P."""
+    count = -(-prompt_len // chunk)
+    return np.minimum(np.arange(count) * chunk, prompt_len - chunk).astype(np.int32)
+
+
+def _read_prompt(forward, params, prompt_tokens, prompt_lengths, cache, chunk: int, *,
+                 keep_last: bool):
+    """Feed the prompts to a model, C positions per forward.
+
+    Returns (the logits at each row's last prompt position [B, V], or None
+    when ``keep_last`` is False; the cache). Only one chunk's logits [B, C, V]
+    exist at a time; the row's last position is selected as the chunks pass."""
+    batch, prompt_len = prompt_tokens.shape
+    zeros = jnp.zeros((batch,), jnp.int32)
+    if prompt_len <= chunk:
+        logits, cache = forward(params, prompt_tokens, zeros, cache)
+        return (_take(logits, prompt_lengths - 1) if keep_last else None), cache
+    last_at = prompt_lengths - 1
+
+    def read(carry, start):
+        cache, last = carry
+        window = jax.lax.dynamic_slice_in_dim(prompt_tokens, start, chunk, axis=1)
+        logits, cache = forward(params, window, zeros + start, cache)
+        if keep_last:
+            offset = last_at - start
+            inside = (offset >= 0) & (offset < chunk)
+            last = jnp.where(inside[:, None], _take(logits, jnp.clip(offset, 0, chunk - 1)), last)
+        return (cache, last), None
+
+    last = None
+    if keep_last:
+        shape = jax.eval_shape(forward, params, prompt_tokens[:, :chunk], zeros, cache)[0]
+        last = jnp.zeros((batch, shape.shape[-1]), shape.dtype)
+    (cache, last), _ = jax.lax.scan(read, (cache, last),
+                                    jnp.asarray(_chunk_starts(prompt_len, chunk)))
+    return last, cache
 
 
 def _prefill(draft_params, target_params, prompt_tokens, prompt_lengths, row_keys,
@@ -183,11 +263,12 @@ def _prefill(draft_params, target_params, prompt_tokens, prompt_lengths, row_key
     gamma = spec.lookahead
     max_len = prompt_len + spec.max_new_tokens + gamma + 1
     zeros = jnp.zeros((batch,), jnp.int32)
+    chunk = spec.prefill_chunk or prefill_chunk_size(batch, spec.vocab_size)
     target_cache = spec.target_init_cache(batch, max_len)
-    logits, target_cache = spec.target_forward(target_params, prompt_tokens, zeros, target_cache)
-    last = _take(logits, prompt_lengths - 1)  # [B, V]
+    last, target_cache = _read_prompt(spec.target_forward, target_params, prompt_tokens,
+                                      prompt_lengths, target_cache, chunk, keep_last=True)
     # Sampling runs in float32 at least, whatever precision the model computes in.
-    dtype = jnp.promote_types(logits.dtype, jnp.float32)
+    dtype = jnp.promote_types(last.dtype, jnp.float32)
     temperature, top_k, top_p, eos_token = settings
     temperature = jnp.asarray(temperature, dtype)
     top_k = jnp.asarray(top_k, jnp.int32)
@@ -201,7 +282,8 @@ def _prefill(draft_params, target_params, prompt_tokens, prompt_lengths, row_key
     draft_cache = None
     if spec.draft_forward is not None:
         draft_cache = spec.draft_init_cache(batch, max_len)
-        _, draft_cache = spec.draft_forward(draft_params, prompt_tokens, zeros, draft_cache)
+        _, draft_cache = _read_prompt(spec.draft_forward, draft_params, prompt_tokens,
+                                      prompt_lengths, draft_cache, chunk, keep_last=False)
     sequence = jnp.zeros((batch, max_len), jnp.int32).at[:, :prompt_len].set(prompt_tokens)
     sequence = sequence.at[jnp.arange(batch), prompt_lengths].set(first)
     return DecodeState(
@@ -475,20 +557,30 @@ def _check_inputs(draft, target, prompt_tokens, prompt_lengths, lookahead, max_n
     return tokens.astype(jnp.int32), lengths.astype(jnp.int32), lookahead, max_new_tokens, settings
 
 
-def _spec(draft, target, lookahead, max_new_tokens, accept_fn=None) -> _Spec:
-    """The static part of a run. The prefill does not use the acceptance rule;
-    leaving it None there lets runs that differ only in the rule share it."""
+def _spec(draft, target, lookahead, max_new_tokens, accept_fn=None,
+          prefill_chunk=None) -> _Spec:
+    """The static part of a run. The prefill does not use the acceptance rule
+    and the decode does not use the prefill's chunk; leaving each None where it
+    is not used lets runs that differ only in it share the other program."""
     use_draft = lookahead > 0
     return _Spec(draft_forward=draft.forward if use_draft else None,
                  draft_init_cache=draft.init_cache if use_draft else None,
                  target_forward=target.forward, target_init_cache=target.init_cache,
-                 lookahead=lookahead, max_new_tokens=max_new_tokens, accept_fn=accept_fn)
+                 lookahead=lookahead, max_new_tokens=max_new_tokens, accept_fn=accept_fn,
+                 vocab_size=target.vocab_size, prefill_chunk=prefill_chunk)
+
+
+def _check_prefill_chunk(prefill_chunk):
+    if prefill_chunk is None:
+        return None
+    return _validate.check_static_int("prefill_chunk", prefill_chunk, 1,
+                                      fixes="the prefill's chunk shape")
 
 
 def prefill(draft: Decoder | None, target: Decoder, prompt_tokens: jax.Array,
             prompt_lengths: jax.Array, row_keys: jax.Array, *, lookahead: int,
             max_new_tokens: int, temperature=1.0, top_k: int = 0, top_p: float = 1.0,
-            eos_token: int | None = None) -> DecodeState:
+            eos_token: int | None = None, prefill_chunk: int | None = None) -> DecodeState:
     """Read the prompts with both models and sample each row's first token from the target.
 
     Args:
@@ -506,6 +598,10 @@ def prefill(draft: Decoder | None, target: Decoder, prompt_tokens: jax.Array,
         top_p, in (0, 1]; 1 is off.
       eos_token: a row stops when it commits this token (None: rows run to
         max_new_tokens).
+      prefill_chunk: C >= 1, the prompt positions each forward reads (None:
+        :func:`prefill_chunk_size` of the batch and the vocabulary). The
+        logits held at once are B x C x V; the result is the same for every C
+        up to float rounding.
 
     Returns:
       The :class:`DecodeState` to pass, once, to :func:`decode` with the same
@@ -515,7 +611,8 @@ def prefill(draft: Decoder | None, target: Decoder, prompt_tokens: jax.Array,
     tokens, lengths, lookahead, max_new_tokens, settings = _check_inputs(
         draft, target, prompt_tokens, prompt_lengths, lookahead, max_new_tokens, temperature,
         top_k, top_p, eos_token)
-    spec = _spec(draft, target, lookahead, max_new_tokens)
+    spec = _spec(draft, target, lookahead, max_new_tokens,
+                 prefill_chunk=_check_prefill_chunk(prefill_chunk))
     return _prefill_jit(draft.params if lookahead > 0 else None, target.params, tokens, lengths,
                         row_keys, settings, spec=spec)
 
@@ -550,7 +647,8 @@ def decode(draft: Decoder | None, target: Decoder, state: DecodeState, *, lookah
 def staged_generate(draft: Decoder | None, target: Decoder, prompt_tokens: jax.Array,
                     prompt_lengths: jax.Array, row_keys: jax.Array, *, lookahead: int,
                     max_new_tokens: int, temperature=1.0, top_k: int = 0, top_p: float = 1.0,
-                    eos_token: int | None = None, accept_fn: AcceptFn = speculative_accept):
+                    eos_token: int | None = None, accept_fn: AcceptFn = speculative_accept,
+                    prefill_chunk: int | None = None):
     """:func:`prefill` and :func:`decode` as two stages that run only compiled code.
 
     Inputs are checked and put on the device here, before either stage runs,
@@ -570,7 +668,8 @@ def staged_generate(draft: Decoder | None, target: Decoder, prompt_tokens: jax.A
         top_k, top_p, eos_token)
     # The prefill leaves the acceptance rule out of its static settings, so
     # runs that differ only in the rule share its compilation.
-    prefill_spec = _spec(draft, target, lookahead, max_new_tokens)
+    prefill_spec = _spec(draft, target, lookahead, max_new_tokens,
+                         prefill_chunk=_check_prefill_chunk(prefill_chunk))
     decode_spec = _spec(draft, target, lookahead, max_new_tokens, accept_fn)
     draft_params = draft.params if lookahead > 0 else None
     tokens, lengths, row_keys, settings = jax.block_until_ready(
@@ -592,7 +691,8 @@ def speculative_generate(draft: Decoder | None, target: Decoder, prompt_tokens: 
                          max_new_tokens: int, temperature=1.0, top_k: int = 0,
                          top_p: float = 1.0, eos_token: int | None = None,
                          row_ids: jax.Array | None = None,
-                         accept_fn: AcceptFn = speculative_accept) -> Generation:
+                         accept_fn: AcceptFn = speculative_accept,
+                         prefill_chunk: int | None = None) -> Generation:
     """Speculative decoding of a batch of prompts: :func:`prefill` then :func:`decode`.
 
     Args:
@@ -608,7 +708,7 @@ def speculative_generate(draft: Decoder | None, target: Decoder, prompt_tokens: 
     ids = jnp.arange(batch) if row_ids is None else jnp.asarray(row_ids)
     state = prefill(draft, target, prompt_tokens, prompt_lengths, row_keys(key, ids),
                     lookahead=lookahead, max_new_tokens=max_new_tokens, temperature=temperature,
-                    top_k=top_k, top_p=top_p, eos_token=eos_token)
+                    top_k=top_k, top_p=top_p, eos_token=eos_token, prefill_chunk=prefill_chunk)
     return decode(draft, target, state, lookahead=lookahead, max_new_tokens=max_new_tokens,
                   accept_fn=accept_fn)
 
@@ -650,7 +750,8 @@ def _program_memory(compiled) -> ProgramMemory | None:
 
 def compiled_memory(draft: Decoder | None, target: Decoder, *, batch_size: int, prompt_len: int,
                     lookahead: int, max_new_tokens: int,
-                    accept_fn: AcceptFn = speculative_accept) -> dict[str, ProgramMemory | None]:
+                    accept_fn: AcceptFn = speculative_accept,
+                    prefill_chunk: int | None = None) -> dict[str, ProgramMemory | None]:
     """The memory the prefill and decode programs of a run need, for the given shapes.
 
     Compiles both programs for ``batch_size`` prompts padded to
@@ -659,7 +760,8 @@ def compiled_memory(draft: Decoder | None, target: Decoder, *, batch_size: int, 
     also where the device keeps none (CPU). The decode's arguments hold the
     donated state, so its ``alias_bytes`` covers the caches, updated in place.
     Per device, with the weights' shardings as given (their arrays are only
-    looked at, not used).
+    looked at, not used). ``prefill_chunk`` is the prefill's, as in
+    :func:`prefill` (None: the default a run uses).
 
     Returns:
       ``{"prefill": ProgramMemory, "decode": ProgramMemory}`` (None for a
@@ -674,7 +776,9 @@ def compiled_memory(draft: Decoder | None, target: Decoder, *, batch_size: int, 
     keys = row_keys(jax.random.PRNGKey(0), jnp.arange(batch_size))
     draft_params = draft.params if lookahead > 0 else None
     prefill = _prefill_jit.lower(draft_params, target.params, tokens, lengths, keys, settings,
-                                 spec=_spec(draft, target, lookahead, max_new_tokens)).compile()
+                                 spec=_spec(draft, target, lookahead, max_new_tokens,
+                                            prefill_chunk=_check_prefill_chunk(prefill_chunk))
+                                 ).compile()
     # The decode is compiled for the state the prefill returns, shardings included.
     state = prefill.out_info
     decode = _decode_jit.lower(draft_params, target.params, state,

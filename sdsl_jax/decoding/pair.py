@@ -214,26 +214,55 @@ def measure_pair(draft: Decoder, target: Decoder, prompts: Sequence[Sequence[int
 # prompts the acceptance is measured on).
 
 
-def _prompt_nll(forward, init_cache, params, tokens, lengths):
+def _prompt_nll(forward, init_cache, chunk, params, tokens, lengths):
+    """Summed next-token NLL per row, reading the prompts C = ``chunk`` positions
+    per forward, so only one chunk's logits [B, C, V] exist at a time."""
     batch, width = tokens.shape
-    logits, _ = forward(params, tokens, jnp.zeros((batch,), jnp.int32),
-                        init_cache(batch, width))
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.promote_types(logits.dtype, jnp.float32)))
-    picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-    # Position t predicts token t + 1; only tokens inside the prompt are scored.
-    scored = jnp.arange(1, width)[None, :] < lengths[:, None]
-    return -jnp.sum(jnp.where(scored, picked, 0.0), axis=1), jnp.sum(scored, axis=1)
+    chunk = min(chunk, width)
+    # Position t predicts token t + 1: the next token of every position, and
+    # only tokens inside the prompt are scored (the last column predicts none).
+    following = jnp.concatenate([tokens[:, 1:], jnp.zeros((batch, 1), tokens.dtype)], axis=1)
+    count = -(-width // chunk)
+    # The last chunk ends at the prompt's end and may overlap the one before;
+    # it scores only the positions from i * C on, so none is counted twice.
+    firsts = np.arange(count) * chunk
+    starts = np.minimum(firsts, width - chunk)
+
+    def read(carry, start_first):
+        cache, nll = carry
+        start, first = start_first
+        window = jax.lax.dynamic_slice_in_dim(tokens, start, chunk, axis=1)
+        logits, cache = forward(params, window, jnp.zeros((batch,), jnp.int32) + start, cache)
+        logp = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
+        nexts = jax.lax.dynamic_slice_in_dim(following, start, chunk, axis=1)
+        picked = jnp.take_along_axis(logp, nexts[..., None], axis=-1)[..., 0]
+        position = start + jnp.arange(chunk)
+        scored = (position[None, :] >= first) & (position[None, :] + 1 < lengths[:, None])
+        return (cache, nll - jnp.sum(jnp.where(scored, picked, 0.0), axis=1)), None
+
+    cache = init_cache(batch, width)
+    logits = jax.eval_shape(forward, params, tokens[:, :chunk], jnp.zeros((batch,), jnp.int32),
+                            cache)[0]
+    nll = jnp.zeros((batch,), jnp.promote_types(logits.dtype, jnp.float32))
+    (_, nll), _ = jax.lax.scan(read, (cache, nll),
+                               (jnp.asarray(starts, jnp.int32), jnp.asarray(firsts, jnp.int32)))
+    return nll, jnp.sum(jnp.arange(1, width)[None, :] < lengths[:, None], axis=1)
 
 
-_prompt_nll_jit = jax.jit(_prompt_nll, static_argnums=(0, 1))
+_prompt_nll_jit = jax.jit(_prompt_nll, static_argnums=(0, 1, 2))
 
 
-def prompt_log_likelihood(decoder: Decoder, prompt_tokens, prompt_lengths):
+def prompt_log_likelihood(decoder: Decoder, prompt_tokens, prompt_lengths, *,
+                          prefill_chunk: int | None = None):
     """Teacher-forced negative log-likelihood of each prompt under ``decoder``.
 
     Args:
       prompt_tokens: int[B, P], left-aligned (see :func:`loop.pad_prompts`).
       prompt_lengths: int[B], in [1, P].
+      prefill_chunk: C >= 1, the prompt positions each forward reads (None:
+        :func:`loop.prefill_chunk_size` of the batch and the vocabulary), so
+        the logits held at once are B x C x V, not B x P x V. The result is
+        the same for every C up to float rounding.
 
     Returns:
       (nll, scored): float64[B] nats summed over tokens 1 .. length - 1 of
@@ -246,6 +275,11 @@ def prompt_log_likelihood(decoder: Decoder, prompt_tokens, prompt_lengths):
     if tokens.ndim != 2 or lengths.shape != tokens.shape[:1]:
         raise ValueError(f"prompt_tokens must be [B, P] and prompt_lengths [B], got shapes "
                          f"{tokens.shape} and {lengths.shape}")
-    nll, scored = _prompt_nll_jit(decoder.forward, decoder.init_cache, decoder.params, tokens,
-                                  lengths)
+    if prefill_chunk is None:
+        chunk = loop.prefill_chunk_size(max(tokens.shape[0], 1), decoder.vocab_size)
+    else:
+        chunk = _validate.check_static_int("prefill_chunk", prefill_chunk, 1,
+                                           fixes="the prefill's chunk shape")
+    nll, scored = _prompt_nll_jit(decoder.forward, decoder.init_cache, chunk, decoder.params,
+                                  tokens, lengths)
     return np.asarray(nll, np.float64), np.asarray(scored, np.int64)

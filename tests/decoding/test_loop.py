@@ -24,7 +24,7 @@ from scipy.special import softmax
 from sdsl_jax.estimation.acceptance import estimate_acceptance
 from sdsl_jax.decoding import loop, metrics
 from sdsl_jax.decoding.baseline import autoregressive_generate
-from sdsl_jax.decoding.pair import measure_pair, run_records
+from sdsl_jax.decoding.pair import measure_pair, prompt_log_likelihood, run_records
 from sdsl_jax.decoding.sampling import (
     acceptance_probability,
     first_rejection,
@@ -676,3 +676,48 @@ def test_decode_donates_the_state(pair, prompt_batch):
     assert prefill.alias_bytes == 0 and prefill.output_bytes >= state_bytes
     for program in (decode, prefill):
         assert program.peak_bytes >= program.argument_bytes > 0
+
+
+# --------------------------------------------------------------------------
+# Memory: a long prompt is read in chunks (the transformer and XLA's memory
+# figures are in tests/decoding/test_prefill_chunks.py).
+
+
+def test_chunked_prefill_is_the_one_call_prefill(pair, prompt_batch):
+    # P = 5 read 2 positions at a time: chunks at 0, 2 and 3 (the last
+    # overlaps the one before); the rows' last prompt positions 0, 2 and 4
+    # fall in the first, second and last chunk. The default reads P in one call.
+    draft, target = pair
+    tokens, lengths = prompt_batch
+    assert loop.prefill_chunk_size(3, VOCAB) > tokens.shape[1]
+    keys = loop.row_keys(jax.random.PRNGKey(5), jnp.arange(3))
+    for temperature in (0.0, 1.0):
+        runs = []
+        for chunk in (None, 2):
+            state = loop.prefill(draft, target, tokens, lengths, keys, lookahead=LOOKAHEAD,
+                                 max_new_tokens=MAX_NEW, temperature=temperature,
+                                 prefill_chunk=chunk)
+            host = jax.tree_util.tree_map(np.asarray, state)  # decode consumes the state
+            runs.append((host, loop.decode(draft, target, state, lookahead=LOOKAHEAD,
+                                           max_new_tokens=MAX_NEW)))
+        (whole, whole_gen), (chunked, chunked_gen) = runs
+        # Table look-ups: the same first tokens, caches and runs, bit for bit.
+        for got, want in zip(jax.tree_util.tree_leaves(chunked), jax.tree_util.tree_leaves(whole)):
+            np.testing.assert_array_equal(got, want)
+        for field in ("tokens", "num_generated", "accepted", "betas", "num_iterations"):
+            np.testing.assert_array_equal(getattr(chunked_gen, field), getattr(whole_gen, field))
+
+
+def test_chunked_prompt_log_likelihood(pair):
+    _, target = pair
+    table, bias = (np.asarray(target.params[k], np.float64) for k in ("table", "position_bias"))
+    prompts = [[3, 1, 4, 1, 5, 2, 0], [2, 2], [4]]
+    tokens, lengths = loop.pad_prompts(prompts)
+    # Brute force: each position's next-token log-probability, summed in float64.
+    expected = [-sum(np.log(softmax(numpy_ngram_logits(table, bias, p, t)))[p[t + 1]]
+                     for t in range(len(p) - 1)) for p in prompts]
+    # P = 7 in chunks of 3 (at 0, 3 and 4: the last overlaps), and in one call.
+    for chunk in (3, None):
+        nll, scored = prompt_log_likelihood(target, tokens, lengths, prefill_chunk=chunk)
+        np.testing.assert_allclose(nll, expected, rtol=1e-5)
+        np.testing.assert_array_equal(scored, [6, 1, 0])
