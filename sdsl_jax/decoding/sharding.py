@@ -184,18 +184,24 @@ def _place(leaf, sharding: NamedSharding):
         if sharding.is_fully_addressable:
             return jax.device_put(leaf, sharding)
         leaf = np.asarray(leaf)
-    # A leaf still on the host (a NumPy array, or a loader's lazy tensor that
-    # np.asarray reads from its file): each device is sent only its slice.
-    host = np.asarray(leaf)
-    if sharding.is_fully_addressable:
-        placed = jax.device_put(host, sharding)
-    else:
-        # Several hosts: each builds the shards its own devices hold from its
-        # copy of the weights (every process loaded the same checkpoint).
-        placed = jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-    # The transfer may be asynchronous: wait for it, so that the host copy is
-    # freed before the next leaf is read and the host holds one leaf at a time.
-    return placed.block_until_ready()
+    # A leaf still on the host: a NumPy array, or a loader's lazy tensor that reads
+    # from its file the whole (np.asarray) or a block (indexing).
+    if sharding.is_fully_replicated:
+        host = np.asarray(leaf)
+        if sharding.is_fully_addressable:
+            placed = jax.device_put(host, sharding)
+        else:
+            # Several hosts: each builds the copies its own devices hold.
+            placed = jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+        # The transfer may be asynchronous: wait, so the host copy is freed before the next leaf.
+        return placed.block_until_ready()
+    # Split: each of this process's devices is sent its own block, read on its own,
+    # so the host holds one device's block at a time (on several hosts, each reads
+    # only its devices' blocks).
+    shape = tuple(np.shape(leaf))
+    shards = [jax.device_put(np.asarray(leaf[index]), device).block_until_ready()
+              for device, index in sharding.addressable_devices_indices_map(shape).items()]
+    return jax.make_array_from_single_device_arrays(shape, sharding, shards)
 
 
 def shard_decoder(decoder: Decoder, mesh: Mesh) -> Decoder:
@@ -205,9 +211,11 @@ def shard_decoder(decoder: Decoder, mesh: Mesh) -> Decoder:
       decoder: any `Decoder`; its ``param_sharding`` and ``cache_sharding``
         say what to split (a decoder without them is replicated on every
         device and computes as on one). Its params may be device arrays or
-        still on the host (NumPy arrays, or anything with a ``shape`` that
-        ``np.asarray`` reads, as the Hugging Face loader's are): those are
-        read one leaf at a time and each device is sent only its slice.
+        still on the host: NumPy arrays, or lazy tensors with a ``shape``
+        that ``np.asarray`` reads whole and indexing by a tuple of slices
+        reads in part (as the Hugging Face loader's are). Host leaves are
+        placed one at a time, and each device is sent only its block of a
+        split leaf, read on its own.
       mesh: a mesh with an axis ``"model"`` (:func:`make_mesh`).
 
     Returns:

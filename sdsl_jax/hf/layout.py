@@ -90,13 +90,16 @@ class HostTensor:
     """A parameter still in the checkpoint file: its shape and dtype now, its values on demand.
 
     Loaders return trees of these, so that `sdsl_jax.hf.load_hf_decoder` can
-    send one leaf at a time where it belongs (one device, or its shards of a
-    mesh) and drop the host copy before reading the next: a model larger than
-    host memory or one device's memory loads with about one stacked tensor on
-    the host at a time. ``np.asarray(tensor)`` reads it.
+    send one leaf at a time where it belongs and drop the host copy before
+    reading the next. ``np.asarray(tensor)`` reads the whole tensor;
+    ``tensor[index]`` (a tuple of slices, as
+    ``Sharding.addressable_devices_indices_map`` gives) reads only that block,
+    touching only its bytes of the file, so one device's shard of a weight is
+    read without the rest of it.
     """
 
-    def __init__(self, shape: tuple[int, ...], dtype, read: Callable[[], np.ndarray]):
+    def __init__(self, shape: tuple[int, ...], dtype, read: Callable[[tuple[slice, ...]], np.ndarray]):
+        """``read(index)`` returns the block ``index`` (one slice per axis) in ``dtype``."""
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
         self._read = read
@@ -113,14 +116,43 @@ class HostTensor:
     def nbytes(self) -> int:
         return self.size * self.dtype.itemsize
 
+    def __getitem__(self, index) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        if len(index) > self.ndim or not all(isinstance(i, slice) and i.step in (None, 1) for i in index):
+            raise IndexError(f"a HostTensor reads blocks: one slice (of step 1) per axis, got {index!r}")
+        index = index + (slice(None),) * (self.ndim - len(index))
+        values = self._read(index)
+        expected = tuple(len(range(*i.indices(n))) for i, n in zip(index, self.shape))
+        if values.shape != expected or values.dtype != self.dtype:  # a loader bug, not a user error
+            raise AssertionError(f"read {values.dtype}{values.shape}, promised {self.dtype}{expected}")
+        return values
+
     def __array__(self, dtype=None, copy=None):
-        values = self._read()
-        if values.shape != self.shape or values.dtype != self.dtype:  # a loader bug, not a user error
-            raise AssertionError(f"read {values.dtype}{values.shape}, promised {self.dtype}{self.shape}")
+        values = self[()]
         return values if dtype is None else values.astype(dtype)
 
     def __repr__(self) -> str:
         return f"HostTensor({self.dtype.name}{list(self.shape)})"
+
+
+def _arrange(raw: np.ndarray, transpose: bool, view: tuple[int, ...] | None) -> np.ndarray:
+    """``raw`` (a tensor as stored), transposed if asked, then viewed as ``view``,
+    without copying: slicing the result reads only the slice's bytes of the file.
+
+    A torch Linear weight [out, in] becomes a kernel [in, out]; a ``view`` splits
+    ``in`` into its leading axes and ``out`` into the rest (a heads axis apart from
+    ``head_dim``), which reshaping the stored array first and then permuting does
+    without a copy.
+    """
+    if not transpose:
+        return raw if view is None else raw.reshape(view)
+    if view is None:
+        return raw.T
+    n_out, n_in = raw.shape
+    split = next(i for i in range(1, len(view) + 1) if math.prod(view[:i]) == n_in)
+    inputs, outputs = view[:split], view[split:]
+    order = tuple(range(len(outputs), len(view))) + tuple(range(len(outputs)))
+    return raw.reshape(*outputs, *inputs).transpose(order)
 
 
 class WeightReader:
@@ -172,48 +204,55 @@ class WeightReader:
             raise ValueError(f"cannot view {shape} as {view}")  # a loader bug: the config fixed both
         return shape if view is None else tuple(view)
 
-    def _values(self, full: str, transpose: bool, view: tuple[int, ...] | None) -> np.ndarray:
-        raw = self.checkpoint.read(full)
-        out = raw.T if transpose else raw
-        out = np.asarray(out, dtype=self.dtype)
-        return out if view is None else out.reshape(view)
+    def _arranged(self, full: str, transpose: bool, view: tuple[int, ...] | None) -> np.ndarray:
+        return _arrange(self.checkpoint.read(full), transpose, view)
+
+    def _stack(self, layers: list, layout: tuple[int, ...], index: tuple[slice, ...]) -> np.ndarray:
+        """Block ``index`` of the [L, ...] stack of ``layers`` (functions giving each layer's
+        arranged array, uncopied), filled one layer at a time into one array in the
+        compute dtype: the host holds the block and nothing else."""
+        chosen = layers[index[0]]
+        block = np.broadcast_to(np.empty((), self.dtype), layout)[index[1:]].shape  # no allocation
+        out = np.empty((len(chosen), *block), self.dtype)
+        for i, layer in enumerate(chosen):
+            out[i] = layer()[index[1:]]
+        return out
 
     def read(self, name: str, shape: tuple[int, ...], transpose: bool = False,
              view: tuple[int, ...] | None = None) -> np.ndarray:
         """Tensor ``name`` as a numpy array of the compute dtype, checked to have ``shape``
         as stored, then transposed (a torch ``[out, in]`` Linear weight) if asked and
         reshaped to ``view`` if given (a projection's heads axis split from its width)."""
-        full = self._check(name, shape)
-        self._layout(shape, transpose, view)
-        return self._values(full, transpose, view)
+        return np.asarray(self.param(name, shape, transpose, view))
 
     def param(self, name: str, shape: tuple[int, ...], transpose: bool = False,
               view: tuple[int, ...] | None = None) -> HostTensor:
         full = self._check(name, shape)
         return HostTensor(self._layout(shape, transpose, view), self.dtype,
-                          lambda: self._values(full, transpose, view))
+                          lambda index: np.array(self._arranged(full, transpose, view)[index], self.dtype))
 
     def stacked(self, template: str, num_layers: int, shape: tuple[int, ...], transpose: bool = False,
                 view: tuple[int, ...] | None = None) -> HostTensor:
         """``template.format(i)`` for each layer i, stacked to [L, ...] when read."""
         names = [self._check(template.format(i), shape) for i in range(num_layers)]
         layout = self._layout(shape, transpose, view)
-        return HostTensor((num_layers, *layout), self.dtype,
-                          lambda: np.stack([self._values(full, transpose, view) for full in names]))
+        layers = [lambda full=full: self._arranged(full, transpose, view) for full in names]
+        return HostTensor((num_layers, *layout), self.dtype, lambda index: self._stack(layers, layout, index))
 
     def stacked_parts(self, template: str, num_layers: int, shape: tuple[int, ...], view: tuple[int, ...],
                       part_axis: int, transpose: bool = False) -> tuple[HostTensor, ...]:
         """A fused tensor cut into parts: each layer's array (after the optional transpose)
         is viewed as ``view`` and cut along ``part_axis``, and part i, stacked to [L, ...],
         is the i-th tensor returned. Cutting at load time gives every family the same
-        separate q, k, v kernels. Each part reads the fused tensors again, so the host
-        holds one part at a time."""
+        separate q, k, v kernels; each part reads only its own bytes of the fused tensors."""
         names = [self._check(template.format(i), shape) for i in range(num_layers)]
         layout = self._layout(shape, transpose, view)
         part_shape = layout[:part_axis] + layout[part_axis + 1:]
+        pick = (slice(None),) * part_axis
 
         def part(i):
-            return np.stack([np.take(self._values(full, transpose, view), i, axis=part_axis) for full in names])
+            layers = [lambda full=full: self._arranged(full, transpose, view)[pick + (i,)] for full in names]
+            return HostTensor((num_layers, *part_shape), self.dtype,
+                              lambda index: self._stack(layers, part_shape, index))
 
-        return tuple(HostTensor((num_layers, *part_shape), self.dtype, lambda i=i: part(i))
-                     for i in range(layout[part_axis]))
+        return tuple(part(i) for i in range(layout[part_axis]))

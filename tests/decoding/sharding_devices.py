@@ -184,13 +184,15 @@ def main(folder: str) -> dict:
                                        heads=HEADS, positions=POSITIONS, **DRAFT))
     mesh = sharding.make_mesh(8)
     # The target the loop runs is loaded straight onto the mesh. Every transfer is
-    # recorded: each should go from a host (NumPy) array to its sharding on the mesh.
+    # recorded: from a host (NumPy) array, a replicated leaf whole to the mesh, a split
+    # leaf block by block to each device.
     transfers, device_put = [], jax.device_put
 
     def recording_device_put(x, *args, **kwargs):
         destination = args[0] if args else kwargs.get("device")
-        transfers.append([type(x).__name__, type(destination).__name__,
-                          getattr(destination, "mesh", None) == mesh])
+        to = ("mesh" if getattr(destination, "mesh", None) == mesh
+              else "device" if isinstance(destination, jax.Device) else repr(destination))
+        transfers.append([type(x).__name__, to, list(np.shape(x))])
         return device_put(x, *args, **kwargs)
 
     jax.device_put = recording_device_put

@@ -279,9 +279,15 @@ def test_loading_onto_the_mesh_is_loading_then_sharding(eight_devices):
     assert direct["paths_equal"] and direct["leaves"] == len(leaves) == 20
     assert direct["values_equal"] == direct["shardings_equal"] == leaves
     assert direct["wrappers_equal"] == [True, True, True]
-    # One transfer a leaf, from the file's NumPy array to the leaf's NamedSharding (JAX
-    # then sends each device its slice); no weight went to one device first.
-    assert direct["transfers"] == [["ndarray", "NamedSharding", True]] * len(leaves)
+    # Each transfer is from a NumPy array read from the file: a replicated leaf whole to
+    # the mesh, a split leaf as eight blocks, each read on its own and sent to its device.
+    expected = []
+    for leaf in eight_devices["target"]["leaves"]:
+        if leaf["distinct_shards"] == 1:
+            expected.append(["ndarray", "mesh", leaf["shape"]])
+        else:
+            expected += [["ndarray", "device", json.loads(leaf["shard_shapes"][0])]] * 8
+    assert direct["transfers"] == expected
     greedy = eight_devices["gqa"]["greedy"]
     # The Llama model loaded onto the mesh and the one sharded after loading run one
     # compiled program (besides the one-device program) and give the same logits.

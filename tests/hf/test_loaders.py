@@ -279,6 +279,12 @@ def test_weights_are_read_only_when_placed(checkpoints, monkeypatch):
         values = np.asarray(leaf["kernel"])
         assert values.shape == leaf["kernel"].shape and values.dtype == np.float32
         assert len(reads) == spec.num_layers
+        # A block (one device's shard) is read without the rest: the heads 1 and 2 of the
+        # query kernels [L, D, H, Dh], transposed from torch or cut from GPT-2's fused c_attn.
+        query = params["layers" if name.startswith("opt") else "blocks"]["q_proj"]["kernel"]
+        block = (slice(None), slice(None), slice(1, 3))
+        np.testing.assert_array_equal(query[block], np.asarray(query)[block])
+        assert query[block].shape == (spec.num_layers, spec.hidden_size, 2, spec.head_dim)
         reads.clear()
 
 
