@@ -37,19 +37,26 @@ def dtype(request):
 # Scheduling under pytest-xdist (CI: -n 2 --dist loadfile).
 #
 # xdist hands out whole files, by default those with the most tests first, so a
-# file of few tests that trains or compiles for minutes in a module fixture is
-# handed out near the end and finishes alone while the other worker idles. The
-# files below are started first instead (longest first, the rule that keeps
-# the two workers' finishing times closest); every other file follows in xdist's
-# order. Within a file nothing moves: its tests run in the order written.
+# file of few tests that trains or compiles for a minute or more is handed out
+# near the end and finishes alone while the other worker idles. The files below
+# are started first instead, longest first (the rule that keeps the two
+# workers' finishing times closest); every other file follows in xdist's order.
+# Within a file nothing moves: its tests run in the order written.
+# tests/fitting/test_fitting.py goes early so that the files compiling the same
+# fits (tests/cli/test_fit.py, tests/examples) load them from the shared
+# compilation cache below rather than compile them at the same time.
 LONGEST_FIRST = (
-    "tests/reproduce/test_reproduce.py",    # the tiny preset end to end, in one module fixture
-    "tests/cli/test_measure.py",            # the loop compiled for the trained pair, HF pairs
-    "tests/decoding/test_sharding.py",      # eight forced devices, in a subprocess
-    "tests/planning/test_sharded.py",       # four forced devices, in a subprocess
-    "tests/cli/test_measure_devices.py",    # `sdsl measure --devices`, in a subprocess
-    "tests/models/test_training.py",        # training, and a kill -9 in a subprocess
-    "tests/benchmarks/test_gpu_check.py",   # benchmarks/gpu_check.py --smoke
+    "tests/reproduce/test_reproduce.py",         # the tiny preset end to end, one module fixture
+    "tests/cli/test_measure.py",                 # loops compiled for the trained and HF pairs
+    "tests/decoding/test_sharding.py",           # eight forced devices, in a subprocess
+    "tests/planning/test_finite_gradients.py",   # five tests, each a sweep of compiled planners
+    "tests/fitting/test_fitting.py",             # the fits of the 12 x 12 design
+    "tests/planning/test_sharded.py",            # four forced devices, in a subprocess
+    "tests/planning/test_flop.py",               # both solvers in both precisions
+    "tests/fitting/test_profile.py",             # profile likelihoods, refit at every step
+    "tests/cli/test_measure_devices.py",         # `sdsl measure --devices`, in a subprocess
+    "tests/models/test_training.py",             # training, and a kill -9 in a subprocess
+    "tests/benchmarks/test_gpu_check.py",        # benchmarks/gpu_check.py --smoke
 )
 
 
