@@ -18,7 +18,6 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 from scipy.special import softmax
 
 from sdsl_jax.estimation.acceptance import estimate_acceptance

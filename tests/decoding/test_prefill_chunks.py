@@ -80,8 +80,8 @@ def test_chunked_prompt_log_likelihood(pair, prompt_batch):
     draft, target = pair
     tokens, lengths = prompt_batch
     # Reference: one full forward, log-softmax in float64 by scipy.
-    logits, _ = target.forward(target.params, tokens, jnp.zeros(3, jnp.int32),
-                               target.init_cache(3, tokens.shape[1]))
+    logits, _ = jax.jit(target.forward)(target.params, tokens, jnp.zeros(3, jnp.int32),
+                                        target.init_cache(3, tokens.shape[1]))
     logp = log_softmax(np.asarray(logits, np.float64), axis=-1)
     expected = [-sum(logp[b, t, PROMPTS[b][t + 1]] for t in range(len(PROMPTS[b]) - 1))
                 for b in range(3)]
