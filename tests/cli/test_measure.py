@@ -331,37 +331,40 @@ def test_human_summary_greedy_and_fit_on_measured_rows(reference, teacher_forced
     folder, _, rows, row = reference
     greedy = folder / "greedy.jsonl"
     summary = folder / "greedy-summary.json"
-    # In bfloat16: the records say so, and the run resumes in bfloat16 only.
     code, out, err = run_cli(_argv(model_dirs, corpus_dir, greedy, "--greedy", "--rows",
-                                        rows, "--summary", summary, "--dtype", "bfloat16"))
+                                        rows, "--summary", summary))
     assert code == 0, err
     for text in ("acceptance alpha", "speedup over target alone", "law's speedup", "TTFT",
                  "TPOT", "TTOT", "95% interval", "greedy", f"{PROMPTS} prompts measured now",
                  "at draft position 1", f"at draft position {LOOKAHEAD}", "i.i.d. fit test",
-                 "serving stacks' ratio", "(accepted length - 1)/(budget - 1)", "bf16 on "):
+                 "serving stacks' ratio", "(accepted length - 1)/(budget - 1)", "fp32 on "):
         assert text in out, text
     greedy_row = json.loads(summary.read_text())
     assert greedy_row["temperature"] == 0.0 and f"{greedy_row['acceptance']:.4f}" in out, out
-    assert (greedy_row["precision"], greedy_row["draft_precision"],
-            greedy_row["target_precision"]) == ("bf16", "bf16", "bf16")
-    assert {line["precision"] for line in _lines(greedy)} == {"bf16"}
-    before = greedy.read_bytes()
-    code, _, err = run_cli(_argv(model_dirs, corpus_dir, greedy, "--greedy"))
+    # In bfloat16 (without the baseline, so one more compilation of the loop, not two):
+    # the records say so, and the run resumes in bfloat16 only.
+    bf16 = folder / "greedy-bf16.jsonl"
+    code, out, err = run_cli(_argv(model_dirs, corpus_dir, bf16, "--greedy", "--no-baseline",
+                                   "--dtype", "bfloat16", "--json"))
+    assert code == 0, err
+    assert (json.loads(out)["precision"], json.loads(out)["draft_precision"]) == ("bf16", "bf16")
+    assert {line["target_precision"] for line in _lines(bf16)} == {"bf16"}
+    before = bf16.read_bytes()
+    code, _, err = run_cli(_argv(model_dirs, corpus_dir, bf16, "--greedy", "--no-baseline"))
     assert code == 2 and "draft_precision = 'bf16', this run has 'fp32'" in err, err
-    assert greedy.read_bytes() == before
+    assert bf16.read_bytes() == before
     # Sampling from the top 1 token is greedy decoding: the same accepted counts (the
     # loop's compilation is shared, the settings are traced). (XLA's memory estimate is
     # tested in test_measure_records.py: it compiles the loop again.)
-    top1, top1_summary = folder / "top-1.jsonl", folder / "top-1-summary.json"
-    code, out, err = run_cli(_argv(model_dirs, corpus_dir, top1, "--top-k", 1, "--dtype",
-                                   "bfloat16", "--summary", top1_summary))
+    top1 = folder / "top-1-bf16.jsonl"
+    code, out, err = run_cli(_argv(model_dirs, corpus_dir, top1, "--top-k", 1, "--no-baseline",
+                                   "--dtype", "bfloat16"))
     assert code == 0, err
-    assert "temperature 1, top-k 1," in out, out
-    top1_row = json.loads(top1_summary.read_text())
+    assert "temperature 1, top-k 1," in out and "bf16 on " in out, out
     assert [line["accepted_per_iteration"] for line in _lines(top1)] == \
-        [line["accepted_per_iteration"] for line in _lines(greedy)]
-    assert (top1_row["top_k"], top1_row["top_p"], top1_row["temperature"]) == (1, None, 1.0)
-    assert "decode_memory_bytes" not in top1_row  # not asked for
+        [line["accepted_per_iteration"] for line in _lines(bf16)]
+    assert {(line["top_k"], line["top_p"], line["temperature"]) for line in _lines(top1)} == {
+        (1, None, 1.0)}
     # A rerun of a finished measurement replaces its row instead of adding one.
     code, out, err = run_cli(_argv(model_dirs, corpus_dir, folder / "runs.jsonl", "--rows",
                                         rows))
