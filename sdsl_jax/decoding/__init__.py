@@ -20,6 +20,7 @@ from sdsl_jax.decoding.loop import (
     iteration_lookahead,
     pad_prompts,
     prefill,
+    prefill_chunk_size,
     row_keys,
     sampling_settings,
     speculative_generate,
