@@ -184,8 +184,9 @@ def load_hf_decoder(path: str | os.PathLike, dtype=jnp.float32, name: str | None
         )
     num_params = sum(int(leaf.size) for leaf in jax.tree_util.tree_leaves(params))
     if mesh is None:
-        # One leaf at a time: the host holds one stacked tensor, not the model.
-        params = jax.tree_util.tree_map(lambda leaf: jnp.asarray(np.asarray(leaf)), params)
+        # One leaf at a time, each transfer finished before the next read: the host
+        # holds one stacked tensor, not the model.
+        params = jax.tree_util.tree_map(lambda leaf: jnp.asarray(np.asarray(leaf)).block_until_ready(), params)
     decoder = Decoder(
         params=params,
         forward=Configured(architecture.forward, spec),
