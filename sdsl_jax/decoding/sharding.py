@@ -40,7 +40,13 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+try:  # Newer JAX lets a mesh axis be Explicit; ours is Auto (GSPMD propagates from the params).
+    from jax.sharding import AxisType
+    _AUTO_AXES = {"axis_types": (AxisType.Auto,)}
+except ImportError:  # JAX before axis types: every axis is Auto.
+    _AUTO_AXES = {}
 
 from sdsl_jax.decoding.decoder import Decoder
 
@@ -72,7 +78,7 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
             f"device{'s' if len(devices) != 1 else ''} JAX sees")
     # Auto axes: shardings propagate through jnp code as in GSPMD, so model
     # code written for one device runs unchanged.
-    return Mesh(np.asarray(devices[:int(num_devices)]), (MODEL_AXIS,), axis_types=(AxisType.Auto,))
+    return Mesh(np.asarray(devices[:int(num_devices)]), (MODEL_AXIS,), **_AUTO_AXES)
 
 
 def leaf_path(path) -> str:
