@@ -341,30 +341,8 @@ def test_human_summary_greedy_and_fit_on_measured_rows(reference, teacher_forced
         assert text in out, text
     greedy_row = json.loads(summary.read_text())
     assert greedy_row["temperature"] == 0.0 and f"{greedy_row['acceptance']:.4f}" in out, out
-    # In bfloat16 (without the baseline, so one more compilation of the loop, not two):
-    # the records say so, and the run resumes in bfloat16 only.
-    bf16 = folder / "greedy-bf16.jsonl"
-    code, out, err = run_cli(_argv(model_dirs, corpus_dir, bf16, "--greedy", "--no-baseline",
-                                   "--dtype", "bfloat16", "--json"))
-    assert code == 0, err
-    assert (json.loads(out)["precision"], json.loads(out)["draft_precision"]) == ("bf16", "bf16")
-    assert {line["target_precision"] for line in _lines(bf16)} == {"bf16"}
-    before = bf16.read_bytes()
-    code, _, err = run_cli(_argv(model_dirs, corpus_dir, bf16, "--greedy", "--no-baseline"))
-    assert code == 2 and "draft_precision = 'bf16', this run has 'fp32'" in err, err
-    assert bf16.read_bytes() == before
-    # Sampling from the top 1 token is greedy decoding: the same accepted counts (the
-    # loop's compilation is shared, the settings are traced). (XLA's memory estimate is
-    # tested in test_measure_records.py: it compiles the loop again.)
-    top1 = folder / "top-1-bf16.jsonl"
-    code, out, err = run_cli(_argv(model_dirs, corpus_dir, top1, "--top-k", 1, "--no-baseline",
-                                   "--dtype", "bfloat16"))
-    assert code == 0, err
-    assert "temperature 1, top-k 1," in out and "bf16 on " in out, out
-    assert [line["accepted_per_iteration"] for line in _lines(top1)] == \
-        [line["accepted_per_iteration"] for line in _lines(bf16)]
-    assert {(line["top_k"], line["top_p"], line["temperature"]) for line in _lines(top1)} == {
-        (1, None, 1.0)}
+    # bfloat16 end to end, and top-k: tests/cli/test_measure_devices.py (its process
+    # compiles the bfloat16 loop once for all of them).
     # A rerun of a finished measurement replaces its row instead of adding one.
     code, out, err = run_cli(_argv(model_dirs, corpus_dir, folder / "runs.jsonl", "--rows",
                                         rows))

@@ -1,5 +1,8 @@
-"""`sdsl measure --devices`: the trained pair sharded over 8 forced host devices decodes the
-greedy tokens one device decodes, and records the devices it ran on."""
+"""`sdsl measure` in bfloat16, over 8 forced host devices and with top-k sampling: the
+trained pair sharded over the devices decodes what one device decodes, every record says
+bf16 and the devices it ran on, a float32 resume is refused, and top-1 sampling is greedy
+decoding. One process of its own (the device count is fixed when JAX starts), which
+compiles the bfloat16 loop once for one device and once for eight."""
 
 import json
 import os
@@ -8,7 +11,6 @@ import sys
 
 import pytest
 
-# Runs in a process of its own: the device count is fixed when JAX starts.
 SCRIPT = r"""
 import json, sys
 import jax
@@ -21,18 +23,26 @@ assert len(jax.devices()) == 8, jax.devices()
 # Our transformer's annotations split its kernels over the mesh.
 report = describe_sharding(shard_decoder(models.load_decoder(target), make_mesh(8)))
 print(json.dumps({"split": list(report.split_leaves)}))
-common = ["measure", "--draft", draft, "--target", target, "--lookahead", "2", "--prompts", "2",
-          "--prompt-len", "24", "--max-new-tokens", "8", "--greedy", "--no-baseline",
-          "--no-stdlib", "--corpus", corpus, "--json"]
+common = ["measure", "--draft", draft, "--target", target, "--lookahead", "2", "--prompts", "3",
+          "--prompt-len", "24", "--max-new-tokens", "8", "--no-baseline", "--no-stdlib",
+          "--corpus", corpus, "--json"]
+bf16 = ["--dtype", "bfloat16"]
 for devices in ("1", "all"):
-    code = main(common + ["--devices", devices, "--out", f"{out}/runs-{devices}.jsonl"])
-    assert code == 0, code
+    assert main(common + bf16 + ["--greedy", "--devices", devices,
+                                 "--out", f"{out}/greedy-{devices}.jsonl"]) == 0
+# The one-device run again in float32: refused (its error line goes to stderr).
+assert main(common + ["--greedy", "--out", f"{out}/greedy-1.jsonl"]) == 2
+# Sampling from the top 1 token at temperature 1 (the same compiled loop: settings are traced).
+assert main(common + bf16 + ["--top-k", "1", "--out", f"{out}/top-1.jsonl"]) == 0
 """
 
 
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 @pytest.mark.slow
-def test_greedy_measurement_sharded_over_8_devices_is_the_one_device_one(trained_pair,
-                                                                         corpus_dir, tmp_path):
+def test_bfloat16_sharded_and_top_k_runs(trained_pair, corpus_dir, tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
                           + " --xla_force_host_platform_device_count=8").strip())
@@ -42,15 +52,23 @@ def test_greedy_measurement_sharded_over_8_devices_is_the_one_device_one(trained
     assert result.returncode == 0, result.stdout + result.stderr
     split = json.loads(result.stdout.splitlines()[0])["split"]
     assert "blocks/0/attn/qkv/kernel" in split and "blocks/0/mlp/down/kernel" in split
-    runs = {devices: [json.loads(line) for line in
-                      (tmp_path / f"runs-{devices}.jsonl").read_text().splitlines()]
-            for devices in ("1", "all")}
-    assert [line["devices"] for line in runs["1"]] == [1, 1]
-    assert [line["devices"] for line in runs["all"]] == [8, 8]
+    one, eight, top1 = (_lines(tmp_path / name) for name in (
+        "greedy-1.jsonl", "greedy-all.jsonl", "top-1.jsonl"))
+    rows = [json.loads(line) for line in result.stdout.splitlines()[1:]]
+    assert [row["devices"] for row in rows] == [1, 8, 1]
+    for line in one + eight + top1:
+        assert (line["precision"], line["draft_precision"], line["target_precision"]) == (
+            "bf16", "bf16", "bf16")
+    assert [line["devices"] for line in one + eight] == [1] * 3 + [8] * 3
+    assert all(row["precision"] == "bf16" for row in rows)
+    # The float32 resume was refused, naming the precision, and left the file whole.
+    assert "draft_precision = 'bf16', this run has 'fp32'" in result.stderr
+    assert len(one) == 3
     # Greedy decoding is a function of the argmaxes: the same accepted count at every
-    # iteration (sharding changes float32 sums in their last bits, which moves no argmax
-    # of these trained models on these prompts; tests/decoding compares the tokens).
-    assert [line["accepted_per_iteration"] for line in runs["all"]] == \
-        [line["accepted_per_iteration"] for line in runs["1"]]
-    summary = json.loads(result.stdout.splitlines()[-1])
-    assert summary["devices"] == 8 and summary["precision"] == "fp32"
+    # iteration on 8 devices (sharding changes sums in their last bits, which moves no
+    # argmax of these trained models on these prompts; tests/decoding compares tokens),
+    # and with top-1 sampling, whose draws always take the most likely token.
+    greedy = [line["accepted_per_iteration"] for line in one]
+    assert [line["accepted_per_iteration"] for line in eight] == greedy
+    assert [line["accepted_per_iteration"] for line in top1] == greedy
+    assert {(line["top_k"], line["temperature"]) for line in top1} == {(1, 1.0)}
