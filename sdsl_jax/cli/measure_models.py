@@ -68,9 +68,14 @@ def _kind(path: str, flag: str) -> str:
 
 
 def load_model(path: str, flag: str, tokens_flag: str, tokens_text: str | None,
-               dtype: str = "float32") -> Model:
+               dtype: str = "float32", mesh=None) -> Model:
     """The model in directory ``path`` (given as ``flag``), its training tokens from
-    ``tokens_text`` (``tokens_flag``) or its card, computing in ``dtype``."""
+    ``tokens_text`` (``tokens_flag``) or its card, computing in ``dtype``, and sharded
+    over ``mesh`` when one is given.
+
+    A Hugging Face checkpoint is read straight onto the mesh, one device's block
+    at a time, so a target larger than one device loads; our own models are
+    small and are sharded after loading."""
     kind = _kind(path, flag)
     from sdsl_jax.common.quantities import parse_count
     tokens = None
@@ -92,6 +97,9 @@ def load_model(path: str, flag: str, tokens_flag: str, tokens_text: str | None,
         try:
             card = load_card(path)
             decoder = load_decoder(path, dtype=dtype)
+            if mesh is not None:
+                from sdsl_jax.decoding.sharding import shard_decoder
+                decoder = shard_decoder(decoder, mesh)
         except (CheckpointError, ValueError) as err:
             raise UsageError(f"sdsl measure: argument {flag}: {err}") from None
         finally:
@@ -108,7 +116,7 @@ def load_model(path: str, flag: str, tokens_flag: str, tokens_text: str | None,
                          f"give {tokens_flag} (e.g. 180B for OPT)")
     import jax.numpy as jnp
     try:
-        decoder = _as_computed(load_hf_decoder(path, dtype=jnp.dtype(dtype)))
+        decoder = _as_computed(load_hf_decoder(path, dtype=jnp.dtype(dtype), mesh=mesh))
         hf_tokenizer = load_hf_tokenizer(path)
     except (CheckpointError, ValueError, ImportError) as err:
         raise UsageError(f"sdsl measure: argument {flag}: {err}") from None
@@ -146,21 +154,17 @@ def _eos_token(path: str) -> int | None:
 
 def load_pair(args) -> tuple[Model, Model]:
     """(draft, target) at --dtype, sharded over --devices (a count by now) when more than one."""
-    draft = load_model(args.draft, "--draft", "--draft-tokens", args.draft_tokens, args.dtype)
-    target = load_model(args.target, "--target", "--target-tokens", args.target_tokens,
-                        args.dtype)
-    if args.devices == 1:
-        return draft, target
-    from sdsl_jax.decoding.sharding import make_mesh, shard_decoder
-    mesh = make_mesh(args.devices)
-    placed = []
-    for flag, model in (("--draft", draft), ("--target", target)):
+    mesh = None
+    if args.devices != 1:
+        from sdsl_jax.decoding.sharding import make_mesh
         try:
-            placed.append(dataclasses.replace(model, decoder=shard_decoder(model.decoder, mesh)))
+            mesh = make_mesh(args.devices)
         except ValueError as err:
-            raise UsageError(f"sdsl measure: argument {flag}: cannot shard {model.name} over "
-                             f"{args.devices} devices: {err}") from None
-    return placed[0], placed[1]
+            raise UsageError(f"sdsl measure: argument --devices: {err}") from None
+    draft = load_model(args.draft, "--draft", "--draft-tokens", args.draft_tokens, args.dtype, mesh)
+    target = load_model(args.target, "--target", "--target-tokens", args.target_tokens,
+                        args.dtype, mesh)
+    return draft, target
 
 
 def check_sampling(args, draft: Model, target: Model) -> int | None:
