@@ -54,7 +54,6 @@ LONGEST_FIRST = (
     "tests/planning/test_sharded.py",            # four forced devices, in a subprocess
     "tests/planning/test_flop.py",               # both solvers in both precisions
     "tests/fitting/test_profile.py",             # profile likelihoods, refit at every step
-    "tests/cli/test_measure_devices.py",         # `sdsl measure --devices`, in a subprocess
     "tests/models/test_training.py",             # training, and a kill -9 in a subprocess
     "tests/benchmarks/test_gpu_check.py",        # benchmarks/gpu_check.py --smoke
 )

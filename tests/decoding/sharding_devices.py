@@ -363,6 +363,14 @@ def main(folder: str) -> dict:
                        "cache_devices": len(cache.sharding.device_set),
                        "replicated": list(sharding.describe_sharding(replicated).replicated_leaves)}
     lap("ngram")
+
+    # ---- Our own transformer (`sdsl train`'s models) carries annotations too:
+    # its fused qkv and MLP kernels are split, with no compilation needed to see it.
+    from sdsl_jax.models import ModelConfig, as_decoder, init_params
+    config = ModelConfig(d_model=32, num_layers=1, num_heads=8, d_ff=64, vocab_size=VOCAB)
+    ours = sharding.describe_sharding(sharding.shard_decoder(
+        as_decoder(init_params(config, 0), config, name="ours"), mesh))
+    report["ours_split"] = list(ours.split_leaves)
     return report
 
 

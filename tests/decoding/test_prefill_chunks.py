@@ -2,7 +2,9 @@
 
 A chunked prefill (``prefill_chunk`` C smaller than the padded prompt P,
 chunk boundaries that do not divide P, so the last chunk overlaps) must give
-the one-call prefill's first tokens, caches and decoded outputs, and
+the one-call prefill's first tokens and caches (what the decode then reads;
+tests/decoding/test_loop.py decodes from both with table models, where they
+agree exactly), and
 :func:`~sdsl_jax.decoding.pair.prompt_log_likelihood` its sums; XLA's
 compiled memory of the prefill must lose the [B, P, V] logits. The models are
 small random transformers (their attention reads the cache written by earlier
@@ -43,21 +45,20 @@ def prompt_batch():
     return loop.pad_prompts(PROMPTS)
 
 
-def _run(pair, prompt_batch, prefill_chunk, temperature):
-    """(the prefilled state, copied to the host; the decoded generation)."""
+def _prefill(pair, prompt_batch, prefill_chunk, temperature):
+    """The prefilled state, on the host."""
     keys = loop.row_keys(jax.random.PRNGKey(7), jnp.arange(len(PROMPTS)))
     state = loop.prefill(*pair, *prompt_batch, keys, lookahead=LOOKAHEAD, max_new_tokens=MAX_NEW,
                          temperature=temperature, prefill_chunk=prefill_chunk)
-    host = jax.tree_util.tree_map(np.asarray, state)  # decode consumes the state
-    return host, loop.decode(*pair, state, lookahead=LOOKAHEAD, max_new_tokens=MAX_NEW)
+    return jax.tree_util.tree_map(np.asarray, state)
 
 
 @pytest.mark.slow
 def test_chunked_prefill_is_the_one_call_prefill(pair, prompt_batch):
     width = prompt_batch[0].shape[1]
     for temperature in (0.0, 1.0):
-        whole, whole_gen = _run(pair, prompt_batch, width, temperature)
-        chunked, chunked_gen = _run(pair, prompt_batch, CHUNK, temperature)
+        whole = _prefill(pair, prompt_batch, width, temperature)
+        chunked = _prefill(pair, prompt_batch, CHUNK, temperature)
         # The first token (at each row's prompt length) and the rest of the bookkeeping.
         for field in ("sequence", "length", "prompt_length", "uniforms", "temperature"):
             np.testing.assert_array_equal(getattr(chunked, field), getattr(whole, field), field)
@@ -66,11 +67,6 @@ def test_chunked_prefill_is_the_one_call_prefill(pair, prompt_batch):
             for got, want in zip(jax.tree_util.tree_leaves(getattr(chunked, role)),
                                  jax.tree_util.tree_leaves(getattr(whole, role))):
                 np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=role)
-        # Greedy is the same run; sampling is too, given the same uniforms.
-        for field in ("tokens", "num_generated", "accepted", "num_iterations"):
-            np.testing.assert_array_equal(getattr(chunked_gen, field), getattr(whole_gen, field),
-                                          f"{field} at T = {temperature}")
-        np.testing.assert_allclose(chunked_gen.betas, whole_gen.betas, rtol=1e-5, atol=1e-6)
     # The rows' prompts were read: the target's first token follows its prompt.
     assert len(set(np.asarray(whole.sequence)[np.arange(3), whole.prompt_length].tolist())) > 1
 

@@ -2,8 +2,9 @@
 
 XLA_FLAGS must be set before JAX starts, so the eight-device checks run in
 subprocesses: tests/decoding/sharding_devices.py (the library: placement,
-greedy tokens, samples, the compiled loop's collectives) and ``sdsl measure
---devices 8`` (the command). They start with this module's first test, if
+greedy tokens, samples, the compiled loop's collectives, our own
+transformer's split) and ``sdsl measure --devices 8 --dtype bfloat16`` (the
+command, whose records must say bf16). They start with this module's first test, if
 a selected test reads their reports, and compute while the one-device tests
 below run; the tests that read them come last.
 """
@@ -55,7 +56,8 @@ def _finish(run, timeout=900):
 
 
 def _cli_command(folder: pathlib.Path):
-    """``sdsl measure --devices 8`` on a tiny GPT-2 pair with a byte-level tokenizer."""
+    """``sdsl measure --devices 8 --dtype bfloat16`` on a tiny GPT-2 pair with a byte-level
+    tokenizer."""
     write = devices_script.write_gpt2
     common = dict(vocab=256, width=32, heads=8, positions=64)
     draft = devices_script.write_byte_tokenizer(write(str(folder / "draft"), layers=1, inner=64,
@@ -67,7 +69,8 @@ def _cli_command(folder: pathlib.Path):
     return [sys.executable, "-m", "sdsl_jax.cli", "measure", "--draft", draft, "--target", target,
             "--devices", "8", "--lookahead", "2", "--prompt-file", str(prompts),
             "--max-new-tokens", "8", "--bootstrap", "100", "--draft-tokens", "1M",
-            "--target-tokens", "2M", "--no-baseline", "--out", str(folder / "runs.jsonl"), "--json"]
+            "--target-tokens", "2M", "--no-baseline", "--dtype", "bfloat16",
+            "--out", str(folder / "runs.jsonl"), "--json"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -338,6 +341,12 @@ def test_heads_that_do_not_divide_are_replicated_whole(eight_devices):
 
 
 @pytest.mark.slow
+def test_our_transformer_is_split_by_its_annotations(eight_devices):
+    split = eight_devices["ours_split"]
+    assert "blocks/0/attn/qkv/kernel" in split and "blocks/0/mlp/down/kernel" in split
+
+
+@pytest.mark.slow
 def test_a_decoder_without_annotations_is_replicated(eight_devices):
     ngram = eight_devices["ngram"]
     assert ngram == {"equal": True, "devices": 8, "cache_devices": 8, "replicated": ["table"]}
@@ -423,4 +432,9 @@ def test_measure_runs_on_eight_devices(measure_on_eight):
     lines = [json.loads(line) for line in (folder / "runs.jsonl").read_text().splitlines()]
     assert len(lines) == row["prompts"] == 4
     assert row["devices"] == 8 and all(line["devices"] == 8 for line in lines)
+    # bfloat16 end to end: what ran is what every record says.
+    assert row["precision"] == "bf16"
+    for line in lines:
+        assert (line["precision"], line["draft_precision"], line["target_precision"]) == (
+            "bf16", "bf16", "bf16")
     assert 0 <= row["acceptance"] <= 1 and row["trials"] > 0 and "speedup" not in row
