@@ -15,6 +15,13 @@ from scipy.optimize import brentq
 
 import sdsl_jax as sd
 
+# The `sdsl` program keeps compiled programs in the user's cache folder
+# (sdsl_jax/cli/compilation_cache.py). Tests must not write to the home folder,
+# and the CLI runs they start (in this process or in subprocesses, which
+# inherit the variable) compile as before; tests/cli/test_compilation_cache.py
+# turns it on in a folder of its own.
+os.environ["SDSL_COMPILATION_CACHE"] = "off"
+
 
 @pytest.fixture
 def x64():

@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from sdsl_jax.cli import fit, measure, plan, plot, reproduce, rule, train
+from sdsl_jax.cli.compilation_cache import enable_compilation_cache
 from sdsl_jax.cli.options import EXIT_USAGE, Parser, UsageError
 
 # In the order `sdsl --help` lists them.
@@ -46,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         _refuse_empty(args)
+        enable_compilation_cache()
         import jax
         # Planning is cheap, so the CLI always answers in float64 (scoped, so
         # a program that calls main() keeps its own precision setting).
