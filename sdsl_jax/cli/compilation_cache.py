@@ -3,8 +3,8 @@
 Most of a short ``sdsl`` call is XLA compiling the planner or the fit, and
 every new process compiled them again. With the cache, a second call on the
 same shapes loads the compiled programs from disk instead: ``sdsl plan``
-went from 7.6 s to 3.1 s and ``sdsl fit`` on the example from 26.6 s to
-7.3 s (whole processes, two cores).
+went from 7.6 s to 2.9 s and ``sdsl fit`` on the example from 26.6 s to
+8.0 s (whole processes, medians, two cores).
 
 Where it lives:
 
