@@ -14,13 +14,14 @@ rules: p < 1e-6) leave a wide margin either way.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 from scipy.special import softmax
 
 from sdsl_jax.decoding import loop
@@ -34,6 +35,11 @@ from sdsl_jax.decoding.sampling import (
     speculative_accept,
 )
 from sdsl_jax.models.ngram import ngram_decoder
+
+_chi_spec = importlib.util.spec_from_file_location(
+    "chi_square", pathlib.Path(__file__).with_name("chi_square.py"))
+chi_square = importlib.util.module_from_spec(_chi_spec)
+_chi_spec.loader.exec_module(chi_square)
 
 VOCAB = 4
 WINDOW = 4  # generated tokens whose joint law is tested
@@ -78,17 +84,9 @@ def exact_joint(params, prompt, length, temperature):
 
 
 def chi_square_pvalue(tokens, probs):
-    """Chi-square goodness of fit of the rows of `tokens` to `probs`; cells
-    expecting fewer than 5 counts are pooled so the test's approximation holds."""
-    cells = np.ravel_multi_index(tuple(np.asarray(tokens).T), (VOCAB,) * tokens.shape[1])
-    observed = np.bincount(cells, minlength=probs.size).astype(np.float64)
-    expected = probs * observed.sum()
-    small = expected < 5
-    obs = np.append(observed[~small], observed[small].sum())
-    exp = np.append(expected[~small], expected[small].sum())
-    if exp[-1] == 0:
-        obs, exp = obs[:-1], exp[:-1]
-    return stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
+    """Chi-square goodness of fit of the rows of `tokens` to `probs` over this file's
+    vocabulary (tests/decoding/chi_square.py)."""
+    return chi_square.chi_square_pvalue(tokens, probs, VOCAB)
 
 
 # --------------------------------------------------------------------------

@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec
-from scipy import stats
 
 from sdsl_jax.decoding import sharding
 from sdsl_jax.decoding.decoder import Decoder
@@ -35,6 +34,10 @@ SCRIPT = pathlib.Path(__file__).with_name("sharding_devices.py")
 _spec = importlib.util.spec_from_file_location("sharding_devices", SCRIPT)
 devices_script = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(devices_script)
+_chi_spec = importlib.util.spec_from_file_location(
+    "chi_square", pathlib.Path(__file__).with_name("chi_square.py"))
+chi_square = importlib.util.module_from_spec(_chi_spec)
+_chi_spec.loader.exec_module(chi_square)
 
 EIGHT = "--xla_force_host_platform_device_count=8"
 
@@ -376,16 +379,9 @@ def test_greedy_tokens_equal_one_device(eight_devices):
 
 
 def _chi_square_pvalue(samples, probs):
-    """Goodness of fit of the rows of `samples` to the joint law `probs` (cells
-    expecting fewer than 5 counts pooled, as tests/decoding/test_lossless.py does)."""
-    vocab = devices_script.VOCAB
-    cells = np.ravel_multi_index(tuple(np.asarray(samples).T), (vocab,) * samples.shape[1])
-    observed = np.bincount(cells, minlength=probs.size).astype(np.float64)
-    expected = probs * observed.sum()
-    small = expected < 5
-    obs = np.append(observed[~small], observed[small].sum())
-    exp = np.append(expected[~small], expected[small].sum())
-    return stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
+    """Goodness of fit of the rows of `samples` to the joint law `probs`
+    (tests/decoding/chi_square.py)."""
+    return chi_square.chi_square_pvalue(samples, probs, devices_script.VOCAB)
 
 
 @pytest.mark.slow
