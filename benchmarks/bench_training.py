@@ -1,21 +1,42 @@
-"""Training throughput per model size: compile time, median step time, tokens per second.
+"""Training throughput against the machine's matmul peak, measured in the same run.
 
-Times the jit-compiled training step of sdsl_jax.models.training (batch drawn on the
-device, AdamW update, everything but checkpoints and the progress bar) on
-random tokens, so the numbers are the model's, not the corpus loader's.
+Times the jit-compiled training step of sdsl_jax.models.training (batch drawn on
+the device, forward, backward, clip and AdamW update: everything but checkpoints
+and the progress bar) on random bytes, so the figures are the model's, not the
+corpus loader's. The anchor is a large float32 matmul (``jnp.dot`` of two
+``--peak-n`` square matrices, on every core XLA uses), timed before and after
+each size's steps; the step's achieved FLOP/s is quoted as a fraction of its
+median.
 
-  python benchmarks/bench_training.py                       # every size up to 30m
-  python benchmarks/bench_training.py --sizes 10k 1m --batch-size 32 --seq-len 256
+FLOPs per step, counted from the shapes (the PaLM appendix B count):
 
-Steps per size shrink with size so a CPU run stays short; tokens/s is what to
-compare across sizes (a 6 N flop-per-token model predicts it falls ~1/N once
-the step is compute bound).
+  6 N T_step            matmuls with the weights: forward 2 N, backward 4 N per
+                        token, N = every parameter (the tied embedding counted
+                        once, as the output layer; its lookup is free; the
+                        RMSNorm scales, 0.1% of N, are counted as if matmuls)
+  12 L T d T_step       attention scores and their weighted sum, forward and
+                        backward, over the full T x T square the step computes
+                        (the causal half that matters is 6 L T d)
+
+with T_step = batch x seq tokens. Elementwise work (softmax, GELU, norms, the
+optimizer) is not counted: it is overhead the fraction shows.
+
+  python benchmarks/bench_training.py                  # 1m and 10m at sdsl train's 32 x 256
+  python benchmarks/bench_training.py --sizes 10k 1m --batch-size 8 --seq-len 128
+  python benchmarks/bench_training.py --sizes 1m --profile   # where a step's time goes
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
 import statistics
+import tempfile
 import time
 
 import jax
@@ -26,47 +47,124 @@ from sdsl_jax.models import training
 from sdsl_jax.models import SIZES, abstract_params, init_params, param_counts
 
 
-def bench(size: str, batch_size: int, seq_len: int, steps: int) -> dict:
+def step_flops(size: str, batch_size: int, seq_len: int) -> dict:
+    """Model FLOPs of one training step: ``weights`` (6 N per token) and ``attention``."""
     config = SIZES[size]
-    settings = training.TrainSettings(steps=1000, batch_size=batch_size, seq_len=seq_len).resolved(size)
-    optimizer = training.make_optimizer(settings)
+    tokens = batch_size * seq_len
+    return {"weights": 6 * param_counts(config)["total"] * tokens,
+            "attention": 12 * config.num_layers * seq_len * config.d_model * tokens}
+
+
+def matmul_peak(n: int, repeats: int) -> list[float]:
+    """FLOP/s of ``repeats`` float32 ``[n, n] @ [n, n]`` products (after one to compile)."""
+    a = jnp.asarray(np.random.default_rng(1).standard_normal((n, n), np.float32))
+    b = jnp.asarray(np.random.default_rng(2).standard_normal((n, n), np.float32))
+    dot = jax.jit(jnp.dot)
+    dot(a, b).block_until_ready()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dot(a, b).block_until_ready()
+        rates.append(2 * n ** 3 / (time.perf_counter() - start))
+    return rates
+
+
+def setup(size: str, batch_size: int, seq_len: int):
+    """The compiled step and its first arguments; the compile time (s)."""
+    config = SIZES[size]
+    settings = training.TrainSettings(steps=1000, batch_size=batch_size,
+                                      seq_len=seq_len).resolved(size)
     packing = training.ParamPacking.of(abstract_params(config))
     packed = packing.pack(init_params(config, 0))
-    opt_state = optimizer.init(packed)
+    opt_state = training.make_optimizer(settings).init(packed)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, 1 << 20, dtype=np.uint16))
     key = jax.random.PRNGKey(0)
     step = training.make_train_step(config, settings)
     start = time.perf_counter()
-    packed, opt_state, loss = step(packed, opt_state, tokens, key, jnp.int32(0))
-    jax.block_until_ready(loss)
+    compiled = step.lower(packed, opt_state, tokens, key, jnp.int32(0)).compile()
     compile_s = time.perf_counter() - start
+    return compiled, [packed, opt_state, tokens, key], compile_s
+
+
+def time_steps(compiled, state, steps: int) -> list[float]:
+    """Seconds of ``steps`` consecutive steps (after one warm-up step); updates ``state``."""
     times = []
-    for i in range(1, steps + 1):
+    for i in range(steps + 1):
         start = time.perf_counter()
-        packed, opt_state, loss = step(packed, opt_state, tokens, key, jnp.int32(i))
+        state[0], state[1], loss = compiled(state[0], state[1], state[2], state[3], jnp.int32(i))
         jax.block_until_ready(loss)
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return dict(size=size, params=param_counts(config)["total"], compile_s=compile_s,
-                step_ms=median * 1e3, tokens_per_s=batch_size * seq_len / median)
+        if i:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def profile(compiled, state, top: int) -> None:
+    """Trace one step and print where its time goes, by the JAX operation each XLA op came from."""
+    origin = {}
+    for match in re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = (\S+) [^\n]*?op_name=\"([^\"]*)\"",
+                             compiled.as_text(), re.M):
+        origin[match.group(1)] = (match.group(3).replace("jit(step)/", ""), match.group(2))
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            time_steps(compiled, state, 1)
+        path = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)[0]
+        with gzip.open(path) as f:
+            events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    by_op, by_kernel = collections.Counter(), collections.Counter()
+    for event in events:
+        if event.get("ph") == "X" and event["name"] in origin:
+            op, shape = origin[event["name"]]
+            by_op[op] += event["dur"] / 1e3
+            by_kernel[(re.sub(r"\.\d+$", "", event["name"]), shape, op)] += event["dur"] / 1e3
+    total = sum(by_op.values())
+    print(f"  profile of two steps (one warm-up): {total:.0f} ms of XLA ops over all threads")
+    print("  by JAX operation (jvp: forward, transpose: backward):")
+    for op, ms in by_op.most_common(top):
+        print(f"    {ms:8.1f} ms {100 * ms / total:5.1f}%  {op}")
+    print("  by XLA kernel kind, result shape and operation:")
+    for (kind, shape, op), ms in by_kernel.most_common(top):
+        print(f"    {ms:8.1f} ms {100 * ms / total:5.1f}%  {kind:24s} {shape:26s} {op}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+",
-                        default=["10k", "30k", "100k", "200k", "600k", "1m", "3m", "6m", "10m", "30m"])
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps for the smallest size")
+    parser.add_argument("--sizes", nargs="+", default=["1m", "10m"])
+    parser.add_argument("--batch-size", type=int, default=32, help="sdsl train's default: 32")
+    parser.add_argument("--seq-len", type=int, default=256, help="sdsl train's default: 256")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per size")
+    parser.add_argument("--peak-n", type=int, default=2048, help="matrix side of the peak matmul")
+    parser.add_argument("--peak-repeats", type=int, default=5)
+    parser.add_argument("--profile", action="store_true",
+                        help="also trace one step per size and print where its time goes")
+    parser.add_argument("--top", type=int, default=20, help="rows of the profile")
     args = parser.parse_args()
-    print(f"device: {jax.devices()[0].device_kind}; batch {args.batch_size} x seq {args.seq_len}")
-    print(f"{'size':>6}  {'params':>12}  {'compile s':>9}  {'step ms':>9}  {'tokens/s':>10}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}, {os.cpu_count()} cores, "
+          f"load {load:.2f}; batch {args.batch_size} x seq {args.seq_len}; "
+          f"FLOPs = 6 N tokens + 12 L T d tokens (see the docstring)")
+    header = (f"{'size':>5} {'params':>11} {'compile s':>9} {'step s':>7} {'min s':>7} "
+              f"{'tokens/s':>9} {'GFLOP/s':>8} {'peak GFLOP/s':>12} {'of peak':>7} "
+              f"{'6N only':>7}")
+    print(header)
     for size in args.sizes:
-        # Fewer timed steps for big models: the median of 3 is enough when a step takes seconds.
-        steps = max(3, int(args.steps * min(1.0, 1e6 / param_counts(SIZES[size])["total"])))
-        r = bench(size, args.batch_size, args.seq_len, steps)
-        print(f"{r['size']:>6}  {r['params']:>12,}  {r['compile_s']:>9.1f}  {r['step_ms']:>9.1f}  "
-              f"{r['tokens_per_s']:>10,.0f}", flush=True)
+        compiled, state, compile_s = setup(size, args.batch_size, args.seq_len)
+        peak = matmul_peak(args.peak_n, args.peak_repeats)
+        times = time_steps(compiled, state, args.steps)
+        peak += matmul_peak(args.peak_n, args.peak_repeats)
+        flops = step_flops(size, args.batch_size, args.seq_len)
+        median, peak_rate = statistics.median(times), statistics.median(peak)
+        achieved = (flops["weights"] + flops["attention"]) / median
+        print(f"{size:>5} {param_counts(SIZES[size])['total']:>11,} {compile_s:>9.1f} "
+                    f"{median:>7.3f} {min(times):>7.3f} "
+                    f"{args.batch_size * args.seq_len / median:>9,.0f} {achieved / 1e9:>8.2f} "
+                    f"{peak_rate / 1e9:>12.1f} {achieved / peak_rate:>7.1%} "
+                    f"{flops['weights'] / median / peak_rate:>7.1%}", flush=True)
+        if args.profile:
+            profile(compiled, state, args.top)
+    print(f"step s: median of {args.steps} steps (min beside it); peak: median of "
+          f"{2 * args.peak_repeats} products of {args.peak_n}^2 float32 matrices, half before and "
+          f"half after the size's steps; 6N only: the fraction without attention FLOPs")
 
 
 if __name__ == "__main__":
