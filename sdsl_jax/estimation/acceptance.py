@@ -35,8 +35,9 @@ counts behave like a binomial sample and the textbook binomial intervals apply:
 * ``clopper-pearson``: the exact interval that inverts the two one-sided
   binomial tests, with beta-quantile endpoints. It never covers less than the
   nominal level and is therefore conservative (wider than Wilson). The beta
-  quantiles are found by bisection on ``jax.scipy.special.betainc`` with a
-  fixed number of steps, so it jits and vmaps.
+  quantiles come from :mod:`sdsl_jax.estimation.beta_quantile` (Halley
+  steps on the incomplete beta function from a normal-approximation start),
+  which jits and vmaps.
 
 (The number of trials is random here, since a rejection ends the iteration;
 the likelihood is still binomial, and simulation shows both intervals keep
@@ -191,11 +192,12 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import betainc, ndtri
+from jax.scipy.special import ndtri
 from jax.typing import ArrayLike
 
 from sdsl_jax.common import validation as _validate
 from sdsl_jax.common.student_t import student_t_quantile
+from sdsl_jax.estimation.beta_quantile import betainccinv, betaincinv
 
 INTERVALS = ("wilson", "clopper-pearson", "cluster", "bootstrap")
 BOOTSTRAP_METHODS = ("studentized", "percentile")
@@ -377,93 +379,25 @@ def _wilson_ends(k, n, confidence):
     return low.astype(dtype), high.astype(dtype)
 
 
-def _bisection_steps(dtype) -> int:
-    # Bisection on [0, 1] halves the bracket each step: 2**-64 (float64) and
-    # 2**-40 (float32) are below the accuracy of the function being inverted.
-    return 64 if jnp.finfo(dtype).bits > 32 else 40
-
-
-def _bisect(decreasing_gap, shape, dtype, steps):
-    """x in [0, 1] where decreasing_gap(x) changes sign from > 0 to <= 0."""
-    def step(_, bracket):
-        lo, hi = bracket
-        mid = (lo + hi) / 2
-        right = decreasing_gap(mid) > 0
-        return jnp.where(right, mid, lo), jnp.where(right, hi, mid)
-
-    lo, hi = jax.lax.fori_loop(0, steps, step, (jnp.zeros(shape, dtype), jnp.ones(shape, dtype)))
-    return (lo + hi) / 2
-
-
-def _pp_g(t):
-    """g(t) = (1 - t^2 + 2 t log t) / (1 - t)^2 of the Peizer-Pratt formula.
-
-    Near t = 1 the numerator is O((t - 1)^3) and cancels, so the Taylor series
-    sum_{m>=3} 2 (-1)^m e^(m-2) / (m (m - 1)), e = t - 1, is used there. g runs
-    from 1 (t = 0) through 0 (t = 1) to -1 (t -> inf); t is capped at 1e12,
-    where g is -1 to float32 precision, so t^2 cannot overflow.
-    """
-    t = jnp.clip(t, 0.0, 1e12)
-    e = t - 1
-    near = jnp.abs(e) < 0.1
-    e_s = jnp.where(near, e, 0.0)
-    series = e_s * (-1 / 3 + e_s * (1 / 6 + e_s * (-1 / 10 + e_s * (1 / 15 + e_s * (
-        -1 / 21 + e_s * (1 / 28 + e_s * (-1 / 36 + e_s / 45)))))))
-    t_f = jnp.where(near, 2.0, t)
-    xlogx = jnp.where(t_f > 0, t_f * jnp.log(jnp.where(t_f > 0, t_f, 1.0)), 0.0)
-    direct = (1 - t_f * t_f + 2 * xlogx) / ((1 - t_f) * (1 - t_f))
-    return jnp.where(near, series, direct)
-
-
-def _pp_normal_deviate(k, n, p):
-    """Peizer-Pratt u with P(Binomial(n, p) <= k) ~ Phi(u), for 0 <= k < n.
-
-    Peizer & Pratt (1968), with their 0.02 refinement of d. Decreasing in p.
-    Its quantile error is below 3e-6 for n >= 2000 and falls like 1/n.
-    """
-    q = 1 - p
-    s = k + 0.5
-    f = n - k - 0.5
-    d = (k + 2 / 3 - (n + 1 / 3) * p
-         + 0.02 * (q / (k + 1) - p / (n - k) + (q - 0.5) / (n + 1)))
-    spread = 1 + q * _pp_g(s / (n * p)) + p * _pp_g(f / (n * q))
-    return d * jnp.sqrt(jnp.maximum(spread, 0.0) / ((n + 1 / 6) * p * q))
-
-
-# In float32, XLA's betainc loses accuracy when both shape parameters are
-# large (the error of a Clopper-Pearson end reaches 2e-4, a tenth of the
-# interval width, at n = 1e6). From this many trials on, float32 inverts the
-# Peizer-Pratt approximation instead, which needs no log-gamma cancellation.
-_FLOAT32_NORMAL_FROM = 2000
-
-
-@functools.partial(jax.jit, static_argnums=3)
-def _clopper_pearson_ends(k, n, tail, dtype):
-    steps = _bisection_steps(dtype)
+@jax.jit
+def _clopper_pearson_ends(k, n, tail):
     # Interior ends (2 <= k for the lower, k <= n - 2 for the upper; the rest
-    # have closed forms below). Where an end is not interior, harmless stand-in
-    # counts keep the unused computation finite. Both ends are solved in one
-    # bisection over a stacked leading axis (lower, upper): one betainc to
-    # compile instead of two.
-    n_s = jnp.maximum(n, 1.0)
-    k_lo = jnp.clip(k, 1.0, n_s)
-    k_hi = jnp.clip(k, 0.0, jnp.maximum(n - 1, 0.0))
-    # lower: I_x(k, n - k + 1) = tail;  upper: I_x(k + 1, n - k) = 1 - tail.
-    a = jnp.stack([k_lo, k_hi + 1])
-    b = jnp.stack([n_s - k_lo + 1, n_s - k_hi])
-    target = jnp.stack([tail, 1 - tail])
-    ends = _bisect(lambda x: target - betainc(a, b, x), a.shape, dtype, steps)
-    if jnp.finfo(dtype).bits <= 32:
-        # lower: P(X <= k - 1 | x) = 1 - tail;  upper: P(X <= k | x) = tail.
-        n_pp = jnp.maximum(n, 2.0)
-        k_pp = jnp.stack([jnp.clip(k_lo - 1, 0.0, n_pp - 1), jnp.clip(k_hi, 0.0, n_pp - 1)])
-        z = ndtri(jnp.stack([1 - tail, tail]))
-        ends_pp = _bisect(lambda x: _pp_normal_deviate(k_pp, n_pp, x) - z, a.shape, dtype, steps)
-        ends = jnp.where(n >= _FLOAT32_NORMAL_FROM, ends_pp, ends)
-    low, high = ends[0], ends[1]
+    # have closed forms below). Elsewhere the quantile is asked for the
+    # median of Beta(2, 2), which its first step finds exactly, so those
+    # elements neither cost Halley steps nor hold back the batch.
+    interior_low = (k >= 2) & (k < n)
+    interior_high = (k <= n - 2) & (k > 0)
+    half = jnp.asarray(0.5, k.dtype)
+    two = jnp.asarray(2.0, k.dtype)
+    # lower: I_x(k, n - k + 1) = tail;  upper: 1 - I_x(k + 1, n - k) = tail.
+    low = betaincinv(jnp.where(interior_low, k, two), jnp.where(interior_low, n - k + 1, two),
+                     jnp.where(interior_low, tail, half))
+    high = betainccinv(jnp.where(interior_high, k + 1, two), jnp.where(interior_high, n - k, two),
+                       jnp.where(interior_high, tail, half))
     # Closed forms where the binomial tail is one term: P(X >= n) = x^n,
     # P(X >= 1) = 1 - (1 - x)^n, P(X <= 0) = (1 - x)^n, P(X <= n - 1) = 1 - x^n.
     # expm1 keeps the small ends (1 - t^(1/n) for large n) accurate.
+    n_s = jnp.maximum(n, 1.0)
     log_tail = jnp.log(tail)
     log_keep = jnp.log1p(-tail)
     low = jnp.where(k <= 0, 0.0,
@@ -485,15 +419,14 @@ def clopper_pearson_interval(successes: ArrayLike, trials: ArrayLike,
         high = Beta(k + 1, n - k).ppf(1 - t)   (1 when k = n),
 
     as in ``scipy.stats.binomtest(k, n).proportion_ci(method="exact")``. They
-    are found by a fixed number of bisection steps on the regularised
-    incomplete beta function, so the function jits and vmaps; ends whose
-    binomial tail is a single term (k = 0, 1, n - 1, n) are closed forms. In
-    float32 with n >= 2000 the bisection runs on the Peizer-Pratt normal
-    approximation of the binomial tail instead, because float32 betainc is
-    inaccurate for large shape parameters (see _FLOAT32_NORMAL_FROM). Errors
-    against scipy: about 1e-12 in float64; in float32 up to about 1.5e-5 for
-    n near 1000-2000 (betainc), below 3e-6 elsewhere. The ends
-    are piecewise constant in the counts, so gradients through them are zero.
+    are :func:`~sdsl_jax.estimation.beta_quantile.betaincinv` and
+    :func:`~sdsl_jax.estimation.beta_quantile.betainccinv` (Halley steps on
+    the incomplete beta function, as many as the slowest element needs, about
+    two), so the function jits and vmaps; ends whose binomial tail is a single
+    term (k = 0, 1, n - 1, n) are closed forms. Errors against scipy: about
+    1e-13 in float64 and a few float32 ulp (below 1e-6) in float32, for n up
+    to 1e7. The ends are piecewise constant in the counts, so gradients
+    through them are zero.
 
     Args:
       successes: k >= 0, broadcasts against trials.
@@ -508,7 +441,7 @@ def clopper_pearson_interval(successes: ArrayLike, trials: ArrayLike,
     dtype = k.dtype
     k, n = jnp.broadcast_arrays(k, n)
     tail = jnp.broadcast_to((1 - jnp.asarray(confidence, dtype)) / 2, k.shape)
-    low, high = _clopper_pearson_ends(k, n, tail, dtype)
+    low, high = _clopper_pearson_ends(k, n, tail)
     return low.astype(dtype), high.astype(dtype)
 
 
