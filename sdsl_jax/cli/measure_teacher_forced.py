@@ -28,7 +28,8 @@ def run(args) -> int:
     from sdsl_jax.common.validation import finite_or_none
     from sdsl_jax.decoding.run import peak_memory_bytes, precision
     from sdsl_jax.decoding.summary import teacher_forced_summary
-    from sdsl_jax.decoding.teacher_forced import document_windows, teacher_forced_acceptance
+    from sdsl_jax.decoding.teacher_forced import (document_windows, forward_batch_rows,
+                                                  teacher_forced_acceptance)
 
     draft, target = load_pair(args)
     window = 128 if args.prompt_len is None else args.prompt_len
@@ -47,14 +48,14 @@ def run(args) -> int:
         raise UsageError("sdsl measure: no document has two tokens: nothing to score")
     temperature = 0.0 if args.greedy else float(args.temperature)
     tokens, lengths, first, ids = document_windows(documents, window)
-    check_memory(draft, target, min(args.batch_size, len(tokens)), window, window,
-                 lower="--prompt-len or --batch-size")
+    check_memory(draft, target, forward_batch_rows(len(tokens), args.batch_size), window,
+                 window, lower="--prompt-len or --batch-size")
     begin = time.perf_counter()
+    # No key: the interval does not resample, and making one compiles two programs.
     result = teacher_forced_acceptance(
         draft.decoder, target.decoder, tokens, temperature, lengths=lengths,
-        first_position=first, document_ids=ids, batch_size=min(args.batch_size, len(tokens)),
-        confidence=args.confidence, num_resamples=args.bootstrap,
-        key=jax.random.PRNGKey(args.seed))
+        first_position=first, document_ids=ids, batch_size=args.batch_size,
+        confidence=args.confidence)
     seconds = time.perf_counter() - begin
     extra = {"family": draft.family, "confidence": args.confidence, "prompt_len": window,
              "windows": int(len(tokens)), "seed": args.seed,

@@ -115,6 +115,23 @@ run over the documents in batches of a fixed size (the last batch is padded
 with empty rows), with a fresh cache and ``start = 0`` per batch. The same
 passes give both models' perplexities on the documents (at temperature 1,
 whatever T is), which the measurement-set rows need.
+
+Compiled programs
+-----------------
+Compiling the two forward passes and the interval is most of a short run's
+time, and the persistent compilation cache (``sdsl`` keeps one) serves a
+second process only for the shapes it has seen. So the shapes come from
+few buckets: fewer rows than ``batch_size`` are read in a batch of the next
+power of two (:func:`forward_batch_rows`), and the interval's per-document
+totals are padded with empty documents to at least
+:data:`INTERVAL_DOCUMENTS` (then to a power of two). An empty row or
+document counts no position, so neither changes a result: the interval is
+the same to the bit with 16 or 64 documents' worth of padding (float32, and
+within an ulp in float64), and a row's sums are the same up to float
+rounding in a batch of 44 or 64 rows (a relative 1e-7 in float32: XLA may
+split a larger matrix product differently). One program of each then
+serves every run of up to 64 rows and documents at a window length. Nothing else is compiled: the inputs go to the jitted
+pass as numpy arrays, whose transfer needs no program of its own.
 """
 
 from __future__ import annotations
@@ -340,6 +357,23 @@ def document_windows(documents: Sequence[Sequence[int]], window: int):
             np.asarray(first, np.int64), np.asarray(ids, np.int64))
 
 
+# The interval's totals are padded to at least this many documents: its program
+# compiles for seconds, and one compilation then serves every run of up to 64.
+INTERVAL_DOCUMENTS = 64
+
+
+def forward_batch_rows(num_rows: int, batch_size: int) -> int:
+    """Rows per forward pass for ``num_rows`` rows read ``batch_size`` at a time.
+
+    ``batch_size``, or for fewer rows the next power of two up to it, so that
+    runs of 33 to 64 rows, say, share one compiled pass (the rest of a batch is
+    empty rows, which count nothing).
+    """
+    _validate.check_int("num_rows", num_rows, 1)
+    _validate.check_int("batch_size", batch_size, 1)
+    return min(int(batch_size), 1 << (int(num_rows) - 1).bit_length())
+
+
 def document_interval(document_sums, document_positions, key=None, *, confidence: float = 0.95,
                       num_resamples: int = 1000) -> tuple[float, float]:
     """The cluster interval of sum(sums) / sum(positions) over documents.
@@ -370,11 +404,15 @@ def document_interval(document_sums, document_positions, key=None, *, confidence
     # Rounding can put a sum of betas a hair above its count; the interval
     # routine checks accepted <= trials.
     sums = np.minimum(sums[used], counts[used])
-    # Padding to a power of two with empty documents (which the interval
-    # leaves out) lets most calls share a compilation.
-    pad = (1 << max(0, int(m - 1).bit_length())) - m
-    low, high = cluster_interval(np.pad(sums, (0, pad)), np.pad(counts[used], (0, pad)),
-                                 confidence)
+    # Empty documents (which the interval leaves out, to the bit) pad the totals
+    # to one of few sizes, so calls share a compilation (module docstring).
+    pad = max(INTERVAL_DOCUMENTS, 1 << max(0, int(m - 1).bit_length())) - m
+    # Given in the dtype the interval computes in (the same rounding the
+    # library would do), so that no conversion program is compiled for them.
+    real = jnp.result_type(float)
+    low, high = cluster_interval(np.pad(sums, (0, pad)).astype(real),
+                                 np.pad(counts[used], (0, pad)).astype(real),
+                                 np.asarray(confidence, real))
     return float(low), float(high)
 
 
@@ -397,7 +435,9 @@ def teacher_forced_acceptance(draft: Decoder, target: Decoder, documents, temper
       document_ids: int[D], which document each row belongs to (rows of one
         id, e.g. the windows of :func:`document_windows`, are one unit of the
         interval); default: every row is its own document.
-      batch_size: rows per forward pass (static shapes: one compilation).
+      batch_size: rows per forward pass (static shapes: one compilation; fewer
+        rows are read in a batch of the next power of two,
+        :func:`forward_batch_rows`).
       confidence: level of the interval.
       num_resamples, key: ignored; kept so that calls written for the
         bootstrap the interval replaced keep working.
@@ -436,21 +476,21 @@ def teacher_forced_acceptance(draft: Decoder, target: Decoder, documents, temper
     tokens = np.where(inside, tokens, 0).astype(np.int32)
 
     num_docs, width = tokens.shape
-    batch_size = min(int(batch_size), num_docs)
+    batch_size = forward_batch_rows(num_docs, batch_size)
     padded = -(-num_docs // batch_size) * batch_size
     # Padding rows have length 0: no counted position, so they add nothing.
     tokens = np.concatenate([tokens, np.zeros((padded - num_docs, width), np.int32)])
     lengths = np.concatenate([lengths, np.zeros(padded - num_docs, np.int64)]).astype(np.int32)
     first = np.concatenate([first, np.zeros(padded - num_docs, np.int64)]).astype(np.int32)
-    temp = jnp.asarray(t, jnp.result_type(float))
+    # numpy arguments: jnp.asarray would compile a conversion program of its own.
+    temp = np.asarray(t, jnp.result_type(float))
     statics = dict(draft_forward=draft.forward, draft_init_cache=draft.init_cache,
                    target_forward=target.forward, target_init_cache=target.init_cache)
     parts = []
     for s in range(0, padded, batch_size):
-        parts.append(_document_sums(draft.params, target.params,
-                                    jnp.asarray(tokens[s:s + batch_size]),
-                                    jnp.asarray(lengths[s:s + batch_size]), temp,
-                                    jnp.asarray(first[s:s + batch_size]), **statics))
+        parts.append(_document_sums(draft.params, target.params, tokens[s:s + batch_size],
+                                    lengths[s:s + batch_size], temp,
+                                    first[s:s + batch_size], **statics))
     row_sums = [np.concatenate([np.asarray(p[i], np.float64) for p in parts])[:num_docs]
                 for i in range(4)]
     # Rows -> documents: the windows of one document are one unit of the interval.
