@@ -111,7 +111,7 @@ def _add_arguments(parser) -> None:
         "device JAX sees (default: 1)"))
     parser.add_argument("--memory-estimate", action="store_true", help=(
         "also record XLA's estimate of the memory the compiled prefill and decode programs "
-        "need per device (reported on a CPU too; costs a second compilation of the loop); "
+        "need per device (reported on a CPU too; the run uses the programs compiled for it); "
         "the device's own peak is recorded where it keeps one"))
     parser.add_argument("--batch-size", type=int, metavar="B", help=(
         "prompts decoded together (default: 1, which gives exact per-prompt latencies); with "

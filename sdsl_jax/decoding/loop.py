@@ -63,7 +63,9 @@ caches itself (``init_cache`` inside the program), so nothing of its inputs
 is worth donating: the prompts, lengths and keys are small and a caller
 (:func:`staged_generate`, a warmup run) may prefill the same inputs again.
 :func:`compiled_memory` reports what both programs need (arguments, outputs,
-temporaries) from XLA's compiled memory analysis, on any device.
+temporaries) from XLA's compiled memory analysis, on any device. It compiles
+them ahead of time for the run's shapes, and JAX keeps those executables for
+the run's own calls: the run compiles nothing more, so the estimate is free.
 
 The prefill reads a long prompt in chunks of C positions (a ``lax.scan``
 over one compiled forward, each chunk writing the caches as one call over
@@ -748,6 +750,26 @@ def _program_memory(compiled) -> ProgramMemory | None:
                          peak_bytes=peak if peak > 0 else argument + output - alias + temp)
 
 
+def _state_as_passed(state_info, prefill_args):
+    """The prefill's outputs as the decode will be called with them.
+
+    A jit's outputs are committed to their devices only when one of its inputs
+    was, or the program spans several devices; an uncommitted argument is
+    lowered with no sharding, a committed one with its sharding. Lowered for
+    the state exactly as a run passes it, the decode compiled here is the one
+    the run then calls (JAX keeps it for the call), not a second compilation.
+    """
+    leaves = jax.tree_util.tree_leaves(state_info)
+    committed = (any(getattr(x, "committed", False)
+                     for x in jax.tree_util.tree_leaves(prefill_args))
+                 or any(len(leaf.sharding.device_set) > 1 for leaf in leaves))
+    if committed:
+        return state_info
+    return jax.tree_util.tree_map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, weak_type=leaf.weak_type),
+        state_info)
+
+
 def compiled_memory(draft: Decoder | None, target: Decoder, *, batch_size: int, prompt_len: int,
                     lookahead: int, max_new_tokens: int,
                     accept_fn: AcceptFn = speculative_accept,
@@ -756,8 +778,12 @@ def compiled_memory(draft: Decoder | None, target: Decoder, *, batch_size: int, 
 
     Compiles both programs for ``batch_size`` prompts padded to
     ``prompt_len`` (nothing runs, no state is allocated) and reads XLA's
-    analysis of each: the figures a device's memory statistics would show,
-    also where the device keeps none (CPU). The decode's arguments hold the
+    analysis of each. JAX keeps these executables for the calls of a run of
+    the same shapes and weights, which then compiles nothing more: the
+    estimate costs no second compilation
+    (tests/decoding/test_compiled_programs.py). The figures are those a
+    device's memory statistics would show, also where the device keeps none
+    (CPU). The decode's arguments hold the
     donated state, so its ``alias_bytes`` covers the caches, updated in place.
     Per device, with the weights' shardings as given (their arrays are only
     looked at, not used). ``prefill_chunk`` is the prefill's, as in
@@ -780,7 +806,8 @@ def compiled_memory(draft: Decoder | None, target: Decoder, *, batch_size: int, 
                                             prefill_chunk=_check_prefill_chunk(prefill_chunk))
                                  ).compile()
     # The decode is compiled for the state the prefill returns, shardings included.
-    state = prefill.out_info
+    state = _state_as_passed(prefill.out_info, (draft_params, target.params, tokens, lengths,
+                                                keys, settings))
     decode = _decode_jit.lower(draft_params, target.params, state,
                                spec=_spec(draft, target, lookahead, max_new_tokens,
                                           accept_fn)).compile()

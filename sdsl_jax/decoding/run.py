@@ -67,8 +67,8 @@ summary row takes the largest over the lines. Asked for (``memory_estimate``),
 the lines also record XLA's own estimate of what the compiled prefill and
 decode programs hold per device (``prefill_memory_bytes``,
 ``decode_memory_bytes``: :func:`sdsl_jax.decoding.loop.compiled_memory`),
-which a CPU run reports too; it costs a second compilation of the loop, so
-it is not made by default.
+which a CPU run reports too. It compiles the loop's two programs ahead of
+time, and the run then calls those executables: no second compilation.
 
 Errors are :class:`MeasureRunError`, whose message is the line ``sdsl
 measure`` prints.
@@ -281,7 +281,8 @@ def measure_run(draft: RunModel, target: RunModel, prompts: Sequence[Sequence[in
       path: the runs file, created or extended.
       progress: tqdm bar on stderr (None: on a terminal only).
       memory_estimate: also record XLA's memory estimate of the compiled
-        programs on the lines measured now (a second compilation of the loop).
+        programs on the lines measured now (the loop is compiled for it ahead
+        of time, and the run calls the same executables).
     """
     import jax
 
