@@ -52,7 +52,7 @@ import numpy as np
 import optax
 
 from sdsl_jax.laws import acceptance as acceptance_lib
-from sdsl_jax.laws import throughput
+from sdsl_jax.laws import lambertw, throughput
 
 METHODS = ("bracket", "gradient")
 
@@ -218,13 +218,25 @@ def flop_objective_at(alpha, cost_ratio, log_cost_ratio):
     (-inf); ``flat`` marks those points. alpha is capped below 1 here;
     ``log_cost_ratio`` is log c, passed in so its derivative stays exact.
     """
+    # Written out rather than through throughput.optimum, whose pay test and
+    # peak each take log(alpha) (a log and a log1p) on their own inputs: here
+    # one log(alpha) serves the pay margin, kappa and S*, and one log serves
+    # both pieces of F. Every value is as throughput.optimum computes it.
     alpha = throughput.cap_acceptance(alpha)
-    _, peak, pays = throughput.optimum(alpha, cost_ratio)
     positive = alpha > 0
     safe = jnp.where(positive, alpha, 0.5)
-    log_margin = jnp.log(safe * -throughput.log_acceptance(safe) / (1 - safe)) - log_cost_ratio
-    value = jnp.where(pays, jnp.log(peak), jnp.where(positive, log_margin, -jnp.inf))
-    return value, (pays, ~positive)
+    neg_log_alpha = -throughput.log_acceptance(safe)
+    bound = safe * neg_log_alpha / (1 - safe)  # h(alpha): the largest c that pays
+    pays = positive & (cost_ratio < bound)
+    # A paying point stands in where drafting does not pay, so the unused
+    # branch (and its derivative, multiplied by zero) stays finite.
+    alpha_s = jnp.where(pays, alpha, 0.5)
+    c_s = jnp.where(pays, cost_ratio, 0.1)
+    neg_log_alpha_s = jnp.where(pays, neg_log_alpha, float(np.log(2.0)))  # -log(0.5)
+    w, _ = lambertw.lambertw_negexp_parts(neg_log_alpha_s * (1 - c_s) / c_s, -1)
+    peak = jnp.maximum(neg_log_alpha_s / ((1 - alpha_s) * c_s * -w), 1.0)
+    value = jnp.log(jnp.where(pays, peak, bound)) - jnp.where(pays, 0.0, log_cost_ratio)
+    return jnp.where(positive, value, -jnp.inf), (pays, ~positive)
 
 
 # --- The solve ------------------------------------------------------------------------
