@@ -41,6 +41,13 @@ shape parameter is in the millions. Here instead:
 
 Domain: a, b >= 1 (the start and the Stirling terms are shaped for it; the
 binomial intervals need a, b >= 1). p = 0 gives 0 and p = 1 gives 1.
+
+Accuracy. The error in x is a few ulp of x (float32) or about 1e-13
+(float64), except next to 1 when a >> b: the fraction then sees 1 - x only
+to about eps a / b relatively, though x itself is right to about eps. So the
+upper quantile of Beta(3, 1e7) (x near 7e-7, found next to 1 in Beta(1e7,
+3)) is right to about 1e-9 relatively in float64 and a few percent in
+float32, while an absolute error is all a float near 1 could hold.
 Accuracy against scipy.special.betaincinv (Boost): tests/estimation/
 test_beta_quantile.py. All functions broadcast, keep float32 by default and
 float64 under ``jax_enable_x64``, and run under jit and vmap. The quantile
@@ -242,6 +249,7 @@ def _lower_tail_logit(a, b, p):
     return v
 
 
+@jax.jit
 def _quantile(a, b, p, q):
     """x with I_x(a, b) = p and q = 1 - p, whichever of p and q is the smaller
     solved directly so that neither is formed as 1 - (1 - tail)."""
