@@ -45,111 +45,73 @@ interval: "delta", "bootstrap", ...), ``batch_size``, ``num_params`` for an
 unprefixed parameter count, time fields in ``_seconds``. Results are frozen
 ``chex`` dataclasses (pytrees that also index by field name).
 
-The measuring instrument (:mod:`sdsl_jax.decoding`, :mod:`sdsl_jax.models`,
+Each name is loaded from its layer on first use, so ``import sdsl_jax`` itself
+loads nothing (not even JAX): the ``sdsl`` program imports the package before
+every subcommand and pays only for the layers that subcommand uses. The
+measuring instrument (:mod:`sdsl_jax.decoding`, :mod:`sdsl_jax.models`,
 :mod:`sdsl_jax.hf`), the figures (:mod:`sdsl_jax.plots`) and the paper's
-reproduction (:mod:`sdsl_jax.reproduce`) are imported on their own: importing
-this package loads none of them (nor flax or orbax).
+reproduction (:mod:`sdsl_jax.reproduce`) are imported on their own: no name
+here loads them (nor flax or orbax).
 """
 
-from sdsl_jax.laws.acceptance import (
-    MAX_ACCEPTANCE,
-    SDSL_2026,
-    AcceptanceLaw,
-    acceptance,
-    acceptance_preset,
-    is_extrapolated,
-    raw_acceptance,
-)
-from sdsl_jax.estimation.acceptance import (
-    AcceptanceEstimate,
-    bootstrap_interval,
-    cluster_interval,
-    clopper_pearson_interval,
-    estimate_acceptance,
-    wilson_interval,
-)
-from sdsl_jax.fitting import (
-    FittedLaws,
-    draft_size_interval,
-    fit_acceptance_law,
-    fit_joint,
-    fit_pretraining_law,
-    load_laws,
-    save_laws,
-)
-from sdsl_jax.laws.lambertw import lambertw, lambertw_negexp
-from sdsl_jax.planning.budget import BudgetPlan, optimal_draft_under_budget
-from sdsl_jax.planning.calibration import (
-    Calibration,
-    StepTimes,
-    calibrate,
-    read_step_times,
-    step_time_rows,
-)
-from sdsl_jax.planning.hardware import (
-    Hardware,
-    Workload,
-    bytes_per_param,
-    hardware_preset,
-    step_time,
-)
-from sdsl_jax.planning.linear_rule import LinearRule, fit_linear_rule, published_rule
-from sdsl_jax.planning.sharded import initialize_distributed, map_configs, plan_sharded
-from sdsl_jax.planning.wallclock import (
-    WallClockPlan,
-    evaluate_draft_wallclock,
-    optimal_draft_size_wallclock,
-)
-from sdsl_jax.estimation.measurements import (
-    MeasurementError,
-    MeasurementSet,
-    read_measurements,
-    write_measurements,
-)
-from sdsl_jax.planning.flop import DraftPlan, optimal_draft_size
-from sdsl_jax.laws.pretraining import (
-    BESIROGLU_2024,
-    HOFFMANN_2022,
-    PretrainingLaw,
-    loss,
-    perplexity,
-    pretraining_preset,
-)
-from sdsl_jax.common.quantities import format_count, parse_count
-from sdsl_jax.laws.throughput import (
-    expected_tokens,
-    optimal_integer_lookahead,
-    optimal_lookahead,
-    optimal_speedup,
-    speculation_pays,
-    speedup,
-    tokens_per_flop,
-)
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
+# Module -> the public names it defines, by layer (the docstring's order).
+_EXPORTS = {
     # laws
-    "AcceptanceLaw", "BESIROGLU_2024", "HOFFMANN_2022", "MAX_ACCEPTANCE", "PretrainingLaw",
-    "SDSL_2026", "acceptance", "acceptance_preset", "expected_tokens", "is_extrapolated",
-    "lambertw", "lambertw_negexp", "loss", "optimal_integer_lookahead", "optimal_lookahead",
-    "optimal_speedup", "perplexity", "pretraining_preset", "raw_acceptance", "speculation_pays",
-    "speedup", "tokens_per_flop",
+    "sdsl_jax.laws.pretraining": (
+        "BESIROGLU_2024", "HOFFMANN_2022", "PretrainingLaw", "loss", "perplexity",
+        "pretraining_preset"),
+    "sdsl_jax.laws.acceptance": (
+        "AcceptanceLaw", "MAX_ACCEPTANCE", "SDSL_2026", "acceptance", "acceptance_preset",
+        "is_extrapolated", "raw_acceptance"),
+    "sdsl_jax.laws.throughput": (
+        "expected_tokens", "optimal_integer_lookahead", "optimal_lookahead", "optimal_speedup",
+        "speculation_pays", "speedup", "tokens_per_flop"),
+    "sdsl_jax.laws.lambertw": ("lambertw", "lambertw_negexp"),
     # planning: FLOP, wall clock, hardware and calibration, budget, sharded, linear rule
-    "DraftPlan", "optimal_draft_size",
-    "WallClockPlan", "evaluate_draft_wallclock", "optimal_draft_size_wallclock",
-    "Hardware", "Workload", "bytes_per_param", "hardware_preset", "step_time",
-    "Calibration", "StepTimes", "calibrate", "read_step_times", "step_time_rows",
-    "BudgetPlan", "optimal_draft_under_budget",
-    "initialize_distributed", "map_configs", "plan_sharded",
-    "LinearRule", "fit_linear_rule", "published_rule",
+    "sdsl_jax.planning.flop": ("DraftPlan", "optimal_draft_size"),
+    "sdsl_jax.planning.wallclock": (
+        "WallClockPlan", "evaluate_draft_wallclock", "optimal_draft_size_wallclock"),
+    "sdsl_jax.planning.hardware": (
+        "Hardware", "Workload", "bytes_per_param", "hardware_preset", "step_time"),
+    "sdsl_jax.planning.calibration": (
+        "Calibration", "StepTimes", "calibrate", "read_step_times", "step_time_rows"),
+    "sdsl_jax.planning.budget": ("BudgetPlan", "optimal_draft_under_budget"),
+    "sdsl_jax.planning.sharded": ("initialize_distributed", "map_configs", "plan_sharded"),
+    "sdsl_jax.planning.linear_rule": ("LinearRule", "fit_linear_rule", "published_rule"),
     # estimation
-    "AcceptanceEstimate", "MeasurementError", "MeasurementSet", "bootstrap_interval", "cluster_interval",
-    "clopper_pearson_interval", "estimate_acceptance", "read_measurements", "wilson_interval",
-    "write_measurements",
+    "sdsl_jax.estimation.acceptance": (
+        "AcceptanceEstimate", "bootstrap_interval", "cluster_interval",
+        "clopper_pearson_interval", "estimate_acceptance", "wilson_interval"),
+    "sdsl_jax.estimation.measurements": (
+        "MeasurementError", "MeasurementSet", "read_measurements", "write_measurements"),
     # fitting
-    "FittedLaws", "draft_size_interval", "fit_acceptance_law", "fit_joint", "fit_pretraining_law",
-    "load_laws", "save_laws",
+    "sdsl_jax.fitting": (
+        "FittedLaws", "draft_size_interval", "fit_acceptance_law", "fit_joint",
+        "fit_pretraining_law", "load_laws", "save_laws"),
     # common
-    "format_count", "parse_count",
-]
+    "sdsl_jax.common.quantities": ("format_count", "parse_count"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = list(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    """A public name, imported from its layer the first time it is asked for (PEP 562)."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sdsl_jax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    # Later lookups find it without coming here again.
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

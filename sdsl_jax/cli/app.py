@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 from sdsl_jax.cli import fit, measure, plan, plot, reproduce, rule, train
-from sdsl_jax.cli.compilation_cache import enable_compilation_cache
+from sdsl_jax.cli.compilation_cache import enable_compilation_cache, programs_directory
 from sdsl_jax.cli.options import EXIT_USAGE, Parser, UsageError
 
 # In the order `sdsl --help` lists them.
@@ -22,13 +22,23 @@ COMMANDS = {"plan": plan, "fit": fit, "train": train, "measure": measure, "rule"
             "plot": plot, "reproduce": reproduce}
 
 
-def build_parser() -> Parser:
-    """The ``sdsl`` parser with every subcommand."""
+def build_parser(command: str | None = None) -> Parser:
+    """The ``sdsl`` parser with every subcommand, or with only ``command``'s options.
+
+    Given ``command`` (one of :data:`COMMANDS`), the other subcommands are
+    registered by name alone: argparse hands everything after the name to that
+    one subparser, so the result parses ``sdsl COMMAND ...`` exactly as the full
+    parser does, without building the others' options (``sdsl plot``'s import
+    the figures and the fits, most of a second).
+    """
     parser = Parser(prog="sdsl", description=(
         "Speculative decoding scaling laws: choose a draft model size before training it."))
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for module in COMMANDS.values():
-        module.add_parser(commands)
+    for name, module in COMMANDS.items():
+        if command is None or name == command:
+            module.add_parser(commands)
+        else:
+            commands.add_parser(name)
     return parser
 
 
@@ -45,13 +55,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = None
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        # The first word names the subcommand (sdsl takes no options of its own
+        # but --help, which needs every subcommand's help line).
+        chosen = argv[0] if argv and argv[0] in COMMANDS else None
+        args = build_parser(chosen).parse_args(argv)
         _refuse_empty(args)
-        enable_compilation_cache()
+        cache = enable_compilation_cache()
         import jax
+        from sdsl_jax.common import saved_programs
         # Planning is cheap, so the CLI always answers in float64 (scoped, so
-        # a program that calls main() keeps its own precision setting).
-        with jax.enable_x64(True):
+        # a program that calls main() keeps its own precision setting); the
+        # planners' compiled programs are saved beside the compilation cache.
+        with jax.enable_x64(True), saved_programs.saving_in(programs_directory(cache)):
             return COMMANDS[args.command].run(args)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)

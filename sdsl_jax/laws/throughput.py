@@ -37,6 +37,7 @@ are safe under jit, vmap and grad: no NaN or inf for 0 <= alpha <= 1 and
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
@@ -162,6 +163,7 @@ def speculation_pays(acceptance: ArrayLike, cost_ratio: ArrayLike) -> jnp.ndarra
     return (alpha > 0) & (c < bound)
 
 
+@jax.jit
 def optimum(alpha: jnp.ndarray, c: jnp.ndarray):
     """(gamma*, S*, pays): the optimal real lookahead, the speedup there, and
     whether drafting pays, for alpha already capped below 1

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from sdsl_jax.common import saved_programs
 from sdsl_jax.laws import acceptance as acceptance_lib
 from sdsl_jax.laws import pretraining
 from sdsl_jax.laws import throughput
@@ -122,12 +123,14 @@ def window(ctx: Context, search: solver.SearchRange) -> solver.Window:
                                     ctx.target_perplexity, ctx.draft_data_loss, search)
 
 
+@jax.jit
 def _value_and_flags(log_draft, ctx: Context):
     """The FLOP law's objective F at N (:func:`solver.flop_objective_at`)."""
     alpha, _, cost_ratio = acceptance_at(log_draft, ctx)
     return solver.flop_objective_at(alpha, cost_ratio, log_draft - jnp.log(ctx.target_params))
 
 
+@jax.jit
 def _log_speedup(log_draft, ctx: Context):
     """log S*(alpha(N), N / M): what the gradient method maximises."""
     alpha, _, cost_ratio = acceptance_at(log_draft, ctx)
@@ -201,4 +204,7 @@ def optimal_draft_size(
     given = inputs.planner_inputs(dict(target_params=target_params, draft_tokens=draft_tokens,
                                        target_tokens=target_tokens),
                                   pretraining_law, acceptance_law)
-    return _plan(settings, *given.values, given.pretraining_law, given.acceptance_law)
+    # Where the caller saves programs (the sdsl command line does), a new
+    # process loads the compiled planner instead of tracing it again.
+    return saved_programs.call("planning.flop", _plan, (settings,), *given.values,
+                               given.pretraining_law, given.acceptance_law)
