@@ -506,7 +506,7 @@ def _residual(w, t, use_t, big_l, far, c, accurate):
     return s3 + ((e1 + e2) + e3 + small)
 
 
-def _iterate(w0, t0, use_t, series, big_l, far, c, materialize):
+def _iterate(w0, t0, steps, c, materialize):
     """FSC steps on one state per element: t = 1 + w where use_t, else w.
 
     Near the branch point t carries the information and w = t - 1 is exact
@@ -525,10 +525,17 @@ def _iterate(w0, t0, use_t, series, big_l, far, c, materialize):
     Its result is materialised: XLA on CPU runs a fusion's whole evaluation
     per element as one dependent chain, and two loops of half the length
     overlap far better in the processor than one (1.3-1.6x on branch 0).
+
+    ``steps[i] = (use_t, series, big_l, far)`` are the argument's derived
+    quantities for step i.  The last step's are computed a second time from
+    the argument (see _recomputed): only the state then crosses from the first
+    loop to the second, instead of every quantity both loops use.
     """
+    use_t = steps[0][0]
     v = jnp.where(use_t, t0, w0)
     for i in range(c.n_iter):
         last = i == c.n_iter - 1
+        use_t, series, big_l, far = steps[i]
         exact_w = last and use_t is not series
         w, w_err = _two_sum(v, -jnp.ones_like(v)) if exact_w else (v - 1, None)
         w = jnp.where(use_t, w, v)
@@ -543,6 +550,17 @@ def _iterate(w0, t0, use_t, series, big_l, far, c, materialize):
     if materialize:
         v = _materialize(v)
     return jnp.where(use_t, v - 1, v), jnp.where(use_t, v, v + 1)
+
+
+def _recomputed(a):
+    """a, opaque to XLA's common-subexpression elimination.
+
+    What is derived from it is computed again inside the loop that uses it:
+    an independent chain, which costs little in a latency-bound loop, where a
+    materialised copy would cost a pass over memory (and, for XLA's per-call
+    temporary buffers, page faults).
+    """
+    return _barrier(a)
 
 
 def _quotient_far(x_hi, x_lo, inv_x, c):
@@ -605,44 +623,53 @@ def _lambertw_x_impl(x, branch):
     if branch == 0:
         invalid = ~(x >= -c.inv_e_hi)  # also catches NaN
         tiny = jnp.abs(x) < c.tiny_x
-        special = invalid | at_bp | tiny | (x == jnp.inf)
-        xs = jnp.where(special, jnp.ones_like(x), x)
     else:
         invalid = ~((x >= -c.inv_e_hi) & (x <= 0))
-        special = invalid | at_bp | (x == 0)
-        xs = jnp.where(special, jnp.full_like(x, -0.25), x)
 
-    r_hi, r_lo = _r_from_x(jnp.minimum(xs, 1), c)
-    near = xs < c.x_near
-    series = xs < c.x_series[branch]
-    use_t = xs < c.x_state[branch]
-    r_near = jnp.where(near, r_hi, c.r_near)
-    sign = 1 if branch == 0 else -1
-    t_near = _near_guess(r_near, sign, c)
+    def substitute(x):
+        """x with special and invalid arguments replaced by an ordinary one."""
+        at_bp = x == -c.inv_e_hi
+        if branch == 0:
+            special = ~(x >= -c.inv_e_hi) | at_bp | (jnp.abs(x) < c.tiny_x) | (x == jnp.inf)
+            return jnp.where(special, jnp.ones_like(x), x)
+        special = ~((x >= -c.inv_e_hi) & (x <= 0)) | at_bp | (x == 0)
+        return jnp.where(special, jnp.full_like(x, -0.25), x)
 
-    if branch == 0:
-        # One log gives L = log1p(-r) (series) and log1p(x) (far guess).
-        la = _log1m(jnp.where(series, r_hi, -xs), jnp.where(series, r_lo, 0), c, rough=True)
-        big_l = la
-        w_far = _winitzki(jnp.where(near, 0, la), c)
-        far = _quotient_far(xs, 0, 1 / xs, c)
-    else:
-        # One log gives L = log1p(-r) (series) and log(-x) (far).
-        y_near = _barrier(1 - r_hi)
-        # The rounding of y_near, as in _log1m; taken from y_near itself, not
-        # from the select below, which XLA could simplify through.
-        err_near = ((1 - y_near) - r_hi) - r_lo
-        y = jnp.where(series, y_near, -xs)
-        ly, ly_lo = _log_dd(y, c)
-        big_l = ly + jnp.where(series, err_near * (1 / y), 0)
-        w_far = _asymptotic_m1(jnp.where(near, -2, ly), c)
-        far = _log_diff_far(ly, ly_lo)
+    def derived(xs):
+        r_hi, r_lo = _r_from_x(jnp.minimum(xs, 1), c)
+        near = xs < c.x_near
+        series = xs < c.x_series[branch]
+        use_t = xs < c.x_state[branch]
+        r_near = jnp.where(near, r_hi, c.r_near)
+        sign = 1 if branch == 0 else -1
+        t_near = _near_guess(r_near, sign, c)
 
+        if branch == 0:
+            # One log gives L = log1p(-r) (series) and log1p(x) (far guess).
+            la = _log1m(jnp.where(series, r_hi, -xs), jnp.where(series, r_lo, 0), c, rough=True)
+            big_l = la
+            w_far = _winitzki(jnp.where(near, 0, la), c)
+            far = _quotient_far(xs, 0, 1 / xs, c)
+        else:
+            # One log gives L = log1p(-r) (series) and log(-x) (far).
+            y_near = _barrier(1 - r_hi)
+            # The rounding of y_near, as in _log1m; taken from y_near itself, not
+            # from the select below, which XLA could simplify through.
+            err_near = ((1 - y_near) - r_hi) - r_lo
+            y = jnp.where(series, y_near, -xs)
+            ly, ly_lo = _log_dd(y, c)
+            big_l = ly + jnp.where(series, err_near * (1 / y), 0)
+            w_far = _asymptotic_m1(jnp.where(near, -2, ly), c)
+            far = _log_diff_far(ly, ly_lo)
+        return (use_t, series, big_l, far), (near, t_near, w_far)
+
+    step, (near, t_near, w_far) = derived(substitute(x))
     w0 = jnp.where(near, t_near - 1, w_far)
     t0 = jnp.where(near, t_near, 1 + w_far)
+    steps = [step] * (c.n_iter - 1) + [derived(substitute(_recomputed(x)))[0]]
     # lambertw() itself only needs w (XLA then drops 1 + w), so the state is
     # not materialised here; the log-domain form is used for both outputs.
-    w, t = _iterate(w0, t0, use_t, series, big_l, far, c, materialize=False)
+    w, t = _iterate(w0, t0, steps, c, materialize=False)
 
     if branch == 0:
         small = _small_x(jnp.where(tiny, x, 0))
@@ -689,35 +716,43 @@ def _negexp_impl(kappa, branch):
     invalid = ~(kappa >= 0)
     at_bp = kappa == 0
     at_inf = kappa == jnp.inf
-    ks = jnp.where(invalid | at_bp | at_inf, jnp.ones_like(kappa), kappa)
 
-    big_l = -ks  # log(-e x), exact
-    near = ks < c.kappa_near
-    series = ks < c.kappa_series[branch]
-    use_t = ks < c.kappa_state[branch]
-    # r only feeds the initial guess, so XLA's expm1 (a few ulp) is fine.
-    r = -jnp.expm1(-jnp.where(near, ks, 0))
-    sign = 1 if branch == 0 else -1
-    t_near = _near_guess(r, sign, c)
+    def derived(kappa):
+        ks = jnp.where(~(kappa >= 0) | (kappa == 0) | (kappa == jnp.inf), jnp.ones_like(kappa), kappa)
+        big_l = -ks  # log(-e x), exact
+        near = ks < c.kappa_near
+        series = ks < c.kappa_series[branch]
+        use_t = ks < c.kappa_state[branch]
+        # r only feeds the initial guess, so XLA's expm1 (a few ulp) is fine.
+        r = -jnp.expm1(-jnp.where(near, ks, 0))
+        sign = 1 if branch == 0 else -1
+        t_near = _near_guess(r, sign, c)
 
-    if branch == 0:
-        x_hi, x_lo = _neg_exp_dd(ks, c)
-        tiny = jnp.abs(x_hi) < c.tiny_x  # includes exp() underflow to 0
-        xs = jnp.where(tiny, -0.25, x_hi)
-        xs_lo = jnp.where(tiny, 0, x_lo)
-        w_far = _winitzki(_log1m(jnp.where(near, 0, -xs), 0, c), c)
-        far = _quotient_far(xs, xs_lo, 1 / xs, c)
-    else:
-        # log(-x) = -1 - kappa, formed exactly as a double word.
-        u_hi, u_lo = _two_sum(-ks, jnp.full_like(ks, -1))
-        w_far = _asymptotic_m1(jnp.where(near, -2, u_hi), c)
-        far = _log_diff_far(u_hi, u_lo)
+        if branch == 0:
+            x_hi, x_lo = _neg_exp_dd(ks, c)
+            tiny = jnp.abs(x_hi) < c.tiny_x  # includes exp() underflow to 0
+            xs = jnp.where(tiny, -0.25, x_hi)
+            xs_lo = jnp.where(tiny, 0, x_lo)
+            w_far = _winitzki(_log1m(jnp.where(near, 0, -xs), 0, c), c)
+            far = _quotient_far(xs, xs_lo, 1 / xs, c)
+            small = (tiny, x_hi)
+        else:
+            # log(-x) = -1 - kappa, formed exactly as a double word.
+            u_hi, u_lo = _two_sum(-ks, jnp.full_like(ks, -1))
+            w_far = _asymptotic_m1(jnp.where(near, -2, u_hi), c)
+            far = _log_diff_far(u_hi, u_lo)
+            small = None
+        return (use_t, series, big_l, far), (near, t_near, w_far), small
 
+    step, (near, t_near, w_far), _ = derived(kappa)
     w0 = jnp.where(near, t_near - 1, w_far)
     t0 = jnp.where(near, t_near, 1 + w_far)
-    w, t = _iterate(w0, t0, use_t, series, big_l, far, c, materialize=True)
+    last_step, _, small = derived(_recomputed(kappa))
+    steps = [step] * (c.n_iter - 1) + [last_step]
+    w, t = _iterate(w0, t0, steps, c, materialize=True)
 
     if branch == 0:
+        tiny, x_hi = small
         small = _small_x(jnp.where(tiny, x_hi, 0))
         w = jnp.where(tiny, small, w)
         t = jnp.where(tiny, 1 + small, t)
