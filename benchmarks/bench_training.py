@@ -21,7 +21,12 @@ FLOPs per step, counted from the shapes (the PaLM appendix B count):
 with T_step = batch x seq tokens. Elementwise work (softmax, GELU, norms, the
 optimizer) is not counted: it is overhead the fraction shows.
 
+On a CPU the step takes its batch a few windows at a time
+(training.micro_batch_size); --against-whole-batch times, taking turns with
+it, the step that takes the whole batch in one pass (as every step did before).
+
   python benchmarks/bench_training.py                  # 1m and 10m at sdsl train's 32 x 256
+  python benchmarks/bench_training.py --against-whole-batch --steps 3
   python benchmarks/bench_training.py --sizes 10k 1m --batch-size 8 --seq-len 128
   python benchmarks/bench_training.py --sizes 1m --profile   # where a step's time goes
 """
@@ -69,11 +74,11 @@ def matmul_peak(n: int, repeats: int) -> list[float]:
     return rates
 
 
-def setup(size: str, batch_size: int, seq_len: int):
+def setup(size: str, batch_size: int, seq_len: int, micro_batch_size: int | None = None):
     """The compiled step and its first arguments; the compile time (s)."""
     config = SIZES[size]
-    settings = training.TrainSettings(steps=1000, batch_size=batch_size,
-                                      seq_len=seq_len).resolved(size)
+    settings = training.TrainSettings(steps=1000, batch_size=batch_size, seq_len=seq_len,
+                                      micro_batch_size=micro_batch_size).resolved(size)
     packing = training.ParamPacking.of(abstract_params(config))
     packed = packing.pack(init_params(config, 0))
     opt_state = training.make_optimizer(settings).init(packed)
@@ -86,15 +91,18 @@ def setup(size: str, batch_size: int, seq_len: int):
     return compiled, [packed, opt_state, tokens, key], compile_s
 
 
-def time_steps(compiled, state, steps: int) -> list[float]:
-    """Seconds of ``steps`` consecutive steps (after one warm-up step); updates ``state``."""
-    times = []
+def time_steps(runs, steps: int) -> list[list[float]]:
+    """Seconds of ``steps`` steps (after one warm-up step) of each ``(compiled, state)`` run,
+    the runs taking turns step by step so that they share the machine's load."""
+    times = [[] for _ in runs]
     for i in range(steps + 1):
-        start = time.perf_counter()
-        state[0], state[1], loss = compiled(state[0], state[1], state[2], state[3], jnp.int32(i))
-        jax.block_until_ready(loss)
-        if i:
-            times.append(time.perf_counter() - start)
+        for (compiled, state), run_times in zip(runs, times):
+            start = time.perf_counter()
+            state[0], state[1], loss = compiled(state[0], state[1], state[2], state[3],
+                                                jnp.int32(i))
+            jax.block_until_ready(loss)
+            if i:
+                run_times.append(time.perf_counter() - start)
     return times
 
 
@@ -106,7 +114,7 @@ def profile(compiled, state, top: int) -> None:
         origin[match.group(1)] = (match.group(3).replace("jit(step)/", ""), match.group(2))
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-            time_steps(compiled, state, 1)
+            time_steps([(compiled, state)], 0)
         path = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)[0]
         with gzip.open(path) as f:
             events = json.load(f)
@@ -118,7 +126,7 @@ def profile(compiled, state, top: int) -> None:
             by_op[op] += event["dur"] / 1e3
             by_kernel[(re.sub(r"\.\d+$", "", event["name"]), shape, op)] += event["dur"] / 1e3
     total = sum(by_op.values())
-    print(f"  profile of two steps (one warm-up): {total:.0f} ms of XLA ops over all threads")
+    print(f"  profile of one step: {total:.0f} ms of XLA ops over all threads")
     print("  by JAX operation (jvp: forward, transpose: backward):")
     for op, ms in by_op.most_common(top):
         print(f"    {ms:8.1f} ms {100 * ms / total:5.1f}%  {op}")
@@ -132,6 +140,11 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["1m", "10m"])
     parser.add_argument("--batch-size", type=int, default=32, help="sdsl train's default: 32")
     parser.add_argument("--seq-len", type=int, default=256, help="sdsl train's default: 256")
+    parser.add_argument("--micro-batch-size", type=int, default=None,
+                        help="windows per pass (default: training.micro_batch_size's choice)")
+    parser.add_argument("--against-whole-batch", action="store_true",
+                        help="also time the step that takes the whole batch in one pass, "
+                             "taking turns with the default step")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per size")
     parser.add_argument("--peak-n", type=int, default=2048, help="matrix side of the peak matmul")
     parser.add_argument("--peak-repeats", type=int, default=5)
@@ -139,32 +152,45 @@ def main() -> None:
                         help="also trace one step per size and print where its time goes")
     parser.add_argument("--top", type=int, default=20, help="rows of the profile")
     args = parser.parse_args()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    settings = training.TrainSettings(steps=1, batch_size=args.batch_size, seq_len=args.seq_len,
+                                      micro_batch_size=args.micro_batch_size)
+    variants = {f"{training.micro_batch_size(settings)}": args.micro_batch_size}
+    if args.against_whole_batch:
+        variants[f"{args.batch_size}"] = args.batch_size
     print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}, {os.cpu_count()} cores, "
-          f"load {load:.2f}; batch {args.batch_size} x seq {args.seq_len}; "
+          f"load {os.getloadavg()[0]:.2f}; batch {args.batch_size} x seq {args.seq_len}; "
           f"FLOPs = 6 N tokens + 12 L T d tokens (see the docstring)")
-    header = (f"{'size':>5} {'params':>11} {'compile s':>9} {'step s':>7} {'min s':>7} "
-              f"{'tokens/s':>9} {'GFLOP/s':>8} {'peak GFLOP/s':>12} {'of peak':>7} "
-              f"{'6N only':>7}")
-    print(header)
+    print(f"{'size':>5} {'params':>11} {'micro':>5} {'compile s':>9} {'step s':>7} {'min s':>7} "
+          f"{'tokens/s':>9} {'GFLOP/s':>8} {'peak GFLOP/s':>12} {'of peak':>7} {'6N only':>7}")
     for size in args.sizes:
-        compiled, state, compile_s = setup(size, args.batch_size, args.seq_len)
+        runs, compile_s = [], []
+        for micro in variants.values():
+            compiled, state, seconds = setup(size, args.batch_size, args.seq_len, micro)
+            runs.append((compiled, state))
+            compile_s.append(seconds)
         peak = matmul_peak(args.peak_n, args.peak_repeats)
-        times = time_steps(compiled, state, args.steps)
+        times = time_steps(runs, args.steps)
         peak += matmul_peak(args.peak_n, args.peak_repeats)
         flops = step_flops(size, args.batch_size, args.seq_len)
-        median, peak_rate = statistics.median(times), statistics.median(peak)
-        achieved = (flops["weights"] + flops["attention"]) / median
-        print(f"{size:>5} {param_counts(SIZES[size])['total']:>11,} {compile_s:>9.1f} "
-                    f"{median:>7.3f} {min(times):>7.3f} "
-                    f"{args.batch_size * args.seq_len / median:>9,.0f} {achieved / 1e9:>8.2f} "
-                    f"{peak_rate / 1e9:>12.1f} {achieved / peak_rate:>7.1%} "
-                    f"{flops['weights'] / median / peak_rate:>7.1%}", flush=True)
+        peak_rate = statistics.median(peak)
+        for name, seconds, run_times in zip(variants, compile_s, times):
+            median = statistics.median(run_times)
+            achieved = (flops["weights"] + flops["attention"]) / median
+            print(f"{size:>5} {param_counts(SIZES[size])['total']:>11,} {name:>5} {seconds:>9.1f} "
+                  f"{median:>7.3f} {min(run_times):>7.3f} "
+                  f"{args.batch_size * args.seq_len / median:>9,.0f} {achieved / 1e9:>8.2f} "
+                  f"{peak_rate / 1e9:>12.1f} {achieved / peak_rate:>7.1%} "
+                  f"{flops['weights'] / median / peak_rate:>7.1%}", flush=True)
+        if len(times) == 2:
+            ratio = statistics.median(times[1]) / statistics.median(times[0])
+            print(f"{'':>5} the whole batch in one pass takes {ratio:.2f}x the step time "
+                  "(medians, taking turns)")
         if args.profile:
-            profile(compiled, state, args.top)
-    print(f"step s: median of {args.steps} steps (min beside it); peak: median of "
-          f"{2 * args.peak_repeats} products of {args.peak_n}^2 float32 matrices, half before and "
-          f"half after the size's steps; 6N only: the fraction without attention FLOPs")
+            profile(*runs[0], args.top)
+    print(f"micro: windows per pass; step s: median of {args.steps} steps (min beside it); "
+          f"peak: median of {2 * args.peak_repeats} products of {args.peak_n}^2 float32 matrices, "
+          "half before and half after the size's steps; 6N only: the fraction without attention "
+          "FLOPs; load: the 1-minute load average at the start")
 
 
 if __name__ == "__main__":

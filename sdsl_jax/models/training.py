@@ -78,6 +78,10 @@ class TrainSettings:
       log_every: steps between loss readouts on the progress bar (each one syncs the host).
       dtype: the compute dtype of the forward and backward passes: "float32",
         "bfloat16" or "float16" (mixed precision; see the module docstring).
+      micro_batch_size: windows per forward and backward pass; a step sums the
+        gradients of batch_size / micro_batch_size passes before its one update,
+        so the weights are those of the whole batch up to float rounding. Must
+        divide batch_size. None: :func:`micro_batch_size` picks for the backend.
     """
 
     steps: int
@@ -93,6 +97,7 @@ class TrainSettings:
     eval_tokens: int = 131072
     log_every: int = 10
     dtype: str = "float32"
+    micro_batch_size: int | None = None
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len", "checkpoint_every", "eval_tokens",
@@ -110,6 +115,11 @@ class TrainSettings:
             raise TrainingError(f"end_lr_fraction must lie in [0, 1], got {self.end_lr_fraction}")
         if not self.weight_decay >= 0 or not self.clip_norm > 0:
             raise TrainingError("weight_decay must be >= 0 and clip_norm > 0")
+        if self.micro_batch_size is not None and (
+                not isinstance(self.micro_batch_size, (int, np.integer))
+                or self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size):
+            raise TrainingError(f"micro_batch_size must be a positive divisor of batch_size "
+                                f"{self.batch_size}, got {self.micro_batch_size!r}")
         if self.dtype not in PRECISIONS:
             raise TrainingError(f"dtype must be one of {', '.join(PRECISIONS)}, got "
                                 f"{self.dtype!r}")
@@ -123,6 +133,30 @@ class TrainSettings:
     @property
     def tokens_per_step(self) -> int:
         return self.batch_size * self.seq_len
+
+
+# Tokens per forward and backward pass on a CPU. There a pass over many windows at
+# once is slower per token than one over a few: its activations (the attention
+# scores above all, B H T^2 floats a layer) outgrow the caches, and the step
+# waits on memory. At sdsl train's 32 x 256 the 1m model trained 2.2x faster
+# one window at a time than 32 at once (benchmarks/bench_training.py).
+CPU_MICRO_BATCH_TOKENS = 256
+
+
+def micro_batch_size(settings: TrainSettings, backend: str | None = None) -> int:
+    """Windows per forward and backward pass: ``settings.micro_batch_size`` if given.
+
+    Otherwise, on a CPU, the largest divisor of the batch size whose windows hold
+    at most :data:`CPU_MICRO_BATCH_TOKENS` tokens (at least one window); on an
+    accelerator, which wants large matmuls, the whole batch.
+    """
+    if settings.micro_batch_size is not None:
+        return settings.micro_batch_size
+    if (backend or jax.default_backend()) != "cpu":
+        return settings.batch_size
+    most = max(1, CPU_MICRO_BATCH_TOKENS // settings.seq_len)
+    return max(n for n in range(1, min(most, settings.batch_size) + 1)
+               if settings.batch_size % n == 0)
 
 
 def learning_rate_schedule(settings: TrainSettings) -> optax.Schedule:
@@ -207,19 +241,34 @@ def make_train_step(config: ModelConfig, settings: TrainSettings):
 
     ``packed`` is the params packed by :class:`ParamPacking`; the batch is
     drawn inside from ``fold_in(data_key, step)``; packed params and optimizer
-    state are donated. Cached, so runs with the same config and settings in
-    one process share one compilation.
+    state are donated. The batch goes through the model in :func:`micro_batch_size`
+    windows at a time: the loss and gradients are the means over these passes.
+    Cached, so runs with the same config and settings in one process share one
+    compilation.
     """
     optimizer = make_optimizer(settings)
     packing = ParamPacking.of(abstract_params(config))
     # The master weights are config's (float32); the passes run in the settings' dtype.
     compute = dataclasses.replace(config, dtype=settings.dtype)
+    micro = micro_batch_size(settings)
+    passes = settings.batch_size // micro
+    loss_and_grads = jax.value_and_grad(functools.partial(next_token_loss, compute))
 
     def step(packed, opt_state, tokens, data_key, step_index):
         windows = corpus_lib.sample_windows(tokens, jax.random.fold_in(data_key, step_index),
                                             settings.batch_size, settings.seq_len + 1)
-        loss, grads = jax.value_and_grad(
-            lambda p: next_token_loss(compute, packing.unpack(p), windows))(packed)
+        # Gradients as a tree, packed once per step rather than once per pass.
+        params = packing.unpack(packed)
+        if passes == 1:
+            loss, grads = loss_and_grads(params, windows)
+        else:
+            def accumulate(total, chunk):
+                return jax.tree.map(jnp.add, total, loss_and_grads(params, chunk)), None
+
+            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+            total, _ = jax.lax.scan(accumulate, zeros, windows.reshape(passes, micro, -1))
+            loss, grads = jax.tree.map(lambda x: x / passes, total)
+        grads = packing.pack(grads)
         updates, opt_state = optimizer.update(grads, opt_state, packed)
         return optax.apply_updates(packed, updates), opt_state, loss
 
@@ -382,7 +431,7 @@ def train_model(name: str, corpus: corpus_lib.Corpus, settings: TrainSettings, m
 
     windows = corpus_lib.evaluation_windows(corpus.validation, settings.seq_len + 1,
                                             max(1, settings.eval_tokens // settings.seq_len))
-    loss_nats = validation_loss(config, params, windows, settings.batch_size)
+    loss_nats = validation_loss(config, params, windows, micro_batch_size(settings))
     card = dict(record, steps=settings.steps, tokens=settings.steps * settings.tokens_per_step,
                 train_loss=last_loss, validation_loss=loss_nats,
                 perplexity=math.exp(loss_nats), bits_per_byte=loss_nats / math.log(2),
