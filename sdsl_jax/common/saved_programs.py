@@ -64,6 +64,12 @@ def directory() -> str | None:
     return _directory
 
 
+def forget_loaded() -> None:
+    """Forget the programs this process loaded, so the next :func:`call` reads the folder
+    again, as a new process would."""
+    _loaded.clear()
+
+
 def call(name: str, jitted: Callable, static_args: tuple, *args):
     """``jitted(*static_args, *args)``, with its compiled program saved or loaded.
 

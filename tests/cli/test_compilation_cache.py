@@ -1,5 +1,6 @@
 """The `sdsl` program's persistent compilation cache: where it lives, that a call fills it and
-a second call on the same shapes answers the same from it, and that it can be turned off."""
+a second call on the same shapes answers the same from it (the planner's saved program too,
+and a damaged one is replaced), and that it can be turned off."""
 
 import os
 import subprocess
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-from sdsl_jax.cli.compilation_cache import cache_directory
+from sdsl_jax.cli.compilation_cache import cache_directory, programs_directory
 
 PLAN = [sys.executable, "-m", "sdsl_jax.cli", "plan", "--target-params", "70B",
         "--target-tokens", "15T", "--json"]
@@ -22,6 +23,8 @@ def test_the_folder_follows_the_environment(tmp_path):
                             "XDG_CACHE_HOME": "/elsewhere"}) == str(tmp_path / "c")
     for off in ("off", "0", "false", "no", "OFF", " Off "):
         assert cache_directory({"SDSL_COMPILATION_CACHE": off}) is None
+    assert programs_directory(str(tmp_path)) == str(tmp_path / "programs")
+    assert programs_directory(None) is None
 
 
 def _plan(tmp_path, **env):
@@ -46,6 +49,11 @@ def test_a_second_call_answers_the_same_from_the_cache(tmp_path):
     assert _plan(tmp_path) == first
     # Loaded, not compiled again: nothing new was written.
     assert _entries(folder) == filled
+    # The planner's compiled program, saved whole: a damaged one is compiled again.
+    (program,) = (folder / "programs").iterdir()
+    program.write_bytes(program.read_bytes()[:1000])
+    assert _plan(tmp_path) == first
+    assert program.stat().st_size > 1000
     # Off: the call compiles as before and writes nothing.
     off = tmp_path / "off"
     assert _plan(off, SDSL_COMPILATION_CACHE="off") == first
