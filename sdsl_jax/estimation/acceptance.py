@@ -385,6 +385,9 @@ def _clopper_pearson_ends(k, n, tail):
     # have closed forms below). Elsewhere the quantile is asked for the
     # median of Beta(2, 2), which its first step finds exactly, so those
     # elements neither cost Halley steps nor hold back the batch.
+    # The ends are piecewise constant in the counts: no derivative in k or n
+    # (the quantiles are differentiable in the tail, so in the confidence).
+    k, n = jax.lax.stop_gradient(k), jax.lax.stop_gradient(n)
     interior_low = (k >= 2) & (k < n)
     interior_high = (k <= n - 2) & (k > 0)
     half = jnp.asarray(0.5, k.dtype)

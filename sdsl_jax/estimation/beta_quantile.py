@@ -51,8 +51,9 @@ upper quantile of Beta(3, 1e7) (x near 7e-7, found next to 1 in Beta(1e7,
 float32, while an absolute error is all a float near 1 could hold.
 Accuracy against scipy.special.betaincinv (Boost): tests/estimation/
 test_beta_quantile.py. All functions broadcast, keep float32 by default and
-float64 under ``jax_enable_x64``, and run under jit and vmap. The quantile
-is not differentiated through (its derivative in p is 1 / density).
+float64 under ``jax_enable_x64``, and run under jit and vmap. They are
+differentiable in the probability (dx/dp = 1 / density at x); a derivative
+in a or b is refused with an error (no closed form; stop_gradient them).
 """
 
 from __future__ import annotations
@@ -269,6 +270,38 @@ def _quantile(a, b, p, q):
     return jnp.where(bad, jnp.nan, x)
 
 
+@jax.custom_jvp
+def _quantile_differentiable(a, b, p, q):
+    return _quantile(a, b, p, q)
+
+
+def _is_zero(tangent):
+    return type(tangent) is jax.custom_derivatives.SymbolicZero
+
+
+def _quantile_jvp(primals, tangents):
+    # I_x(a, b) = p = 1 - q, so dx = dp / f(x) = -dq / f(x), f the density.
+    # The derivatives in a and b have no closed form; they are refused rather
+    # than returned as zero.
+    a, b, p, q = primals
+    a_dot, b_dot, p_dot, q_dot = tangents
+    if not (_is_zero(a_dot) and _is_zero(b_dot)):
+        raise NotImplementedError(
+            "beta quantiles are differentiable in the probability only; wrap a and b in "
+            "jax.lax.stop_gradient")
+    x = _quantile(a, b, p, q)
+    xc = 1 - x
+    density = jnp.exp(_log_density_term(a, b, x, xc)) / (x * xc)
+    dp = jnp.zeros_like(x) if _is_zero(p_dot) else p_dot
+    dq = jnp.zeros_like(x) if _is_zero(q_dot) else q_dot
+    # Only one of p and q carries the caller's tangent (the other is derived
+    # from it, 1 - p or 1 - q, and carries its negative).
+    return x, (dp - dq) / 2 / density
+
+
+_quantile_differentiable.defjvp(_quantile_jvp, symbolic_zeros=True)
+
+
 def _prepare(a, b, prob, name):
     _validate.check_finite("a", a)
     _validate.check_finite("b", b)
@@ -296,7 +329,7 @@ def betaincinv(a: ArrayLike, b: ArrayLike, p: ArrayLike) -> jnp.ndarray:
       ValueError: eagerly, for a or b below 1 or not finite, or p outside [0, 1].
     """
     a, b, p = _prepare(a, b, p, "p")
-    return _quantile(a, b, p, 1 - p)
+    return _quantile_differentiable(a, b, p, 1 - p)
 
 
 def betainccinv(a: ArrayLike, b: ArrayLike, q: ArrayLike) -> jnp.ndarray:
@@ -317,4 +350,4 @@ def betainccinv(a: ArrayLike, b: ArrayLike, q: ArrayLike) -> jnp.ndarray:
       ValueError: eagerly, for a or b below 1 or not finite, or q outside [0, 1].
     """
     a, b, q = _prepare(a, b, q, "q")
-    return _quantile(a, b, 1 - q, q)
+    return _quantile_differentiable(a, b, 1 - q, q)
