@@ -88,15 +88,65 @@ def call(name: str, jitted: Callable, static_args: tuple, *args):
     key = _key(name, static_args, leaves, tree) if _directory is not None else None
     if key is None:
         return jitted(*static_args, *args)
+    path = os.path.join(_directory, f"{name}-{key[:32]}{SUFFIX}")
     program = _loaded.get(key)
     if program is None:
-        path = os.path.join(_directory, f"{name}-{key[:32]}{SUFFIX}")
         program = _load(path, key)
         if program is None:
-            program = jitted.lower(*static_args, *args).compile()
-            _save(path, key, program)
+            program, result = _compile_and_save(name, path, key, jitted, static_args, args)
+            _loaded[key] = program
+            return result
         _loaded[key] = program
-    return program(*args)
+    try:
+        return program(*args)
+    except Exception:  # noqa: BLE001 - see below
+        # A loaded program that fails to run (jaxlib could save one that does
+        # not: see _compile_and_save) is removed, and the call takes the
+        # ordinary path, which raises again if the failure was the call's own.
+        _loaded.pop(key, None)
+        _remove(path)
+        return jitted(*static_args, *args)
+
+
+def _compile_and_save(name: str, path: str, key: str, jitted: Callable, static_args: tuple,
+                      args: tuple):
+    """Compile the program afresh, save it at ``path`` and check that the saved copy loads
+    and answers as the compiled one, bit for bit (else nothing stays saved); the program
+    and its answer."""
+    # An executable that JAX's persistent compilation cache loaded serializes
+    # without its compiled functions in jaxlib 0.10 (on the CPU the copy fails
+    # with "Function ..._fusion not found"), so the program saved is one that
+    # cache can never hold: a wrapper of its own name (a module the plain
+    # jitted function never lowers to), compiled while the cache writes
+    # nothing. Both compile to the same executable: XLA inlines the call.
+    def program_to_save(*arguments):
+        return jitted(*static_args, *arguments)
+
+    program_to_save.__name__ = program_to_save.__qualname__ = "saved_" + name.replace(".", "_")
+    min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
+    try:
+        program = jax.jit(program_to_save).lower(*args).compile()
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
+    result = program(*args)
+    if _save(path, key, program):
+        copy = _load(path, key)
+        try:
+            same = copy is not None and _identical(copy(*args), result)
+        except Exception:  # noqa: BLE001 - a copy that fails to run is not kept
+            same = False
+        if not same:
+            _remove(path)
+    return program, result
+
+
+def _identical(got, expected) -> bool:
+    """Whether two pytrees of arrays are equal bit for bit."""
+    got, expected = jax.device_get((got, expected))
+    pairs = zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected))
+    return (jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(expected)
+            and all(np.asarray(a).tobytes() == np.asarray(b).tobytes() for a, b in pairs))
 
 
 def _key(name: str, static_args: tuple, leaves: list, tree) -> str | None:
@@ -191,8 +241,9 @@ def _load(path: str, key: str):
     return program
 
 
-def _save(path: str, key: str, program) -> None:
-    """Write ``program`` to ``path`` (atomically), then keep the newest :data:`MAX_PROGRAMS`.
+def _save(path: str, key: str, program) -> bool:
+    """Write ``program`` to ``path`` (atomically), then keep the newest :data:`MAX_PROGRAMS`;
+    whether it was written.
 
     A program that cannot be serialized, or a folder that cannot be written,
     leaves nothing saved: the next process compiles again.
@@ -202,15 +253,16 @@ def _save(path: str, key: str, program) -> None:
         from jax.experimental import serialize_executable
         body = pickle.dumps(serialize_executable.serialize(program))
     except Exception:  # noqa: BLE001 - a backend without serialization: nothing to save
-        return
+        return False
     data = (f"sdsl-program {FORMAT} {key}\n".encode()
             + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_write(path, lambda handle: handle.write(data), mode="wb")
     except OSError:
-        return
+        return False
     _evict(os.path.dirname(path))
+    return True
 
 
 def _evict(folder: str) -> None:

@@ -101,3 +101,21 @@ def test_only_the_most_recently_used_programs_are_kept(tmp_path, monkeypatch):
 
 def _newest(folder):
     return max(_programs(folder), key=lambda name: os.stat(os.path.join(folder, name)).st_mtime)
+
+
+def test_a_loaded_program_that_fails_to_run_is_removed_and_the_call_answers(tmp_path):
+    with saved_programs.saving_in(str(tmp_path)):
+        saved_programs.call("test.scaled", _scaled, ((3.0, 1.0),), *_args(n=3))
+        (three,) = _programs(tmp_path)
+        saved_programs.call("test.scaled", _scaled, ((3.0, 1.0),), *_args(n=4))
+        (four,) = set(_programs(tmp_path)) - {three}
+        # The program for four points under the name and key of the one for three: it
+        # loads, and fails when called with three.
+        header, _, _ = (tmp_path / three).read_bytes().split(b"\n", 2)
+        _, checksum, body = (tmp_path / four).read_bytes().split(b"\n", 2)
+        (tmp_path / three).write_bytes(header + b"\n" + checksum + b"\n" + body)
+        saved_programs.forget_loaded()
+        x, pair = _args(n=3)
+        y = saved_programs.call("test.scaled", _scaled, ((3.0, 1.0),), x, pair)["y"]
+    np.testing.assert_array_equal(y, _scaled((3.0, 1.0), x, pair)["y"])
+    assert _programs(tmp_path) == [four]
