@@ -136,10 +136,11 @@ class TrainSettings:
 
 
 # Tokens per forward and backward pass on a CPU. There a pass over many windows at
-# once is slower per token than one over a few: its activations (the attention
-# scores above all, B H T^2 floats a layer) outgrow the caches, and the step
-# waits on memory. At sdsl train's 32 x 256 the 1m model trained 2.2x faster
-# one window at a time than 32 at once (benchmarks/bench_training.py).
+# once was slower per token than one over a few, we take it because its
+# activations (the attention scores above all, B H T^2 floats a layer) outgrow
+# the caches. At sdsl train's 32 x 256 on two busy cores, a step of the 1m
+# and 10m models took 1.35-1.5x and 1.6x as long with its 32 windows in one pass
+# as one window at a time (benchmarks/bench_training.py --against-whole-batch).
 CPU_MICRO_BATCH_TOKENS = 256
 
 
