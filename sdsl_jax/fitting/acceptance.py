@@ -178,7 +178,35 @@ def fit_acceptance_law(rows: AcceptanceRows, weight=None, *, use_target: bool = 
     """
     weight = rows.weight if weight is None else jnp.asarray(weight, rows.acceptance.dtype)
     _check_rows(rows, weight, 3 if use_target else 2, "the acceptance plane")
-    return _fit_acceptance_law(rows, weight, use_target)
+    size = rows.acceptance.shape[0]
+    if bucket(size) == size or not _validate.is_concrete(rows, weight):
+        return _fit_acceptance_law(rows, weight, use_target)
+    # Padded rows at weight 0 change no weighted sum (and r2 and the rms
+    # residual count the rows of positive weight): one compiled fit serves
+    # every row count up to the bucket.
+    fit = _fit_acceptance_law(_pad_rows(rows, bucket(size)), _pad(weight, bucket(size), 0.0), use_target)
+    return fit.replace(residuals=jnp.asarray(np.asarray(fit.residuals)[:size]))
+
+
+ROW_BUCKET = 256  # the fewest rows a padded fit is compiled for
+TARGET_BUCKET = 16  # and the fewest targets of the per-target fits
+
+
+def bucket(size: int, floor: int = ROW_BUCKET) -> int:
+    """A padded table length: the next power of two, at least ``floor``."""
+    return max(int(floor), 1 << max(int(size) - 1, 0).bit_length())
+
+
+def _pad(values, size, fill=None):
+    """``values`` (n,) on the host, extended to ``size`` with ``fill`` (by default its first entry)."""
+    values = np.asarray(values)
+    extra = np.full(size - values.size, values[0] if fill is None else fill, values.dtype)
+    return jnp.asarray(np.concatenate([values, extra]))
+
+
+def _pad_rows(rows: AcceptanceRows, size: int) -> AcceptanceRows:
+    """Rows padded to ``size`` with copies of the first (their weight is the caller's to zero)."""
+    return jax.tree_util.tree_map(lambda v: _pad(v, size), rows)
 
 
 @functools.partial(jax.jit, static_argnames=("num_targets",))
@@ -219,9 +247,19 @@ def fit_per_target(rows: AcceptanceRows, num_targets: int) -> PerTargetFit:
     if int(num_targets) < 1:
         raise ValueError(f"num_targets must be >= 1, got {num_targets}")
     _check_rows(rows, rows.weight, 2, "the per-target fits")
-    if _validate.is_concrete(rows.target_index):
-        index = np.asarray(rows.target_index)
-        if index.min() < 0 or index.max() >= num_targets:
-            raise ValueError(f"rows.target_index must lie in [0, {num_targets}), got values "
-                             f"{index.min()} .. {index.max()}")
-    return _fit_per_target(rows, int(num_targets))
+    if not _validate.is_concrete(rows):
+        return _fit_per_target(rows, int(num_targets))
+    index = np.asarray(rows.target_index)
+    if index.min() < 0 or index.max() >= num_targets:
+        raise ValueError(f"rows.target_index must lie in [0, {num_targets}), got values "
+                         f"{index.min()} .. {index.max()}")
+    # Padded: the extra rows (weight 0) form one more target of their own,
+    # dropped from the result, so that one compiled fit serves every row and
+    # target count up to the buckets.
+    size, targets = rows.acceptance.shape[0], int(num_targets)
+    padded_targets = bucket(targets + 1, TARGET_BUCKET)
+    padded = _pad_rows(rows, bucket(size)).replace(
+        weight=_pad(rows.weight, bucket(size), 0.0),
+        target_index=_pad(rows.target_index, bucket(size), padded_targets - 1))
+    fit = _fit_per_target(padded, padded_targets)
+    return jax.tree_util.tree_map(lambda v: jnp.asarray(np.asarray(v)[:targets]), fit)

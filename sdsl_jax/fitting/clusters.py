@@ -87,45 +87,89 @@ class ModelClusters:
     draft_cluster: jnp.ndarray  # (kd,) int32
     target_cluster: jnp.ndarray  # (kt,) int32
     point_cluster: jnp.ndarray  # (p,) int32
-    pair_group: jnp.ndarray  # (q,) int32, index of the unordered cluster pair
+    pair_group: jnp.ndarray  # (q,) int32, index of the unordered cluster pair (< q)
+    pair_twin: jnp.ndarray  # (q,) int32: the pair of the same two models in swapped roles, or itself
+    pair_has_twin: jnp.ndarray  # (q,) bool: whether pair_twin is another pair
     pair_distinct: jnp.ndarray  # (q,) bool
     point_draft: jnp.ndarray  # (p,) int32: the point's draft model, kd if none
     point_target: jnp.ndarray  # (p,) int32: the point's target model, kt if none
     count: jnp.ndarray  # () number of distinct models
     draft_count: jnp.ndarray  # () number of distinct draft models
     target_count: jnp.ndarray  # () number of distinct target models
+    point_count: jnp.ndarray  # () number of loss points (the tables may be padded beyond these)
 
 
-def model_clusters(drafts, targets, point_params, point_tokens, pair_draft, pair_target) -> dict:
+def model_clusters(drafts, targets, point_params, point_tokens, pair_draft, pair_target, *,
+                   real_pair=None, sizes=None) -> dict:
     """Host-side cluster tables (numpy) for :class:`ModelClusters`.
 
     ``drafts`` and ``targets`` are the distinct models as complex numbers
     params + 1j tokens (as :func:`sdsl_jax.fitting.joint.prepare` finds
     them); ``pair_draft``/``pair_target`` the pair table's model indices.
+
+    For a padded layout: ``real_pair`` (q,) marks the pairs that stand for
+    measured ones (a padded pair must still name real models; it is marked
+    as not distinct, so it is no pair's twin and adds nothing), and
+    ``sizes`` = (drafts, targets, points) the padded table lengths: the
+    padded entries repeat the first one's cluster, and a padded point is
+    nobody's draft or target. ``count``, ``draft_count`` and
+    ``target_count`` stay the real numbers.
     """
     points = np.asarray(point_params, np.float64) + 1j * np.asarray(point_tokens, np.float64)
-    kd, kt = drafts.size, targets.size
+    kd, kt, p = drafts.size, targets.size, points.size
+    size_d, size_t, size_p = (kd, kt, p) if sizes is None else sizes
     models, index = np.unique(np.concatenate([drafts, targets, points]), return_inverse=True)
     index = index.ravel()
     draft_cluster, target_cluster, point_cluster = index[:kd], index[kd:kd + kt], index[kd + kt:]
     pair_draft, pair_target = np.asarray(pair_draft), np.asarray(pair_target)
     a, b = draft_cluster[pair_draft], target_cluster[pair_target]
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    _, pair_group = np.unique(lo.astype(np.int64) * models.size + hi, return_inverse=True)
+    distinct = a != b
+    if real_pair is not None:
+        distinct &= np.asarray(real_pair, bool)
+    # A pair's twin is the pair of the same two models in the other roles
+    # (draft and target swapped): the only other pair of its unordered
+    # cluster pair. Found by lookups, O(pairs), where grouping the unordered
+    # pairs by a sort cost most of the layout of a million-pair grid.
+    draft_of = np.full(models.size, -1)
+    draft_of[draft_cluster] = np.arange(kd)
+    target_of = np.full(models.size, -1)
+    target_of[target_cluster] = np.arange(kt)
+    twin_draft, twin_target = draft_of[b], target_of[a]
+    has_twin = distinct & (twin_draft >= 0) & (twin_target >= 0)
+    pair_twin = np.arange(pair_draft.size)
+    if has_twin.any():
+        key = pair_draft.astype(np.int64) * kt + pair_target
+        real = np.flatnonzero(distinct)
+        order = real[np.argsort(key[real], kind="stable")]
+        wanted = twin_draft[has_twin].astype(np.int64) * kt + twin_target[has_twin]
+        at = np.minimum(np.searchsorted(key[order], wanted), order.size - 1)
+        found = key[order][at] == wanted
+        rows_with = np.flatnonzero(has_twin)
+        has_twin[rows_with[~found]] = False
+        pair_twin[rows_with[found]] = order[at[found]]
+    # The unordered pair's index: the lower of the two pairs' own.
+    pair_group = np.minimum(np.arange(pair_draft.size), pair_twin)
 
-    def lookup(table, size):
-        # Each point's index among the drafts (or targets), size where it is none of them.
-        where = np.full(models.size, size)
+    def lookup(table, size, padded_size):
+        # Each point's index among the drafts (or targets), padded_size where it is none of them.
+        where = np.full(models.size, padded_size)
         where[index[:kd] if table == "d" else index[kd:kd + kt]] = np.arange(size)
-        return where[point_cluster]
+        return pad(where[point_cluster], size_p, padded_size)
+
+    def pad(values, size, fill=None):
+        extra = size - values.size
+        return np.concatenate([values, np.full(extra, values[0] if fill is None else fill)]) \
+            if extra else values
 
     as_index = lambda v: jnp.asarray(v, jnp.int32)
-    return dict(draft_cluster=as_index(draft_cluster), target_cluster=as_index(target_cluster),
-                point_cluster=as_index(point_cluster), pair_group=as_index(pair_group.ravel()),
-                pair_distinct=jnp.asarray(a != b), point_draft=as_index(lookup("d", kd)),
-                point_target=as_index(lookup("t", kt)),
+    return dict(draft_cluster=as_index(pad(draft_cluster, size_d)),
+                target_cluster=as_index(pad(target_cluster, size_t)),
+                point_cluster=as_index(pad(point_cluster, size_p)), pair_group=as_index(pair_group),
+                pair_twin=as_index(pair_twin), pair_has_twin=jnp.asarray(has_twin),
+                pair_distinct=jnp.asarray(distinct), point_draft=as_index(lookup("d", kd, size_d)),
+                point_target=as_index(lookup("t", kt, size_t)),
                 count=jnp.asarray(models.size, jnp.int32), draft_count=jnp.asarray(kd, jnp.int32),
-                target_count=jnp.asarray(kt, jnp.int32))
+                target_count=jnp.asarray(kt, jnp.int32), point_count=jnp.asarray(p, jnp.int32))
 
 
 ADJUSTMENTS = ("CR1", "CR2", "CR3")
@@ -191,8 +235,16 @@ def cluster_covariance_theta(hessian, clusters: ModelClusters, pair_draft, pair_
                 + by(target_values, clusters.target_cluster, size)
                 + by(point_values, clusters.point_cluster, size))
 
-    scores = to_models(None, by(pair_scores, pair_draft, kd),
-                       by(pair_scores * distinct[:, None], pair_target, kt), point_scores)
+    if grid:
+        # The grid's rows are its drafts and its columns its targets: sums
+        # along an axis, not scatters (which XLA on a CPU runs row by row,
+        # slowly for a million pairs of 8-vectors).
+        by_draft = pair_scores.reshape(kd, kt, -1).sum(axis=1)
+        by_target = (pair_scores * distinct[:, None]).reshape(kd, kt, -1).sum(axis=0)
+    else:
+        by_draft = by(pair_scores, pair_draft, kd)
+        by_target = by(pair_scores * distinct[:, None], pair_target, kt)
+    scores = to_models(None, by_draft, by_target, point_scores)
     values, vectors = jnp.linalg.eigh(hessian)
     cutoff = hessian.shape[0] * jnp.finfo(dtype).eps * jnp.abs(values[-1])
     kept = values > cutoff
@@ -224,10 +276,16 @@ def cluster_covariance_theta(hessian, clusters: ModelClusters, pair_draft, pair_
         # A pair's rows share one gradient, so its leverage is rank one: a scalar.
         pair_leverage = pair_curvature * jnp.sum((pair_gradient @ inverse) * pair_gradient, axis=1)
         pair_factor = jnp.clip(1.0 - pair_leverage, 0.05) ** -power
-    pairs = by((pair_factor * distinct)[:, None] * pair_scores @ inverse, clusters.pair_group, q) \
-        if adjustment != "CR1" else by(pair_factor * distinct[:, None] * pair_scores @ inverse,
-                                       clusters.pair_group, q)
-    covariance = models.T @ models - pairs.T @ pairs
+    pair_factor = jnp.broadcast_to(pair_factor, (q,))
+    influence = (pair_factor * distinct)[:, None] * pair_scores @ inverse
+    # sum over unordered pairs g of (sum of g's pairs' influence)(...)': each
+    # pair with itself, plus each pair with its twin (the same two models in
+    # the other roles), the only other member of its group.
+    twin = clusters.pair_has_twin.astype(dtype)[:, None]
+    cross = jax.lax.cond(jnp.any(clusters.pair_has_twin),
+                         lambda: influence.T @ (twin * influence[clusters.pair_twin]),
+                         lambda: jnp.zeros((influence.shape[1],) * 2, dtype))
+    covariance = models.T @ models - influence.T @ influence - cross
     values, vectors = jnp.linalg.eigh(0.5 * (covariance + covariance.T))
     return (vectors * jnp.clip(values, 0.0)) @ vectors.T
 
@@ -251,15 +309,20 @@ def model_resample_counts(key, clusters: ModelClusters, num_resamples: int, dtyp
     from the targets (module doc). A row's count is its draft's count times
     its target's; a loss point's count is its model's (the mean of the two
     where it is both), and points of no row's model are drawn among
-    themselves.
+    themselves. The counts are over the real models and points, also for a
+    padded layout (:func:`sdsl_jax.fitting.joint.prepare`).
     """
-    kd = clusters.draft_cluster.shape[0]
-    kt = clusters.target_cluster.shape[0]
-    p = clusters.point_cluster.shape[0]
+    # The real tables of a padded layout (its padded entries come last); the
+    # counts are drawn over the real models alone, as for the unpadded one.
+    kd, kt, p = int(clusters.draft_count), int(clusters.target_count), int(clusters.point_count)
+    size_d, size_t = clusters.draft_cluster.shape[0], clusters.target_cluster.shape[0]
+    point_draft = np.asarray(clusters.point_draft)[:p]
+    point_target = np.asarray(clusters.point_target)[:p]
+    point_draft = np.where(point_draft >= size_d, kd, point_draft)
+    point_target = np.where(point_target >= size_t, kt, point_target)
     draft_key, target_key, point_key = jax.random.split(key, 3)
     draft_counts = resample_weights(draft_key, kd, num_resamples, dtype)
     target_counts = resample_weights(target_key, kt, num_resamples, dtype)
-    point_draft, point_target = np.asarray(clusters.point_draft), np.asarray(clusters.point_target)
     in_draft, in_target = point_draft < kd, point_target < kt
     extra = np.flatnonzero(~in_draft & ~in_target)
     padded_d = jnp.concatenate([draft_counts, jnp.zeros((num_resamples, 1), dtype)], axis=1)

@@ -137,6 +137,13 @@ class JointData:
     (draft, target) model pairs (q of them; the full kd x kt grid, in
     row-major order, when that is at most twice as many), and each row's
     pair. Points: the loss points, with centred log sizes and log L.
+
+    ``prepare(..., padded=True)`` pads every table to a bucket size
+    (:func:`bucket`) so that one compiled fit serves a range of data sizes:
+    the padded rows and points have ``row_mask`` and ``point_mask`` 0 (and
+    must be given zero weight: :func:`pad_rows`), the padded models and
+    pairs no row, and every padded entry repeats a real one's values, so
+    each sum, mean and extreme of the fit is that of the real entries.
     """
 
     draft_log_params: jnp.ndarray  # (kd,)
@@ -156,6 +163,8 @@ class JointData:
     log_params_centre: jnp.ndarray  # ()
     log_tokens_centre: jnp.ndarray  # ()
     clusters: clusters_lib.ModelClusters  # which model (cluster) each table entry is
+    row_mask: jnp.ndarray  # (n,) 1 for a measured row, 0 for padding
+    point_mask: jnp.ndarray  # (p,) 1 for a loss point, 0 for padding
 
 
 @chex.dataclass(frozen=True)
@@ -258,21 +267,78 @@ def _distinct_models(params, tokens):
     return models, index.ravel()
 
 
-def prepare(rows: AcceptanceRows, points: PerplexityPoints) -> JointData:
-    """The model tables, row and pair indices and centred logs (host side, once per data set)."""
+# Bucket floors of the padded layout (prepare(padded=True)): every set of up to
+# 256 rows, 16 drafts, 16 targets and 32 loss points shares one compiled fit,
+# and larger sets share one per power of two of each table's size.
+ROW_BUCKET, MODEL_BUCKET, POINT_BUCKET = 256, 16, 32
+# A padded pair grid this small (16 x 16) is used whatever its fill: the
+# grid's matrix-vector products cost nothing at this size, and small sets
+# then share the grid's program.
+GRID_BUCKET = MODEL_BUCKET * MODEL_BUCKET
+
+
+def bucket(size: int, floor: int) -> int:
+    """The padded length of a table of ``size`` entries: the next power of two, at least ``floor``."""
+    return max(int(floor), 1 << max(int(size) - 1, 0).bit_length())
+
+
+def _pad(values: np.ndarray, size: int) -> np.ndarray:
+    """``values`` (k, ...) repeated from its first entry up to ``size`` entries."""
+    extra = size - values.shape[0]
+    return values if extra == 0 else np.concatenate([values, np.repeat(values[:1], extra, axis=0)])
+
+
+def pad_rows(data: JointData, values):
+    """A per-row vector (n,) padded with zeros to ``data``'s row table (a weight or a count)."""
+    values = jnp.asarray(values)
+    extra = data.row_mask.shape[0] - values.shape[0]
+    if extra < 0:
+        raise ValueError(f"{values.shape[0]} row values for a layout of {data.row_mask.shape[0]} rows")
+    return values if extra == 0 else jnp.concatenate([values, jnp.zeros((extra,), values.dtype)])
+
+
+def prepare(rows: AcceptanceRows, points: PerplexityPoints, *, padded: bool = False) -> JointData:
+    """The model tables, row and pair indices and centred logs (host side, once per data set).
+
+    ``padded=True`` pads the tables to bucket sizes (:class:`JointData`):
+    what :func:`fit_joint` and :func:`bootstrap_joint` fit, so that a new
+    data set of a similar size reuses their compiled programs. Per-row
+    weights then go through :func:`pad_rows`, and the point weights are
+    ``point_mask``.
+    """
     dtype = rows.acceptance.dtype
     drafts, draft_model = _distinct_models(rows.draft_params, rows.draft_tokens)
     targets, target_model = _distinct_models(rows.target_params, rows.target_tokens)
-    kd, kt = drafts.size, targets.size
-    pair_id = draft_model.astype(np.int64) * kt + target_model
-    if kd * kt <= 4 * pair_id.size:
-        present = np.bincount(pair_id, minlength=kd * kt) > 0
-    if kd * kt <= 4 * pair_id.size and kd * kt <= 2 * np.count_nonzero(present):
+    kd, kt, n = drafts.size, targets.size, draft_model.size
+    p = points.num_params.shape[0]
+    if padded:
+        size_d, size_t = bucket(kd, MODEL_BUCKET), bucket(kt, MODEL_BUCKET)
+        size_n, size_p = bucket(n, ROW_BUCKET), bucket(p, POINT_BUCKET)
+    else:
+        size_d, size_t, size_n, size_p = kd, kt, n, p
+    pair_id = draft_model.astype(np.int64) * size_t + target_model
+    grid_size = size_d * size_t
+    if padded:
+        present = np.count_nonzero(np.bincount(pair_id, minlength=grid_size)) \
+            if grid_size <= 4 * n else None
+        full = grid_size <= GRID_BUCKET or (present is not None and grid_size <= 2 * bucket(present, 1))
+    else:
+        present = np.count_nonzero(np.bincount(pair_id, minlength=grid_size)) \
+            if grid_size <= 4 * n else None
+        full = present is not None and grid_size <= 2 * present
+    if full:
         # Nearly every pair is measured (the usual design): use the full grid,
         # so the pair sums are one matrix-vector product.
-        pairs, row_pair = np.arange(kd * kt), pair_id
+        pairs, row_pair = np.arange(grid_size), pair_id
+        real_pair = (pairs // size_t < kd) & (pairs % size_t < kt)
     else:
         pairs, row_pair = np.unique(pair_id, return_inverse=True)
+        real_pair = np.ones(pairs.size, bool)
+        if padded:
+            size_q = bucket(pairs.size, GRID_BUCKET)
+            real_pair = np.arange(size_q) < pairs.size
+            pairs = _pad(pairs, size_q)
+    pair_draft, pair_target = pairs // size_t, pairs % size_t
     point_log_params = np.log(np.asarray(points.num_params, np.float64))
     point_log_tokens = np.log(np.asarray(points.tokens, np.float64))
     log_params = np.concatenate([np.log(drafts.real), np.log(targets.real), point_log_params])
@@ -281,23 +347,30 @@ def prepare(rows: AcceptanceRows, points: PerplexityPoints) -> JointData:
     # products never dwarf the coordinates they are combined with.
     centre_params = 0.5 * (log_params.min() + log_params.max())
     centre_tokens = 0.5 * (log_tokens.min() + log_tokens.max())
+    # Padded pairs (a grid's pairs of padded models) stand in the cluster
+    # tables for a real pair; they hold no row, so they add nothing.
+    clusters = clusters_lib.model_clusters(drafts, targets, points.num_params, points.tokens,
+                                           np.minimum(pair_draft, kd - 1), np.minimum(pair_target, kt - 1),
+                                           real_pair=real_pair, sizes=(size_d, size_t, size_p))
     as_float = lambda v: jnp.asarray(v, dtype)
     as_index = lambda v: jnp.asarray(v, jnp.int32)
+    mask = lambda real, size: as_float(np.arange(size) < real)
     return JointData(
-        draft_log_params=as_float(np.log(drafts.real) - centre_params),
-        draft_log_tokens=as_float(np.log(drafts.imag) - centre_tokens),
-        target_log_params=as_float(np.log(targets.real) - centre_params),
-        target_log_tokens=as_float(np.log(targets.imag) - centre_tokens),
-        draft_model=as_index(draft_model), target_model=as_index(target_model),
-        row_pair=as_index(row_pair), pair_draft=as_index(pairs // kt), pair_target=as_index(pairs % kt),
-        acceptance=rows.acceptance,
-        point_log_params=as_float(point_log_params - centre_params),
-        point_log_tokens=as_float(point_log_tokens - centre_tokens),
-        point_log_loss=as_float(np.log(np.log(np.asarray(points.perplexity, np.float64)))),
+        draft_log_params=as_float(_pad(np.log(drafts.real) - centre_params, size_d)),
+        draft_log_tokens=as_float(_pad(np.log(drafts.imag) - centre_tokens, size_d)),
+        target_log_params=as_float(_pad(np.log(targets.real) - centre_params, size_t)),
+        target_log_tokens=as_float(_pad(np.log(targets.imag) - centre_tokens, size_t)),
+        draft_model=as_index(_pad(draft_model, size_n)), target_model=as_index(_pad(target_model, size_n)),
+        row_pair=as_index(_pad(row_pair.ravel(), size_n)), pair_draft=as_index(pair_draft),
+        pair_target=as_index(pair_target),
+        acceptance=as_float(_pad(np.asarray(rows.acceptance), size_n)) if size_n > n else rows.acceptance,
+        point_log_params=as_float(_pad(point_log_params - centre_params, size_p)),
+        point_log_tokens=as_float(_pad(point_log_tokens - centre_tokens, size_p)),
+        point_log_loss=as_float(_pad(np.log(np.log(np.asarray(points.perplexity, np.float64))), size_p)),
         scales=plane_scales(rows),
         log_params_centre=as_float(centre_params), log_tokens_centre=as_float(centre_tokens),
-        clusters=clusters_lib.ModelClusters(**clusters_lib.model_clusters(
-            drafts, targets, points.num_params, points.tokens, pairs // kt, pairs % kt)))
+        clusters=clusters_lib.ModelClusters(**clusters),
+        row_mask=mask(n, size_n), point_mask=mask(p, size_p))
 
 
 def acceptance_moments(data: JointData, row_weight, row_count=None) -> AcceptanceMoments:
@@ -306,11 +379,11 @@ def acceptance_moments(data: JointData, row_weight, row_count=None) -> Acceptanc
     ``row_count`` (n,): how many times each row counts as an observation (a
     resample's draw counts; the weights are then the rows' own weights times
     these). The profiled likelihood's (n / 2) log(SSR / n) needs n = sum of
-    the counts, not the weighted total. By default each row counts once.
+    the counts, not the weighted total. By default each measured row counts
+    once (``data.row_mask``: padding counts none).
     """
     total = jnp.sum(row_weight)
-    observations = (jnp.asarray(row_weight.shape[0], row_weight.dtype) if row_count is None
-                    else jnp.sum(row_count))
+    observations = jnp.sum(data.row_mask if row_count is None else row_count).astype(row_weight.dtype)
     share = row_weight / total
     mean = jnp.sum(share * data.acceptance)
     centred = share * (data.acceptance - mean)
@@ -388,8 +461,7 @@ def _acceptance_term(theta, data: JointData, row_weight):
     xs, ys, _ = _predictions(theta[:5], data)
     predicted = theta[5] * xs[data.draft_model] + theta[6] * ys[data.target_model] + theta[7]
     residual = data.acceptance - predicted
-    return concentrated_nll(jnp.sum(row_weight * residual**2),
-                            jnp.asarray(residual.shape[0], residual.dtype))
+    return concentrated_nll(jnp.sum(row_weight * residual**2), jnp.sum(data.row_mask))
 
 
 def _covariances(pre_theta, data: JointData, moments: AcceptanceMoments):
@@ -542,20 +614,34 @@ def fit_joint(rows: AcceptanceRows, points: PerplexityPoints, *, start=None,
     if covariance not in COVARIANCES:
         raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
     check_inputs(rows, points, fit_target_coeff)
-    data = prepare(rows, points)
+    data = prepare(rows, points, padded=True)
     if start is None:
         pre = pretraining_fit.fit_pretraining_law(points.num_params, points.tokens,
-                                                  jnp.log(points.perplexity)).law
+                                                  jnp.log(points.perplexity), pad=True).law
     else:
         pre = start[0]
-    pre_theta0 = theta_from_laws(pre, acceptance_lib.SDSL_2026, data)[:5]
-    point_weight = jnp.ones_like(data.point_log_loss)
-    theta, solution = refit(pre_theta0, data, rows.weight, point_weight,
-                            fit_target_coeff=fit_target_coeff, max_steps=max_steps)
-    fit = _summarise(theta, solution, data, rows.weight, point_weight, fit_target_coeff)
+    pre_theta0 = _start_theta(pre, data)
+    row_weight = pad_rows(data, rows.weight)
+    # The row mask as the row counts: the argument the bootstrap's fallback
+    # passes too, so both run one compiled refit.
+    theta, solution = refit(pre_theta0, data, row_weight, data.point_mask,
+                            fit_target_coeff=fit_target_coeff, max_steps=max_steps,
+                            row_count=data.row_mask)
+    fit = _summarise(theta, solution, data, row_weight, data.point_mask, fit_target_coeff)
+    # The per-row and per-point results without the padding.
+    # (Sliced on the host: a device slice is one more program per shape.)
+    fit = fit.replace(
+        acceptance_residuals=jnp.asarray(np.asarray(fit.acceptance_residuals)[:rows.acceptance.shape[0]]),
+        loss_residuals=jnp.asarray(np.asarray(fit.loss_residuals)[:points.num_params.shape[0]]))
     if covariance == "iid":
         return fit.replace(laws=fit.laws.replace(covariance=fit.iid_covariance, covariance_df=None))
     return fit
+
+
+@jax.jit
+def _start_theta(pretraining_law, data):
+    # One small program rather than a dozen ops compiled one by one.
+    return theta_from_laws(pretraining_law, acceptance_lib.SDSL_2026, data)[:5]
 
 
 @functools.partial(jax.jit, static_argnums=5)
@@ -567,7 +653,7 @@ def _summarise(theta, solution, data, row_weight, point_weight, fit_target_coeff
     blocks = lambda t: jnp.stack(moment_objective(t, data, moments, point_weight))
     covariance, identifiable = delta_method_covariance(
         blocks, theta, lambda t: natural_coefficients(t, data), free,
-        (jnp.asarray(row_weight.shape[0], theta.dtype), jnp.sum(point_weight)))
+        (jnp.sum(data.row_mask), jnp.sum(point_weight)))
     robust = cluster_covariance(theta, data, row_weight, point_weight, free)
     df = clusters_lib.cluster_degrees_of_freedom(data.clusters).astype(theta.dtype)
     coeffs = natural_coefficients(theta, data)
@@ -575,16 +661,19 @@ def _summarise(theta, solution, data, row_weight, point_weight, fit_target_coeff
     xs, ys, loss_res = _predictions(theta[:5], data)
     residuals = data.acceptance - (theta[5] * xs[data.draft_model] + theta[6] * ys[data.target_model]
                                    + theta[7])
-    sst = jnp.sum((data.acceptance - jnp.mean(data.acceptance)) ** 2)
+    # Sums over the measured rows and points alone (padding masked out).
+    masked_mean = lambda v, mask: jnp.sum(mask * v) / jnp.sum(mask)
+    sst = jnp.sum(data.row_mask * (data.acceptance - masked_mean(data.acceptance, data.row_mask)) ** 2)
     losses = jnp.exp(data.point_log_loss)
     loss_fit = jnp.exp(data.point_log_loss - loss_res)
+    loss_sst = jnp.sum(data.point_mask * (losses - masked_mean(losses, data.point_mask)) ** 2)
     return JointFit(
         laws=laws_lib.FittedLaws(pretraining_law=pre, acceptance_law=acc, covariance=robust,
                                  covariance_df=df),
         theta=theta,
-        acceptance_r2=1 - jnp.sum(residuals**2) / sst,
+        acceptance_r2=1 - jnp.sum(data.row_mask * residuals**2) / sst,
         acceptance_residuals=residuals,
-        loss_r2=1 - jnp.sum((losses - loss_fit) ** 2) / jnp.sum((losses - jnp.mean(losses)) ** 2),
+        loss_r2=1 - jnp.sum(data.point_mask * (losses - loss_fit) ** 2) / loss_sst,
         loss_residuals=loss_res,
         objective=solution.value,
         converged=jnp.isfinite(solution.value) & (solution.grad_norm <= converged_decrement(theta.dtype)),
@@ -671,28 +760,39 @@ def bootstrap_joint(fit: JointFit, rows: AcceptanceRows, points: PerplexityPoint
         raise ValueError(f"num_resamples and batch_size must be >= 1, got {num_resamples}, {batch_size}")
     if resample not in RESAMPLING:
         raise ValueError(f"resample must be one of {RESAMPLING}, got {resample!r}")
-    data = prepare(rows, points) if data is None else data
+    data = prepare(rows, points, padded=True) if data is None else data
     dtype = fit.theta.dtype
+    size_n, size_p = data.row_mask.shape[0], data.point_mask.shape[0]
+    pad_counts = lambda counts, size: (counts if counts.shape[1] == size else jnp.concatenate(
+        [counts, jnp.zeros((counts.shape[0], size - counts.shape[1]), counts.dtype)], axis=1))
     if resample == "models":
+        # Drawn over the real models; the padded ones (drawn 0 times) hold no row.
         draft_counts, target_counts, point_counts = clusters_lib.model_resample_counts(
             key, data.clusters, num_resamples, dtype)
+        draft_counts = pad_counts(draft_counts, data.draft_log_params.shape[0])
+        target_counts = pad_counts(target_counts, data.target_log_params.shape[0])
         factors = (draft_counts, target_counts)
+        row_mask = np.asarray(data.row_mask)
         row_counts_of = lambda k: (np.asarray(draft_counts[k])[np.asarray(data.draft_model)]
-                                   * np.asarray(target_counts[k])[np.asarray(data.target_model)])
+                                   * np.asarray(target_counts[k])[np.asarray(data.target_model)]
+                                   * row_mask)
     else:
         row_key, point_key = jax.random.split(key)
         row_counts = resample_weights(row_key, rows.acceptance.shape[0], num_resamples, dtype)
         point_counts = resample_weights(point_key, points.num_params.shape[0], num_resamples, dtype)
+        row_counts = pad_counts(row_counts, size_n)
         factors = (row_counts,)
         row_counts_of = lambda k: np.asarray(row_counts[k])
-    thetas, decrement = _bootstrap(fit.theta, data, rows.weight, factors, point_counts,
+    point_counts = pad_counts(point_counts, size_p)
+    row_weight = pad_rows(data, rows.weight)
+    thetas, decrement = _bootstrap(fit.theta, data, row_weight, factors, point_counts,
                                    fit_target_coeff=fit_target_coeff, warm_steps=warm_steps,
                                    batch_size=min(batch_size, num_resamples))
     thetas, decrement = np.array(thetas), np.array(decrement)
     with np.errstate(invalid="ignore"):
         short = ~(decrement <= converged_decrement(dtype))
     if max_steps > 0 and short.any():
-        weight = np.asarray(rows.weight)
+        weight = np.asarray(row_weight)
         point_counts = np.asarray(point_counts)
         for k in np.flatnonzero(short):
             start = thetas[k, :5] if np.all(np.isfinite(thetas[k, :5])) else fit.theta[:5]
@@ -727,7 +827,8 @@ def _bootstrap(theta, data, row_weight, factors, point_counts, *, fit_target_coe
         if len(factor) == 1:
             row_count = factor[0]
         else:
-            row_count = factor[0][data.draft_model] * factor[1][data.target_model]
+            # The mask: a padded row names a real model, but counts none.
+            row_count = factor[0][data.draft_model] * factor[1][data.target_model] * data.row_mask
         solved, solution = refit(theta[:5], data, row_weight * row_count, point_count,
                                  fit_target_coeff=fit_target_coeff, warm_steps=warm_steps,
                                  max_steps=0, newton_steps=0, row_count=row_count)
@@ -755,7 +856,7 @@ def observation_scores(theta, data: JointData, row_weight, point_weight) -> dict
     residual = data.acceptance - (theta[5] * xs[data.draft_model] + theta[6] * ys[data.target_model]
                                   + theta[7])
     weighted = row_weight * residual
-    n_rows = jnp.asarray(residual.shape[0], theta.dtype)
+    n_rows = jnp.sum(data.row_mask)
     row_variance = jnp.sum(weighted * residual) / n_rows
     point_variance = jnp.sum(point_weight * loss_res**2) / jnp.sum(point_weight)
     q = data.pair_draft.shape[0]

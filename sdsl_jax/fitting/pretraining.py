@@ -160,7 +160,7 @@ def _fit(num_params, tokens, losses, weight, starts, exponents, max_steps, refin
 
 def fit_pretraining_law(num_params, tokens, losses, weight=None, *, exponents=DEFAULT_EXPONENTS,
                         refine: int = DEFAULT_REFINE, starts=None,
-                        max_steps: int = 300) -> PretrainingFit:
+                        max_steps: int = 300, pad: bool = False) -> PretrainingFit:
     """Fit E, A, B, a, b to loss points (N, D, L) by Huber regression on log L.
 
     Args:
@@ -173,6 +173,10 @@ def fit_pretraining_law(num_params, tokens, losses, weight=None, *, exponents=DE
       starts: explicit starting points (k, 5) in the coordinates
         (log E, log A, log B, a, b), replacing the grid (e.g. one warm start
         when refitting a bootstrap resample).
+      pad: pad concrete points to a bucket size (:func:`bucket`) with copies
+        at weight 0, so that one compiled fit serves a range of point counts.
+        The same optimum, but the reductions run in another order, so the
+        result may differ in its last digits; off by default.
     """
     num_params, tokens, losses = (jnp.asarray(v, jnp.result_type(v, float))
                                   for v in (num_params, tokens, losses))
@@ -191,4 +195,23 @@ def fit_pretraining_law(num_params, tokens, losses, weight=None, *, exponents=DE
         starts = jnp.atleast_2d(jnp.asarray(starts, dtype))
     exponents = jnp.asarray(exponents, dtype)
     refine = min(int(refine), exponents.size**2)
-    return _fit(num_params, tokens, losses, weight, starts, exponents, max_steps, refine)
+    size = num_params.shape[0]
+    padded = bucket(size)
+    if not pad or padded == size or not _validate.is_concrete(num_params, tokens, losses, weight):
+        return _fit(num_params, tokens, losses, weight, starts, exponents, max_steps, refine)
+    # Concrete points: padded with copies of the first at weight 0 (extremes,
+    # sums and the Huber objective unchanged), so that one compiled fit
+    # serves every count of points up to the bucket.
+    extend = lambda v: np.concatenate([np.asarray(v), np.repeat(np.asarray(v)[:1], padded - size)])
+    fit = _fit(*(jnp.asarray(extend(v), dtype) for v in (num_params, tokens, losses)),
+               jnp.asarray(np.concatenate([np.asarray(weight), np.zeros(padded - size)]), dtype),
+               starts, exponents, max_steps, refine)
+    return fit.replace(residuals=jnp.asarray(np.asarray(fit.residuals)[:size]))
+
+
+POINT_BUCKET = 32  # the fewest points a padded fit is compiled for
+
+
+def bucket(size: int) -> int:
+    """The padded number of loss points: the next power of two, at least POINT_BUCKET."""
+    return max(POINT_BUCKET, 1 << max(int(size) - 1, 0).bit_length())

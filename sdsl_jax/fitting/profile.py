@@ -290,11 +290,12 @@ def profile_intervals(fit: joint_fit.JointFit, rows: AcceptanceRows, points: Per
         raise ValueError("fit has no cluster_covariance: fit it with fit_joint")
     if fit_target_coeff is None:
         fit_target_coeff = bool(fit.laws.acceptance_law.target_coeff != 0)
-    data = joint_fit.prepare(rows, points) if data is None else data
+    data = joint_fit.prepare(rows, points, padded=True) if data is None else data
     dtype = fit.theta.dtype
     theta = jnp.asarray(fit.theta[:5])
-    point_weight = jnp.ones_like(data.point_log_loss)
-    value, hessian = _objective_and_hessian(theta, data, rows.weight, point_weight,
+    point_weight = data.point_mask
+    row_weight = joint_fit.pad_rows(data, rows.weight)
+    value, hessian = _objective_and_hessian(theta, data, row_weight, point_weight,
                                             fit_target_coeff=fit_target_coeff)
     value, hessian = float(value), np.asarray(hessian, np.float64)
     u = functionals(data)
@@ -323,7 +324,7 @@ def profile_intervals(fit: joint_fit.JointFit, rows: AcceptanceRows, points: Per
     directions = np.repeat(u / np.sum(u**2, axis=1, keepdims=True), 2, axis=0)  # (10, 5)
     bases = np.repeat(_null_bases(u), 2, axis=0)
     offsets = (np.tile(signs, 5)[:, None] * np.repeat(se, 2)[:, None]) * grid[None, :]  # (10, G)
-    values, decrements = profile_scan(theta, data, rows.weight, point_weight,
+    values, decrements = profile_scan(theta, data, row_weight, point_weight,
                                       jnp.asarray(directions, dtype), jnp.asarray(bases, dtype),
                                       jnp.asarray(offsets, dtype), fit_target_coeff=fit_target_coeff)
     values, decrements = np.asarray(values, np.float64), np.asarray(decrements, np.float64)

@@ -95,7 +95,7 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
     huber = None
     if points.num_params.shape[0] >= 5:
         huber = pretraining_fit.fit_pretraining_law(points.num_params, points.tokens,
-                                                    jnp.log(points.perplexity))
+                                                    jnp.log(points.perplexity), pad=True)
     joint = joint_fit.fit_joint(rows, points, start=None if huber is None else (huber.law, plane.law),
                                 fit_target_coeff=target_varies, covariance=covariance)
     coeffs = np.asarray(joint.laws.coefficients, np.float64)
@@ -140,7 +140,7 @@ def fit_all(measurements, *, weighting="auto", bootstrap=200, seed=0, confidence
     samples, converged = None, 0
     if bootstrap > 0:
         key = jax.random.PRNGKey(seed)
-        data = joint_fit.prepare(rows, points)
+        data = joint_fit.prepare(rows, points, padded=True)
         chunks, decrements = [], []
         # Chunks of one size (one compiled function) so the progress bar can move.
         for start in range(0, bootstrap, BOOTSTRAP_BATCH):
@@ -260,7 +260,7 @@ def _hessian_and_jacobian(theta, data, row_weight):
     """The end-to-end objective's Hessian at theta (the fit's coordinates) and the
     Jacobian of the natural coefficients, in one compiled call."""
     moments = joint_fit.acceptance_moments(data, row_weight)
-    point_weight = jnp.ones_like(data.point_log_loss)
+    point_weight = data.point_mask
     total = lambda t: jnp.sum(jnp.stack(joint_fit.moment_objective(t, data, moments, point_weight)))
     return (jax.hessian(total)(theta),
             jax.jacobian(lambda t: joint_fit.natural_coefficients(t, data))(theta))
@@ -281,8 +281,8 @@ def undetermined_coefficients(fit, rows, points, fit_target_coeff: bool = True) 
     """
     if bool(fit.identifiable):
         return []
-    data = joint_fit.prepare(rows, points)
-    hessian, jacobian = _hessian_and_jacobian(fit.theta, data, rows.weight)
+    data = joint_fit.prepare(rows, points, padded=True)
+    hessian, jacobian = _hessian_and_jacobian(fit.theta, data, joint_fit.pad_rows(data, rows.weight))
     index = np.array([i for i in range(len(laws_lib.COEFFICIENTS))
                       if i != joint_fit.TARGET_COEFF or fit_target_coeff])
     hessian = np.asarray(hessian, np.float64)[np.ix_(index, index)]

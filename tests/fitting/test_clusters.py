@@ -214,3 +214,52 @@ def test_resample_counts_observations_not_weights(x64):
     difference = lambda v: v[1] - v[0]
     assert difference(resampled) == pytest.approx(difference(replicated), rel=1e-9, abs=1e-9)
     assert abs(difference(old) - difference(replicated)) > 1e-4 * abs(difference(replicated))
+
+
+def test_padded_layout_keeps_the_real_tables_and_masks_the_padding(x64):
+    # prepare(padded=True) (what fit_joint fits) pads every table to a bucket
+    # so that sets of other sizes share one compiled fit; the real entries
+    # come first and unchanged, the padding holds no row, no point and no
+    # pair, and the bootstrap draws the same counts from it.
+    measurements = synthetic_measurements(num_targets=3, num_drafts=4, seed=2)
+    rows, _ = acceptance_rows(measurements)
+    points = perplexity_points(measurements)
+    data = joint_fit.prepare(rows, points)
+    padded = joint_fit.prepare(rows, points, padded=True)
+    n, p = rows.acceptance.shape[0], points.num_params.shape[0]
+    assert padded.row_mask.shape == (joint_fit.ROW_BUCKET,) and float(padded.row_mask.sum()) == n
+    assert padded.point_mask.shape == (joint_fit.POINT_BUCKET,) and float(padded.point_mask.sum()) == p
+    assert padded.draft_log_params.shape == padded.target_log_params.shape == (joint_fit.MODEL_BUCKET,)
+    assert padded.pair_draft.shape == (joint_fit.GRID_BUCKET,)  # the 16 x 16 grid
+    for name in ("draft_log_params", "target_log_params", "draft_model", "target_model", "acceptance"):
+        real = np.asarray(getattr(data, name))
+        np.testing.assert_array_equal(np.asarray(getattr(padded, name))[:real.size], real)
+    np.testing.assert_array_equal(np.asarray(padded.point_log_loss)[:p], np.asarray(data.point_log_loss))
+    # Each row's pair in the padded grid is its (draft, target).
+    np.testing.assert_array_equal(np.asarray(padded.pair_draft)[np.asarray(padded.row_pair)[:n]],
+                                  np.asarray(data.draft_model))
+    assert not np.any(np.asarray(padded.clusters.pair_distinct)[np.asarray(padded.pair_draft) >= 4])
+    assert int(padded.clusters.count) == int(data.clusters.count)
+    np.testing.assert_array_equal(np.asarray(joint_fit.pad_rows(padded, rows.weight))[n:], 0.0)
+    key = jax.random.PRNGKey(3)
+    # (64 resamples of 4 drafts and 3 targets: the draws compiled for the test above.)
+    for real, from_padded in zip(clusters_lib.model_resample_counts(key, data.clusters, 64, jnp.float64),
+                                 clusters_lib.model_resample_counts(key, padded.clusters, 64, jnp.float64)):
+        np.testing.assert_array_equal(np.asarray(from_padded), np.asarray(real))
+
+
+def test_twin_pairs_are_the_same_models_in_swapped_roles():
+    # A ladder: models 2 and 3 are drafts of 4 and 5 and targets of 0 and 1,
+    # and (2, 3) and (3, 2) are the same unordered pair of clusters.
+    models = np.array([1e8, 2e8, 5e8, 1e9, 3e9, 7e9]) + 1j * np.array([1, 2, 3, 4, 5, 6]) * 1e11
+    drafts, targets = models[[0, 1, 2, 3]], models[[2, 3, 4, 5]]
+    pair_draft, pair_target = np.arange(16) // 4, np.arange(16) % 4
+    tables = clusters_lib.model_clusters(drafts, targets, models.real, models.imag, pair_draft, pair_target)
+    twin, has = np.asarray(tables["pair_twin"]), np.asarray(tables["pair_has_twin"])
+    key = lambda d, t: tuple(sorted((drafts[d], targets[t]), key=lambda z: (z.real, z.imag)))
+    for k in range(16):
+        others = [j for j in range(16) if j != k and drafts[pair_draft[j]] != targets[pair_target[j]]
+                  and key(pair_draft[j], pair_target[j]) == key(pair_draft[k], pair_target[k])]
+        distinct = drafts[pair_draft[k]] != targets[pair_target[k]]
+        assert has[k] == (distinct and bool(others)) and (twin[k] == others[0] if has[k] else twin[k] == k)
+    assert has.sum() == 2  # (2, 3) and (3, 2)
