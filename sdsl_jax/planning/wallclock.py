@@ -456,7 +456,7 @@ def optimal_draft_size_wallclock(
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
     settings = solver.checked_settings(method, cost_ratio_bounds, _OBJECTIVES[verify == "scored"],
-                                       root_steps=ROOT_STEPS)
+                                       root_steps=ROOT_STEPS, root_steps_float32=ROOT_STEPS)
     scored, arrays = _prepare(
         dict(target_params=target_params, draft_tokens=draft_tokens, target_tokens=target_tokens),
         hardware, workload, draft_precision, target_precision, verify, pretraining_law,
