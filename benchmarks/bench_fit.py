@@ -159,14 +159,15 @@ def bench_joint(args):
 
     first, median, fit = first_and_median(lambda: fit_joint(rows, points), args.repeats)
     # The solve alone, from the same start scipy gets (prepare and the Huber start excluded).
-    data = joint_fit.prepare(rows, points)
+    # The padded layout fit_joint fits (joint.prepare(padded=True)).
+    data = joint_fit.prepare(rows, points, padded=True)
     start = start_coefficients(rows, points)
     pre0 = joint_fit.theta_from_laws(*laws_of(start), data)[:5]
-    point_weight = jnp.ones(points.num_params.shape[0])
-    _, solve, _ = first_and_median(lambda: joint_fit.refit(pre0, data, rows.weight, point_weight),
-                                   args.repeats)
+    row_weight = joint_fit.pad_rows(data, rows.weight)
+    _, solve, _ = first_and_median(lambda: joint_fit.refit(pre0, data, row_weight, data.point_mask,
+                                                           row_count=data.row_mask), args.repeats)
     stages = {
-        "prepare (host)": float(np.median([timed(lambda: joint_fit.prepare(rows, points))[0]
+        "prepare (host)": float(np.median([timed(lambda: joint_fit.prepare(rows, points, padded=True))[0]
                                            for _ in range(args.repeats)])),
         "Huber start": float(np.median([timed(lambda: fit_pretraining_law(
             points.num_params, points.tokens, jnp.log(points.perplexity)))[0] for _ in range(args.repeats)])),
