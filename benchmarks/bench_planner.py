@@ -122,7 +122,8 @@ def main():
     scale = 1e6 / args.n  # the goals are per 1e6 configurations
     f32, f64 = ours["float32"][0] * scale, ours["float64"][0] * scale
     print(f"goals per 1e6 configurations: float64 <= 1 s and >= 400x scipy: {f64:.3f} s, "
-          f"{scipy_per_config * 1e6 / f64:,.0f}x ({'met' if f64 <= 1 else 'NOT met'}); "
+          f"{scipy_per_config * 1e6 / f64:,.0f}x "
+          f"({'met' if f64 <= 1 and scipy_per_config * 1e6 / f64 >= 400 else 'NOT met'}); "
           f"float32 <= 0.4 s: {f32:.3f} s ({'met' if f32 <= 0.4 else 'NOT met'}); "
           f"load {os.getloadavg()[0]:.1f} at the end")
 
