@@ -30,13 +30,46 @@ def _run(out, corpus_dir, **kwargs):
 
 @pytest.fixture(scope="module")
 def finished(corpus_dir, tmp_path_factory):
-    """The tiny preset in two goes: stopped after `measure` (as a kill there would leave it,
-    minus the kill), then rerun to the end. Everything else reuses what this compiled."""
+    """The tiny preset in two goes, the first ended as a kill in the middle of `measure` leaves
+    a run: it stops after `measure`, then the last pair's runs file loses its last prompt to a
+    line torn mid-write, that pair's row is dropped and the manifest marks `measure` unfinished
+    (everything a kill there leaves, minus the kill). The second go resumes `measure` prompt by
+    prompt and runs to the end, so one run serves both resumes and everything else reuses what
+    it compiled."""
     out = tmp_path_factory.mktemp("reproduce") / "run"
     first, first_log = _run(out, corpus_dir, stop_after="measure")
+    interrupted = _interrupt_measure(str(out))
     second, second_log = _run(out, corpus_dir)
     return {"out": str(out), "first": first, "second": second, "first_log": first_log,
-            "second_log": second_log}
+            "second_log": second_log, "interrupted": interrupted}
+
+
+def _interrupt_measure(out):
+    """Leave ``out`` as a kill while `measure` wrote the last pair's last prompt would: that
+    line torn, the pair's row absent, `measure` unfinished. Returns what the resume is
+    checked against: the pair, the runs file's lines before the tear, the draft's card and
+    its modification time."""
+    draft, target = PRESET.pairs()[-1]
+    runs_path = os.path.join(out, "measure", f"runs-{draft}-{target}.jsonl")
+    with open(runs_path) as handle:
+        lines = handle.readlines()
+    with open(runs_path, "w") as handle:
+        handle.writelines(lines[:-1])
+        handle.write(lines[-1][:25])  # torn mid-write
+    rows_path = os.path.join(out, "measure", "rows.jsonl")
+    kept = [r for r in _jsonl(rows_path) if (r["draft_model"], r["target_model"]) != (draft, target)]
+    with open(rows_path, "w") as handle:
+        handle.writelines(json.dumps(r) + "\n" for r in kept)
+    manifest_path = os.path.join(out, "manifest.json")
+    with open(manifest_path) as handle:
+        manifest = json.load(handle)
+    # The stages after `measure` were never started: the manifest has no entry for them.
+    manifest["stages"]["measure"]["finished"] = False
+    with open(manifest_path, "w") as handle:
+        json.dump(manifest, handle)
+    card = os.path.join(out, "models", draft, "model.json")
+    return {"pair": (draft, target), "runs_path": runs_path, "lines": lines, "card": card,
+            "card_time": os.stat(card).st_mtime_ns}
 
 
 def _stage(out, name):
@@ -62,14 +95,17 @@ def _report(out):
 def test_a_stopped_run_resumes_with_the_unfinished_stages_only(finished):
     assert finished["first"]["ran"] == ["train", "pretraining", "measure"]
     assert finished["first"]["report"] is None
-    assert finished["second"]["skipped"] == ["train", "pretraining", "measure"]
-    assert finished["second"]["ran"] == ["acceptance", "predict", "latency", "report"]
-    assert any("[3/7] measure: finished earlier" in line for line in finished["second_log"])
+    assert finished["second"]["skipped"] == ["train", "pretraining"]
+    assert finished["second"]["ran"] == ["measure", "acceptance", "predict", "latency", "report"]
+    assert any("[1/7] train: finished earlier" in line for line in finished["second_log"])
+    assert any("[2/7] pretraining: finished earlier" in line for line in finished["second_log"])
     with open(os.path.join(finished["out"], "manifest.json")) as handle:
         manifest = json.load(handle)
     assert manifest["preset"] == "tiny"
     assert [name for name in STAGE_NAMES if manifest["stages"][name]["finished"]] == list(STAGE_NAMES)
-    assert all(manifest["stages"][name]["attempts"] == 1 for name in STAGE_NAMES)
+    # Only the interrupted stage was attempted twice.
+    assert {name: manifest["stages"][name]["attempts"] for name in STAGE_NAMES} == {
+        name: 2 if name == "measure" else 1 for name in STAGE_NAMES}
 
 
 @pytest.mark.slow
@@ -174,23 +210,26 @@ def test_predicted_n_star_is_the_planners_on_the_saved_laws(finished):
 
 
 @pytest.mark.slow
-def test_chain_matches_the_laws_evaluated_one_by_one(finished):
-    from sdsl_jax.laws import acceptance as acceptance_law, throughput
+def test_chain_matches_the_laws_evaluated_one_by_one(finished, speedup_reference):
+    """The compiled chain against the laws written out in numpy, one pair at a time, and S*
+    maximised over the lookahead by brentq (no Lambert W): nothing compiled but the chain."""
     with jax.enable_x64(True):
         laws = load_laws(os.path.join(finished["out"], "laws.json"))
         n, m, d = np.array([1e4, 3e4, 1e5]), np.array([1e5, 2e5, 2e5]), 3e3
         got = chain.evaluate(laws, n, m, d, d, 2)
-        for i in range(n.size):
-            x = float(pretraining_law.perplexity(laws.pretraining_law, n[i], d))
-            y = float(pretraining_law.perplexity(laws.pretraining_law, m[i], d))
-            alpha = float(acceptance_law.acceptance(laws.acceptance_law, x, y))
-            assert got["draft_perplexity"][i] == pytest.approx(x, rel=1e-12)
-            assert got["acceptance"][i] == pytest.approx(alpha, rel=1e-12)
-            # E(alpha, 2) / (2 c + 1), written out.
-            expected = (1 - alpha**3) / (1 - alpha) / (2 * n[i] / m[i] + 1)
-            assert got["speedup_at_lookahead"][i] == pytest.approx(expected, rel=1e-9)
-            assert got["optimal_speedup"][i] == pytest.approx(
-                float(throughput.optimal_speedup(alpha, n[i] / m[i])), rel=1e-9)
+        # Python floats: the references below stay in numpy.
+        pre, acc = jax.tree.map(float, laws.pretraining_law), jax.tree.map(float, laws.acceptance_law)
+    for i in range(n.size):
+        x = np.exp(speedup_reference.loss(pre, n[i], d))
+        y = np.exp(speedup_reference.loss(pre, m[i], d))
+        alpha = speedup_reference.acceptance(acc, x, y)
+        assert got["draft_perplexity"][i] == pytest.approx(x, rel=1e-12)
+        assert got["acceptance"][i] == pytest.approx(alpha, rel=1e-12)
+        # E(alpha, 2) / (2 c + 1), written out.
+        expected = (1 - alpha**3) / (1 - alpha) / (2 * n[i] / m[i] + 1)
+        assert got["speedup_at_lookahead"][i] == pytest.approx(expected, rel=1e-9)
+        assert got["optimal_speedup"][i] == pytest.approx(
+            speedup_reference.speedup(alpha, n[i] / m[i]), rel=1e-9)
 
 
 @pytest.mark.slow
@@ -232,48 +271,31 @@ def test_measured_optimum_rules():
 
 
 @pytest.mark.slow
-def test_interrupted_measure_resumes_prompt_by_prompt(finished, corpus_dir, tmp_path):
-    """A kill in the middle of `measure`: one pair's runs file ends in a torn line and lacks
-    its last prompt, the stage and those after it are unfinished. The rerun measures that
-    prompt only, keeps every other line, and leaves the trained models alone."""
-    out = str(tmp_path / "copy")
-    shutil.copytree(finished["out"], out)
-    draft, target = PRESET.pairs()[-1]
-    runs_path = os.path.join(out, "measure", f"runs-{draft}-{target}.jsonl")
-    with open(runs_path) as handle:
-        lines = handle.readlines()
-    with open(runs_path, "w") as handle:
-        handle.writelines(lines[:-1])
-        handle.write(lines[-1][:25])  # torn mid-write
-    rows_path = os.path.join(out, "measure", "rows.jsonl")
-    kept = [r for r in _jsonl(rows_path) if (r["draft_model"], r["target_model"]) != (draft, target)]
-    with open(rows_path, "w") as handle:
-        handle.writelines(json.dumps(r) + "\n" for r in kept)
-    manifest_path = os.path.join(out, "manifest.json")
-    with open(manifest_path) as handle:
-        manifest = json.load(handle)
-    for name in STAGE_NAMES[STAGE_NAMES.index("measure"):]:
-        manifest["stages"][name]["finished"] = False
-    with open(manifest_path, "w") as handle:
-        json.dump(manifest, handle)
-    card = os.path.join(out, "models", draft, "model.json")
-    card_time = os.stat(card).st_mtime_ns
-
-    result, log = _run(out, corpus_dir)
-    assert result["skipped"] == ["train", "pretraining"]
-    assert result["ran"] == ["measure", "acceptance", "predict", "latency", "report"]
-    assert any("resuming, attempt 2" in line for line in log)
+def test_interrupted_measure_resumes_prompt_by_prompt(finished):
+    """A kill in the middle of `measure` (the fixture's first go): one pair's runs file ends in
+    a torn line and lacks its last prompt, the stage and those after it are unfinished. The
+    rerun measures that prompt only, keeps every other line, and leaves the trained models
+    alone."""
+    interrupted, log = finished["interrupted"], finished["second_log"]
+    draft, target = interrupted["pair"]
+    lines = interrupted["lines"]
+    assert any("[3/7] measure: measure every (draft, target) pair (resuming, attempt 2)" in line
+               for line in log)
     assert any(f"{draft} -> {target}" in line and f"({PRESET.prompts - 1} measured earlier)" in line
                for line in log)
-    assert os.stat(card).st_mtime_ns == card_time
-    with open(runs_path) as handle:
+    # The other pairs' rows were kept: measured earlier, not again.
+    assert sum("measured earlier" in line and "pair " in line and "prompts" not in line
+               for line in log) == len(PRESET.pairs()) - 1
+    assert os.stat(interrupted["card"]).st_mtime_ns == interrupted["card_time"]
+    with open(interrupted["runs_path"]) as handle:
         now = handle.readlines()
     assert now[:-1] == lines[:-1]  # earlier prompts untouched
     # Prompt i's randomness follows i: the remeasured prompt drafts and accepts as before.
     for key in ("prompt_id", "accepted_per_iteration", "trials", "beta_sum"):
         assert json.loads(now[-1])[key] == json.loads(lines[-1])[key]
     assert sorted(r["prompt_id"] for r in map(json.loads, now)) == list(range(PRESET.prompts))
-    assert os.path.exists(os.path.join(out, "report.md"))
+    assert finished["second"]["report"] == os.path.join(finished["out"], "report.md")
+    assert os.path.exists(finished["second"]["report"])
 
 
 @pytest.mark.slow
