@@ -51,7 +51,6 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from sdsl_jax.laws import acceptance as acceptance_lib
 from sdsl_jax.laws import lambertw, throughput
@@ -363,6 +362,9 @@ def _gradient_solve(settings: Settings, ctx, log_lo, log_hi):
     shape = start.shape
     flat_ctx = jax.tree_util.tree_map(
         lambda leaf: jnp.broadcast_to(leaf, shape).reshape(-1), ctx)
+    # optax is imported here, its only use, so every sdsl plan does not pay its import.
+    import optax
+
     optimizer = optax.lbfgs()
 
     def solve_one(s0, one_ctx, lo, hi):
