@@ -30,28 +30,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
+
+from process_timing import timed
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def timed(command, env) -> tuple[float, float]:
-    """(wall seconds, the child's CPU seconds) of one process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu
 
 
 def train_pair(python, folder, env) -> str:
@@ -140,7 +127,7 @@ def main() -> None:
         row = f"{label:28s}"
         medians = {}
         for name in trees:
-            walls, cpus = zip(*results[(name, label)])
+            walls, cpus, _ = zip(*results[(name, label)])
             medians[name] = (statistics.median(walls), statistics.median(cpus))
             row += (f"{medians[name][0]:10.2f} ({min(walls):5.2f})"
                     f"{medians[name][1]:10.2f} ({min(cpus):5.2f})")

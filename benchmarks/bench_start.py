@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
+
+from process_timing import timed
 
 GOAL_SECONDS = 2.0
 
@@ -43,19 +42,6 @@ jax.config.update("jax_compilation_cache_dir", {cache!r})
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.jit(lambda x: x + 1.0)(1.0).block_until_ready()
 """
-
-
-def timed(command, env, cwd) -> tuple[float, float, str]:
-    """(wall seconds, the child's CPU seconds, its stdout) of one process run in ``cwd``."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, result.stdout
 
 
 def main() -> None:
