@@ -23,6 +23,7 @@ from typing import Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from sdsl_jax.common import validation as _validate
@@ -47,9 +48,22 @@ def checked_laws(positive: Mapping[str, ArrayLike],
     return default_laws(pretraining_law, acceptance_law)
 
 
+def _as_array(value, dtype):
+    """``value`` as a jax array of ``dtype``.
+
+    Host values (Python numbers, lists, numpy) are converted on the host and
+    transferred: ``jnp.asarray`` would compile and load a conversion program for
+    each, the only program a warm ``sdsl plan`` would otherwise lower. Jax arrays
+    and tracers keep ``jnp.asarray``, which leaves a sharded array where it is.
+    """
+    if isinstance(value, (jax.Array, jax.core.Tracer)):
+        return jnp.asarray(value, dtype)
+    return jax.device_put(np.asarray(value, dtype))
+
+
 def cast(dtype, tree):
     """Every leaf of the pytree ``tree`` (a law, a hardware roofline) as a jax array of ``dtype``."""
-    return jax.tree_util.tree_map(lambda value: jnp.asarray(value, dtype), tree)
+    return jax.tree_util.tree_map(lambda value: _as_array(value, dtype), tree)
 
 
 class PlannerInputs(NamedTuple):
@@ -69,5 +83,5 @@ def planner_inputs(positive: Mapping[str, ArrayLike],
     pretraining_law, acceptance_law = checked_laws(positive, pretraining_law, acceptance_law)
     dtype = jnp.result_type(*positive.values(), float)
     # An input is one array-like (a list of sizes is one array, not a pytree).
-    return PlannerInputs(tuple(jnp.asarray(value, dtype) for value in positive.values()),
+    return PlannerInputs(tuple(_as_array(value, dtype) for value in positive.values()),
                          cast(dtype, pretraining_law), cast(dtype, acceptance_law), dtype)
