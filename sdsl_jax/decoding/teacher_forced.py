@@ -146,6 +146,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdsl_jax.common import validation as _validate
+from sdsl_jax.common.buckets import bucket
 from sdsl_jax.estimation.acceptance import cluster_interval
 from sdsl_jax.decoding.decoder import Decoder
 from sdsl_jax.decoding.sampling import acceptance_probability, probabilities
@@ -371,7 +372,7 @@ def forward_batch_rows(num_rows: int, batch_size: int) -> int:
     """
     _validate.check_int("num_rows", num_rows, 1)
     _validate.check_int("batch_size", batch_size, 1)
-    return min(int(batch_size), 1 << (int(num_rows) - 1).bit_length())
+    return min(int(batch_size), bucket(num_rows))
 
 
 def document_interval(document_sums, document_positions, key=None, *, confidence: float = 0.95,
@@ -406,7 +407,7 @@ def document_interval(document_sums, document_positions, key=None, *, confidence
     sums = np.minimum(sums[used], counts[used])
     # Empty documents (which the interval leaves out, to the bit) pad the totals
     # to one of few sizes, so calls share a compilation (module docstring).
-    pad = max(INTERVAL_DOCUMENTS, 1 << max(0, int(m - 1).bit_length())) - m
+    pad = bucket(m, INTERVAL_DOCUMENTS) - m
     # Given in the dtype the interval computes in (the same rounding the
     # library would do), so that no conversion program is compiled for them.
     real = jnp.result_type(float)

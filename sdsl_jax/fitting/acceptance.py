@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdsl_jax.common import validation as _validate
+from sdsl_jax.common.buckets import bucket
 from sdsl_jax.laws import acceptance as acceptance_lib
 from sdsl_jax.fitting.data import AcceptanceRows
 
@@ -179,22 +180,17 @@ def fit_acceptance_law(rows: AcceptanceRows, weight=None, *, use_target: bool = 
     weight = rows.weight if weight is None else jnp.asarray(weight, rows.acceptance.dtype)
     _check_rows(rows, weight, 3 if use_target else 2, "the acceptance plane")
     size = rows.acceptance.shape[0]
-    if bucket(size) == size or not _validate.is_concrete(rows, weight):
+    if bucket(size, ROW_BUCKET) == size or not _validate.is_concrete(rows, weight):
         return _fit_acceptance_law(rows, weight, use_target)
     # Padded rows at weight 0 change no weighted sum (and r2 and the rms
     # residual count the rows of positive weight): one compiled fit serves
     # every row count up to the bucket.
-    fit = _fit_acceptance_law(_pad_rows(rows, bucket(size)), _pad(weight, bucket(size), 0.0), use_target)
+    fit = _fit_acceptance_law(_pad_rows(rows, bucket(size, ROW_BUCKET)), _pad(weight, bucket(size, ROW_BUCKET), 0.0), use_target)
     return fit.replace(residuals=jnp.asarray(np.asarray(fit.residuals)[:size]))
 
 
 ROW_BUCKET = 256  # the fewest rows a padded fit is compiled for
 TARGET_BUCKET = 16  # and the fewest targets of the per-target fits
-
-
-def bucket(size: int, floor: int = ROW_BUCKET) -> int:
-    """A padded table length: the next power of two, at least ``floor``."""
-    return max(int(floor), 1 << max(int(size) - 1, 0).bit_length())
 
 
 def _pad(values, size, fill=None):
@@ -258,8 +254,8 @@ def fit_per_target(rows: AcceptanceRows, num_targets: int) -> PerTargetFit:
     # target count up to the buckets.
     size, targets = rows.acceptance.shape[0], int(num_targets)
     padded_targets = bucket(targets + 1, TARGET_BUCKET)
-    padded = _pad_rows(rows, bucket(size)).replace(
-        weight=_pad(rows.weight, bucket(size), 0.0),
-        target_index=_pad(rows.target_index, bucket(size), padded_targets - 1))
+    padded = _pad_rows(rows, bucket(size, ROW_BUCKET)).replace(
+        weight=_pad(rows.weight, bucket(size, ROW_BUCKET), 0.0),
+        target_index=_pad(rows.target_index, bucket(size, ROW_BUCKET), padded_targets - 1))
     fit = _fit_per_target(padded, padded_targets)
     return jax.tree_util.tree_map(lambda v: jnp.asarray(np.asarray(v)[:targets]), fit)

@@ -108,9 +108,11 @@ import numpy as np
 from sdsl_jax.fitting import clusters as clusters_lib
 from sdsl_jax.fitting import laws as laws_lib
 from sdsl_jax.fitting import pretraining as pretraining_fit
+from sdsl_jax.fitting import acceptance as fit_acceptance
 from sdsl_jax.fitting.acceptance import concentrated_nll
 from sdsl_jax.fitting.data import AcceptanceRows, PerplexityPoints
 from sdsl_jax.fitting.uncertainty import delta_method_covariance, resample_weights
+from sdsl_jax.common.buckets import bucket
 from sdsl_jax.common.optimize import minimize, newton
 from sdsl_jax.laws import acceptance as acceptance_lib
 
@@ -270,16 +272,12 @@ def _distinct_models(params, tokens):
 # Bucket floors of the padded layout (prepare(padded=True)): every set of up to
 # 256 rows, 16 drafts, 16 targets and 32 loss points shares one compiled fit,
 # and larger sets share one per power of two of each table's size.
-ROW_BUCKET, MODEL_BUCKET, POINT_BUCKET = 256, 16, 32
+ROW_BUCKET, POINT_BUCKET = fit_acceptance.ROW_BUCKET, pretraining_fit.POINT_BUCKET
+MODEL_BUCKET = 16
 # A padded pair grid this small (16 x 16) is used whatever its fill: the
 # grid's matrix-vector products cost nothing at this size, and small sets
 # then share the grid's program.
 GRID_BUCKET = MODEL_BUCKET * MODEL_BUCKET
-
-
-def bucket(size: int, floor: int) -> int:
-    """The padded length of a table of ``size`` entries: the next power of two, at least ``floor``."""
-    return max(int(floor), 1 << max(int(size) - 1, 0).bit_length())
 
 
 def _pad(values: np.ndarray, size: int) -> np.ndarray:

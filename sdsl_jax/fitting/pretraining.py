@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from sdsl_jax.common import validation as _validate
+from sdsl_jax.common.buckets import bucket
 from sdsl_jax.laws import pretraining
 from sdsl_jax.common.optimize import minimize
 
@@ -196,7 +197,7 @@ def fit_pretraining_law(num_params, tokens, losses, weight=None, *, exponents=DE
     exponents = jnp.asarray(exponents, dtype)
     refine = min(int(refine), exponents.size**2)
     size = num_params.shape[0]
-    padded = bucket(size)
+    padded = bucket(size, POINT_BUCKET)
     if not pad or padded == size or not _validate.is_concrete(num_params, tokens, losses, weight):
         return _fit(num_params, tokens, losses, weight, starts, exponents, max_steps, refine)
     # Concrete points: padded with copies of the first at weight 0 (extremes,
@@ -212,6 +213,3 @@ def fit_pretraining_law(num_params, tokens, losses, weight=None, *, exponents=DE
 POINT_BUCKET = 32  # the fewest points a padded fit is compiled for
 
 
-def bucket(size: int) -> int:
-    """The padded number of loss points: the next power of two, at least POINT_BUCKET."""
-    return max(POINT_BUCKET, 1 << max(int(size) - 1, 0).bit_length())
