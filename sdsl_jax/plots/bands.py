@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtri
 
+from sdsl_jax.common.buckets import bucket
 from sdsl_jax.common.student_t import student_t_quantile
 from sdsl_jax.laws import acceptance as acceptance_lib
 from sdsl_jax.planning import flop as planner
@@ -132,14 +133,10 @@ def band_label(interval: str | None, laws: laws_lib.FittedLaws, confidence: floa
     return f"{confidence:.0%} band (delta method)"
 
 
-def _bucket(count: int) -> int:
-    return max(_MIN_BUCKET, 1 << (count - 1).bit_length())
-
-
 def _plan_per_configuration(vectors, target_params, draft_tokens, target_tokens, method):
     """The planner for configuration i under coefficient vector i; numpy leaves of length n."""
     count = target_params.size
-    size = _bucket(count)
+    size = bucket(count, _MIN_BUCKET)
     dtype = jnp.result_type(float)
     # Padding repeats the last configuration: a valid input whose answer is dropped.
     pad = lambda a: jnp.asarray(np.resize(a, (size,) + a.shape[1:]), dtype)
@@ -178,7 +175,7 @@ def plan_draft_sizes(laws: laws_lib.FittedLaws, target_params, draft_tokens, tar
         n_star = draws.draft_params.reshape(len(samples), count)
         low, high = percentile_intervals(n_star, confidence)
         return plan, np.asarray(low, np.float64), np.asarray(high, np.float64)
-    size = _bucket(count)
+    size = bucket(count, _MIN_BUCKET)
     padded = [jnp.asarray(np.resize(a, size), jnp.result_type(float)) for a in arrays]
     result = _interval(laws, *padded, interval=interval, confidence=confidence, method=method)
     return plan, np.asarray(result.low)[:count], np.asarray(result.high)[:count]

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sdsl_jax.common.buckets import bucket
 from sdsl_jax.laws import acceptance as acceptance_law, pretraining as pretraining_law, throughput
 from sdsl_jax.fitting import laws as laws_lib
 
@@ -43,7 +44,7 @@ def evaluate(laws, draft_params, target_params, draft_tokens, target_tokens, loo
                                    for v in (draft_params, target_params, draft_tokens,
                                              target_tokens, lookahead)))
     count = arrays[0].size
-    size = max(BUCKET, 1 << (count - 1).bit_length())
+    size = bucket(count, BUCKET)
     dtype = jnp.result_type(float)
     padded = [jnp.asarray(np.resize(a, size), dtype) for a in arrays]  # repeats: valid inputs
     out = _chain(jnp.asarray(laws.coefficients, dtype), *padded)
