@@ -18,18 +18,17 @@ Both meet at the branch point ``x = -1/e``, ``W = -1``, where
 
 Method
 ------
-Each value is an initial guess refined by two Fritsch-Shafer-Crowley (FSC)
-steps.  With the residual ``z = log(x / w) - w`` of ``log w + w = log x``::
+Each value is an initial guess, read from tables of piecewise cubics to
+~2.4e-7 relative, refined by one Fritsch-Shafer-Crowley (FSC) step.  With the residual ``z = log(x / w) - w`` of ``log w + w = log x``::
 
     q   = 2 (1 + w) (1 + w + 2 z / 3)
     eps = z / (1 + w) * (q - z) / (q - 2 z)
     w  <- w (1 + eps)
 
-The iteration converges with order four, so a guess within a few percent is
-exact to rounding after two steps, and the final error is set by the rounding
-in the last residual: an absolute error ``dz`` moves ``w`` by
-``|w / (1 + w)| dz``.  The first step therefore uses a cheap residual and all
-the care goes into the residual of the second.
+The iteration converges with order four, so the tabulated guess is exact to
+~1e-26 after the step, and the final error is set by the rounding in the
+residual: an absolute error ``dz`` moves ``w`` by ``|w / (1 + w)| dz``.  All
+the care therefore goes into the residual.
 
 *Near the branch point* ``t = 1 + w`` is small and carries the information, so
 the iteration state there is ``t`` itself (for ``-1 <= t <= 1/2``, so that
@@ -46,7 +45,7 @@ from a compensated ``log1p``, and ``g`` from the ``atanh`` series of
 ``log(1 - t)`` with its leading ``-t`` left out: ``g = -t^2/2 + s (t^2/2 +
 s^2 T(s^2))``, ``s = -t / (2 - t)``, so that ``g`` keeps full *relative*
 precision as ``t -> 0``.  This is the same series, on ``f = -t`` instead of
-the reduced argument, as the logs of the far residuals below, so each step
+the reduced argument, as the logs of the far residuals below, so the step
 evaluates one log per element whatever the region (:func:`_residual`).  In
 the log-domain entry points ``L = -kappa`` is exact, which makes ``1 + w``
 accurate to an ulp even for ``kappa ~ 1e-15``.
@@ -60,13 +59,20 @@ exact first difference.  In the log domain ``log(-x) = -1 - kappa`` is used
 directly on branch -1, and on branch 0 ``x = -exp(-1 - kappa)`` is rebuilt in
 double-word precision (Cody-Waite reduction and a Taylor polynomial).
 
-Initial guesses: the branch-point series ``w = -1 + p - p^2/3 + 11/72 p^3 - ...``
-(coefficients from the recurrence of Corless et al.) with ``p = +-sqrt(2 r)``
-for ``r < 1/2``; otherwise Winitzki's ``l (1 - log(1 + l) / (2 + l))``,
-``l = log1p(x)``, on branch 0 and the asymptotic expansion
+Initial guesses come from tables (see :func:`_guess_tables`): for ``r < 1/2``
+``t = p q(|p|)``, ``p = +-sqrt(2 r)``, with ``q = t / p`` tabulated in 32
+uniform bins of ``|p|`` on ``[0, 1]``; elsewhere ``w = l g(y)`` with ``g = w / l``
+tabulated in bins of 1/16 binade of ``y``: ``l = log1p(x)``, ``y = l + 1``
+on branch 0 (this log is the one that also gives ``L`` in the series region),
+``l = log(-x)``, ``y = -l`` on branch -1 (the log of the far residual, so
+no extra log).  Bin indices and offsets are read off the bits of ``y``; each
+coefficient is one gather from a small table (the four tables of a branch
+hold 32 + 176 or 160 bins).  Beyond the table (``log(-x) < -2^10``, reached only
+by ``lambertw_negexp``) branch -1 uses the asymptotic expansion
 ``L1 - L2 + L2/L1 + L2 (L2 - 2) / (2 L1^2)``, ``L1 = log(-x)``,
-``L2 = log(-L1)``, on branch -1.  For ``|x| < 2^-30`` (``2^-12`` in float32)
-branch 0 is the Taylor series ``x - x^2 + 3/2 x^3 - 8/3 x^4``.
+``L2 = log(-L1)`` (Corless et al., eq. 4.19), within 3e-7 there.  For
+``|x| < 2^-30`` (``2^-12`` in float32) branch 0 is the Taylor series
+``x - x^2 + 3/2 x^3 - 8/3 x^4``.
 
 Measured against mpmath (tests/laws/test_lambertw.py, benchmarks/bench_lambertw.py)
 the error is at most 1 ulp in float64 on both branches and both entry points,
@@ -87,12 +93,16 @@ Floating-point and XLA notes
 * Divisions are written as products with reciprocals and the two outputs are
   split off one materialised state, which keeps XLA from cutting the
   evaluation into many loops over memory (see :func:`_materialize`).
-* XLA on CPU evaluates a fusion element by element, each element's whole
-  evaluation one dependent chain: its speed is set by latency, not by the
-  number of operations.  Polynomials are therefore evaluated by Estrin's
-  scheme, and the state after the first step is materialised, which splits
-  the evaluation into two loops that the processor overlaps far better than
-  one long one.
+* XLA on CPU evaluates a fusion element by element (4 lanes per AVX2
+  vector), each element's whole evaluation one dependent chain: when the
+  chain is longer than the processor's reordering window, its speed is set by
+  latency, not by the number of operations (a chain of 240 dependent
+  multiply-adds ran 8x slower than 8 independent chains of 30).  Polynomials
+  are therefore evaluated by Estrin's scheme, and the chain is kept short:
+  one refinement step from a tabulated guess instead of a computed guess and
+  two steps.
+* A gather from a small constant table fuses into the loop and costs about
+  as much as a multiplication (4 gathers and a cubic: ~0.6 ms per 1e6).
 * XLA on CPU flushes subnormal numbers to zero: subnormal inputs behave like
   (signed) zero and results that would be subnormal come back as zero.
 """
@@ -114,9 +124,8 @@ _INV_E = Fraction("0.36787944117144232159552377016146086744581113103176783450783
 _E = Fraction("2.71828182845904523536028747135266249775724709369995957496696763")
 _LN2 = Fraction("0.693147180559945309417232121458176568075500134360255254120680009")
 
-# Near/far switch for the initial guess, in r = 1 + e x: the truncated
-# branch-point series is within ~0.5% of 1 + w for r < 1/2 and the far guesses
-# within ~3% for r >= 1/2.
+# Near/far switch for the initial guess, in r = 1 + e x: the near table in
+# |p| = sqrt(2 r) covers r < 1/2 (|p| < 1), the far tables the rest.
 _R_NEAR = 0.5
 # Where the state is t = 1 + w and the residual L - g(t): up to t = 1/4 on
 # branch 0 and down to t = -0.35 on branch -1, so that the atanh series of g
@@ -125,7 +134,7 @@ _R_NEAR = 0.5
 _T_SERIES = {0: 0.25, -1: -0.35}
 # Where the state is t: wider, up to t = 1/2 on branch 0 and down to t = -1 on
 # branch -1, where w = t - 1 has a coarser ulp than t, so that 1 + w keeps
-# full precision (the residual there is the far one; _iterate accounts for the
+# full precision (the residual there is the far one; _refine accounts for the
 # rounding of t - 1).
 _T_STATE = {0: 0.5, -1: -1.0}
 
@@ -139,21 +148,95 @@ _R_SERIES = {b: _r_of_t(t) for b, t in _T_SERIES.items()}
 _R_STATE = {b: _r_of_t(t) for b, t in _T_STATE.items()}
 
 
-def _branch_point_coefficients(n):
-    """Coefficients mu_k of W = sum_k mu_k p^k (Corless et al. 1996, eq. 4.23-4.24)."""
-    mu = [Fraction(-1), Fraction(1)]
-    alpha = [Fraction(2), Fraction(-1)]
-    for k in range(2, n):
-        alpha.append(sum((mu[j] * mu[k + 1 - j] for j in range(2, k)), Fraction(0)))
-        mu.append(
-            Fraction(k - 1, k + 1) * (mu[k - 2] / 2 + alpha[k - 2] / 4)
-            - alpha[k] / 2
-            - mu[k - 1] / (k + 1)
-        )
-    return mu
+# Initial guesses are read from tables of piecewise cubic polynomials (one
+# gather per coefficient), accurate to ~2.4e-7 relative, so that a single
+# fourth-order step lands on the root (error ~1e-26 before rounding).  Each
+# table holds, per bin, the coefficients of a cubic in the offset d of the
+# table variable from the bin's start:
+#
+# * near the branch point (r < 1/2): q = t / p as a function of |p|,
+#   p = +-sqrt(2 r), in 32 uniform bins on [0, 1] (t = p q keeps full relative
+#   precision as p -> 0, where q -> 1);
+# * branch 0 elsewhere: g = w / lambda as a function of lambda + 1,
+#   lambda = log1p(x) in [-0.21, 710], in bins of 2^-4 of a binade
+#   (g -> 1 as x -> 0, so w = lambda g keeps its relative precision);
+# * branch -1 elsewhere: w / l as a function of -l, l = log(-x) in
+#   [-2^10, -1.6], in bins of 2^-4 of a binade.
+#
+# The coefficients are least-squares fits to points (variable, value)
+# generated from a grid in w, where the variable is an explicit function of w
+# (no W solver needed), in float64 numpy at first use (~0.1 s).
+_NEAR_BINS = 32
+_SUB_BITS = 4  # bins per binade: 2^_SUB_BITS
+_TABLE_DEG = 3
+_FAR_EXPONENTS = {0: (-1, 9), -1: (0, 9)}  # binades of lambda + 1, resp. -l
 
 
-_MU = _branch_point_coefficients(12)
+def _r_of_t_np(t):
+    """r = 1 + e x = 1 - (1 - t) e^t at w = t - 1 (numpy, no cancellation)."""
+    small = np.abs(t) < 1.0
+    ts = np.where(small, t, 0.0)
+    series = np.zeros_like(t)
+    term = ts.copy()
+    for k in range(2, 40):  # r = sum_{k >= 2} (k - 1) t^k / k!
+        term = term * ts / k
+        series = series + (k - 1) * term
+    with np.errstate(over="ignore"):
+        return np.where(small, series, 1 - (1 - t) * np.exp(t))
+
+
+def _fit_bins(var, val, idx, starts, widths):
+    """Per-bin least-squares cubic of val in (var - start), coefficients (n, deg + 1)."""
+    coef = np.zeros((len(starts), _TABLE_DEG + 1))
+    powers = np.arange(_TABLE_DEG + 1)
+    for j in range(len(starts)):
+        m = idx == j
+        if m.sum() <= 2 * (_TABLE_DEG + 1):
+            continue  # a bin no argument reaches
+        d = (var[m] - starts[j]) / widths[j]
+        cs = np.linalg.lstsq(np.vander(d, _TABLE_DEG + 1, increasing=True), val[m], rcond=None)[0]
+        coef[j] = cs / widths[j] ** powers
+    return coef
+
+
+def _log_bins(y, e_min, e_max):
+    """Bin index of positive y, its bin starts and widths (2^_SUB_BITS bins per binade)."""
+    e = np.floor(np.log2(y)).astype(np.int64)
+    j = np.floor((y / 2.0**e - 1) * 2**_SUB_BITS).astype(np.int64)
+    idx = (e - e_min) * 2**_SUB_BITS + j
+    i = np.arange((e_max - e_min + 1) * 2**_SUB_BITS)
+    scale = 2.0 ** (i // 2**_SUB_BITS + e_min)
+    return idx, scale * (1 + (i % 2**_SUB_BITS) / 2**_SUB_BITS), scale / 2**_SUB_BITS
+
+
+@functools.lru_cache(maxsize=None)
+def _guess_tables(branch):
+    """(near, far) coefficient arrays of shape (bins, 4), float64 (see above)."""
+    n = 20001
+    # Near: t on the branch's side of 0, up to r = 1/2 (|p| = 1).
+    t = np.linspace(1e-9, 0.78, n) if branch == 0 else np.linspace(-1.7, -1e-9, n)
+    p = np.sqrt(2 * _r_of_t_np(t)) * (1 if branch == 0 else -1)
+    a = np.abs(p)
+    keep = a <= 1
+    starts = np.arange(_NEAR_BINS) / _NEAR_BINS
+    idx = np.minimum((a[keep] * _NEAR_BINS).astype(np.int64), _NEAR_BINS - 1)
+    near = _fit_bins(a[keep], (t / p)[keep], idx, starts, np.full(_NEAR_BINS, 1 / _NEAR_BINS))
+    e_min, e_max = _FAR_EXPONENTS[branch]
+    if branch == 0:
+        w = np.concatenate([np.linspace(-0.26, 5, n), np.geomspace(5, 715, n)])
+        w = w[w != 0]
+        # lambda = log1p(w e^w), written so that large w does not overflow.
+        big = w > 1
+        wb = np.where(big, w, 1.0)
+        lam = np.where(big, wb + np.log(wb) + np.log1p(np.exp(-wb) / wb),
+                       np.log1p(np.where(big, 0.0, w) * np.exp(np.where(big, 0.0, w))))
+        var, val = lam + 1, w / lam
+    else:
+        w = -np.geomspace(2.5, 1100, n)
+        l = w + np.log(-w)
+        var, val = -l, w / l
+    idx, starts, widths = _log_bins(var, e_min, e_max)
+    return near, _fit_bins(var, val, idx, starts, widths)
 
 
 def _round_to_bits(v, bits):
@@ -189,7 +272,7 @@ class _Consts:
         # series sum_k 2 s^(2k+1) / (2k+1) is truncated below 2^-58 (2^-28).
         n_log = 11 if double else 5
         self.log_t = [f(Fraction(2, 2 * k + 1)) for k in range(1, n_log + 1)]
-        self.log_t_rough = self.log_t[:4]  # ~1e-8 relative: guesses, first step
+        self.log_t_rough = self.log_t[:4]  # ~1e-8 relative: guess and series-region L
         self.int_dtype = np.int64 if double else np.int32
         # Bit pattern of sqrt(1/2): subtracting it centres the mantissa on 1.
         self.sqrt_half_bits = 0x3FE6A09E667F3BCD if double else 0x3F3504F3
@@ -202,9 +285,13 @@ class _Consts:
         self.exp_min = f(-1400.0 if double else -170.0)  # exp() underflows below; k/2 stays normal
         self.max_exp_bits = 52 if double else 23
         self.exp_bias = 1023 if double else 127
-        # Branch-point series for t = 1 + w: t = p * sum_{k>=1} mu_k p^(k-1).
-        self.mu = [f(m) for m in _MU[1:]]
-        self.n_iter = 2
+        # Initial-guess tables (see _guess_tables), one array per coefficient.
+        tables = {b: _guess_tables(b) for b in (0, -1)}
+        self.near_tab = {b: [t[0][:, k].astype(dtype) for k in range(_TABLE_DEG + 1)] for b, t in tables.items()}
+        self.far_tab = {b: [t[1][:, k].astype(dtype) for k in range(_TABLE_DEG + 1)] for b, t in tables.items()}
+        self.far_base = {b: (self.exp_bias + e) << _SUB_BITS for b, (e, _) in _FAR_EXPONENTS.items()}
+        self.far_top = {b: f(2.0 ** (e + 1)) for b, (_, e) in _FAR_EXPONENTS.items()}
+        self.sub_shift = self.max_exp_bits - _SUB_BITS
         self.r_near = f(_R_NEAR)
         # The same switches as thresholds on x = (r - 1) / e and on kappa, so
         # that the masks are plain comparisons with the input (XLA treats the
@@ -249,7 +336,7 @@ def _barrier(x):
 def _materialize(v):
     """Return v, computed once into its own buffer.
 
-    Used after the first step (see _iterate) and where the evaluation ends in
+    Used where the evaluation ends in
     two outputs (w and 1 + w) that are cheap functions of one state v: XLA on
     CPU would otherwise fuse the entire evaluation into each output and run it
     twice.  Neither optimization_barrier nor any elementwise op stops that
@@ -350,7 +437,7 @@ def _log(y, c, rough=False):
     the rearranged atanh series; k log(2) is added in two pieces.  Zero,
     negative, subnormal, infinite or NaN inputs give meaningless values; the
     callers only use lanes where y is a positive normal number.  rough=True
-    truncates the series at ~1e-8 relative error, for guesses and first steps.
+    truncates the series at ~1e-8 relative error, for the log that feeds the guess (and L, where |f| is tiny).
     """
     kf, f, hfsq, tail = _log_parts(y, c, rough)
     return ((tail - hfsq) + f) + kf * c.ln2_hi
@@ -431,19 +518,41 @@ def _r_from_x(x, c):
     return r_hi, err + (c.e_hi * c.inv_e_lo + c.e_lo * d)
 
 
-def _near_guess(r, sign, c):
-    """1 + w from the branch-point series with p = sign * sqrt(2 r)."""
-    p = sign * jnp.sqrt(2 * r)
-    return p * _horner(p, c.mu)
+def _cubic_from_table(tab, idx, d):
+    """The bin idx's cubic of the table at offset d (one gather per coefficient)."""
+    c0, c1, c2, c3 = (jnp.take(jnp.asarray(col), idx, mode="clip") for col in tab)
+    return (c0 + d * c1) + (d * d) * (c2 + d * c3)
 
 
-def _winitzki(l, c):
-    """Branch-0 guess from l = log1p(x); within ~3% for r >= 1/2 (Winitzki 2003)."""
-    return l * (1 - _log(1 + l, c, rough=True) * (1 / (2 + l)))
+def _near_guess(r, branch, c):
+    """1 + w near the branch point (r <= 1/2) from the table of t / p, p = +-sqrt(2 r)."""
+    a = jnp.sqrt(2 * r)  # |p|, at most 1
+    j = jnp.minimum((a * _NEAR_BINS).astype(c.int_dtype), _NEAR_BINS - 1)
+    q = _cubic_from_table(c.near_tab[branch], j, a - j.astype(a.dtype) * (1.0 / _NEAR_BINS))
+    return (a if branch == 0 else -a) * q
+
+
+def _far_guess(l, y, branch, c):
+    """w from the table of w / l in the bins of y > 0 (one bin per 2^-4 binade).
+
+    Branch 0: l = log1p(x), y = l + 1; branch -1: l = log(-x), y = -l.  The bin
+    index and its start are read off the bits of y (the start is y with the
+    low mantissa bits cleared), so d = y - start is exact.  Lanes whose y lies
+    outside the table get a clipped index and are not used.
+    """
+    bits = jax.lax.bitcast_convert_type(y, c.int_dtype)
+    top = bits >> c.sub_shift
+    start = jax.lax.bitcast_convert_type(top << c.sub_shift, y.dtype)
+    j = top - c.far_base[branch]
+    return l * _cubic_from_table(c.far_tab[branch], j, y - start)
 
 
 def _asymptotic_m1(l1, c):
-    """Branch -1 guess from l1 = log(-x) (Corless et al. 1996, eq. 4.19)."""
+    """Branch -1 guess from l1 = log(-x) (Corless et al. 1996, eq. 4.19).
+
+    Only for l1 < -2^10 (beyond the table, reached by lambertw_negexp alone),
+    where its error O((log(-l1) / l1)^3) is below 3e-7.
+    """
     l2 = _log(-l1, c, rough=True)
     inv_l1 = 1 / l1
     return l1 - l2 + l2 * inv_l1 * (1 + (0.5 * l2 - 1) * inv_l1)
@@ -467,7 +576,7 @@ def _fsc_correction(w, t, z):
     return w * a * ((m - a) * (1 / (m - 2 * a)))
 
 
-def _residual(w, t, use_t, big_l, far, c, accurate):
+def _residual(w, t, use_t, big_l, far, c):
     """Residual z of log w + w = log x (in the form of the region), one log.
 
     Every residual here is ``d + sigma log(y)``, d = d_hi + d_lo:
@@ -484,21 +593,18 @@ def _residual(w, t, use_t, big_l, far, c, accurate):
     one log on selected inputs, instead of each region's residual for every
     element and selecting the results, halves the work of a step.
 
-    ``far(w, accurate)`` gives y, sigma, d_hi and d_lo (None unless accurate).
-    The accurate form adds the large terms k log2_hi, f, d_hi and -hfsq in
-    exact two-sums, so only the small terms round.
+    ``far(w)`` gives y, sigma, d_hi and d_lo.  The large terms k log2_hi, f,
+    d_hi and -hfsq are added in exact two-sums, so only the small terms round.
     """
-    y, sigma, d_hi, d_lo = far(w, accurate)
+    y, sigma, d_hi, d_lo = far(w)
     kf, f = _log_reduce(y, c)
     kf = jnp.where(use_t, 0, kf)
     f = jnp.where(use_t, -t, f)  # |t| <= 0.35 there: |s| < 0.15
     if not isinstance(sigma, int) or sigma != -1:
         sigma = jnp.where(use_t, -1, sigma).astype(w.dtype)
-    hfsq, tail = _log1p_series(f, c.log_t if accurate else c.log_t_rough)
+    hfsq, tail = _log1p_series(f, c.log_t)
     f_sum = jnp.where(use_t, 0, f)  # near: -f - t = 0, exactly
     d = jnp.where(use_t, big_l, d_hi)
-    if not accurate:
-        return d + sigma * ((kf * c.ln2_hi + f_sum) - hfsq + (tail + kf * c.ln2_lo))
     s1, e1 = _two_sum(sigma * (kf * c.ln2_hi), sigma * f_sum)
     s2, e2 = _two_sum(s1, d)
     s3, e3 = _two_sum(s2, -sigma * hfsq)
@@ -506,61 +612,36 @@ def _residual(w, t, use_t, big_l, far, c, accurate):
     return s3 + ((e1 + e2) + e3 + small)
 
 
-def _iterate(w0, t0, steps, c, materialize):
-    """FSC steps on one state per element: t = 1 + w where use_t, else w.
+def _refine(v, step, c, materialize):
+    """One FSC step on one state per element: t = 1 + w where use_t, else w.
 
     Near the branch point t carries the information and w = t - 1 is exact
     enough; elsewhere w does and t = w + 1 only feeds relative quantities.
     A single state (rather than updating both w and t) halves the work and
-    lets XLA fuse the evaluation into few loops: with two states every
-    intermediate would have consumers in two fusions and be materialised.
+    lets XLA fuse the evaluation into one loop.
 
     The residual is L - g(t) where series (a subset of use_t), the far one
     elsewhere.  Where the state is t but the residual the far one, the far
     residual is taken at w = fl(t - 1): the correction it gives leads from
     that w to the root, so the rounding of t - 1 is subtracted from it.
 
-    Only the last step needs an accurate residual: the step before it merely
-    has to land within ~1e-5, which the fourth-order step then squares twice.
-    Its result is materialised: XLA on CPU runs a fusion's whole evaluation
-    per element as one dependent chain, and two loops of half the length
-    overlap far better in the processor than one (1.3-1.6x on branch 0).
+    The guess is within ~2.4e-7 (the tables), which the fourth-order step
+    takes to ~1e-26: what remains is the rounding of the residual, computed
+    with care (see _residual), and of the final addition.
 
-    ``steps[i] = (use_t, series, big_l, far)`` are the argument's derived
-    quantities for step i.  The last step's are computed a second time from
-    the argument (see _recomputed): only the state then crosses from the first
-    loop to the second, instead of every quantity both loops use.
+    ``step = (use_t, series, big_l, far)`` are the argument's derived
+    quantities.  Returns w and 1 + w.
     """
-    use_t = steps[0][0]
-    v = jnp.where(use_t, t0, w0)
-    for i in range(c.n_iter):
-        last = i == c.n_iter - 1
-        use_t, series, big_l, far = steps[i]
-        exact_w = last and use_t is not series
-        w, w_err = _two_sum(v, -jnp.ones_like(v)) if exact_w else (v - 1, None)
-        w = jnp.where(use_t, w, v)
-        t = jnp.where(use_t, v, v + 1)
-        z = _residual(w, t, series, big_l, far, c, accurate=last)
-        dv = _fsc_correction(w, t, z)
-        if exact_w:
-            dv = dv - jnp.where(use_t & ~series, w_err, 0)
-        v = v + dv
-        if not last:
-            v = _materialize(v)
+    use_t, series, big_l, far = step
+    w, w_err = _two_sum(v, -jnp.ones_like(v))
+    w = jnp.where(use_t, w, v)
+    t = jnp.where(use_t, v, v + 1)
+    z = _residual(w, t, series, big_l, far, c)
+    dv = _fsc_correction(w, t, z) - jnp.where(use_t & ~series, w_err, 0)
+    v = v + dv
     if materialize:
         v = _materialize(v)
     return jnp.where(use_t, v - 1, v), jnp.where(use_t, v, v + 1)
-
-
-def _recomputed(a):
-    """a, opaque to XLA's common-subexpression elimination.
-
-    What is derived from it is computed again inside the loop that uses it:
-    an independent chain, which costs little in a latency-bound loop, where a
-    materialised copy would cost a pass over memory (and, for XLA's per-call
-    temporary buffers, page faults).
-    """
-    return _barrier(a)
 
 
 def _quotient_far(x_hi, x_lo, inv_x, c):
@@ -570,10 +651,8 @@ def _quotient_far(x_hi, x_lo, inv_x, c):
     ulp of w; the exact remainder rho = x - q w restores it as rho / x.
     """
 
-    def far(w, accurate):
+    def far(w):
         q = x_hi * (1 / w)
-        if not accurate:
-            return q, 1, -w, None
         ok = jnp.abs(q) < c.split_max
         qs = jnp.where(ok, q, 0)
         p, p_err = _two_prod(qs, w, c)
@@ -589,9 +668,7 @@ def _log_diff_far(l_hi, l_lo):
     The three terms are large and nearly cancel; log(-x) - w is formed exactly.
     """
 
-    def far(w, accurate):
-        if not accurate:
-            return -w, -1, l_hi - w, None
+    def far(w):
         d, d_err = _two_sum(l_hi, -w)
         return -w, -1, d, d_err + l_lo
 
@@ -635,41 +712,34 @@ def _lambertw_x_impl(x, branch):
         special = ~((x >= -c.inv_e_hi) & (x <= 0)) | at_bp | (x == 0)
         return jnp.where(special, jnp.full_like(x, -0.25), x)
 
-    def derived(xs):
-        r_hi, r_lo = _r_from_x(jnp.minimum(xs, 1), c)
-        near = xs < c.x_near
-        series = xs < c.x_series[branch]
-        use_t = xs < c.x_state[branch]
-        r_near = jnp.where(near, r_hi, c.r_near)
-        sign = 1 if branch == 0 else -1
-        t_near = _near_guess(r_near, sign, c)
+    xs = substitute(x)
+    r_hi, r_lo = _r_from_x(jnp.minimum(xs, 1), c)
+    near = xs < c.x_near
+    series = xs < c.x_series[branch]
+    use_t = xs < c.x_state[branch]
+    t_near = _near_guess(jnp.where(near, r_hi + r_lo, c.r_near), branch, c)
 
-        if branch == 0:
-            # One log gives L = log1p(-r) (series) and log1p(x) (far guess).
-            la = _log1m(jnp.where(series, r_hi, -xs), jnp.where(series, r_lo, 0), c, rough=True)
-            big_l = la
-            w_far = _winitzki(jnp.where(near, 0, la), c)
-            far = _quotient_far(xs, 0, 1 / xs, c)
-        else:
-            # One log gives L = log1p(-r) (series) and log(-x) (far).
-            y_near = _barrier(1 - r_hi)
-            # The rounding of y_near, as in _log1m; taken from y_near itself, not
-            # from the select below, which XLA could simplify through.
-            err_near = ((1 - y_near) - r_hi) - r_lo
-            y = jnp.where(series, y_near, -xs)
-            ly, ly_lo = _log_dd(y, c)
-            big_l = ly + jnp.where(series, err_near * (1 / y), 0)
-            w_far = _asymptotic_m1(jnp.where(near, -2, ly), c)
-            far = _log_diff_far(ly, ly_lo)
-        return (use_t, series, big_l, far), (near, t_near, w_far)
-
-    step, (near, t_near, w_far) = derived(substitute(x))
-    w0 = jnp.where(near, t_near - 1, w_far)
-    t0 = jnp.where(near, t_near, 1 + w_far)
-    steps = [step] * (c.n_iter - 1) + [derived(substitute(_recomputed(x)))[0]]
+    if branch == 0:
+        # One log gives L = log1p(-r) (series) and lambda = log1p(x) (far guess).
+        la = _log1m(jnp.where(series, r_hi, -xs), jnp.where(series, r_lo, 0), c, rough=True)
+        big_l = la
+        w_far = _far_guess(la, la + 1, branch, c)
+        far = _quotient_far(xs, 0, 1 / xs, c)
+    else:
+        # One log gives L = log1p(-r) (series) and log(-x) (far).
+        y_near = _barrier(1 - r_hi)
+        # The rounding of y_near, as in _log1m; taken from y_near itself, not
+        # from the select below, which XLA could simplify through.
+        err_near = ((1 - y_near) - r_hi) - r_lo
+        y = jnp.where(series, y_near, -xs)
+        ly, ly_lo = _log_dd(y, c)
+        big_l = ly + jnp.where(series, err_near * (1 / y), 0)
+        w_far = _far_guess(ly, -ly, branch, c)
+        far = _log_diff_far(ly, ly_lo)
+    v0 = jnp.where(use_t, t_near, jnp.where(near, t_near - 1, w_far))
     # lambertw() itself only needs w (XLA then drops 1 + w), so the state is
     # not materialised here; the log-domain form is used for both outputs.
-    w, t = _iterate(w0, t0, steps, c, materialize=False)
+    w, t = _refine(v0, (use_t, series, big_l, far), c, materialize=False)
 
     if branch == 0:
         small = _small_x(jnp.where(tiny, x, 0))
@@ -717,42 +787,35 @@ def _negexp_impl(kappa, branch):
     at_bp = kappa == 0
     at_inf = kappa == jnp.inf
 
-    def derived(kappa):
-        ks = jnp.where(~(kappa >= 0) | (kappa == 0) | (kappa == jnp.inf), jnp.ones_like(kappa), kappa)
-        big_l = -ks  # log(-e x), exact
-        near = ks < c.kappa_near
-        series = ks < c.kappa_series[branch]
-        use_t = ks < c.kappa_state[branch]
-        # r only feeds the initial guess, so XLA's expm1 (a few ulp) is fine.
-        r = -jnp.expm1(-jnp.where(near, ks, 0))
-        sign = 1 if branch == 0 else -1
-        t_near = _near_guess(r, sign, c)
-
-        if branch == 0:
-            x_hi, x_lo = _neg_exp_dd(ks, c)
-            tiny = jnp.abs(x_hi) < c.tiny_x  # includes exp() underflow to 0
-            xs = jnp.where(tiny, -0.25, x_hi)
-            xs_lo = jnp.where(tiny, 0, x_lo)
-            w_far = _winitzki(_log1m(jnp.where(near, 0, -xs), 0, c), c)
-            far = _quotient_far(xs, xs_lo, 1 / xs, c)
-            small = (tiny, x_hi)
-        else:
-            # log(-x) = -1 - kappa, formed exactly as a double word.
-            u_hi, u_lo = _two_sum(-ks, jnp.full_like(ks, -1))
-            w_far = _asymptotic_m1(jnp.where(near, -2, u_hi), c)
-            far = _log_diff_far(u_hi, u_lo)
-            small = None
-        return (use_t, series, big_l, far), (near, t_near, w_far), small
-
-    step, (near, t_near, w_far), _ = derived(kappa)
-    w0 = jnp.where(near, t_near - 1, w_far)
-    t0 = jnp.where(near, t_near, 1 + w_far)
-    last_step, _, small = derived(_recomputed(kappa))
-    steps = [step] * (c.n_iter - 1) + [last_step]
-    w, t = _iterate(w0, t0, steps, c, materialize=True)
+    ks = jnp.where(invalid | at_bp | at_inf, jnp.ones_like(kappa), kappa)
+    big_l = -ks  # log(-e x), exact
+    near = ks < c.kappa_near
+    series = ks < c.kappa_series[branch]
+    use_t = ks < c.kappa_state[branch]
+    # r only feeds the initial guess, so XLA's expm1 (a few ulp) is fine.
+    r = -jnp.expm1(-jnp.where(near, ks, c.kappa_near))
+    t_near = _near_guess(r, branch, c)
 
     if branch == 0:
-        tiny, x_hi = small
+        x_hi, x_lo = _neg_exp_dd(ks, c)
+        tiny = jnp.abs(x_hi) < c.tiny_x  # includes exp() underflow to 0
+        xs = jnp.where(tiny, -0.25, x_hi)
+        xs_lo = jnp.where(tiny, 0, x_lo)
+        la = _log1m(jnp.where(near, 0, -xs), 0, c, rough=True)
+        w_far = _far_guess(la, la + 1, branch, c)
+        far = _quotient_far(xs, xs_lo, 1 / xs, c)
+    else:
+        # log(-x) = -1 - kappa, formed exactly as a double word.
+        u_hi, u_lo = _two_sum(-ks, jnp.full_like(ks, -1))
+        in_table = u_hi > -c.far_top[branch]
+        w_table = _far_guess(u_hi, -u_hi, branch, c)
+        w_asym = _asymptotic_m1(jnp.where(in_table, -2 * c.far_top[branch], u_hi), c)
+        w_far = jnp.where(in_table, w_table, w_asym)
+        far = _log_diff_far(u_hi, u_lo)
+    v0 = jnp.where(use_t, t_near, jnp.where(near, t_near - 1, w_far))
+    w, t = _refine(v0, (use_t, series, big_l, far), c, materialize=True)
+
+    if branch == 0:
         small = _small_x(jnp.where(tiny, x_hi, 0))
         w = jnp.where(tiny, small, w)
         t = jnp.where(tiny, 1 + small, t)
