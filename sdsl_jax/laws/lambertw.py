@@ -272,7 +272,11 @@ class _Consts:
         # series sum_k 2 s^(2k+1) / (2k+1) is truncated below 2^-58 (2^-28).
         n_log = 11 if double else 5
         self.log_t = [f(Fraction(2, 2 * k + 1)) for k in range(1, n_log + 1)]
-        self.log_t_rough = self.log_t[:4]  # ~1e-8 relative: guess and series-region L
+        # log(1 + f) = f + f^2 sum_{n>=2} (-1)^(n+1) f^(n-2) / n, the Taylor series,
+        # truncated at ~2e-8 (5e-6) for |f| <= sqrt(2) - 1 and exact to rounding
+        # for |f| < 0.04: division-free, for the guess and the series-region L.
+        n_taylor = 16 if double else 10
+        self.log_taylor = [f(Fraction((-1) ** (n + 1), n)) for n in range(2, n_taylor + 1)]
         self.int_dtype = np.int64 if double else np.int32
         # Bit pattern of sqrt(1/2): subtracting it centres the mantissa on 1.
         self.sqrt_half_bits = 0x3FE6A09E667F3BCD if double else 0x3F3504F3
@@ -419,10 +423,10 @@ def _log1p_series(f, coeffs):
     return hfsq, s * (hfsq + z * _horner(z, coeffs))
 
 
-def _log_parts(y, c, rough=False):
+def _log_parts(y, c):
     """k, f, hfsq, tail with log(y) = k log2 + f - hfsq + tail (see _log)."""
     kf, f = _log_reduce(y, c)
-    hfsq, tail = _log1p_series(f, c.log_t_rough if rough else c.log_t)
+    hfsq, tail = _log1p_series(f, c.log_t)
     return kf, f, hfsq, tail + kf * c.ln2_lo
 
 
@@ -437,9 +441,14 @@ def _log(y, c, rough=False):
     the rearranged atanh series; k log(2) is added in two pieces.  Zero,
     negative, subnormal, infinite or NaN inputs give meaningless values; the
     callers only use lanes where y is a positive normal number.  rough=True
-    truncates the series at ~1e-8 relative error, for the log that feeds the guess (and L, where |f| is tiny).
+    uses the Taylor series of log(1 + f) instead (no division, a shorter
+    dependency chain), accurate to ~2e-8 absolute in general and to ~1 ulp for
+    |f| < 0.04, which is all the guesses and the series-region L need.
     """
-    kf, f, hfsq, tail = _log_parts(y, c, rough)
+    if rough:
+        kf, f = _log_reduce(y, c)
+        return (f + (f * f) * _horner(f, c.log_taylor)) + kf * c.ln2_hi
+    kf, f, hfsq, tail = _log_parts(y, c)
     return ((tail - hfsq) + f) + kf * c.ln2_hi
 
 
@@ -568,12 +577,19 @@ def _asymptotic_m1(l1, c):
 def _fsc_correction(w, t, z):
     """Fritsch-Shafer-Crowley correction w * eps for the residual z, t = 1 + w.
 
-    eps = z/t (q - z)/(q - 2z) with q = 2 t (t + 2z/3); dividing q through by
-    t keeps t^2 from overflowing when |w| is huge (float32, u ~ -1e30).
+    eps = z/t (q - z)/(q - 2z) with q = 2 t (t + 2z/3), i.e. with a = z / t and
+    m = 2 (t + 2z/3): eps = a (1 + b), b = a / (m - 2a).  The guess is within
+    ~1e-6, where |a / t| is of that order too, so b = a / (2t) (1 - a (2/3 - 1/t))
+    to O(a^3 / t^3): the step stays exact to ~1e-18 relative, with one
+    reciprocal, of t, which is known before the residual and so off the
+    dependency chain (the exact form would put a division on it).  Working with
+    a = z / t keeps t^2 from overflowing when |w| is huge (float32, u ~ -1e30).
     """
-    a = z * (1 / t)
-    m = 2 * (t + (2.0 / 3.0) * z)
-    return w * a * ((m - a) * (1 / (m - 2 * a)))
+    inv_t = 1 / t
+    a = z * inv_t
+    b = (0.5 * a * inv_t) * (1 - a * ((2.0 / 3.0) - inv_t))
+    wa = w * a
+    return wa + wa * b
 
 
 def _residual(w, t, use_t, big_l, far, c):
@@ -734,7 +750,10 @@ def _lambertw_x_impl(x, branch):
         y = jnp.where(series, y_near, -xs)
         ly, ly_lo = _log_dd(y, c)
         big_l = ly + jnp.where(series, err_near * (1 / y), 0)
-        w_far = _far_guess(ly, -ly, branch, c)
+        # The guess takes its own division-free log of -x: it then need not
+        # wait for the double-word one, which only the residual uses.
+        lg = _log(-xs, c, rough=True)
+        w_far = _far_guess(lg, -lg, branch, c)
         far = _log_diff_far(ly, ly_lo)
     v0 = jnp.where(use_t, t_near, jnp.where(near, t_near - 1, w_far))
     # lambertw() itself only needs w (XLA then drops 1 + w), so the state is
