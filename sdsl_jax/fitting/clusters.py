@@ -99,8 +99,8 @@ class ModelClusters:
     point_count: jnp.ndarray  # () number of loss points (the tables may be padded beyond these)
 
 
-def model_clusters(drafts, targets, point_params, point_tokens, pair_draft, pair_target, *,
-                   real_pair=None, sizes=None) -> dict:
+def model_clusters(drafts, targets, point_params, point_tokens, pair_draft=None, pair_target=None, *,
+                   real_pair=None, sizes=None, grid: bool = False) -> dict:
     """Host-side cluster tables (numpy) for :class:`ModelClusters`.
 
     ``drafts`` and ``targets`` are the distinct models as complex numbers
@@ -114,6 +114,13 @@ def model_clusters(drafts, targets, point_params, point_tokens, pair_draft, pair
     padded entries repeat the first one's cluster, and a padded point is
     nobody's draft or target. ``count``, ``draft_count`` and
     ``target_count`` stay the real numbers.
+
+    ``grid=True``: the pair table is the full grid of the (padded) draft and
+    target tables in row-major order, a pair real where both its models are;
+    ``pair_draft``, ``pair_target`` and ``real_pair`` are then implied. Its
+    tables are built from per-model ones by broadcasting, the same values as
+    the lookups below on an explicit grid, at a fraction of the cost on a
+    million pairs.
     """
     points = np.asarray(point_params, np.float64) + 1j * np.asarray(point_tokens, np.float64)
     kd, kt, p = drafts.size, targets.size, points.size
@@ -121,34 +128,16 @@ def model_clusters(drafts, targets, point_params, point_tokens, pair_draft, pair
     models, index = np.unique(np.concatenate([drafts, targets, points]), return_inverse=True)
     index = index.ravel()
     draft_cluster, target_cluster, point_cluster = index[:kd], index[kd:kd + kt], index[kd + kt:]
-    pair_draft, pair_target = np.asarray(pair_draft), np.asarray(pair_target)
-    a, b = draft_cluster[pair_draft], target_cluster[pair_target]
-    distinct = a != b
-    if real_pair is not None:
-        distinct &= np.asarray(real_pair, bool)
-    # A pair's twin is the pair of the same two models in the other roles
-    # (draft and target swapped): the only other pair of its unordered
-    # cluster pair. Found by lookups, O(pairs), where grouping the unordered
-    # pairs by a sort cost most of the layout of a million-pair grid.
+    # Each model's index among the drafts and among the targets, -1 where it is none.
     draft_of = np.full(models.size, -1)
     draft_of[draft_cluster] = np.arange(kd)
     target_of = np.full(models.size, -1)
     target_of[target_cluster] = np.arange(kt)
-    twin_draft, twin_target = draft_of[b], target_of[a]
-    has_twin = distinct & (twin_draft >= 0) & (twin_target >= 0)
-    pair_twin = np.arange(pair_draft.size)
-    if has_twin.any():
-        key = pair_draft.astype(np.int64) * kt + pair_target
-        real = np.flatnonzero(distinct)
-        order = real[np.argsort(key[real], kind="stable")]
-        wanted = twin_draft[has_twin].astype(np.int64) * kt + twin_target[has_twin]
-        at = np.minimum(np.searchsorted(key[order], wanted), order.size - 1)
-        found = key[order][at] == wanted
-        rows_with = np.flatnonzero(has_twin)
-        has_twin[rows_with[~found]] = False
-        pair_twin[rows_with[found]] = order[at[found]]
-    # The unordered pair's index: the lower of the two pairs' own.
-    pair_group = np.minimum(np.arange(pair_draft.size), pair_twin)
+    if grid:
+        pairs = _grid_pairs(draft_cluster, target_cluster, draft_of, target_of, size_d, size_t)
+    else:
+        pairs = _listed_pairs(draft_cluster, target_cluster, draft_of, target_of, kt,
+                              np.asarray(pair_draft), np.asarray(pair_target), real_pair)
 
     def lookup(table, size, padded_size):
         # Each point's index among the drafts (or targets), padded_size where it is none of them.
@@ -164,34 +153,75 @@ def model_clusters(drafts, targets, point_params, point_tokens, pair_draft, pair
     as_index = lambda v: jnp.asarray(v, jnp.int32)
     return dict(draft_cluster=as_index(pad(draft_cluster, size_d)),
                 target_cluster=as_index(pad(target_cluster, size_t)),
-                point_cluster=as_index(pad(point_cluster, size_p)), pair_group=as_index(pair_group),
-                pair_twin=as_index(pair_twin), pair_has_twin=jnp.asarray(has_twin),
-                pair_distinct=jnp.asarray(distinct), point_draft=as_index(lookup("d", kd, size_d)),
+                point_cluster=as_index(pad(point_cluster, size_p)),
+                **{name: as_index(v) if v.dtype != bool else jnp.asarray(v) for name, v in pairs.items()},
+                point_draft=as_index(lookup("d", kd, size_d)),
                 point_target=as_index(lookup("t", kt, size_t)),
                 count=jnp.asarray(models.size, jnp.int32), draft_count=jnp.asarray(kd, jnp.int32),
                 target_count=jnp.asarray(kt, jnp.int32), point_count=jnp.asarray(p, jnp.int32))
 
 
-ADJUSTMENTS = ("CR1", "CR2", "CR3")
+def _listed_pairs(draft_cluster, target_cluster, draft_of, target_of, kt, pair_draft, pair_target,
+                  real_pair) -> dict:
+    """The pair tables of :class:`ModelClusters` for an explicit list of (draft, target) pairs."""
+    a, b = draft_cluster[pair_draft], target_cluster[pair_target]
+    distinct = a != b
+    if real_pair is not None:
+        distinct &= np.asarray(real_pair, bool)
+    # A pair's twin is the pair of the same two models in the other roles
+    # (draft and target swapped): the only other pair of its unordered
+    # cluster pair. Found by lookups, O(pairs), where grouping the unordered
+    # pairs by a sort cost most of the layout of a million-pair grid.
+    twin_draft, twin_target = draft_of[b], target_of[a]
+    has_twin = distinct & (twin_draft >= 0) & (twin_target >= 0)
+    pair_twin = np.arange(pair_draft.size)
+    if has_twin.any():
+        key = pair_draft.astype(np.int64) * kt + pair_target
+        real = np.flatnonzero(distinct)
+        order = real[np.argsort(key[real], kind="stable")]
+        wanted = twin_draft[has_twin].astype(np.int64) * kt + twin_target[has_twin]
+        at = np.minimum(np.searchsorted(key[order], wanted), order.size - 1)
+        found = key[order][at] == wanted
+        rows_with = np.flatnonzero(has_twin)
+        has_twin[rows_with[~found]] = False
+        pair_twin[rows_with[found]] = order[at[found]]
+    # The unordered pair's index: the lower of the two pairs' own.
+    return dict(pair_group=np.minimum(np.arange(pair_draft.size), pair_twin), pair_twin=pair_twin,
+                pair_has_twin=has_twin, pair_distinct=distinct)
 
 
-def _grouped_outer(vectors, weight, index, size, grid, axis):
-    """(size, k, k): sum over the entries in each group of weight v v'.
+def _grid_pairs(draft_cluster, target_cluster, draft_of, target_of, size_d, size_t) -> dict:
+    """The pair tables of :class:`ModelClusters` for the full (size_d, size_t) grid, row-major.
 
-    ``grid`` = (kd, kt) when the entries are the full draft x target grid in
-    row-major order and the groups are its rows (``axis`` 0) or columns
-    (``axis`` 1): then a batched matrix product, never the (q, k, k) stack of
-    outer products (a million pairs would make that gigabytes).
+    A pair of a padded model (index kd or more, kt or more) is not real: not
+    distinct, nobody's twin. Every real pair's twin is in the grid.
     """
-    if grid is not None:
-        v = vectors.reshape(grid + (vectors.shape[-1],))
-        weighted = v * weight.reshape(grid)[..., None]
-        # Two operands, so one batched matrix product (a three-operand
-        # einsum may form the (kd, kt, k, k) product first).
-        spec = "dtk,dtl->dkl" if axis == 0 else "dtk,dtl->tkl"
-        return jnp.einsum(spec, weighted, v)
-    outer = weight[:, None, None] * vectors[:, :, None] * vectors[:, None, :]
-    return jax.ops.segment_sum(outer, index, num_segments=size)
+    kd, kt = draft_cluster.size, target_cluster.size
+    real_d, real_t = np.arange(size_d) < kd, np.arange(size_t) < kt
+    # The draft index of each target's model and the target index of each
+    # draft's, -1 where the model has no other role.
+    twin_draft, twin_target = np.full(size_t, -1), np.full(size_d, -1)
+    twin_draft[:kt], twin_target[:kd] = draft_of[target_cluster], target_of[draft_cluster]
+    identity = np.arange(size_d * size_t, dtype=np.int32)
+    if not np.any(twin_target >= 0):
+        # No model is both a draft and a target (the usual design): every real
+        # pair is distinct, none has a twin.
+        distinct = (real_d[:, None] & real_t[None, :]).ravel()
+        return dict(pair_group=identity, pair_twin=identity,
+                    pair_has_twin=np.zeros(identity.size, bool), pair_distinct=distinct)
+    a = np.full(size_d, -1)
+    a[:kd] = draft_cluster
+    b = np.full(size_t, -2)
+    b[:kt] = target_cluster
+    distinct = (a[:, None] != b[None, :]) & real_d[:, None] & real_t[None, :]
+    has_twin = distinct & (twin_target >= 0)[:, None] & (twin_draft >= 0)[None, :]
+    twin = twin_draft[None, :] * size_t + twin_target[:, None]
+    pair_twin = np.where(has_twin, twin, identity.reshape(size_d, size_t)).ravel()
+    return dict(pair_group=np.minimum(identity, pair_twin), pair_twin=pair_twin,
+                pair_has_twin=has_twin.ravel(), pair_distinct=distinct.ravel())
+
+
+ADJUSTMENTS = ("CR1", "CR2", "CR3")
 
 
 def cluster_covariance_theta(hessian, clusters: ModelClusters, pair_draft, pair_target, pair_scores,
@@ -218,66 +248,30 @@ def cluster_covariance_theta(hessian, clusters: ModelClusters, pair_draft, pair_
 
     A group whose leverage reaches 1 (it alone determines some direction)
     has its eigenvalue of I - A_g floored at 0.05.
+
+    Any per-pair gradients; the end-to-end fit's are a draft part plus a
+    target part, and :func:`cluster_covariance_separable` computes the same
+    covariance from those parts without a (q, k) table.
     """
-    if adjustment not in ADJUSTMENTS:
-        raise ValueError(f"adjustment must be one of {ADJUSTMENTS}, got {adjustment!r}")
+    _check_adjustment(adjustment)
     dtype = hessian.dtype
-    kd = clusters.draft_cluster.shape[0]
-    kt = clusters.target_cluster.shape[0]
-    size = kd + kt + clusters.point_cluster.shape[0]
-    q = clusters.pair_group.shape[0]
+    kd, kt = clusters.draft_cluster.shape[0], clusters.target_cluster.shape[0]
+    pairs = _PairSums(pair_draft, pair_target, kd, kt)
     distinct = clusters.pair_distinct.astype(dtype)
-    by = lambda values, index, n: jax.ops.segment_sum(values, index, num_segments=n)
-    grid = q == kd * kt and q > 0
+    scores = _to_models(clusters, pairs.rows(pair_scores), pairs.cols(pair_scores * distinct[:, None]),
+                        point_scores)
+    root_inv, inverse = _bread(hessian)
 
-    def to_models(pair_values, draft_values, target_values, point_values):
-        return (by(draft_values, clusters.draft_cluster, size)
-                + by(target_values, clusters.target_cluster, size)
-                + by(point_values, clusters.point_cluster, size))
+    def model_hessians():
+        outer = lambda weight: weight[:, None, None] * pair_gradient[:, :, None] * pair_gradient[:, None, :]
+        return _to_models(clusters, pairs.rows(outer(pair_curvature)), pairs.cols(outer(pair_curvature * distinct)),
+                          _outer(point_gradient, point_curvature))
 
-    if grid:
-        # The grid's rows are its drafts and its columns its targets: sums
-        # along an axis, not scatters (which XLA on a CPU runs row by row,
-        # slowly for a million pairs of 8-vectors).
-        by_draft = pair_scores.reshape(kd, kt, -1).sum(axis=1)
-        by_target = (pair_scores * distinct[:, None]).reshape(kd, kt, -1).sum(axis=0)
-    else:
-        by_draft = by(pair_scores, pair_draft, kd)
-        by_target = by(pair_scores * distinct[:, None], pair_target, kt)
-    scores = to_models(None, by_draft, by_target, point_scores)
-    values, vectors = jnp.linalg.eigh(hessian)
-    cutoff = hessian.shape[0] * jnp.finfo(dtype).eps * jnp.abs(values[-1])
-    kept = values > cutoff
-    safe = jnp.where(kept, values, 1.0)
-    root_inv = (vectors * jnp.where(kept, safe ** -0.5, 0.0)) @ vectors.T  # H^-1/2
-    inverse = (vectors * jnp.where(kept, 1.0 / safe, 0.0)) @ vectors.T
-    g_models = clusters.count.astype(dtype)
-    g_pairs = jnp.maximum(jnp.sum(clusters.pair_distinct).astype(dtype), 2.0)
-    if adjustment == "CR1":
-        models = jnp.sqrt(g_models / (g_models - 1)) * scores @ inverse
-        pair_leverage = jnp.zeros((q,), dtype)
-        pair_factor = jnp.sqrt(g_pairs / (g_pairs - 1))
-    else:
-        power = 0.5 if adjustment == "CR2" else 1.0
-        curv = pair_curvature * distinct
-        h_models = to_models(
-            None,
-            _grouped_outer(pair_gradient, pair_curvature, pair_draft, kd, (kd, kt), 0)
-            if grid else _grouped_outer(pair_gradient, pair_curvature, pair_draft, kd, None, 0),
-            _grouped_outer(pair_gradient, curv, pair_target, kt, (kd, kt), 1)
-            if grid else _grouped_outer(pair_gradient, curv, pair_target, kt, None, 1),
-            point_curvature[:, None, None] * point_gradient[:, :, None] * point_gradient[:, None, :])
-        leverage = root_inv @ h_models @ root_inv  # (G, k, k)
-        lev_values, lev_vectors = jnp.linalg.eigh(0.5 * (leverage + jnp.swapaxes(leverage, 1, 2)))
-        factor = jnp.clip(1.0 - lev_values, 0.05) ** -power
-        whitened = jnp.einsum("ij,gj->gi", root_inv, scores)
-        adjusted = jnp.einsum("gij,gj,gkj,gk->gi", lev_vectors, factor, lev_vectors, whitened)
-        models = adjusted @ root_inv
-        # A pair's rows share one gradient, so its leverage is rank one: a scalar.
-        pair_leverage = pair_curvature * jnp.sum((pair_gradient @ inverse) * pair_gradient, axis=1)
-        pair_factor = jnp.clip(1.0 - pair_leverage, 0.05) ** -power
-    pair_factor = jnp.broadcast_to(pair_factor, (q,))
-    influence = (pair_factor * distinct)[:, None] * pair_scores @ inverse
+    models = _model_influence(scores, model_hessians, root_inv, inverse, clusters.count, adjustment)
+    # A pair's rows share one gradient, so its leverage is rank one: a scalar.
+    leverage = pair_curvature * jnp.sum((pair_gradient @ inverse) * pair_gradient, axis=1)
+    factor = _pair_factor(leverage, clusters, adjustment)
+    influence = (factor * distinct)[:, None] * pair_scores @ inverse
     # sum over unordered pairs g of (sum of g's pairs' influence)(...)': each
     # pair with itself, plus each pair with its twin (the same two models in
     # the other roles), the only other member of its group.
@@ -285,7 +279,219 @@ def cluster_covariance_theta(hessian, clusters: ModelClusters, pair_draft, pair_
     cross = jax.lax.cond(jnp.any(clusters.pair_has_twin),
                          lambda: influence.T @ (twin * influence[clusters.pair_twin]),
                          lambda: jnp.zeros((influence.shape[1],) * 2, dtype))
-    covariance = models.T @ models - influence.T @ influence - cross
+    return _clipped(models.T @ models - influence.T @ influence - cross)
+
+
+def cluster_covariance_separable(hessian, clusters: ModelClusters, pair_draft, pair_target,
+                                 draft_gradient, target_gradient, pair_score, pair_curvature,
+                                 point_scores, point_gradient, point_curvature,
+                                 adjustment: str = "CR3", grid: bool = False):
+    """:func:`cluster_covariance_theta` where each pair's gradient is a draft part plus a target part.
+
+    The pair (d, t)'s gradient is g = ``draft_gradient[d]`` (kd, k) +
+    ``target_gradient[t]`` (kt, k), its rows' summed score ``pair_score``
+    (q,) times g, its curvature ``pair_curvature`` (q,): so it is in the
+    end-to-end fit, where a row's prediction is the plane's slope times the
+    draft's predicted perplexity plus the slope times the target's. Then
+    every sum over pairs the covariance needs is a per-model vector (or
+    outer product) weighted by a per-pair scalar and summed over a model's
+    pairs: on the full grid (``grid=True``: pairs in row-major (kd, kt)
+    order) a (kd, kt) matrix times a (kt, k) or (kt, k * k) one, a few
+    milliseconds for a million pairs, where the (q, k) tables and their
+    grouped outer products took most of a second; on a list of pairs,
+    segment sums of per-pair scalars times gathered model vectors. The
+    pair-with-twin correction (models in both roles) forms the gradients
+    pair by pair, and only where there are twins.
+
+    The same covariance as :func:`cluster_covariance_theta` given
+    ``pair_scores = pair_score[:, None] * g`` and ``pair_gradient = g``.
+    """
+    _check_adjustment(adjustment)
+    dtype = hessian.dtype
+    kd, kt, k = draft_gradient.shape[0], target_gradient.shape[0], draft_gradient.shape[1]
+    pairs = _PairSums(pair_draft, pair_target, kd, kt, grid)
+    u, v = draft_gradient, target_gradient
+    distinct = clusters.pair_distinct.astype(dtype)
+    target_score = pair_score * distinct
+    # Each sum over a model's pairs is one product of the (kd, kt) pair
+    # weights with the other side's vectors and a column of ones (for the
+    # weights' own sums), so that every per-pair table is read by as few
+    # passes as possible.
+    with_one = lambda vectors, *more: jnp.concatenate(
+        list(more) + [vectors, jnp.ones((vectors.shape[0], 1), dtype)], axis=1)
+    # sum over a draft's pairs of s (u_d + v_t), and over a target's (distinct) pairs.
+    by_draft = pairs.rows_times(pair_score, with_one(v))
+    by_target = pairs.cols_times(target_score, with_one(u))
+    scores = _to_models(clusters, by_draft[:, :k] + by_draft[:, k:] * u,
+                        by_target[:, :k] + by_target[:, k:] * v, point_scores)
+    root_inv, inverse = _bread(hessian)
+
+    def model_hessians():
+        # sum over a model's pairs of c (u + v)(u + v)' = (sum c) u u' + u (sum c v)'
+        # + (sum c v) u' + sum c v v'.
+        def grouped(sums, own, other):
+            others, cross, total = sums[:, :k * k].reshape(-1, k, k), sums[:, k * k:-1], sums[:, -1]
+            return (total[:, None, None] * _outer(own) + own[:, :, None] * cross[:, None, :]
+                    + cross[:, :, None] * own[:, None, :] + others)
+
+        flat_outer = lambda vectors: _outer(vectors).reshape(vectors.shape[0], k * k)
+        by_d = grouped(pairs.rows_times(pair_curvature, with_one(v, flat_outer(v))), u, v)
+        by_t = grouped(pairs.cols_times(pair_curvature * distinct, with_one(u, flat_outer(u))), v, u)
+        return _to_models(clusters, by_d, by_t, _outer(point_gradient, point_curvature))
+
+    models = _model_influence(scores, model_hessians, root_inv, inverse, clusters.count, adjustment)
+    # A pair's leverage c g' H^-1 g, expanded: u'Mu + v'Mv + 2 u'Mv.
+    um, vm = u @ inverse, v @ inverse
+    leverage = pair_curvature * (pairs.expand_rows(jnp.sum(um * u, axis=1))
+                                 + pairs.expand_cols(jnp.sum(vm * v, axis=1)) + 2 * pairs.bilinear(um, v))
+    effect = _pair_factor(leverage, clusters, adjustment) * target_score  # influence = effect g' H^-1
+    # sum over pairs of effect^2 g g' = sum_d (sum e^2) u u' + u (sum e^2 v)' + ... + sum_t (sum e^2) v v'.
+    e2 = effect**2
+    by_d = pairs.rows_times(e2, with_one(v))
+    cross_uv = u.T @ by_d[:, :k]
+    pair_outer = (u * by_d[:, k:]).T @ u + cross_uv + cross_uv.T + (v * pairs.cols(e2)[:, None]).T @ v
+
+    def twins():
+        g = pairs.expand_rows(u) + pairs.expand_cols(v)  # (q, k): only where models have two roles
+        mine = effect * clusters.pair_has_twin.astype(dtype)
+        return (g * mine[:, None]).T @ (g * effect[:, None])[clusters.pair_twin]
+
+    cross = jax.lax.cond(jnp.any(clusters.pair_has_twin), twins, lambda: jnp.zeros((k, k), dtype))
+    return _clipped(models.T @ models - inverse @ (pair_outer + cross) @ inverse)
+
+
+class _PairSums:
+    """Sums over the pairs of each draft (rows) or each target (cols), and per-pair expansions.
+
+    On the full grid (row-major (kd, kt)) reshapes, axis sums and matrix
+    products; on a list of pairs, segment sums and gathers.
+    """
+
+    def __init__(self, pair_draft, pair_target, kd, kt, grid=None):
+        self.d, self.t, self.kd, self.kt = pair_draft, pair_target, kd, kt
+        self.grid = (kd * kt == pair_draft.shape[0] and kd * kt > 0) if grid is None else grid
+
+    def _matrix(self, values):
+        return values.reshape((self.kd, self.kt) + values.shape[1:])
+
+    def rows(self, values):  # (q, ...) -> (kd, ...)
+        if self.grid:
+            return self._matrix(values).sum(axis=1)
+        return jax.ops.segment_sum(values, self.d, num_segments=self.kd)
+
+    def cols(self, values):  # (q, ...) -> (kt, ...)
+        if self.grid:
+            return self._matrix(values).sum(axis=0)
+        return jax.ops.segment_sum(values, self.t, num_segments=self.kt)
+
+    def rows_times(self, weight, per_target):  # sum over t of w_dt f_t: (q,), (kt, m) -> (kd, m)
+        if self.grid:
+            return self._matrix(weight) @ per_target
+        return self.rows(weight[:, None] * per_target[self.t])
+
+    def cols_times(self, weight, per_draft):  # sum over d of w_dt f_d: (q,), (kd, m) -> (kt, m)
+        if self.grid:
+            return self._matrix(weight).T @ per_draft
+        return self.cols(weight[:, None] * per_draft[self.d])
+
+    def bilinear(self, a, b):  # a_d . b_t per pair: (kd, m), (kt, m) -> (q,)
+        if self.grid:
+            return (a @ b.T).reshape(-1)
+        return jnp.sum(a[self.d] * b[self.t], axis=1)
+
+    def expand_rows(self, values):  # (kd, ...) -> (q, ...)
+        if self.grid:
+            return jnp.broadcast_to(values[:, None], (self.kd, self.kt) + values.shape[1:]).reshape(
+                (-1,) + values.shape[1:])
+        return values[self.d]
+
+    def expand_cols(self, values):  # (kt, ...) -> (q, ...)
+        if self.grid:
+            return jnp.broadcast_to(values[None, :], (self.kd, self.kt) + values.shape[1:]).reshape(
+                (-1,) + values.shape[1:])
+        return values[self.t]
+
+
+def _check_adjustment(adjustment):
+    if adjustment not in ADJUSTMENTS:
+        raise ValueError(f"adjustment must be one of {ADJUSTMENTS}, got {adjustment!r}")
+
+
+def _outer(vectors, weight=None):
+    """(n, k, k): each vector's outer product with itself, times its weight."""
+    outer = vectors[:, :, None] * vectors[:, None, :]
+    return outer if weight is None else weight[:, None, None] * outer
+
+
+def _to_models(clusters: ModelClusters, draft_values, target_values, point_values):
+    """Per-draft, per-target and per-point values summed per model (cluster)."""
+    size = draft_values.shape[0] + target_values.shape[0] + point_values.shape[0]
+    by = lambda values, index: jax.ops.segment_sum(values, index, num_segments=size)
+    return (by(draft_values, clusters.draft_cluster) + by(target_values, clusters.target_cluster)
+            + by(point_values, clusters.point_cluster))
+
+
+def _bread(hessian):
+    """(H^-1/2, H^-1) of the bread, by its eigenvalues (those at rounding level dropped)."""
+    values, vectors = jnp.linalg.eigh(hessian)
+    cutoff = hessian.shape[0] * jnp.finfo(hessian.dtype).eps * jnp.abs(values[-1])
+    kept = values > cutoff
+    safe = jnp.where(kept, values, 1.0)
+    root_inv = (vectors * jnp.where(kept, safe ** -0.5, 0.0)) @ vectors.T
+    inverse = (vectors * jnp.where(kept, 1.0 / safe, 0.0)) @ vectors.T
+    return root_inv, inverse
+
+
+def _model_influence(scores, model_hessians, root_inv, inverse, count, adjustment):
+    """(G, k): each model's adjusted influence a_g (:func:`cluster_covariance_theta`).
+
+    ``model_hessians``: a function giving the models' Hessians H_g (G, k, k),
+    called for CR2 and CR3 only. CR3 is H^-1/2 (I - A_g)^-1 H^-1/2 S_g with
+    I - A_g's eigenvalues floored at LEVERAGE_FLOOR; where no model's leverage
+    reaches 0.95 (0.95 I - A_g has a Cholesky factor for every g, the usual
+    case) the floor does nothing and a batched Cholesky solve gives it, a
+    tenth of the time of the batched eigendecomposition it needs otherwise.
+    """
+    g_models = count.astype(scores.dtype)
+    if adjustment == "CR1":
+        return jnp.sqrt(g_models / (g_models - 1)) * scores @ inverse
+    power = 0.5 if adjustment == "CR2" else 1.0
+    leverage = root_inv @ model_hessians() @ root_inv  # (G, k, k)
+    leverage = 0.5 * (leverage + jnp.swapaxes(leverage, 1, 2))
+    whitened = scores @ root_inv  # (H^-1/2 S_g)' per row (H^-1/2 is symmetric)
+    eye = jnp.eye(leverage.shape[-1], dtype=leverage.dtype)
+
+    def floored():
+        lev_values, lev_vectors = jnp.linalg.eigh(leverage)
+        factor = jnp.clip(1.0 - lev_values, LEVERAGE_FLOOR) ** -power
+        return jnp.einsum("gij,gj,gkj,gk->gi", lev_vectors, factor, lev_vectors, whitened)
+
+    if adjustment == "CR2":
+        adjusted = floored()
+    else:
+        below = jnp.all(jnp.isfinite(jnp.linalg.cholesky((1.0 - LEVERAGE_FLOOR) * eye - leverage)))
+        solved = lambda: jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(eye - leverage), True),
+                                                    whitened[..., None])[..., 0]
+        adjusted = jax.lax.cond(below, solved, floored)
+    return adjusted @ root_inv
+
+
+# The least 1 - leverage eigenvalue a group keeps (a group that alone
+# determines some direction would otherwise divide by 0).
+LEVERAGE_FLOOR = 0.05
+
+
+def _pair_factor(leverage, clusters: ModelClusters, adjustment):
+    """Each pair's influence factor: (1 - leverage)^-power (CR2, CR3), or CR1's constant."""
+    if adjustment == "CR1":
+        g_pairs = jnp.maximum(jnp.sum(clusters.pair_distinct).astype(leverage.dtype), 2.0)
+        return jnp.broadcast_to(jnp.sqrt(g_pairs / (g_pairs - 1)), leverage.shape)
+    power = 0.5 if adjustment == "CR2" else 1.0
+    return jnp.clip(1.0 - leverage, LEVERAGE_FLOOR) ** -power
+
+
+def _clipped(covariance):
+    """A symmetric matrix with its negative eigenvalues (possible with few clusters) set to 0."""
     values, vectors = jnp.linalg.eigh(0.5 * (covariance + covariance.T))
     return (vectors * jnp.clip(values, 0.0)) @ vectors.T
 

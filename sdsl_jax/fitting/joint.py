@@ -111,7 +111,7 @@ from sdsl_jax.fitting import pretraining as pretraining_fit
 from sdsl_jax.fitting import acceptance as fit_acceptance
 from sdsl_jax.fitting.acceptance import concentrated_nll
 from sdsl_jax.fitting.data import AcceptanceRows, PerplexityPoints
-from sdsl_jax.fitting.uncertainty import delta_method_covariance, resample_weights
+from sdsl_jax.fitting.uncertainty import corrected_inverse_hessian, resample_weights
 from sdsl_jax.common.buckets import bucket
 from sdsl_jax.common.optimize import minimize, newton
 from sdsl_jax.laws import acceptance as acceptance_lib
@@ -138,7 +138,11 @@ class JointData:
     and the indices of the row's draft and target model. Pairs: the distinct
     (draft, target) model pairs (q of them; the full kd x kt grid, in
     row-major order, when that is at most twice as many), and each row's
-    pair. Points: the loss points, with centred log sizes and log L.
+    pair; where no pair has more than one row, also each pair's row, so
+    that sums over a pair's rows are gathers (a scatter from rows to pairs
+    costs several times a gather on a CPU, worst when the rows run across
+    the grid's rows, with a stride of a power of two). Points: the loss
+    points, with centred log sizes and log L.
 
     ``prepare(..., padded=True)`` pads every table to a bucket size
     (:func:`bucket`) so that one compiled fit serves a range of data sizes:
@@ -157,6 +161,7 @@ class JointData:
     row_pair: jnp.ndarray  # (n,) int32
     pair_draft: jnp.ndarray  # (q,) int32
     pair_target: jnp.ndarray  # (q,) int32
+    pair_row: jnp.ndarray  # (q,) int32, each pair's row (n where none) if none has two; else (0,)
     acceptance: jnp.ndarray  # (n,)
     point_log_params: jnp.ndarray  # (p,)
     point_log_tokens: jnp.ndarray  # (p,)
@@ -179,7 +184,9 @@ class AcceptanceMoments:
     and per target model, and the weighted variance of the acceptance. Every
     sum over rows that the plane's least squares needs is one of these
     against a per-model vector, so a step of the fit costs O(models + pairs),
-    not O(rows). Computed once per weighting, in O(rows).
+    not O(rows). Computed once per weighting, in O(rows); the fit's
+    covariance needs no other pass over the rows (its scores are per-pair
+    residual sums, :func:`observation_scores`).
     """
 
     total: jnp.ndarray  # W
@@ -191,6 +198,7 @@ class AcceptanceMoments:
     pair_share: jnp.ndarray  # (q,)
     draft_moment: jnp.ndarray  # (kd,) sum over the model's rows of w (alpha - abar) / W
     target_moment: jnp.ndarray  # (kt,)
+    pair_moment: jnp.ndarray  # (q,) likewise per pair (the covariance's scores, not the fit)
 
 
 @chex.dataclass(frozen=True)
@@ -248,25 +256,80 @@ def plane_scales(rows: AcceptanceRows) -> PlaneScales:
     return PlaneScales(draft_mean=dm, draft_std=ds, target_mean=tm, target_std=ts)
 
 
+# Odd 64-bit multipliers (splitmix64's), one per round of hashing: a row's
+# slot in a round's table is the top bits of its key times the multiplier.
+_HASH_ROUNDS = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD6E8FEB86659FD93)
+# The first round's table: 2^16 slots stay in cache, and a few hundred or
+# thousand models rarely collide in them; later rounds are sized to the rows left.
+_HASH_FIRST_BITS = 16
+
+
 def _distinct_models(params, tokens):
     """(distinct (params, tokens) as complex params + 1j tokens, index of each row's model).
 
-    A sort of 64-bit hashes of the pairs, a few times faster than sorting the
-    pairs themselves on a million rows; a hash collision (checked) falls back
-    to the exact sort.
+    Models are numbered in order of first appearance: in a measurement set a
+    model's rows are usually together or at a regular stride, and the fit's
+    per-model and per-pair tables then follow the rows' order, which keeps its
+    scatters local. Found by hashing rather than sorting a million keys: each
+    row goes to a slot by a hash of its (params, tokens); a slot's earliest
+    row stands for its model, and a row whose values differ from its slot's
+    (a collision) waits for the next round, hashed afresh into a table sized
+    to the rows left. Where many rows are left (nearly every row a model of
+    its own), or some remain after the rounds, they go through an exact sort.
     """
     params = np.ascontiguousarray(params, np.float64)
     tokens = np.ascontiguousarray(tokens, np.float64)
-    with np.errstate(over="ignore"):
-        key = params.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ tokens.view(np.uint64)
-    hashes, index = np.unique(key, return_inverse=True)
-    index = index.ravel()
-    models = np.empty(hashes.size, np.complex128)
-    models[index] = params + 1j * tokens  # any row of a model stands for it
-    if np.all(params == models.real[index]) and np.all(tokens == models.imag[index]):
-        return models, index
-    models, index = np.unique(params + 1j * tokens, return_inverse=True)
-    return models, index.ravel()
+    # The key mixes both values' bits; computed in place (a million-row
+    # temporary costs its page faults, more than the arithmetic).
+    key = params.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    key ^= tokens.view(np.uint64)
+    index = np.empty(params.size, np.intp)
+    firsts, count = [], 0
+    here = np.arange(params.size)  # the rows not yet assigned a model
+    for round_, multiplier in enumerate(_HASH_ROUNDS):
+        rows = here.size
+        if round_ and rows > params.size // 8:
+            break
+        bits = _HASH_FIRST_BITS if round_ == 0 else max(_HASH_FIRST_BITS, (2 * rows - 1).bit_length())
+        subset = (lambda v: v) if round_ == 0 else (lambda v: v[here])
+        slot = subset(key) * np.uint64(multiplier)
+        slot >>= np.uint64(64 - bits)
+        slot = slot.view(np.intp)
+        table = np.full(1 << bits, rows, np.intp)
+        # Written backwards, so that each slot keeps its earliest row.
+        table[slot[::-1]] = np.arange(rows - 1, -1, -1)
+        used = np.flatnonzero(table < rows)
+        used = used[np.argsort(table[used], kind="stable")]  # numbered by their first rows
+        first = here[table[used]]
+        slot_params, slot_tokens = np.empty(1 << bits), np.empty(1 << bits)
+        slot_params[used], slot_tokens[used] = params[first], tokens[first]
+        number = np.empty(1 << bits, np.intp)
+        number[used] = count + np.arange(used.size)
+        same = (slot_params[slot] == subset(params)) & (slot_tokens[slot] == subset(tokens))
+        firsts.append(first)
+        count += used.size
+        if same.all():  # no collision (usual in the first round): no subsets to take
+            if round_ == 0:
+                index = number[slot]
+            else:
+                index[here] = number[slot]
+            here = here[:0]
+            break
+        index[here[same]] = number[slot[same]]
+        here = here[~same]
+    if here.size:
+        _, where, inverse = np.unique(params[here] + 1j * tokens[here], return_index=True,
+                                      return_inverse=True)
+        index[here] = count + inverse.ravel()
+        firsts.append(here[where])
+    firsts = np.concatenate(firsts)
+    order = np.argsort(firsts, kind="stable")
+    if np.any(order != np.arange(order.size)):
+        # Numbered by first appearance (each round numbers its own models).
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        firsts, index = firsts[order], rank[index]
+    return params[firsts] + 1j * tokens[firsts], index
 
 
 # Bucket floors of the padded layout (prepare(padded=True)): every set of up to
@@ -314,29 +377,46 @@ def prepare(rows: AcceptanceRows, points: PerplexityPoints, *, padded: bool = Fa
         size_n, size_p = bucket(n, ROW_BUCKET), bucket(p, POINT_BUCKET)
     else:
         size_d, size_t, size_n, size_p = kd, kt, n, p
-    pair_id = draft_model.astype(np.int64) * size_t + target_model
     grid_size = size_d * size_t
+    index_type = np.int32 if grid_size < 2**31 else np.int64
+    # The row tables, padded by repeating the first row (its models and pair).
+    padded_rows = lambda values: _pad(values.astype(index_type, copy=False), size_n)
+    draft_model, target_model = padded_rows(draft_model), padded_rows(target_model)
+    pair_id = draft_model * index_type(size_t)
+    pair_id += target_model
+    present, pair_row = None, None
+    if grid_size <= 4 * n:
+        # Each grid pair's row (size_n where it has none; with several, one of them).
+        pair_row = np.full(grid_size, size_n, np.int32)
+        pair_row[pair_id[:n]] = np.arange(n, dtype=np.int32)
+        present = np.count_nonzero(pair_row < size_n)
     if padded:
-        present = np.count_nonzero(np.bincount(pair_id, minlength=grid_size)) \
-            if grid_size <= 4 * n else None
         full = grid_size <= GRID_BUCKET or (present is not None and grid_size <= 2 * bucket(present, 1))
     else:
-        present = np.count_nonzero(np.bincount(pair_id, minlength=grid_size)) \
-            if grid_size <= 4 * n else None
         full = present is not None and grid_size <= 2 * present
     if full:
         # Nearly every pair is measured (the usual design): use the full grid,
         # so the pair sums are one matrix-vector product.
-        pairs, row_pair = np.arange(grid_size), pair_id
-        real_pair = (pairs // size_t < kd) & (pairs % size_t < kt)
+        row_pair = pair_id
+        pair_draft = np.repeat(np.arange(size_d, dtype=np.int32), size_t)
+        pair_target = np.tile(np.arange(size_t, dtype=np.int32), size_d)
+        clusters = clusters_lib.model_clusters(drafts, targets, points.num_params, points.tokens,
+                                               sizes=(size_d, size_t, size_p), grid=True)
     else:
-        pairs, row_pair = np.unique(pair_id, return_inverse=True)
+        pairs, row_pair = np.unique(pair_id[:n], return_inverse=True)
+        present, row_pair = pairs.size, row_pair.ravel().astype(np.int32)
         real_pair = np.ones(pairs.size, bool)
         if padded:
             size_q = bucket(pairs.size, GRID_BUCKET)
             real_pair = np.arange(size_q) < pairs.size
             pairs = _pad(pairs, size_q)
-    pair_draft, pair_target = pairs // size_t, pairs % size_t
+        pair_row = np.full(pairs.size, size_n, np.int32)
+        pair_row[row_pair] = np.arange(n, dtype=np.int32)
+        row_pair = _pad(row_pair, size_n)
+        pair_draft, pair_target = pairs // size_t, pairs % size_t
+        clusters = clusters_lib.model_clusters(drafts, targets, points.num_params, points.tokens,
+                                               pair_draft, pair_target, real_pair=real_pair,
+                                               sizes=(size_d, size_t, size_p))
     point_log_params = np.log(np.asarray(points.num_params, np.float64))
     point_log_tokens = np.log(np.asarray(points.tokens, np.float64))
     log_params = np.concatenate([np.log(drafts.real), np.log(targets.real), point_log_params])
@@ -345,30 +425,43 @@ def prepare(rows: AcceptanceRows, points: PerplexityPoints, *, padded: bool = Fa
     # products never dwarf the coordinates they are combined with.
     centre_params = 0.5 * (log_params.min() + log_params.max())
     centre_tokens = 0.5 * (log_tokens.min() + log_tokens.max())
-    # Padded pairs (a grid's pairs of padded models) stand in the cluster
-    # tables for a real pair; they hold no row, so they add nothing.
-    clusters = clusters_lib.model_clusters(drafts, targets, points.num_params, points.tokens,
-                                           np.minimum(pair_draft, kd - 1), np.minimum(pair_target, kt - 1),
-                                           real_pair=real_pair, sizes=(size_d, size_t, size_p))
     as_float = lambda v: jnp.asarray(v, dtype)
     as_index = lambda v: jnp.asarray(v, jnp.int32)
-    mask = lambda real, size: as_float(np.arange(size) < real)
+
+    def mask(real, size):
+        values = np.zeros(size, dtype)
+        values[:real] = 1
+        return jnp.asarray(values)
+
     return JointData(
         draft_log_params=as_float(_pad(np.log(drafts.real) - centre_params, size_d)),
         draft_log_tokens=as_float(_pad(np.log(drafts.imag) - centre_tokens, size_d)),
         target_log_params=as_float(_pad(np.log(targets.real) - centre_params, size_t)),
         target_log_tokens=as_float(_pad(np.log(targets.imag) - centre_tokens, size_t)),
-        draft_model=as_index(_pad(draft_model, size_n)), target_model=as_index(_pad(target_model, size_n)),
-        row_pair=as_index(_pad(row_pair.ravel(), size_n)), pair_draft=as_index(pair_draft),
-        pair_target=as_index(pair_target),
+        draft_model=as_index(draft_model), target_model=as_index(target_model),
+        row_pair=as_index(row_pair), pair_draft=as_index(pair_draft), pair_target=as_index(pair_target),
+        # A gather where every pair has one row at most (the usual design), a scatter otherwise.
+        pair_row=as_index(pair_row if present == n else np.zeros(0, np.int32)),
         acceptance=as_float(_pad(np.asarray(rows.acceptance), size_n)) if size_n > n else rows.acceptance,
         point_log_params=as_float(_pad(point_log_params - centre_params, size_p)),
         point_log_tokens=as_float(_pad(point_log_tokens - centre_tokens, size_p)),
         point_log_loss=as_float(_pad(np.log(np.log(np.asarray(points.perplexity, np.float64))), size_p)),
-        scales=plane_scales(rows),
+        scales=_plane_scales(rows, dtype),
         log_params_centre=as_float(centre_params), log_tokens_centre=as_float(centre_tokens),
         clusters=clusters_lib.ModelClusters(**clusters),
         row_mask=mask(n, size_n), point_mask=mask(p, size_p))
+
+
+def _plane_scales(rows: AcceptanceRows, dtype) -> PlaneScales:
+    """:func:`plane_scales` on the host (numpy): no device round trip while the layout is built."""
+    def stats(values):
+        values = np.asarray(values)
+        mean = values.mean()
+        std = np.sqrt(np.mean(np.square(values - mean)))
+        return jnp.asarray(mean, dtype), jnp.asarray(std if std > 0 else 1.0, dtype)
+
+    (dm, ds), (tm, ts) = stats(rows.draft_perplexity), stats(rows.target_perplexity)
+    return PlaneScales(draft_mean=dm, draft_std=ds, target_mean=tm, target_std=ts)
 
 
 def acceptance_moments(data: JointData, row_weight, row_count=None) -> AcceptanceMoments:
@@ -379,19 +472,40 @@ def acceptance_moments(data: JointData, row_weight, row_count=None) -> Acceptanc
     these). The profiled likelihood's (n / 2) log(SSR / n) needs n = sum of
     the counts, not the weighted total. By default each measured row counts
     once (``data.row_mask``: padding counts none).
+
+    The rows' sums per pair are gathers (or, where a pair has several rows,
+    scatters); on the full grid the per-model sums are the grid's row and
+    column sums (a scatter on a CPU costs several times an axis sum).
     """
     total = jnp.sum(row_weight)
     observations = jnp.sum(data.row_mask if row_count is None else row_count).astype(row_weight.dtype)
     share = row_weight / total
     mean = jnp.sum(share * data.acceptance)
     centred = share * (data.acceptance - mean)
-    kd, kt = data.draft_log_params.shape[0], data.target_log_params.shape[0]
+    kd, kt, q = data.draft_log_params.shape[0], data.target_log_params.shape[0], data.pair_draft.shape[0]
     by = lambda values, index, size: jax.ops.segment_sum(values, index, num_segments=size)
+    if data.pair_row.shape[0] == q:  # one row per pair at most: gathers (n marks none)
+        per_pair = lambda values: jnp.take(values, data.pair_row, mode="fill", fill_value=0)
+    else:
+        per_pair = lambda values: by(values, data.row_pair, q)
+    pair_share, pair_moment = per_pair(share), per_pair(centred)
+    if _is_grid(data):
+        grid = lambda values: values.reshape(kd, kt)
+        draft_share, target_share = grid(pair_share).sum(axis=1), grid(pair_share).sum(axis=0)
+        draft_moment, target_moment = grid(pair_moment).sum(axis=1), grid(pair_moment).sum(axis=0)
+    else:
+        draft_share, target_share = by(share, data.draft_model, kd), by(share, data.target_model, kt)
+        draft_moment, target_moment = by(centred, data.draft_model, kd), by(centred, data.target_model, kt)
     return AcceptanceMoments(
         total=total, observations=observations, mean=mean, variance=jnp.sum(centred * (data.acceptance - mean)),
-        draft_share=by(share, data.draft_model, kd), target_share=by(share, data.target_model, kt),
-        pair_share=by(share, data.row_pair, data.pair_draft.shape[0]),
-        draft_moment=by(centred, data.draft_model, kd), target_moment=by(centred, data.target_model, kt))
+        draft_share=draft_share, target_share=target_share, pair_share=pair_share,
+        draft_moment=draft_moment, target_moment=target_moment, pair_moment=pair_moment)
+
+
+def _is_grid(data: JointData) -> bool:
+    """Whether the pair table is the full (kd, kt) grid in row-major order (see :func:`prepare`)."""
+    q = data.pair_draft.shape[0]
+    return q == data.draft_log_params.shape[0] * data.target_log_params.shape[0] and q > 0
 
 
 def _centred_to_theta(theta, data: JointData):
@@ -474,7 +588,7 @@ def _covariances(pre_theta, data: JointData, moments: AcceptanceMoments):
     dx, dy = xs - x_mean, ys - y_mean
     cxx, cyy = moments.draft_share @ dx**2, moments.target_share @ dy**2
     kd, kt = dx.shape[0], dy.shape[0]
-    if data.pair_draft.shape[0] == kd * kt:  # the full grid, row-major (see prepare)
+    if _is_grid(data):
         cxy = dx @ (moments.pair_share.reshape(kd, kt) @ dy)
     else:
         cxy = jnp.sum(moments.pair_share * dx[data.pair_draft] * dy[data.pair_target])
@@ -511,20 +625,23 @@ def moment_objective(theta, data: JointData, moments: AcceptanceMoments, point_w
     O(rows): the covariance's Hessian on a million rows costs what it does
     on a hundred.
     """
-    x_mean, y_mean, cxx, cyy, cxy, cxa, cya, loss_residual = _covariances(theta[:5], data, moments)
+    covariances = _covariances(theta[:5], data, moments)
+    return (concentrated_nll(moments.total * _plane_ssr(theta, covariances, moments), moments.observations),
+            _loss_term(covariances[-1], point_weight))
+
+
+def _plane_ssr(theta, covariances, moments: AcceptanceMoments):
+    """The plane's weighted SSR / W at theta, from :func:`_covariances` and the moments."""
+    x_mean, y_mean, cxx, cyy, cxy, cxa, cya, _ = covariances
     bx, by = theta[5], theta[6]
     offset = moments.mean - bx * x_mean - by * y_mean - theta[7]
-    ssr = (moments.variance + bx**2 * cxx + by**2 * cyy + 2 * bx * by * cxy - 2 * bx * cxa
-           - 2 * by * cya + offset**2)
-    return (concentrated_nll(moments.total * ssr, moments.observations),
-            _loss_term(loss_residual, point_weight))
+    return (moments.variance + bx**2 * cxx + by**2 * cyy + 2 * bx * by * cxy - 2 * bx * cxa
+            - 2 * by * cya + offset**2)
 
 
 NEWTON_POLISH = 4  # Newton steps after L-BFGS (quadratic convergence: 2 usually suffice)
 
 
-@functools.partial(jax.jit, static_argnames=("fit_target_coeff", "warm_steps", "max_steps",
-                                             "newton_steps"))
 def refit(pre_theta0, data: JointData, row_weight, point_weight, *, fit_target_coeff: bool = True,
           warm_steps: int = 0, max_steps: int = 200, newton_steps: int = NEWTON_POLISH,
           row_count=None):
@@ -539,6 +656,22 @@ def refit(pre_theta0, data: JointData, row_weight, point_weight, *, fit_target_c
     then L-BFGS for up to ``max_steps`` (0 skips it; so does convergence of
     the Newton steps), then ``newton_steps`` Newton steps. Returns (theta (8,), Solution of the 5-coordinate search,
     whose grad_norm is the Newton decrement).
+    """
+    theta, solution, _ = _solve(pre_theta0, data, row_weight, point_weight,
+                                fit_target_coeff=fit_target_coeff, warm_steps=warm_steps,
+                                max_steps=max_steps, newton_steps=newton_steps, row_count=row_count)
+    return theta, solution
+
+
+@functools.partial(jax.jit, static_argnames=("fit_target_coeff", "warm_steps", "max_steps",
+                                             "newton_steps"))
+def _solve(pre_theta0, data: JointData, row_weight, point_weight, *, fit_target_coeff, warm_steps,
+           max_steps, newton_steps, row_count):
+    """:func:`refit`, also returning the acceptance moments it computed (theta, Solution, moments).
+
+    One compiled program for the point fit (which reuses the moments for its
+    covariance) and the bootstrap's fallback (which drops them); under the
+    bootstrap's jit the unused moments cost nothing.
     """
     moments = acceptance_moments(data, row_weight, row_count)
     objective = lambda t: profiled_objective(t, data, moments, point_weight, fit_target_coeff)[0]
@@ -559,7 +692,7 @@ def refit(pre_theta0, data: JointData, row_weight, point_weight, *, fit_target_c
     else:
         solution = newton(objective, pre_theta, steps=newton_steps)
     _, plane = profiled_objective(solution.params, data, moments, point_weight, fit_target_coeff)
-    return jnp.concatenate([solution.params, plane]), solution
+    return jnp.concatenate([solution.params, plane]), solution, moments
 
 
 def check_inputs(rows: AcceptanceRows, points: PerplexityPoints, fit_target_coeff: bool) -> None:
@@ -622,10 +755,12 @@ def fit_joint(rows: AcceptanceRows, points: PerplexityPoints, *, start=None,
     row_weight = pad_rows(data, rows.weight)
     # The row mask as the row counts: the argument the bootstrap's fallback
     # passes too, so both run one compiled refit.
-    theta, solution = refit(pre_theta0, data, row_weight, data.point_mask,
-                            fit_target_coeff=fit_target_coeff, max_steps=max_steps,
-                            row_count=data.row_mask)
-    fit = _summarise(theta, solution, data, row_weight, data.point_mask, fit_target_coeff)
+    theta, solution, moments = _solve(pre_theta0, data, row_weight, data.point_mask,
+                                      fit_target_coeff=fit_target_coeff, warm_steps=0,
+                                      max_steps=max_steps, newton_steps=NEWTON_POLISH,
+                                      row_count=data.row_mask)
+    model = _model_stage(theta, moments, data, data.point_mask, fit_target_coeff)
+    fit = _pair_stage(theta, solution, moments, model, data, data.point_mask, fit_target_coeff)
     # The per-row and per-point results without the padding.
     # (Sliced on the host: a device slice is one more program per shape.)
     fit = fit.replace(
@@ -642,23 +777,46 @@ def _start_theta(pretraining_law, data):
     return theta_from_laws(pretraining_law, acceptance_lib.SDSL_2026, data)[:5]
 
 
-@functools.partial(jax.jit, static_argnums=5)
-def _summarise(theta, solution, data, row_weight, point_weight, fit_target_coeff):
-    free = tuple(i != TARGET_COEFF or fit_target_coeff for i in range(8))
+@functools.partial(jax.jit, static_argnums=4)
+def _model_stage(theta, moments, data, point_weight, fit_target_coeff):
+    """The point fit's summary, part one: what is per model (a few thousand numbers at most).
+
+    The Hessian of the two blocks (one, for both covariances: the robust
+    one's bread is their sum), the iid covariance, the coordinate change's
+    Jacobian and the per-model parts of the scores (:func:`_model_scores`).
+    Its outputs are arrays, so the per-pair and per-row stage
+    (:func:`_pair_stage`) reads them from memory: in one program XLA fuses
+    the per-model transcendentals (the pre-training law's exponentials)
+    into the million-element loops that consume them, and recomputes them
+    for every pair or row (a tenth of a second on the benchmark's rows).
+    """
+    index = _free_index(fit_target_coeff)
+    blocks = lambda t: jnp.stack(moment_objective(t, data, moments, point_weight))
+    hessians = jax.hessian(blocks)(theta)  # (2, 8, 8)
+    jacobian = jax.jacobian(lambda t: natural_coefficients(t, data))(theta)
+    free = np.ix_(index, index)
     # Two blocks, each with its own profiled variance and its own
     # degrees-of-freedom correction (delta_method_covariance).
-    moments = acceptance_moments(data, row_weight)
-    blocks = lambda t: jnp.stack(moment_objective(t, data, moments, point_weight))
-    covariance, identifiable = delta_method_covariance(
-        blocks, theta, lambda t: natural_coefficients(t, data), free,
-        (jnp.sum(data.row_mask), jnp.sum(point_weight)))
-    robust = cluster_covariance(theta, data, row_weight, point_weight, free)
+    iid, identifiable = corrected_inverse_hessian(
+        [hessians[0][free], hessians[1][free]], (jnp.sum(data.row_mask), jnp.sum(point_weight)))
+    scores = _model_scores(theta, data, moments, point_weight)
+    return dict(hessian=hessians[0] + hessians[1], jacobian=jacobian,
+                iid=_to_natural_covariance(iid, jacobian, index), identifiable=identifiable,
+                coefficients=natural_coefficients(theta, data), scores=scores)
+
+
+@functools.partial(jax.jit, static_argnums=6)
+def _pair_stage(theta, solution, moments, model, data, point_weight, fit_target_coeff):
+    """The point fit's summary, part two: the cluster-robust covariance and the residuals."""
+    index = _free_index(fit_target_coeff)
+    scores = model["scores"]
+    robust = _separable_covariance(scores, moments, data, model["hessian"], model["jacobian"], index,
+                                   "CR3")
     df = clusters_lib.cluster_degrees_of_freedom(data.clusters).astype(theta.dtype)
-    coeffs = natural_coefficients(theta, data)
-    pre, acc = laws_lib.laws_from_vector(coeffs)
-    xs, ys, loss_res = _predictions(theta[:5], data)
-    residuals = data.acceptance - (theta[5] * xs[data.draft_model] + theta[6] * ys[data.target_model]
-                                   + theta[7])
+    pre, acc = laws_lib.laws_from_vector(model["coefficients"])
+    residuals = data.acceptance - (scores["draft_part"][data.draft_model]
+                                   + scores["target_part"][data.target_model])
+    loss_res = scores["loss_residuals"]
     # Sums over the measured rows and points alone (padding masked out).
     masked_mean = lambda v, mask: jnp.sum(mask * v) / jnp.sum(mask)
     sst = jnp.sum(data.row_mask * (data.acceptance - masked_mean(data.acceptance, data.row_mask)) ** 2)
@@ -675,8 +833,20 @@ def _summarise(theta, solution, data, row_weight, point_weight, fit_target_coeff
         loss_residuals=loss_res,
         objective=solution.value,
         converged=jnp.isfinite(solution.value) & (solution.grad_norm <= converged_decrement(theta.dtype)),
-        identifiable=identifiable, iid_covariance=covariance, cluster_covariance=robust,
+        identifiable=model["identifiable"], iid_covariance=model["iid"], cluster_covariance=robust,
         cluster_df=df)
+
+
+def _free_index(fit_target_coeff) -> np.ndarray:
+    """The coordinates the fit moves: all eight, or all but B's when it is held at 0."""
+    return np.array([i for i in range(8) if i != TARGET_COEFF or fit_target_coeff])
+
+
+def _to_natural_covariance(cov_free, jacobian, index):
+    """A covariance over the free coordinates, mapped to the eight natural coefficients."""
+    size = jacobian.shape[1]
+    cov_theta = jnp.zeros((size, size), cov_free.dtype).at[np.ix_(index, index)].set(cov_free)
+    return jacobian @ cov_theta @ jacobian.T
 
 
 def converged_decrement(dtype) -> float:
@@ -835,47 +1005,71 @@ def _bootstrap(theta, data, row_weight, factors, point_counts, *, fit_target_coe
     return jax.lax.map(one, (tuple(factors), point_counts), batch_size=batch_size)
 
 
-def observation_scores(theta, data: JointData, row_weight, point_weight) -> dict:
+def observation_scores(theta, data: JointData, row_weight, point_weight, moments=None) -> dict:
     """The estimating equations of the fit, observation by observation, at theta.
 
     The gradient of l is the sum of every row's w_i r_i d(r_i)/d(theta) / s_a^2
     and every point's r_j d(r_j)/d(theta) / s_p^2 (s^2 = each block's
     profiled variance SSR / n). A row's prediction depends on its pair
-    alone, so the rows' scores are summed per pair as (sum of w r over the
-    pair's rows) times the pair's gradient: O(rows) once, then O(pairs).
-    Returns a dict: pair_scores (q, 8), pair_gradient (q, 8) (d(residual) /
-    d(theta), shared by the pair's rows), pair_curvature (q,) (the pair's
-    Gauss-Newton Hessian is pair_curvature g g'), and point_scores,
-    point_gradient (p, 8), point_curvature (p,) likewise.
+    alone, so its rows' scores sum to (sum of w r over the pair's rows)
+    times the pair's gradient g, and that sum is W (pair_moment -
+    pair_share (prediction - abar)) from the acceptance moments
+    (``moments``, computed from ``row_weight`` if not given): no pass over
+    the rows. The gradient is a draft part plus a target part,
+    g = -(A dx/dtheta + B dy/dtheta, x_d, y_t, 1), held per model.
+
+    Returns a dict: draft_gradient (kd, 8) and target_gradient (kt, 8)
+    (the pair (d, t)'s g is their sum), pair_score (q,) (the pair's rows'
+    sum of w r / s_a^2), pair_curvature (q,) (the pair's Gauss-Newton
+    Hessian is pair_curvature g g'), and point_scores, point_gradient
+    (p, 8), point_curvature (p,) likewise; and the per-model parts of the
+    predictions (draft_part + target_part is a pair's predicted acceptance),
+    row_variance and loss_residuals.
     """
+    moments = acceptance_moments(data, row_weight) if moments is None else moments
+    scores = _model_scores(theta, data, moments, point_weight)
+    return dict(scores, **_pair_scores(scores, moments, data))
+
+
+def _model_scores(theta, data: JointData, moments: AcceptanceMoments, point_weight) -> dict:
+    """The per-model and per-point part of :func:`observation_scores`."""
     pre = theta[:5]
+    covariances = _covariances(pre, data, moments)
     xs, ys, loss_res = _predictions(pre, data)
     jx, jy, jp = jax.jacfwd(lambda t: _predictions(t, data))(pre)  # (kd, 5), (kt, 5), (p, 5)
-    residual = data.acceptance - (theta[5] * xs[data.draft_model] + theta[6] * ys[data.target_model]
-                                  + theta[7])
-    weighted = row_weight * residual
-    n_rows = jnp.sum(data.row_mask)
-    row_variance = jnp.sum(weighted * residual) / n_rows
+    row_variance = moments.total * _plane_ssr(theta, covariances, moments) / jnp.sum(data.row_mask)
     point_variance = jnp.sum(point_weight * loss_res**2) / jnp.sum(point_weight)
-    q = data.pair_draft.shape[0]
-    pair_sum = jax.ops.segment_sum(weighted, data.row_pair, num_segments=q) / row_variance
-    pair_weight = jax.ops.segment_sum(row_weight, data.row_pair, num_segments=q) / row_variance
-    d, t = data.pair_draft, data.pair_target
-    # d(residual)/d(theta) = -d(prediction)/d(theta), per pair.
-    gradient = -jnp.concatenate([theta[5] * jx[d] + theta[6] * jy[t], xs[d][:, None], ys[t][:, None],
-                                 jnp.ones((q, 1), theta.dtype)], axis=1)
-    point_gradient = jnp.concatenate([jp, jnp.zeros((loss_res.shape[0], 3), theta.dtype)], axis=1)
-    return dict(pair_scores=pair_sum[:, None] * gradient, pair_gradient=gradient,
-                pair_curvature=pair_weight,
+    kd, kt, p = xs.shape[0], ys.shape[0], loss_res.shape[0]
+    zeros = lambda k: jnp.zeros((k, 1), theta.dtype)
+    # d(residual)/d(theta) = -d(prediction)/d(theta); the intercept's 1 in the draft part.
+    draft_gradient = -jnp.concatenate([theta[5] * jx, xs[:, None], zeros(kd), jnp.ones((kd, 1), theta.dtype)],
+                                      axis=1)
+    target_gradient = -jnp.concatenate([theta[6] * jy, zeros(kt), ys[:, None], zeros(kt)], axis=1)
+    point_gradient = jnp.concatenate([jp, jnp.zeros((p, 3), theta.dtype)], axis=1)
+    return dict(draft_part=theta[5] * xs + theta[7], target_part=theta[6] * ys, row_variance=row_variance,
+                draft_gradient=draft_gradient, target_gradient=target_gradient,
                 point_scores=(point_weight * loss_res / point_variance)[:, None] * point_gradient,
-                point_gradient=point_gradient, point_curvature=point_weight / point_variance)
+                point_gradient=point_gradient, point_curvature=point_weight / point_variance,
+                loss_residuals=loss_res)
+
+
+def _pair_scores(scores: dict, moments: AcceptanceMoments, data: JointData) -> dict:
+    """The per-pair part of :func:`observation_scores`: pair_score and pair_curvature (q,)."""
+    draft_part, target_part = scores["draft_part"], scores["target_part"]
+    if _is_grid(data):
+        prediction = (draft_part[:, None] + target_part[None, :]).reshape(-1)
+    else:
+        prediction = draft_part[data.pair_draft] + target_part[data.pair_target]
+    residual_sum = moments.total * (moments.pair_moment - moments.pair_share * (prediction - moments.mean))
+    return dict(pair_score=residual_sum / scores["row_variance"],
+                pair_curvature=moments.total * moments.pair_share / scores["row_variance"])
 
 
 def cluster_covariance(theta, data: JointData, row_weight, point_weight, free,
                        adjustment: str = "CR3"):
     """The two-way cluster-robust covariance of the eight natural coefficients (module doc).
 
-    :func:`sdsl_jax.fitting.clusters.cluster_covariance_theta` of
+    :func:`sdsl_jax.fitting.clusters.cluster_covariance_separable` of
     :func:`observation_scores`, H the Hessian of l; mapped to natural
     coefficients through the Jacobian of the coordinate change, as the
     iid covariance is. Coordinates not in ``free`` get zero variance.
@@ -883,12 +1077,17 @@ def cluster_covariance(theta, data: JointData, row_weight, point_weight, free,
     index = np.flatnonzero(np.asarray(free))
     moments = acceptance_moments(data, row_weight)
     total = lambda t: jnp.sum(jnp.stack(moment_objective(t, data, moments, point_weight)))
-    hessian = jax.hessian(total)(theta)[np.ix_(index, index)]
-    o = observation_scores(theta, data, row_weight, point_weight)
-    cov = clusters_lib.cluster_covariance_theta(
-        hessian, data.clusters, data.pair_draft, data.pair_target, o["pair_scores"][:, index],
-        o["pair_gradient"][:, index], o["pair_curvature"], o["point_scores"][:, index],
-        o["point_gradient"][:, index], o["point_curvature"], adjustment)
-    cov_theta = jnp.zeros((theta.size, theta.size), theta.dtype).at[np.ix_(index, index)].set(cov)
     jacobian = jax.jacobian(lambda t: natural_coefficients(t, data))(theta)
-    return jacobian @ cov_theta @ jacobian.T
+    return _separable_covariance(_model_scores(theta, data, moments, point_weight), moments, data,
+                                 jax.hessian(total)(theta), jacobian, index, adjustment)
+
+
+def _separable_covariance(scores: dict, moments, data: JointData, hessian, jacobian, index, adjustment):
+    """:func:`cluster_covariance` from :func:`_model_scores`, the Hessian (8, 8) and the Jacobian."""
+    pair = _pair_scores(scores, moments, data)
+    cov = clusters_lib.cluster_covariance_separable(
+        hessian[np.ix_(index, index)], data.clusters, data.pair_draft, data.pair_target,
+        scores["draft_gradient"][:, index], scores["target_gradient"][:, index], pair["pair_score"],
+        pair["pair_curvature"], scores["point_scores"][:, index], scores["point_gradient"][:, index],
+        scores["point_curvature"], adjustment, grid=_is_grid(data))
+    return _to_natural_covariance(cov, jacobian, index)

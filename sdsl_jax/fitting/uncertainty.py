@@ -87,15 +87,28 @@ def delta_method_covariance(objective, theta, to_natural, free, n):
         hessians = [stacked[b][np.ix_(index, index)] for b in range(len(sizes))]
     else:
         hessians = [jax.hessian(objective)(theta)[np.ix_(index, index)]]
+    inverse, identifiable = corrected_inverse_hessian(hessians, sizes)
+    cov_theta = jnp.zeros((theta.size, theta.size), theta.dtype).at[np.ix_(index, index)].set(inverse)
+    jacobian = jax.jacobian(to_natural)(theta)
+    return jacobian @ cov_theta @ jacobian.T, identifiable
+
+
+def corrected_inverse_hessian(hessians, sizes):
+    """(covariance, identifiable) from the blocks' Hessians: :func:`delta_method_covariance`'s core.
+
+    ``hessians``: each block's Hessian (p, p) over the free coordinates;
+    ``sizes``: the blocks' observation counts. Each block's Hessian is scaled
+    by (n_b - p_b) / n_b, p_b = tr(H^-1 H_b), and the sum inverted. For a
+    caller that already has the Hessians (the end-to-end fit, whose
+    cluster-robust covariance needs the same ones).
+    """
     inverse, identifiable = _inverse(sum(hessians))
     corrected = 0
     for hessian, size in zip(hessians, sizes):
         dof = jnp.trace(inverse @ hessian)
         corrected = corrected + hessian * jnp.maximum(size - dof, 1.0) / size
     inverse, _ = _inverse(corrected)
-    cov_theta = jnp.zeros((theta.size, theta.size), theta.dtype).at[np.ix_(index, index)].set(inverse)
-    jacobian = jax.jacobian(to_natural)(theta)
-    return jacobian @ cov_theta @ jacobian.T, identifiable
+    return inverse, identifiable
 
 
 @jax.jit  # a dozen small ops: one compile rather than one per op

@@ -263,3 +263,137 @@ def test_twin_pairs_are_the_same_models_in_swapped_roles():
         distinct = drafts[pair_draft[k]] != targets[pair_target[k]]
         assert has[k] == (distinct and bool(others)) and (twin[k] == others[0] if has[k] else twin[k] == k)
     assert has.sum() == 2  # (2, 3) and (3, 2)
+
+
+@pytest.mark.parametrize("adjustment", clusters_lib.ADJUSTMENTS)
+@pytest.mark.parametrize("shared", [None, 1])
+@pytest.mark.parametrize("grid", [True, False])
+def test_separable_covariance_is_the_general_one(x64, adjustment, shared, grid):
+    # The end-to-end fit's pair gradients are a draft part plus a target part;
+    # the covariance from those parts (matrix products on the grid, segment
+    # sums on a list of pairs) is the general one of the (q, k) tables. Here
+    # x = (1, u_d, v_t): draft part -(1, u_d, 0), target part -(0, 0, v_t),
+    # each row its pair's, score r g with g = -x. A ladder (shared) has twins.
+    problem = Crossed(seed=6, shared=shared)
+    theta, general = problem.robust(adjustment)
+    r, rp = problem.y - problem.x @ theta, problem.yp - problem.z @ theta
+    u = -np.stack([np.ones(problem.kd), problem.x[::problem.kt, 1], np.zeros(problem.kd)], axis=1)
+    v = -np.stack([np.zeros(problem.kt), np.zeros(problem.kt), problem.x[:problem.kt, 2]], axis=1)
+    np.testing.assert_allclose(u[problem.d] + v[problem.t], -problem.x, rtol=0, atol=0)
+    hessian = problem.x.T @ problem.x + problem.z.T @ problem.z
+    separable = np.asarray(clusters_lib.cluster_covariance_separable(
+        jnp.asarray(hessian), problem.clusters, jnp.asarray(problem.d), jnp.asarray(problem.t),
+        jnp.asarray(u), jnp.asarray(v), jnp.asarray(r), jnp.ones(problem.d.size),
+        jnp.asarray(-rp[:, None] * problem.z), jnp.asarray(-problem.z), jnp.ones(problem.yp.size),
+        adjustment, grid=grid))
+    np.testing.assert_allclose(separable, general, rtol=1e-10, atol=1e-14)
+
+
+def test_grid_cluster_tables_are_the_listed_ones():
+    # model_clusters(grid=True) builds the pair tables of a full padded grid by
+    # broadcasting; they are those of the explicit pair list (padded pairs
+    # naming the last real models and marked not real, as prepare did).
+    models = np.array([1e8, 2e8, 5e8, 1e9, 3e9, 7e9, 9e9]) + 1j * np.arange(1, 8) * 1e11
+    for drafts, targets in ((models[[0, 1, 2, 3]], models[[2, 3, 4]]), (models[:3], models[4:])):
+        kd, kt = drafts.size, targets.size
+        points = np.r_[drafts, targets, models[6:]]
+        size_d, size_t, size_p = 8, 4, 16
+        pair_draft, pair_target = np.arange(size_d * size_t) // size_t, np.arange(size_d * size_t) % size_t
+        real = (pair_draft < kd) & (pair_target < kt)
+        listed = clusters_lib.model_clusters(
+            drafts, targets, points.real, points.imag, np.minimum(pair_draft, kd - 1),
+            np.minimum(pair_target, kt - 1), real_pair=real, sizes=(size_d, size_t, size_p))
+        grid = clusters_lib.model_clusters(drafts, targets, points.real, points.imag,
+                                           sizes=(size_d, size_t, size_p), grid=True)
+        assert listed.keys() == grid.keys()
+        for name in listed:
+            np.testing.assert_array_equal(np.asarray(grid[name]), np.asarray(listed[name]), err_msg=name)
+
+
+@pytest.mark.parametrize("grid", [True, False])
+def test_separable_covariance_with_twin_pairs(x64, grid):
+    # A ladder (models 2 and 3 are drafts and targets: the pairs (2, 3) and
+    # (3, 2) are twins, and a model paired with itself is in its sum once),
+    # arbitrary scores and curvatures: the separable covariance is the general one.
+    rng = np.random.default_rng(7)
+    models = np.array([1e8, 2e8, 5e8, 1e9, 3e9, 7e9]) + 1j * np.array([1, 2, 3, 4, 5, 6]) * 1e11
+    drafts, targets = models[[0, 1, 2, 3]], models[[2, 3, 4, 5]]
+    pair_draft, pair_target = np.arange(16) // 4, np.arange(16) % 4
+    clusters = clusters_lib.ModelClusters(**clusters_lib.model_clusters(
+        drafts, targets, models.real, models.imag, pair_draft, pair_target))
+    assert bool(clusters.pair_has_twin.any()) and not bool(clusters.pair_distinct.all())
+    k = 5
+    u, v = rng.normal(size=(4, k)), rng.normal(size=(4, k))
+    g = u[pair_draft] + v[pair_target]
+    score, curvature = rng.normal(size=16), rng.uniform(0.5, 2.0, 16)
+    point_gradient = rng.normal(size=(6, k))
+    point_scores = rng.normal(size=6)[:, None] * point_gradient
+    hessian = (curvature[:, None] * g).T @ g + point_gradient.T @ point_gradient + np.eye(k)
+    for adjustment in clusters_lib.ADJUSTMENTS:
+        general = clusters_lib.cluster_covariance_theta(
+            jnp.asarray(hessian), clusters, jnp.asarray(pair_draft), jnp.asarray(pair_target),
+            jnp.asarray(score[:, None] * g), jnp.asarray(g), jnp.asarray(curvature),
+            jnp.asarray(point_scores), jnp.asarray(point_gradient), jnp.ones(6), adjustment)
+        separable = clusters_lib.cluster_covariance_separable(
+            jnp.asarray(hessian), clusters, jnp.asarray(pair_draft), jnp.asarray(pair_target),
+            jnp.asarray(u), jnp.asarray(v), jnp.asarray(score), jnp.asarray(curvature),
+            jnp.asarray(point_scores), jnp.asarray(point_gradient), jnp.ones(6), adjustment, grid=grid)
+        np.testing.assert_allclose(np.asarray(separable), np.asarray(general), rtol=1e-10, atol=1e-14,
+                                   err_msg=adjustment)
+
+
+def _cr3_reference(hessian, clusters, pair_draft, pair_target, g, score, curvature, point_scores,
+                   point_gradient):
+    """CR3 in numpy, group by group, from the formula (eigendecompositions, leverage floored at 0.05)."""
+    values, vectors = np.linalg.eigh(hessian)
+    root_inv = (vectors / np.sqrt(values)) @ vectors.T
+    inverse = np.linalg.inv(hessian)
+    distinct = np.asarray(clusters.pair_distinct)
+    draft_cluster, target_cluster = np.asarray(clusters.draft_cluster), np.asarray(clusters.target_cluster)
+    point_cluster = np.asarray(clusters.point_cluster)
+    total = np.zeros_like(hessian)
+    for m in range(int(clusters.count)):
+        in_draft = draft_cluster[pair_draft] == m
+        in_target = (target_cluster[pair_target] == m) & distinct
+        members = in_draft | in_target
+        own_points = point_cluster == m
+        s = (score[members, None] * g[members]).sum(0) + point_scores[own_points].sum(0)
+        h = (curvature[members, None] * g[members]).T @ g[members] + point_gradient[own_points].T @ point_gradient[own_points]
+        lev_values, lev_vectors = np.linalg.eigh(root_inv @ h @ root_inv)
+        a = root_inv @ lev_vectors @ np.diag(np.clip(1 - lev_values, 0.05, None) ** -1.0) @ lev_vectors.T @ root_inv @ s
+        total += np.outer(a, a)
+    leverage = curvature * np.einsum("qi,ij,qj->q", g, inverse, g)
+    influence = ((np.clip(1 - leverage, 0.05, None) ** -1.0) * distinct * score)[:, None] * g @ inverse
+    twin, has_twin = np.asarray(clusters.pair_twin), np.asarray(clusters.pair_has_twin)
+    total -= influence.T @ influence + influence.T @ (has_twin[:, None] * influence[twin])
+    values, vectors = np.linalg.eigh(0.5 * (total + total.T))
+    return (vectors * np.clip(values, 0, None)) @ vectors.T
+
+
+@pytest.mark.parametrize("dominant", [1.0, 1e4])
+def test_cr3_with_and_without_floored_leverage(x64, dominant):
+    # CR3 solves with (I - A_g) directly where no model's leverage reaches
+    # 0.95, and floors the eigenvalues where one does (a model whose rows
+    # dominate the fit: curvature times ``dominant``); both against the
+    # formula evaluated group by group in numpy.
+    rng = np.random.default_rng(8)
+    models = np.array([1e8, 2e8, 5e8, 1e9, 3e9, 7e9]) + 1j * np.array([1, 2, 3, 4, 5, 6]) * 1e11
+    drafts, targets = models[[0, 1, 2, 3]], models[[2, 3, 4, 5]]
+    pair_draft, pair_target = np.arange(16) // 4, np.arange(16) % 4
+    clusters = clusters_lib.ModelClusters(**clusters_lib.model_clusters(
+        drafts, targets, models.real, models.imag, pair_draft, pair_target))
+    k = 4
+    u, v = rng.normal(size=(4, k)), rng.normal(size=(4, k))
+    g = u[pair_draft] + v[pair_target]
+    score, curvature = rng.normal(size=16), rng.uniform(0.5, 2.0, 16)
+    curvature[pair_draft == 0] *= dominant
+    point_gradient = rng.normal(size=(6, k))
+    point_scores = rng.normal(size=6)[:, None] * point_gradient
+    hessian = (curvature[:, None] * g).T @ g + point_gradient.T @ point_gradient + np.eye(k)
+    expected = _cr3_reference(hessian, clusters, pair_draft, pair_target, g, score, curvature,
+                              point_scores, point_gradient)
+    got = clusters_lib.cluster_covariance_separable(
+        jnp.asarray(hessian), clusters, jnp.asarray(pair_draft), jnp.asarray(pair_target),
+        jnp.asarray(u), jnp.asarray(v), jnp.asarray(score), jnp.asarray(curvature),
+        jnp.asarray(point_scores), jnp.asarray(point_gradient), jnp.ones(6), "CR3", grid=True)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-9, atol=1e-13 * np.abs(expected).max())
