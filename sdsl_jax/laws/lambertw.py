@@ -291,8 +291,9 @@ class _Consts:
         self.exp_bias = 1023 if double else 127
         # Initial-guess tables (see _guess_tables), one array per coefficient.
         tables = {b: _guess_tables(b) for b in (0, -1)}
-        self.near_tab = {b: [t[0][:, k].astype(dtype) for k in range(_TABLE_DEG + 1)] for b, t in tables.items()}
-        self.far_tab = {b: [t[1][:, k].astype(dtype) for k in range(_TABLE_DEG + 1)] for b, t in tables.items()}
+        self.guess_tab = {b: [np.concatenate([near[:, k], far[:, k]]).astype(dtype)
+                              for k in range(_TABLE_DEG + 1)] for b, (near, far) in tables.items()}
+        self.n_far = {b: len(far) for b, (_, far) in tables.items()}
         self.far_base = {b: (self.exp_bias + e) << _SUB_BITS for b, (e, _) in _FAR_EXPONENTS.items()}
         self.far_top = {b: f(2.0 ** (e + 1)) for b, (_, e) in _FAR_EXPONENTS.items()}
         self.sub_shift = self.max_exp_bits - _SUB_BITS
@@ -533,27 +534,38 @@ def _cubic_from_table(tab, idx, d):
     return (c0 + d * c1) + (d * d) * (c2 + d * c3)
 
 
-def _near_guess(r, branch, c):
-    """1 + w near the branch point (r <= 1/2) from the table of t / p, p = +-sqrt(2 r)."""
+def _near_bin(r, branch, c):
+    """Near the branch point (r <= 1/2): bin, offset and factor p = +-sqrt(2 r) of t = p q."""
     a = jnp.sqrt(2 * r)  # |p|, at most 1
     j = jnp.minimum((a * _NEAR_BINS).astype(c.int_dtype), _NEAR_BINS - 1)
-    q = _cubic_from_table(c.near_tab[branch], j, a - j.astype(a.dtype) * (1.0 / _NEAR_BINS))
-    return (a if branch == 0 else -a) * q
+    return j, a - j.astype(a.dtype) * (1.0 / _NEAR_BINS), (a if branch == 0 else -a)
 
 
-def _far_guess(l, y, branch, c):
-    """w from the table of w / l in the bins of y > 0 (one bin per 2^-4 binade).
+def _far_bin(l, y, branch, c):
+    """Elsewhere: bin, offset and factor l of w = l g, binned by y > 0 (2^-4 binade).
 
     Branch 0: l = log1p(x), y = l + 1; branch -1: l = log(-x), y = -l.  The bin
     index and its start are read off the bits of y (the start is y with the
-    low mantissa bits cleared), so d = y - start is exact.  Lanes whose y lies
-    outside the table get a clipped index and are not used.
+    low mantissa bits cleared), so the offset y - start is exact.  Lanes whose
+    y lies outside the table get a clipped index and are not used.  The far
+    bins follow the near ones in the branch's table.
     """
     bits = jax.lax.bitcast_convert_type(y, c.int_dtype)
     top = bits >> c.sub_shift
     start = jax.lax.bitcast_convert_type(top << c.sub_shift, y.dtype)
-    j = top - c.far_base[branch]
-    return l * _cubic_from_table(c.far_tab[branch], j, y - start)
+    j = jnp.clip(top - c.far_base[branch], 0, c.n_far[branch] - 1) + _NEAR_BINS
+    return j, y - start, l
+
+
+def _guess(near, use_t, near_bin, far_bin, branch, c):
+    """The initial state: t where use_t, else w, from one table look-up per element.
+
+    The near and far bins are selected before the look-up, so each element
+    reads one bin of one table (4 gathers) and evaluates one cubic.
+    """
+    j, d, factor = (jnp.where(near, a, b) for a, b in zip(near_bin, far_bin))
+    v = factor * _cubic_from_table(c.guess_tab[branch], j, d)
+    return jnp.where(near & ~use_t, v - 1, v)
 
 
 def _asymptotic_m1(l1, c):
@@ -733,13 +745,13 @@ def _lambertw_x_impl(x, branch):
     near = xs < c.x_near
     series = xs < c.x_series[branch]
     use_t = xs < c.x_state[branch]
-    t_near = _near_guess(jnp.where(near, r_hi + r_lo, c.r_near), branch, c)
+    near_bin = _near_bin(jnp.where(near, r_hi + r_lo, c.r_near), branch, c)
 
     if branch == 0:
         # One log gives L = log1p(-r) (series) and lambda = log1p(x) (far guess).
         la = _log1m(jnp.where(series, r_hi, -xs), jnp.where(series, r_lo, 0), c, rough=True)
         big_l = la
-        w_far = _far_guess(la, la + 1, branch, c)
+        v0 = _guess(near, use_t, near_bin, _far_bin(la, la + 1, branch, c), branch, c)
         far = _quotient_far(xs, 0, 1 / xs, c)
     else:
         # One log gives L = log1p(-r) (series) and log(-x) (far).
@@ -753,9 +765,8 @@ def _lambertw_x_impl(x, branch):
         # The guess takes its own division-free log of -x: it then need not
         # wait for the double-word one, which only the residual uses.
         lg = _log(-xs, c, rough=True)
-        w_far = _far_guess(lg, -lg, branch, c)
+        v0 = _guess(near, use_t, near_bin, _far_bin(lg, -lg, branch, c), branch, c)
         far = _log_diff_far(ly, ly_lo)
-    v0 = jnp.where(use_t, t_near, jnp.where(near, t_near - 1, w_far))
     # lambertw() itself only needs w (XLA then drops 1 + w), so the state is
     # not materialised here; the log-domain form is used for both outputs.
     w, t = _refine(v0, (use_t, series, big_l, far), c, materialize=False)
@@ -813,7 +824,7 @@ def _negexp_impl(kappa, branch):
     use_t = ks < c.kappa_state[branch]
     # r only feeds the initial guess, so XLA's expm1 (a few ulp) is fine.
     r = -jnp.expm1(-jnp.where(near, ks, c.kappa_near))
-    t_near = _near_guess(r, branch, c)
+    near_bin = _near_bin(r, branch, c)
 
     if branch == 0:
         x_hi, x_lo = _neg_exp_dd(ks, c)
@@ -821,17 +832,16 @@ def _negexp_impl(kappa, branch):
         xs = jnp.where(tiny, -0.25, x_hi)
         xs_lo = jnp.where(tiny, 0, x_lo)
         la = _log1m(jnp.where(near, 0, -xs), 0, c, rough=True)
-        w_far = _far_guess(la, la + 1, branch, c)
+        v0 = _guess(near, use_t, near_bin, _far_bin(la, la + 1, branch, c), branch, c)
         far = _quotient_far(xs, xs_lo, 1 / xs, c)
     else:
         # log(-x) = -1 - kappa, formed exactly as a double word.
         u_hi, u_lo = _two_sum(-ks, jnp.full_like(ks, -1))
         in_table = u_hi > -c.far_top[branch]
-        w_table = _far_guess(u_hi, -u_hi, branch, c)
+        v_table = _guess(near, use_t, near_bin, _far_bin(u_hi, -u_hi, branch, c), branch, c)
         w_asym = _asymptotic_m1(jnp.where(in_table, -2 * c.far_top[branch], u_hi), c)
-        w_far = jnp.where(in_table, w_table, w_asym)
+        v0 = jnp.where(near | in_table, v_table, w_asym)
         far = _log_diff_far(u_hi, u_lo)
-    v0 = jnp.where(use_t, t_near, jnp.where(near, t_near - 1, w_far))
     w, t = _refine(v0, (use_t, series, big_l, far), c, materialize=True)
 
     if branch == 0:
