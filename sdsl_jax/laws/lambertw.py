@@ -19,16 +19,22 @@ Both meet at the branch point ``x = -1/e``, ``W = -1``, where
 Method
 ------
 Each value is an initial guess, read from tables of piecewise cubics to
-~2.4e-7 relative, refined by one Fritsch-Shafer-Crowley (FSC) step.  With the residual ``z = log(x / w) - w`` of ``log w + w = log x``::
+~2.6e-7 relative, refined by one Fritsch-Shafer-Crowley (FSC) step.  With the
+residual ``z = log(x / w) - w`` of ``log w + w = log x``::
 
     q   = 2 (1 + w) (1 + w + 2 z / 3)
     eps = z / (1 + w) * (q - z) / (q - 2 z)
     w  <- w (1 + eps)
 
-The iteration converges with order four, so the tabulated guess is exact to
-~1e-26 after the step, and the final error is set by the rounding in the
-residual: an absolute error ``dz`` moves ``w`` by ``|w / (1 + w)| dz``.  All
-the care therefore goes into the residual.
+The iteration converges with order four; since ``|eps|`` is below ~1e-6, the
+second quotient is expanded to second order in ``z / (1 + w)``
+(:func:`_fsc_correction`), which keeps the step exact to ~1e-18 and leaves
+one reciprocal, of ``1 + w``, off the dependency chain.  The final error is
+then set by the rounding in the residual: an absolute error ``dz`` moves
+``w`` by ``|w / (1 + w)| dz``.  All the care therefore goes into the residual.
+One step from a tabulated guess replaced a computed guess (series, Winitzki
+and asymptotic formulas, two or three logs) and two steps: the evaluation is
+latency-bound (see the notes below), and this halves the dependency chain.
 
 *Near the branch point* ``t = 1 + w`` is small and carries the information, so
 the iteration state there is ``t`` itself (for ``-1 <= t <= 1/2``, so that
@@ -149,8 +155,9 @@ _R_STATE = {b: _r_of_t(t) for b, t in _T_STATE.items()}
 
 
 # Initial guesses are read from tables of piecewise cubic polynomials (one
-# gather per coefficient), accurate to ~2.4e-7 relative, so that a single
-# fourth-order step lands on the root (error ~1e-26 before rounding).  Each
+# gather per coefficient), accurate to ~2.4e-7 relative (~2.6e-7 measured
+# with the logs that feed them), so that a single step lands on the root
+# (error ~1e-18 before rounding, see _fsc_correction).  Each
 # table holds, per bin, the coefficients of a cubic in the offset d of the
 # table variable from the bin's start:
 #
@@ -653,9 +660,9 @@ def _refine(v, step, c, materialize):
     residual is taken at w = fl(t - 1): the correction it gives leads from
     that w to the root, so the rounding of t - 1 is subtracted from it.
 
-    The guess is within ~2.4e-7 (the tables), which the fourth-order step
-    takes to ~1e-26: what remains is the rounding of the residual, computed
-    with care (see _residual), and of the final addition.
+    The guess is within ~2.6e-7 (the tables and the logs that feed them),
+    which the step takes to ~1e-18: what remains is the rounding of the
+    residual, computed with care (see _residual), and of the final addition.
 
     ``step = (use_t, series, big_l, far)`` are the argument's derived
     quantities.  Returns w and 1 + w.
@@ -920,8 +927,9 @@ def lambertw(x, branch=0):
 
     The error is within a few ulp of the exact value of ``W`` at the given
     float over the whole domain, including a few ulp above the branch point.
-    The method (branch-point and asymptotic series of Corless et al. (1996),
-    refined by the fourth-order iteration of Fritsch, Shafer and Crowley
+    The method (a tabulated initial guess, in the branch-point variable
+    ``sqrt(2 (1 + e x))`` of Corless et al. (1996) near ``-1/e``, refined by
+    one step of the fourth-order iteration of Fritsch, Shafer and Crowley
     (1973) with cancellation-free residuals) is described in the module
     docstring.
 
