@@ -1,6 +1,7 @@
 """Benchmark sdsl_jax.laws.lambertw against scipy.special.lambertw (speed and ulp error).
 
     python benchmarks/bench_lambertw.py [--n 1000000] [--repeats 9] [--subsample 20000]
+                                        [--baseline OLD_MODULE.py]
 
 Goal (issue 17): float64, 1e6 points, ours on all cores at least 30x scipy on
 one core, on branch 0 and branch -1, at <= 1 ulp against mpmath.
@@ -24,11 +25,17 @@ system, cost a page fault per 4 KiB).  The ulp error of both is measured
 against mpmath (50 digits, at the exact float input) on a subsample, per
 region; 2000 extra points 10^U(3, 308) cover the "huge" region of branch 0,
 which the timing range [-1/e, 1e3] does not reach.
+
+``--baseline PATH`` loads another version of the module from a file (e.g.
+``git show HEAD~1:sdsl_jax/laws/lambertw.py > /tmp/old.py``) and times its
+``lambertw`` (all cores) in the same interleaved repeats, with its error on
+the same subsample, so that a change is measured side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import resource
 import subprocess
@@ -94,8 +101,8 @@ def ulp_errors(y, ref):
     return np.where(np.abs(ref) < np.finfo(np.float64).tiny, 0.0, err)
 
 
-def _compiled(branch, x):
-    f = jax.jit(lambda v: lambertw(v, branch))
+def _compiled(branch, x, fn=lambertw):
+    f = jax.jit(lambda v: fn(v, branch))
     f(x).block_until_ready()
     return f
 
@@ -148,6 +155,14 @@ class SingleCore:
         self._dir.cleanup()
 
 
+def _load_baseline(path):
+    """A module loaded from a file, e.g. an earlier version of sdsl_jax/laws/lambertw.py."""
+    spec = importlib.util.spec_from_file_location("lambertw_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _fmt(times):
     return f"{np.median(times) * 1e3:8.1f} {np.min(times) * 1e3:7.1f}"
 
@@ -158,6 +173,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=9, help="timed repeats, interleaved (median reported)")
     ap.add_argument("--subsample", type=int, default=20_000, help="points checked against mpmath")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--baseline", help="another lambertw module (a .py file) timed side by side")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -176,18 +192,22 @@ def main():
           f"{'faults':>7}")
     print(f"{'branch':>6} {'median':>8} {'min':>7} {'median':>8} {'min':>7} {'median':>8} {'min':>7} "
           f"{'all':>9} {'one':>9}  {'/call':>6}")
-    accuracy = []
+    baseline = _load_baseline(args.baseline) if args.baseline else None
+    accuracy, base_rows = [], []
     for branch in BRANCHES:
         x = points[branch]
         xj = jnp.asarray(x)
         f = _compiled(branch, xj)
-        t_scipy, t_ours, t_one, faults = [], [], [], []
+        fb = _compiled(branch, xj, baseline.lambertw) if baseline else None
+        t_scipy, t_ours, t_one, t_base, faults = [], [], [], [], []
         for _ in range(args.repeats):
             t_scipy.append(_timed(lambda: scipy.special.lambertw(x, branch).real)[0])
             elapsed, n_faults = _timed(lambda: f(xj).block_until_ready())
             t_ours.append(elapsed)
             faults.append(n_faults)
             t_one.append(single.time(branch))
+            if fb is not None:
+                t_base.append(_timed(lambda: fb(xj).block_until_ready())[0])
         ratio = np.median(t_scipy) / np.median(t_ours)
         ratio_one = np.median(t_scipy) / np.median(t_one)
         print(f"{branch:>6} {_fmt(t_scipy)} {_fmt(t_ours)} {_fmt(t_one)} {ratio:>8.1f}x {ratio_one:>8.1f}x  "
@@ -199,17 +219,29 @@ def main():
         ref = np.array([float(mpmath.lambertw(mpmath.mpf(float(v)), branch).real) for v in sub])
         ours = ulp_errors(np.asarray(f(jnp.asarray(sub))), ref)
         theirs = ulp_errors(scipy.special.lambertw(sub, branch).real, ref)
+        base = ulp_errors(np.asarray(fb(jnp.asarray(sub))), ref) if fb is not None else None
         for name, mask in region_of(sub).items():
             if mask.any():
-                accuracy.append((branch, name, int(mask.sum()), ours[mask].max(), theirs[mask].max()))
+                accuracy.append((branch, name, int(mask.sum()), ours[mask].max(), theirs[mask].max(),
+                                 base[mask].max() if base is not None else np.nan))
+        if fb is not None:
+            base_rows.append((branch, t_base, t_ours))
     single.close()
     load = os.getloadavg()
     print(f"load average after timing: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
+    if base_rows:
+        print(f"\nbaseline {args.baseline} (all cores, same repeats)")
+        print(f"{'branch':>6} {'baseline':>16} {'ours':>16} {'speedup':>8}")
+        for branch, t_base, t_ours in base_rows:
+            print(f"{branch:>6} {_fmt(t_base)} {_fmt(t_ours)} {np.median(t_base) / np.median(t_ours):>7.2f}x")
+
     print(f"\nmax error in ulp vs mpmath (subsample of {args.subsample:,} per branch)")
-    print(f"{'branch':>6} {'region':<18} {'n':>6} {'ours':>7} {'scipy':>10}")
-    for branch, name, n, e_ours, e_scipy in accuracy:
-        print(f"{branch:>6} {name:<18} {n:>6} {e_ours:>7.2f} {e_scipy:>10.3g}")
+    print(f"{'branch':>6} {'region':<18} {'n':>6} {'ours':>7} {'scipy':>10}"
+          + (f" {'baseline':>9}" if baseline else ""))
+    for branch, name, n, e_ours, e_scipy, e_base in accuracy:
+        print(f"{branch:>6} {name:<18} {n:>6} {e_ours:>7.2f} {e_scipy:>10.3g}"
+              + (f" {e_base:>9.2f}" if baseline else ""))
 
 
 if __name__ == "__main__":
