@@ -329,12 +329,19 @@ def cluster_covariance_separable(hessian, clusters: ModelClusters, pair_draft, p
     def model_hessians():
         # sum over a model's pairs of c (u + v)(u + v)' = (sum c) u u' + u (sum c v)'
         # + (sum c v) u' + sum c v v'.
+        # v v' is symmetric: its upper triangle (k (k + 1) / 2 products, not k^2)
+        # goes through the product with the pair weights, and is unpacked after.
+        upper = np.triu_indices(k)
+        unpack = np.zeros((k, k), int)
+        unpack[upper] = unpack.T[upper] = np.arange(upper[0].size)
+        m = upper[0].size
+
         def grouped(sums, own, other):
-            others, cross, total = sums[:, :k * k].reshape(-1, k, k), sums[:, k * k:-1], sums[:, -1]
+            others, cross, total = sums[:, :m][:, unpack], sums[:, m:-1], sums[:, -1]
             return (total[:, None, None] * _outer(own) + own[:, :, None] * cross[:, None, :]
                     + cross[:, :, None] * own[:, None, :] + others)
 
-        flat_outer = lambda vectors: _outer(vectors).reshape(vectors.shape[0], k * k)
+        flat_outer = lambda vectors: vectors[:, upper[0]] * vectors[:, upper[1]]
         by_d = grouped(pairs.rows_times(pair_curvature, with_one(v, flat_outer(v))), u, v)
         by_t = grouped(pairs.cols_times(pair_curvature * distinct, with_one(u, flat_outer(u))), v, u)
         return _to_models(clusters, by_d, by_t, _outer(point_gradient, point_curvature))

@@ -270,12 +270,40 @@ def _distinct_models(params, tokens):
     Models are numbered in order of first appearance: in a measurement set a
     model's rows are usually together or at a regular stride, and the fit's
     per-model and per-pair tables then follow the rows' order, which keeps its
-    scatters local. Found by hashing rather than sorting a million keys: each
-    row goes to a slot by a hash of its (params, tokens); a slot's earliest
-    row stands for its model, and a row whose values differ from its slot's
-    (a collision) waits for the next round, hashed afresh into a table sized
-    to the rows left. Where many rows are left (nearly every row a model of
-    its own), or some remain after the rounds, they go through an exact sort.
+    gathers local. Two layouts are recognised first, each costing a few
+    passes over the rows: a column in runs (a target's rows together: the
+    runs' first rows stand for them) and a column that repeats with a period
+    (every target measured against the same drafts in the same order: one
+    period stands for all). Otherwise :func:`_hashed_models`.
+    """
+    params = np.ascontiguousarray(params, np.float64)
+    tokens = np.ascontiguousarray(tokens, np.float64)
+    n = params.size
+    if n > 1:
+        starts = np.flatnonzero((params[1:] != params[:-1]) | (tokens[1:] != tokens[:-1])) + 1
+        if starts.size < n // 8:
+            starts = np.concatenate([[0], starts])
+            models, index = _distinct_models(params[starts], tokens[starts])
+            return models, np.repeat(index, np.diff(np.append(starts, n)))
+        again = np.flatnonzero((params == params[0]) & (tokens == tokens[0]))
+        period = int(again[1]) if again.size > 1 else 0
+        repeats = lambda v: (np.array_equal(v[period:2 * period], v[:period])  # a cheap look first
+                             and np.array_equal(v[period:], v[:-period]))
+        if 0 < period <= n // 2 and repeats(params) and repeats(tokens):
+            models, index = _hashed_models(params[:period], tokens[:period])
+            return models, np.resize(index, n)
+    return _hashed_models(params, tokens)
+
+
+def _hashed_models(params, tokens):
+    """:func:`_distinct_models` by hashing, whatever the layout.
+
+    Hashing rather than sorting a million keys: each row goes to a slot by a
+    hash of its (params, tokens); a slot's earliest row stands for its
+    model, and a row whose values differ from its slot's (a collision)
+    waits for the next round, hashed afresh into a table sized to the rows
+    left. Where many rows are left (nearly every row a model of its own), or
+    some remain after the rounds, they go through an exact sort.
     """
     params = np.ascontiguousarray(params, np.float64)
     tokens = np.ascontiguousarray(tokens, np.float64)
@@ -385,7 +413,7 @@ def prepare(rows: AcceptanceRows, points: PerplexityPoints, *, padded: bool = Fa
     pair_id = draft_model * index_type(size_t)
     pair_id += target_model
     present, pair_row = None, None
-    if grid_size <= 4 * n:
+    if grid_size <= 4 * n or (padded and grid_size <= GRID_BUCKET):
         # Each grid pair's row (size_n where it has none; with several, one of them).
         pair_row = np.full(grid_size, size_n, np.int32)
         pair_row[pair_id[:n]] = np.arange(n, dtype=np.int32)
@@ -457,7 +485,8 @@ def _plane_scales(rows: AcceptanceRows, dtype) -> PlaneScales:
     def stats(values):
         values = np.asarray(values)
         mean = values.mean()
-        std = np.sqrt(np.mean(np.square(values - mean)))
+        centred = values - mean
+        std = np.sqrt(np.dot(centred, centred) / values.size)
         return jnp.asarray(mean, dtype), jnp.asarray(std if std > 0 else 1.0, dtype)
 
     (dm, ds), (tm, ts) = stats(rows.draft_perplexity), stats(rows.target_perplexity)
@@ -745,12 +774,9 @@ def fit_joint(rows: AcceptanceRows, points: PerplexityPoints, *, start=None,
     if covariance not in COVARIANCES:
         raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
     check_inputs(rows, points, fit_target_coeff)
+    # The Huber start first: it runs while the host lays out the rows.
+    pre = _huber_start(points) if start is None else start[0]
     data = prepare(rows, points, padded=True)
-    if start is None:
-        pre = pretraining_fit.fit_pretraining_law(points.num_params, points.tokens,
-                                                  jnp.log(points.perplexity), pad=True).law
-    else:
-        pre = start[0]
     pre_theta0 = _start_theta(pre, data)
     row_weight = pad_rows(data, rows.weight)
     # The row mask as the row counts: the argument the bootstrap's fallback
@@ -769,6 +795,25 @@ def fit_joint(rows: AcceptanceRows, points: PerplexityPoints, *, start=None,
     if covariance == "iid":
         return fit.replace(laws=fit.laws.replace(covariance=fit.iid_covariance, covariance_df=None))
     return fit
+
+
+def _huber_start(points: PerplexityPoints):
+    """The separate Huber fit's pre-training law, dispatched without waiting for it.
+
+    ``fit_pretraining_law(..., pad=True)``'s fit (its padded points, copies
+    of the first at weight 0, and so its compiled program and result), but
+    with the padding done here: that call reads its residuals back to trim
+    them, which would wait for the fit, and the law alone is needed. JAX
+    runs the fit asynchronously, on the device's threads, while
+    :func:`prepare` lays out the rows on the host.
+    """
+    losses = np.asarray(jnp.log(points.perplexity))
+    size = losses.shape[0]
+    extra = bucket(size, pretraining_fit.POINT_BUCKET) - size
+    extend = lambda v: np.concatenate([np.asarray(v), np.repeat(np.asarray(v)[:1], extra)])
+    weight = np.concatenate([np.ones(size, losses.dtype), np.zeros(extra, losses.dtype)])
+    return pretraining_fit.fit_pretraining_law(extend(points.num_params), extend(points.tokens),
+                                               extend(losses), weight).law
 
 
 @jax.jit

@@ -397,3 +397,44 @@ def test_cr3_with_and_without_floored_leverage(x64, dominant):
         jnp.asarray(u), jnp.asarray(v), jnp.asarray(score), jnp.asarray(curvature),
         jnp.asarray(point_scores), jnp.asarray(point_gradient), jnp.ones(6), "CR3", grid=True)
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-9, atol=1e-13 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("order", ["as measured", "draft-major", "shuffled", "replicated"])
+def test_prepare_finds_each_rows_models_whatever_the_order(x64, order):
+    # prepare finds the distinct models by the rows' layout (a column in runs,
+    # a column repeating with a period) or by hashing; whichever way, each
+    # row's indices name its own draft and target, every row sits in its
+    # pair, and each pair's row (a gather table, when no pair has two rows)
+    # is one of its rows.
+    measurements = synthetic_measurements(num_targets=5, num_drafts=6, seed=4)
+    rows, _ = acceptance_rows(measurements)
+    points = perplexity_points(measurements)
+    n = rows.acceptance.shape[0]
+    take = {"as measured": np.arange(n), "draft-major": np.arange(n).reshape(5, 6).T.ravel(),
+            "shuffled": np.random.default_rng(0).permutation(n),
+            "replicated": np.r_[np.arange(n), np.arange(0, n, 3)]}[order]
+    rows = jax.tree_util.tree_map(lambda v: v[take], rows)
+    for padded in (False, True):
+        data = joint_fit.prepare(rows, points, padded=padded)
+        m = rows.acceptance.shape[0]
+        draft_model, target_model = np.asarray(data.draft_model)[:m], np.asarray(data.target_model)[:m]
+        centre_n, centre_d = float(data.log_params_centre), float(data.log_tokens_centre)
+        np.testing.assert_allclose(np.asarray(data.draft_log_params)[draft_model] + centre_n,
+                                   np.log(np.asarray(rows.draft_params)), rtol=1e-14)
+        np.testing.assert_allclose(np.asarray(data.draft_log_tokens)[draft_model] + centre_d,
+                                   np.log(np.asarray(rows.draft_tokens)), rtol=1e-14)
+        np.testing.assert_allclose(np.asarray(data.target_log_params)[target_model] + centre_n,
+                                   np.log(np.asarray(rows.target_params)), rtol=1e-14)
+        np.testing.assert_allclose(np.asarray(data.target_log_tokens)[target_model] + centre_d,
+                                   np.log(np.asarray(rows.target_tokens)), rtol=1e-14)
+        assert int(data.clusters.draft_count) == 6 and int(data.clusters.target_count) == 5
+        row_pair = np.asarray(data.row_pair)[:m]
+        np.testing.assert_array_equal(np.asarray(data.pair_draft)[row_pair], draft_model)
+        np.testing.assert_array_equal(np.asarray(data.pair_target)[row_pair], target_model)
+        pair_row = np.asarray(data.pair_row)
+        if order == "replicated":
+            assert pair_row.size == 0  # pairs with two rows: sums by scatter
+        else:
+            has = pair_row < data.row_mask.shape[0]
+            assert has.sum() == m
+            np.testing.assert_array_equal(row_pair[pair_row[has]], np.flatnonzero(has))
