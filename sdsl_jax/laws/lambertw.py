@@ -70,10 +70,12 @@ Initial guesses come from tables (see :func:`_guess_tables`): for ``r < 1/2``
 uniform bins of ``|p|`` on ``[0, 1]``; elsewhere ``w = l g(y)`` with ``g = w / l``
 tabulated in bins of 1/16 binade of ``y``: ``l = log1p(x)``, ``y = l + 1``
 on branch 0 (this log is the one that also gives ``L`` in the series region),
-``l = log(-x)``, ``y = -l`` on branch -1 (the log of the far residual, so
-no extra log).  Bin indices and offsets are read off the bits of ``y``; each
-coefficient is one gather from a small table (the four tables of a branch
-hold 32 + 176 or 160 bins).  Beyond the table (``log(-x) < -2^10``, reached only
+``l = log(-x)``, ``y = -l`` on branch -1.  Both logs are the division-free
+Taylor form of :func:`_log` (on branch -1 a log of its own, so that the guess
+need not wait for the double-word log of the residual).  Bin indices and
+offsets are read off the bits of ``y``; the near and far bins of a branch
+share one table (32 + 176 or 32 + 160 bins), and the bin is selected before
+the look-up, so each element makes four gathers.  Beyond the table (``log(-x) < -2^10``, reached only
 by ``lambertw_negexp``) branch -1 uses the asymptotic expansion
 ``L1 - L2 + L2/L1 + L2 (L2 - 2) / (2 L1^2)``, ``L1 = log(-x)``,
 ``L2 = log(-L1)`` (Corless et al., eq. 4.19), within 3e-7 there.  For
@@ -107,8 +109,17 @@ Floating-point and XLA notes
   are therefore evaluated by Estrin's scheme, and the chain is kept short:
   one refinement step from a tabulated guess instead of a computed guess and
   two steps.
-* A gather from a small constant table fuses into the loop and costs about
-  as much as a multiplication (4 gathers and a cubic: ~0.6 ms per 1e6).
+* A gather from a small constant table fuses into the loop and costs little
+  (4 gathers and a cubic: ~0.6 ms per 1e6 float64 beyond a copy).
+* XLA splits the evaluation on its own into a loop for the guess and one for
+  the step (the guess is materialised between them); on one core each takes
+  about 5 ms per 1e6 float64.  Measured in CPU time on one pinned core (which
+  the machine's load disturbs far less than wall time), these did not pay:
+  the branch-0 residual as ``log(x) - log(w) - w`` (one more double-word log
+  in place of the quotient), ``1 / w`` from tables instead of a division,
+  the branch -1 guess from the residual's double-word log, one gather of a
+  row of four coefficients (XLA then materialises the rows), and
+  ``promise_in_bounds`` gathers.
 * XLA on CPU flushes subnormal numbers to zero: subnormal inputs behave like
   (signed) zero and results that would be subnormal come back as zero.
 """
