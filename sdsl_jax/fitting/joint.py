@@ -513,11 +513,15 @@ def acceptance_moments(data: JointData, row_weight, row_count=None) -> Acceptanc
     centred = share * (data.acceptance - mean)
     kd, kt, q = data.draft_log_params.shape[0], data.target_log_params.shape[0], data.pair_draft.shape[0]
     by = lambda values, index, size: jax.ops.segment_sum(values, index, num_segments=size)
-    if data.pair_row.shape[0] == q:  # one row per pair at most: gathers (n marks none)
-        per_pair = lambda values: jnp.take(values, data.pair_row, mode="fill", fill_value=0)
+    if data.pair_row.shape[0] == q:
+        # One row per pair at most: each pair's terms are its row's, from the
+        # row's weight and acceptance gathered (n marks no row: 0). Gathered
+        # as given, not as computed terms, which XLA would recompute per pair.
+        pair_of = lambda values: jnp.take(values, data.pair_row, mode="fill", fill_value=0)
+        pair_share = pair_of(row_weight) / total
+        pair_moment = pair_share * (pair_of(data.acceptance) - mean)
     else:
-        per_pair = lambda values: by(values, data.row_pair, q)
-    pair_share, pair_moment = per_pair(share), per_pair(centred)
+        pair_share, pair_moment = by(share, data.row_pair, q), by(centred, data.row_pair, q)
     if _is_grid(data):
         grid = lambda values: values.reshape(kd, kt)
         draft_share, target_share = grid(pair_share).sum(axis=1), grid(pair_share).sum(axis=0)
