@@ -135,16 +135,71 @@ def tokens_per_flop(acceptance: ArrayLike, lookahead: ArrayLike,
     return expected_tokens(alpha, gamma) / (2 * (gamma * n + m))
 
 
+# log(1 + f) = 2 atanh(s) = sum_k 2 s^(2k+1) / (2k+1), s = f / (2 + f): with
+# 1 + f in [sqrt(1/2), sqrt(2)), s^2 <= 0.0295 and eleven terms after the
+# first leave a truncation below 2^-60 relative.
+_ATANH_TERMS = tuple(2.0 / (2 * k + 1) for k in range(1, 12))
+_SQRT_HALF_BITS = 0x3FE6A09E667F3BCD  # float64 sqrt(1/2): centres the mantissa on 1
+_LN2_HI = 6.93147180369123816490e-01  # log(2) in two pieces: k * _LN2_HI is exact
+_LN2_LO = 1.90821492927058770002e-10
+
+
+def _log_float64(x):
+    """log(x) for positive normal float64 x in plain vector arithmetic, within ~1 ulp.
+
+    x = 2^k (1 + f) with 1 + f in [sqrt(1/2), sqrt(2)) by integer arithmetic
+    on its bits (f = m - 1 exact), then log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2))
+    (fdlibm's rearranged atanh series, the leading f kept apart so that
+    every digit survives near x = 1), k log(2) added in two pieces.
+    """
+    bits = jax.lax.bitcast_convert_type(x, jnp.int64)
+    k = (bits - _SQRT_HALF_BITS) >> 52
+    f = jax.lax.bitcast_convert_type(bits - (k << 52), jnp.float64) - 1
+    kf = k.astype(jnp.float64)
+    s = f / (2 + f)
+    z = s * s
+    z2 = z * z
+    # Estrin's scheme: XLA on CPU runs one element's evaluation as one
+    # dependent chain, so a shallow tree beats Horner's long one.
+    t = _ATANH_TERMS
+    pairs = [t[i] + z * t[i + 1] for i in range(0, 10, 2)] + [jnp.full_like(z, t[10])]
+    z4 = z2 * z2
+    quads = [pairs[0] + z2 * pairs[1], pairs[2] + z2 * pairs[3], pairs[4] + z2 * pairs[5]]
+    series = z * (quads[0] + z4 * (quads[1] + z4 * quads[2]))
+    hfsq = 0.5 * f * f
+    return kf * _LN2_HI + ((f - hfsq) + (s * (hfsq + series) + kf * _LN2_LO))
+
+
+@jax.custom_jvp
+def positive_log(x: jnp.ndarray) -> jnp.ndarray:
+    """log(x) for positive, finite, normal x (anything else gives a meaningless value).
+
+    XLA on CPU lowers the float64 log to a scalar libm call per element (four
+    times the cost of a multiply-add pass over the array, and it splits the
+    fusion around it); in float64 this is plain vector arithmetic within an
+    ulp or so, near 1 as well. Other dtypes take XLA's log, already vectorised.
+    """
+    if x.dtype == jnp.float64:
+        return _log_float64(x)
+    return jnp.log(x)
+
+
+@positive_log.defjvp
+def _positive_log_jvp(primals, tangents):
+    (x,), (x_dot,) = primals, tangents
+    return positive_log(x), x_dot / x
+
+
 def log_acceptance(alpha: jnp.ndarray) -> jnp.ndarray:
     """log(alpha) to full relative precision for 0 < alpha <= 1 (log(1/2) where alpha <= 0).
 
     The caller masks alpha <= 0, where the log does not exist; the stand-in
     1/2 keeps that branch, and its gradient, finite.
     """
-    # log1p(alpha - 1) keeps every digit of log(alpha) near 1, where alpha - 1
-    # is exact; below 1/2 the plain log is as good.
-    safe = jnp.where(alpha > 0, alpha, 0.5)
-    return jnp.where(safe > 0.5, jnp.log1p(safe - 1), jnp.log(safe))
+    # positive_log keeps every digit near alpha = 1 too (the reduced argument
+    # alpha - 1 is exact there), where XLA's float64 log1p is off by up to
+    # 128 ulp, and costs one vector pass rather than a libm call.
+    return positive_log(jnp.where(alpha > 0, alpha, 0.5))
 
 
 def speculation_pays(acceptance: ArrayLike, cost_ratio: ArrayLike) -> jnp.ndarray:
@@ -224,6 +279,18 @@ def optimal_speedup(acceptance: ArrayLike, cost_ratio: ArrayLike) -> jnp.ndarray
     return optimum(cap_acceptance(alpha), c)[1]
 
 
+def integer_optimum(alpha: jnp.ndarray, gamma: jnp.ndarray, c: jnp.ndarray):
+    """(the best integer lookahead, S there) around the real optimum ``gamma``
+    (gamma* from :func:`optimum`) for alpha in [0, 1] and c > 0, unchecked: the
+    core of :func:`optimal_integer_lookahead`, for callers inside jit (the
+    planners) that already have gamma*."""
+    low = jnp.floor(gamma)
+    high = low + 1
+    speedup_low, speedup_high = speedup(alpha, low, c), speedup(alpha, high, c)
+    better_high = speedup_high > speedup_low
+    return jnp.where(better_high, high, low), jnp.where(better_high, speedup_high, speedup_low)
+
+
 def optimal_integer_lookahead(acceptance: ArrayLike, cost_ratio: ArrayLike) -> jnp.ndarray:
     """The best integer lookahead: floor or ceiling of gamma*, whichever is faster.
 
@@ -233,8 +300,4 @@ def optimal_integer_lookahead(acceptance: ArrayLike, cost_ratio: ArrayLike) -> j
     alpha -> 1). Ties go to the shorter lookahead, which costs less latency.
     """
     alpha, c = _floats(acceptance, cost_ratio)
-    gamma = optimal_lookahead(alpha, c)
-    low = jnp.floor(gamma)
-    high = low + 1
-    better_high = speedup(alpha, high, c) > speedup(alpha, low, c)
-    return jnp.where(better_high, high, low)
+    return integer_optimum(alpha, optimal_lookahead(alpha, c), c)[0]

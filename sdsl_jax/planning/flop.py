@@ -84,6 +84,7 @@ class Context(NamedTuple):
     fixed data; all differentiable."""
 
     target_params: jnp.ndarray
+    log_target_params: jnp.ndarray  # log M, which every objective evaluation needs
     draft_data_loss: jnp.ndarray  # E + B / D**b: the draft's loss without its model term
     target_perplexity: jnp.ndarray
     pretraining_law: pretraining.PretrainingLaw
@@ -91,11 +92,23 @@ class Context(NamedTuple):
 
 
 def context(target_params, draft_tokens, target_tokens, pretraining_law, acceptance_law) -> Context:
-    """The chain's constants for (M, D, D'): y = ppl(M, D') and E + B / D^b."""
-    target_ppl = pretraining.perplexity(pretraining_law, target_params, target_tokens)
-    draft_data_loss = (pretraining_law.irreducible_loss
-                       + pretraining.data_term(pretraining_law, jnp.log(draft_tokens)))
-    return Context(target_params, draft_data_loss, target_ppl, pretraining_law, acceptance_law)
+    """The chain's constants for (M, D, D'): log M, y = ppl(M, D') and E + B / D^b."""
+    # pretraining.perplexity's loss, with log M kept for the objective and
+    # every log vectorised (throughput.positive_log).
+    pre, log = pretraining_law, throughput.positive_log
+    log_target = log(target_params)
+    target_ppl = jnp.exp(pre.irreducible_loss + pretraining.model_term(pre, log_target)
+                         + pretraining.data_term(pre, log(target_tokens)))
+    draft_data_loss = pre.irreducible_loss + pretraining.data_term(pre, log(draft_tokens))
+    return Context(target_params, log_target, draft_data_loss, target_ppl, pretraining_law,
+                   acceptance_law)
+
+
+def _alpha_and_perplexity(log_draft, ctx: Context):
+    draft_loss = ctx.draft_data_loss + pretraining.model_term(ctx.pretraining_law, log_draft)
+    draft_ppl = jnp.exp(draft_loss)
+    alpha = acceptance_lib.acceptance(ctx.acceptance_law, draft_ppl, ctx.target_perplexity)
+    return alpha, draft_ppl
 
 
 def acceptance_at(log_draft, ctx: Context):
@@ -104,9 +117,7 @@ def acceptance_at(log_draft, ctx: Context):
     x = exp(E + B / D^b + A' / N^a), alpha = clip(A x + B y + C) as the
     acceptance law documents (not yet capped below 1).
     """
-    draft_loss = ctx.draft_data_loss + pretraining.model_term(ctx.pretraining_law, log_draft)
-    draft_ppl = jnp.exp(draft_loss)
-    alpha = acceptance_lib.acceptance(ctx.acceptance_law, draft_ppl, ctx.target_perplexity)
+    alpha, draft_ppl = _alpha_and_perplexity(log_draft, ctx)
     return alpha, draft_ppl, jnp.exp(log_draft) / ctx.target_params
 
 
@@ -114,7 +125,8 @@ def search_range(ctx: Context, settings: solver.Settings) -> solver.SearchRange:
     """The settings' range of log N, its lower end raised to where the draft's
     perplexity stays finite (:func:`solver.finite_floor`)."""
     return solver.search_range(ctx.target_params, settings,
-                               solver.finite_floor(ctx.pretraining_law, ctx.draft_data_loss))
+                               solver.finite_floor(ctx.pretraining_law, ctx.draft_data_loss),
+                               log_target_params=ctx.log_target_params)
 
 
 def window(ctx: Context, search: solver.SearchRange) -> solver.Window:
@@ -126,8 +138,10 @@ def window(ctx: Context, search: solver.SearchRange) -> solver.Window:
 @jax.jit
 def _value_and_flags(log_draft, ctx: Context):
     """The FLOP law's objective F at N (:func:`solver.flop_objective_at`)."""
-    alpha, _, cost_ratio = acceptance_at(log_draft, ctx)
-    return solver.flop_objective_at(alpha, cost_ratio, log_draft - jnp.log(ctx.target_params))
+    alpha, _ = _alpha_and_perplexity(log_draft, ctx)
+    # c = exp(log N - log M): one exp, and log c comes free.
+    log_cost_ratio = log_draft - ctx.log_target_params
+    return solver.flop_objective_at(alpha, jnp.exp(log_cost_ratio), log_cost_ratio)
 
 
 @jax.jit
@@ -152,12 +166,13 @@ def _plan(settings: solver.Settings, target_params, draft_tokens, target_tokens,
 
     alpha, draft_ppl, cost_ratio = acceptance_at(log_draft, ctx)
     gamma, speedup, pays = throughput.optimum(throughput.cap_acceptance(alpha), cost_ratio)
-    integer_gamma = throughput.optimal_integer_lookahead(alpha, cost_ratio)
+    # The integer lookahead from gamma* found here, not from a second optimum.
+    integer_gamma, integer_speedup = throughput.integer_optimum(alpha, gamma, cost_ratio)
     fields = result.assemble(
         pays,
         dict(draft_params=jnp.exp(log_draft), cost_ratio=cost_ratio, draft_perplexity=draft_ppl,
              acceptance=alpha, lookahead=gamma, speedup=speedup, integer_lookahead=integer_gamma,
-             integer_speedup=throughput.speedup(alpha, integer_gamma, cost_ratio)),
+             integer_speedup=integer_speedup),
         raw_acceptance=acceptance_lib.raw_acceptance(acceptance_law, draft_ppl, ctx.target_perplexity),
         clipped_at_cap=solution.clipped_at_cap, at_bound=solution.at_bound)
     two_m = 2 * target_params

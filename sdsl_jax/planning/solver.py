@@ -33,7 +33,7 @@ The search runs over s = log N in three steps:
      Illinois (regula falsi) steps on dF/ds, with bisection across the edge of
      the paying band: 7 steps reach 1e-13 relative in float64 for the FLOP
      law, 6 reach float32's rounding. A large batch is solved in chunks that
-     stay in cache (:func:`chunk_size`).
+     stay in cache (:func:`chunk_size`; ``Settings.chunked=False`` turns that off).
    * ``method="gradient"``: L-BFGS from optax on -log S* over s, one scalar
      problem per configuration under vmap, started from a coarse grid.
 
@@ -86,6 +86,8 @@ class Settings(NamedTuple):
     root_steps_float32: int
     lbfgs_steps: int
     objective: Objective
+    # False: the bracket solve runs over the whole batch in one pass, never in chunks.
+    chunked: bool = True
 
 
 def check_method(method: str) -> None:
@@ -124,11 +126,13 @@ class SearchRange(NamedTuple):
     log_hi: jnp.ndarray
 
 
-def search_range(target_params, settings: Settings, log_floor=None) -> SearchRange:
+def search_range(target_params, settings: Settings, log_floor=None, log_target_params=None
+                 ) -> SearchRange:
     """log N in [log M + log c_lo, log M + log c_hi] (module doc, step 1), its
     lower end raised to ``log_floor`` where given (:func:`finite_floor`), but
-    never above the upper end."""
-    log_target = jnp.log(target_params)
+    never above the upper end. ``log_target_params``: log M where the caller
+    has it."""
+    log_target = jnp.log(target_params) if log_target_params is None else log_target_params
     log_lo = log_target + jnp.log(settings.min_cost_ratio)
     log_hi = log_target + jnp.log(settings.max_cost_ratio)
     if log_floor is not None:
@@ -229,16 +233,15 @@ def flop_objective_at(alpha, cost_ratio, log_cost_ratio):
     ``log_cost_ratio`` is log c, passed in so its derivative stays exact.
     """
     # Written out rather than through throughput.optimum, whose pay test and
-    # peak each take log(alpha) (a log and a log1p) on their own inputs: here
-    # one log(alpha) serves the pay margin, kappa and S*, and one log serves
-    # both pieces of F. The formulas are throughput.optimum's.
+    # peak each take log(alpha) on their own inputs: here one log(alpha)
+    # serves the pay margin, kappa and S*, and one log serves both pieces of
+    # F. The formulas are throughput.optimum's. Both logs are
+    # throughput.positive_log, vector arithmetic in float64 where XLA's log
+    # is a libm call per element.
     alpha = throughput.cap_acceptance(alpha)
     positive = alpha > 0
     safe = jnp.where(positive, alpha, 0.5)
-    # XLA's log is within an ulp of log(alpha) near alpha = 1 as well (its
-    # float64 log1p, behind throughput.log_acceptance, is off by up to 128
-    # ulp there), and it is the cheaper of the two.
-    neg_log_alpha = -jnp.log(safe)
+    neg_log_alpha = -throughput.log_acceptance(safe)
     bound = safe * neg_log_alpha / (1 - safe)  # h(alpha): the largest c that pays
     pays = positive & (cost_ratio < bound)
     # A paying point stands in where drafting does not pay, so the unused
@@ -248,7 +251,8 @@ def flop_objective_at(alpha, cost_ratio, log_cost_ratio):
     neg_log_alpha_s = jnp.where(pays, neg_log_alpha, float(np.log(2.0)))  # -log(0.5)
     w, _ = lambertw.lambertw_negexp_parts(neg_log_alpha_s * (1 - c_s) / c_s, -1)
     peak = jnp.maximum(neg_log_alpha_s / ((1 - alpha_s) * c_s * -w), 1.0)
-    value = jnp.log(jnp.where(pays, peak, bound)) - jnp.where(pays, 0.0, log_cost_ratio)
+    value = (throughput.positive_log(jnp.where(pays, peak, bound))
+             - jnp.where(pays, 0.0, log_cost_ratio))
     return jnp.where(positive, value, -jnp.inf), (pays, ~positive)
 
 
@@ -314,11 +318,11 @@ def _bracket_solve(settings: Settings, ctx, log_lo, log_hi):
     # itself, and the bottom end is then the answer (at_lo below).
     other = jnp.where(right, above, below)
     slope_other, (pays_other, _) = _slope_and_flat(objective, other, ctx)
-    low, high = jnp.where(right, best, other), jnp.where(right, other, best)
-    slope_low, slope_high = (jnp.where(right, slope_best, slope_other),
-                             jnp.where(right, slope_other, slope_best))
-    pays_low, pays_high = (jnp.where(right, pays_best, pays_other),
-                           jnp.where(right, pays_other, pays_best))
+    ends = lambda at_best, at_other: (jnp.where(right, at_best, at_other),
+                                      jnp.where(right, at_other, at_best))
+    low, high = ends(best, other)
+    slope_low, slope_high = ends(slope_best, slope_other)
+    pays_low, pays_high = ends(pays_best, pays_other)
     # The grid's best point is the bottom end and S falls away from it: the
     # optimum is that end, exactly.
     at_lo = first & ~right
@@ -341,9 +345,10 @@ def _bracket_solve(settings: Settings, ctx, log_lo, log_hi):
         # turns regula falsi's one-sided crawl into superlinear convergence.
         g_high = jnp.where(go_right & (side > 0), 0.5 * g_high, g_high)
         g_low = jnp.where(~go_right & (side < 0), 0.5 * g_low, g_low)
-        return (jnp.where(go_right, mid, low), jnp.where(go_right, high, mid),
-                jnp.where(go_right, slope, g_low), jnp.where(go_right, g_high, slope),
-                jnp.where(go_right, pays, pays_low), jnp.where(go_right, pays_high, pays),
+        keep = lambda new, at_low, at_high: (jnp.where(go_right, new, at_low),
+                                             jnp.where(go_right, at_high, new))
+        return (*keep(mid, low, high), *keep(slope, g_low, g_high),
+                *keep(pays, pays_low, pays_high),
                 jnp.where(go_right, 1, -1).astype(side.dtype))
 
     state = (low, high, slope_low, slope_high, pays_low, pays_high, side)
@@ -424,39 +429,38 @@ def chunk_size(count: int) -> int | None:
     return min(aligned or divisors, key=lambda d: abs(np.log(d / CHUNK_TARGET)))
 
 
-def in_chunks(solve_fn, ctx, log_lo, log_hi):
-    """``solve_fn(ctx, log_lo, log_hi)``, elementwise, run chunk by chunk (lax.map).
+def in_chunks(fn, *args):
+    """``fn(*args)``, elementwise, run chunk by chunk (lax.map).
 
     The solve is a few dozen elementwise passes; over a large batch each pass
     streams every intermediate through memory, in chunks they stay in cache.
-    The batch (flattened to n = rows x cols, rows = :func:`chunk_size`) is cut
-    into the cols chunks of rows configurations spaced cols apart: as a
-    [rows, cols] array transposed, so that a batch laid along a mesh in
-    contiguous blocks (n = devices x block) keeps each device's block on that
-    device (whole rows), and the loop runs over the unsplit axis. Scalar leaves
-    of ``ctx`` (the laws' coefficients) are shared by every chunk.
+    ``args`` are pytrees whose array leaves broadcast to one batch shape;
+    ``fn`` returns a pytree of arrays of that shape. The batch (flattened to
+    n = rows x cols, rows = :func:`chunk_size`) is cut into the cols chunks of
+    rows configurations spaced cols apart: as a [rows, cols] array transposed,
+    so that a batch laid along a mesh in contiguous blocks (n = devices x
+    block) keeps each device's block on that device (whole rows), and the loop
+    runs over the unsplit axis. Scalar leaves (the laws' coefficients) are
+    shared by every chunk.
     """
-    leaves, tree = jax.tree_util.tree_flatten(ctx)
-    shape = jnp.broadcast_shapes(*(jnp.shape(leaf) for leaf in leaves),
-                                 jnp.shape(log_lo), jnp.shape(log_hi))
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    shape = jnp.broadcast_shapes(*(jnp.shape(leaf) for leaf in leaves))
     count = int(np.prod(shape, dtype=np.int64))
     rows = chunk_size(count)
     if rows is None:
-        return solve_fn(ctx, log_lo, log_hi)
+        return fn(*args)
     cols = count // rows
     split = lambda x: jnp.broadcast_to(x, shape).reshape(rows, cols).T
     mapped = [jnp.ndim(leaf) > 0 for leaf in leaves]
     columns = [split(leaf) for leaf, m in zip(leaves, mapped) if m]
 
-    def one_chunk(args):
-        chunk_leaves, lo, hi = args
+    def one_chunk(chunk_leaves):
         chunk_leaves = iter(chunk_leaves)
-        chunk_ctx = jax.tree_util.tree_unflatten(
-            tree, [next(chunk_leaves) if m else leaf for leaf, m in zip(leaves, mapped)])
-        return solve_fn(chunk_ctx, lo, hi)
+        return fn(*jax.tree_util.tree_unflatten(
+            tree, [next(chunk_leaves) if m else leaf for leaf, m in zip(leaves, mapped)]))
 
-    solved = jax.lax.map(one_chunk, (columns, split(log_lo), split(log_hi)))
-    return solved.T.reshape(shape)
+    solved = jax.lax.map(one_chunk, columns)
+    return jax.tree_util.tree_map(lambda x: x.T.reshape(shape), solved)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
@@ -469,6 +473,8 @@ def solve_log_draft(settings: Settings, ctx: Any, log_lo, log_hi):
     solution on an end of the interval moves with that end.
     """
     if settings.method == "bracket":
+        if not settings.chunked:
+            return _bracket_solve(settings, ctx, log_lo, log_hi)
         return in_chunks(functools.partial(_bracket_solve, settings), ctx, log_lo, log_hi)
     return _gradient_solve(settings, ctx, log_lo, log_hi)
 
