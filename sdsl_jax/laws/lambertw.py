@@ -537,6 +537,17 @@ def _neg_exp_dd(kappa, c):
     return -(e_hi * s1) * s2, -(e_lo * s1) * s2
 
 
+def _r_rough(x, c):
+    """r = 1 + e x to a few ulp relative near x = -1/e, for the guess only.
+
+    x + 1/e_hi is exact there (Sterbenz), and 1/e's low part, which alone is
+    worth ~3e-17 in r, is added before the product; only e's low part (a
+    relative 5e-17) is left out.  A handful of operations instead of the
+    compensated product of _r_from_x, which the guess would otherwise repeat.
+    """
+    return c.e_hi * (_barrier(x + c.inv_e_hi) + c.inv_e_lo)
+
+
 def _r_from_x(x, c):
     """r = 1 + e x as r_hi + r_lo, accurate to ~1 ulp relative near x = -1/e."""
     d = _barrier(x + c.inv_e_hi)  # exact for -2/e <= x <= -1/(2e) (Sterbenz)
@@ -763,7 +774,7 @@ def _lambertw_x_impl(x, branch):
     near = xs < c.x_near
     series = xs < c.x_series[branch]
     use_t = xs < c.x_state[branch]
-    near_bin = _near_bin(jnp.where(near, r_hi + r_lo, c.r_near), branch, c)
+    near_bin = _near_bin(jnp.where(near, _r_rough(xs, c), c.r_near), branch, c)
 
     if branch == 0:
         # One log gives L = log1p(-r) (series) and lambda = log1p(x) (far guess).
