@@ -335,9 +335,12 @@ def bench_parity(args):
         figures.setdefault("end-to-end fit, all 8 coefficients (L-BFGS-B)", []).append(
             rel_diff(np.asarray(joint.laws.coefficients), scipy_joint.natural(result.x)).max())
 
-        # Bootstrap resamples: the same draw counts refitted by scipy from scratch.
+        # Bootstrap resamples: the same draw counts refitted by scipy from scratch. Rows and
+        # points drawn independently (resample="rows"), the counts drawn below; the default
+        # draws models, whose counts these are not.
         key = jax.random.PRNGKey(seed)
-        samples = np.asarray(bootstrap_joint(joint, rows, points, key, num_resamples=5, batch_size=5))
+        samples = np.asarray(bootstrap_joint(joint, rows, points, key, num_resamples=5, batch_size=5,
+                                             resample="rows"))
         row_key, point_key = jax.random.split(key)
         row_counts = np.asarray(resample_weights(row_key, alpha.size, 5, joint.theta.dtype))
         point_counts = np.asarray(resample_weights(point_key, N.size, 5, joint.theta.dtype))
