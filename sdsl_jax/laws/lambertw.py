@@ -66,16 +66,19 @@ directly on branch -1, and on branch 0 ``x = -exp(-1 - kappa)`` is rebuilt in
 double-word precision (Cody-Waite reduction and a Taylor polynomial).
 
 Initial guesses come from tables (see :func:`_guess_tables`): for ``r < 1/2``
-``t = p q(|p|)``, ``p = +-sqrt(2 r)``, with ``q = t / p`` tabulated in 32
-uniform bins of ``|p|`` on ``[0, 1]``; elsewhere ``w = l g(y)`` with ``g = w / l``
-tabulated in bins of 1/16 binade of ``y``: ``l = log1p(x)``, ``y = l + 1``
+``t`` itself (``~ +-sqrt(2 r)``) tabulated in bins of 1/16 binade of ``r``
+(``2^-56 <= r < 1``; no square root is taken, and ``r`` for the guess is a
+short product, not the compensated ``r`` of the residual); elsewhere
+``w = l g(y)`` with ``g = w / l`` tabulated in bins of 1/16 binade of ``y``: ``l = log1p(x)``, ``y = l + 1``
 on branch 0 (this log is the one that also gives ``L`` in the series region),
 ``l = log(-x)``, ``y = -l`` on branch -1.  Both logs are the division-free
 Taylor form of :func:`_log` (on branch -1 a log of its own, so that the guess
 need not wait for the double-word log of the residual).  Bin indices and
-offsets are read off the bits of ``y``; the near and far bins of a branch
-share one table (32 + 176 or 32 + 160 bins), and the bin is selected before
-the look-up, so each element makes four gathers.  Beyond the table (``log(-x) < -2^10``, reached only
+offsets are read off the bits of ``r`` or ``y``; the near and far bins of a
+branch share one table (896 + 176 or 896 + 160 bins), and the bin is selected
+before the look-up, so each element makes four gathers.  ``lambertw_negexp``
+can reach ``r < 2^-56`` (``2^-40`` in float32), where ``t = p - p^2 / 3``,
+``p = +-sqrt(2 r)``, is used instead.  Beyond the table (``log(-x) < -2^10``, reached only
 by ``lambertw_negexp``) branch -1 uses the asymptotic expansion
 ``L1 - L2 + L2/L1 + L2 (L2 - 2) / (2 L1^2)``, ``L1 = log(-x)``,
 ``L2 = log(-L1)`` (Corless et al., eq. 4.19), within 3e-7 there.  For
@@ -141,8 +144,8 @@ _INV_E = Fraction("0.36787944117144232159552377016146086744581113103176783450783
 _E = Fraction("2.71828182845904523536028747135266249775724709369995957496696763")
 _LN2 = Fraction("0.693147180559945309417232121458176568075500134360255254120680009")
 
-# Near/far switch for the initial guess, in r = 1 + e x: the near table in
-# |p| = sqrt(2 r) covers r < 1/2 (|p| < 1), the far tables the rest.
+# Near/far switch for the initial guess, in r = 1 + e x: the near table
+# covers r < 1/2, the far tables the rest.
 _R_NEAR = 0.5
 # Where the state is t = 1 + w and the residual L - g(t): up to t = 1/4 on
 # branch 0 and down to t = -0.35 on branch -1, so that the atanh series of g
@@ -166,15 +169,15 @@ _R_STATE = {b: _r_of_t(t) for b, t in _T_STATE.items()}
 
 
 # Initial guesses are read from tables of piecewise cubic polynomials (one
-# gather per coefficient), accurate to ~2.4e-7 relative (~2.6e-7 measured
-# with the logs that feed them), so that a single step lands on the root
+# gather per coefficient), accurate to ~2.4e-7 relative far from the branch
+# point (~2.6e-7 measured with the logs that feed them) and ~9e-9 near it, so that a single step lands on the root
 # (error ~1e-18 before rounding, see _fsc_correction).  Each
 # table holds, per bin, the coefficients of a cubic in the offset d of the
 # table variable from the bin's start:
 #
-# * near the branch point (r < 1/2): q = t / p as a function of |p|,
-#   p = +-sqrt(2 r), in 32 uniform bins on [0, 1] (t = p q keeps full relative
-#   precision as p -> 0, where q -> 1);
+# * near the branch point (r < 1/2): t as a function of r, in bins of 2^-4
+#   of a binade from r = 2^-56 (t ~ +-sqrt(2 r) is smooth on each bin, so
+#   the cubic keeps t's relative precision down to the smallest r);
 # * branch 0 elsewhere: g = w / lambda as a function of lambda + 1,
 #   lambda = log1p(x) in [-0.21, 710], in bins of 2^-4 of a binade
 #   (g -> 1 as x -> 0, so w = lambda g keeps its relative precision);
@@ -182,12 +185,16 @@ _R_STATE = {b: _r_of_t(t) for b, t in _T_STATE.items()}
 #   [-2^10, -1.6], in bins of 2^-4 of a binade.
 #
 # The coefficients are least-squares fits to points (variable, value)
-# generated from a grid in w, where the variable is an explicit function of w
-# (no W solver needed), in float64 numpy at first use (~0.1 s).
-_NEAR_BINS = 32
+# generated from a grid in w (or t), where the variable is an explicit function
+# of w (no W solver needed), in float64 numpy at first use (~0.1 s).
 _SUB_BITS = 4  # bins per binade: 2^_SUB_BITS
 _TABLE_DEG = 3
 _FAR_EXPONENTS = {0: (-1, 9), -1: (0, 9)}  # binades of lambda + 1, resp. -l
+# Binades of r in the near table.  lambertw's r is at least ~1.5e-16 (~8e-8 in
+# float32); lambertw_negexp's can be smaller and uses t ~ p - p^2 / 3 below
+# the table.  The top binade, [1/2, 1), only catches r rounded up to 1/2.
+_NEAR_EXPONENTS = (-56, -1)
+_NEAR_MIN = {np.dtype(np.float64): 2.0**-56, np.dtype(np.float32): 2.0**-40}
 
 
 def _r_of_t_np(t):
@@ -207,9 +214,12 @@ def _fit_bins(var, val, idx, starts, widths):
     """Per-bin least-squares cubic of val in (var - start), coefficients (n, deg + 1)."""
     coef = np.zeros((len(starts), _TABLE_DEG + 1))
     powers = np.arange(_TABLE_DEG + 1)
+    order = np.argsort(idx, kind="stable")
+    var, val, idx = var[order], val[order], idx[order]
+    bounds = np.searchsorted(idx, np.arange(len(starts) + 1))
     for j in range(len(starts)):
-        m = idx == j
-        if m.sum() <= 2 * (_TABLE_DEG + 1):
+        m = slice(bounds[j], bounds[j + 1])
+        if bounds[j + 1] - bounds[j] <= 2 * (_TABLE_DEG + 1):
             continue  # a bin no argument reaches
         d = (var[m] - starts[j]) / widths[j]
         cs = np.linalg.lstsq(np.vander(d, _TABLE_DEG + 1, increasing=True), val[m], rcond=None)[0]
@@ -231,14 +241,13 @@ def _log_bins(y, e_min, e_max):
 def _guess_tables(branch):
     """(near, far) coefficient arrays of shape (bins, 4), float64 (see above)."""
     n = 20001
-    # Near: t on the branch's side of 0, up to r = 1/2 (|p| = 1).
-    t = np.linspace(1e-9, 0.78, n) if branch == 0 else np.linspace(-1.7, -1e-9, n)
-    p = np.sqrt(2 * _r_of_t_np(t)) * (1 if branch == 0 else -1)
-    a = np.abs(p)
-    keep = a <= 1
-    starts = np.arange(_NEAR_BINS) / _NEAR_BINS
-    idx = np.minimum((a[keep] * _NEAR_BINS).astype(np.int64), _NEAR_BINS - 1)
-    near = _fit_bins(a[keep], (t / p)[keep], idx, starts, np.full(_NEAR_BINS, 1 / _NEAR_BINS))
+    # Near: t on the branch's side of 0, from r ~ 2^-60 to a little past r = 1/2.
+    t = np.geomspace(1e-10, 0.85, 200001)
+    t = t if branch == 0 else -t * (2.0 / 0.85)
+    r = _r_of_t_np(t)
+    idx, starts, widths = _log_bins(r, *_NEAR_EXPONENTS)
+    keep = (idx >= 0) & (r < 0.6)
+    near = _fit_bins(r[keep], t[keep], idx[keep], starts, widths)
     e_min, e_max = _FAR_EXPONENTS[branch]
     if branch == 0:
         w = np.concatenate([np.linspace(-0.26, 5, n), np.geomspace(5, 715, n)])
@@ -309,8 +318,14 @@ class _Consts:
         self.exp_bias = 1023 if double else 127
         # Initial-guess tables (see _guess_tables), one array per coefficient.
         tables = {b: _guess_tables(b) for b in (0, -1)}
-        self.guess_tab = {b: [np.concatenate([near[:, k], far[:, k]]).astype(dtype)
+        # float32 keeps only the near binades its r reaches (the cubic's
+        # coefficients grow like r^-2.5 and would overflow further down).
+        near_lo = (np.arange(len(tables[0][0])) >> _SUB_BITS) + _NEAR_EXPONENTS[0] < np.log2(_NEAR_MIN[dtype])
+        self.guess_tab = {b: [np.concatenate([np.where(near_lo, 0, near[:, k]), far[:, k]]).astype(dtype)
                               for k in range(_TABLE_DEG + 1)] for b, (near, far) in tables.items()}
+        self.n_near = len(tables[0][0])
+        self.near_base = (self.exp_bias + _NEAR_EXPONENTS[0]) << _SUB_BITS
+        self.near_min = f(_NEAR_MIN[dtype])
         self.n_far = {b: len(far) for b, (_, far) in tables.items()}
         self.far_base = {b: (self.exp_bias + e) << _SUB_BITS for b, (e, _) in _FAR_EXPONENTS.items()}
         self.far_top = {b: f(2.0 ** (e + 1)) for b, (_, e) in _FAR_EXPONENTS.items()}
@@ -563,11 +578,18 @@ def _cubic_from_table(tab, idx, d):
     return (c0 + d * c1) + (d * d) * (c2 + d * c3)
 
 
-def _near_bin(r, branch, c):
-    """Near the branch point (r <= 1/2): bin, offset and factor p = +-sqrt(2 r) of t = p q."""
-    a = jnp.sqrt(2 * r)  # |p|, at most 1
-    j = jnp.minimum((a * _NEAR_BINS).astype(c.int_dtype), _NEAR_BINS - 1)
-    return j, a - j.astype(a.dtype) * (1.0 / _NEAR_BINS), (a if branch == 0 else -a)
+def _near_bin(r, c):
+    """Near the branch point (r <= 1/2): bin, offset and factor 1 of t, binned by r (2^-4 binade).
+
+    As in _far_bin, the bin and its start are read off the bits of r, so no
+    square root is taken: t ~ +-sqrt(2 r) is tabulated directly, whose cubic
+    over 1/16 of a binade is as accurate as the far ones.
+    """
+    bits = jax.lax.bitcast_convert_type(r, c.int_dtype)
+    top = bits >> c.sub_shift
+    start = jax.lax.bitcast_convert_type(top << c.sub_shift, r.dtype)
+    j = jnp.clip(top - c.near_base, 0, c.n_near - 1)
+    return j, r - start, jnp.ones_like(r)
 
 
 def _far_bin(l, y, branch, c):
@@ -582,7 +604,7 @@ def _far_bin(l, y, branch, c):
     bits = jax.lax.bitcast_convert_type(y, c.int_dtype)
     top = bits >> c.sub_shift
     start = jax.lax.bitcast_convert_type(top << c.sub_shift, y.dtype)
-    j = jnp.clip(top - c.far_base[branch], 0, c.n_far[branch] - 1) + _NEAR_BINS
+    j = jnp.clip(top - c.far_base[branch], 0, c.n_far[branch] - 1) + c.n_near
     return j, y - start, l
 
 
@@ -774,7 +796,7 @@ def _lambertw_x_impl(x, branch):
     near = xs < c.x_near
     series = xs < c.x_series[branch]
     use_t = xs < c.x_state[branch]
-    near_bin = _near_bin(jnp.where(near, _r_rough(xs, c), c.r_near), branch, c)
+    near_bin = _near_bin(jnp.where(near, _r_rough(xs, c), c.r_near), c)
 
     if branch == 0:
         # One log gives L = log1p(-r) (series) and lambda = log1p(x) (far guess).
@@ -853,7 +875,13 @@ def _negexp_impl(kappa, branch):
     use_t = ks < c.kappa_state[branch]
     # r only feeds the initial guess, so XLA's expm1 (a few ulp) is fine.
     r = -jnp.expm1(-jnp.where(near, ks, c.kappa_near))
-    near_bin = _near_bin(r, branch, c)
+    near_bin = _near_bin(jnp.maximum(r, c.near_min), c)
+    # Below the near table: the branch-point series t = p - p^2/3 + O(p^3),
+    # p = +-sqrt(2 r), within ~1e-9 there.
+    below = r < c.near_min
+    p = jnp.sqrt(2 * jnp.where(below, r, 0))
+    p = p if branch == 0 else -p
+    t_below = p - p * p * (1.0 / 3.0)
 
     if branch == 0:
         x_hi, x_lo = _neg_exp_dd(ks, c)
@@ -871,6 +899,7 @@ def _negexp_impl(kappa, branch):
         w_asym = _asymptotic_m1(jnp.where(in_table, -2 * c.far_top[branch], u_hi), c)
         v0 = jnp.where(near | in_table, v_table, w_asym)
         far = _log_diff_far(u_hi, u_lo)
+    v0 = jnp.where(below, t_below, v0)
     w, t = _refine(v0, (use_t, series, big_l, far), c, materialize=True)
 
     if branch == 0:
@@ -949,8 +978,8 @@ def lambertw(x, branch=0):
 
     The error is within a few ulp of the exact value of ``W`` at the given
     float over the whole domain, including a few ulp above the branch point.
-    The method (a tabulated initial guess, in the branch-point variable
-    ``sqrt(2 (1 + e x))`` of Corless et al. (1996) near ``-1/e``, refined by
+    The method (a tabulated initial guess, near ``-1/e`` of ``1 + W`` as a
+    function of ``1 + e x`` (Corless et al. (1996): ``~ sqrt(2 (1 + e x))``), refined by
     one step of the fourth-order iteration of Fritsch, Shafer and Crowley
     (1973) with cancellation-free residuals) is described in the module
     docstring.

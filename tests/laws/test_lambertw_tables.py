@@ -3,7 +3,8 @@
 The guess is a piecewise cubic per table bin (sdsl_jax.laws.lambertw); a bin
 fitted badly, or an index off by one, would show at the bin edges first.  The
 arguments here sit on and next to every edge: near the branch point the bins
-are uniform in |p| = sqrt(2 (1 + e x)), elsewhere 1/16 of a binade of
+are 1/16 of a binade of r = 1 + e x (the edges of the earlier bins, uniform
+in |p| = sqrt(2 r), are kept as well), elsewhere 1/16 of a binade of
 log1p(x) + 1 (branch 0) or -log(-x) (branch -1), and lambertw_negexp leaves
 the branch -1 table at log(-x) = -2^10.  Same ulp budget as test_lambertw.py.
 """
@@ -16,7 +17,7 @@ import mpmath
 import numpy as np
 import pytest
 
-from sdsl_jax.laws.lambertw import lambertw, lambertw_negexp
+from sdsl_jax.laws.lambertw import lambertw, lambertw_negexp, lambertw_negexp_parts
 
 mpmath.mp.dps = 50
 ULP_BUDGET = 4.0
@@ -27,6 +28,8 @@ def _edges(branch):
     p = np.arange(1, 33) / 32  # near: |p| = j / 32, r = p^2 / 2 <= 1/2
     xs = [(p * p / 2 - 1) / np.e]
     sub = 1 + np.arange(16) / 16
+    r = np.concatenate([2.0**e * sub for e in range(-52, -1)])  # near: r < 1/2
+    xs.append((r - 1) / np.e)
     if branch == 0:
         y = np.concatenate([2.0**e * sub for e in range(-1, 10)])  # y = log1p(x) + 1
         y = y[(y > 0.8) & (y < 700)]
@@ -76,3 +79,17 @@ def test_negexp_leaves_table(x64):
     w = np.asarray(jax.jit(lambda v: lambertw_negexp(v, -1))(jnp.asarray(u)))
     ref = np.array([float(mpmath.lambertw(-mpmath.exp(mpmath.mpf(float(v))), -1).real) for v in u])
     assert _ulp(w, ref, np.float64).max() <= ULP_BUDGET
+
+
+@pytest.mark.parametrize("branch", [0, -1])
+def test_negexp_below_near_table(branch, x64):
+    """lambertw_negexp_parts switches to t = p - p^2/3 below r = 2^-56 (kappa ~ r)."""
+    kappa = 2.0**-56 * np.array([0.25, 0.5, 0.99, 1.0, 1.01, 2.0, 4.0])
+    kappa = np.concatenate([kappa, np.nextafter(kappa, 0), np.nextafter(kappa, 1), [1e-300, 1e-30]])
+    w, t = (np.asarray(a) for a in jax.jit(lambda k: lambertw_negexp_parts(k, branch))(jnp.asarray(kappa)))
+    with mpmath.workdps(400):
+        ref = [mpmath.lambertw(-mpmath.exp(-1 - mpmath.mpf(float(k))), branch).real for k in kappa]
+        ref_w = np.array([float(v) for v in ref])
+        ref_t = np.array([float(1 + v) for v in ref])
+    assert _ulp(w, ref_w, np.float64).max() <= ULP_BUDGET
+    assert _ulp(t, ref_t, np.float64).max() <= ULP_BUDGET
