@@ -297,12 +297,14 @@ class _Consts:
         self.inv_ln2 = f(1 / _LN2)
         # log(1 + f) = 2 atanh(s), s = f / (2 + f), |s| <= 3 - 2 sqrt(2): the
         # series sum_k 2 s^(2k+1) / (2k+1) is truncated below 2^-58 (2^-28).
-        n_log = 11 if double else 5
+        n_log = 10 if double else 5
         self.log_t = [f(Fraction(2, 2 * k + 1)) for k in range(1, n_log + 1)]
         # log(1 + f) = f + f^2 sum_{n>=2} (-1)^(n+1) f^(n-2) / n, the Taylor series,
-        # truncated at ~2e-8 (5e-6) for |f| <= sqrt(2) - 1 and exact to rounding
-        # for |f| < 0.04: division-free, for the guess and the series-region L.
-        n_taylor = 16 if double else 10
+        # truncated at ~3e-7 (5e-6) for |f| <= sqrt(2) - 1, ample for a guess
+        # (one fourth-order step squares its error twice), and below 2^-57
+        # relative (float64) for |f| < 0.04: division-free, for the guess and
+        # the series-region L.
+        n_taylor = 13 if double else 10
         self.log_taylor = [f(Fraction((-1) ** (n + 1), n)) for n in range(2, n_taylor + 1)]
         self.int_dtype = np.int64 if double else np.int32
         # Bit pattern of sqrt(1/2): subtracting it centres the mantissa on 1.
