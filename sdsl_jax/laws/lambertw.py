@@ -343,7 +343,8 @@ class _Consts:
         self.kappa_near = f(-np.log1p(-_R_NEAR))
         self.kappa_series = {b: f(-np.log1p(-v)) for b, v in _R_SERIES.items()}
         self.kappa_state = {b: f(-np.log1p(-v)) for b, v in _R_STATE.items()}
-        # Below this |x|, W0(x) = x - x^2 + 3/2 x^3 - 8/3 x^4 is exact to << 1 ulp.
+        # Below this |x|, W0(x) = x - x^2 (+ 3/2 x^3 - 8/3 x^4 in float32) is
+        # exact to << 1 ulp (see _small_x).
         self.tiny_x = f(2.0**-30 if double else 2.0**-12)
         # Above this |x / w| the Veltkamp split could overflow; the quotient's
         # rounding no longer matters there anyway (1 + w is large).
@@ -767,7 +768,13 @@ def _nan_where(invalid, v):
 
 
 def _small_x(x):
-    """W0(x) = x - x^2 + 3/2 x^3 - 8/3 x^4 + ..., used for |x| < tiny_x."""
+    """W0(x) = x - x^2 + 3/2 x^3 - 8/3 x^4 + ..., used for |x| < tiny_x.
+
+    In float64 (|x| < 2^-30) x - x^2 is already within 1.5 x^2 < 2^-59
+    relative; float32's |x| < 2^-12 needs the cubic and quartic terms.
+    """
+    if x.dtype == np.float64:
+        return x - x * x
     return x - x * x * (1 - x * (1.5 - x * (8.0 / 3.0)))
 
 
