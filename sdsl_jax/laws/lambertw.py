@@ -19,7 +19,7 @@ Both meet at the branch point ``x = -1/e``, ``W = -1``, where
 Method
 ------
 Each value is an initial guess, read from tables of piecewise cubics to
-~2.6e-7 relative, refined by one Fritsch-Shafer-Crowley (FSC) step.  With the
+~3e-7 relative, refined by one Fritsch-Shafer-Crowley (FSC) step.  With the
 residual ``z = log(x / w) - w`` of ``log w + w = log x``::
 
     q   = 2 (1 + w) (1 + w + 2 z / 3)
@@ -114,15 +114,26 @@ Floating-point and XLA notes
   two steps.
 * A gather from a small constant table fuses into the loop and costs little
   (4 gathers and a cubic: ~0.6 ms per 1e6 float64 beyond a copy).
-* XLA splits the evaluation on its own into a loop for the guess and one for
-  the step (the guess is materialised between them); on one core each takes
-  about 5 ms per 1e6 float64.  Measured in CPU time on one pinned core (which
-  the machine's load disturbs far less than wall time), these did not pay:
-  the branch-0 residual as ``log(x) - log(w) - w`` (one more double-word log
-  in place of the quotient), ``1 / w`` from tables instead of a division,
-  the branch -1 guess from the residual's double-word log, one gather of a
-  row of four coefficients (XLA then materialises the rows), and
-  ``promise_in_bounds`` gathers.
+* XLA splits the evaluation on its own into loops for the guess (on branch
+  0 one for its log, one for the look-up) and one for the step, with the
+  intermediate arrays materialised; in all about 8.6 ms (branch 0) and
+  10.2 ms (branch -1) per 1e6 float64 on one core, of which the step is a
+  little over half.  At this size the time follows the number of
+  operations per element (~0.03 ms per operation per 1e6), not the memory
+  passes (~0.25 ms each).  When a change made XLA fuse guess and step into
+  one loop it ran ~35% slower (a chain too long to overlap iterations).
+  Measured in CPU time on one pinned core (which the machine's load disturbs
+  far less than wall time), these did not pay: the branch-0 residual as
+  ``log(x) - log(w) - w`` (one more double-word log in place of the
+  quotient), ``1 / w`` from tables instead of a division, the branch -1
+  guess from the residual's double-word log, one gather of a row of four
+  coefficients (XLA then materialises the rows), ``promise_in_bounds``
+  gathers, NaN made as ``inf - inf`` instead of ``sqrt(-1)``, a guess
+  rounded to 26 bits so that ``x - q w`` needs one split instead of two
+  (<1%), and ``1 / y`` in the guess's ``log1m`` replaced by ``2 - y`` (no
+  change).  Upper bounds, from timing wrong stand-ins: without the guess's
+  log (series ``L`` kept) branch 0 would gain 5-9%; without the residual
+  log's division ~4%; without Dekker's product ~6%.
 * XLA on CPU flushes subnormal numbers to zero: subnormal inputs behave like
   (signed) zero and results that would be subnormal come back as zero.
 """
@@ -170,7 +181,8 @@ _R_STATE = {b: _r_of_t(t) for b, t in _T_STATE.items()}
 
 # Initial guesses are read from tables of piecewise cubic polynomials (one
 # gather per coefficient), accurate to ~2.4e-7 relative far from the branch
-# point (~2.6e-7 measured with the logs that feed them) and ~9e-9 near it, so that a single step lands on the root
+# point (with the logs that feed them, within ~3e-7; 1.3e-7 the largest seen
+# on 9000 points per branch) and ~9e-9 near it, so that a single step lands on the root
 # (error ~1e-18 before rounding, see _fsc_correction).  Each
 # table holds, per bin, the coefficients of a cubic in the offset d of the
 # table variable from the bin's start:
@@ -479,7 +491,7 @@ def _log(y, c, rough=False):
     negative, subnormal, infinite or NaN inputs give meaningless values; the
     callers only use lanes where y is a positive normal number.  rough=True
     uses the Taylor series of log(1 + f) instead (no division, a shorter
-    dependency chain), accurate to ~2e-8 absolute in general and to ~1 ulp for
+    dependency chain), accurate to ~3e-7 absolute in general and to ~1 ulp for
     |f| < 0.04, which is all the guesses and the series-region L need.
     """
     if rough:
@@ -707,7 +719,7 @@ def _refine(v, step, c, materialize):
     residual is taken at w = fl(t - 1): the correction it gives leads from
     that w to the root, so the rounding of t - 1 is subtracted from it.
 
-    The guess is within ~2.6e-7 (the tables and the logs that feed them),
+    The guess is within ~3e-7 (the tables and the logs that feed them),
     which the step takes to ~1e-18: what remains is the rounding of the
     residual, computed with care (see _residual), and of the final addition.
 
