@@ -805,12 +805,13 @@ def _lambertw_x_impl(x, branch):
 
     def substitute(x):
         """x with special and invalid arguments replaced by an ordinary one."""
-        at_bp = x == -c.inv_e_hi
+        # One comparison per bound: NaN fails them all, and the strict bound
+        # at -1/e leaves out the branch point.
         if branch == 0:
-            special = ~(x >= -c.inv_e_hi) | at_bp | (jnp.abs(x) < c.tiny_x) | (x == jnp.inf)
-            return jnp.where(special, jnp.ones_like(x), x)
-        special = ~((x >= -c.inv_e_hi) & (x <= 0)) | at_bp | (x == 0)
-        return jnp.where(special, jnp.full_like(x, -0.25), x)
+            ordinary = (x > -c.inv_e_hi) & (jnp.abs(x) >= c.tiny_x) & (x < jnp.inf)
+            return jnp.where(ordinary, x, jnp.ones_like(x))
+        ordinary = (x > -c.inv_e_hi) & (x < 0)
+        return jnp.where(ordinary, x, jnp.full_like(x, -0.25))
 
     xs = substitute(x)
     r_hi, r_lo = _r_from_x(jnp.minimum(xs, 1), c)
