@@ -28,6 +28,7 @@ does: the folder must be the user's own.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import pickle
@@ -70,8 +71,8 @@ def forget_loaded() -> None:
     _loaded.clear()
 
 
-def call(name: str, jitted: Callable, static_args: tuple, *args):
-    """``jitted(*static_args, *args)``, with its compiled program saved or loaded.
+def call(name: str, jitted: Callable, static_args: tuple, *args, static_kwargs: dict | None = None):
+    """``jitted(*static_args, *args, **static_kwargs)``, with its compiled program saved or loaded.
 
     Args:
       name: the program's name, unique in the package (e.g. "planning.flop").
@@ -80,12 +81,19 @@ def call(name: str, jitted: Callable, static_args: tuple, *args):
         tuples and module-level functions (named by module and qualified
         name); anything else takes the ordinary path.
       args: the remaining arguments, pytrees of arrays.
+      static_kwargs: static arguments the function takes by name (its
+        ``static_argnames``), of the same kinds as ``static_args``.
 
     Without a folder (:func:`saving_in`), or with tracers among ``args``,
-    this is ``jitted(*static_args, *args)`` itself.
+    this is ``jitted(*static_args, *args, **static_kwargs)`` itself.
     """
+    named = tuple(sorted((static_kwargs or {}).items()))
+    if named:
+        jitted = functools.partial(jitted, **dict(named))
     leaves, tree = jax.tree_util.tree_flatten(args)
-    key = _key(name, static_args, leaves, tree) if _directory is not None else None
+    # The named static arguments are part of the key, after the positional ones.
+    key = (_key(name, (*static_args, named) if named else static_args, leaves, tree)
+           if _directory is not None else None)
     if key is None:
         return jitted(*static_args, *args)
     path = os.path.join(_directory, f"{name}-{key[:32]}{SUFFIX}")
@@ -229,6 +237,7 @@ def _load(path: str, key: str):
         if hashlib.sha256(body).hexdigest().encode() != checksum:
             raise ValueError("checksum")
         from jax.experimental import serialize_executable
+        _prepare_custom_calls()
         payload, in_tree, out_tree = pickle.loads(body)
         program = serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
     except Exception:  # noqa: BLE001 - a torn, corrupt or foreign file: compile instead
@@ -239,6 +248,20 @@ def _load(path: str, key: str):
     except OSError:
         pass
     return program
+
+
+def _prepare_custom_calls() -> None:
+    """Make the CPU's LAPACK kernels callable before a program that may call them is loaded.
+
+    JAX fills jaxlib's table of LAPACK routines only when it lowers a linear
+    algebra operation, so a process that loads a program using one (a
+    Cholesky, an eigendecomposition) without lowering any would call a null
+    pointer and crash. JAX's own deserialisation of exported programs
+    prepares them the same way. Where this JAX has no such hook, nothing is
+    loaded (the error makes :func:`_load` compile instead).
+    """
+    from jax._src.lax import linalg
+    linalg.initialize_lapack()
 
 
 def _save(path: str, key: str, program) -> bool:

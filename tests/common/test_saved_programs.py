@@ -119,3 +119,60 @@ def test_a_loaded_program_that_fails_to_run_is_removed_and_the_call_answers(tmp_
         y = saved_programs.call("test.scaled", _scaled, ((3.0, 1.0),), x, pair)["y"]
     np.testing.assert_array_equal(y, _scaled((3.0, 1.0), x, pair)["y"])
     assert _programs(tmp_path) == [four]
+
+
+@functools.partial(jax.jit, static_argnames=("power",))
+def _powered(x, *, power):
+    return x**power
+
+
+def test_static_arguments_by_name_are_part_of_the_key(tmp_path):
+    x = jnp.linspace(1.0, 2.0, 4)
+    with saved_programs.saving_in(str(tmp_path)):
+        squared = saved_programs.call("test.powered", _powered, (), x, static_kwargs=dict(power=2))
+        cubed = saved_programs.call("test.powered", _powered, (), x, static_kwargs=dict(power=3))
+        assert len(_programs(tmp_path)) == 2
+        saved_programs.forget_loaded()
+        again = saved_programs.call("test.powered", _powered, (), x, static_kwargs=dict(power=3))
+    np.testing.assert_allclose(squared, np.asarray(x) ** 2, rtol=1e-6)
+    np.testing.assert_allclose(cubed, np.asarray(x) ** 3, rtol=1e-6)
+    np.testing.assert_array_equal(again, cubed)
+    # Without a folder: the jitted function itself, the named arguments passed on.
+    np.testing.assert_array_equal(
+        saved_programs.call("test.powered", _powered, (), x, static_kwargs=dict(power=3)), cubed)
+
+
+_LAPACK_SCRIPT = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from sdsl_jax.common import saved_programs
+
+@jax.jit
+def solve(a, b):
+    # A Cholesky factorisation and triangular solves: LAPACK custom calls.
+    return jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(a), True), b)
+
+a = np.array([[4.0, 1.0, 0.5], [1.0, 3.0, 0.2], [0.5, 0.2, 2.0]], np.float32)
+b = np.array([1.0, 2.0, 3.0], np.float32)
+with saved_programs.saving_in(sys.argv[1]):
+    x = saved_programs.call("test.cholesky", solve, (), a, b)
+print(repr(np.asarray(x).tolist()))
+"""
+
+
+def test_a_program_calling_lapack_loads_and_runs_in_a_new_process(tmp_path):
+    """JAX prepares its LAPACK kernels only when it lowers a linear algebra operation; a new
+    process that loads such a program without lowering one must prepare them first (it
+    crashed with a segmentation fault otherwise)."""
+    import subprocess
+    import sys
+    run = lambda: subprocess.run([sys.executable, "-c", _LAPACK_SCRIPT, str(tmp_path)],
+                                 capture_output=True, text=True, timeout=120,
+                                 env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    first, second = run(), run()
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert len(_programs(tmp_path)) == 1
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.stdout == first.stdout
+    a = np.array([[4.0, 1.0, 0.5], [1.0, 3.0, 0.2], [0.5, 0.2, 2.0]])
+    np.testing.assert_allclose(eval(second.stdout), np.linalg.solve(a, [1.0, 2.0, 3.0]), rtol=1e-5)
