@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sdsl_jax.common import saved_programs
 from sdsl_jax.common import validation as _validate
 from sdsl_jax.common.buckets import bucket
 from sdsl_jax.laws import acceptance as acceptance_lib
@@ -166,6 +167,13 @@ def _fit_acceptance_law(rows, weight, use_target):
         covariance=covariance, identifiable=identifiable)
 
 
+def _saved_fit(rows, weight, use_target):
+    # Where the caller saves programs (the sdsl command line does), a new
+    # process loads the compiled fit instead of tracing it again.
+    return saved_programs.call("fitting.acceptance", _fit_acceptance_law, (), rows, weight,
+                               static_kwargs=dict(use_target=use_target))
+
+
 def fit_acceptance_law(rows: AcceptanceRows, weight=None, *, use_target: bool = True) -> AcceptanceFit:
     """The joint plane over all measurements (weights default to ``rows.weight``).
 
@@ -181,11 +189,12 @@ def fit_acceptance_law(rows: AcceptanceRows, weight=None, *, use_target: bool = 
     _check_rows(rows, weight, 3 if use_target else 2, "the acceptance plane")
     size = rows.acceptance.shape[0]
     if bucket(size, ROW_BUCKET) == size or not _validate.is_concrete(rows, weight):
-        return _fit_acceptance_law(rows, weight, use_target)
+        return _saved_fit(rows, weight, use_target)
     # Padded rows at weight 0 change no weighted sum (and r2 and the rms
     # residual count the rows of positive weight): one compiled fit serves
     # every row count up to the bucket.
-    fit = _fit_acceptance_law(_pad_rows(rows, bucket(size, ROW_BUCKET)), _pad(weight, bucket(size, ROW_BUCKET), 0.0), use_target)
+    fit = _saved_fit(_pad_rows(rows, bucket(size, ROW_BUCKET)), _pad(weight, bucket(size, ROW_BUCKET), 0.0),
+                     use_target)
     return fit.replace(residuals=jnp.asarray(np.asarray(fit.residuals)[:size]))
 
 

@@ -112,6 +112,7 @@ from sdsl_jax.fitting import acceptance as fit_acceptance
 from sdsl_jax.fitting.acceptance import concentrated_nll
 from sdsl_jax.fitting.data import AcceptanceRows, PerplexityPoints
 from sdsl_jax.fitting.uncertainty import corrected_inverse_hessian, resample_weights
+from sdsl_jax.common import saved_programs
 from sdsl_jax.common.buckets import bucket
 from sdsl_jax.common.optimize import minimize, newton
 from sdsl_jax.laws import acceptance as acceptance_lib
@@ -690,16 +691,16 @@ def refit(pre_theta0, data: JointData, row_weight, point_weight, *, fit_target_c
     the Newton steps), then ``newton_steps`` Newton steps. Returns (theta (8,), Solution of the 5-coordinate search,
     whose grad_norm is the Newton decrement).
     """
-    theta, solution, _ = _solve(pre_theta0, data, row_weight, point_weight,
+    theta, solution, _ = _solve(pre_theta0, data, row_weight, point_weight, row_count,
                                 fit_target_coeff=fit_target_coeff, warm_steps=warm_steps,
-                                max_steps=max_steps, newton_steps=newton_steps, row_count=row_count)
+                                max_steps=max_steps, newton_steps=newton_steps)
     return theta, solution
 
 
 @functools.partial(jax.jit, static_argnames=("fit_target_coeff", "warm_steps", "max_steps",
                                              "newton_steps"))
-def _solve(pre_theta0, data: JointData, row_weight, point_weight, *, fit_target_coeff, warm_steps,
-           max_steps, newton_steps, row_count):
+def _solve(pre_theta0, data: JointData, row_weight, point_weight, row_count, *, fit_target_coeff,
+           warm_steps, max_steps, newton_steps):
     """:func:`refit`, also returning the acceptance moments it computed (theta, Solution, moments).
 
     One compiled program for the point fit (which reuses the moments for its
@@ -785,12 +786,17 @@ def fit_joint(rows: AcceptanceRows, points: PerplexityPoints, *, start=None,
     row_weight = pad_rows(data, rows.weight)
     # The row mask as the row counts: the argument the bootstrap's fallback
     # passes too, so both run one compiled refit.
-    theta, solution, moments = _solve(pre_theta0, data, row_weight, data.point_mask,
-                                      fit_target_coeff=fit_target_coeff, warm_steps=0,
-                                      max_steps=max_steps, newton_steps=NEWTON_POLISH,
-                                      row_count=data.row_mask)
-    model = _model_stage(theta, moments, data, data.point_mask, fit_target_coeff)
-    fit = _pair_stage(theta, solution, moments, model, data, data.point_mask, fit_target_coeff)
+    # Where the caller saves programs (the sdsl command line does), a new
+    # process loads these three compiled stages instead of tracing them again.
+    theta, solution, moments = saved_programs.call(
+        "fitting.joint.solve", _solve, (), pre_theta0, data, row_weight, data.point_mask,
+        data.row_mask, static_kwargs=dict(fit_target_coeff=fit_target_coeff, warm_steps=0,
+                                          max_steps=max_steps, newton_steps=NEWTON_POLISH))
+    model = saved_programs.call("fitting.joint.model_stage", _model_stage, (), theta, moments, data,
+                                data.point_mask, static_kwargs=dict(fit_target_coeff=fit_target_coeff))
+    fit = saved_programs.call("fitting.joint.pair_stage", _pair_stage, (), theta, solution, moments,
+                              model, data, data.point_mask,
+                              static_kwargs=dict(fit_target_coeff=fit_target_coeff))
     # The per-row and per-point results without the padding.
     # (Sliced on the host: a device slice is one more program per shape.)
     fit = fit.replace(
@@ -1002,9 +1008,10 @@ def bootstrap_joint(fit: JointFit, rows: AcceptanceRows, points: PerplexityPoint
         row_counts_of = lambda k: np.asarray(row_counts[k])
     point_counts = pad_counts(point_counts, size_p)
     row_weight = pad_rows(data, rows.weight)
-    thetas, decrement = _bootstrap(fit.theta, data, row_weight, factors, point_counts,
-                                   fit_target_coeff=fit_target_coeff, warm_steps=warm_steps,
-                                   batch_size=min(batch_size, num_resamples))
+    thetas, decrement = saved_programs.call(
+        "fitting.joint.bootstrap", _bootstrap, (), fit.theta, data, row_weight, factors, point_counts,
+        static_kwargs=dict(fit_target_coeff=fit_target_coeff, warm_steps=warm_steps,
+                           batch_size=min(batch_size, num_resamples)))
     thetas, decrement = np.array(thetas), np.array(decrement)
     with np.errstate(invalid="ignore"):
         short = ~(decrement <= converged_decrement(dtype))

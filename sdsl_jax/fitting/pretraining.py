@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sdsl_jax.common import saved_programs
 from sdsl_jax.common import validation as _validate
 from sdsl_jax.common.buckets import bucket
 from sdsl_jax.laws import pretraining
@@ -126,12 +127,27 @@ def profiled_starts(log_params, log_tokens, losses, weight, exponents):
     return starts, jnp.where(jnp.isfinite(values), values, jnp.inf)
 
 
+def _lowest(values, k):
+    """Indices of the k lowest values, lowest first, ties to the earlier index: a stable
+    argsort's first k.
+
+    By ranks (n^2 comparisons, nothing for the few hundred starts here)
+    rather than a sort: jaxlib 0.10 cannot serialize a sort's comparator, so
+    a program with one could not be saved (common/saved_programs).
+    """
+    index = jnp.arange(values.shape[0])
+    earlier = (values[None, :] < values[:, None]) | ((values[None, :] == values[:, None])
+                                                     & (index[None, :] < index[:, None]))
+    rank = jnp.sum(earlier, axis=1)
+    return jnp.argmax(rank[None, :] == jnp.arange(k)[:, None], axis=1)
+
+
 @functools.partial(jax.jit, static_argnames=("max_steps", "refine"))
 def _fit(num_params, tokens, losses, weight, starts, exponents, max_steps, refine):
     log_params, log_tokens, log_loss = jnp.log(num_params), jnp.log(tokens), jnp.log(losses)
     if starts is None:
         grid, values = profiled_starts(log_params, log_tokens, losses, weight, exponents)
-        starts = grid[jnp.argsort(values)[:refine]]
+        starts = grid[_lowest(values, refine)]
     # L-BFGS works on centred log sizes: log A - a log N with log N near 20 is
     # two large numbers that cancel, and the search would crawl along that
     # valley; log A' - a (log N - centre) is the same law, well conditioned.
@@ -157,6 +173,14 @@ def _fit(num_params, tokens, losses, weight, starts, exponents, max_steps, refin
     return PretrainingFit(law=from_theta(theta), objective=values[best], r2=r2,
                           residuals=log_loss - jnp.log(fitted),
                           converged=jnp.isfinite(values[best]) & (solutions.steps[best] < max_steps))
+
+
+def _saved_fit(num_params, tokens, losses, weight, starts, exponents, max_steps, refine):
+    # Where the caller saves programs (the sdsl command line does), a new
+    # process loads the compiled fit instead of tracing it again.
+    return saved_programs.call("fitting.pretraining", _fit, (), num_params, tokens, losses, weight,
+                               starts, exponents,
+                               static_kwargs=dict(max_steps=max_steps, refine=refine))
 
 
 def fit_pretraining_law(num_params, tokens, losses, weight=None, *, exponents=DEFAULT_EXPONENTS,
@@ -199,12 +223,12 @@ def fit_pretraining_law(num_params, tokens, losses, weight=None, *, exponents=DE
     size = num_params.shape[0]
     padded = bucket(size, POINT_BUCKET)
     if not pad or padded == size or not _validate.is_concrete(num_params, tokens, losses, weight):
-        return _fit(num_params, tokens, losses, weight, starts, exponents, max_steps, refine)
+        return _saved_fit(num_params, tokens, losses, weight, starts, exponents, max_steps, refine)
     # Concrete points: padded with copies of the first at weight 0 (extremes,
     # sums and the Huber objective unchanged), so that one compiled fit
     # serves every count of points up to the bucket.
     extend = lambda v: np.concatenate([np.asarray(v), np.repeat(np.asarray(v)[:1], padded - size)])
-    fit = _fit(*(jnp.asarray(extend(v), dtype) for v in (num_params, tokens, losses)),
+    fit = _saved_fit(*(jnp.asarray(extend(v), dtype) for v in (num_params, tokens, losses)),
                jnp.asarray(np.concatenate([np.asarray(weight), np.zeros(padded - size)]), dtype),
                starts, exponents, max_steps, refine)
     return fit.replace(residuals=jnp.asarray(np.asarray(fit.residuals)[:size]))

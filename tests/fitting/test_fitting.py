@@ -718,3 +718,17 @@ def test_interval_needs_the_right_uncertainty(design):
         draft_size_interval(bare, *args, interval="jackknife")
     with pytest.raises(ValueError, match=r"confidence must lie in \(0, 1\)"):
         draft_size_interval(design.joint.laws, *args, confidence=95)
+
+
+def test_the_lowest_starts_are_a_stable_argsorts_first():
+    """The Huber fit polishes its `refine` best starts, found without a sort (whose
+    comparator a saved program cannot hold): the same indices, in the same order, as
+    numpy's stable argsort, with ties and infinite objectives."""
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        n = int(rng.integers(8, 300))
+        values = rng.integers(0, 5, n).astype(float) if trial % 2 else rng.normal(size=n)
+        values[rng.random(n) < 0.25] = np.inf
+        k = int(rng.integers(1, 9))
+        np.testing.assert_array_equal(pretraining_fit._lowest(jnp.asarray(values), k),
+                                      np.argsort(values, kind="stable")[:k])
