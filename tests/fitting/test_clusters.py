@@ -310,25 +310,40 @@ def test_grid_cluster_tables_are_the_listed_ones():
             np.testing.assert_array_equal(np.asarray(grid[name]), np.asarray(listed[name]), err_msg=name)
 
 
+def _ladder():
+    """Six models on a ladder: drafts 0-3 and targets 2-5, all 16 pairs (models 2 and 3 are
+    drafts and targets both)."""
+    models = np.array([1e8, 2e8, 5e8, 1e9, 3e9, 7e9]) + 1j * np.array([1, 2, 3, 4, 5, 6]) * 1e11
+    drafts, targets = models[[0, 1, 2, 3]], models[[2, 3, 4, 5]]
+    pair_draft, pair_target = np.arange(16) // 4, np.arange(16) % 4
+    clusters = clusters_lib.ModelClusters(**clusters_lib.model_clusters(
+        drafts, targets, models.real, models.imag, pair_draft, pair_target))
+    return clusters, pair_draft, pair_target
+
+
+def _problem(rng, pair_draft, pair_target, k, dominant=1.0):
+    """Separable pair gradients g = u[draft] + v[target], arbitrary scores and curvatures (the
+    rows of draft 0 weighted by ``dominant``), point terms and the Hessian they make."""
+    u, v = rng.normal(size=(4, k)), rng.normal(size=(4, k))
+    g = u[pair_draft] + v[pair_target]
+    score, curvature = rng.normal(size=16), rng.uniform(0.5, 2.0, 16)
+    curvature[pair_draft == 0] *= dominant
+    point_gradient = rng.normal(size=(6, k))
+    point_scores = rng.normal(size=6)[:, None] * point_gradient
+    hessian = (curvature[:, None] * g).T @ g + point_gradient.T @ point_gradient + np.eye(k)
+    return u, v, g, score, curvature, point_gradient, point_scores, hessian
+
+
 @pytest.mark.parametrize("grid", [True, False])
 def test_separable_covariance_with_twin_pairs(x64, grid):
     # A ladder (models 2 and 3 are drafts and targets: the pairs (2, 3) and
     # (3, 2) are twins, and a model paired with itself is in its sum once),
     # arbitrary scores and curvatures: the separable covariance is the general one.
     rng = np.random.default_rng(7)
-    models = np.array([1e8, 2e8, 5e8, 1e9, 3e9, 7e9]) + 1j * np.array([1, 2, 3, 4, 5, 6]) * 1e11
-    drafts, targets = models[[0, 1, 2, 3]], models[[2, 3, 4, 5]]
-    pair_draft, pair_target = np.arange(16) // 4, np.arange(16) % 4
-    clusters = clusters_lib.ModelClusters(**clusters_lib.model_clusters(
-        drafts, targets, models.real, models.imag, pair_draft, pair_target))
+    clusters, pair_draft, pair_target = _ladder()
     assert bool(clusters.pair_has_twin.any()) and not bool(clusters.pair_distinct.all())
-    k = 5
-    u, v = rng.normal(size=(4, k)), rng.normal(size=(4, k))
-    g = u[pair_draft] + v[pair_target]
-    score, curvature = rng.normal(size=16), rng.uniform(0.5, 2.0, 16)
-    point_gradient = rng.normal(size=(6, k))
-    point_scores = rng.normal(size=6)[:, None] * point_gradient
-    hessian = (curvature[:, None] * g).T @ g + point_gradient.T @ point_gradient + np.eye(k)
+    u, v, g, score, curvature, point_gradient, point_scores, hessian = _problem(
+        rng, pair_draft, pair_target, k=5)
     for adjustment in clusters_lib.ADJUSTMENTS:
         general = clusters_lib.cluster_covariance_theta(
             jnp.asarray(hessian), clusters, jnp.asarray(pair_draft), jnp.asarray(pair_target),
@@ -377,19 +392,9 @@ def test_cr3_with_and_without_floored_leverage(x64, dominant):
     # dominate the fit: curvature times ``dominant``); both against the
     # formula evaluated group by group in numpy.
     rng = np.random.default_rng(8)
-    models = np.array([1e8, 2e8, 5e8, 1e9, 3e9, 7e9]) + 1j * np.array([1, 2, 3, 4, 5, 6]) * 1e11
-    drafts, targets = models[[0, 1, 2, 3]], models[[2, 3, 4, 5]]
-    pair_draft, pair_target = np.arange(16) // 4, np.arange(16) % 4
-    clusters = clusters_lib.ModelClusters(**clusters_lib.model_clusters(
-        drafts, targets, models.real, models.imag, pair_draft, pair_target))
-    k = 4
-    u, v = rng.normal(size=(4, k)), rng.normal(size=(4, k))
-    g = u[pair_draft] + v[pair_target]
-    score, curvature = rng.normal(size=16), rng.uniform(0.5, 2.0, 16)
-    curvature[pair_draft == 0] *= dominant
-    point_gradient = rng.normal(size=(6, k))
-    point_scores = rng.normal(size=6)[:, None] * point_gradient
-    hessian = (curvature[:, None] * g).T @ g + point_gradient.T @ point_gradient + np.eye(k)
+    clusters, pair_draft, pair_target = _ladder()
+    u, v, g, score, curvature, point_gradient, point_scores, hessian = _problem(
+        rng, pair_draft, pair_target, k=4, dominant=dominant)
     expected = _cr3_reference(hessian, clusters, pair_draft, pair_target, g, score, curvature,
                               point_scores, point_gradient)
     got = clusters_lib.cluster_covariance_separable(
