@@ -725,10 +725,10 @@ def test_the_lowest_starts_are_a_stable_argsorts_first():
     comparator a saved program cannot hold): the same indices, in the same order, as
     numpy's stable argsort, with ties and infinite objectives."""
     rng = np.random.default_rng(3)
-    for trial in range(60):
-        n = int(rng.integers(8, 300))
-        values = rng.integers(0, 5, n).astype(float) if trial % 2 else rng.normal(size=n)
-        values[rng.random(n) < 0.25] = np.inf
-        k = int(rng.integers(1, 9))
-        np.testing.assert_array_equal(pretraining_fit._lowest(jnp.asarray(values), k),
-                                      np.argsort(values, kind="stable")[:k])
+    lowest = jax.jit(pretraining_fit._lowest, static_argnums=1)
+    for n, k in [(8, 1), (8, 8), (37, 3), (256, 8)]:  # a program per shape: few shapes
+        for trial in range(12):
+            values = rng.integers(0, 5, n).astype(float) if trial % 2 else rng.normal(size=n)
+            values[rng.random(n) < 0.25] = np.inf
+            np.testing.assert_array_equal(lowest(jnp.asarray(values), k),
+                                          np.argsort(values, kind="stable")[:k])
