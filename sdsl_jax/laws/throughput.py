@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from sdsl_jax.common import validation as _validate
+from sdsl_jax.laws import lambertw as lambertw_module
 from sdsl_jax.laws.lambertw import lambertw_negexp_parts
 
 
@@ -135,41 +136,6 @@ def tokens_per_flop(acceptance: ArrayLike, lookahead: ArrayLike,
     return expected_tokens(alpha, gamma) / (2 * (gamma * n + m))
 
 
-# log(1 + f) = 2 atanh(s) = sum_k 2 s^(2k+1) / (2k+1), s = f / (2 + f): with
-# 1 + f in [sqrt(1/2), sqrt(2)), s^2 <= 0.0295 and eleven terms after the
-# first leave a truncation below 2^-60 relative.
-_ATANH_TERMS = tuple(2.0 / (2 * k + 1) for k in range(1, 12))
-_SQRT_HALF_BITS = 0x3FE6A09E667F3BCD  # float64 sqrt(1/2): centres the mantissa on 1
-_LN2_HI = 6.93147180369123816490e-01  # log(2) in two pieces: k * _LN2_HI is exact
-_LN2_LO = 1.90821492927058770002e-10
-
-
-def _log_float64(x):
-    """log(x) for positive normal float64 x in plain vector arithmetic, within ~1 ulp.
-
-    x = 2^k (1 + f) with 1 + f in [sqrt(1/2), sqrt(2)) by integer arithmetic
-    on its bits (f = m - 1 exact), then log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2))
-    (fdlibm's rearranged atanh series, the leading f kept apart so that
-    every digit survives near x = 1), k log(2) added in two pieces.
-    """
-    bits = jax.lax.bitcast_convert_type(x, jnp.int64)
-    k = (bits - _SQRT_HALF_BITS) >> 52
-    f = jax.lax.bitcast_convert_type(bits - (k << 52), jnp.float64) - 1
-    kf = k.astype(jnp.float64)
-    s = f / (2 + f)
-    z = s * s
-    z2 = z * z
-    # Estrin's scheme: XLA on CPU runs one element's evaluation as one
-    # dependent chain, so a shallow tree beats Horner's long one.
-    t = _ATANH_TERMS
-    pairs = [t[i] + z * t[i + 1] for i in range(0, 10, 2)] + [jnp.full_like(z, t[10])]
-    z4 = z2 * z2
-    quads = [pairs[0] + z2 * pairs[1], pairs[2] + z2 * pairs[3], pairs[4] + z2 * pairs[5]]
-    series = z * (quads[0] + z4 * (quads[1] + z4 * quads[2]))
-    hfsq = 0.5 * f * f
-    return kf * _LN2_HI + ((f - hfsq) + (s * (hfsq + series) + kf * _LN2_LO))
-
-
 @jax.custom_jvp
 def positive_log(x: jnp.ndarray) -> jnp.ndarray:
     """log(x) for positive, finite, normal x (anything else gives a meaningless value).
@@ -180,7 +146,9 @@ def positive_log(x: jnp.ndarray) -> jnp.ndarray:
     ulp or so, near 1 as well. Other dtypes take XLA's log, already vectorised.
     """
     if x.dtype == jnp.float64:
-        return _log_float64(x)
+        # Lambert W's own vectorised log (fdlibm's rearranged atanh series on
+        # the mantissa, k log 2 in two pieces): one implementation for both.
+        return lambertw_module._log(x, lambertw_module._consts(x.dtype))
     return jnp.log(x)
 
 
