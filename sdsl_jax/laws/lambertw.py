@@ -501,6 +501,13 @@ def _log(y, c, rough=False):
     return ((tail - hfsq) + f) + kf * c.ln2_hi
 
 
+def vectorised_log(y):
+    """Natural log of positive normal float64 (or float32) ``y`` in plain vector arithmetic,
+    within ~1 ulp: :func:`_log`, for other modules that need a float64 log without
+    XLA's per-element libm call. Other inputs give meaningless values."""
+    return _log(y, _consts(y.dtype))
+
+
 def _log_dd(y, c):
     """log(y) as hi + lo, accurate to ~2^-60 relative (same method as _log).
 

@@ -148,7 +148,7 @@ def positive_log(x: jnp.ndarray) -> jnp.ndarray:
     if x.dtype == jnp.float64:
         # Lambert W's own vectorised log (fdlibm's rearranged atanh series on
         # the mantissa, k log 2 in two pieces): one implementation for both.
-        return lambertw_module._log(x, lambertw_module._consts(x.dtype))
+        return lambertw_module.vectorised_log(x)
     return jnp.log(x)
 
 
