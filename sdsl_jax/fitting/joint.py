@@ -818,12 +818,8 @@ def _huber_start(points: PerplexityPoints):
     :func:`prepare` lays out the rows on the host.
     """
     losses = np.asarray(jnp.log(points.perplexity))
-    size = losses.shape[0]
-    extra = bucket(size, pretraining_fit.POINT_BUCKET) - size
-    extend = lambda v: np.concatenate([np.asarray(v), np.repeat(np.asarray(v)[:1], extra)])
-    weight = np.concatenate([np.ones(size, losses.dtype), np.zeros(extra, losses.dtype)])
-    return pretraining_fit.fit_pretraining_law(extend(points.num_params), extend(points.tokens),
-                                               extend(losses), weight).law
+    return pretraining_fit.fit_pretraining_law(*pretraining_fit.padded_points(
+        points.num_params, points.tokens, losses, np.ones_like(losses))).law
 
 
 @jax.jit

@@ -224,16 +224,26 @@ def fit_pretraining_law(num_params, tokens, losses, weight=None, *, exponents=DE
     padded = bucket(size, POINT_BUCKET)
     if not pad or padded == size or not _validate.is_concrete(num_params, tokens, losses, weight):
         return _saved_fit(num_params, tokens, losses, weight, starts, exponents, max_steps, refine)
-    # Concrete points: padded with copies of the first at weight 0 (extremes,
-    # sums and the Huber objective unchanged), so that one compiled fit
-    # serves every count of points up to the bucket.
-    extend = lambda v: np.concatenate([np.asarray(v), np.repeat(np.asarray(v)[:1], padded - size)])
-    fit = _saved_fit(*(jnp.asarray(extend(v), dtype) for v in (num_params, tokens, losses)),
-               jnp.asarray(np.concatenate([np.asarray(weight), np.zeros(padded - size)]), dtype),
-               starts, exponents, max_steps, refine)
+    fit = _saved_fit(*(jnp.asarray(v, dtype) for v in padded_points(num_params, tokens, losses, weight)),
+                     starts, exponents, max_steps, refine)
     return fit.replace(residuals=jnp.asarray(np.asarray(fit.residuals)[:size]))
 
 
 POINT_BUCKET = 32  # the fewest points a padded fit is compiled for
+
+
+def padded_points(num_params, tokens, losses, weight):
+    """(num_params, tokens, losses, weight) as numpy arrays padded to ``bucket(size,
+    POINT_BUCKET)`` points with copies of the first at weight 0.
+
+    Extremes, sums and the Huber objective are unchanged, so one compiled fit
+    serves every count of points up to the bucket.
+    """
+    size = np.shape(num_params)[0]
+    extra = bucket(size, POINT_BUCKET) - size
+    extend = lambda v: np.concatenate([np.asarray(v), np.repeat(np.asarray(v)[:1], extra)])
+    weight = np.asarray(weight)
+    return (extend(num_params), extend(tokens), extend(losses),
+            np.concatenate([weight, np.zeros(extra, weight.dtype)]))
 
 
