@@ -18,7 +18,9 @@ Three timings are interleaved in every repeat, so that a change in the
 machine's load hits all of them alike: scipy (single-threaded), the jitted
 JAX function in this process (all cores), and the same function in a worker
 process restricted to one core (pinned to one CPU, XLA's intra-op threads
-off).  Medians and minima over the repeats are printed, with the ratios of the
+off).  The worker's call waits 50 ms after ours: XLA's intra-op threads
+spin for a while after a call, and on the worker's core they added ~2 ms to
+its time.  Medians and minima over the repeats are printed, with the ratios of the
 medians, the machine's load average, and the minor page faults per call of
 ours (XLA's per-call temporary buffers, when the allocator returns them to the
 system, cost a page fault per 4 KiB).  The ulp error of both is measured
@@ -57,6 +59,7 @@ from sdsl_jax.laws.lambertw import lambertw  # noqa: E402
 INV_E = float(1 / mpmath.e)  # nearest double, just above the true 1/e
 BRANCHES = (0, -1)
 GOAL = 30.0
+SETTLE_SECONDS = 0.05
 SINGLE_CORE_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
@@ -205,6 +208,9 @@ def main():
             elapsed, n_faults = _timed(lambda: f(xj).block_until_ready())
             t_ours.append(elapsed)
             faults.append(n_faults)
+            # XLA's intra-op threads spin for a while after a call; without
+            # this pause they share the worker's core and add ~2 ms to it.
+            time.sleep(SETTLE_SECONDS)
             t_one.append(single.time(branch))
             if fb is not None:
                 t_base.append(_timed(lambda: fb(xj).block_until_ready())[0])

@@ -1,6 +1,8 @@
 """Lambert W at the edges of the initial-guess tables, against mpmath.
 
-The guess is a piecewise cubic per table bin (sdsl_jax.laws.lambertw); a bin
+The guess tables serve float32 and the log-domain entry points (float64
+lambertw reads tables of its own, tested in test_lambertw_table.py, and is
+checked here at these arguments too).  The guess is a piecewise cubic per table bin (sdsl_jax.laws.lambertw); a bin
 fitted badly, or an index off by one, would show at the bin edges first.  The
 arguments here sit on and next to every edge: near the branch point the bins
 are 1/16 of a binade of r = 1 + e x (the edges of the earlier bins, uniform
