@@ -829,9 +829,11 @@ def _table_impl(x, branch):
         t = jnp.where(x == jnp.inf, x, t)
     else:
         invalid = ~((x >= -c.inv_e_hi) & (x <= 0))
-        # Zero and the subnormals XLA flushes to it.
-        w = jnp.where(x == 0, -jnp.inf, w)
-        t = jnp.where(x == 0, -jnp.inf, t)
+        # Zero, and subnormals on every backend: the table starts at the
+        # smallest normal float (on CPU XLA flushes subnormals to zero anyway).
+        zero = x > -np.finfo(np.float64).tiny
+        w = jnp.where(zero, -jnp.inf, w)
+        t = jnp.where(zero, -jnp.inf, t)
     at_bp = x == -c.inv_e_hi
     w = jnp.where(at_bp, -1, w)
     t = jnp.where(at_bp, 0, t)
@@ -897,8 +899,9 @@ def _lambertw_x_impl(x, branch):
         w = jnp.where(x == jnp.inf, x, w)
         t = jnp.where(x == jnp.inf, x, t)
     else:
-        w = jnp.where(x == 0, -jnp.inf, w)
-        t = jnp.where(x == 0, -jnp.inf, t)
+        zero = x > -np.finfo(x.dtype).tiny  # subnormals too, as on the table's path
+        w = jnp.where(zero, -jnp.inf, w)
+        t = jnp.where(zero, -jnp.inf, t)
     w = jnp.where(at_bp, -1, w)
     t = jnp.where(at_bp, 0, t)
     return _nan_where(invalid, w), _nan_where(invalid, t)
@@ -1041,8 +1044,9 @@ def lambertw(x, branch=0):
       NaN input gives NaN.  ``-1/e`` means the float nearest ``-1/e`` (which
       lies just below the true value): there ``W = -1`` exactly and anything
       smaller is NaN.  ``W_0(0) = 0`` (sign of zero kept), ``W_0(+inf) = +inf``,
-      ``W_-1(0) = W_-1(-0.0) = -inf``.  Subnormal inputs behave as zero because
-      XLA on CPU flushes them.
+      ``W_-1(0) = W_-1(-0.0) = -inf``.  Subnormal inputs behave as zero where
+      XLA flushes them (on CPU), and on branch -1 in float64 everywhere;
+      elsewhere ``W_0`` of a subnormal is the subnormal itself.
 
     The error is within a few ulp of the exact value of ``W`` at the given
     float over the whole domain, including a few ulp above the branch point:

@@ -208,13 +208,12 @@ def test_scipy_loses_digits_near_branch_point(x64, branch):
 def test_special_values(dt, mode):
     hi = _inv_e(dt)
     below = np.nextafter(-hi, dt(-1))
-    sub = np.finfo(dt).tiny / 4  # subnormal: XLA on CPU flushes it to zero
     omega = dt(0.56714329040978387299996866221035554975381578718651)
     nan, inf = np.nan, np.inf
     cases = {
-        0: [(0.0, 0.0), (-0.0, -0.0), (-hi, -1.0), (inf, inf), (1.0, omega), (sub, 0.0),
+        0: [(0.0, 0.0), (-0.0, -0.0), (-hi, -1.0), (inf, inf), (1.0, omega),
             (below, nan), (-1.0, nan), (-inf, nan), (nan, nan)],
-        -1: [(-hi, -1.0), (0.0, -inf), (-0.0, -inf), (-sub, -inf), (below, nan), (-1.0, nan),
+        -1: [(-hi, -1.0), (0.0, -inf), (-0.0, -inf), (below, nan), (-1.0, nan),
              (1e-30, nan), (1.0, nan), (inf, nan), (-inf, nan), (nan, nan)],
     }
     for branch, pairs in cases.items():
@@ -225,6 +224,20 @@ def test_special_values(dt, mode):
         np.testing.assert_array_equal(got, want, err_msg=f"branch {branch}")
         num = ~np.isnan(want)
         np.testing.assert_array_equal(np.signbit(got[num]), np.signbit(want[num]), err_msg=f"branch {branch}")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_subnormal_arguments(dt, mode):
+    """Where XLA flushes subnormals (CPU) they are zero; elsewhere (GPU) W_0 keeps them exactly.
+
+    W_0(s) = s to far below an ulp for subnormal s; on branch -1 a subnormal
+    argument behaves as zero everywhere, -inf.
+    """
+    sub = np.finfo(dt).tiny * np.array([0.25, -0.25], dtype=dt)
+    w0 = _call(lambertw, mode, sub, 0, fill=-0.25)
+    assert np.all((w0 == sub) | (w0 == 0)), w0
+    assert np.array_equal(np.signbit(w0), np.signbit(sub))
+    assert _call(lambertw, mode, sub[1:], -1, fill=-0.25)[0] == -np.inf
 
 
 @pytest.mark.parametrize("mode", MODES)
