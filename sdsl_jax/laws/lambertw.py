@@ -18,15 +18,16 @@ Both meet at the branch point ``x = -1/e``, ``W = -1``, where
 
 Method
 ------
-*float64* :func:`lambertw` reads ``W`` from tables of piecewise polynomials
-of degree 8, one bin per 1/16 binade of an exact function of ``x``, to within
-0.53 ulp of the exact value (:mod:`sdsl_jax.laws.lambertw_table`, which says
-how): an index from the argument's bits, eight gathers and a polynomial,
-~2.5 ms per 1e6 on one core of this project's CPU, against ~9 ms for the
-guess and step below.  A table is a file of the package (2.2 MB for both
-branches); its arguments are only floats, so the log-domain entry points,
-whose ``kappa`` can be far below an ulp of ``1/e``, and float32 (not worth
-a table: the step below is already cheap there) keep the method below.
+*float64* :func:`lambertw`, and :func:`lambertw_negexp_parts` on branch -1
+(what the planners call), read ``W`` from tables of piecewise polynomials of
+degree 8, one bin per 1/16 binade of an exact function of the argument, to
+within 0.53 ulp of the exact value (:mod:`sdsl_jax.laws.lambertw_table`,
+which says how): an index from the argument's bits, eight gathers and a
+polynomial, ~2.5 ms per 1e6 on one core of this project's CPU, against ~9
+ms for the guess and step below.  The tables are a file of the package (2.7
+MB).  float32 (where the step below is already cheap) and the log-domain
+form on branch 0 (``W_0(-exp(-1 - kappa))`` runs to ``-exp(-1 - kappa)``,
+which no table in ``kappa`` holds) keep the method below.
 
 *Otherwise* each value is an initial guess, read from tables of piecewise cubics to
 ~3e-7 relative, refined by one Fritsch-Shafer-Crowley (FSC) step.  With the
@@ -97,9 +98,9 @@ by ``lambertw_negexp``) branch -1 uses the asymptotic expansion
 
 Measured against mpmath (tests/laws/test_lambertw.py, test_lambertw_table.py,
 benchmarks/bench_lambertw.py) the error is at most 1 ulp in float64 on both
-branches and both entry points (0.53 ulp from the exact value for
-:func:`lambertw`), and about 1 ulp in float32, including arguments one ulp
-above ``-1/e``.
+branches and both entry points (0.53 ulp from the exact value from the
+tables), and about 1 ulp in float32, including arguments one ulp above
+``-1/e``.
 
 Floating-point and XLA notes
 ----------------------------
@@ -933,7 +934,20 @@ def _lambertw_x_parts_jvp(branch, primals, tangents):
 # Log-domain evaluation: W(-exp(-1 - kappa))
 
 
+def _negexp_table_impl(kappa):
+    """W_-1(-exp(-1 - kappa)) in float64 from the kappa table of lambertw_table, with the special values."""
+    w, t = lambertw_table.negexp_parts(kappa)
+    invalid = ~(kappa >= 0)  # also catches NaN
+    w = jnp.where(kappa == 0, -1, w)
+    t = jnp.where(kappa == 0, 0, t)
+    w = jnp.where(kappa == jnp.inf, -jnp.inf, w)
+    t = jnp.where(kappa == jnp.inf, -jnp.inf, t)
+    return _nan_where(invalid, w), _nan_where(invalid, t)
+
+
 def _negexp_impl(kappa, branch):
+    if branch == -1 and kappa.dtype == np.float64:
+        return _negexp_table_impl(kappa)
     c = _consts(kappa.dtype)
     invalid = ~(kappa >= 0)
     at_bp = kappa == 0

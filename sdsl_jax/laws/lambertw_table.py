@@ -4,9 +4,10 @@
 holds the Chebyshev interpolant of degree 8 of ``W``, written as a
 polynomial about the bin's centre, so that one evaluation is an index read
 off the bits of the argument, eight gathers and a polynomial (nine for
-``1 + W``, below).  float32 and the log-domain entry points
-(``lambertw_negexp``) keep the tabulated guess and refinement step of
-:mod:`sdsl_jax.laws.lambertw`.
+``1 + W``, below).  A third table serves the log-domain form the planners
+call, ``W_-1(-exp(-1 - kappa))`` (``lambertw_negexp_parts``), by ``kappa``.
+float32 and ``lambertw_negexp`` on branch 0 keep the tabulated guess and
+refinement step of :mod:`sdsl_jax.laws.lambertw`.
 
 Bins
 ----
@@ -23,7 +24,11 @@ of ``x``:
   2^-3`` on branch -1, every normal float64 (``W_-1`` runs to ``-inf`` like
   ``log(-x)``, but is smooth on every 1/16 binade);
 * *positive* ``x``, branch 0: ``v = x``, binades ``2^-30 .. 2^1023``, every
-  finite float64 from ``2^-30`` up.
+  finite float64 from ``2^-30`` up;
+* the log-domain table: ``v = kappa``, binades ``2^-56 .. 2^1023``
+  (``W_-1(-exp(-1 - kappa))`` is singular like ``-1 - sqrt(2 kappa)`` at 0
+  and near ``2 pi i k``, and smooth on every bin); below ``2^-56`` the
+  branch-point series (:func:`negexp_parts`).
 
 Write ``v = 2^e m`` with ``1 <= m < 2``: the bin is ``e`` with the top four
 bits of ``m``'s fraction, that is the top 16 bits of ``v``'s bit pattern,
@@ -55,9 +60,10 @@ with ``lo`` in full from a ninth word: ``1 + hi`` is exact near the branch
 point (``-2 <= hi <= -1/2``), where ``1 + W`` then keeps its relative
 precision.
 
-The tables (18,144 bins for branch 0 and 17,152 for branch -1, 9 words
-each, ~2.5 MB) ship with the package and are regenerated with mpmath by
-``python -m sdsl_jax.laws.lambertw_table`` (~1 minute on 2 cores);
+The tables (18,144 bins for branch 0, 17,152 for branch -1 and 17,280 for
+the log-domain form, 9 words each, a 2.7 MB compressed file) ship with the
+package and are regenerated with mpmath by ``python -m
+sdsl_jax.laws.lambertw_table`` (~1.5 minutes on 2 cores);
 tests/laws/test_lambertw_table.py recomputes a sample of their bins and
 measures ``lambertw`` at every bin edge.
 """
@@ -72,10 +78,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["X_NEAR", "TABLE_PATH", "build_table", "load_table", "lambertw_parts"]
+__all__ = ["X_NEAR", "TABLE_PATH", "build_table", "load_table", "lambertw_parts", "negexp_parts"]
 
 TABLE_PATH = os.path.join(os.path.dirname(__file__), "lambertw_float64.npz")
 BRANCHES = (0, -1)
+# The tables: W_branch(x) for each branch, and W_-1(-exp(-1 - kappa)) by kappa.
+NEGEXP = "negexp"
+TABLES = (*BRANCHES, NEGEXP)
 
 DEGREE = 8
 _SUB_BITS = 4  # 2^4 bins per binade
@@ -86,7 +95,10 @@ _MANTISSA_BITS = 52
 SECTIONS = {
     0: {"near": (-54, -3), "negative": (-30, -3), "positive": (-30, 1023)},
     -1: {"near": (-54, -3), "negative": (-1022, -3)},
+    NEGEXP: {"kappa": (-56, 1023)},
 }
+# Below the kappa table, W_-1 = -1 - p - p^2 / 3 - ..., p = sqrt(2 kappa).
+KAPPA_MIN = 2.0**-56
 _COUNTS = {b: {k: (hi - lo + 1) * _BINS_PER_BINADE for k, (lo, hi) in sec.items()}
            for b, sec in SECTIONS.items()}
 _OFFSETS = {b: dict(zip(c, np.cumsum([0] + list(c.values()))[:-1].tolist())) for b, c in _COUNTS.items()}
@@ -110,11 +122,11 @@ N_WORDS = 9
 # The table: layout, generation (mpmath), packing and loading
 
 
-def bin_centres(branch):
-    """Every bin's section name, binade exponent e and centre of m, in table order."""
+def bin_centres(table):
+    """Every bin's section name, binade exponent e and centre of m, in the table's order."""
     names, exps, mids = [], [], []
-    for name, (lo, hi) in SECTIONS[branch].items():
-        names += [name] * _COUNTS[branch][name]
+    for name, (lo, hi) in SECTIONS[table].items():
+        names += [name] * _COUNTS[table][name]
         exps.append(np.repeat(np.arange(lo, hi + 1), _BINS_PER_BINADE))
         j = np.tile(np.arange(_BINS_PER_BINADE), hi - lo + 1)
         mids.append(1 + (j + 0.5) / _BINS_PER_BINADE)
@@ -136,6 +148,8 @@ def reachable(name, e, mid):
 
 
 def _x_of_v(name, v, mp):
+    if name == "kappa":
+        return -mp.exp(-1 - v)
     if name == "near":
         return v - mp.mpf(INV_E_HI)
     return -v if name == "negative" else v
@@ -177,7 +191,7 @@ def _unpack_row(words):
     return [named["hi"], named["lo"]] + [named[f"c{k}"] for k in range(1, DEGREE + 1)]
 
 
-def _bin_coefficients(branch, name, e, mid, mp):
+def _bin_coefficients(table, name, e, mid, mp):
     """One bin's stored words, and the largest error of its polynomial in ulp of W_0.
 
     W_0 is sampled at the DEGREE + 1 Chebyshev points of u in [-1/32, 1/32];
@@ -191,7 +205,7 @@ def _bin_coefficients(branch, name, e, mid, mp):
     scale = mp.ldexp(1, int(e))
 
     def w_of_u(u):
-        return mp.lambertw(_x_of_v(name, scale * (mp.mpf(mid) + u), mp), branch).real
+        return mp.lambertw(_x_of_v(name, scale * (mp.mpf(mid) + u), mp), -1 if table == NEGEXP else table).real
 
     theta = [mp.pi * (i + mp.mpf(1) / 2) / n for i in range(n)]
     vals = [w_of_u(half * mp.cos(t)) for t in theta]
@@ -224,27 +238,29 @@ def _bin_coefficients(branch, name, e, mid, mp):
 def _bins_worker(job):
     import mpmath
 
-    mpmath.mp.dps = 34
-    branch, *columns = job
+    # 40 digits: near the branch point x + 1/e, and so 1 + W, keeps ~20.
+    mpmath.mp.dps = 40
+    table, *columns = job
     rows, worst = [], 0.0
     for name, e, mid in zip(*columns):
-        words, err = _bin_coefficients(branch, str(name), int(e), float(mid), mpmath)
+        words, err = _bin_coefficients(table, str(name), int(e), float(mid), mpmath)
         rows.append(words)
         if reachable(str(name), int(e), float(mid)):
             worst = max(worst, err)
     return np.array(rows, dtype=np.float64).reshape(-1, N_WORDS), worst
 
 
-def build_table(branch, indices=None, processes=1):
-    """A branch's table rows computed with mpmath: (words, shape (n, N_WORDS); worst error in ulp).
+def build_table(table, indices=None, processes=1):
+    """A table's rows computed with mpmath: (words, shape (n, N_WORDS); worst error in ulp).
 
-    ``indices`` selects bins (default: all); the worst error is over the
-    reachable ones.  Needs mpmath (the test extra).
+    ``table`` is a branch (0 or -1) or NEGEXP; ``indices`` selects bins
+    (default: all); the worst error is over the reachable ones.  Needs
+    mpmath (the test extra).
     """
-    names, exps, mids = bin_centres(branch)
-    idx = np.arange(N_BINS[branch]) if indices is None else np.asarray(indices, dtype=np.int64)
+    names, exps, mids = bin_centres(table)
+    idx = np.arange(N_BINS[table]) if indices is None else np.asarray(indices, dtype=np.int64)
     chunks = [c for c in np.array_split(idx, max(1, processes * 8)) if len(c)]
-    jobs = [(branch, names[c], exps[c], mids[c]) for c in chunks]
+    jobs = [(table, names[c], exps[c], mids[c]) for c in chunks]
     if processes > 1:
         import multiprocessing
 
@@ -257,22 +273,22 @@ def build_table(branch, indices=None, processes=1):
     return np.concatenate([p[0] for p in parts]), max(p[1] for p in parts)
 
 
-def _key(branch):
-    return "branch_0" if branch == 0 else "branch_m1"
+def _key(table):
+    return {0: "branch_0", -1: "branch_m1", NEGEXP: "negexp_m1"}[table]
 
 
 @functools.lru_cache(maxsize=None)
-def load_table(branch):
-    """A branch's shipped table: N_WORDS float64 arrays of N_BINS[branch] (one per stored word)."""
+def load_table(table):
+    """A shipped table (a branch, or NEGEXP): N_WORDS float64 arrays of N_BINS[table] (one per stored word)."""
     regenerate = "regenerate it with python -m sdsl_jax.laws.lambertw_table"
     try:
         with np.load(TABLE_PATH) as data:
-            words = data[_key(branch)]
+            words = data[_key(table)]
     except (OSError, KeyError) as exc:
         raise RuntimeError(f"cannot read the Lambert W table {TABLE_PATH}: {exc!r}; {regenerate}") from exc
-    if words.shape != (N_BINS[branch], N_WORDS) or words.dtype != np.float64:
-        raise RuntimeError(f"{TABLE_PATH} holds a branch {branch} table of shape {words.shape}, "
-                           f"not {(N_BINS[branch], N_WORDS)}; {regenerate}")
+    if words.shape != (N_BINS[table], N_WORDS) or words.dtype != np.float64:
+        raise RuntimeError(f"{TABLE_PATH} holds a {_key(table)} table of shape {words.shape}, "
+                           f"not {(N_BINS[table], N_WORDS)}; {regenerate}")
     return tuple(np.ascontiguousarray(words[:, k]) for k in range(N_WORDS))
 
 
@@ -294,27 +310,12 @@ def _unpack(word, high_bits):
     return _float(bits & mask), _float(bits << (12 + high_bits))
 
 
-def lambertw_parts(x, branch):
-    """``(W(x), 1 + W(x))`` on the given branch for float64 ``x``, from the table.
-
-    Accurate for ``-1/e < x < inf`` with ``|x| >= 2^-30`` on branch 0 and for
-    ``-1/e < x <= -2^-1022`` on branch -1; other lanes get finite or
-    non-finite values of no meaning, for the caller to replace
-    (:func:`sdsl_jax.laws.lambertw.lambertw` does).  ``1 + W`` is formed as
-    ``(1 + hi) + (lo + ...)``, exact in its first sum near the branch point,
-    so that it keeps its relative precision as ``W -> -1``.
-    """
-    tables = [jnp.asarray(t) for t in load_table(branch)]
-    near = x < X_NEAR
-    v = jnp.where(near, x + INV_E_HI, jnp.abs(x))
-    bits = _bits(v)
+def _evaluate(table, bits, start):
+    """(W, 1 + W) from the table's bin ``(bits >> 48) - start`` at the exact offset u in it."""
+    tables = [jnp.asarray(t) for t in load_table(table)]
     # The row: v's top 16 bits (exponent and 4 fraction bits), less the
     # section's first, plus the section's place in the table.
-    first = {k: (_BIAS + lo) * _BINS_PER_BINADE - _OFFSETS[branch][k] for k, (lo, _) in SECTIONS[branch].items()}
-    start = jnp.where(near, first["near"], first["negative"])
-    if branch == 0:
-        start = jnp.where(x < 0, start, first["positive"])
-    row = jnp.clip((bits >> (_MANTISSA_BITS - _SUB_BITS)) - start, 0, N_BINS[branch] - 1)
+    row = jnp.clip((bits >> (_MANTISSA_BITS - _SUB_BITS)) - start, 0, N_BINS[table] - 1)
     one = np.int64(_BIAS) << _MANTISSA_BITS
     fraction = (np.int64(1) << _MANTISSA_BITS) - 1
     top = fraction ^ ((np.int64(1) << (_MANTISSA_BITS - _SUB_BITS)) - 1)
@@ -331,6 +332,47 @@ def lambertw_parts(x, branch):
     return hi + (lo + u * inner), (1 + hi) + (lo_full + u * inner)
 
 
+def _first(table):
+    """Per section, what (bits >> 48) is subtracted to give the table row."""
+    return {k: (_BIAS + lo) * _BINS_PER_BINADE - _OFFSETS[table][k] for k, (lo, _) in SECTIONS[table].items()}
+
+
+def lambertw_parts(x, branch):
+    """``(W(x), 1 + W(x))`` on the given branch for float64 ``x``, from the table.
+
+    Accurate for ``-1/e < x < inf`` with ``|x| >= 2^-30`` on branch 0 and for
+    ``-1/e < x <= -2^-1022`` on branch -1; other lanes get finite or
+    non-finite values of no meaning, for the caller to replace
+    (:func:`sdsl_jax.laws.lambertw.lambertw` does).  ``1 + W`` is formed as
+    ``(1 + hi) + (lo + ...)``, exact in its first sum near the branch point,
+    so that it keeps its relative precision as ``W -> -1``.
+    """
+    near = x < X_NEAR
+    first = _first(branch)
+    start = jnp.where(near, first["near"], first["negative"])
+    if branch == 0:
+        start = jnp.where(x < 0, start, first["positive"])
+    return _evaluate(branch, _bits(jnp.where(near, x + INV_E_HI, jnp.abs(x))), start)
+
+
+def negexp_parts(kappa):
+    """``(W, 1 + W)``, ``W = W_-1(-exp(-1 - kappa))``, for float64 ``kappa``, from the NEGEXP table.
+
+    Accurate for ``0 < kappa < inf``: the table covers ``2^-56 <= kappa``
+    (bins of 1/16 binade of ``kappa`` itself, which is exact, so that no
+    ``exp`` is taken), and below it ``1 + W = -p - p^2 / 3`` with ``p =
+    sqrt(2 kappa)`` (the branch-point series, Corless et al. eq. 4.22, whose
+    next term and the difference between ``kappa`` and ``1 - exp(-kappa)`` are
+    below 2^-54 relative there).  0, inf, negative and NaN ``kappa`` get
+    values of no meaning, for the caller to replace.
+    """
+    w, t = _evaluate(NEGEXP, _bits(kappa), _first(NEGEXP)["kappa"])
+    below = kappa < KAPPA_MIN
+    p = jnp.sqrt(2 * jnp.where(below, kappa, 0.0))
+    t_below = -p - p * p * (1.0 / 3.0)
+    return jnp.where(below, t_below - 1, w), jnp.where(below, t_below, t)
+
+
 def _main(argv=None):
     import argparse
     import time
@@ -340,10 +382,10 @@ def _main(argv=None):
     p.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     args = p.parse_args(argv)
     tables = {}
-    for branch in BRANCHES:
+    for table in TABLES:
         t0 = time.perf_counter()
-        tables[_key(branch)], worst = build_table(branch, processes=args.processes)
-        print(f"branch {branch}: {len(tables[_key(branch)])} bins, largest error {worst:.3g} ulp "
+        tables[_key(table)], worst = build_table(table, processes=args.processes)
+        print(f"{_key(table)}: {len(tables[_key(table)])} bins, largest error {worst:.3g} ulp "
               f"(interpolation and packing), {time.perf_counter() - t0:.0f} s")
     np.savez_compressed(args.out, **tables)
     print(f"wrote {args.out}")

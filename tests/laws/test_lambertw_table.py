@@ -1,5 +1,8 @@
 """The float64 Lambert W tables (sdsl_jax.laws.lambertw_table), against mpmath.
 
+Three tables: W_0(x), W_-1(x), and W_-1(-exp(-1 - kappa)) by kappa (the
+log-domain form the planners call).
+
 Three things could be wrong with a shipped table of polynomials: the file
 could differ from what its generator makes, a bin could be selected or
 centred wrongly (an index off by one shows at the bin edges first), and the
@@ -20,7 +23,7 @@ import numpy as np
 import pytest
 
 from sdsl_jax.laws import lambertw_table as table
-from sdsl_jax.laws.lambertw import lambertw
+from sdsl_jax.laws.lambertw import lambertw, lambertw_negexp_parts
 
 EXACT_ULP_BOUND = 0.75
 
@@ -31,16 +34,16 @@ def _reachable_mask(branch):
                                         for n, e, m in zip(names, exps, mids)])
 
 
-@pytest.mark.parametrize("branch", table.BRANCHES)
-def test_shipped_table_is_what_the_generator_makes(branch):
+@pytest.mark.parametrize("which", table.TABLES)
+def test_shipped_table_is_what_the_generator_makes(which):
     """A sample of bins recomputed with mpmath: the first and last of every section, and 12 at random."""
-    names, _, _, reach = _reachable_mask(branch)
+    names, _, _, reach = _reachable_mask(which)
     ends = [i for s in np.unique(names) for i in (np.flatnonzero(names == s)[[0, -1]])]
-    rng = np.random.default_rng(17 + branch)
+    rng = np.random.default_rng(17 + table.TABLES.index(which))
     idx = np.unique(np.concatenate([ends, rng.choice(np.flatnonzero(reach), 12, replace=False)]))
-    words, worst = table.build_table(branch, idx)
+    words, worst = table.build_table(which, idx)
     assert worst <= 0.05, f"interpolation and packing error {worst} ulp"
-    shipped = np.stack(table.load_table(branch), axis=1)[idx]
+    shipped = np.stack(table.load_table(which), axis=1)[idx]
     for new, old in zip(words, shipped):
         a = np.array(table._unpack_row(new))
         b = np.array(table._unpack_row(old))
@@ -77,11 +80,33 @@ def _edge_points(branch, stride):
     return x, ref
 
 
+@functools.lru_cache(maxsize=None)
+def _kappa_points(stride):
+    """kappa at both edges of every stride-th binade's bins, a float either side, the centres, and below the table."""
+    names, exps, mids, _ = _reachable_mask(table.NEGEXP)
+    keep = exps % stride == 0
+    v = np.concatenate([np.ldexp(mids[keep] - 1 / 32, exps[keep]), np.ldexp(mids[keep], exps[keep])])
+    below = table.KAPPA_MIN * np.array([0.25, 0.5, 0.99])
+    kappa = np.concatenate([v, np.nextafter(v, 0), np.nextafter(v, np.inf), below,
+                            [1e-300, np.finfo(np.float64).tiny, np.finfo(np.float64).max]])
+    kappa = np.unique(kappa[np.isfinite(kappa)])
+    ref = []
+    for k in kappa:
+        # exp(-1 - kappa) must keep kappa's digits: 40 more than it has zeros.
+        with mpmath.workdps(40 + max(0, int(-np.log10(k)))):
+            ref.append(+mpmath.lambertw(-mpmath.exp(-1 - mpmath.mpf(float(k))), -1).real)
+    return kappa, ref
+
+
 def _errors_vs_exact(y, ref):
     """|y - exact| in ulp of the float64 nearest to the exact value."""
+    nearest = np.abs(np.array([float(b) for b in ref]))
+    with np.errstate(over="ignore"):
+        ulp = np.spacing(nearest)
+    # At the largest float the next ulp would be infinite: take the one below.
+    ulp = np.where(np.isinf(ulp), np.spacing(np.nextafter(nearest, 0)), ulp)
     with mpmath.workdps(40):
-        return np.array([float(abs(mpmath.mpf(float(a)) - b)) / np.spacing(abs(float(b)))
-                         for a, b in zip(y, ref)])
+        return np.array([float(abs(mpmath.mpf(float(a)) - b)) for a, b in zip(y, ref)]) / ulp
 
 
 def _check_edges(branch, stride):
@@ -98,15 +123,37 @@ def _check_edges(branch, stride):
     np.testing.assert_array_equal(via_lambertw, w)
 
 
+def _check_kappa_edges(stride):
+    kappa, ref = _kappa_points(stride)
+    with jax.enable_x64(True):
+        w, t = (np.asarray(a) for a in jax.jit(table.negexp_parts)(jnp.asarray(kappa)))
+        via_negexp = np.asarray(jax.jit(lambda k: lambertw_negexp_parts(k, -1)[0])(jnp.asarray(kappa)))
+    err = _errors_vs_exact(w, ref)
+    assert err.max() <= EXACT_ULP_BOUND, f"{err.max()} ulp at kappa={kappa[err.argmax()]!r}"
+    with mpmath.workdps(400):
+        err_t = _errors_vs_exact(t, [1 + r for r in ref])
+    assert err_t.max() <= 2.0, f"1 + W: {err_t.max()} ulp at kappa={kappa[err_t.argmax()]!r}"
+    np.testing.assert_array_equal(via_negexp, w)
+
+
 @pytest.mark.parametrize("branch", table.BRANCHES)
 def test_bin_edges_in_every_seventh_binade(branch):
     _check_edges(branch, 7)
+
+
+def test_kappa_bin_edges_in_every_seventh_binade():
+    _check_kappa_edges(7)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("branch", table.BRANCHES)
 def test_bin_edges_in_every_binade(branch):
     _check_edges(branch, 1)
+
+
+@pytest.mark.slow
+def test_kappa_bin_edges_in_every_binade():
+    _check_kappa_edges(1)
 
 
 @pytest.mark.parametrize("high_bits", [23, 31])
