@@ -816,10 +816,14 @@ def _small_x(x):
 # Real-argument evaluation
 
 
-def _table_impl(x, branch):
-    """W in float64 from the tables of lambertw_table, with the special values."""
-    c = _consts(x.dtype)
-    w, t = lambertw_table.lambertw_parts(x, branch)
+def _special_x(x, branch, w, t, c):
+    """(w, 1 + w) with the special and invalid arguments of :func:`lambertw` set.
+
+    NaN outside the branch's domain (and for NaN), -1 and 0 at the branch
+    point, the tiny-|x| series and +inf on branch 0, -inf at zero on branch -1
+    (subnormals included on every backend: the float64 table starts at the
+    smallest normal float, and XLA on CPU flushes them to zero anyway).
+    """
     if branch == 0:
         invalid = ~(x >= -c.inv_e_hi)  # also catches NaN
         tiny = jnp.abs(x) < c.tiny_x
@@ -830,9 +834,7 @@ def _table_impl(x, branch):
         t = jnp.where(x == jnp.inf, x, t)
     else:
         invalid = ~((x >= -c.inv_e_hi) & (x <= 0))
-        # Zero, and subnormals on every backend: the table starts at the
-        # smallest normal float (on CPU XLA flushes subnormals to zero anyway).
-        zero = x > -np.finfo(np.float64).tiny
+        zero = x > -np.finfo(x.dtype).tiny
         w = jnp.where(zero, -jnp.inf, w)
         t = jnp.where(zero, -jnp.inf, t)
     at_bp = x == -c.inv_e_hi
@@ -842,15 +844,10 @@ def _table_impl(x, branch):
 
 
 def _lambertw_x_impl(x, branch):
-    if x.dtype == np.float64:
-        return _table_impl(x, branch)
     c = _consts(x.dtype)
-    at_bp = x == -c.inv_e_hi
-    if branch == 0:
-        invalid = ~(x >= -c.inv_e_hi)  # also catches NaN
-        tiny = jnp.abs(x) < c.tiny_x
-    else:
-        invalid = ~((x >= -c.inv_e_hi) & (x <= 0))
+    if x.dtype == np.float64:
+        # float64 reads the tables of lambertw_table (module doc).
+        return _special_x(x, branch, *lambertw_table.lambertw_parts(x, branch), c)
 
     def substitute(x):
         """x with special and invalid arguments replaced by an ordinary one."""
@@ -892,20 +889,7 @@ def _lambertw_x_impl(x, branch):
     # lambertw() itself only needs w (XLA then drops 1 + w), so the state is
     # not materialised here; the log-domain form is used for both outputs.
     w, t = _refine(v0, (use_t, series, big_l, far), c, materialize=False)
-
-    if branch == 0:
-        small = _small_x(jnp.where(tiny, x, 0))
-        w = jnp.where(tiny, small, w)
-        t = jnp.where(tiny, 1 + small, t)
-        w = jnp.where(x == jnp.inf, x, w)
-        t = jnp.where(x == jnp.inf, x, t)
-    else:
-        zero = x > -np.finfo(x.dtype).tiny  # subnormals too, as on the table's path
-        w = jnp.where(zero, -jnp.inf, w)
-        t = jnp.where(zero, -jnp.inf, t)
-    w = jnp.where(at_bp, -1, w)
-    t = jnp.where(at_bp, 0, t)
-    return _nan_where(invalid, w), _nan_where(invalid, t)
+    return _special_x(x, branch, w, t, c)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))

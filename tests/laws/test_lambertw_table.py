@@ -109,31 +109,29 @@ def _errors_vs_exact(y, ref):
         return np.array([float(abs(mpmath.mpf(float(a)) - b)) for a, b in zip(y, ref)]) / ulp
 
 
+def _check(args, ref, parts, public, name):
+    """parts(args) = (W, 1 + W) against mpmath's ``ref``, and public(args) giving the same W."""
+    with jax.enable_x64(True):
+        w, t = (np.asarray(a) for a in jax.jit(parts)(jnp.asarray(args)))
+        via_public = np.asarray(jax.jit(public)(jnp.asarray(args)))
+    err = _errors_vs_exact(w, ref)
+    assert err.max() <= EXACT_ULP_BOUND, f"{err.max()} ulp at {name}={args[err.argmax()]!r}"
+    # 1 + W, which the derivative divides by, to a couple of ulp of itself;
+    # near the branch point it is tiny, so 1 + ref needs the reference's digits.
+    with mpmath.workdps(400):
+        err_t = _errors_vs_exact(t, [1 + r for r in ref])
+    assert err_t.max() <= 2.0, f"1 + W: {err_t.max()} ulp at {name}={args[err_t.argmax()]!r}"
+    np.testing.assert_array_equal(via_public, w)
+
+
 def _check_edges(branch, stride):
     x, ref = _edge_points(branch, stride)
-    with jax.enable_x64(True):
-        w, t = (np.asarray(a) for a in jax.jit(lambda v: table.lambertw_parts(v, branch))(jnp.asarray(x)))
-        via_lambertw = np.asarray(jax.jit(lambda v: lambertw(v, branch))(jnp.asarray(x)))
-    err = _errors_vs_exact(w, ref)
-    assert err.max() <= EXACT_ULP_BOUND, f"{err.max()} ulp at x={x[err.argmax()]!r}"
-    # 1 + W, which the derivative divides by, to a couple of ulp of itself.
-    with mpmath.workdps(40):
-        err_t = _errors_vs_exact(t, [1 + r for r in ref])
-    assert err_t.max() <= 2.0, f"1 + W: {err_t.max()} ulp at x={x[err_t.argmax()]!r}"
-    np.testing.assert_array_equal(via_lambertw, w)
+    _check(x, ref, lambda v: table.lambertw_parts(v, branch), lambda v: lambertw(v, branch), "x")
 
 
 def _check_kappa_edges(stride):
     kappa, ref = _kappa_points(stride)
-    with jax.enable_x64(True):
-        w, t = (np.asarray(a) for a in jax.jit(table.negexp_parts)(jnp.asarray(kappa)))
-        via_negexp = np.asarray(jax.jit(lambda k: lambertw_negexp_parts(k, -1)[0])(jnp.asarray(kappa)))
-    err = _errors_vs_exact(w, ref)
-    assert err.max() <= EXACT_ULP_BOUND, f"{err.max()} ulp at kappa={kappa[err.argmax()]!r}"
-    with mpmath.workdps(400):
-        err_t = _errors_vs_exact(t, [1 + r for r in ref])
-    assert err_t.max() <= 2.0, f"1 + W: {err_t.max()} ulp at kappa={kappa[err_t.argmax()]!r}"
-    np.testing.assert_array_equal(via_negexp, w)
+    _check(kappa, ref, table.negexp_parts, lambda k: lambertw_negexp_parts(k, -1)[0], "kappa")
 
 
 @pytest.mark.parametrize("branch", table.BRANCHES)
