@@ -166,7 +166,7 @@ __all__ = ["lambertw", "lambertw_negexp", "lambertw_negexp_parts"]
 
 # 1/e, e and log(2) to ~60 digits; the split constants are derived from these
 # in exact rational arithmetic, so hi + lo is accurate to ~2x working precision.
-_INV_E = Fraction("0.367879441171442321595523770161460867445811131031767834507836801")
+_INV_E = lambertw_table.INV_E
 _E = Fraction("2.71828182845904523536028747135266249775724709369995957496696763")
 _LN2 = Fraction("0.693147180559945309417232121458176568075500134360255254120680009")
 

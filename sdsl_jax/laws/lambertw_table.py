@@ -104,11 +104,12 @@ _COUNTS = {b: {k: (hi - lo + 1) * _BINS_PER_BINADE for k, (lo, hi) in sec.items(
 _OFFSETS = {b: dict(zip(c, np.cumsum([0] + list(c.values()))[:-1].tolist())) for b, c in _COUNTS.items()}
 N_BINS = {b: sum(c.values()) for b, c in _COUNTS.items()}
 
-# 1/e to ~60 digits and its nearest float64 (which lies above it).
-_INV_E = Fraction("0.367879441171442321595523770161460867445811131031767834507836801")
-INV_E_HI = float(_INV_E)
+# 1/e to ~60 digits (lambertw.py's constants derive from it too) and its
+# nearest float64 (which lies above it).
+INV_E = Fraction("0.367879441171442321595523770161460867445811131031767834507836801")
+INV_E_HI = float(INV_E)
 # Near/far switch: 1 + e x < 1/2, as a threshold on x.
-X_NEAR = float((Fraction(1, 2) - 1) * _INV_E)
+X_NEAR = float((Fraction(1, 2) - 1) * INV_E)
 TINY_X = 2.0**-30
 
 # Stored words per bin: hi, c_1 .. c_5 as float64, two packed pairs (high
