@@ -37,8 +37,12 @@ are safe under jit, vmap and grad: no NaN or inf for 0 <= alpha <= 1 and
 
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from sdsl_jax.common import validation as _validate
@@ -51,22 +55,29 @@ def _floats(*values):
     return tuple(jnp.asarray(v, dtype) for v in values)
 
 
+# Taylor coefficients of exprel(s) = expm1(s) / s = sum s**k / (k + 1)!, to the
+# degree that reaches the dtype's rounding for |s| < log 2: the first omitted
+# term, (log 2)**17 / 18!, is below 3e-19 (float64); (log 2)**9 / 10!, 1e-8 (float32).
+_EXPREL_TAYLOR = {np.dtype(np.float64): [1 / math.factorial(k + 1) for k in range(17)],
+                  np.dtype(np.float32): [1 / math.factorial(k + 1) for k in range(9)]}
+_LOG2 = math.log(2.0)
+
+
 def _exprel(s):
-    """expm1(s) / s, smooth through s = 0 (value 1)."""
-    small = jnp.abs(s) < 1e-2
+    """expm1(s) / s, smooth through s = 0 (value 1), in plain vector arithmetic.
+
+    Within log 2 of 0 its Taylor series; beyond, exp(s) - 1 loses at most a
+    bit to the subtraction (exp(s) <= 1/2 or >= 2). XLA's float64 expm1 is a
+    libm call per element; its exp is vectorised.
+    """
+    small = jnp.abs(s) < _LOG2
+    coeffs = _EXPREL_TAYLOR.get(np.dtype(s.dtype), _EXPREL_TAYLOR[np.dtype(np.float64)])
+    # Each branch sees a stand-in where it is not used, so neither overflows
+    # and no gradient turns into 0 * inf.
+    s_small = jnp.where(small, s, 0.0)
+    series = functools.reduce(lambda acc, coeff: acc * s_small + coeff, coeffs[::-1])
     s_safe = jnp.where(small, 1.0, s)
-    # Six terms: the first omitted one, s**6/5040, is below 2e-16 for |s| < 1e-2.
-    series = 1 + s * (1 / 2 + s * (1 / 6 + s * (1 / 24 + s * (1 / 120 + s / 720))))
-    return jnp.where(small, series, jnp.expm1(s_safe) / s_safe)
-
-
-def _log1p_rel(x):
-    """log1p(x) / x, smooth through x = 0 (value 1)."""
-    small = jnp.abs(x) < 1e-2
-    x_safe = jnp.where(small, 1.0, x)
-    series = 1 + x * (-1 / 2 + x * (1 / 3 + x * (-1 / 4 + x * (
-        1 / 5 + x * (-1 / 6 + x * (1 / 7 - x / 8))))))
-    return jnp.where(small, series, jnp.log1p(x_safe) / x_safe)
+    return jnp.where(small, series, (jnp.exp(s_safe) - 1) / s_safe)
 
 
 def cap_acceptance(acceptance: jnp.ndarray) -> jnp.ndarray:
@@ -95,18 +106,30 @@ def expected_tokens(acceptance: ArrayLike, lookahead: ArrayLike) -> jnp.ndarray:
     alpha, gamma = _floats(acceptance, lookahead)
     n = gamma + 1
     low = alpha <= 0.5
+    # One log serves both branches; positive_log keeps every digit near 1.
+    log_alpha = vector_log(jnp.where(alpha > 0, alpha, 0.5))
     # Below 1/2 the geometric sum is well conditioned as written.
     a_low = jnp.where(low, alpha, 0.5)
-    power = jnp.where(a_low > 0, jnp.exp(n * jnp.log(jnp.where(a_low > 0, a_low, 1.0))), 0.0)
+    power = jnp.where(low & (alpha > 0), jnp.exp(n * jnp.where(low, log_alpha, -_LOG2)), 0.0)
     e_low = (1 - power) / (1 - a_low)
     # Above 1/2, 1 - alpha is exact (Sterbenz) and the ratio is rewritten as
     # n * exprel(n log alpha) * log(alpha)/(alpha - 1), which is smooth
     # through alpha = 1 with the right value and derivative there.
-    a_high = jnp.where(low, 0.75, alpha)
-    rejection = 1 - a_high
-    log_alpha = jnp.log1p(-rejection)
-    e_high = n * _exprel(n * log_alpha) * _log1p_rel(-rejection)
+    rejection = 1 - jnp.where(low, 0.75, alpha)
+    log_high = jnp.where(low, math.log(0.75), log_alpha)
+    e_high = n * _exprel(n * log_high) * _log_ratio(log_high, rejection)
     return jnp.where(low, e_low, e_high)
+
+
+def _log_ratio(log_alpha, rejection):
+    """log(alpha) / (alpha - 1) from log(alpha) and 1 - alpha (> 0, exact), smooth
+    through alpha = 1 (value 1): its series in the rejection near 1."""
+    small = rejection < 1e-2
+    # Eight terms: the first omitted one, r**8 / 9, is below 2e-17 for r < 1e-2.
+    r = rejection
+    series = 1 + r * (1 / 2 + r * (1 / 3 + r * (1 / 4 + r * (
+        1 / 5 + r * (1 / 6 + r * (1 / 7 + r / 8))))))
+    return jnp.where(small, series, log_alpha / -jnp.where(small, 1.0, r))
 
 
 def speedup(acceptance: ArrayLike, lookahead: ArrayLike, cost_ratio: ArrayLike) -> jnp.ndarray:
@@ -158,6 +181,42 @@ def _positive_log_jvp(primals, tangents):
     return positive_log(x), x_dot / x
 
 
+def vector_log(x: jnp.ndarray) -> jnp.ndarray:
+    """log(x), as jnp.log for every input (-inf at 0, inf at inf, NaN below 0),
+    through :func:`positive_log`: vector arithmetic in float64.
+
+    Subnormal x (which the CPU flushes to zero, but a GPU keeps) is scaled
+    into the normal range first.
+    """
+    x = jnp.asarray(x)
+    info = jnp.finfo(x.dtype)
+    scale = float(2.0 ** (info.nmant + 1))
+    subnormal = (x > 0) & (x < info.tiny)
+    normal = (x > 0) & (x < jnp.inf)
+    y = positive_log(jnp.where(normal, jnp.where(subnormal, x * scale, x), 1.0))
+    y = y - jnp.where(subnormal, math.log(scale), 0.0)
+    return jnp.where(normal, y, jnp.where(x == 0, -jnp.inf, jnp.where(x > 0, jnp.inf, jnp.nan)))
+
+
+@jax.custom_jvp
+def log1p_nonnegative(x: jnp.ndarray) -> jnp.ndarray:
+    """log(1 + x) for finite x >= 0 (anything else gives a meaningless value).
+
+    As :func:`positive_log`: in float64 plain vector arithmetic within an ulp
+    or so, where XLA's log1p is a libm call per element (and off by up to 128
+    ulp near 0); other dtypes take XLA's log1p.
+    """
+    if x.dtype == jnp.float64:
+        return lambertw_module.vectorised_log1p(x)
+    return jnp.log1p(x)
+
+
+@log1p_nonnegative.defjvp
+def _log1p_nonnegative_jvp(primals, tangents):
+    (x,), (x_dot,) = primals, tangents
+    return log1p_nonnegative(x), x_dot / (1 + x)
+
+
 def log_acceptance(alpha: jnp.ndarray) -> jnp.ndarray:
     """log(alpha) to full relative precision for 0 < alpha <= 1 (log(1/2) where alpha <= 0).
 
@@ -206,7 +265,7 @@ def optimum(alpha: jnp.ndarray, c: jnp.ndarray):
     neg_log_alpha = -log_acceptance(alpha_s)
     kappa = neg_log_alpha * (1 - c_s) / c_s
     w, one_plus_w = lambertw_negexp_parts(kappa, -1)
-    gamma = jnp.log1p(-one_plus_w) / neg_log_alpha - 1
+    gamma = log1p_nonnegative(-one_plus_w) / neg_log_alpha - 1
     # Stationarity gives alpha**(gamma*+1) = -1/w, so the peak speedup needs
     # no geometric sum: S* = -log(alpha) / ((1 - alpha) c (-w)).
     peak = neg_log_alpha / ((1 - alpha_s) * c_s * -w)

@@ -170,7 +170,8 @@ def finite_floor(pretraining_law, other_loss):
     pre = pretraining_law
     room = max_loss(jnp.result_type(other_loss)) - other_loss
     ok = room > 0
-    log_n = (jnp.log(pre.param_coeff) - jnp.log(jnp.where(ok, room, 1.0))) / pre.param_exponent
+    log_n = (jnp.log(pre.param_coeff) - throughput.vector_log(jnp.where(ok, room, 1.0))
+             ) / pre.param_exponent
     return jnp.where(ok, log_n, jnp.inf)
 
 
@@ -205,9 +206,12 @@ def acceptance_window(pretraining_law, acceptance_law, target_perplexity, draft_
     def log_draft_at(alpha):
         # alpha = A x + rest  ->  x;  log x = draft_data_loss + A' N**-a  ->  log N.
         ppl = (alpha - rest) / jnp.where(rising, acc.draft_coeff, -1.0)
-        excess = jnp.log(jnp.where(ppl > 0, ppl, 1.0)) - draft_data_loss
+        # throughput.vector_log: these run once per configuration, where XLA's
+        # float64 log is a libm call per element.
+        log = throughput.vector_log
+        excess = log(jnp.where(ppl > 0, ppl, 1.0)) - draft_data_loss
         ok = rising & (ppl > 0) & (excess > 0)
-        log_n = (jnp.log(pre.param_coeff) - jnp.log(jnp.where(ok, excess, 1.0))) / pre.param_exponent
+        log_n = (jnp.log(pre.param_coeff) - log(jnp.where(ok, excess, 1.0))) / pre.param_exponent
         return log_n, ok
 
     log_zero, has_zero = log_draft_at(0.0)
@@ -402,31 +406,42 @@ def _gradient_solve(settings: Settings, ctx, log_lo, log_hi):
     return _better_of(objective, ctx, solved.reshape(shape), value_hi, log_hi)
 
 
-# Chunks of about this many configurations keep the bracket solve's
-# intermediates (a few dozen arrays of the chunk's size) in a core's cache:
-# on 10^6 configurations 16384 took 0.7x the time of one pass in float32 and
-# 0.78x in float64 (2 cores, XLA CPU), and 4096 to 65536 all gain.
-CHUNK_TARGET = 16384
-CHUNK_RANGE = (4096, 65536)
+# Chunks of about this many bytes per array (51,200 configurations in
+# float64, 102,400 in float32). Two effects set it. In cache: the bracket
+# solve is a few dozen elementwise passes, and in chunks their intermediates
+# stay in a core's cache instead of streaming through memory. In parallel:
+# XLA's CPU cost model gives a memory-bound fusion one thread per 256 KiB of
+# output, so a chunk of 20,000 float64 (160 KiB) ran every fusion of the solve
+# on one core. On 10^6 configurations (2 cores, AVX-512 Xeon, 2 MiB L2 a
+# core) the float64 plan took 0.51 s at 20,000, 0.44-0.46 s from 40,000 to
+# 62,500 and 0.49 s at 100,000; float32 0.24 s at 20,000 and 0.20-0.22 s at
+# 100,000.
+CHUNK_BYTES = 400 << 10
+# The smallest chunk (configurations) and the largest (bytes per array).
+CHUNK_MIN = 4096
+CHUNK_MAX_BYTES = 1 << 20
 # A chunk size that is a multiple of this keeps each device's block of a
 # batch laid along a mesh of up to this many devices whole (see in_chunks).
 CHUNK_ALIGN = 32
 
 
 @functools.lru_cache(maxsize=64)
-def chunk_size(count: int) -> int | None:
-    """The chunk size for ``count`` configurations: the divisor of ``count`` in
-    :data:`CHUNK_RANGE` nearest :data:`CHUNK_TARGET` (a multiple of
-    :data:`CHUNK_ALIGN` preferred), or None where none is (too few configurations,
-    or a count without such a divisor): those are solved in one pass."""
-    lo, hi = CHUNK_RANGE
+def chunk_size(count: int, itemsize: int = 8) -> int | None:
+    """The chunk size for ``count`` configurations of ``itemsize``-byte floats:
+    the divisor of ``count`` from :data:`CHUNK_MIN` to :data:`CHUNK_MAX_BYTES`
+    per array nearest :data:`CHUNK_BYTES` per array (a multiple of
+    :data:`CHUNK_ALIGN` preferred), or None where none is (too few
+    configurations, or a count without such a divisor): those are solved in
+    one pass."""
+    lo, hi = CHUNK_MIN, CHUNK_MAX_BYTES // itemsize
     if count < 2 * lo:
         return None
     divisors = [d for d in range(lo, min(hi, count // 2) + 1) if count % d == 0]
     if not divisors:
         return None
     aligned = [d for d in divisors if d % CHUNK_ALIGN == 0]
-    return min(aligned or divisors, key=lambda d: abs(np.log(d / CHUNK_TARGET)))
+    target = CHUNK_BYTES / itemsize
+    return min(aligned or divisors, key=lambda d: abs(np.log(d / target)))
 
 
 def in_chunks(fn, *args):
@@ -446,7 +461,9 @@ def in_chunks(fn, *args):
     leaves, tree = jax.tree_util.tree_flatten(args)
     shape = jnp.broadcast_shapes(*(jnp.shape(leaf) for leaf in leaves))
     count = int(np.prod(shape, dtype=np.int64))
-    rows = chunk_size(count)
+    floats = [leaf for leaf in leaves if jnp.issubdtype(jnp.result_type(leaf), jnp.floating)]
+    itemsize = max((jnp.result_type(leaf).itemsize for leaf in floats), default=8)
+    rows = chunk_size(count, itemsize)
     if rows is None:
         return fn(*args)
     cols = count // rows

@@ -103,6 +103,22 @@ def test_expected_tokens_real_lookahead_matches_mpmath(x64):
         assert float(sd.expected_tokens(alpha, gamma)) == pytest.approx(float(ref), rel=1e-12)
 
 
+def test_expected_tokens_within_two_ulp_of_mpmath(x64):
+    # Every regime of the vectorised evaluation: alpha below and above 1/2 and
+    # within 1e-16 of 1, lookaheads from 0 to 1e9 (the exprel series within
+    # log 2 of 0 and exp(s) - 1 beyond), and the switch at alpha = 1/2.
+    rng = np.random.default_rng(4)
+    alphas = np.concatenate([rng.uniform(0, 1, 300), 1 - 10 ** rng.uniform(-16, -1, 150),
+                             0.5 + rng.uniform(-1e-3, 1e-3, 50), [0.5, np.nextafter(0.5, 1), 1.0]])
+    gammas = np.concatenate([rng.uniform(0, 20, 200), 10 ** rng.uniform(-3, 9, 200),
+                             np.floor(rng.uniform(0, 10, alphas.size - 400))])
+    got = np.asarray(jax.jit(sd.expected_tokens)(alphas, gammas))
+    for a, g, value in zip(alphas, gammas, got):
+        a_mp, n = mp.mpf(a), mp.mpf(g) + 1
+        ref = n if a == 1 else (1 - a_mp ** n) / (1 - a_mp)
+        assert abs(mp.mpf(value) / ref - 1) <= 2 * 2.0 ** -52, (a, g)
+
+
 def test_expected_tokens_derivative_at_the_ends(x64):
     d_alpha = jax.grad(sd.expected_tokens, argnums=0)
     # E = 1 + a + ... + a^g: dE/da is g(g+1)/2 at a = 1 and 1 at a = 0.
@@ -232,6 +248,36 @@ def test_positive_log_matches_mpmath_in_float64(x64):
     # Its derivative is 1 / x.
     grad = jax.vmap(jax.grad(throughput.positive_log))(jnp.asarray(xs[:50]))
     np.testing.assert_allclose(grad, 1 / xs[:50], rtol=1e-15)
+
+
+def test_log1p_nonnegative_matches_mpmath_in_float64(x64):
+    rng = np.random.default_rng(5)
+    xs = np.concatenate([[0.0, 2.3e-308, 1e-300, 1e-17, 1.0, 1e300],
+                         10 ** rng.uniform(-300, 300, 300), rng.uniform(0, 2, 300),
+                         10 ** rng.uniform(-17, -1, 200)])
+    got = np.asarray(jax.jit(throughput.log1p_nonnegative)(jnp.asarray(xs)))
+    for x, y in zip(xs, got):
+        ref = mp.log1p(mp.mpf(x))
+        assert abs(mp.mpf(y) - ref) <= 1.5 * 2.0 ** -52 * abs(ref), x
+    grad = jax.vmap(jax.grad(throughput.log1p_nonnegative))(jnp.asarray(xs[:50]))
+    np.testing.assert_allclose(grad, 1 / (1 + xs[:50]), rtol=1e-15)
+
+
+def test_vector_log_is_log_for_every_input(x64):
+    specials = jnp.asarray([0.0, np.inf, -1.0, -np.inf, np.nan])
+    got = np.asarray(jax.jit(throughput.vector_log)(specials))
+    np.testing.assert_array_equal(got[:2], [-np.inf, np.inf])
+    assert np.isnan(got[2:]).all()
+    # Subnormals: the CPU flushes them to zero (log -inf); where they are kept
+    # (a GPU) the log is exact to the dtype's rounding.
+    subnormals = np.array([5e-324, 1e-310, 2.2e-308])
+    for x, y in zip(subnormals, np.asarray(jax.jit(throughput.vector_log)(subnormals))):
+        ref = mp.log(mp.mpf(x))
+        assert y == -np.inf or abs(mp.mpf(y) - ref) <= 2.3e-16 * abs(ref), x
+    normals = 10 ** np.random.default_rng(6).uniform(-300, 300, 200)
+    np.testing.assert_array_equal(throughput.vector_log(normals), throughput.positive_log(normals))
+    grad = jax.vmap(jax.grad(throughput.vector_log))(jnp.asarray(normals[:20]))
+    np.testing.assert_allclose(grad, 1 / normals[:20], rtol=1e-15)
 
 
 def test_positive_log_keeps_the_dtype_in_float32():

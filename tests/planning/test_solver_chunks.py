@@ -11,8 +11,11 @@ from sdsl_jax.planning import solver
 def test_chunk_size_divides_the_batch_and_prefers_aligned_sizes():
     assert solver.chunk_size(1000) is None  # too few to chunk
     assert solver.chunk_size(2 * 4096) == 4096
-    assert solver.chunk_size(1_000_000) == 20_000  # 1e6 = 20000 x 50, and 32 | 20000
-    assert solver.chunk_size(1 << 20) == 16384
+    # About 400 KiB per array: 51,200 float64 or 102,400 float32 configurations.
+    assert solver.chunk_size(1_000_000) == 40_000  # 1e6 = 40000 x 25, and 32 | 40000
+    assert solver.chunk_size(1_000_000, 4) == 100_000
+    assert solver.chunk_size(1 << 20) == 65536
+    assert solver.chunk_size(1 << 20, 4) == 131072
     assert solver.chunk_size(1_000_003) is None  # prime: one pass
 
 
