@@ -106,7 +106,8 @@ def expected_tokens(acceptance: ArrayLike, lookahead: ArrayLike) -> jnp.ndarray:
     alpha, gamma = _floats(acceptance, lookahead)
     n = gamma + 1
     low = alpha <= 0.5
-    # One log serves both branches; positive_log keeps every digit near 1.
+    # One log serves both branches. vector_log keeps every digit near 1 (as
+    # log_acceptance does) and takes a subnormal alpha too.
     log_alpha = vector_log(jnp.where(alpha > 0, alpha, 0.5))
     # Below 1/2 the geometric sum is well conditioned as written.
     a_low = jnp.where(low, alpha, 0.5)
