@@ -29,3 +29,4 @@ def test_chunks_return_in_the_batch_order():
     lo, hi = a + 1, jnp.float32(3.0)
     chunked = jax.jit(lambda c, lo, hi: solver.in_chunks(solve, c, lo, hi))(ctx, lo, hi)
     np.testing.assert_array_equal(chunked, solve(ctx, lo, hi))
+
