@@ -310,15 +310,18 @@ def _better_of(objective: Objective, ctx, interior, value_hi, log_hi):
     return jnp.where(value_hi > _objective(objective, interior, ctx), log_hi, interior)
 
 
-def _secant_ok(g_low, g_high, pays_low, pays_high):
-    """Whether the secant through the bracket's ends may be taken: both pay
-    (across the edge of the paying band F changes scale, log S* against the
-    log margin, and a secant through both pieces lands far from the root),
-    and the slopes bracket the root, an end where the slope is exactly 0
-    included. That end is the root, and the secant lands on it; without it
-    (seen on one configuration of the wall-clock planner) every later step
-    bisected towards that end, and 24 of them left N* 4e-12 away."""
-    return pays_low & pays_high & (g_low >= 0) & (g_high <= 0) & (g_low > g_high)
+def _next_point(low, high, g_low, g_high, pays_low, pays_high):
+    """The secant's root in [low, high], or the midpoint where the secant may
+    not be taken. It may where both ends pay (across the edge of the paying
+    band F changes scale, log S* against the log margin, and a secant through
+    both pieces lands far from the root) and the slopes bracket the root, an
+    end whose slope is exactly 0 included: that end is the root, and the
+    secant lands on it. (Refused, every later step bisected towards it: seen
+    on one configuration of the wall-clock planner, where 24 steps left N*
+    4e-12 away.)"""
+    secant_ok = pays_low & pays_high & (g_low >= 0) & (g_high <= 0) & (g_low > g_high)
+    secant = (low * g_high - high * g_low) / jnp.where(secant_ok, g_high - g_low, -1.0)
+    return jnp.where(secant_ok, jnp.clip(secant, low, high), 0.5 * (low + high))
 
 
 def _bracket_solve(settings: Settings, ctx, log_lo, log_hi):
@@ -348,10 +351,7 @@ def _bracket_solve(settings: Settings, ctx, log_lo, log_hi):
 
     def illinois(_, state):
         low, high, g_low, g_high, pays_low, pays_high, side = state
-        secant_ok = _secant_ok(g_low, g_high, pays_low, pays_high)
-        denom = jnp.where(secant_ok, g_high - g_low, -1.0)
-        secant = (low * g_high - high * g_low) / denom
-        mid = jnp.where(secant_ok, jnp.clip(secant, low, high), 0.5 * (low + high))
+        mid = _next_point(low, high, g_low, g_high, pays_low, pays_high)
         slope, (pays, flat) = _slope_and_flat(objective, mid, ctx)
         # Where alpha = 0 the objective is flat and its slope says nothing;
         # the grid's best point shows the way instead.
@@ -369,9 +369,7 @@ def _bracket_solve(settings: Settings, ctx, log_lo, log_hi):
     state = (low, high, slope_low, slope_high, pays_low, pays_high, side)
     steps = settings.root_steps_float32 if low.dtype == jnp.float32 else settings.root_steps
     low, high, g_low, g_high, pays_low, pays_high, _ = jax.lax.fori_loop(0, steps, illinois, state)
-    secant_ok = _secant_ok(g_low, g_high, pays_low, pays_high)
-    secant = (low * g_high - high * g_low) / jnp.where(secant_ok, g_high - g_low, -1.0)
-    root = jnp.where(secant_ok, jnp.clip(secant, low, high), 0.5 * (low + high))
+    root = _next_point(low, high, g_low, g_high, pays_low, pays_high)
     return _better_of(objective, ctx, jnp.where(at_lo, log_lo, root), value_hi, log_hi)
 
 

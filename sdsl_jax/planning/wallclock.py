@@ -78,7 +78,7 @@ NEWTON_STEPS = 12
 # converged slowly. The one examined (configuration 13 of
 # tests/planning/test_sharded.py) converged by halving: the solve hit a point
 # whose slope was exactly 0, and the secant then refused that end
-# (solver._secant_ok takes it now). Since then, on 4000
+# (solver._next_point takes it now). Since then, on 4000
 # random configurations at three hardware and batch settings, 12 steps leave
 # N* within 1.1e-14 of a 40-step solution and 16 within 7.1e-15, and on the
 # 101 of tests/planning/test_sharded.py run sharded over 4 devices 16 agree
